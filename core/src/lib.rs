@@ -1,0 +1,45 @@
+//! # floodwall-core
+//!
+//! The pieces every floodwall crate shares:
+//!
+//! - [`clock`]: injectable monotonic time — [`SystemClock`] in production, [`ManualClock`] in
+//!   tests, so time-dependent behaviour is tested without sleeping;
+//! - [`key`]: collision-free, length-bounded keys with a Redis Cluster hash tag, safe to build
+//!   from user input;
+//! - `redis` (feature `redis`): one connection handle over standalone Redis and Redis Cluster,
+//!   bounded calls, Lua script invocation, and the [`StoreError`] every store reports.
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_core::{Clock, Keyspace, ManualClock};
+//!
+//! // Time that tests drive by hand.
+//! let clock = ManualClock::new();
+//! let t0 = clock.now_nanos();
+//! clock.advance(Duration::from_secs(30));
+//! assert_eq!(clock.elapsed_since(t0), Duration::from_secs(30));
+//!
+//! // Keys built from user input: escaped, bounded, hash-tagged.
+//! let limits = Keyspace::new("rl", 1)?;
+//! let key = limits.key("tenant:7").part("per-second").build();
+//! assert_eq!(key.as_str(), "rl:v1:{tenant%3A7}:per-second");
+//! # Ok::<(), floodwall_core::KeyError>(())
+//! ```
+//!
+//! ## Features
+//!
+//! - `redis` — [`RedisConnection`](crate::redis::RedisConnection) and
+//!   [`Script`](crate::redis::Script), on redis-rs 1.x (`tokio-comp`, `connection-manager`,
+//!   `cluster-async`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod clock;
+pub mod error;
+pub mod key;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BoxError, KeyError, StoreError};
+pub use key::{Key, Keyspace};

@@ -1,0 +1,32 @@
+//! # floodwall-testkit
+//!
+//! Fixtures for floodwall's tests (and for users who test their own stacks):
+//!
+//! - [`RedisServer`] and [`RedisCluster`]: throwaway `redis-server` processes on free loopback
+//!   ports, without persistence, killed on drop. A test never touches a server it did not start.
+//! - [`FaultProxy`]: a loopback TCP proxy in front of a server that can add latency, blackhole
+//!   traffic, reset every connection or refuse new ones, and heal.
+//! - [`Flaky`]: a scripted async service (a plain function and a `tower::Service`) that fails
+//!   N times, adds latency and returns chosen error kinds.
+//!
+//! When `redis-server` is not on `PATH`, [`RedisServer::start_or_skip`] prints one skip line
+//! and returns `None`; with `FLOODWALL_REQUIRE_REDIS=1` it panics naming the missing binary.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use floodwall_testkit::RedisServer;
+//!
+//! let Some(server) = RedisServer::start_or_skip("doc example") else { return };
+//! assert!(server.url().starts_with("redis://127.0.0.1:"));
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod flaky;
+mod proxy;
+mod resp;
+mod server;
+
+pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
+pub use proxy::FaultProxy;
+pub use server::{REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError};
