@@ -1,12 +1,16 @@
 //! floodwall in one page, with no server: run `cargo run --example quickstart`.
 //!
-//! Shows what exists so far: injectable clocks and collision-free, hash-tagged keys.
+//! Shows what exists so far: injectable clocks, collision-free hash-tagged keys, and the
+//! circuit breaker.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use floodwall::core::{Clock, Keyspace, ManualClock, SystemClock};
+use floodwall::resilience::circuit_breaker::{CircuitBreaker, Error, OpenWait, SlidingWindow};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Time: production reads the system clock; tests move a manual clock by hand.
     let system = SystemClock::new();
     let t0 = system.now_nanos();
@@ -32,8 +36,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hostile key:  {hostile}   (hash tag: {:?})",
         hostile.hash_tag()
     );
-    println!("10 KB input:  {huge}   ({} bytes)", huge.as_str().len());
+    println!("5 KB input:   {huge}   ({} bytes)", huge.as_str().len());
     let v3 = users.with_version(3).key("42").part("profile").build();
     println!("after a schema bump: {v3} (old keys are never read again)");
+
+    // Circuit breaker: a payment API that fails; after 5 calls at >= 50% failures it opens.
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .name("payments")
+        .sliding_window(SlidingWindow::Count(NonZeroU32::new(5).expect("non-zero")))
+        .minimum_calls(5)
+        .open_wait(OpenWait::Fixed(Duration::from_secs(30)))
+        .permitted_calls_in_half_open(NonZeroU32::new(1).expect("non-zero"))
+        .clock(clock.clone())
+        .build()?;
+    for attempt in 1..=7 {
+        let result = breaker
+            .call(|| async move {
+                if attempt % 3 == 0 {
+                    Ok("charged")
+                } else {
+                    Err("503")
+                }
+            })
+            .await;
+        match result {
+            Ok(v) => println!("call {attempt}: {v}"),
+            Err(Error::Inner(e)) => println!("call {attempt}: downstream failed ({e})"),
+            Err(Error::Rejected(r)) => println!(
+                "call {attempt}: rejected, breaker {:?}, retry after {:?}",
+                r.state, r.retry_after
+            ),
+        }
+    }
+    clock.advance(Duration::from_secs(30));
+    let probe = breaker.call(|| async { Ok::<_, &str>("charged") }).await;
+    println!(
+        "after 30 s, one probe: {probe:?}; breaker is now {:?}",
+        breaker.state()
+    );
     Ok(())
 }

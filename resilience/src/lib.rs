@@ -1,19 +1,24 @@
 //! # floodwall-resilience
 //!
-//! floodwall-resilience keeps a call standing when what it calls misbehaves: circuit breaker, retry with jitter and a shared retry budget, timeouts, bulkheads, fallback, hedging, adaptive concurrency and fault injection.
+//! Keeps a call standing when what it calls misbehaves. Each primitive is a cheap-to-clone
+//! handle with a plain async API and (feature `tower`) a `tower::Layer` sharing its state;
+//! every one reads time through an injected [`Clock`], so tests drive it with a
+//! [`ManualClock`].
 //!
-//! This release of the crate holds the shared time source its primitives are driven by; the
-//! primitives themselves arrive in the following releases (see `CHANGELOG.md`). Every
-//! time-dependent part reads time through [`Clock`], so tests drive it with [`ManualClock`]:
+//! This release has the [`circuit_breaker`]; retry with budgets, timeouts, bulkheads,
+//! fallback, hedging, adaptive concurrency and fault injection follow.
 //!
 //! ```
-//! use std::time::Duration;
-//! use floodwall_resilience::{Clock, ManualClock};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use floodwall_resilience::circuit_breaker::{CircuitBreaker, Error};
 //!
-//! let clock = ManualClock::new();
-//! clock.advance(Duration::from_millis(250));
-//! assert_eq!(clock.now_nanos(), 250_000_000);
+//! let breaker = CircuitBreaker::builder().name("payments").build().unwrap();
+//! let charged: Result<u32, Error<&str>> = breaker.call(|| async { Ok(42) }).await;
+//! assert_eq!(charged, Ok(42));
+//! # }
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod circuit_breaker;
 
 pub use floodwall_core::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,736 @@
+//! Circuit breaker: stop calling a downstream that is failing or slow, probe it, resume.
+//!
+//! # State machine
+//!
+//! ```text
+//!            failure rate >= threshold or slow-call rate >= threshold
+//!   CLOSED ───────────────────────────────────────────────────────────▶ OPEN
+//!     ▲        (judged after every outcome, once the window holds        │
+//!     │         `minimum_calls`; below that the rates are unknown)       │ wait_in_open elapsed
+//!     │                                                                   ▼ (at exactly the wait: half-open)
+//!     └──────────── probes' rates below both thresholds ──────────── HALF-OPEN
+//!                   probes' rates at or above a threshold, or `max_wait_in_half_open` ──▶ OPEN
+//! ```
+//!
+//! Manual states: [`State::Disabled`] (always admits, records nothing), [`State::ForcedOpen`]
+//! (always rejects), [`State::MetricsOnly`] (records and reports rates, never rejects).
+//!
+//! # Formulas and choices
+//!
+//! - Outcomes are three-valued ([`Outcome`]): success, failure, ignored. Ignored calls do not
+//!   count; a half-open probe that ends ignored (or whose [`Permit`] is dropped unrecorded,
+//!   e.g. a cancelled future) hands its probe slot back.
+//! - `failure_rate = 100 * failures / calls` and `slow_rate = 100 * slow / calls` over the
+//!   window, where `calls` counts successes and failures and a call is slow when it took at
+//!   least `slow_call_duration` (successes and failures alike). The breaker trips when
+//!   `calls >= minimum_calls` and either rate is **at or above** its threshold.
+//! - Count window: the last `n` outcomes. Time window: the outcomes of the last `n` whole
+//!   clock seconds (aligned to the [`Clock`](floodwall_core::Clock)'s seconds).
+//! - Open wait: fixed, or backoff `initial * multiplier^(k-1)` capped at `max` for the k-th
+//!   opening without a close in between. At `now >= opened_at + wait` the breaker is half-open.
+//! - Half-open admits exactly `permitted_calls_in_half_open` probes; once all of them have
+//!   recorded an outcome, their own rates decide close or re-open.
+//! - Transitions are made lazily, by the first [`try_acquire`](CircuitBreaker::try_acquire)
+//!   or [`state`](CircuitBreaker::state) that finds them due, so no background task runs and
+//!   a [`ManualClock`](floodwall_core::ManualClock) drives everything.
+//! - Outcomes recorded with a permit from before a transition are dropped: they belong to a
+//!   state that no longer exists.
+//!
+//! # Invariants
+//!
+//! - In half-open, at most `permitted_calls_in_half_open` permits are outstanding, however
+//!   many threads race.
+//! - The closed path — admit and record — takes no lock and allocates nothing; transitions
+//!   (rare) take an internal mutex so their side effects are ordered.
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use floodwall_core::ManualClock;
+//! use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow, OpenWait, State};
+//!
+//! let clock = ManualClock::new();
+//! let breaker = CircuitBreaker::builder()
+//!     .sliding_window(SlidingWindow::Count(NonZeroU32::new(4).unwrap()))
+//!     .minimum_calls(4)
+//!     .failure_rate_threshold(50.0)
+//!     .open_wait(OpenWait::Fixed(Duration::from_secs(10)))
+//!     .permitted_calls_in_half_open(NonZeroU32::new(1).unwrap())
+//!     .clock(clock.clone())
+//!     .build()
+//!     .unwrap();
+//!
+//! for ok in [true, false, true, false] {
+//!     let permit = breaker.try_acquire().unwrap();
+//!     if ok { permit.success() } else { permit.failure() }
+//! }
+//! // 2 of 4 failed: 50% >= 50%, so it opened and tells callers when to come back.
+//! let rejected = breaker.try_acquire().unwrap_err();
+//! assert_eq!(rejected.state, State::Open);
+//! assert_eq!(rejected.retry_after, Some(Duration::from_secs(10)));
+//!
+//! clock.advance(Duration::from_secs(10));
+//! assert_eq!(breaker.state(), State::HalfOpen);
+//! breaker.try_acquire().unwrap().success(); // the one probe succeeds
+//! assert_eq!(breaker.state(), State::Closed);
+//! ```
+
+mod config;
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+mod window;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use floodwall_core::clock::duration_to_nanos;
+
+pub use config::{CircuitBreakerBuilder, ConfigError, OpenWait, SlidingWindow};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use future::ResponseFuture;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{CircuitBreakerLayer, CircuitBreakerService};
+
+use config::Config;
+use window::{CountWindow, TimeWindow, Totals};
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls flow; outcomes are recorded and judged.
+    Closed,
+    /// Calls are rejected until the open wait has passed.
+    Open,
+    /// A fixed number of probe calls are let through to decide close or re-open.
+    HalfOpen,
+    /// Manual: every call is admitted, nothing is recorded.
+    Disabled,
+    /// Manual: every call is rejected until another manual transition.
+    ForcedOpen,
+    /// Manual: outcomes are recorded and rates reported, but no call is ever rejected.
+    MetricsOnly,
+}
+
+impl State {
+    const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::Disabled,
+        State::ForcedOpen,
+        State::MetricsOnly,
+    ];
+
+    fn code(self) -> u64 {
+        self as u64
+    }
+
+    fn from_code(c: u64) -> State {
+        State::ALL[(c as usize).min(5)]
+    }
+}
+
+/// How a finished call counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Counts as a success.
+    Success,
+    /// Counts as a failure.
+    Failure,
+    /// Does not count (e.g. a client error that says nothing about the downstream's health).
+    Ignored,
+}
+
+/// A state change, passed to the [`on_transition`](CircuitBreakerBuilder::on_transition)
+/// hook and emitted as a `tracing` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+    /// Clock reading (ns) at the transition.
+    pub at_nanos: u64,
+}
+
+/// A call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker is {state:?}; retry after {retry_after:?}")]
+pub struct Rejected {
+    /// The state that rejected the call.
+    pub state: State,
+    /// When the breaker will admit calls again: the rest of the open wait when open; `None`
+    /// when unknown (forced open, or half-open with every probe slot taken).
+    pub retry_after: Option<Duration>,
+}
+
+/// The error of a call made through a breaker: rejected, or the call's own error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error<E> {
+    /// The breaker did not let the call through.
+    #[error(transparent)]
+    Rejected(Rejected),
+    /// The call ran and failed.
+    #[error("{0}")]
+    Inner(E),
+}
+
+impl<E> Error<E> {
+    /// The call's own error, if it ran.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            Error::Rejected(_) => None,
+        }
+    }
+}
+
+/// Decides the [`Outcome`] of a call from its result.
+pub trait Classify<T, E> {
+    /// The outcome of `result`.
+    fn classify(&self, result: &Result<T, E>) -> Outcome;
+}
+
+/// `Ok` is a success, `Err` a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+impl<T, E> Classify<T, E> for DefaultClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+}
+
+impl<T, E, F> Classify<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Outcome,
+{
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// A point-in-time view of the breaker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    /// The state.
+    pub state: State,
+    /// Successes plus failures in the window (in half-open: recorded probes).
+    pub calls: u64,
+    /// Failures among them.
+    pub failures: u64,
+    /// Slow calls among them.
+    pub slow_calls: u64,
+    /// `100 * failures / calls`, or `None` while below `minimum_calls` (in half-open: until
+    /// every probe has finished).
+    pub failure_rate: Option<f64>,
+    /// `100 * slow_calls / calls`, with the same rule.
+    pub slow_call_rate: Option<f64>,
+    /// Calls rejected since the breaker was built.
+    pub not_permitted: u64,
+}
+
+// State word: kind (3 bits) | generation (29 bits) << 3 | half-open permits issued (32 bits) << 32.
+const KIND_MASK: u64 = 0b111;
+const GEN_SHIFT: u32 = 3;
+const GEN_MASK: u64 = (1 << 29) - 1;
+const ISSUED_SHIFT: u32 = 32;
+
+#[inline]
+fn kind_of(w: u64) -> State {
+    State::from_code(w & KIND_MASK)
+}
+#[inline]
+fn gen_of(w: u64) -> u64 {
+    (w >> GEN_SHIFT) & GEN_MASK
+}
+#[inline]
+fn issued_of(w: u64) -> u32 {
+    (w >> ISSUED_SHIFT) as u32
+}
+#[inline]
+fn word(kind: State, generation: u64, issued: u32) -> u64 {
+    kind.code() | ((generation & GEN_MASK) << GEN_SHIFT) | (u64::from(issued) << ISSUED_SHIFT)
+}
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    #[inline]
+    fn record(&self, now: u64, failure: bool, slow: bool) {
+        match self {
+            Window::Count(w) => w.record(failure, slow),
+            Window::Time(w) => w.record(now, failure, slow),
+        }
+    }
+
+    fn totals(&self, now: u64) -> Totals {
+        match self {
+            Window::Count(w) => w.totals(),
+            Window::Time(w) => w.totals(now),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    slow_nanos: u64,
+    state: AtomicU64,
+    window: Window,
+    /// Valid while open: the clock reading at which the breaker turns half-open.
+    open_until: AtomicU64,
+    /// Valid while half-open: when it became half-open.
+    half_open_since: AtomicU64,
+    /// Outcomes of the current half-open probes (packed like a window word).
+    probes: CountWindow,
+    /// Openings since the last close (for backoff); written under `transition`.
+    consecutive_opens: AtomicU32,
+    not_permitted: AtomicU64,
+    transition: Mutex<()>,
+}
+
+/// A cheap-to-clone circuit breaker handle. See the [module docs](self).
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+/// What a permit remembers: the state generation it was issued in, when, and whether it is a
+/// half-open probe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawPermit {
+    generation: u64,
+    started: u64,
+    probe: bool,
+}
+
+impl CircuitBreaker {
+    /// A builder with resilience4j's defaults: failure rate 50%, slow-call rate 100% at 60 s,
+    /// count window of 100, minimum 100 calls, 60 s open, 10 half-open probes.
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::default()
+    }
+
+    fn from_config(cfg: Config) -> CircuitBreaker {
+        let window = match cfg.window {
+            SlidingWindow::Count(n) => Window::Count(CountWindow::new(n.get() as usize)),
+            SlidingWindow::Time(n) => Window::Time(TimeWindow::new(n.get() as usize)),
+        };
+        let probes = CountWindow::new(cfg.permitted_in_half_open as usize);
+        let initial = cfg.initial_state;
+        CircuitBreaker {
+            inner: Arc::new(Inner {
+                slow_nanos: duration_to_nanos(cfg.slow_call_duration),
+                state: AtomicU64::new(word(initial, 0, 0)),
+                open_until: AtomicU64::new(if initial == State::Open {
+                    cfg.clock
+                        .now_nanos()
+                        .saturating_add(duration_to_nanos(cfg.open_wait.for_opening(1)))
+                } else {
+                    0
+                }),
+                consecutive_opens: AtomicU32::new(u32::from(initial == State::Open)),
+                half_open_since: AtomicU64::new(0),
+                probes,
+                window,
+                not_permitted: AtomicU64::new(0),
+                transition: Mutex::new(()),
+                cfg,
+            }),
+        }
+    }
+
+    /// The name given at build time.
+    pub fn name(&self) -> &str {
+        &self.inner.cfg.name
+    }
+
+    /// Asks to make one call. On success, record its outcome through the [`Permit`] (dropping
+    /// it unrecorded counts as [`Outcome::Ignored`]).
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+        let raw = self.acquire_raw()?;
+        Ok(Permit {
+            breaker: self,
+            raw,
+            done: false,
+        })
+    }
+
+    /// Runs `f` if admitted; `Err` is a failure, `Ok` a success.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_classified(&DefaultClassifier, f).await
+    }
+
+    /// Runs `f` if admitted and records the outcome `classifier` gives its result (e.g. an
+    /// `Ok` HTTP 503 as a failure).
+    pub async fn call_classified<C, F, Fut, T, E>(
+        &self,
+        classifier: &C,
+        f: F,
+    ) -> Result<T, Error<E>>
+    where
+        C: Classify<T, E> + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let permit = self.try_acquire().map_err(Error::Rejected)?;
+        let result = f().await;
+        permit.record(classifier.classify(&result));
+        result.map_err(Error::Inner)
+    }
+
+    /// The current state, applying a transition that is due (open wait or half-open max wait
+    /// over).
+    pub fn state(&self) -> State {
+        let now = self.inner.cfg.clock.now_nanos();
+        kind_of(self.inner.settle(now))
+    }
+
+    /// State, window counts and rates.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = &self.inner;
+        let now = inner.cfg.clock.now_nanos();
+        let w = inner.settle(now);
+        let state = kind_of(w);
+        let (t, judged) = if state == State::HalfOpen {
+            let t = inner.probes.totals();
+            (t, t.calls >= u64::from(inner.cfg.permitted_in_half_open))
+        } else {
+            let t = inner.window.totals(now);
+            (t, t.calls >= inner.cfg.minimum_calls)
+        };
+        let rate = |n: u64| (judged && t.calls > 0).then(|| 100.0 * n as f64 / t.calls as f64);
+        Snapshot {
+            state,
+            calls: t.calls,
+            failures: t.failures,
+            slow_calls: t.slow,
+            failure_rate: rate(t.failures),
+            slow_call_rate: rate(t.slow),
+            not_permitted: inner.not_permitted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Manual: reject every call until another manual transition.
+    pub fn force_open(&self) {
+        self.inner.transition_to(State::ForcedOpen, None);
+    }
+
+    /// Manual: admit every call and record nothing.
+    pub fn disable(&self) {
+        self.inner.transition_to(State::Disabled, None);
+    }
+
+    /// Manual: record and report, never reject.
+    pub fn metrics_only(&self) {
+        self.inner.transition_to(State::MetricsOnly, None);
+    }
+
+    /// Opens now, as if the thresholds had been crossed.
+    pub fn open(&self) {
+        self.inner.transition_to(State::Open, None);
+    }
+
+    /// Half-opens now, as if the open wait were over.
+    pub fn half_open(&self) {
+        self.inner.transition_to(State::HalfOpen, None);
+    }
+
+    /// Back to closed with an empty window and the backoff reset.
+    pub fn reset(&self) {
+        self.inner.transition_to(State::Closed, None);
+    }
+
+    pub(crate) fn acquire_raw(&self) -> Result<RawPermit, Rejected> {
+        let inner = &*self.inner;
+        let now = inner.cfg.clock.now_nanos();
+        let mut w = inner.state.load(Ordering::Acquire);
+        loop {
+            match kind_of(w) {
+                State::Closed | State::MetricsOnly | State::Disabled => {
+                    return Ok(RawPermit {
+                        generation: gen_of(w),
+                        started: now,
+                        probe: false,
+                    });
+                }
+                State::ForcedOpen => return Err(inner.reject(State::ForcedOpen, None)),
+                State::Open => {
+                    let until = inner.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return Err(
+                            inner.reject(State::Open, Some(Duration::from_nanos(until - now)))
+                        );
+                    }
+                    w = inner.transition_from(w, State::HalfOpen, now);
+                }
+                State::HalfOpen => {
+                    if inner.half_open_expired(now) {
+                        w = inner.transition_from(w, State::Open, now);
+                        continue;
+                    }
+                    if issued_of(w) >= inner.cfg.permitted_in_half_open {
+                        return Err(inner.reject(State::HalfOpen, None));
+                    }
+                    let next = word(State::HalfOpen, gen_of(w), issued_of(w) + 1);
+                    match inner.state.compare_exchange_weak(
+                        w,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            return Ok(RawPermit {
+                                generation: gen_of(w),
+                                started: now,
+                                probe: true,
+                            });
+                        }
+                        Err(actual) => w = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
+        let inner = &*self.inner;
+        let w = inner.state.load(Ordering::Acquire);
+        if gen_of(w) != permit.generation {
+            return; // the state it was issued in is gone
+        }
+        let now = inner.cfg.clock.now_nanos();
+        let failure = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => {
+                if permit.probe {
+                    inner.hand_back_probe(w);
+                }
+                return;
+            }
+        };
+        let slow = now.saturating_sub(permit.started) >= inner.slow_nanos;
+        match kind_of(w) {
+            State::Closed | State::MetricsOnly => {
+                inner.window.record(now, failure, slow);
+                let t = inner.window.totals(now);
+                if kind_of(w) == State::Closed && inner.exceeds(t, inner.cfg.minimum_calls) {
+                    inner.transition_from(w, State::Open, now);
+                }
+            }
+            State::HalfOpen if permit.probe => {
+                inner.probes.record(failure, slow);
+                let t = inner.probes.totals();
+                let all = u64::from(inner.cfg.permitted_in_half_open);
+                if t.calls >= all {
+                    let to = if inner.exceeds(t, all) {
+                        State::Open
+                    } else {
+                        State::Closed
+                    };
+                    inner.transition_from(w, to, now);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Inner {
+    #[cold]
+    fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
+        self.not_permitted.fetch_add(1, Ordering::Relaxed);
+        Rejected { state, retry_after }
+    }
+
+    #[inline]
+    fn exceeds(&self, t: Totals, minimum: u64) -> bool {
+        if t.calls < minimum || t.calls == 0 {
+            return false;
+        }
+        let calls = t.calls as f64;
+        100.0 * t.failures as f64 / calls >= self.cfg.failure_rate_threshold
+            || 100.0 * t.slow as f64 / calls >= self.cfg.slow_call_rate_threshold
+    }
+
+    fn half_open_expired(&self, now: u64) -> bool {
+        self.cfg.max_wait_in_half_open.is_some_and(|max| {
+            now.saturating_sub(self.half_open_since.load(Ordering::Acquire))
+                >= duration_to_nanos(max)
+        })
+    }
+
+    /// Applies due time-driven transitions and returns the resulting state word.
+    fn settle(&self, now: u64) -> u64 {
+        let mut w = self.state.load(Ordering::Acquire);
+        loop {
+            let due = match kind_of(w) {
+                State::Open if now >= self.open_until.load(Ordering::Acquire) => State::HalfOpen,
+                State::HalfOpen if self.half_open_expired(now) => State::Open,
+                _ => return w,
+            };
+            let next = self.transition_from(w, due, now);
+            if next == w {
+                return w;
+            }
+            w = next;
+        }
+    }
+
+    fn hand_back_probe(&self, mut w: u64) {
+        let generation = gen_of(w);
+        while kind_of(w) == State::HalfOpen && gen_of(w) == generation && issued_of(w) > 0 {
+            let next = word(State::HalfOpen, generation, issued_of(w) - 1);
+            match self
+                .state
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    /// Moves from the exact state word `expected` to `to`; if another thread moved first,
+    /// does nothing. Returns the state word after the call.
+    fn transition_from(&self, expected: u64, to: State, now: u64) -> u64 {
+        self.transition_to(to, Some((expected, now)))
+    }
+
+    fn transition_to(&self, to: State, expected: Option<(u64, u64)>) -> u64 {
+        let now = expected.map_or_else(|| self.cfg.clock.now_nanos(), |(_, now)| now);
+        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.state.load(Ordering::Acquire);
+        if let Some((expected, _)) = expected
+            && current != expected
+        {
+            return current;
+        }
+        let from = kind_of(current);
+        match to {
+            State::Open => {
+                let k = self
+                    .consecutive_opens
+                    .load(Ordering::Relaxed)
+                    .saturating_add(1);
+                self.consecutive_opens.store(k, Ordering::Relaxed);
+                let wait = duration_to_nanos(self.cfg.open_wait.for_opening(k));
+                self.open_until
+                    .store(now.saturating_add(wait), Ordering::Release);
+                self.window.reset();
+            }
+            State::HalfOpen => {
+                self.probes.reset();
+                self.half_open_since.store(now, Ordering::Release);
+            }
+            State::Closed | State::Disabled | State::ForcedOpen | State::MetricsOnly => {
+                self.consecutive_opens.store(0, Ordering::Relaxed);
+                self.window.reset();
+            }
+        }
+        let next = word(to, gen_of(current) + 1, 0);
+        self.state.store(next, Ordering::Release);
+        drop(guard);
+        let t = Transition {
+            from,
+            to,
+            at_nanos: now,
+        };
+        tracing::info!(breaker = &*self.cfg.name, from = ?from, to = ?to, "circuit breaker state change");
+        if let Some(hook) = &self.cfg.on_transition {
+            hook(&t);
+        }
+        next
+    }
+}
+
+/// Permission to make one call. Record how it went with [`success`](Permit::success),
+/// [`failure`](Permit::failure), [`ignore`](Permit::ignore) or [`record`](Permit::record);
+/// dropping it unrecorded counts as ignored.
+#[must_use = "record the call's outcome, or the permit counts as ignored"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    raw: RawPermit,
+    done: bool,
+}
+
+impl Permit<'_> {
+    /// Records `outcome`; the call's duration is measured from when the permit was issued.
+    pub fn record(mut self, outcome: Outcome) {
+        self.done = true;
+        self.breaker.record_raw(self.raw, outcome);
+    }
+
+    /// Records a success.
+    pub fn success(self) {
+        self.record(Outcome::Success)
+    }
+
+    /// Records a failure.
+    pub fn failure(self) {
+        self.record(Outcome::Failure)
+    }
+
+    /// Records nothing; a half-open probe slot is handed back.
+    pub fn ignore(self) {
+        self.record(Outcome::Ignored)
+    }
+
+    /// Whether this permit is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.raw.probe
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.record_raw(self.raw, Outcome::Ignored);
+        }
+    }
+}
+
+impl fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.breaker.name())
+            .field("probe", &self.raw.probe)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name())
+            .field("state", &kind_of(self.inner.state.load(Ordering::Acquire)))
+            .finish()
+    }
+}

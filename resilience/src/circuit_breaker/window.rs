@@ -1,0 +1,270 @@
+//! Lock-free sliding windows of call outcomes.
+//!
+//! Both windows keep three counters — calls, failures, slow calls — packed into one `u64`
+//! (21 bits each), so recording an outcome is one or two atomic operations and reading the
+//! totals is one load per bucket.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+const FIELD_BITS: u32 = 21;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+/// Largest count a window field holds: the cap on a count window's size and on calls per
+/// second in one bucket of a time window.
+pub(crate) const FIELD_MAX: u64 = FIELD_MASK;
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// Totals over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+}
+
+impl Totals {
+    fn unpack(w: u64) -> Totals {
+        Totals {
+            calls: w & FIELD_MASK,
+            failures: (w >> FIELD_BITS) & FIELD_MASK,
+            slow: (w >> (2 * FIELD_BITS)) & FIELD_MASK,
+        }
+    }
+
+    fn add(&mut self, o: Totals) {
+        self.calls += o.calls;
+        self.failures += o.failures;
+        self.slow += o.slow;
+    }
+}
+
+/// One recorded outcome, packed as a window word (calls = 1).
+#[inline]
+fn pack(failure: bool, slow: bool) -> u64 {
+    1 | (u64::from(failure) << FIELD_BITS) | (u64::from(slow) << (2 * FIELD_BITS))
+}
+
+/// Slot encoding for the count window: 0 = empty.
+#[inline]
+fn slot_bits(failure: bool, slow: bool) -> u8 {
+    1 | (u8::from(failure) << 1) | (u8::from(slow) << 2)
+}
+
+#[inline]
+fn slot_word(bits: u8) -> u64 {
+    if bits == 0 {
+        0
+    } else {
+        pack(bits & 2 != 0, bits & 4 != 0)
+    }
+}
+
+/// The last `size` recorded calls.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    cursor: AtomicUsize,
+    totals: AtomicU64,
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: usize) -> Self {
+        CountWindow {
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            cursor: AtomicUsize::new(0),
+            totals: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, failure: bool, slow: bool) {
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let new = slot_bits(failure, slow);
+        let old = self.slots[i].swap(new, Ordering::AcqRel);
+        // Packed fields add linearly modulo 2^64, so one add applies the whole difference.
+        let delta = slot_word(new).wrapping_sub(slot_word(old));
+        self.totals.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    pub(crate) fn totals(&self) -> Totals {
+        Totals::unpack(self.totals.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn reset(&self) {
+        for s in self.slots.iter() {
+            s.store(0, Ordering::Relaxed);
+        }
+        self.cursor.store(0, Ordering::Relaxed);
+        self.totals.store(0, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Second index + 1 this bucket counts; 0 = never used.
+    tag: AtomicU64,
+    counts: AtomicU64,
+}
+
+/// Calls recorded in the last `seconds` whole clock seconds (the current one included).
+///
+/// Buckets are aligned to clock seconds: a call at time `t` ns counts in second
+/// `t / 1_000_000_000`, and the window at time `t` covers seconds
+/// `t/1e9 - seconds + 1 ..= t/1e9`. A call recorded in the instant its bucket is recycled may
+/// be counted in the neighbouring second; totals are otherwise exact.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(seconds: usize) -> Self {
+        TimeWindow {
+            buckets: (0..seconds).map(|_| Bucket::default()).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
+        let sec = now_nanos / NANOS_PER_SEC;
+        let b = &self.buckets[(sec % self.buckets.len() as u64) as usize];
+        let tag = b.tag.load(Ordering::Acquire);
+        if tag != sec + 1
+            && tag < sec + 1
+            && b.tag
+                .compare_exchange(tag, sec + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.counts.store(0, Ordering::Release);
+        }
+        if b.tag.load(Ordering::Acquire) == sec + 1 {
+            b.counts.fetch_add(pack(failure, slow), Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn totals(&self, now_nanos: u64) -> Totals {
+        let sec = now_nanos / NANOS_PER_SEC;
+        let oldest = (sec + 1).saturating_sub(self.buckets.len() as u64 - 1);
+        let mut t = Totals::default();
+        for b in self.buckets.iter() {
+            let tag = b.tag.load(Ordering::Acquire);
+            if tag >= oldest.max(1) && tag <= sec + 1 {
+                t.add(Totals::unpack(b.counts.load(Ordering::Acquire)));
+            }
+        }
+        t
+    }
+
+    pub(crate) fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.tag.store(0, Ordering::Relaxed);
+            b.counts.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_window_keeps_the_last_n() {
+        let w = CountWindow::new(3);
+        w.record(true, false);
+        w.record(false, true);
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 2,
+                failures: 1,
+                slow: 1
+            }
+        );
+        w.record(false, false);
+        w.record(false, false); // evicts the failure
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 3,
+                failures: 0,
+                slow: 1
+            }
+        );
+        w.record(true, true); // evicts the slow success
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
+        w.reset();
+        assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn count_window_is_exact_under_threads() {
+        let w = std::sync::Arc::new(CountWindow::new(1000));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000 {
+                        w.record((i + t) % 4 == 0, false);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let totals = w.totals();
+        assert_eq!(totals.calls, 1000);
+        let failures_in_slots = w
+            .slots
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) & 2 != 0)
+            .count();
+        assert_eq!(totals.failures, failures_in_slots as u64);
+    }
+
+    #[test]
+    fn time_window_slides_by_whole_seconds() {
+        let s = NANOS_PER_SEC;
+        let w = TimeWindow::new(2);
+        w.record(0, true, false);
+        w.record(s / 2, false, false);
+        assert_eq!(w.totals(s - 1).calls, 2);
+        w.record(s, false, true);
+        assert_eq!(
+            w.totals(s),
+            Totals {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
+        // At second 2 the window is seconds 1..=2: second 0 has left.
+        assert_eq!(
+            w.totals(2 * s),
+            Totals {
+                calls: 1,
+                failures: 0,
+                slow: 1
+            }
+        );
+        w.record(2 * s, true, false);
+        assert_eq!(
+            w.totals(2 * s),
+            Totals {
+                calls: 2,
+                failures: 1,
+                slow: 1
+            }
+        );
+        // Long idle: nothing left.
+        assert_eq!(w.totals(100 * s), Totals::default());
+        w.record(100 * s, false, false);
+        assert_eq!(w.totals(100 * s).calls, 1);
+    }
+}
