@@ -180,6 +180,7 @@ async fn blackhole_times_out_within_bound_and_reset_recovers() {
     let started = Instant::now();
     let err = add_both(&conn, "b", 1).await.unwrap_err();
     let took = started.elapsed();
+    println!("blackholed call failed with {err} after {took:?} (bound {bound:?})");
     assert!(
         matches!(err, StoreError::Timeout { after } if after == bound),
         "{err:?}"
