@@ -1,57 +1,76 @@
-//! Resilience hot paths, ours beside the peer crate in the same run.
+//! Resilience hot paths, ours beside the peer crates in the same run.
 //!
-//! `circuit_breaker/closed`: admit one call and record its success on a closed breaker —
-//! floodwall's permit API against failsafe's `CircuitBreaker::call` (same work: permission
-//! check, then a success recorded in the failure policy), single-threaded and with two threads
-//! sharing one breaker.
+//! - `circuit_breaker/closed`: admit one call and record its success on a closed breaker.
+//!   floodwall's permit API against recloser's and failsafe's `call`. The peers detect no slow
+//!   calls, so the like-for-like row is floodwall with `slow_call_duration(None)`; the row
+//!   with slow-call detection (floodwall's default, two clock reads) is shown too. Also with
+//!   two threads sharing one breaker.
+//! - `circuit_breaker/layer`: one request through a closed breaker layer around an
+//!   always-ready service — floodwall's `CircuitBreakerLayer` against tower-resilience's.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
-use floodwall::resilience::circuit_breaker::CircuitBreaker;
+use floodwall::resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use futures::FutureExt;
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn closed_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("circuit_breaker/closed");
 
-    let ours = CircuitBreaker::builder().build().unwrap();
+    let ours = CircuitBreaker::builder()
+        .slow_call_duration(None)
+        .build()
+        .unwrap();
+    let ours_slow = CircuitBreaker::builder().build().unwrap();
+    let recloser = recloser::Recloser::default();
+    let failsafe = failsafe::Config::new().build();
+
+    let floodwall_call = || {
+        let p = ours.try_acquire().unwrap();
+        p.success();
+    };
+    let floodwall_slow_call = || {
+        let p = ours_slow.try_acquire().unwrap();
+        p.success();
+    };
+    let recloser_call = || black_box(recloser.call(|| Ok::<_, ()>(()))).unwrap();
+    let failsafe_call = || black_box(failsafe.call(|| Ok::<_, ()>(()))).unwrap();
+
     g.bench_function(BenchmarkId::new("floodwall", "1 thread"), |b| {
-        b.iter(|| {
-            let p = ours.try_acquire().unwrap();
-            p.success();
-        })
+        b.iter(floodwall_call)
     });
-    let theirs = failsafe::Config::new().build();
+    g.bench_function(BenchmarkId::new("floodwall+slow-calls", "1 thread"), |b| {
+        b.iter(floodwall_slow_call)
+    });
+    g.bench_function(BenchmarkId::new("recloser", "1 thread"), |b| {
+        b.iter(recloser_call)
+    });
     g.bench_function(BenchmarkId::new("failsafe", "1 thread"), |b| {
-        b.iter(|| black_box(theirs.call(|| Ok::<_, ()>(()))).unwrap())
+        b.iter(failsafe_call)
     });
 
-    // Two threads on one shared breaker: the time per call of the measured thread while
-    // another hammers the same breaker.
     g.bench_function(BenchmarkId::new("floodwall", "2 threads"), |b| {
-        b.iter_custom(|iters| {
-            contended(iters, || {
-                let p = ours.try_acquire().unwrap();
-                p.success();
-            })
-        })
+        b.iter_custom(|iters| contended(iters, floodwall_call))
+    });
+    g.bench_function(BenchmarkId::new("recloser", "2 threads"), |b| {
+        b.iter_custom(|iters| contended(iters, recloser_call))
     });
     g.bench_function(BenchmarkId::new("failsafe", "2 threads"), |b| {
-        b.iter_custom(|iters| {
-            contended(iters, || {
-                black_box(theirs.call(|| Ok::<_, ()>(()))).unwrap();
-            })
-        })
+        b.iter_custom(|iters| contended(iters, failsafe_call))
     });
     g.finish();
 }
 
+/// Time for `iters` calls on this thread while a second thread makes the same calls.
 fn contended(iters: u64, op: impl Fn() + Sync) -> Duration {
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let other = s.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 op();
             }
         });
@@ -60,11 +79,48 @@ fn contended(iters: u64, op: impl Fn() + Sync) -> Duration {
             op();
         }
         let took = start.elapsed();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         other.join().unwrap();
         took
     })
 }
 
-criterion_group!(benches, closed_path);
+/// Drives one request through an always-ready service; every future here completes on its
+/// first poll.
+fn one_request<S: Service<u32>>(svc: &mut S) -> S::Response
+where
+    S::Error: std::fmt::Debug,
+{
+    let ready = svc
+        .ready()
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ready");
+    ready
+        .call(black_box(7))
+        .now_or_never()
+        .expect("answered at once")
+        .expect("ok")
+}
+
+fn layer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit_breaker/layer");
+    let inner = service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) });
+
+    let breaker = CircuitBreaker::builder()
+        .slow_call_duration(None)
+        .build()
+        .unwrap();
+    let mut ours = CircuitBreakerLayer::new(breaker).layer(inner);
+    g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
+
+    let theirs_layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .unwrap();
+    let mut theirs = theirs_layer.layer(inner);
+    g.bench_function("tower-resilience", |b| b.iter(|| one_request(&mut theirs)));
+    g.finish();
+}
+
+criterion_group!(benches, closed_path, layer);
 criterion_main!(benches);

@@ -20,7 +20,7 @@ struct Cfg {
     minimum: u32,
     failure_pct: f32,
     slow_pct: f32,
-    slow_ms: u64,
+    slow_ms: Option<u64>,
     backoff: bool,
     permitted: u32,
     max_half_open_ms: Option<u64>,
@@ -194,7 +194,10 @@ impl Model {
             }
             o => o == Outcome::Failure,
         };
-        let slow = now - p.started >= self.cfg.slow_ms * 1_000_000;
+        let slow = self
+            .cfg
+            .slow_ms
+            .is_some_and(|ms| now - p.started >= ms * 1_000_000);
         match self.state {
             State::Closed | State::MetricsOnly => {
                 self.window.push((now / SEC, failure, slow));
@@ -265,7 +268,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         1u32..6,
         prop::sample::select(vec![20.0f32, 50.0, 100.0]),
         prop::sample::select(vec![50.0f32, 100.0]),
-        prop::sample::select(vec![100u64, 400]),
+        prop::sample::select(vec![Some(100u64), Some(400), None]),
         any::<bool>(),
         1u32..4,
         prop::option::of(prop::sample::select(vec![700u64, 2000])),
@@ -306,7 +309,7 @@ fn build(cfg: &Cfg, clock: &ManualClock) -> CircuitBreaker {
         .minimum_calls(cfg.minimum)
         .failure_rate_threshold(cfg.failure_pct)
         .slow_call_rate_threshold(cfg.slow_pct)
-        .slow_call_duration(Duration::from_millis(cfg.slow_ms))
+        .slow_call_duration(cfg.slow_ms.map(Duration::from_millis))
         .open_wait(if cfg.backoff {
             OpenWait::Backoff {
                 initial: Duration::from_secs(1),

@@ -77,7 +77,7 @@ pub(crate) struct Config {
     pub(crate) name: Arc<str>,
     pub(crate) failure_rate_threshold: f64,
     pub(crate) slow_call_rate_threshold: f64,
-    pub(crate) slow_call_duration: Duration,
+    pub(crate) slow_call_duration: Option<Duration>,
     pub(crate) window: SlidingWindow,
     pub(crate) minimum_calls: u64,
     pub(crate) open_wait: OpenWait,
@@ -104,7 +104,7 @@ impl Default for CircuitBreakerBuilder {
                 name: Arc::from("default"),
                 failure_rate_threshold: 50.0,
                 slow_call_rate_threshold: 100.0,
-                slow_call_duration: Duration::from_secs(60),
+                slow_call_duration: Some(Duration::from_secs(60)),
                 window: SlidingWindow::Count(NonZeroU32::new(100).expect("non-zero")),
                 minimum_calls: 100,
                 open_wait: OpenWait::Fixed(Duration::from_secs(60)),
@@ -142,9 +142,10 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// A call taking at least this long is slow. Default: 60 s.
-    pub fn slow_call_duration(mut self, d: Duration) -> Self {
-        self.cfg.slow_call_duration = d;
+    /// A call taking at least this long is slow; `None` turns slow-call detection off (and
+    /// with it the clock reads of a count window's closed path). Default: 60 s.
+    pub fn slow_call_duration(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.cfg.slow_call_duration = d.into();
         self
     }
 

@@ -22,7 +22,9 @@
 //!   e.g. a cancelled future) hands its probe slot back.
 //! - `failure_rate = 100 * failures / calls` and `slow_rate = 100 * slow / calls` over the
 //!   window, where `calls` counts successes and failures and a call is slow when it took at
-//!   least `slow_call_duration` (successes and failures alike). The breaker trips when
+//!   least `slow_call_duration` (successes and failures alike; with
+//!   `slow_call_duration(None)` no call is slow and the closed path of a count window reads
+//!   no clock at all). The breaker trips when
 //!   `calls >= minimum_calls` and either rate is **at or above** its threshold.
 //! - Count window: the last `n` outcomes. Time window: the outcomes of the last `n` whole
 //!   clock seconds (aligned to the [`Clock`](floodwall_core::Clock)'s seconds).
@@ -271,11 +273,19 @@ enum Window {
 }
 
 impl Window {
+    fn is_timed(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+
+    /// Records an outcome; returns whether the totals may have changed.
     #[inline]
-    fn record(&self, now: u64, failure: bool, slow: bool) {
+    fn record(&self, now: u64, failure: bool, slow: bool) -> bool {
         match self {
             Window::Count(w) => w.record(failure, slow),
-            Window::Time(w) => w.record(now, failure, slow),
+            Window::Time(w) => {
+                w.record(now, failure, slow);
+                true
+            }
         }
     }
 
@@ -296,7 +306,8 @@ impl Window {
 
 struct Inner {
     cfg: Config,
-    slow_nanos: u64,
+    /// `None`: slow-call detection off.
+    slow_nanos: Option<u64>,
     state: AtomicU64,
     window: Window,
     /// Valid while open: the clock reading at which the breaker turns half-open.
@@ -342,7 +353,7 @@ impl CircuitBreaker {
         let initial = cfg.initial_state;
         CircuitBreaker {
             inner: Arc::new(Inner {
-                slow_nanos: duration_to_nanos(cfg.slow_call_duration),
+                slow_nanos: cfg.slow_call_duration.map(duration_to_nanos),
                 state: AtomicU64::new(word(initial, 0, 0)),
                 open_until: AtomicU64::new(if initial == State::Open {
                     cfg.clock
@@ -369,6 +380,7 @@ impl CircuitBreaker {
 
     /// Asks to make one call. On success, record its outcome through the [`Permit`] (dropping
     /// it unrecorded counts as [`Outcome::Ignored`]).
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         let raw = self.acquire_raw()?;
         Ok(Permit {
@@ -469,8 +481,24 @@ impl CircuitBreaker {
 
     pub(crate) fn acquire_raw(&self) -> Result<RawPermit, Rejected> {
         let inner = &*self.inner;
-        let now = inner.cfg.clock.now_nanos();
         let mut w = inner.state.load(Ordering::Acquire);
+        if matches!(
+            kind_of(w),
+            State::Closed | State::MetricsOnly | State::Disabled
+        ) {
+            // The hot path: the clock is read only when slow calls are detected.
+            let started = if inner.slow_nanos.is_some() {
+                inner.cfg.clock.now_nanos()
+            } else {
+                0
+            };
+            return Ok(RawPermit {
+                generation: gen_of(w),
+                started,
+                probe: false,
+            });
+        }
+        let now = inner.cfg.clock.now_nanos();
         loop {
             match kind_of(w) {
                 State::Closed | State::MetricsOnly | State::Disabled => {
@@ -519,13 +547,13 @@ impl CircuitBreaker {
         }
     }
 
+    #[inline]
     pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
         let inner = &*self.inner;
         let w = inner.state.load(Ordering::Acquire);
         if gen_of(w) != permit.generation {
             return; // the state it was issued in is gone
         }
-        let now = inner.cfg.clock.now_nanos();
         let failure = match outcome {
             Outcome::Success => false,
             Outcome::Failure => true,
@@ -536,13 +564,25 @@ impl CircuitBreaker {
                 return;
             }
         };
-        let slow = now.saturating_sub(permit.started) >= inner.slow_nanos;
+        // Read the clock only if something needs it: slow-call detection, a time window, or
+        // a transition (read then).
+        let known_now = (inner.slow_nanos.is_some() || inner.window.is_timed())
+            .then(|| inner.cfg.clock.now_nanos());
+        let now = || known_now.unwrap_or_else(|| inner.cfg.clock.now_nanos());
+        let slow = match (inner.slow_nanos, known_now) {
+            (Some(limit), Some(now)) => now.saturating_sub(permit.started) >= limit,
+            _ => false,
+        };
         match kind_of(w) {
             State::Closed | State::MetricsOnly => {
-                inner.window.record(now, failure, slow);
-                let t = inner.window.totals(now);
+                let at = known_now.unwrap_or(0);
+                if !inner.window.record(at, failure, slow) {
+                    // Same totals as before this call: no new verdict.
+                    return;
+                }
+                let t = inner.window.totals(at);
                 if kind_of(w) == State::Closed && inner.exceeds(t, inner.cfg.minimum_calls) {
-                    inner.transition_from(w, State::Open, now);
+                    inner.transition_from(w, State::Open, now());
                 }
             }
             State::HalfOpen if permit.probe => {
@@ -555,7 +595,7 @@ impl CircuitBreaker {
                     } else {
                         State::Closed
                     };
-                    inner.transition_from(w, to, now);
+                    inner.transition_from(w, to, now());
                 }
             }
             _ => {}
@@ -683,17 +723,20 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// Records `outcome`; the call's duration is measured from when the permit was issued.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
         self.breaker.record_raw(self.raw, outcome);
     }
 
     /// Records a success.
+    #[inline]
     pub fn success(self) {
         self.record(Outcome::Success)
     }
 
     /// Records a failure.
+    #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure)
     }

@@ -4,7 +4,7 @@
 //! (21 bits each), so recording an outcome is one or two atomic operations and reading the
 //! totals is one load per bucket.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
@@ -62,27 +62,47 @@ fn slot_word(bits: u8) -> u64 {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    cursor: AtomicUsize,
+    /// `u64::MAX / size + 1`, for a division-free `cursor % size` (Lemire's fastmod).
+    fastmod: u64,
+    cursor: AtomicU32,
     totals: AtomicU64,
 }
 
 impl CountWindow {
     pub(crate) fn new(size: usize) -> Self {
+        let size = size.clamp(1, FIELD_MAX as usize);
         CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
-            cursor: AtomicUsize::new(0),
+            fastmod: (u64::MAX / size as u64).wrapping_add(1),
+            cursor: AtomicU32::new(0),
             totals: AtomicU64::new(0),
         }
     }
 
+    /// `c % size` without a division (exact for every `u32`).
     #[inline]
-    pub(crate) fn record(&self, failure: bool, slow: bool) {
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    fn slot_of(&self, c: u32) -> usize {
+        let low = self.fastmod.wrapping_mul(u64::from(c));
+        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// Records one outcome. Returns whether the totals changed (they do not when the outcome
+    /// replaces an identical one in a full window, the steady state of a healthy service).
+    #[inline]
+    pub(crate) fn record(&self, failure: bool, slow: bool) -> bool {
+        // The cursor wraps at 2^32; when size does not divide 2^32 the ring skips ahead once
+        // every 4 billion calls, replacing a few outcomes early. Totals stay exact.
+        let i = self.slot_of(self.cursor.fetch_add(1, Ordering::Relaxed));
         let new = slot_bits(failure, slow);
-        let old = self.slots[i].swap(new, Ordering::AcqRel);
+        let slot = &self.slots[i];
+        if slot.load(Ordering::Acquire) == new {
+            return false;
+        }
+        let old = slot.swap(new, Ordering::AcqRel);
         // Packed fields add linearly modulo 2^64, so one add applies the whole difference.
         let delta = slot_word(new).wrapping_sub(slot_word(old));
         self.totals.fetch_add(delta, Ordering::AcqRel);
+        true
     }
 
     pub(crate) fn totals(&self) -> Totals {
@@ -200,6 +220,28 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn fastmod_matches_modulo() {
+        for size in [1usize, 2, 3, 7, 10, 100, 999, 65_537, FIELD_MAX as usize] {
+            let w = CountWindow::new(size);
+            for c in [
+                0u32,
+                1,
+                2,
+                5,
+                99,
+                100,
+                101,
+                65_536,
+                1 << 31,
+                u32::MAX - 1,
+                u32::MAX,
+            ] {
+                assert_eq!(w.slot_of(c), c as usize % size, "{c} % {size}");
+            }
+        }
     }
 
     #[test]
