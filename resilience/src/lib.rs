@@ -20,5 +20,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod circuit_breaker;
+pub mod retry;
 
 pub use floodwall_core::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,168 @@
+//! Backoff schedules and jitter.
+
+use std::time::Duration;
+
+use rand::RngExt;
+use rand::rngs::SmallRng;
+
+use floodwall_core::clock::duration_to_nanos;
+
+/// How the un-jittered delay grows with the retry number `n` (0 for the first retry).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backoff {
+    /// `delay(n) = d`.
+    Constant(Duration),
+    /// `delay(n) = initial + n * step`.
+    Linear {
+        /// Delay before the first retry.
+        initial: Duration,
+        /// Added per further retry.
+        step: Duration,
+    },
+    /// `delay(n) = initial * multiplier^n`.
+    Exponential {
+        /// Delay before the first retry.
+        initial: Duration,
+        /// Growth per retry (at least 1.0).
+        multiplier: f64,
+    },
+}
+
+impl Backoff {
+    /// The un-jittered delay before retry `n` (0-based), capped at `cap`.
+    pub fn base_delay(&self, n: u32, cap: Duration) -> Duration {
+        let d = match *self {
+            Backoff::Constant(d) => d,
+            Backoff::Linear { initial, step } => initial.saturating_add(step.saturating_mul(n)),
+            Backoff::Exponential {
+                initial,
+                multiplier,
+            } => {
+                let secs = initial.as_secs_f64() * multiplier.powi(n.min(4096) as i32);
+                if !secs.is_finite() || secs >= cap.as_secs_f64() {
+                    cap
+                } else {
+                    Duration::from_secs_f64(secs)
+                }
+            }
+        };
+        d.min(cap)
+    }
+
+    /// The first delay (`delay(0)`), the floor of decorrelated jitter.
+    pub fn initial(&self) -> Duration {
+        match *self {
+            Backoff::Constant(d) => d,
+            Backoff::Linear { initial, .. } | Backoff::Exponential { initial, .. } => initial,
+        }
+    }
+}
+
+/// Randomisation of the delay, after AWS's "Exponential Backoff and Jitter".
+///
+/// With `b = min(cap, backoff.base_delay(n))` and `rand(lo, hi)` uniform on `[lo, hi]`:
+///
+/// | kind | delay before retry `n` | bounds |
+/// |---|---|---|
+/// | `None` | `b` | `= b` |
+/// | `Full` | `rand(0, b)` | `[0, b]` |
+/// | `Equal` | `b/2 + rand(0, b/2)` | `[b/2, b]` |
+/// | `Decorrelated` | `min(cap, rand(initial, 3 * prev))`, `prev` = the previous delay, `initial` at first | `[min(initial, cap), cap]` |
+///
+/// The cap bounds the final delay in every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Jitter {
+    /// No randomisation.
+    None,
+    /// Uniform between zero and the backoff delay (AWS "full jitter"; the default).
+    #[default]
+    Full,
+    /// Half the backoff delay plus uniform up to the other half (AWS "equal jitter").
+    Equal,
+    /// Uniform between the initial delay and three times the previous delay (AWS
+    /// "decorrelated jitter"); ignores the backoff's growth law.
+    Decorrelated,
+}
+
+/// A backoff, a jitter and a cap: the delays of successive retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// The growth law.
+    pub backoff: Backoff,
+    /// The randomisation.
+    pub jitter: Jitter,
+    /// The largest delay ever returned.
+    pub cap: Duration,
+}
+
+impl Schedule {
+    /// The delay before retry `n` (0-based), given the previous delay (for decorrelated
+    /// jitter) and the random source.
+    pub fn delay(&self, n: u32, prev: Option<Duration>, rng: &mut SmallRng) -> Duration {
+        let b = self.backoff.base_delay(n, self.cap);
+        let uniform = |rng: &mut SmallRng, lo: u64, hi: u64| -> u64 {
+            if hi <= lo {
+                lo
+            } else {
+                rng.random_range(lo..=hi)
+            }
+        };
+        match self.jitter {
+            Jitter::None => b,
+            Jitter::Full => Duration::from_nanos(uniform(rng, 0, duration_to_nanos(b))),
+            Jitter::Equal => {
+                let half = duration_to_nanos(b) / 2;
+                let rest = duration_to_nanos(b) - half;
+                Duration::from_nanos(half + uniform(rng, 0, rest))
+            }
+            Jitter::Decorrelated => {
+                let cap = duration_to_nanos(self.cap);
+                let base = duration_to_nanos(self.backoff.initial()).min(cap);
+                let prev = prev.map_or(base, duration_to_nanos);
+                let hi = prev.saturating_mul(3).min(cap).max(base);
+                Duration::from_nanos(uniform(rng, base, hi))
+            }
+        }
+    }
+
+    /// The first `count` delays from a generator seeded with `seed`; the same seed gives the
+    /// same sequence.
+    pub fn delays(&self, seed: u64, count: u32) -> Vec<Duration> {
+        use rand::SeedableRng;
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut prev = None;
+        (0..count)
+            .map(|n| {
+                let d = self.delay(n, prev, &mut rng);
+                prev = Some(d);
+                d
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_laws() {
+        let cap = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        assert_eq!(Backoff::Constant(ms(5)).base_delay(9, cap), ms(5));
+        let lin = Backoff::Linear {
+            initial: ms(100),
+            step: ms(50),
+        };
+        assert_eq!(lin.base_delay(0, cap), ms(100));
+        assert_eq!(lin.base_delay(3, cap), ms(250));
+        let exp = Backoff::Exponential {
+            initial: ms(100),
+            multiplier: 2.0,
+        };
+        assert_eq!(exp.base_delay(0, cap), ms(100));
+        assert_eq!(exp.base_delay(3, cap), ms(800));
+        assert_eq!(exp.base_delay(10, cap), cap);
+        assert_eq!(exp.base_delay(u32::MAX, cap), cap);
+    }
+}

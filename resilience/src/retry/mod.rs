@@ -1,0 +1,374 @@
+//! Retry with backoff, jitter, a total-time budget and a shared retry budget.
+//!
+//! # Choices
+//!
+//! - `max_attempts` counts the first call (resilience4j): `max_attempts(3)` is one call and at
+//!   most two retries.
+//! - The retry number `n` in the backoff formulas is 0-based: the delay before the first retry
+//!   is `initial`. See [`Backoff`] and [`Jitter`] for the formulas; the cap (`max_delay`)
+//!   bounds the final, jittered delay.
+//! - A [`Decision::RetryAfter`] from the policy (e.g. an HTTP `Retry-After`) is honoured: the
+//!   delay is at least that long. If it is longer than `max_delay`, or would end past
+//!   `max_elapsed`, the call gives up with the last error rather than retry early.
+//! - `max_elapsed` bounds the time from the first call to the start of the last retry: a retry
+//!   whose delay would end past it is not made.
+//! - With a [`RetryBudget`], each call deposits once and each retry withdraws; when the budget
+//!   is spent the call returns its last error at once.
+//! - The error returned is the last attempt's own error; the caller's error type is kept.
+//!
+//! Delays are slept with Tokio's timer, so `#[tokio::test(start_paused = true)]` tests run
+//! instantly; the jitter RNG is seeded (`rng_seed`) for reproducible tests.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use floodwall_resilience::retry::{Backoff, Jitter, Retry};
+//!
+//! let retry = Retry::builder()
+//!     .max_attempts(NonZeroU32::new(4).unwrap())
+//!     .backoff(Backoff::Exponential { initial: Duration::from_millis(1), multiplier: 2.0 })
+//!     .jitter(Jitter::Full)
+//!     .build();
+//!
+//! let mut calls = 0;
+//! let answer = retry
+//!     .call(|| {
+//!         calls += 1;
+//!         let n = calls;
+//!         async move { if n < 3 { Err("503") } else { Ok(n) } }
+//!     })
+//!     .await;
+//! assert_eq!(answer, Ok(3));
+//! # }
+//! ```
+
+mod backoff;
+mod budget;
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+pub use backoff::{Backoff, Jitter, Schedule};
+pub use budget::{RetryBudget, RetryBudgetBuilder};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use future::ResponseFuture;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{RetryLayer, RetryService};
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Return this result.
+    Done,
+    /// Retry after the schedule's delay.
+    Retry,
+    /// Retry, waiting at least this long (a server's `Retry-After`).
+    RetryAfter(Duration),
+}
+
+/// Decides from an attempt's result whether to retry.
+pub trait RetryPolicy<T, E> {
+    /// The decision for `result`.
+    fn decide(&self, result: &Result<T, E>) -> Decision;
+}
+
+/// Retries every `Err`, returns every `Ok`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryOnError;
+
+impl<T, E> RetryPolicy<T, E> for RetryOnError {
+    #[inline]
+    fn decide(&self, result: &Result<T, E>) -> Decision {
+        if result.is_ok() {
+            Decision::Done
+        } else {
+            Decision::Retry
+        }
+    }
+}
+
+impl<T, E, F> RetryPolicy<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Decision,
+{
+    fn decide(&self, result: &Result<T, E>) -> Decision {
+        self(result)
+    }
+}
+
+/// Passed to the [`on_retry`](RetryBuilder::on_retry) hook before each retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryEvent {
+    /// The 1-based number of the attempt that just failed.
+    pub attempt: u32,
+    /// How long the retry waits.
+    pub delay: Duration,
+}
+
+type Hook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
+struct Inner {
+    name: Arc<str>,
+    max_attempts: u32,
+    max_elapsed: Option<Duration>,
+    schedule: Schedule,
+    budget: Option<RetryBudget>,
+    rng: Mutex<SmallRng>,
+    on_retry: Option<Hook>,
+}
+
+/// A cheap-to-clone retry policy. See the [module docs](self).
+#[derive(Clone)]
+pub struct Retry {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Retry`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RetryBuilder {
+    name: Arc<str>,
+    max_attempts: u32,
+    max_elapsed: Option<Duration>,
+    schedule: Schedule,
+    budget: Option<RetryBudget>,
+    seed: Option<u64>,
+    on_retry: Option<Hook>,
+}
+
+impl Default for RetryBuilder {
+    fn default() -> Self {
+        RetryBuilder {
+            name: Arc::from("default"),
+            max_attempts: 3,
+            max_elapsed: None,
+            schedule: Schedule {
+                backoff: Backoff::Exponential {
+                    initial: Duration::from_millis(500),
+                    multiplier: 2.0,
+                },
+                jitter: Jitter::Full,
+                cap: Duration::from_secs(30),
+            },
+            budget: None,
+            seed: None,
+            on_retry: None,
+        }
+    }
+}
+
+impl RetryBuilder {
+    /// A name for traces. Default: `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Attempts in all, the first call included. Default: 3 (resilience4j's).
+    pub fn max_attempts(mut self, n: NonZeroU32) -> Self {
+        self.max_attempts = n.get();
+        self
+    }
+
+    /// No retry starts later than this after the first call. Default: none.
+    pub fn max_elapsed(mut self, d: Option<Duration>) -> Self {
+        self.max_elapsed = d;
+        self
+    }
+
+    /// The growth law. Default: exponential from 500 ms (resilience4j's wait) doubling.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.schedule.backoff = backoff;
+        self
+    }
+
+    /// The jitter. Default: [`Jitter::Full`].
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.schedule.jitter = jitter;
+        self
+    }
+
+    /// Cap on each delay, after jitter. Default: 30 s.
+    pub fn max_delay(mut self, cap: Duration) -> Self {
+        self.schedule.cap = cap;
+        self
+    }
+
+    /// A budget shared with other calls (and other `Retry`s). Default: none.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Seeds the jitter's random generator, for reproducible delays. Default: seeded from the
+    /// thread's entropy source.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Called before each retry, with the failed attempt's number and the delay.
+    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the policy.
+    pub fn build(self) -> Retry {
+        let rng = match self.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_rng(&mut rand::rng()),
+        };
+        Retry {
+            inner: Arc::new(Inner {
+                name: self.name,
+                max_attempts: self.max_attempts,
+                max_elapsed: self.max_elapsed,
+                schedule: self.schedule,
+                budget: self.budget,
+                rng: Mutex::new(rng),
+                on_retry: self.on_retry,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RetryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBuilder")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The progress of one call through a [`Retry`]: attempts made, the previous delay, the start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts {
+    made: u32,
+    prev_delay: Option<Duration>,
+    started: Instant,
+}
+
+impl Retry {
+    /// A builder; defaults are listed on each method.
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder::default()
+    }
+
+    /// The budget, if any.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.inner.budget.as_ref()
+    }
+
+    /// Runs `f` until it succeeds, retrying every `Err` per the schedule.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_with(&RetryOnError, f).await
+    }
+
+    /// Runs `f`, asking `policy` after each attempt whether to retry.
+    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, mut f: F) -> Result<T, E>
+    where
+        P: RetryPolicy<T, E> + ?Sized,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempts = self.start();
+        loop {
+            let result = f().await;
+            match self.next_delay(&mut attempts, policy.decide(&result)) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return result,
+            }
+        }
+    }
+
+    /// Starts a call: deposits in the budget.
+    pub(crate) fn start(&self) -> Attempts {
+        if let Some(b) = &self.inner.budget {
+            b.deposit();
+        }
+        Attempts {
+            made: 0,
+            prev_delay: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// After an attempt: `Some(delay)` to retry after `delay`, `None` to return the result.
+    pub(crate) fn next_delay(&self, a: &mut Attempts, decision: Decision) -> Option<Duration> {
+        a.made += 1;
+        let at_least = match decision {
+            Decision::Done => return None,
+            Decision::Retry => Duration::ZERO,
+            Decision::RetryAfter(d) => d,
+        };
+        let inner = &*self.inner;
+        if a.made >= inner.max_attempts {
+            return None;
+        }
+        if at_least > inner.schedule.cap {
+            tracing::debug!(
+                retry = &*inner.name,
+                ?at_least,
+                "Retry-After beyond max_delay; giving up"
+            );
+            return None;
+        }
+        let jittered = {
+            let mut rng = inner.rng.lock().unwrap_or_else(|e| e.into_inner());
+            inner.schedule.delay(a.made - 1, a.prev_delay, &mut rng)
+        };
+        let delay = jittered.max(at_least);
+        if let Some(max) = inner.max_elapsed
+            && a.started.elapsed() + delay > max
+        {
+            return None;
+        }
+        if let Some(b) = &inner.budget
+            && !b.try_withdraw()
+        {
+            tracing::warn!(retry = &*inner.name, "retry budget exhausted; not retrying");
+            return None;
+        }
+        a.prev_delay = Some(jittered);
+        let event = RetryEvent {
+            attempt: a.made,
+            delay,
+        };
+        tracing::debug!(retry = &*inner.name, attempt = a.made, ?delay, "retrying");
+        if let Some(hook) = &inner.on_retry {
+            hook(&event);
+        }
+        Some(delay)
+    }
+}
+
+impl fmt::Debug for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("name", &self.inner.name)
+            .field("max_attempts", &self.inner.max_attempts)
+            .field("schedule", &self.inner.schedule)
+            .field("budget", &self.inner.budget)
+            .finish_non_exhaustive()
+    }
+}
