@@ -7,6 +7,10 @@
 //!   two threads sharing one breaker.
 //! - `circuit_breaker/layer`: one request through a closed breaker layer around an
 //!   always-ready service — floodwall's `CircuitBreakerLayer` against tower-resilience's.
+//! - `retry/no_retry_needed`: one successful request through floodwall's `RetryLayer` and
+//!   through tower's `Retry` with an equivalent policy.
+//! - `bulkhead/uncontended`: one request through floodwall's `BulkheadLayer` and tower's
+//!   `ConcurrencyLimit`, both limiting to 25.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,5 +126,52 @@ fn layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, closed_path, layer);
+/// tower's retry policy equivalent to floodwall's `RetryOnError` with 3 attempts.
+#[derive(Clone)]
+struct TowerRetryOnError(usize);
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for TowerRetryOnError {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        match result {
+            Err(_) if self.0 > 1 => {
+                self.0 -= 1;
+                Some(std::future::ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+fn retry(c: &mut Criterion) {
+    use floodwall::resilience::retry::{Retry, RetryLayer};
+    let mut g = c.benchmark_group("retry/no_retry_needed");
+    let inner = service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) });
+    let mut ours = RetryLayer::new(Retry::builder().build()).layer(inner);
+    g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
+    let mut theirs = tower::retry::RetryLayer::new(TowerRetryOnError(3)).layer(inner);
+    g.bench_function("tower", |b| b.iter(|| one_request(&mut theirs)));
+    g.finish();
+}
+
+fn bulkhead(c: &mut Criterion) {
+    use floodwall::resilience::bulkhead::{Bulkhead, BulkheadLayer};
+    let mut g = c.benchmark_group("bulkhead/uncontended");
+    let inner = service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) });
+    let bh = Bulkhead::builder()
+        .max_concurrent(std::num::NonZeroUsize::new(25).unwrap())
+        .build();
+    let mut ours = BulkheadLayer::new(bh).layer(inner);
+    g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
+    let mut theirs = tower::limit::ConcurrencyLimitLayer::new(25).layer(inner);
+    g.bench_function("tower", |b| b.iter(|| one_request(&mut theirs)));
+    g.finish();
+}
+
+criterion_group!(benches, closed_path, layer, retry, bulkhead);
 criterion_main!(benches);

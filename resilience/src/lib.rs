@@ -19,6 +19,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod retry;
 

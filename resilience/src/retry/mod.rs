@@ -261,7 +261,9 @@ impl fmt::Debug for RetryBuilder {
 pub(crate) struct Attempts {
     made: u32,
     prev_delay: Option<Duration>,
-    started: Instant,
+    /// Read only when `max_elapsed` is set (a clock read costs more than the rest of the
+    /// no-retry path).
+    started: Option<Instant>,
 }
 
 impl Retry {
@@ -302,6 +304,7 @@ impl Retry {
     }
 
     /// Starts a call: deposits in the budget.
+    #[inline]
     pub(crate) fn start(&self) -> Attempts {
         if let Some(b) = &self.inner.budget {
             b.deposit();
@@ -309,11 +312,12 @@ impl Retry {
         Attempts {
             made: 0,
             prev_delay: None,
-            started: Instant::now(),
+            started: self.inner.max_elapsed.map(|_| Instant::now()),
         }
     }
 
     /// After an attempt: `Some(delay)` to retry after `delay`, `None` to return the result.
+    #[inline]
     pub(crate) fn next_delay(&self, a: &mut Attempts, decision: Decision) -> Option<Duration> {
         a.made += 1;
         let at_least = match decision {
@@ -321,6 +325,11 @@ impl Retry {
             Decision::Retry => Duration::ZERO,
             Decision::RetryAfter(d) => d,
         };
+        self.retry_delay(a, at_least)
+    }
+
+    #[cold]
+    fn retry_delay(&self, a: &mut Attempts, at_least: Duration) -> Option<Duration> {
         let inner = &*self.inner;
         if a.made >= inner.max_attempts {
             return None;
@@ -338,8 +347,8 @@ impl Retry {
             inner.schedule.delay(a.made - 1, a.prev_delay, &mut rng)
         };
         let delay = jittered.max(at_least);
-        if let Some(max) = inner.max_elapsed
-            && a.started.elapsed() + delay > max
+        if let (Some(max), Some(started)) = (inner.max_elapsed, a.started)
+            && started.elapsed() + delay > max
         {
             return None;
         }

@@ -1,0 +1,374 @@
+//! Bulkhead: at most `max_concurrent` calls at once, a bounded queue of waiters, a bounded
+//! wait.
+//!
+//! # Semantics
+//!
+//! - A call is admitted while fewer than `max_concurrent` are in flight; its permit is held
+//!   until the call (or, with the layer, the response future) ends — also when it is dropped.
+//! - Otherwise it waits, if `max_wait` is non-zero and fewer than `max_waiting` callers are
+//!   already waiting; a caller beyond the queue is rejected at once
+//!   ([`RejectReason::QueueFull`]), and a waiter still without a permit after `max_wait` is
+//!   rejected then ([`RejectReason::WaitTimedOut`]).
+//! - Waiters are woken in arrival order; a caller arriving just as a permit frees may take it
+//!   first (no hand-off), which keeps the admit path lock-free. Every waiter is still bounded
+//!   by `max_wait`.
+//!
+//! # Invariant
+//!
+//! `in_flight <= max_concurrent` at every instant: a permit is taken by a compare-and-swap
+//! that never moves the count past the limit. The admit and release paths take no lock and
+//! allocate nothing; a release touches the waiters' queue only when someone waits.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::num::NonZeroUsize;
+//! use std::time::Duration;
+//! use floodwall_resilience::bulkhead::{Bulkhead, RejectReason};
+//!
+//! let bulkhead = Bulkhead::builder()
+//!     .max_concurrent(NonZeroUsize::new(1).unwrap())
+//!     .max_wait(Duration::ZERO)
+//!     .build();
+//! let held = bulkhead.try_acquire().unwrap();
+//! assert_eq!(bulkhead.try_acquire().unwrap_err().reason, RejectReason::Full);
+//! drop(held);
+//! assert_eq!(bulkhead.call(|| async { Ok::<_, ()>(7) }).await, Ok(7));
+//! # }
+//! ```
+
+#[cfg(feature = "tower")]
+mod future;
+#[cfg(feature = "tower")]
+mod layer;
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use future::ResponseFuture;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{BulkheadLayer, BulkheadService};
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// All permits are taken and waiting is off (`max_wait` zero).
+    Full,
+    /// All permits are taken and the wait queue is full.
+    QueueFull,
+    /// The caller waited `max_wait` without getting a permit.
+    WaitTimedOut,
+}
+
+/// A call was not admitted by the bulkhead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bulkhead rejected the call: {reason:?} (max {max_concurrent} concurrent)")]
+pub struct Rejected {
+    /// Why.
+    pub reason: RejectReason,
+    /// The bulkhead's limit.
+    pub max_concurrent: usize,
+}
+
+/// The error of a call made through a bulkhead: rejected, or the call's own error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error<E> {
+    /// The bulkhead did not admit the call.
+    #[error(transparent)]
+    Rejected(Rejected),
+    /// The call ran and failed.
+    #[error("{0}")]
+    Inner(E),
+}
+
+struct Inner {
+    name: Arc<str>,
+    max_concurrent: usize,
+    max_waiting: usize,
+    max_wait: Duration,
+    in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+/// A cheap-to-clone bulkhead handle. See the [module docs](self).
+#[derive(Clone)]
+pub struct Bulkhead {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Bulkhead`]. Defaults follow resilience4j's semaphore bulkhead.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BulkheadBuilder {
+    name: Arc<str>,
+    max_concurrent: usize,
+    max_waiting: usize,
+    max_wait: Duration,
+}
+
+impl Default for BulkheadBuilder {
+    fn default() -> Self {
+        BulkheadBuilder {
+            name: Arc::from("default"),
+            max_concurrent: 25,
+            max_waiting: usize::MAX,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+impl BulkheadBuilder {
+    /// A name for traces. Default: `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Calls in flight at most. Default: 25 (resilience4j's `maxConcurrentCalls`).
+    pub fn max_concurrent(mut self, n: NonZeroUsize) -> Self {
+        self.max_concurrent = n.get();
+        self
+    }
+
+    /// Callers that may wait at once; more are rejected immediately. Default: unbounded.
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
+    /// How long a caller may wait for a permit; zero rejects at once when full. Default: zero
+    /// (resilience4j's `maxWaitDuration`).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// Builds the bulkhead.
+    pub fn build(self) -> Bulkhead {
+        Bulkhead {
+            inner: Arc::new(Inner {
+                name: self.name,
+                max_concurrent: self.max_concurrent,
+                max_waiting: self.max_waiting,
+                max_wait: self.max_wait,
+                in_flight: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                freed: Notify::new(),
+            }),
+        }
+    }
+}
+
+/// A held slot; released on drop.
+#[must_use = "the slot is released as soon as the permit is dropped"]
+pub struct Permit<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for Permit<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("bulkhead", &self.inner.name)
+            .finish()
+    }
+}
+
+/// A held slot that owns a handle to its bulkhead (for futures that outlive a borrow).
+pub struct OwnedPermit {
+    bulkhead: Bulkhead,
+}
+
+impl Drop for OwnedPermit {
+    #[inline]
+    fn drop(&mut self) {
+        self.bulkhead.inner.release();
+    }
+}
+
+impl fmt::Debug for OwnedPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit")
+            .field("bulkhead", &self.bulkhead.inner.name)
+            .finish()
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn try_take(&self) -> bool {
+        let mut cur = self.in_flight.load(Ordering::SeqCst);
+        while cur < self.max_concurrent {
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+        false
+    }
+
+    #[inline]
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    fn reject(&self, reason: RejectReason) -> Rejected {
+        tracing::debug!(bulkhead = &*self.name, ?reason, "bulkhead rejected a call");
+        Rejected {
+            reason,
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
+    /// Waits for a slot; on `Ok` the caller holds one.
+    async fn wait(&self) -> Result<(), Rejected> {
+        if self.max_wait.is_zero() {
+            return Err(self.reject(RejectReason::Full));
+        }
+        // Join the queue if there is room.
+        let mut cur = self.waiting.load(Ordering::SeqCst);
+        loop {
+            if cur >= self.max_waiting {
+                return Err(self.reject(RejectReason::QueueFull));
+            }
+            match self.waiting.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let _leave = LeaveQueue(&self.waiting);
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            // Register before re-checking, so a release in between is not missed.
+            notified.as_mut().enable();
+            if self.try_take() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // A last look: a slot freed at the deadline still counts.
+                return if self.try_take() {
+                    Ok(())
+                } else {
+                    Err(self.reject(RejectReason::WaitTimedOut))
+                };
+            }
+        }
+    }
+}
+
+struct LeaveQueue<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Bulkhead {
+    /// A builder; defaults are listed on each method.
+    pub fn builder() -> BulkheadBuilder {
+        BulkheadBuilder::default()
+    }
+
+    /// Takes a slot if one is free now, without waiting.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+        if self.inner.try_take() {
+            Ok(Permit { inner: &self.inner })
+        } else {
+            Err(self.inner.reject(RejectReason::Full))
+        }
+    }
+
+    /// Takes a slot, waiting as configured.
+    pub async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
+        if !self.inner.try_take() {
+            self.inner.wait().await?;
+        }
+        Ok(Permit { inner: &self.inner })
+    }
+
+    /// Takes a slot, waiting as configured; the permit owns a handle to the bulkhead.
+    pub async fn acquire_owned(&self) -> Result<OwnedPermit, Rejected> {
+        if !self.inner.try_take() {
+            self.inner.wait().await?;
+        }
+        Ok(OwnedPermit {
+            bulkhead: self.clone(),
+        })
+    }
+
+    #[cfg(feature = "tower")]
+    #[inline]
+    pub(crate) fn try_acquire_owned(&self) -> Option<OwnedPermit> {
+        self.inner.try_take().then(|| OwnedPermit {
+            bulkhead: self.clone(),
+        })
+    }
+
+    /// Runs `f` inside a slot.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let _permit = self.acquire().await.map_err(Error::Rejected)?;
+        f().await.map_err(Error::Inner)
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Callers waiting now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The limit.
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.max_concurrent
+    }
+}
+
+impl fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("name", &self.inner.name)
+            .field("max_concurrent", &self.inner.max_concurrent)
+            .field("in_flight", &self.in_flight())
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
