@@ -1,13 +1,14 @@
 //! floodwall in one page, with no server: run `cargo run --example quickstart`.
 //!
-//! Shows what exists so far: injectable clocks, collision-free hash-tagged keys, and the
-//! circuit breaker.
+//! Shows what exists so far: injectable clocks, collision-free hash-tagged keys, the circuit
+//! breaker, and retry with jitter and a retry budget.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use floodwall::core::{Clock, Keyspace, ManualClock, SystemClock};
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, Error, OpenWait, SlidingWindow};
+use floodwall::resilience::retry::{Backoff, Decision, Jitter, Retry, RetryBudget};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -74,6 +75,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "after 30 s, one probe: {probe:?}; breaker is now {:?}",
         breaker.state()
+    );
+
+    // Retry: exponential backoff with full jitter, 4 attempts, behind a shared 20% budget.
+    let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.2);
+    let retry = Retry::builder()
+        .max_attempts(NonZeroU32::new(4).expect("non-zero"))
+        .backoff(Backoff::Exponential {
+            initial: Duration::from_millis(5),
+            multiplier: 2.0,
+        })
+        .jitter(Jitter::Full)
+        .budget(budget.clone())
+        .on_retry(|e| println!("  attempt {} failed; retrying in {:?}", e.attempt, e.delay))
+        .build();
+    let mut attempts = 0;
+    let flaky = retry
+        .call(|| {
+            attempts += 1;
+            let n = attempts;
+            async move { if n < 3 { Err("503") } else { Ok("charged") } }
+        })
+        .await;
+    println!("flaky payment API: {flaky:?} after {attempts} attempts");
+
+    // Retry around the breaker, against a dead API: a 503 is retried, a rejection from the
+    // open breaker is not (it says when to come back); the budget caps retries overall.
+    let dont_retry_rejections = |r: &Result<(), Error<&str>>| match r {
+        Err(Error::Inner(_)) => Decision::Retry,
+        _ => Decision::Done,
+    };
+    let mut reached = 0;
+    for i in 1..=4 {
+        let r = retry
+            .call_with(&dont_retry_rejections, || {
+                let b = breaker.clone();
+                async move { b.call(|| async { Err::<(), _>("503") }).await }
+            })
+            .await;
+        if let Err(Error::Inner(_)) = r {
+            reached += 1;
+        }
+        println!("dead API, request {i}: {r:?}");
+    }
+    println!(
+        "breaker is {:?}; {reached} requests ended on a real 503, the rest were shed; {} retries left in the budget",
+        breaker.state(),
+        budget.available()
     );
     Ok(())
 }

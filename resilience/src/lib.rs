@@ -21,6 +21,8 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod fallback;
 pub mod retry;
+pub mod timeout;
 
 pub use floodwall_core::{Clock, ManualClock, SystemClock};

@@ -188,7 +188,7 @@ mod model {
                     }
                     Op::Release(i) => {
                         if !held.is_empty() {
-                            held.swap_remove(i % held.len());
+                            drop(held.swap_remove(i % held.len()));
                         }
                     }
                 }
