@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
+use floodwall::resilience::ErrorLayer;
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use futures::FutureExt;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -115,7 +116,7 @@ fn layer(c: &mut Criterion) {
         .slow_call_duration(None)
         .build()
         .unwrap();
-    let mut ours = CircuitBreakerLayer::new(breaker).layer(inner);
+    let mut ours = CircuitBreakerLayer::new(breaker).layer(ErrorLayer.layer(inner));
     g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
 
     let theirs_layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
@@ -166,7 +167,7 @@ fn bulkhead(c: &mut Criterion) {
     let bh = Bulkhead::builder()
         .max_concurrent(std::num::NonZeroUsize::new(25).unwrap())
         .build();
-    let mut ours = BulkheadLayer::new(bh).layer(inner);
+    let mut ours = BulkheadLayer::new(bh).layer(ErrorLayer.layer(inner));
     g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
     let mut theirs = tower::limit::ConcurrencyLimitLayer::new(25).layer(inner);
     g.bench_function("tower", |b| b.iter(|| one_request(&mut theirs)));

@@ -7,7 +7,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use floodwall::core::{Clock, Keyspace, ManualClock, SystemClock};
-use floodwall::resilience::circuit_breaker::{CircuitBreaker, Error, OpenWait, SlidingWindow};
+use floodwall::resilience::Error;
+use floodwall::resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Decision, Jitter, Retry, RetryBudget};
 
 #[tokio::main(flavor = "current_thread")]
@@ -64,10 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match result {
             Ok(v) => println!("call {attempt}: {v}"),
             Err(Error::Inner(e)) => println!("call {attempt}: downstream failed ({e})"),
-            Err(Error::Rejected(r)) => println!(
+            Err(Error::CircuitOpen(r)) => println!(
                 "call {attempt}: rejected, breaker {:?}, retry after {:?}",
                 r.state, r.retry_after
             ),
+            Err(other) => println!("call {attempt}: {other}"),
         }
     }
     clock.advance(Duration::from_secs(30));

@@ -5,12 +5,35 @@
 //! every one reads time through an injected [`Clock`], so tests drive it with a
 //! [`ManualClock`].
 //!
-//! This release has the [`circuit_breaker`]; retry with budgets, timeouts, bulkheads,
-//! fallback, hedging, adaptive concurrency and fault injection follow.
+//! This release has the [`circuit_breaker`], [`retry`] (with jitter and a shared
+//! [`RetryBudget`](retry::RetryBudget)), [`timeout`], [`bulkhead`] and [`fallback`]; hedging,
+//! adaptive concurrency and fault injection follow.
+//!
+//! # One error type
+//!
+//! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Timeout`, or
+//! `Inner(E)` for the call's own error. The layers keep their inner service's error type and
+//! only need it to be buildable `From` their rejection, so with [`ErrorLayer`] innermost a
+//! whole stack reports one `Error<E>` to match on.
+//!
+//! # Recommended order
+//!
+//! Outermost first, as in `tower::ServiceBuilder`:
+//!
+//! 1. `FallbackLayer` — answers for whatever is left below;
+//! 2. `TimeoutLayer` — the overall deadline, retries included;
+//! 3. `RetryLayer` — with a policy that retries transient errors and per-attempt timeouts
+//!    but not rejections (an open circuit says when to come back);
+//! 4. `CircuitBreakerLayer` — sees every attempt, so a dead downstream trips it quickly;
+//! 5. `BulkheadLayer` — holds a slot only while an attempt runs;
+//! 6. `TimeoutLayer` — the bound on each attempt (a timeout counts as a breaker failure);
+//! 7. `ErrorLayer` — turns the service's error `E` into `Error<E>`;
+//! 8. the service.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use floodwall_resilience::circuit_breaker::{CircuitBreaker, Error};
+//! use floodwall_resilience::Error;
+//! use floodwall_resilience::circuit_breaker::CircuitBreaker;
 //!
 //! let breaker = CircuitBreaker::builder().name("payments").build().unwrap();
 //! let charged: Result<u32, Error<&str>> = breaker.call(|| async { Ok(42) }).await;
@@ -21,8 +44,13 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+mod error;
 pub mod fallback;
 pub mod retry;
 pub mod timeout;
 
+pub use error::Error;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use error::{ErrorLayer, ErrorService};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};

@@ -4,7 +4,8 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use floodwall_resilience::bulkhead::{Bulkhead, BulkheadLayer, Error, RejectReason};
+use floodwall_resilience::bulkhead::{Bulkhead, BulkheadLayer, RejectReason};
+use floodwall_resilience::{Error, ErrorLayer};
 use floodwall_testkit::Flaky;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -108,7 +109,8 @@ async fn waiters_past_max_wait_are_rejected_on_time() {
 #[tokio::test(start_paused = true)]
 async fn layer_holds_the_slot_until_the_response_future_ends() {
     let bulkhead = Bulkhead::builder().max_concurrent(nz(1)).build();
-    let mut svc = BulkheadLayer::new(bulkhead.clone()).layer(Flaky::slow(Duration::from_secs(1)));
+    let mut svc = BulkheadLayer::new(bulkhead.clone())
+        .layer(ErrorLayer.layer(Flaky::slow(Duration::from_secs(1))));
     let first = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(());
     assert_eq!(bulkhead.in_flight(), 1);
     let second = ServiceExt::<()>::ready(&mut svc)
@@ -116,7 +118,7 @@ async fn layer_holds_the_slot_until_the_response_future_ends() {
         .unwrap()
         .call(())
         .await;
-    assert!(matches!(second, Err(Error::Rejected(r)) if r.reason == RejectReason::Full));
+    assert!(matches!(second, Err(Error::BulkheadFull(r)) if r.reason == RejectReason::Full));
     drop(first); // cancelled: the slot comes back
     assert_eq!(bulkhead.in_flight(), 0);
     let third = ServiceExt::<()>::ready(&mut svc)
@@ -135,7 +137,7 @@ async fn layer_calls_wait_for_a_slot() {
         .max_wait(Duration::from_secs(5))
         .build();
     let downstream = Flaky::slow(Duration::from_secs(1));
-    let svc = BulkheadLayer::new(bulkhead.clone()).layer(downstream.clone());
+    let svc = BulkheadLayer::new(bulkhead.clone()).layer(ErrorLayer.layer(downstream.clone()));
     let start = Instant::now();
     let calls: Vec<_> = (0..3)
         .map(|_| {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use floodwall_core::ManualClock;
 use floodwall_resilience::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerLayer, Error, OpenWait, Outcome, SlidingWindow, State, Transition,
+    CircuitBreaker, CircuitBreakerLayer, OpenWait, Outcome, SlidingWindow, State, Transition,
 };
+use floodwall_resilience::{Error, ErrorLayer};
 use floodwall_testkit::{Flaky, FlakyError, FlakyErrorKind};
 use tower::{Layer, Service, ServiceExt};
 
@@ -200,7 +201,7 @@ async fn layer_and_plain_api_share_one_breaker() {
         .build()
         .unwrap();
     let downstream = Flaky::always_failing(FlakyErrorKind::Transient);
-    let mut svc = CircuitBreakerLayer::new(b.clone()).layer(downstream.clone());
+    let mut svc = CircuitBreakerLayer::new(b.clone()).layer(ErrorLayer.layer(downstream.clone()));
 
     for _ in 0..2 {
         let r = ServiceExt::<()>::ready(&mut svc)
@@ -221,12 +222,12 @@ async fn layer_and_plain_api_share_one_breaker() {
         .call(())
         .await;
     assert!(
-        matches!(r, Err(Error::Rejected(ref rej)) if rej.state == State::Open),
+        matches!(r, Err(Error::CircuitOpen(ref rej)) if rej.state == State::Open),
         "{r:?}"
     );
     assert!(matches!(
         b.call(|| downstream.call()).await,
-        Err(Error::Rejected(_))
+        Err(Error::CircuitOpen(_))
     ));
     assert_eq!(
         downstream.calls(),
@@ -271,7 +272,8 @@ async fn a_cancelled_layer_call_counts_as_ignored() {
     let clock = ManualClock::new();
     let b = tripped_breaker(&clock, 1);
     clock.advance(Duration::from_secs(5));
-    let mut svc = CircuitBreakerLayer::new(b.clone()).layer(Flaky::slow(Duration::from_secs(60)));
+    let mut svc = CircuitBreakerLayer::new(b.clone())
+        .layer(ErrorLayer.layer(Flaky::slow(Duration::from_secs(60))));
     let fut = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(());
     assert_eq!(
         b.try_acquire().unwrap_err().state,

@@ -3,10 +3,11 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use floodwall_resilience::circuit_breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use floodwall_resilience::fallback::{self, Fallback, FallbackLayer};
 use floodwall_resilience::retry::{Backoff, Jitter, Retry, RetryLayer};
-use floodwall_resilience::timeout::{self, Timeout, TimeoutLayer};
+use floodwall_resilience::timeout::{Timeout, TimeoutLayer};
+use floodwall_resilience::{Error, ErrorLayer};
 use floodwall_testkit::{Flaky, FlakyErrorKind, Step};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -17,11 +18,12 @@ async fn timeout_cancels_slow_calls_on_time() {
     let slow = Flaky::slow(Duration::from_secs(10));
     let start = Instant::now();
     let r = t.call(|| slow.call()).await;
-    assert!(matches!(r, Err(timeout::Error::Elapsed(e)) if e.after == Duration::from_millis(300)));
+    assert!(matches!(r, Err(Error::Timeout(e)) if e.after == Duration::from_millis(300)));
     assert_eq!(start.elapsed(), Duration::from_millis(300));
     assert_eq!(slow.in_flight(), 0, "the slow call was cancelled");
 
-    let mut svc = TimeoutLayer::new(t).layer(Flaky::slow(Duration::from_millis(299)));
+    let mut svc =
+        TimeoutLayer::new(t).layer(ErrorLayer.layer(Flaky::slow(Duration::from_millis(299))));
     assert_eq!(
         ServiceExt::<()>::ready(&mut svc)
             .await
@@ -45,6 +47,7 @@ async fn per_attempt_timeout_inside_retry_and_overall_deadline_outside() {
         .layer(TimeoutLayer::new(Timeout::new(Duration::from_secs(2))))
         .layer(RetryLayer::new(retry.clone()))
         .layer(TimeoutLayer::new(Timeout::new(Duration::from_millis(500))))
+        .layer(ErrorLayer)
         .service(downstream.clone());
     let start = Instant::now();
     let r = ServiceExt::<()>::ready(&mut svc)
@@ -65,6 +68,7 @@ async fn per_attempt_timeout_inside_retry_and_overall_deadline_outside() {
         .layer(TimeoutLayer::new(Timeout::new(Duration::from_millis(1200))))
         .layer(RetryLayer::new(retry))
         .layer(TimeoutLayer::new(Timeout::new(Duration::from_millis(500))))
+        .layer(ErrorLayer)
         .service(stalled.clone());
     let start = Instant::now();
     let r = ServiceExt::<()>::ready(&mut svc)
@@ -72,7 +76,7 @@ async fn per_attempt_timeout_inside_retry_and_overall_deadline_outside() {
         .unwrap()
         .call(())
         .await;
-    assert!(matches!(r, Err(timeout::Error::Elapsed(e)) if e.after == Duration::from_millis(1200)));
+    assert!(matches!(r, Err(Error::Timeout(e)) if e.after == Duration::from_millis(1200)));
     assert_eq!(start.elapsed(), Duration::from_millis(1200));
     assert_eq!(stalled.calls(), 3);
 }
@@ -103,14 +107,15 @@ async fn fallback_layer_answers_for_an_open_circuit() {
     let downstream = Flaky::healthy();
     let mut svc = ServiceBuilder::new()
         .layer(FallbackLayer::new(
-            |e: circuit_breaker::Error<floodwall_testkit::FlakyError>| async move {
+            |e: Error<floodwall_testkit::FlakyError>| async move {
                 match e {
-                    circuit_breaker::Error::Rejected(_) => Ok(u64::MAX),
+                    Error::CircuitOpen(_) => Ok(u64::MAX),
                     other => Err(other),
                 }
             },
         ))
         .layer(CircuitBreakerLayer::new(breaker))
+        .layer(ErrorLayer)
         .service(downstream.clone());
     let r = ServiceExt::<()>::ready(&mut svc)
         .await

@@ -160,7 +160,7 @@ impl Flaky {
     }
 
     /// Makes one call: takes the next step, waits its latency, answers its outcome.
-    pub fn call(&self) -> impl Future<Output = Result<u64, FlakyError>> + Send + 'static {
+    pub fn call(&self) -> impl Future<Output = Result<u64, FlakyError>> + Send + 'static + use<> {
         let call = self.state.calls.fetch_add(1, Ordering::AcqRel) + 1;
         let step = self.lock_script().pop_front().unwrap_or(self.state.then);
         let state = self.state.clone();

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use super::{Error, OwnedPermit, Rejected};
+use super::{OwnedPermit, Rejected};
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedPermit, Rejected>> + Send>>;
 
@@ -58,8 +58,9 @@ where
 impl<S, Req> Future for ResponseFuture<S, Req>
 where
     S: tower::Service<Req>,
+    S::Error: From<Rejected>,
 {
-    type Output = Result<S::Response, Error<S::Error>>;
+    type Output = Result<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -70,7 +71,7 @@ where
                     service,
                     request,
                 } => {
-                    let permit = ready!(acquire.as_mut().poll(cx)).map_err(Error::Rejected)?;
+                    let permit = ready!(acquire.as_mut().poll(cx))?;
                     let (service, request) = (service.take(), request.take());
                     this.state.set(State::Ready {
                         service,
@@ -84,7 +85,7 @@ where
                     permit,
                 } => {
                     let svc = service.as_mut().expect("service present until called");
-                    ready!(svc.poll_ready(cx)).map_err(Error::Inner)?;
+                    ready!(svc.poll_ready(cx))?;
                     let req = request.take().expect("request present until called");
                     let fut = svc.call(req);
                     let permit = permit.take();
@@ -93,7 +94,7 @@ where
                 StateProj::Called { fut, permit } => {
                     let out = ready!(fut.poll(cx));
                     permit.take(); // release the slot as soon as the response is in
-                    return Poll::Ready(out.map_err(Error::Inner));
+                    return Poll::Ready(out);
                 }
             }
         }

@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use super::future::ResponseFuture;
-use super::{Bulkhead, Error};
+use super::{Bulkhead, Rejected};
 
 /// Wraps a service in a [`BulkheadService`] sharing one [`Bulkhead`].
 #[derive(Debug, Clone)]
@@ -64,13 +64,14 @@ impl<S> BulkheadService<S> {
 impl<S, Req> tower::Service<Req> for BulkheadService<S>
 where
     S: tower::Service<Req> + Clone + Send + 'static,
+    S::Error: From<Rejected>,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -50,6 +50,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::Error;
+
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use future::ResponseFuture;
@@ -76,17 +78,6 @@ pub struct Rejected {
     pub reason: RejectReason,
     /// The bulkhead's limit.
     pub max_concurrent: usize,
-}
-
-/// The error of a call made through a bulkhead: rejected, or the call's own error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error<E> {
-    /// The bulkhead did not admit the call.
-    #[error(transparent)]
-    Rejected(Rejected),
-    /// The call ran and failed.
-    #[error("{0}")]
-    Inner(E),
 }
 
 struct Inner {
@@ -342,7 +333,7 @@ impl Bulkhead {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let _permit = self.acquire().await.map_err(Error::Rejected)?;
+        let _permit = self.acquire().await.map_err(Error::BulkheadFull)?;
         f().await.map_err(Error::Inner)
     }
 

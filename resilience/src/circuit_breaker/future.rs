@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use super::{CircuitBreaker, Classify, Error, Outcome, RawPermit, Rejected};
+use super::{CircuitBreaker, Classify, Outcome, RawPermit, Rejected};
 
 pin_project! {
     /// Records the inner call's outcome when it completes; dropped before completion, the call
@@ -78,9 +78,10 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
+    E: From<Rejected>,
     C: Classify<T, E>,
 {
-    type Output = Result<T, Error<E>>;
+    type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -93,13 +94,13 @@ where
                 if let Some(p) = guard.permit.take() {
                     guard.breaker.record_raw(p, classifier.classify(&result));
                 }
-                Poll::Ready(result.map_err(Error::Inner))
+                Poll::Ready(result)
             }
             StateProj::Rejected { rejected } => {
                 let r = rejected
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Err(Error::Rejected(r)))
+                Poll::Ready(Err(E::from(r)))
             }
         }
     }

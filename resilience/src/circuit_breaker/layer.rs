@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use super::future::ResponseFuture;
-use super::{CircuitBreaker, Classify, DefaultClassifier, Error};
+use super::{CircuitBreaker, Classify, DefaultClassifier, Rejected};
 
 /// Wraps a service in a [`CircuitBreakerService`] sharing one [`CircuitBreaker`].
 ///
@@ -47,8 +47,9 @@ impl<S, C: Clone> tower::Layer<S> for CircuitBreakerLayer<C> {
     }
 }
 
-/// A service guarded by a [`CircuitBreaker`]; rejected calls fail with
-/// [`Error::Rejected`] without reaching the inner service.
+/// A service guarded by a [`CircuitBreaker`]; rejected calls fail with the inner service's
+/// error type built `From` the [`Rejected`] (e.g. [`crate::Error::CircuitOpen`]) without
+/// reaching the inner service.
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerService<S, C = DefaultClassifier> {
     inner: S,
@@ -81,14 +82,15 @@ impl<S, C> CircuitBreakerService<S, C> {
 impl<S, Req, C> tower::Service<Req> for CircuitBreakerService<S, C>
 where
     S: tower::Service<Req>,
+    S::Error: From<Rejected>,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

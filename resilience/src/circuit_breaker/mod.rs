@@ -92,6 +92,8 @@ use std::time::Duration;
 
 use floodwall_core::clock::duration_to_nanos;
 
+use crate::Error;
+
 pub use config::{CircuitBreakerBuilder, ConfigError, OpenWait, SlidingWindow};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -171,27 +173,6 @@ pub struct Rejected {
     /// When the breaker will admit calls again: the rest of the open wait when open; `None`
     /// when unknown (forced open, or half-open with every probe slot taken).
     pub retry_after: Option<Duration>,
-}
-
-/// The error of a call made through a breaker: rejected, or the call's own error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error<E> {
-    /// The breaker did not let the call through.
-    #[error(transparent)]
-    Rejected(Rejected),
-    /// The call ran and failed.
-    #[error("{0}")]
-    Inner(E),
-}
-
-impl<E> Error<E> {
-    /// The call's own error, if it ran.
-    pub fn into_inner(self) -> Option<E> {
-        match self {
-            Error::Inner(e) => Some(e),
-            Error::Rejected(_) => None,
-        }
-    }
 }
 
 /// Decides the [`Outcome`] of a call from its result.
@@ -411,7 +392,7 @@ impl CircuitBreaker {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let permit = self.try_acquire().map_err(Error::Rejected)?;
+        let permit = self.try_acquire().map_err(Error::CircuitOpen)?;
         let result = f().await;
         permit.record(classifier.classify(&result));
         result.map_err(Error::Inner)

@@ -8,10 +8,11 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Elapsed, Error};
+use super::Elapsed;
 
 pin_project! {
-    /// Resolves to the inner response, or to [`Error::Elapsed`] once the bound passes.
+    /// Resolves to the inner response, or to an error built `From` [`Elapsed`] once the bound
+    /// passes.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -34,16 +35,17 @@ impl<F> ResponseFuture<F> {
 impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
+    E: From<Elapsed>,
 {
-    type Output = Result<T, Error<E>>;
+    type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(r) = this.inner.poll(cx) {
-            return Poll::Ready(r.map_err(Error::Inner));
+            return Poll::Ready(r);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::Elapsed(Elapsed { after: *this.after }))),
+            Poll::Ready(()) => Poll::Ready(Err(E::from(Elapsed { after: *this.after }))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use super::future::ResponseFuture;
-use super::{Error, Timeout};
+use super::{Elapsed, Timeout};
 
 /// Wraps a service in a [`TimeoutService`].
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,8 @@ impl<S> tower::Layer<S> for TimeoutLayer {
     }
 }
 
-/// A service whose calls fail with [`Error::Elapsed`] when they take too long.
+/// A service whose calls fail with an error built `From` [`Elapsed`] (e.g.
+/// [`crate::Error::Timeout`]) when they take too long.
 ///
 /// Only the call is timed, not waiting for readiness.
 #[derive(Debug, Clone)]
@@ -58,13 +59,14 @@ impl<S> TimeoutService<S> {
 impl<S, Req> tower::Service<Req> for TimeoutService<S>
 where
     S: tower::Service<Req>,
+    S::Error: From<Elapsed>,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -17,14 +17,15 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::time::Duration;
-//! use floodwall_resilience::timeout::{Error, Timeout};
+//! use floodwall_resilience::Error;
+//! use floodwall_resilience::timeout::Timeout;
 //!
 //! let t = Timeout::new(Duration::from_millis(100));
 //! let slow = t.call(|| async {
 //!     tokio::time::sleep(Duration::from_secs(5)).await;
 //!     Ok::<_, ()>(1)
 //! });
-//! assert!(matches!(slow.await, Err(Error::Elapsed(e)) if e.after == Duration::from_millis(100)));
+//! assert!(matches!(slow.await, Err(Error::Timeout(e)) if e.after == Duration::from_millis(100)));
 //! assert_eq!(t.call(|| async { Ok::<_, ()>(2) }).await, Ok(2));
 //! # }
 //! ```
@@ -36,6 +37,8 @@ mod layer;
 
 use std::future::Future;
 use std::time::Duration;
+
+use crate::Error;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -50,17 +53,6 @@ pub use layer::{TimeoutLayer, TimeoutService};
 pub struct Elapsed {
     /// The bound that was exceeded.
     pub after: Duration,
-}
-
-/// The error of a call made under a timeout: elapsed, or the call's own error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error<E> {
-    /// The time ran out; the call was cancelled.
-    #[error(transparent)]
-    Elapsed(Elapsed),
-    /// The call finished in time, with an error.
-    #[error("{0}")]
-    Inner(E),
 }
 
 /// A fixed time bound. `Copy`; share it freely.
@@ -88,7 +80,7 @@ impl Timeout {
     {
         match tokio::time::timeout(self.after, f()).await {
             Ok(r) => r.map_err(Error::Inner),
-            Err(_) => Err(Error::Elapsed(Elapsed { after: self.after })),
+            Err(_) => Err(Error::Timeout(Elapsed { after: self.after })),
         }
     }
 }

@@ -1,0 +1,157 @@
+//! The one error type of floodwall's resilience primitives.
+
+use crate::{bulkhead, circuit_breaker, timeout};
+
+/// What went wrong with a call made through floodwall: one of its primitives refused or cut
+/// it, or the call itself failed with `E`.
+///
+/// Every plain API returns it, and every layer can report through it: the layers keep their
+/// inner service's error type and only require it to be buildable `From` each rejection, which
+/// `Error<E>` is. Put [`ErrorLayer`] innermost in a stack to turn a plain service error `E`
+/// into `Error<E>`, and the whole stack has this one type to match on:
+///
+/// ```
+/// # #[cfg(feature = "tower")] {
+/// use floodwall_resilience::{Error, ErrorLayer};
+/// use floodwall_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+/// use tower::ServiceBuilder;
+///
+/// let breaker = CircuitBreaker::builder().build().unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::new(breaker))
+///     .layer(ErrorLayer)
+///     .service(tower::service_fn(|x: u32| async move { Err::<u32, &str>("boom") }));
+/// # let _ = svc; }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// A circuit breaker did not admit the call.
+    #[error(transparent)]
+    CircuitOpen(circuit_breaker::Rejected),
+    /// A bulkhead did not admit the call.
+    #[error(transparent)]
+    BulkheadFull(bulkhead::Rejected),
+    /// A timeout cut the call.
+    #[error(transparent)]
+    Timeout(timeout::Elapsed),
+    /// The call ran and failed.
+    #[error("{0}")]
+    Inner(E),
+}
+
+impl<E> Error<E> {
+    /// The call's own error, if it ran and failed.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether a floodwall primitive refused or cut the call (it did not fail by itself).
+    pub fn is_rejection(&self) -> bool {
+        !matches!(self, Error::Inner(_))
+    }
+}
+
+impl<E> From<circuit_breaker::Rejected> for Error<E> {
+    fn from(r: circuit_breaker::Rejected) -> Self {
+        Error::CircuitOpen(r)
+    }
+}
+
+impl<E> From<bulkhead::Rejected> for Error<E> {
+    fn from(r: bulkhead::Rejected) -> Self {
+        Error::BulkheadFull(r)
+    }
+}
+
+impl<E> From<timeout::Elapsed> for Error<E> {
+    fn from(e: timeout::Elapsed) -> Self {
+        Error::Timeout(e)
+    }
+}
+
+#[cfg(feature = "tower")]
+pub use layer::{ErrorLayer, ErrorService};
+
+#[cfg(feature = "tower")]
+mod layer {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, ready};
+
+    use pin_project_lite::pin_project;
+
+    use super::Error;
+
+    /// Turns a service's error `E` into [`Error<E>`]; put it innermost in a stack.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct ErrorLayer;
+
+    impl<S> tower::Layer<S> for ErrorLayer {
+        type Service = ErrorService<S>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            ErrorService { inner }
+        }
+    }
+
+    /// A service whose errors are wrapped as [`Error::Inner`].
+    #[derive(Debug, Clone)]
+    pub struct ErrorService<S> {
+        inner: S,
+    }
+
+    impl<S> ErrorService<S> {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    }
+
+    impl<S, Req> tower::Service<Req> for ErrorService<S>
+    where
+        S: tower::Service<Req>,
+    {
+        type Response = S::Response;
+        type Error = Error<S::Error>;
+        type Future = ErrorFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx).map_err(Error::Inner)
+        }
+
+        fn call(&mut self, req: Req) -> Self::Future {
+            ErrorFuture {
+                inner: self.inner.call(req),
+            }
+        }
+    }
+
+    pin_project! {
+        /// The response future of [`ErrorService`].
+        #[derive(Debug)]
+        pub struct ErrorFuture<F> {
+            #[pin]
+            inner: F,
+        }
+    }
+
+    impl<F, T, E> Future for ErrorFuture<F>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        type Output = Result<T, Error<E>>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Error::Inner))
+        }
+    }
+}
