@@ -46,6 +46,9 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 mod error;
 pub mod fallback;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod retry;
 pub mod timeout;
 

@@ -260,3 +260,30 @@ async fn layer_retries_with_cloned_requests() {
     assert_eq!(answer, Ok(3));
     assert_eq!(downstream.calls(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn requests_the_cloner_refuses_are_sent_once() {
+    let retry = Retry::builder()
+        .max_attempts(nz(4))
+        .backoff(Backoff::Constant(Duration::from_millis(5)))
+        .build();
+    // "POST" must not be repeated; "GET" may.
+    let only_gets = |req: &&'static str| (*req == "GET").then_some(*req);
+    let downstream = Flaky::failing(2, FlakyErrorKind::Transient);
+    let mut svc = RetryLayer::new(retry)
+        .clone_requests_with(only_gets)
+        .layer(downstream.clone());
+    let post = ServiceExt::<&'static str>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call("POST")
+        .await;
+    assert!(post.is_err());
+    assert_eq!(downstream.calls(), 1, "POST went once");
+    let get = ServiceExt::<&'static str>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call("GET")
+        .await;
+    assert_eq!(get, Ok(3), "GET was retried past the second failure");
+}

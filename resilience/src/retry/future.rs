@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Attempts, Retry, RetryPolicy};
+use super::{Attempts, Retry, RetryPolicy, RetryRequest};
 
 pin_project! {
     #[project = StateProj]
@@ -20,12 +20,14 @@ pin_project! {
 
 pin_project! {
     /// Drives attempts, delays and readiness until the policy is done.
-    pub struct ResponseFuture<S, Req, P>
+    pub struct ResponseFuture<S, Req, P, C>
     where
         S: tower::Service<Req>,
     {
         service: S,
-        request: Req,
+        cloner: C,
+        // A copy for the next attempt; `None` when the request could not be copied.
+        request: Option<Req>,
         retry: Retry,
         policy: P,
         attempts: Attempts,
@@ -34,14 +36,22 @@ pin_project! {
     }
 }
 
-impl<S, Req, P> ResponseFuture<S, Req, P>
+impl<S, Req, P, C> ResponseFuture<S, Req, P, C>
 where
     S: tower::Service<Req>,
 {
-    pub(crate) fn new(service: S, request: Req, first: S::Future, retry: Retry, policy: P) -> Self {
+    pub(crate) fn new(
+        service: S,
+        cloner: C,
+        request: Option<Req>,
+        first: S::Future,
+        retry: Retry,
+        policy: P,
+    ) -> Self {
         let attempts = retry.start();
         ResponseFuture {
             service,
+            cloner,
             request,
             retry,
             policy,
@@ -51,11 +61,11 @@ where
     }
 }
 
-impl<S, Req, P> Future for ResponseFuture<S, Req, P>
+impl<S, Req, P, C> Future for ResponseFuture<S, Req, P, C>
 where
     S: tower::Service<Req>,
-    Req: Clone,
     P: RetryPolicy<S::Response, S::Error>,
+    C: RetryRequest<Req>,
 {
     type Output = Result<S::Response, S::Error>;
 
@@ -65,6 +75,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
+                    if this.request.is_none() {
+                        return Poll::Ready(result); // not copyable: one attempt only
+                    }
                     let decision = this.policy.decide(&result);
                     match this.retry.next_delay(this.attempts, decision) {
                         None => return Poll::Ready(result),
@@ -79,7 +92,12 @@ where
                 }
                 StateProj::Polling => {
                     ready!(this.service.poll_ready(cx))?;
-                    let fut = this.service.call(this.request.clone());
+                    let Some(req) = this.request.take() else {
+                        unreachable!("a retry is only scheduled with a request copy");
+                    };
+                    // Keep a copy for the attempt after this one, if the cloner allows.
+                    *this.request = this.cloner.clone_request(&req);
+                    let fut = this.service.call(req);
                     this.state.set(State::Calling { fut });
                 }
             }
@@ -87,7 +105,7 @@ where
     }
 }
 
-impl<S, Req, P> std::fmt::Debug for ResponseFuture<S, Req, P>
+impl<S, Req, P, C> std::fmt::Debug for ResponseFuture<S, Req, P, C>
 where
     S: tower::Service<Req>,
 {

@@ -3,57 +3,76 @@
 use std::task::{Context, Poll};
 
 use super::future::ResponseFuture;
-use super::{Retry, RetryOnError, RetryPolicy};
+use super::{CloneRequest, Retry, RetryOnError, RetryPolicy, RetryRequest};
 
 /// Wraps a service in a [`RetryService`].
 ///
-/// Requests must be `Clone` (each attempt sends a clone; the no-retry path clones once and
-/// allocates nothing). For HTTP, buffer the body first; a request that cannot be cloned cannot
-/// be retried and should not go through this layer.
+/// Each attempt sends a copy of the request made by the layer's [`RetryRequest`] (by default
+/// `Clone`; the no-retry path copies once and allocates nothing). A request it cannot copy —
+/// a streaming body, or a method that must not be repeated — is sent once, never retried.
 #[derive(Debug, Clone)]
-pub struct RetryLayer<P = RetryOnError> {
+pub struct RetryLayer<P = RetryOnError, C = CloneRequest> {
     retry: Retry,
     policy: P,
+    cloner: C,
 }
 
 impl RetryLayer {
-    /// Retries every `Err`.
+    /// Retries every `Err`; requests are copied with `Clone`.
     pub fn new(retry: Retry) -> Self {
         RetryLayer {
             retry,
             policy: RetryOnError,
+            cloner: CloneRequest,
         }
     }
 }
 
 impl<P> RetryLayer<P> {
-    /// Retries as `policy` decides.
+    /// Retries as `policy` decides; requests are copied with `Clone`.
     pub fn with_policy(retry: Retry, policy: P) -> Self {
-        RetryLayer { retry, policy }
+        RetryLayer {
+            retry,
+            policy,
+            cloner: CloneRequest,
+        }
     }
 }
 
-impl<S, P: Clone> tower::Layer<S> for RetryLayer<P> {
-    type Service = RetryService<S, P>;
+impl<P, C> RetryLayer<P, C> {
+    /// Copies requests with `cloner`, which may refuse (then the request is sent once).
+    pub fn clone_requests_with<C2>(self, cloner: C2) -> RetryLayer<P, C2> {
+        RetryLayer {
+            retry: self.retry,
+            policy: self.policy,
+            cloner,
+        }
+    }
+}
+
+impl<S, P: Clone, C: Clone> tower::Layer<S> for RetryLayer<P, C> {
+    type Service = RetryService<S, P, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService {
             inner,
             retry: self.retry.clone(),
             policy: self.policy.clone(),
+            cloner: self.cloner.clone(),
         }
     }
 }
 
 /// A service whose failed calls are retried by a [`Retry`].
 #[derive(Debug, Clone)]
-pub struct RetryService<S, P = RetryOnError> {
+pub struct RetryService<S, P = RetryOnError, C = CloneRequest> {
     inner: S,
     retry: Retry,
     policy: P,
+    cloner: C,
 }
 
-impl<S, P> RetryService<S, P> {
+impl<S, P, C> RetryService<S, P, C> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -70,15 +89,15 @@ impl<S, P> RetryService<S, P> {
     }
 }
 
-impl<S, Req, P> tower::Service<Req> for RetryService<S, P>
+impl<S, Req, P, C> tower::Service<Req> for RetryService<S, P, C>
 where
     S: tower::Service<Req> + Clone,
-    Req: Clone,
     P: RetryPolicy<S::Response, S::Error> + Clone,
+    C: RetryRequest<Req> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Req, P>;
+    type Future = ResponseFuture<S, Req, P, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -88,7 +107,15 @@ where
         // Keep the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let first = ready.call(req.clone());
-        ResponseFuture::new(ready, req, first, self.retry.clone(), self.policy.clone())
+        let copy = self.cloner.clone_request(&req);
+        let first = ready.call(req);
+        ResponseFuture::new(
+            ready,
+            self.cloner.clone(),
+            copy,
+            first,
+            self.retry.clone(),
+            self.policy.clone(),
+        )
     }
 }

@@ -110,6 +110,33 @@ where
     }
 }
 
+/// Copies a request for another attempt; `None` means "send it once, never retry" (a
+/// streaming body that cannot be replayed, or a method that must not be repeated).
+pub trait RetryRequest<Req> {
+    /// A copy of `req` for the next attempt, or `None`.
+    fn clone_request(&self, req: &Req) -> Option<Req>;
+}
+
+/// Copies every request with `Clone`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneRequest;
+
+impl<Req: Clone> RetryRequest<Req> for CloneRequest {
+    #[inline]
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+impl<Req, F> RetryRequest<Req> for F
+where
+    F: Fn(&Req) -> Option<Req>,
+{
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        self(req)
+    }
+}
+
 /// Passed to the [`on_retry`](RetryBuilder::on_retry) hook before each retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryEvent {
