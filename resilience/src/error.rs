@@ -1,6 +1,6 @@
 //! The one error type of floodwall's resilience primitives.
 
-use crate::{bulkhead, circuit_breaker, timeout};
+use crate::{bulkhead, chaos, circuit_breaker, timeout};
 
 /// What went wrong with a call made through floodwall: one of its primitives refused or cut
 /// it, or the call itself failed with `E`.
@@ -35,6 +35,9 @@ pub enum Error<E> {
     /// A timeout cut the call.
     #[error(transparent)]
     Timeout(timeout::Elapsed),
+    /// Fault injection failed the call on purpose.
+    #[error(transparent)]
+    Injected(chaos::Injected),
     /// The call ran and failed.
     #[error("{0}")]
     Inner(E),
@@ -64,6 +67,12 @@ impl<E> From<circuit_breaker::Rejected> for Error<E> {
 impl<E> From<bulkhead::Rejected> for Error<E> {
     fn from(r: bulkhead::Rejected) -> Self {
         Error::BulkheadFull(r)
+    }
+}
+
+impl<E> From<chaos::Injected> for Error<E> {
+    fn from(e: chaos::Injected) -> Self {
+        Error::Injected(e)
     }
 }
 

@@ -102,7 +102,9 @@ impl<B, E> RetryPolicy<Response<B>, Error<E>> for HttpRetryPolicy {
                 }
             }
             Ok(_) => Decision::Done,
-            Err(Error::Inner(_)) | Err(Error::Timeout(_)) => Decision::Retry,
+            Err(Error::Inner(_)) | Err(Error::Timeout(_)) | Err(Error::Injected(_)) => {
+                Decision::Retry
+            }
             Err(_) => Decision::Done,
         }
     }

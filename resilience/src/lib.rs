@@ -6,13 +6,14 @@
 //! [`ManualClock`].
 //!
 //! This release has the [`circuit_breaker`], [`retry`] (with jitter and a shared
-//! [`RetryBudget`](retry::RetryBudget)), [`timeout`], [`bulkhead`] and [`fallback`]; hedging,
-//! adaptive concurrency and fault injection follow.
+//! [`RetryBudget`](retry::RetryBudget)), [`timeout`], [`bulkhead`], [`fallback`] and
+//! [`chaos`] fault injection, and with the `http` feature the HTTP classifiers in `http`;
+//! hedging and adaptive concurrency follow.
 //!
 //! # One error type
 //!
-//! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Timeout`, or
-//! `Inner(E)` for the call's own error. The layers keep their inner service's error type and
+//! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Timeout`,
+//! `Injected`, or `Inner(E)` for the call's own error. The layers keep their inner service's error type and
 //! only need it to be buildable `From` their rejection, so with [`ErrorLayer`] innermost a
 //! whole stack reports one `Error<E>` to match on.
 //!
@@ -43,6 +44,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulkhead;
+pub mod chaos;
 pub mod circuit_breaker;
 mod error;
 pub mod fallback;
