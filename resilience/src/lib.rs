@@ -48,6 +48,7 @@ pub mod chaos;
 pub mod circuit_breaker;
 mod error;
 pub mod fallback;
+pub mod hedge;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

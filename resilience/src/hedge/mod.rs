@@ -1,0 +1,260 @@
+//! Hedging: when a call is slow, start a second (third, …) copy and take the first success.
+//!
+//! # Semantics
+//!
+//! - The first attempt starts at once. While no attempt has succeeded and fewer than
+//!   `1 + max_hedged_attempts` have started, another starts each time the hedge delay passes
+//!   since the last one started, and at once when a running attempt fails.
+//! - The first success wins; the other attempts are dropped (cancelled). If every attempt
+//!   fails, the last error is returned.
+//! - The delay is fixed, or the `p`-th percentile of recently observed successful attempt
+//!   latencies (a ring of the last 256), recomputed every 32 observations; until
+//!   `min_samples` latencies are known the fallback delay is used.
+//!
+//! Hedge only idempotent work: a hedged call may run more than once downstream.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use floodwall_resilience::hedge::{Hedge, HedgeDelay};
+//!
+//! let hedge = Hedge::builder().delay(HedgeDelay::Fixed(Duration::from_millis(50))).build();
+//! let mut n = 0;
+//! let answer = hedge
+//!     .call(|| {
+//!         n += 1;
+//!         let slow = n == 1; // the first attempt stalls, the hedge answers
+//!         async move {
+//!             if slow { tokio::time::sleep(Duration::from_secs(10)).await; }
+//!             Ok::<_, ()>(n)
+//!         }
+//!     })
+//!     .await;
+//! assert_eq!(answer, Ok(2));
+//! # }
+//! ```
+
+#[cfg(feature = "tower")]
+mod layer;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use floodwall_core::clock::duration_to_nanos;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{HedgeLayer, HedgeService, ResponseFuture};
+
+const RING: usize = 256;
+const RECOMPUTE_EVERY: u64 = 32;
+
+/// When to start the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    /// A fixed delay.
+    Fixed(Duration),
+    /// The `percentile` (in `(0, 100]`) of recent successful latencies; `fallback` until
+    /// `min_samples` are known.
+    Percentile {
+        /// Which percentile, e.g. 95.0.
+        percentile: f64,
+        /// Samples needed before the percentile is trusted.
+        min_samples: usize,
+        /// The delay until then.
+        fallback: Duration,
+    },
+}
+
+struct Inner {
+    delay: HedgeDelay,
+    max_hedged: usize,
+    samples: Box<[AtomicU64]>,
+    recorded: AtomicU64,
+    cached_delay: AtomicU64,
+    hedges_started: AtomicUsize,
+}
+
+/// A cheap-to-clone hedging policy. See the [module docs](self).
+#[derive(Clone)]
+pub struct Hedge {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Hedge`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct HedgeBuilder {
+    delay: HedgeDelay,
+    max_hedged: usize,
+}
+
+impl HedgeBuilder {
+    /// When to hedge. Default: the 95th percentile after 20 samples, 100 ms before.
+    pub fn delay(mut self, delay: HedgeDelay) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Extra attempts at most. Default: 1 (tower's hedge and Polly's default).
+    pub fn max_hedged_attempts(mut self, n: usize) -> Self {
+        self.max_hedged = n;
+        self
+    }
+
+    /// Builds the policy. A percentile outside `(0, 100]` is clamped into it.
+    pub fn build(self) -> Hedge {
+        let delay = match self.delay {
+            HedgeDelay::Percentile {
+                percentile,
+                min_samples,
+                fallback,
+            } => HedgeDelay::Percentile {
+                percentile: if percentile.is_nan() {
+                    100.0
+                } else {
+                    percentile.clamp(f64::MIN_POSITIVE, 100.0)
+                },
+                min_samples: min_samples.clamp(1, RING),
+                fallback,
+            },
+            fixed => fixed,
+        };
+        let initial = match delay {
+            HedgeDelay::Fixed(d) | HedgeDelay::Percentile { fallback: d, .. } => d,
+        };
+        Hedge {
+            inner: Arc::new(Inner {
+                delay,
+                max_hedged: self.max_hedged,
+                samples: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+                recorded: AtomicU64::new(0),
+                cached_delay: AtomicU64::new(duration_to_nanos(initial)),
+                hedges_started: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl Hedge {
+    /// A builder; defaults are listed on each method.
+    pub fn builder() -> HedgeBuilder {
+        HedgeBuilder {
+            delay: HedgeDelay::Percentile {
+                percentile: 95.0,
+                min_samples: 20,
+                fallback: Duration::from_millis(100),
+            },
+            max_hedged: 1,
+        }
+    }
+
+    /// The delay the next call would wait before hedging.
+    pub fn current_delay(&self) -> Duration {
+        match self.inner.delay {
+            HedgeDelay::Fixed(d) => d,
+            HedgeDelay::Percentile { .. } => {
+                Duration::from_nanos(self.inner.cached_delay.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Extra attempts started so far.
+    pub fn hedges_started(&self) -> usize {
+        self.inner.hedges_started.load(Ordering::Relaxed)
+    }
+
+    /// Records a successful attempt's latency (done by [`call`](Self::call)).
+    pub fn observe(&self, latency: Duration) {
+        let inner = &*self.inner;
+        let HedgeDelay::Percentile {
+            percentile,
+            min_samples,
+            ..
+        } = inner.delay
+        else {
+            return;
+        };
+        let n = inner.recorded.fetch_add(1, Ordering::Relaxed);
+        inner.samples[(n % RING as u64) as usize]
+            .store(duration_to_nanos(latency), Ordering::Relaxed);
+        let known = (n + 1).min(RING as u64) as usize;
+        if known >= min_samples && (known == min_samples || (n + 1).is_multiple_of(RECOMPUTE_EVERY)) {
+            let mut v: Vec<u64> = inner.samples[..known]
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .collect();
+            // Nearest-rank percentile.
+            let rank = ((percentile / 100.0) * known as f64).ceil() as usize;
+            let idx = rank.clamp(1, known) - 1;
+            let (_, p, _) = v.select_nth_unstable(idx);
+            inner.cached_delay.store(*p, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `f`, hedging as configured. `f` is called once per attempt.
+    pub async fn call<F, Fut, T, E>(&self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let max = 1 + self.inner.max_hedged;
+        let delay = self.current_delay();
+        let timed = |fut: Fut| {
+            let started = Instant::now();
+            async move { (fut.await, started.elapsed()) }
+        };
+        let mut running = FuturesUnordered::new();
+        running.push(timed(f()));
+        let mut started = 1;
+        let mut next_at = Instant::now() + delay;
+        loop {
+            let can_hedge = started < max;
+            tokio::select! {
+                done = running.next(), if !running.is_empty() => {
+                    let Some((result, took)) = done else { continue };
+                    match result {
+                        Ok(v) => {
+                            self.observe(took);
+                            return Ok(v);
+                        }
+                        Err(e) => {
+                            if can_hedge {
+                                running.push(timed(f()));
+                                started += 1;
+                                self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
+                                next_at = Instant::now() + delay;
+                            } else if running.is_empty() {
+                                // Every attempt failed; this one was the last.
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_at), if can_hedge => {
+                    tracing::debug!(?delay, attempt = started + 1, "hedging a slow call");
+                    running.push(timed(f()));
+                    started += 1;
+                    self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
+                    next_at = Instant::now() + delay;
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Hedge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hedge")
+            .field("delay", &self.inner.delay)
+            .field("max_hedged_attempts", &self.inner.max_hedged)
+            .field("current_delay", &self.current_delay())
+            .finish()
+    }
+}
