@@ -1,6 +1,6 @@
 //! The one error type of floodwall's resilience primitives.
 
-use crate::{bulkhead, chaos, circuit_breaker, timeout};
+use crate::{adaptive, bulkhead, chaos, circuit_breaker, timeout};
 
 /// What went wrong with a call made through floodwall: one of its primitives refused or cut
 /// it, or the call itself failed with `E`.
@@ -32,6 +32,9 @@ pub enum Error<E> {
     /// A bulkhead did not admit the call.
     #[error(transparent)]
     BulkheadFull(bulkhead::Rejected),
+    /// An adaptive concurrency limit did not admit the call.
+    #[error(transparent)]
+    Limited(adaptive::Rejected),
     /// A timeout cut the call.
     #[error(transparent)]
     Timeout(timeout::Elapsed),
@@ -67,6 +70,12 @@ impl<E> From<circuit_breaker::Rejected> for Error<E> {
 impl<E> From<bulkhead::Rejected> for Error<E> {
     fn from(r: bulkhead::Rejected) -> Self {
         Error::BulkheadFull(r)
+    }
+}
+
+impl<E> From<adaptive::Rejected> for Error<E> {
+    fn from(r: adaptive::Rejected) -> Self {
+        Error::Limited(r)
     }
 }
 

@@ -7,12 +7,12 @@
 //!
 //! This release has the [`circuit_breaker`], [`retry`] (with jitter and a shared
 //! [`RetryBudget`](retry::RetryBudget)), [`timeout`], [`bulkhead`], [`fallback`] and
-//! [`chaos`] fault injection, and with the `http` feature the HTTP classifiers in `http`;
-//! hedging and adaptive concurrency follow.
+//! [`chaos`] fault injection, [`hedge`], the [`adaptive`] concurrency limit (AIMD,
+//! Gradient2), and with the `http` feature the HTTP classifiers in `http`.
 //!
 //! # One error type
 //!
-//! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Timeout`,
+//! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Limited`, `Timeout`,
 //! `Injected`, or `Inner(E)` for the call's own error. The layers keep their inner service's error type and
 //! only need it to be buildable `From` their rejection, so with [`ErrorLayer`] innermost a
 //! whole stack reports one `Error<E>` to match on.
@@ -43,6 +43,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive;
 pub mod bulkhead;
 pub mod chaos;
 pub mod circuit_breaker;

@@ -185,7 +185,8 @@ impl Hedge {
         inner.samples[(n % RING as u64) as usize]
             .store(duration_to_nanos(latency), Ordering::Relaxed);
         let known = (n + 1).min(RING as u64) as usize;
-        if known >= min_samples && (known == min_samples || (n + 1).is_multiple_of(RECOMPUTE_EVERY)) {
+        if known >= min_samples && (known == min_samples || (n + 1).is_multiple_of(RECOMPUTE_EVERY))
+        {
             let mut v: Vec<u64> = inner.samples[..known]
                 .iter()
                 .map(|s| s.load(Ordering::Relaxed))
