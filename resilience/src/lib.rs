@@ -41,6 +41,26 @@
 //! assert_eq!(charged, Ok(42));
 //! # }
 //! ```
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature each primitive registers its handles with the
+//! [`metrics`](https://docs.rs/metrics) facade when it is built (install a recorder first,
+//! e.g. a Prometheus exporter); the hot path only bumps them. Labels name the primitive
+//! (`name(..)` on its builder, `"default"` otherwise).
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `floodwall_circuit_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only |
+//! | `floodwall_circuit_breaker_calls_total` | counter | `breaker`, `outcome` = `success` / `failure` / `ignored` / `rejected` | calls by outcome |
+//! | `floodwall_retry_retries_total` | counter | `retry` | retries made (first attempts not counted) |
+//! | `floodwall_retry_budget_exhausted_total` | counter | `retry` | retries refused by the budget |
+//! | `floodwall_bulkhead_in_flight` | gauge | `bulkhead` | calls holding a slot |
+//! | `floodwall_bulkhead_queue_depth` | gauge | `bulkhead` | callers waiting for a slot |
+//! | `floodwall_bulkhead_rejected_total` | counter | `bulkhead`, `reason` = `full` / `queue_full` / `wait_timed_out` | rejections |
+//! | `floodwall_hedge_attempts_total` | counter | `hedge` | hedged (extra) attempts started |
+//! | `floodwall_adaptive_limit` | gauge | `limiter` | the current adaptive limit |
+//! | `floodwall_adaptive_rejected_total` | counter | `limiter` | calls over the adaptive limit |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod adaptive;
@@ -53,6 +73,7 @@ pub mod hedge;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+mod metrics;
 pub mod retry;
 pub mod timeout;
 

@@ -61,6 +61,7 @@ pub struct Rejected {
 }
 
 struct Inner {
+    metrics: crate::metrics::AdaptiveMetrics,
     limit: AtomicUsize,
     in_flight: AtomicUsize,
     state: Mutex<Windowed>,
@@ -86,12 +87,19 @@ pub struct AdaptiveLimit {
 /// Builds an [`AdaptiveLimit`].
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct AdaptiveLimitBuilder {
+    name: Arc<str>,
     algorithm: Box<dyn LimitAlgorithm>,
     clock: Arc<dyn Clock>,
     per_update: Option<usize>,
 }
 
 impl AdaptiveLimitBuilder {
+    /// A name for traces and metrics. Default: `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Samples per algorithm update: `None` for the current limit (the default), `Some(1)` to
     /// update on every call.
     pub fn samples_per_update(mut self, n: Option<usize>) -> Self {
@@ -110,6 +118,11 @@ impl AdaptiveLimitBuilder {
         let initial = self.algorithm.initial_limit().max(1);
         AdaptiveLimit {
             inner: Arc::new(Inner {
+                metrics: {
+                    let m = crate::metrics::AdaptiveMetrics::new(&self.name);
+                    m.limit(initial);
+                    m
+                },
                 limit: AtomicUsize::new(initial),
                 in_flight: AtomicUsize::new(0),
                 state: Mutex::new(Windowed {
@@ -172,6 +185,7 @@ impl AdaptiveLimit {
     /// A builder around `algorithm`.
     pub fn builder(algorithm: impl LimitAlgorithm) -> AdaptiveLimitBuilder {
         AdaptiveLimitBuilder {
+            name: Arc::from("default"),
             algorithm: Box::new(algorithm),
             clock: Arc::new(SystemClock::new()),
             per_update: None,
@@ -232,6 +246,7 @@ impl AdaptiveLimit {
         let mut cur = inner.in_flight.load(Ordering::Acquire);
         loop {
             if cur >= limit {
+                inner.metrics.rejected();
                 return Err(Rejected { limit });
             }
             match inner.in_flight.compare_exchange_weak(
@@ -276,6 +291,7 @@ impl AdaptiveLimit {
         w.max_in_flight = 0;
         w.dropped = false;
         inner.limit.store(next, Ordering::Release);
+        inner.metrics.limit(next);
         drop(w);
         if next != current {
             tracing::trace!(from = current, to = next, "adaptive limit changed");

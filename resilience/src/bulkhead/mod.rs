@@ -88,6 +88,7 @@ struct Inner {
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     freed: Notify,
+    metrics: crate::metrics::BulkheadMetrics,
 }
 
 /// A cheap-to-clone bulkhead handle. See the [module docs](self).
@@ -147,6 +148,7 @@ impl BulkheadBuilder {
     pub fn build(self) -> Bulkhead {
         Bulkhead {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::BulkheadMetrics::new(&self.name),
                 name: self.name,
                 max_concurrent: self.max_concurrent,
                 max_waiting: self.max_waiting,
@@ -211,7 +213,10 @@ impl Inner {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.metrics.admitted();
+                    return true;
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -221,6 +226,7 @@ impl Inner {
     #[inline]
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.released();
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.freed.notify_one();
         }
@@ -228,6 +234,7 @@ impl Inner {
 
     fn reject(&self, reason: RejectReason) -> Rejected {
         tracing::debug!(bulkhead = &*self.name, ?reason, "bulkhead rejected a call");
+        self.metrics.rejected(reason);
         Rejected {
             reason,
             max_concurrent: self.max_concurrent,
@@ -255,7 +262,8 @@ impl Inner {
                 Err(actual) => cur = actual,
             }
         }
-        let _leave = LeaveQueue(&self.waiting);
+        self.metrics.queued(1.0);
+        let _leave = LeaveQueue(self);
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
             let notified = self.freed.notified();
@@ -277,11 +285,12 @@ impl Inner {
     }
 }
 
-struct LeaveQueue<'a>(&'a AtomicUsize);
+struct LeaveQueue<'a>(&'a Inner);
 
 impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.queued(-1.0);
     }
 }
 

@@ -301,6 +301,7 @@ struct Inner {
     consecutive_opens: AtomicU32,
     not_permitted: AtomicU64,
     transition: Mutex<()>,
+    metrics: crate::metrics::BreakerMetrics,
 }
 
 /// A cheap-to-clone circuit breaker handle. See the [module docs](self).
@@ -349,6 +350,11 @@ impl CircuitBreaker {
                 window,
                 not_permitted: AtomicU64::new(0),
                 transition: Mutex::new(()),
+                metrics: {
+                    let m = crate::metrics::BreakerMetrics::new(&cfg.name);
+                    m.state(initial);
+                    m
+                },
                 cfg,
             }),
         }
@@ -531,6 +537,7 @@ impl CircuitBreaker {
     #[inline]
     pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
         let inner = &*self.inner;
+        inner.metrics.outcome(outcome);
         let w = inner.state.load(Ordering::Acquire);
         if gen_of(w) != permit.generation {
             return; // the state it was issued in is gone
@@ -588,6 +595,7 @@ impl Inner {
     #[cold]
     fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected();
         Rejected { state, retry_after }
     }
 
@@ -678,6 +686,7 @@ impl Inner {
         }
         let next = word(to, gen_of(current) + 1, 0);
         self.state.store(next, Ordering::Release);
+        self.metrics.state(to);
         drop(guard);
         let t = Transition {
             from,

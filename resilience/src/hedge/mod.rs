@@ -73,6 +73,8 @@ pub enum HedgeDelay {
 }
 
 struct Inner {
+    name: Arc<str>,
+    metrics: crate::metrics::HedgeMetrics,
     delay: HedgeDelay,
     max_hedged: usize,
     samples: Box<[AtomicU64]>,
@@ -91,11 +93,18 @@ pub struct Hedge {
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct HedgeBuilder {
+    name: Arc<str>,
     delay: HedgeDelay,
     max_hedged: usize,
 }
 
 impl HedgeBuilder {
+    /// A name for traces and metrics. Default: `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// When to hedge. Default: the 95th percentile after 20 samples, 100 ms before.
     pub fn delay(mut self, delay: HedgeDelay) -> Self {
         self.delay = delay;
@@ -131,6 +140,8 @@ impl HedgeBuilder {
         };
         Hedge {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::HedgeMetrics::new(&self.name),
+                name: self.name,
                 delay,
                 max_hedged: self.max_hedged,
                 samples: (0..RING).map(|_| AtomicU64::new(0)).collect(),
@@ -146,6 +157,7 @@ impl Hedge {
     /// A builder; defaults are listed on each method.
     pub fn builder() -> HedgeBuilder {
         HedgeBuilder {
+            name: Arc::from("default"),
             delay: HedgeDelay::Percentile {
                 percentile: 95.0,
                 min_samples: 20,
@@ -199,6 +211,11 @@ impl Hedge {
         }
     }
 
+    fn hedged(&self) {
+        self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.hedged();
+    }
+
     /// Runs `f`, hedging as configured. `f` is called once per attempt.
     pub async fn call<F, Fut, T, E>(&self, mut f: F) -> Result<T, E>
     where
@@ -229,7 +246,7 @@ impl Hedge {
                             if can_hedge {
                                 running.push(timed(f()));
                                 started += 1;
-                                self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
+                                self.hedged();
                                 next_at = Instant::now() + delay;
                             } else if running.is_empty() {
                                 // Every attempt failed; this one was the last.
@@ -239,10 +256,10 @@ impl Hedge {
                     }
                 }
                 _ = tokio::time::sleep_until(next_at), if can_hedge => {
-                    tracing::debug!(?delay, attempt = started + 1, "hedging a slow call");
+                    tracing::debug!(hedge = &*self.inner.name, ?delay, attempt = started + 1, "hedging a slow call");
                     running.push(timed(f()));
                     started += 1;
-                    self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
+                    self.hedged();
                     next_at = Instant::now() + delay;
                 }
             }
@@ -253,6 +270,7 @@ impl Hedge {
 impl fmt::Debug for Hedge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hedge")
+            .field("name", &self.inner.name)
             .field("delay", &self.inner.delay)
             .field("max_hedged_attempts", &self.inner.max_hedged)
             .field("current_delay", &self.current_delay())

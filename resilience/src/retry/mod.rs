@@ -156,6 +156,7 @@ struct Inner {
     budget: Option<RetryBudget>,
     rng: Mutex<SmallRng>,
     on_retry: Option<Hook>,
+    metrics: crate::metrics::RetryMetrics,
 }
 
 /// A cheap-to-clone retry policy. See the [module docs](self).
@@ -261,6 +262,7 @@ impl RetryBuilder {
         };
         Retry {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::RetryMetrics::new(&self.name),
                 name: self.name,
                 max_attempts: self.max_attempts,
                 max_elapsed: self.max_elapsed,
@@ -383,6 +385,7 @@ impl Retry {
             && !b.try_withdraw()
         {
             tracing::warn!(retry = &*inner.name, "retry budget exhausted; not retrying");
+            inner.metrics.budget_exhausted();
             return None;
         }
         a.prev_delay = Some(jittered);
@@ -391,6 +394,7 @@ impl Retry {
             delay,
         };
         tracing::debug!(retry = &*inner.name, attempt = a.made, ?delay, "retrying");
+        inner.metrics.retry();
         if let Some(hook) = &inner.on_retry {
             hook(&event);
         }

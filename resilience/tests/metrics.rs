@@ -1,0 +1,186 @@
+//! With the `metrics` feature, every primitive reports under its documented names.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use floodwall_resilience::adaptive::{AdaptiveLimit, Aimd};
+use floodwall_resilience::bulkhead::Bulkhead;
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
+use floodwall_resilience::hedge::{Hedge, HedgeDelay};
+use floodwall_resilience::retry::{Backoff, Jitter, Retry, RetryBudget};
+use floodwall_testkit::{Flaky, FlakyErrorKind, Step};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+type Snap = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// The recorder's values since the previous snapshot (taking one resets them).
+fn take(snap: &Snapshotter) -> Snap {
+    snap.snapshot().into_vec()
+}
+
+fn value(snap: &Snap, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    snap.iter().find_map(|(key, _, _, v)| {
+        let k = key.key();
+        let same_labels = labels.iter().all(|(l, want)| {
+            k.labels()
+                .any(|lab| lab.key() == *l && lab.value() == *want)
+        });
+        (k.name() == name && same_labels).then(|| match v {
+            DebugValue::Counter(c) => *c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        })
+    })
+}
+
+struct Prims {
+    breaker: CircuitBreaker,
+    retry: Retry,
+    bulkhead: Bulkhead,
+    hedge: Hedge,
+    limit: AdaptiveLimit,
+}
+
+#[tokio::test(start_paused = true)]
+async fn primitives_report_their_metrics() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let p = metrics::with_local_recorder(&recorder, || Prims {
+        breaker: CircuitBreaker::builder()
+            .name("pay")
+            .sliding_window(SlidingWindow::Count(NonZeroU32::new(2).unwrap()))
+            .minimum_calls(2)
+            .build()
+            .unwrap(),
+        retry: Retry::builder()
+            .name("pay")
+            .max_attempts(NonZeroU32::new(3).unwrap())
+            .backoff(Backoff::Constant(Duration::from_millis(1)))
+            .jitter(Jitter::None)
+            .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.5))
+            .build(),
+        bulkhead: Bulkhead::builder()
+            .name("pay")
+            .max_concurrent(NonZeroUsize::new(1).unwrap())
+            .max_waiting(1)
+            .max_wait(Duration::from_secs(1))
+            .build(),
+        hedge: Hedge::builder()
+            .name("pay")
+            .delay(HedgeDelay::Fixed(Duration::from_millis(5)))
+            .build(),
+        limit: AdaptiveLimit::builder(Aimd {
+            initial: 3,
+            ..Aimd::default()
+        })
+        .name("pay")
+        .build(),
+    });
+
+    // Breaker: one success, one failure (50%: opens), then two rejections.
+    let ok = Flaky::healthy();
+    let bad = Flaky::always_failing(FlakyErrorKind::Transient);
+    p.breaker.call(|| ok.call()).await.unwrap();
+    let _ = p.breaker.call(|| bad.call()).await;
+    let _ = p.breaker.call(|| bad.call()).await;
+    let _ = p.breaker.call(|| ok.call()).await;
+    let s1 = take(&snap);
+    let calls = |outcome| {
+        value(
+            &s1,
+            "floodwall_circuit_breaker_calls_total",
+            &[("breaker", "pay"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(calls("success"), Some(1.0));
+    assert_eq!(calls("failure"), Some(1.0));
+    assert_eq!(calls("rejected"), Some(2.0));
+    assert_eq!(
+        value(
+            &s1,
+            "floodwall_circuit_breaker_state",
+            &[("breaker", "pay")]
+        ),
+        Some(1.0),
+        "1 = open"
+    );
+    assert_eq!(
+        value(&s1, "floodwall_adaptive_limit", &[("limiter", "pay")]),
+        Some(3.0),
+        "set at build"
+    );
+
+    // Retry: two requests deposit 1 token; the first retry spends it, the next is refused.
+    let _ = p.retry.call(|| bad.call()).await;
+    let _ = p.retry.call(|| bad.call()).await;
+    let s2 = take(&snap);
+    assert_eq!(
+        value(&s2, "floodwall_retry_retries_total", &[("retry", "pay")]),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &s2,
+            "floodwall_retry_budget_exhausted_total",
+            &[("retry", "pay")]
+        ) >= Some(1.0)
+    );
+
+    // Bulkhead: one in flight, one rejected as full, one waiting (queue depth 1).
+    let held = p.bulkhead.try_acquire().unwrap();
+    assert!(p.bulkhead.try_acquire().is_err());
+    let bh = p.bulkhead.clone();
+    let waiter = tokio::spawn(async move { bh.acquire().await.map(drop) });
+    while p.bulkhead.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let s3 = take(&snap);
+    assert_eq!(
+        value(&s3, "floodwall_bulkhead_in_flight", &[("bulkhead", "pay")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s3,
+            "floodwall_bulkhead_queue_depth",
+            &[("bulkhead", "pay")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s3,
+            "floodwall_bulkhead_rejected_total",
+            &[("bulkhead", "pay"), ("reason", "full")]
+        ),
+        Some(1.0)
+    );
+    drop(held);
+    waiter.await.unwrap().unwrap();
+
+    // Hedge: a stalled first attempt triggers one hedge.
+    let stall = Flaky::scripted([Step::ok().after(Duration::from_secs(1))], Step::ok());
+    p.hedge.call(|| stall.call()).await.unwrap();
+    // Adaptive limit: a fourth caller over the limit of 3 is rejected.
+    let permits: Vec<_> = (0..3).map(|_| p.limit.try_acquire().unwrap()).collect();
+    assert!(p.limit.try_acquire().is_err());
+    drop(permits);
+    let s4 = take(&snap);
+    assert_eq!(
+        value(&s4, "floodwall_hedge_attempts_total", &[("hedge", "pay")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s4,
+            "floodwall_adaptive_rejected_total",
+            &[("limiter", "pay")]
+        ),
+        Some(1.0)
+    );
+}
