@@ -31,6 +31,9 @@
 //! 7. `ErrorLayer` — turns the service's error `E` into `Error<E>`;
 //! 8. the service.
 //!
+//! Without tower, [`Pipeline`] runs the same stages in the same order around a plain async
+//! call.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use floodwall_resilience::Error;
@@ -74,6 +77,7 @@ pub mod hedge;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod metrics;
+pub mod pipeline;
 pub mod retry;
 pub mod timeout;
 
@@ -82,3 +86,4 @@ pub use error::Error;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use error::{ErrorLayer, ErrorService};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
+pub use pipeline::Pipeline;

@@ -159,12 +159,16 @@ impl Flaky {
         self.state.script.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes one call: takes the next step, waits its latency, answers its outcome.
+    /// Makes one call: when first polled, takes the next step, waits its latency, answers its
+    /// outcome. A future dropped before it is polled is not a call (like an `async fn`).
     pub fn call(&self) -> impl Future<Output = Result<u64, FlakyError>> + Send + 'static + use<> {
-        let call = self.state.calls.fetch_add(1, Ordering::AcqRel) + 1;
-        let step = self.lock_script().pop_front().unwrap_or(self.state.then);
         let state = self.state.clone();
         async move {
+            let call = state.calls.fetch_add(1, Ordering::AcqRel) + 1;
+            let step = {
+                let mut script = state.script.lock().unwrap_or_else(|e| e.into_inner());
+                script.pop_front().unwrap_or(state.then)
+            };
             let now = state.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             state.max_in_flight.fetch_max(now, Ordering::AcqRel);
             let _guard = InFlight(&state);
