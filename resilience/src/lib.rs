@@ -70,6 +70,7 @@ pub mod adaptive;
 pub mod bulkhead;
 pub mod chaos;
 pub mod circuit_breaker;
+mod clock;
 mod error;
 pub mod fallback;
 pub mod hedge;
@@ -81,6 +82,7 @@ pub mod pipeline;
 pub mod retry;
 pub mod timeout;
 
+pub use clock::TokioClock;
 pub use error::Error;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

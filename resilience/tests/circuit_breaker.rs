@@ -318,3 +318,41 @@ fn manual_states() {
     b.reset();
     assert!(b.try_acquire().is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn automatic_half_open_fires_without_traffic() {
+    use floodwall_resilience::TokioClock;
+    for automatic in [false, true] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let b = CircuitBreaker::builder()
+            .sliding_window(SlidingWindow::Count(nz(2)))
+            .minimum_calls(2)
+            .open_wait(OpenWait::Fixed(Duration::from_secs(5)))
+            .automatic_half_open(automatic)
+            .clock(TokioClock::new())
+            .on_transition(move |t: &Transition| log.lock().unwrap().push(t.to))
+            .build()
+            .unwrap();
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().failure();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::task::yield_now().await;
+        let transitions = seen.lock().unwrap().clone();
+        if automatic {
+            assert_eq!(
+                transitions,
+                vec![State::Open, State::HalfOpen],
+                "on time, no call needed"
+            );
+        } else {
+            assert_eq!(
+                transitions,
+                vec![State::Open],
+                "lazy: nothing until observed"
+            );
+            assert_eq!(b.state(), State::HalfOpen);
+            assert_eq!(*seen.lock().unwrap(), vec![State::Open, State::HalfOpen]);
+        }
+    }
+}

@@ -179,10 +179,14 @@ impl Chaos {
         let call = state / 2;
         let a = unit(mix(state.wrapping_mul(GAMMA)));
         let b = unit(mix(state.wrapping_add(1).wrapping_mul(GAMMA)));
-        Faults {
+        let faults = Faults {
             latency: (a < inner.latency_rate).then_some(inner.latency),
             error: (b < inner.error_rate).then_some(Injected { call }),
+        };
+        if faults.latency.is_some() || faults.error.is_some() {
+            tracing::debug!(call, latency = ?faults.latency, error = faults.error.is_some(), "injecting faults");
         }
+        faults
     }
 
     /// Runs `f` with the faults of one draw applied.

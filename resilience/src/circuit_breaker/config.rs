@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) open_wait: OpenWait,
     pub(crate) permitted_in_half_open: u32,
     pub(crate) max_wait_in_half_open: Option<Duration>,
+    pub(crate) automatic_half_open: bool,
     pub(crate) initial_state: State,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) on_transition: Option<TransitionHook>,
@@ -110,6 +111,7 @@ impl Default for CircuitBreakerBuilder {
                 open_wait: OpenWait::Fixed(Duration::from_secs(60)),
                 permitted_in_half_open: 10,
                 max_wait_in_half_open: None,
+                automatic_half_open: false,
                 initial_state: State::Closed,
                 clock: Arc::new(SystemClock::new()),
                 on_transition: None,
@@ -178,6 +180,16 @@ impl CircuitBreakerBuilder {
     /// Default: `None` (wait for them).
     pub fn max_wait_in_half_open(mut self, d: Option<Duration>) -> Self {
         self.cfg.max_wait_in_half_open = d;
+        self
+    }
+
+    /// Move to half-open as soon as the open wait ends, from a task on the Tokio runtime that
+    /// is current when the breaker opens (none: the transition stays lazy). The task sleeps
+    /// on Tokio's timer; the transition re-checks the breaker's clock, so pair it with the
+    /// system clock or [`TokioClock`](crate::TokioClock). Default: `false` (lazy, like
+    /// resilience4j).
+    pub fn automatic_half_open(mut self, on: bool) -> Self {
+        self.cfg.automatic_half_open = on;
         self
     }
 

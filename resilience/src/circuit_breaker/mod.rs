@@ -34,7 +34,11 @@
 //!   recorded an outcome, their own rates decide close or re-open.
 //! - Transitions are made lazily, by the first [`try_acquire`](CircuitBreaker::try_acquire)
 //!   or [`state`](CircuitBreaker::state) that finds them due, so no background task runs and
-//!   a [`ManualClock`](floodwall_core::ManualClock) drives everything.
+//!   a [`ManualClock`](floodwall_core::ManualClock) drives everything. With
+//!   [`automatic_half_open`](CircuitBreakerBuilder::automatic_half_open) a Tokio task also
+//!   applies the open → half-open transition when the wait ends, so the event and the state
+//!   gauge change on time without traffic (resilience4j's
+//!   `automaticTransitionFromOpenToHalfOpenEnabled`).
 //! - Outcomes recorded with a permit from before a transition are dropped: they belong to a
 //!   state that no longer exists.
 //!
@@ -87,7 +91,7 @@ mod window;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use floodwall_core::clock::duration_to_nanos;
@@ -286,6 +290,8 @@ impl Window {
 }
 
 struct Inner {
+    /// Itself, for the automatic half-open task.
+    me: Weak<Inner>,
     cfg: Config,
     /// `None`: slow-call detection off.
     slow_nanos: Option<u64>,
@@ -334,7 +340,8 @@ impl CircuitBreaker {
         let probes = CountWindow::new(cfg.permitted_in_half_open as usize);
         let initial = cfg.initial_state;
         CircuitBreaker {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 slow_nanos: cfg.slow_call_duration.map(duration_to_nanos),
                 state: AtomicU64::new(word(initial, 0, 0)),
                 open_until: AtomicU64::new(if initial == State::Open {
@@ -609,6 +616,23 @@ impl Inner {
             || 100.0 * t.slow as f64 / calls >= self.cfg.slow_call_rate_threshold
     }
 
+    /// With `automatic_half_open`, a Tokio task applies the half-open transition when the
+    /// open wait ends, even if no call comes.
+    fn schedule_half_open(&self, now: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the transition stays lazy
+        };
+        let wait =
+            Duration::from_nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now));
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(inner) = me.upgrade() {
+                inner.settle(inner.cfg.clock.now_nanos());
+            }
+        });
+    }
+
     fn half_open_expired(&self, now: u64) -> bool {
         self.cfg.max_wait_in_half_open.is_some_and(|max| {
             now.saturating_sub(self.half_open_since.load(Ordering::Acquire))
@@ -688,6 +712,9 @@ impl Inner {
         self.state.store(next, Ordering::Release);
         self.metrics.state(to);
         drop(guard);
+        if to == State::Open && self.cfg.automatic_half_open {
+            self.schedule_half_open(now);
+        }
         let t = Transition {
             from,
             to,

@@ -45,7 +45,10 @@ where
             return Poll::Ready(r);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(E::from(Elapsed { after: *this.after }))),
+            Poll::Ready(()) => {
+                tracing::debug!(after = ?this.after, "call timed out");
+                Poll::Ready(Err(E::from(Elapsed { after: *this.after })))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -80,7 +80,10 @@ impl Timeout {
     {
         match tokio::time::timeout(self.after, f()).await {
             Ok(r) => r.map_err(Error::Inner),
-            Err(_) => Err(Error::Timeout(Elapsed { after: self.after })),
+            Err(_) => {
+                tracing::debug!(after = ?self.after, "call timed out");
+                Err(Error::Timeout(Elapsed { after: self.after }))
+            }
         }
     }
 }
