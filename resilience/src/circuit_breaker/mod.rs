@@ -127,21 +127,21 @@ pub enum State {
 }
 
 impl State {
-    const ALL: [State; 6] = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::Disabled,
-        State::ForcedOpen,
-        State::MetricsOnly,
-    ];
-
+    #[inline(always)]
     fn code(self) -> u64 {
         self as u64
     }
 
+    #[inline(always)]
     fn from_code(c: u64) -> State {
-        State::ALL[(c as usize).min(5)]
+        match c {
+            0 => State::Closed,
+            1 => State::Open,
+            2 => State::HalfOpen,
+            3 => State::Disabled,
+            4 => State::ForcedOpen,
+            _ => State::MetricsOnly,
+        }
     }
 }
 
@@ -235,11 +235,11 @@ const GEN_SHIFT: u32 = 3;
 const GEN_MASK: u64 = (1 << 29) - 1;
 const ISSUED_SHIFT: u32 = 32;
 
-#[inline]
+#[inline(always)]
 fn kind_of(w: u64) -> State {
     State::from_code(w & KIND_MASK)
 }
-#[inline]
+#[inline(always)]
 fn gen_of(w: u64) -> u64 {
     (w >> GEN_SHIFT) & GEN_MASK
 }
@@ -377,11 +377,7 @@ impl CircuitBreaker {
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         let raw = self.acquire_raw()?;
-        Ok(Permit {
-            breaker: self,
-            raw,
-            done: false,
-        })
+        Ok(Permit { breaker: self, raw })
     }
 
     /// Runs `f` if admitted; `Err` is a failure, `Ok` a success.
@@ -541,7 +537,7 @@ impl CircuitBreaker {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
         let inner = &*self.inner;
         inner.metrics.outcome(outcome);
@@ -580,25 +576,29 @@ impl CircuitBreaker {
                     inner.transition_from(w, State::Open, now());
                 }
             }
-            State::HalfOpen if permit.probe => {
-                inner.probes.record(failure, slow);
-                let t = inner.probes.totals();
-                let all = u64::from(inner.cfg.permitted_in_half_open);
-                if t.calls >= all {
-                    let to = if inner.exceeds(t, all) {
-                        State::Open
-                    } else {
-                        State::Closed
-                    };
-                    inner.transition_from(w, to, now());
-                }
-            }
+            State::HalfOpen if permit.probe => inner.record_probe(w, failure, slow, now()),
             _ => {}
         }
     }
 }
 
 impl Inner {
+    #[cold]
+    #[inline(never)]
+    fn record_probe(&self, w: u64, failure: bool, slow: bool, now: u64) {
+        self.probes.record(failure, slow);
+        let t = self.probes.totals();
+        let all = u64::from(self.cfg.permitted_in_half_open);
+        if t.calls >= all {
+            let to = if self.exceeds(t, all) {
+                State::Open
+            } else {
+                State::Closed
+            };
+            self.transition_from(w, to, now);
+        }
+    }
+
     #[cold]
     fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
@@ -657,6 +657,7 @@ impl Inner {
         }
     }
 
+    #[cold]
     fn hand_back_probe(&self, mut w: u64) {
         let generation = gen_of(w);
         while kind_of(w) == State::HalfOpen && gen_of(w) == generation && issued_of(w) > 0 {
@@ -673,10 +674,14 @@ impl Inner {
 
     /// Moves from the exact state word `expected` to `to`; if another thread moved first,
     /// does nothing. Returns the state word after the call.
+    #[cold]
+    #[inline(never)]
     fn transition_from(&self, expected: u64, to: State, now: u64) -> u64 {
         self.transition_to(to, Some((expected, now)))
     }
 
+    #[cold]
+    #[inline(never)]
     fn transition_to(&self, to: State, expected: Option<(u64, u64)>) -> u64 {
         let now = expected.map_or_else(|| self.cfg.clock.now_nanos(), |(_, now)| now);
         let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
@@ -735,15 +740,15 @@ impl Inner {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     raw: RawPermit,
-    done: bool,
 }
 
 impl Permit<'_> {
     /// Records `outcome`; the call's duration is measured from when the permit was issued.
     #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        self.breaker.record_raw(self.raw, outcome);
+    pub fn record(self, outcome: Outcome) {
+        // Recorded here, so the drop (which would record `Ignored`) must not run.
+        let this = std::mem::ManuallyDrop::new(self);
+        this.breaker.record_raw(this.raw, outcome);
     }
 
     /// Records a success.
@@ -770,10 +775,9 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.record_raw(self.raw, Outcome::Ignored);
-        }
+        self.breaker.record_raw(self.raw, Outcome::Ignored);
     }
 }
 

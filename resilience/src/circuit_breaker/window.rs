@@ -88,7 +88,7 @@ impl CountWindow {
 
     /// Records one outcome. Returns whether the totals changed (they do not when the outcome
     /// replaces an identical one in a full window, the steady state of a healthy service).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&self, failure: bool, slow: bool) -> bool {
         // The cursor wraps at 2^32; when size does not divide 2^32 the ring skips ahead once
         // every 4 billion calls, replacing a few outcomes early. Totals stay exact.
