@@ -8,9 +8,12 @@
 //!   per-attempt timeouts, honouring `Retry-After` (seconds or HTTP-date); never a
 //!   rejection by a breaker or bulkhead.
 //! - [`IdempotentRequests`] copies requests for retries only when their method is idempotent
-//!   (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) unless told otherwise, and only when
-//!   the body can be copied (`B: Clone`, e.g. a buffered `Full<Bytes>` or `String`); a `POST`
-//!   is sent once. Extensions are not copied.
+//!   (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) unless told otherwise, for bodies
+//!   that are buffered and `Clone` (`Full<Bytes>`, `String`, `Vec<u8>`, `Bytes`); a `POST` is
+//!   sent once. Extensions are not copied. For a body type that may stream, give
+//!   [`RetryLayer::clone_requests_with`](crate::retry::RetryLayer::clone_requests_with) a
+//!   closure that returns `None` when the body cannot be replayed (with reqwest:
+//!   `|r: &reqwest::Request| r.try_clone()`): such a request is passed through once.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};

@@ -10,6 +10,14 @@
 //! [`chaos`] fault injection, [`hedge`], the [`adaptive`] concurrency limit (AIMD,
 //! Gradient2), and with the `http` feature the HTTP classifiers in `http`.
 //!
+//! # Time
+//!
+//! Whatever measures time without sleeping — the breaker's windows and open wait, the retry
+//! budget, the adaptive limit's RTTs — reads an injected [`Clock`] ([`ManualClock`] in tests,
+//! [`TokioClock`] to follow paused Tokio time). Whatever waits — retry backoff, timeouts,
+//! bulkhead waits, hedge delays, injected latency — sleeps on Tokio's timer, so
+//! `#[tokio::test(start_paused = true)]` runs it instantly.
+//!
 //! # One error type
 //!
 //! Every plain API returns [`Error<E>`]: `CircuitOpen`, `BulkheadFull`, `Limited`, `Timeout`,
