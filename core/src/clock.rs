@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A source of monotonic time, in nanoseconds since an arbitrary, fixed origin.
 ///
@@ -65,29 +65,47 @@ pub const fn duration_to_nanos(d: Duration) -> u64 {
     }
 }
 
-/// The real monotonic clock, backed by [`std::time::Instant`].
+/// The real monotonic clock.
 ///
-/// All `SystemClock`s in a process share one origin (the first time any of them is read), so
-/// readings from different instances can be compared.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+/// Backed by quanta's clock: the CPU's invariant time-stamp counter calibrated against the
+/// OS monotonic clock (a few nanoseconds a read), falling back to the OS monotonic clock where
+/// the counter is not reliable. A limiter or breaker reads it on every decision, so its cost
+/// is part of theirs.
+///
+/// All `SystemClock`s in a process share one calibration and one origin (the first
+/// `SystemClock::new`), so readings from different instances can be compared.
+#[derive(Debug, Clone)]
+pub struct SystemClock {
+    clock: quanta::Clock,
+    origin: u64,
+}
 
 impl SystemClock {
-    /// Creates the system clock.
-    pub const fn new() -> Self {
-        SystemClock
+    /// The system clock (cheap after the first call, which calibrates).
+    pub fn new() -> Self {
+        static SHARED: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
+        let (clock, origin) = SHARED.get_or_init(|| {
+            let clock = quanta::Clock::new();
+            let origin = clock.raw();
+            (clock, origin)
+        });
+        SystemClock {
+            clock: clock.clone(),
+            origin: *origin,
+        }
     }
+}
 
-    fn origin() -> Instant {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        *ORIGIN.get_or_init(Instant::now)
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
     }
 }
 
 impl Clock for SystemClock {
     #[inline]
     fn now_nanos(&self) -> u64 {
-        duration_to_nanos(Instant::now().saturating_duration_since(Self::origin()))
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 }
 
@@ -160,7 +178,7 @@ mod tests {
     #[test]
     fn system_clock_is_monotonic_and_shared() {
         let a = SystemClock::new();
-        let b = SystemClock;
+        let b = SystemClock::default();
         let t0 = a.now_nanos();
         let t1 = b.now_nanos();
         let t2 = a.now_nanos();

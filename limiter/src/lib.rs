@@ -1,19 +1,30 @@
 //! # floodwall-limiter
 //!
-//! floodwall-limiter limits how much each key (user, IP, API token) may send: GCRA, leaky bucket, fixed window, sliding log and sliding counter, in memory or on Redis / Redis Cluster, exact across instances.
+//! floodwall-limiter limits how much each key (user, IP, API token) may send.
 //!
-//! This release of the crate holds the shared time source its primitives are driven by; the
-//! primitives themselves arrive in the following releases (see `CHANGELOG.md`). Every
-//! time-dependent part reads time through [`Clock`], so tests drive it with [`ManualClock`]:
+//! This release has the quota and decision types and [`gcra`], the GCRA algorithm with a
+//! lock-free in-memory limiter; the other algorithms, the keyed and Redis stores, tiers and
+//! the HTTP layer follow (see `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
+//! so tests drive it with [`ManualClock`]:
 //!
 //! ```
+//! use std::num::NonZeroU32;
 //! use std::time::Duration;
-//! use floodwall_limiter::{Clock, ManualClock};
+//! use floodwall_limiter::{ManualClock, Quota, gcra::Gcra};
 //!
 //! let clock = ManualClock::new();
-//! clock.advance(Duration::from_millis(250));
-//! assert_eq!(clock.now_nanos(), 250_000_000);
+//! let per_user = Gcra::with_clock(Quota::per_minute(NonZeroU32::new(60).unwrap()), clock.clone());
+//! let d = per_user.check();
+//! assert!(d.allowed);
+//! assert_eq!(d.limit, 60);
+//! assert_eq!(d.remaining, 59);
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod decision;
+pub mod gcra;
+mod quota;
+
+pub use decision::{Decision, InsufficientCapacity};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
+pub use quota::Quota;

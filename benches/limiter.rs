@@ -1,0 +1,31 @@
+//! Limiter hot paths, ours beside governor in the same run.
+//!
+//! `limiter/gcra_direct`: one `check` on an in-memory GCRA limiter for a single key, with a
+//! quota high enough that calls are admitted — floodwall's `Gcra` (system clock) and its
+//! `Gcra` on a manual clock (no clock read cost), against governor's direct `RateLimiter`
+//! (default quanta clock).
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use floodwall::core::ManualClock;
+use floodwall::limiter::Quota;
+use floodwall::limiter::gcra::Gcra;
+
+fn gcra_direct(c: &mut Criterion) {
+    let mut g = c.benchmark_group("limiter/gcra_direct");
+    let rate = NonZeroU32::new(1_000_000_000).unwrap();
+    let ours = Gcra::new(Quota::per_second(rate));
+    g.bench_function("floodwall", |b| b.iter(|| black_box(ours.check())));
+    let manual = Gcra::with_clock(Quota::per_second(rate), ManualClock::new());
+    g.bench_function("floodwall (manual clock)", |b| {
+        b.iter(|| black_box(manual.check()))
+    });
+    let theirs = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+    g.bench_function("governor", |b| b.iter(|| black_box(theirs.check().is_ok())));
+    g.finish();
+}
+
+criterion_group!(benches, gcra_direct);
+criterion_main!(benches);
