@@ -4,6 +4,8 @@
 //! quota high enough that calls are admitted — floodwall's `Gcra` (system clock) and its
 //! `Gcra` on a manual clock (no clock read cost), against governor's direct `RateLimiter`
 //! (default quanta clock).
+//! `limiter/memory_algorithms`: one `check` of the fixed-window and sliding-window-counter
+//! limiters.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -27,5 +29,18 @@ fn gcra_direct(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gcra_direct);
+fn other_algorithms(c: &mut Criterion) {
+    use floodwall::limiter::window::{WindowKind, WindowLimiter};
+    let mut g = c.benchmark_group("limiter/memory_algorithms");
+    let q = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap());
+    let fixed = WindowLimiter::new(WindowKind::Fixed, q);
+    g.bench_function("fixed_window", |b| b.iter(|| black_box(fixed.check())));
+    let sliding = WindowLimiter::new(WindowKind::SlidingCounter, q);
+    g.bench_function("sliding_window_counter", |b| {
+        b.iter(|| black_box(sliding.check()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, gcra_direct, other_algorithms);
 criterion_main!(benches);

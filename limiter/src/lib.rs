@@ -2,9 +2,10 @@
 //!
 //! floodwall-limiter limits how much each key (user, IP, API token) may send.
 //!
-//! This release has the quota and decision types and [`gcra`], the GCRA algorithm with a
-//! lock-free in-memory limiter; the other algorithms, the keyed and Redis stores, tiers and
-//! the HTTP layer follow (see `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
+//! This release has the quota and decision types, [`gcra`] (GCRA with a lock-free in-memory
+//! limiter) and [`window`] (fixed window and sliding window counter in memory); the sliding
+//! log and leaky bucket, the keyed and Redis stores, tiers and the HTTP layer follow (see
+//! `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
 //! so tests drive it with [`ManualClock`]:
 //!
 //! ```
@@ -24,6 +25,7 @@
 mod decision;
 pub mod gcra;
 mod quota;
+pub mod window;
 
 pub use decision::{Decision, InsufficientCapacity};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
