@@ -4,8 +4,8 @@
 //! quota high enough that calls are admitted — floodwall's `Gcra` (system clock) and its
 //! `Gcra` on a manual clock (no clock read cost), against governor's direct `RateLimiter`
 //! (default quanta clock).
-//! `limiter/memory_algorithms`: one `check` of the fixed-window and sliding-window-counter
-//! limiters.
+//! `limiter/memory_algorithms`: one `check` of the fixed-window, sliding-window-counter,
+//! sliding-log and leaky-bucket (meter) limiters.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;

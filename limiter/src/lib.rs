@@ -2,10 +2,10 @@
 //!
 //! floodwall-limiter limits how much each key (user, IP, API token) may send.
 //!
-//! This release has the quota and decision types, [`gcra`] (GCRA with a lock-free in-memory
-//! limiter) and [`window`] (fixed window and sliding window counter in memory); the sliding
-//! log and leaky bucket, the keyed and Redis stores, tiers and the HTTP layer follow (see
-//! `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
+//! This release has the quota and decision types and the five algorithms in memory, for one
+//! key: [`gcra`] (lock-free), [`leaky`] (meter and queue), [`window`] (fixed window, sliding
+//! window counter) and [`sliding_log`]; the keyed and Redis stores, tiers and the HTTP layer
+//! follow (see `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
 //! so tests drive it with [`ManualClock`]:
 //!
 //! ```
@@ -24,7 +24,9 @@
 
 mod decision;
 pub mod gcra;
+pub mod leaky;
 mod quota;
+pub mod sliding_log;
 pub mod window;
 
 pub use decision::{Decision, InsufficientCapacity};
