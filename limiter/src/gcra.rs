@@ -103,7 +103,12 @@ impl Params {
         let decision = Decision {
             allowed,
             limit: self.burst,
-            remaining: self.div_t(self.capacity.saturating_sub(level)) as u32,
+            // A drained bucket (TAT <= now) leaves exactly `b - cost`: no division.
+            remaining: if allowed && tat <= now {
+                self.burst - cost
+            } else {
+                self.div_t(self.capacity.saturating_sub(level)) as u32
+            },
             reset_after: Duration::from_nanos(level),
             retry_after: (!allowed).then(|| Duration::from_nanos(new_tat - self.capacity - now)),
         };
