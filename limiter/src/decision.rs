@@ -48,6 +48,20 @@ pub struct InsufficientCapacity {
     pub capacity: u32,
 }
 
+impl InsufficientCapacity {
+    /// `Ok(cost)` when a request of `cost` can ever fit `capacity`, this error otherwise.
+    pub(crate) fn check(cost: std::num::NonZeroU32, capacity: u32) -> Result<u32, Self> {
+        if cost.get() <= capacity {
+            Ok(cost.get())
+        } else {
+            Err(InsufficientCapacity {
+                cost: cost.get(),
+                capacity,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

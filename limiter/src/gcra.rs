@@ -172,13 +172,8 @@ impl<C: Clock> Gcra<C> {
 
     /// Decides a request of cost `n` (all or nothing).
     pub fn check_n(&self, n: NonZeroU32) -> Result<Decision, InsufficientCapacity> {
-        if n.get() > self.inner.params.burst {
-            return Err(InsufficientCapacity {
-                cost: n.get(),
-                capacity: self.inner.params.burst,
-            });
-        }
-        Ok(self.decide(n.get()))
+        let cost = InsufficientCapacity::check(n, self.inner.params.burst)?;
+        Ok(self.decide(cost))
     }
 
     /// What [`check`](Self::check) would answer now, without consuming anything.

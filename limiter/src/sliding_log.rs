@@ -78,14 +78,8 @@ impl<C: Clock> SlidingLog<C> {
 
     /// Decides a request of cost `n` (all or nothing).
     pub fn check_n(&self, n: NonZeroU32) -> Result<Decision, InsufficientCapacity> {
-        let limit = self.inner.quota.limit().get();
-        if n.get() > limit {
-            return Err(InsufficientCapacity {
-                cost: n.get(),
-                capacity: limit,
-            });
-        }
-        Ok(self.decide(n.get(), true))
+        let cost = InsufficientCapacity::check(n, self.inner.quota.limit().get())?;
+        Ok(self.decide(cost, true))
     }
 
     /// What [`check`](Self::check) would answer now, without logging.

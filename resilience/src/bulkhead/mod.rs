@@ -9,9 +9,9 @@
 //!   already waiting; a caller beyond the queue is rejected at once
 //!   ([`RejectReason::QueueFull`]), and a waiter still without a permit after `max_wait` is
 //!   rejected then ([`RejectReason::WaitTimedOut`]).
-//! - Waiters are woken in arrival order; a caller arriving just as a permit frees may take it
-//!   first (no hand-off), which keeps the admit path lock-free. Every waiter is still bounded
-//!   by `max_wait`.
+//! - Waiters are woken in the order they queued on tokio's `Notify`; a caller arriving just
+//!   as a permit frees may take it first (no hand-off), which keeps the admit path lock-free.
+//!   Every waiter is still bounded by `max_wait`.
 //!
 //! # Invariant
 //!

@@ -24,8 +24,10 @@ const UNIT: i64 = 1000;
 /// retries <= ratio * requests + min_per_sec * ttl_secs
 /// ```
 ///
-/// Withdrawals are serialised by a small lock so the budget is never overdrawn; deposits (one
-/// per request) are lock-free. Clones share the budget.
+/// Withdrawals are serialised by a small lock, so two retries never spend the same token;
+/// deposits (one per request) are lock-free. A token deposited or withdrawn at the instant its
+/// slot is recycled may be lost to that slot (at most one per slot change). Clones share the
+/// budget.
 ///
 /// ```
 /// use std::time::Duration;
