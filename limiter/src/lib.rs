@@ -22,13 +22,27 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod algorithm;
 mod decision;
 pub mod gcra;
+pub mod keyed;
 pub mod leaky;
+mod limiter;
+mod metrics;
 mod quota;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod sliding_log;
+mod tiers;
 pub mod window;
 
+pub use algorithm::Algorithm;
 pub use decision::{Decision, InsufficientCapacity};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
+pub use limiter::{
+    Binding, ConfigError, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, RateLimiter,
+    RateLimiterBuilder, Verdict,
+};
 pub use quota::Quota;
+pub use tiers::{QuotaResolver, Tiers};

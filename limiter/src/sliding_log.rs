@@ -90,44 +90,63 @@ impl<C: Clock> SlidingLog<C> {
     fn decide(&self, cost: u32, consume: bool) -> Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_nanos();
-        let limit = u64::from(inner.quota.limit().get());
         let mut log = inner.log.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries at or before now - period have left the window.
-        while log.front().is_some_and(|&(t, _)| t + inner.period <= now) {
-            log.pop_front();
-        }
-        let used: u64 = log.iter().map(|&(_, n)| u64::from(n)).sum();
-        let allowed = used + u64::from(cost) <= limit;
-        if allowed && consume {
-            log.push_back((now, cost));
-        }
-        let used_after = used + if allowed { u64::from(cost) } else { 0 };
-        let reset_after = if allowed && !consume {
-            inner.period
-        } else {
-            log.back().map_or(0, |&(t, _)| t + inner.period - now)
-        };
-        let retry_after = (!allowed).then(|| {
-            // Drop the oldest entries until `cost` fits; the last one dropped sets the wait.
-            let mut freed = 0u64;
-            let need = used + u64::from(cost) - limit;
-            let mut wait = 0;
-            for &(t, n) in log.iter() {
-                freed += u64::from(n);
-                wait = t + inner.period - now;
-                if freed >= need {
-                    break;
-                }
+        decide(
+            &mut log,
+            inner.period,
+            inner.quota.limit().get(),
+            now,
+            cost,
+            consume,
+        )
+    }
+}
+
+/// One sliding-log decision on `log` (entries `(time, cost)`, oldest first).
+pub(crate) fn decide(
+    log: &mut VecDeque<(u64, u32)>,
+    period: u64,
+    limit: u32,
+    now: u64,
+    cost: u32,
+    consume: bool,
+) -> Decision {
+    let limit = u64::from(limit);
+    // Entries at or before now - period have left the window.
+    while log.front().is_some_and(|&(t, _)| t + period <= now) {
+        log.pop_front();
+    }
+    let used: u64 = log.iter().map(|&(_, n)| u64::from(n)).sum();
+    let allowed = used + u64::from(cost) <= limit;
+    if allowed && consume {
+        log.push_back((now, cost));
+    }
+    let used_after = used + if allowed { u64::from(cost) } else { 0 };
+    let reset_after = if allowed && !consume {
+        period
+    } else {
+        log.back().map_or(0, |&(t, _)| t + period - now)
+    };
+    let retry_after = (!allowed).then(|| {
+        // Drop the oldest entries until `cost` fits; the last one dropped sets the wait.
+        let mut freed = 0u64;
+        let need = used + u64::from(cost) - limit;
+        let mut wait = 0;
+        for &(t, n) in log.iter() {
+            freed += u64::from(n);
+            wait = t + period - now;
+            if freed >= need {
+                break;
             }
-            Duration::from_nanos(wait)
-        });
-        Decision {
-            allowed,
-            limit: limit as u32,
-            remaining: limit.saturating_sub(used_after) as u32,
-            reset_after: Duration::from_nanos(reset_after),
-            retry_after,
         }
+        Duration::from_nanos(wait)
+    });
+    Decision {
+        allowed,
+        limit: limit as u32,
+        remaining: limit.saturating_sub(used_after) as u32,
+        reset_after: Duration::from_nanos(reset_after),
+        retry_after,
     }
 }
 

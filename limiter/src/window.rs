@@ -42,15 +42,15 @@ use floodwall_core::{Clock, SystemClock};
 use crate::{Decision, InsufficientCapacity, Quota};
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    window: u64,
-    current: u64,
-    previous: u64,
+pub(crate) struct Counts {
+    pub(crate) window: u64,
+    pub(crate) current: u64,
+    pub(crate) previous: u64,
 }
 
 impl Counts {
     /// Rolls the counts forward to window `w`.
-    fn roll(&mut self, w: u64) {
+    pub(crate) fn roll(&mut self, w: u64) {
         if w == self.window {
             return;
         }
@@ -135,74 +135,94 @@ impl<C: Clock> WindowLimiter<C> {
     fn decide(&self, cost: u32, consume: bool) -> Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_nanos();
-        let period = inner.period;
-        let limit = u64::from(inner.quota.limit().get());
-        let cost = u64::from(cost);
-        let w = now / period;
-        let elapsed = now - w * period;
-        let to_end = period - elapsed;
         let mut counts = inner.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.roll(w);
-        match inner.kind {
-            WindowKind::Fixed => {
-                let allowed = counts.current + cost <= limit;
-                if allowed && consume {
-                    counts.current += cost;
-                }
-                let used = counts.current + if allowed && !consume { cost } else { 0 };
-                Decision {
-                    allowed,
-                    limit: limit as u32,
-                    remaining: limit.saturating_sub(used) as u32,
-                    reset_after: Duration::from_nanos(if used > 0 { to_end } else { 0 }),
-                    retry_after: (!allowed).then(|| Duration::from_nanos(to_end)),
-                }
+        decide(
+            &mut counts,
+            inner.kind,
+            inner.period,
+            inner.quota.limit().get(),
+            now,
+            cost,
+            consume,
+        )
+    }
+}
+
+/// One window decision on `counts` (the shared core of the in-memory window limiters).
+pub(crate) fn decide(
+    counts: &mut Counts,
+    kind: WindowKind,
+    period: u64,
+    limit: u32,
+    now: u64,
+    cost: u32,
+    consume: bool,
+) -> Decision {
+    let limit = u64::from(limit);
+    let cost = u64::from(cost);
+    let w = now / period;
+    let elapsed = now - w * period;
+    let to_end = period - elapsed;
+    counts.roll(w);
+    match kind {
+        WindowKind::Fixed => {
+            let allowed = counts.current + cost <= limit;
+            if allowed && consume {
+                counts.current += cost;
             }
-            WindowKind::SlidingCounter => {
-                // weighted previous = previous * to_end / period, kept exact in u128
-                let weighted = |prev: u64, remaining_in_window: u64| -> u128 {
-                    u128::from(prev) * u128::from(remaining_in_window)
-                };
-                let p = u128::from(period);
-                let est = weighted(counts.previous, to_end) + u128::from(counts.current) * p;
-                let need = est + u128::from(cost) * p;
-                let allowed = need <= u128::from(limit) * p;
-                if allowed && consume {
-                    counts.current += cost;
-                }
-                let est_after = weighted(counts.previous, to_end)
-                    + u128::from(counts.current + if allowed && !consume { cost } else { 0 }) * p;
-                let remaining = (u128::from(limit) * p).saturating_sub(est_after) / p;
-                // Full capacity returns once this window's count has aged out: the end of the
-                // next window.
-                let reset = if counts.current > 0 {
-                    to_end + period
+            let used = counts.current + if allowed && !consume { cost } else { 0 };
+            Decision {
+                allowed,
+                limit: limit as u32,
+                remaining: limit.saturating_sub(used) as u32,
+                reset_after: Duration::from_nanos(if used > 0 { to_end } else { 0 }),
+                retry_after: (!allowed).then(|| Duration::from_nanos(to_end)),
+            }
+        }
+        WindowKind::SlidingCounter => {
+            // weighted previous = previous * to_end / period, kept exact in u128
+            let weighted = |prev: u64, remaining_in_window: u64| -> u128 {
+                u128::from(prev) * u128::from(remaining_in_window)
+            };
+            let p = u128::from(period);
+            let est = weighted(counts.previous, to_end) + u128::from(counts.current) * p;
+            let need = est + u128::from(cost) * p;
+            let allowed = need <= u128::from(limit) * p;
+            if allowed && consume {
+                counts.current += cost;
+            }
+            let est_after = weighted(counts.previous, to_end)
+                + u128::from(counts.current + if allowed && !consume { cost } else { 0 }) * p;
+            let remaining = (u128::from(limit) * p).saturating_sub(est_after) / p;
+            // Full capacity returns once this window's count has aged out: the end of the
+            // next window.
+            let reset = if counts.current > 0 {
+                to_end + period
+            } else {
+                to_end
+            };
+            let retry_after = (!allowed).then(|| {
+                let room = u128::from(limit) * p;
+                let n_p = u128::from(cost) * p;
+                let cur = u128::from(counts.current) * p;
+                let wait = if cur + n_p > room {
+                    // Not in this window: in the next one this window's count becomes the
+                    // previous and must decay until `current * to_end' + n * p <= room`.
+                    let fits = (room - n_p) / u128::from(counts.current);
+                    u128::from(to_end) + (p - fits.min(p))
                 } else {
-                    to_end
+                    // Later in this window: `previous * (to_end - x) + cur + n*p <= room`.
+                    let slack = (room - cur - n_p) / u128::from(counts.previous.max(1));
+                    u128::from(to_end) - slack.min(u128::from(to_end))
                 };
-                let retry_after = (!allowed).then(|| {
-                    let room = u128::from(limit) * p;
-                    let n_p = u128::from(cost) * p;
-                    let cur = u128::from(counts.current) * p;
-                    let wait = if cur + n_p > room {
-                        // Not in this window: in the next one this window's count becomes the
-                        // previous and must decay until `current * to_end' + n * p <= room`.
-                        let fits = (room - n_p) / u128::from(counts.current);
-                        u128::from(to_end) + (p - fits.min(p))
-                    } else {
-                        // Later in this window: `previous * (to_end - x) + cur + n*p <= room`.
-                        let slack = (room - cur - n_p) / u128::from(counts.previous.max(1));
-                        u128::from(to_end) - slack.min(u128::from(to_end))
-                    };
-                    Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
-                });
-                Decision {
-                    allowed,
-                    limit: limit as u32,
-                    remaining: remaining as u32,
-                    reset_after: Duration::from_nanos(reset),
-                    retry_after,
-                }
+                Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
+            });
+            Decision {
+                allowed,
+                limit: limit as u32,
+                remaining: remaining as u32,
+                reset_after: Duration::from_nanos(reset),
+                retry_after,
             }
         }
     }
