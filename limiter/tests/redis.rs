@@ -1,0 +1,333 @@
+//! The Redis store on real servers these tests start: exactness across instances on
+//! standalone and on a 3-master Cluster, agreement across skewed local clocks, and the
+//! failure policies through a blackholing proxy.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use floodwall_core::ManualClock;
+use floodwall_core::redis::RedisConnection;
+use floodwall_limiter::redis::RedisOptions;
+use floodwall_limiter::{
+    Algorithm, Degraded, FailurePolicy, Limit, LimitError, Quota, RateLimiter,
+};
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
+use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
+
+const INSTANCES: usize = 8;
+const TASKS: usize = 50;
+const LIMIT: u32 = 100;
+
+fn n(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap()
+}
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Gcra,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingLog,
+    Algorithm::SlidingCounter,
+];
+
+async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
+    if cluster {
+        RedisConnection::cluster(urls.iter().cloned())
+            .connect()
+            .await
+            .unwrap()
+    } else {
+        RedisConnection::standalone(urls[0].clone())
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+fn instance(
+    conn: RedisConnection,
+    alg: Algorithm,
+    quota: Quota,
+    clock: ManualClock,
+) -> RateLimiter {
+    RateLimiter::builder()
+        .limit(Limit::new("api", alg, quota).keyed_by("user"))
+        .redis(RedisOptions::new(conn).timeout(Duration::from_secs(5)))
+        .failure_policy(FailurePolicy::FailClosed)
+        .clock(clock)
+        .build()
+        .unwrap()
+}
+
+/// 8 instances (own connections) × 50 concurrent tasks on one key, per algorithm: exactly
+/// `LIMIT` admitted. The quota's period is 30 days, so nothing refills during the test (and
+/// a window boundary, every 30 days of Redis time, is a second's chance in 2.6 million).
+async fn exactness(urls: Vec<String>, cluster: bool) {
+    for alg in ALGORITHMS {
+        let quota = Quota::new(n(LIMIT), Duration::from_secs(30 * 86_400));
+        let mut instances = Vec::new();
+        for _ in 0..INSTANCES {
+            instances.push(instance(
+                connect(&urls, cluster).await,
+                alg,
+                quota,
+                ManualClock::new(),
+            ));
+        }
+        let user = format!("exact-{alg:?}-{}", std::process::id());
+        let admitted = Arc::new(AtomicU32::new(0));
+        let mut handles = Vec::new();
+        for limiter in &instances {
+            for _ in 0..TASKS {
+                let (limiter, admitted, user) = (limiter.clone(), admitted.clone(), user.clone());
+                handles.push(tokio::spawn(async move {
+                    let v = limiter.check(&[("user", &user)]).await.unwrap();
+                    assert!(v.degraded.is_none());
+                    if v.allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let b = v.binding.unwrap();
+                        assert_eq!(b.decision.remaining, 0);
+                        assert!(b.decision.retry_after.unwrap() > Duration::ZERO);
+                    }
+                }));
+            }
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let admitted = admitted.load(Ordering::Relaxed);
+        println!(
+            "{} {alg:?}: {INSTANCES} instances x {TASKS} tasks admitted {admitted} of limit {LIMIT}",
+            if cluster { "cluster" } else { "standalone" }
+        );
+        assert_eq!(admitted, LIMIT, "{alg:?} admitted exactly the limit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_admit_exactly_the_limit_on_standalone() {
+    let Some(server) =
+        RedisServer::start_or_skip("instances_admit_exactly_the_limit_on_standalone")
+    else {
+        return;
+    };
+    exactness(vec![server.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_admit_exactly_the_limit_on_cluster() {
+    let Some(cluster) =
+        RedisCluster::start_or_skip("instances_admit_exactly_the_limit_on_cluster", 3)
+    else {
+        return;
+    };
+    exactness(cluster.urls(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_the_cluster_and_several_limits_stay_all_or_nothing() {
+    let Some(cluster) = RedisCluster::start_or_skip(
+        "keys_spread_over_the_cluster_and_several_limits_stay_all_or_nothing",
+        3,
+    ) else {
+        return;
+    };
+    let conn = connect(&cluster.urls(), true).await;
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("user", Algorithm::Gcra, Quota::per_hour(n(3))).keyed_by("user"))
+        .limit(Limit::new(
+            "global",
+            Algorithm::SlidingLog,
+            Quota::per_hour(n(10)),
+        ))
+        .redis(RedisOptions::new(conn).timeout(Duration::from_secs(5)))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap();
+    // 6 users × 5 requests: each user gets 3, until the global 10 runs out; denials by the
+    // per-user limit must not take from the global one.
+    let mut admitted = 0;
+    for round in 0..5 {
+        for u in 0..6 {
+            let user = format!("spread-{u}");
+            let v = limiter.check(&[("user", &user)]).await.unwrap();
+            if v.allowed {
+                admitted += 1;
+            } else if round < 3 {
+                assert_eq!(v.binding.unwrap().name.as_ref(), "global");
+            }
+        }
+    }
+    assert_eq!(
+        admitted, 10,
+        "exactly the global limit, per-user denials took nothing"
+    );
+    // The user keys were spread over the masters.
+    let mut nodes = std::collections::HashSet::new();
+    for u in 0..6 {
+        let node = cluster
+            .node_for_key(&format!("fw-rl:v1:{{spread-{u}}}:user"))
+            .unwrap();
+        nodes.insert(node.port());
+    }
+    assert!(nodes.len() >= 2, "keys on {} nodes", nodes.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_with_skewed_clocks_agree() {
+    let Some(server) = RedisServer::start_or_skip("instances_with_skewed_clocks_agree") else {
+        return;
+    };
+    for alg in ALGORITHMS {
+        let quota = Quota::per_minute(n(5));
+        // Three instances whose local clocks read 0 s, +7 s and +30 s.
+        let mut instances = Vec::new();
+        for skew in [0, 7, 30] {
+            let clock = ManualClock::new();
+            clock.advance(Duration::from_secs(skew));
+            instances.push(instance(
+                connect(&[server.url()], false).await,
+                alg,
+                quota,
+                clock,
+            ));
+        }
+        let user = format!("skew-{alg:?}");
+        let mut admitted = 0;
+        let mut waits = Vec::new();
+        for i in 0..12 {
+            let v = instances[i % 3].check(&[("user", &user)]).await.unwrap();
+            if v.allowed {
+                admitted += 1;
+            } else {
+                waits.push(v.retry_after().unwrap());
+            }
+        }
+        assert_eq!(admitted, 5, "{alg:?}");
+        // Every instance reports the same wait (Redis's clock), give or take the time the
+        // test took between calls.
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(
+            *max - *min < Duration::from_millis(500),
+            "{alg:?}: {waits:?}"
+        );
+        // At most a period; the sliding counter may wait into the next window (2 periods).
+        assert!(*max <= Duration::from_secs(120), "{alg:?}: {waits:?}");
+    }
+}
+
+/// Through a blackholing proxy: every decision returns within the bound, the policy decides,
+/// the breaker then answers without waiting, and after healing decisions are exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_redis_follows_each_policy_within_the_bound() {
+    let Some(server) =
+        RedisServer::start_or_skip("blackholed_redis_follows_each_policy_within_the_bound")
+    else {
+        return;
+    };
+    let bound = Duration::from_millis(60);
+    let policies = [
+        FailurePolicy::FailOpen,
+        FailurePolicy::FailClosed,
+        FailurePolicy::Insurance { instances: n(4) },
+    ];
+    for (p, policy) in policies.into_iter().enumerate() {
+        let proxy = FaultProxy::start(server.addr()).await.unwrap();
+        let conn = RedisConnection::standalone(proxy.redis_url())
+            .connect()
+            .await
+            .unwrap();
+        let breaker_clock = ManualClock::new();
+        let breaker = CircuitBreaker::builder()
+            .sliding_window(SlidingWindow::Count(n(10)))
+            .minimum_calls(3)
+            .failure_rate_threshold(50.0)
+            .open_wait(OpenWait::Fixed(Duration::from_secs(5)))
+            .clock(breaker_clock.clone())
+            .build()
+            .unwrap();
+        let limiter = RateLimiter::builder()
+            .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(20))).keyed_by("user"))
+            .redis(RedisOptions::new(conn).timeout(bound).breaker(breaker))
+            .failure_policy(policy)
+            .build()
+            .unwrap();
+        let user = format!("policy-{p}");
+        assert!(
+            limiter
+                .check(&[("user", &user)])
+                .await
+                .unwrap()
+                .degraded
+                .is_none()
+        );
+
+        proxy.blackhole();
+        let mut admitted = 0;
+        let mut slowest_after_open = Duration::ZERO;
+        for i in 0..10 {
+            let started = Instant::now();
+            let result = limiter.check(&[("user", &user)]).await;
+            let took = started.elapsed();
+            assert!(
+                took <= bound + Duration::from_millis(50),
+                "{policy:?}: took {took:?}"
+            );
+            if i >= 3 {
+                // The breaker opened after 3 failures: no more waiting on Redis.
+                slowest_after_open = slowest_after_open.max(took);
+            }
+            match policy {
+                FailurePolicy::FailOpen => {
+                    let v = result.unwrap();
+                    assert!(v.allowed);
+                    assert_eq!(v.degraded, Some(Degraded::FailedOpen));
+                }
+                FailurePolicy::FailClosed => {
+                    assert!(
+                        matches!(result, Err(LimitError::Unavailable(_))),
+                        "{result:?}"
+                    );
+                }
+                FailurePolicy::Insurance { .. } => {
+                    let v = result.unwrap();
+                    assert_eq!(v.degraded, Some(Degraded::Insurance));
+                    admitted += u32::from(v.allowed);
+                }
+            }
+        }
+        assert!(
+            slowest_after_open < Duration::from_millis(5),
+            "{policy:?}: with the breaker open a decision took {slowest_after_open:?}"
+        );
+        if let FailurePolicy::Insurance { .. } = policy {
+            assert_eq!(admitted, 5, "a quarter of 20 per instance");
+        }
+        println!(
+            "{policy:?}: blackholed decisions within {bound:?} + 50 ms; breaker-open decisions \
+             at most {slowest_after_open:?}"
+        );
+
+        // Heal; once the breaker lets a probe through, decisions are exact again.
+        proxy.heal();
+        proxy.reset_all();
+        assert!(proxy.wait_accepted(2, Duration::from_secs(5)).await);
+        breaker_clock.advance(Duration::from_secs(5));
+        let fresh = format!("healed-{p}");
+        let mut admitted = 0;
+        let mut probed = false;
+        for _ in 0..40 {
+            match limiter.check(&[("user", &fresh)]).await {
+                Ok(v) if v.degraded.is_none() => {
+                    probed = true;
+                    admitted += u32::from(v.allowed);
+                }
+                other => panic!("{policy:?} after heal: {other:?}"),
+            }
+        }
+        assert!(probed);
+        assert_eq!(admitted, 20, "{policy:?}: exact again after heal");
+    }
+}
