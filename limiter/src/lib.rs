@@ -25,7 +25,13 @@
 mod algorithm;
 mod decision;
 pub mod gcra;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod keyed;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod layer;
 pub mod leaky;
 mod limiter;
 mod metrics;
