@@ -64,6 +64,8 @@ pub(crate) struct Params {
     pub(crate) capacity: u64,
     /// `1 / T`, to divide by `T` with a multiply (corrected to the exact quotient).
     inv_t: f64,
+    /// `T` as a `Duration`: the `reset_after` of a cost-1 request into a drained bucket.
+    t_duration: Duration,
 }
 
 impl Params {
@@ -75,6 +77,7 @@ impl Params {
             burst,
             capacity: t.saturating_mul(u64::from(burst)),
             inv_t: 1.0 / t as f64,
+            t_duration: Duration::from_nanos(t),
         }
     }
 
@@ -96,6 +99,25 @@ impl Params {
     /// (equal to `tat` when denied).
     #[inline]
     pub(crate) fn evaluate(&self, tat: u64, now: u64, cost: u32) -> (Decision, u64) {
+        if tat <= now && cost == 1 {
+            // A drained bucket and one unit (the most common case): everything is a constant.
+            let next = now.saturating_add(self.t);
+            return (
+                Decision {
+                    allowed: true,
+                    limit: self.burst,
+                    remaining: self.burst - 1,
+                    reset_after: self.t_duration,
+                    retry_after: None,
+                },
+                next,
+            );
+        }
+        self.evaluate_slow(tat, now, cost)
+    }
+
+    #[inline]
+    fn evaluate_slow(&self, tat: u64, now: u64, cost: u32) -> (Decision, u64) {
         let base = tat.max(now);
         let new_tat = base.saturating_add(self.t.saturating_mul(u64::from(cost)));
         let allowed = new_tat - now <= self.capacity;
@@ -227,6 +249,7 @@ mod tests {
                 burst: 1,
                 capacity: t,
                 inv_t: 1.0 / t as f64,
+                t_duration: Duration::from_nanos(t),
             };
             // The domain: x <= b * T with b <= u32::MAX.
             let top = t.saturating_mul(u64::from(u32::MAX));
