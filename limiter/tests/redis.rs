@@ -331,3 +331,50 @@ async fn blackholed_redis_follows_each_policy_within_the_bound() {
         assert_eq!(admitted, 20, "{policy:?}: exact again after heal");
     }
 }
+
+/// The same requests on Redis and in memory (a frozen clock) get the same answers: allowed,
+/// remaining, and waits within the few milliseconds Redis's clock moves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_decides_like_the_memory_store() {
+    let Some(server) = RedisServer::start_or_skip("redis_decides_like_the_memory_store") else {
+        return;
+    };
+    for alg in ALGORITHMS {
+        let quota = Quota::per_minute(n(6)).allow_burst(n(4));
+        let remote = instance(
+            connect(&[server.url()], false).await,
+            alg,
+            quota,
+            ManualClock::new(),
+        );
+        let local = RateLimiter::builder()
+            .limit(Limit::new("api", alg, quota).keyed_by("user"))
+            .clock(ManualClock::starting_at(Duration::from_secs(3600)))
+            .build()
+            .unwrap();
+        let user = format!("same-{alg:?}");
+        for cost in [1, 2, 1, 3, 1, 1, 2] {
+            let d = [("user", user.as_str())];
+            let r = remote.check_n(&d, n(cost)).await.unwrap();
+            let l = local.check_n(&d, n(cost)).await.unwrap();
+            let (r, l) = (r.binding.unwrap().decision, l.binding.unwrap().decision);
+            assert_eq!(
+                (r.allowed, r.remaining, r.limit),
+                (l.allowed, l.remaining, l.limit),
+                "{alg:?} cost {cost}"
+            );
+            let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(250);
+            if !matches!(alg, Algorithm::FixedWindow | Algorithm::SlidingCounter) {
+                // Windows are aligned to each clock's zero, so only GCRA and the log compare.
+                assert!(
+                    close(r.reset_after, l.reset_after),
+                    "{alg:?}: {r:?} vs {l:?}"
+                );
+                match (r.retry_after, l.retry_after) {
+                    (Some(a), Some(b)) => assert!(close(a, b), "{alg:?}: {r:?} vs {l:?}"),
+                    (a, b) => assert_eq!(a.is_some(), b.is_some()),
+                }
+            }
+        }
+    }
+}

@@ -1,51 +1,50 @@
 -- floodwall-limiter: one decision for one key of one limit, atomically, on Redis time.
 -- KEYS[1] state key; KEYS[2] (sliding log only) its member sequence. Both share a hash tag.
--- ARGV: 1 algorithm (g = GCRA, f = fixed window, s = sliding counter, l = sliding log)
---       2 mode (c = decide and consume, p = peek, r = refund a receipt)
---       3 cost  4 limit  5 burst  6 period (microseconds)  7 receipt (refunds only)
--- Returns {allowed, remaining, reset_after_us, retry_after_us (-1: none), receipt}.
+-- ARGV[1] operation: algorithm (g = GCRA, f = fixed window, s = sliding counter,
+--         l = sliding log) then mode (c = decide and consume, p = peek, r = refund)
+-- GCRA:   ARGV 2 cost, 3 emission interval T (us), 4 capacity burst * T (us).
+--         Reply: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
+--         level = TAT' - now (us) and TAT' the TAT after the decision.
+-- Others: ARGV 2 cost, 3 limit, 4 period (us), 5 receipt (refunds only).
+--         Reply: {allowed, remaining, reset_after_us, retry_after_us (-1: none), receipt}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local alg, mode = ARGV[1], ARGV[2]
-local cost, limit, burst, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local op = ARGV[1]
 local key = KEYS[1]
+local cost = tonumber(ARGV[2])
 
-if alg == 'g' then
-  local T = period / limit
-  local cap = burst * T
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if mode == 'r' then
+if op == 'gc' or op == 'gp' or op == 'gr' then
+  local T, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local tat = tonumber(redis.call('GET', key) or 0)
+  if op == 'gr' then
     tat = tat - cost * T
     if tat > now then
-      redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+      redis.call('SET', key, tat, 'PX', math.ceil((tat - now) / 1000) + 1)
     else
       redis.call('DEL', key)
     end
-    return {1, 0, 0, -1, 0}
+    return 0
   end
-  local base = math.max(tat, now)
-  local new_tat = base + cost * T
-  local allowed = new_tat - now <= cap + 0.0005
-  local level = base - now
-  if allowed then
-    level = new_tat - now
-    if mode == 'c' then
-      redis.call('SET', key, string.format('%.3f', new_tat), 'PX', math.ceil(level / 1000) + 1)
-    end
+  if tat < now then tat = now end
+  local new_tat = tat + cost * T
+  if new_tat - now > cap + 0.0005 then
+    return -math.ceil(tat - now) - 1
   end
-  local remaining = math.floor((cap - level) / T + 0.0000005)
-  if remaining < 0 then remaining = 0 end
-  local retry = -1
-  if not allowed then retry = math.ceil(new_tat - cap - now) end
-  return {allowed and 1 or 0, remaining, math.ceil(level), retry, 0}
+  if op == 'gc' then
+    redis.call('SET', key, new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  end
+  return math.ceil(new_tat - now)
 end
+
+local alg, mode = string.sub(op, 1, 1), string.sub(op, 2, 2)
+local limit, period = tonumber(ARGV[3]), tonumber(ARGV[4])
 
 if alg == 'f' or alg == 's' then
   local w = math.floor(now / period)
   local h = redis.call('HMGET', key, 'w', 'c', 'p')
   local cw, cur, prev = tonumber(h[1]) or -1, tonumber(h[2]) or 0, tonumber(h[3]) or 0
   if mode == 'r' then
-    local r = tonumber(ARGV[7])
+    local r = tonumber(ARGV[5])
     if cw == r then
       redis.call('HSET', key, 'c', math.max(cur - cost, 0))
     elseif cw == r + 1 then
@@ -101,7 +100,7 @@ end
 if alg == 'l' then
   local seqkey = KEYS[2]
   if mode == 'r' then
-    local first = tonumber(ARGV[7])
+    local first = tonumber(ARGV[5])
     for i = 0, cost - 1 do
       redis.call('ZREM', key, string.format('%.0f', first + i))
     end
@@ -139,4 +138,4 @@ if alg == 'l' then
   return {allowed and 1 or 0, math.max(limit - used_after, 0), reset, retry, receipt}
 end
 
-return redis.error_reply('floodwall: unknown algorithm ' .. tostring(alg))
+return redis.error_reply('floodwall: unknown operation ' .. tostring(op))

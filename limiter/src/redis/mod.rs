@@ -107,17 +107,23 @@ pub(crate) struct RemoteReceipt {
     receipt: i64,
 }
 
-fn code(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::Gcra => "g",
-        Algorithm::FixedWindow => "f",
-        Algorithm::SlidingCounter => "s",
-        Algorithm::SlidingLog => "l",
-    }
-}
-
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// GCRA's one-integer reply (see the script) as `{allowed, remaining, reset, retry, 0}`.
+fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
+    let allowed = v >= 0;
+    let level = if allowed { v } else { -(v + 1) } as f64;
+    let remaining = ((cap - level) / t + 1e-9)
+        .floor()
+        .clamp(0.0, f64::from(burst)) as i64;
+    let retry = if allowed {
+        -1
+    } else {
+        (level + f64::from(cost) * t - cap).ceil().max(0.0) as i64
+    };
+    [i64::from(allowed), remaining, level as i64, retry, 0]
 }
 
 impl RedisStore {
@@ -173,12 +179,31 @@ impl RedisStore {
         if let Some(seq) = &seq {
             call = call.key(seq);
         }
+        let op = match (limit.algorithm(), mode) {
+            (Algorithm::Gcra, "c") => "gc",
+            (Algorithm::Gcra, "p") => "gp",
+            (Algorithm::Gcra, _) => "gr",
+            (Algorithm::FixedWindow, "c") => "fc",
+            (Algorithm::FixedWindow, "p") => "fp",
+            (Algorithm::FixedWindow, _) => "fr",
+            (Algorithm::SlidingCounter, "c") => "sc",
+            (Algorithm::SlidingCounter, "p") => "sp",
+            (Algorithm::SlidingCounter, _) => "sr",
+            (Algorithm::SlidingLog, "c") => "lc",
+            (Algorithm::SlidingLog, "p") => "lp",
+            (Algorithm::SlidingLog, _) => "lr",
+        };
+        let call = call.arg(op).arg(cost);
+        if limit.algorithm() == Algorithm::Gcra {
+            // T and b * T in microseconds, fractions kept.
+            let t = quota.emission_interval_nanos() as f64 / 1_000.0;
+            let burst = quota.burst().get();
+            let cap = t * f64::from(burst);
+            let level: i64 = self.conn.invoke(call.arg(t).arg(cap)).await?;
+            return Ok(gcra_reply(level, t, cap, cost, burst));
+        }
         let call = call
-            .arg(code(limit.algorithm()))
-            .arg(mode)
-            .arg(cost)
             .arg(quota.limit().get())
-            .arg(quota.burst().get())
             .arg(micros(quota.period()))
             .arg(receipt);
         let reply: Vec<i64> = self.conn.invoke(call).await?;
@@ -200,11 +225,19 @@ impl RedisStore {
             .try_acquire()
             .map_err(|r| StoreError::unavailable(format!("Redis circuit breaker: {r}")))?;
         let mode = if consume { "c" } else { "p" };
-        let calls = applicable.iter().map(|e| {
-            let (idx, key, quota) = e.expect("filled by the caller");
-            self.one(&limits[idx as usize], key, quota, cost, mode, 0)
-        });
-        let replies = futures::future::join_all(calls).await;
+        let replies = if let [Some((idx, key, quota))] = applicable {
+            // One limit (the common case): no join.
+            vec![
+                self.one(&limits[*idx as usize], key, *quota, cost, mode, 0)
+                    .await,
+            ]
+        } else {
+            let calls = applicable.iter().map(|e| {
+                let (idx, key, quota) = e.expect("filled by the caller");
+                self.one(&limits[idx as usize], key, quota, cost, mode, 0)
+            });
+            futures::future::join_all(calls).await
+        };
         let mut out = Vec::with_capacity(replies.len());
         let mut failure = None;
         for (entry, reply) in applicable.iter().zip(replies) {
