@@ -1,25 +1,68 @@
 //! # floodwall-limiter
 //!
-//! floodwall-limiter limits how much each key (user, IP, API token) may send.
-//!
-//! This release has the quota and decision types and the five algorithms in memory, for one
-//! key: [`gcra`] (lock-free), [`leaky`] (meter and queue), [`window`] (fixed window, sliding
-//! window counter) and [`sliding_log`]; the keyed and Redis stores, tiers and the HTTP layer
-//! follow (see `CHANGELOG.md`). Every limiter reads time through a [`Clock`],
-//! so tests drive it with [`ManualClock`]:
+//! floodwall-limiter limits how much each key (user, IP, API token) may send — in memory, or
+//! shared by every instance through Redis or Redis Cluster.
 //!
 //! ```
 //! use std::num::NonZeroU32;
-//! use std::time::Duration;
-//! use floodwall_limiter::{ManualClock, Quota, gcra::Gcra};
+//! use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter, Tiers};
 //!
-//! let clock = ManualClock::new();
-//! let per_user = Gcra::with_clock(Quota::per_minute(NonZeroU32::new(60).unwrap()), clock.clone());
-//! let d = per_user.check();
-//! assert!(d.allowed);
-//! assert_eq!(d.limit, 60);
-//! assert_eq!(d.remaining, 59);
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let n = |v| NonZeroU32::new(v).unwrap();
+//! // Per user by pricing tier, per IP, and a global ceiling: all-or-nothing.
+//! let tiers = Tiers::new("free", Quota::per_minute(n(2)))
+//!     .with_tier("pro", Quota::per_minute(n(600)));
+//! let limiter = RateLimiter::builder()
+//!     .limit(Limit::new("user", Algorithm::Gcra, tiers.clone()).keyed_by("user"))
+//!     .limit(Limit::new("ip", Algorithm::SlidingLog, Quota::per_minute(n(100))).keyed_by("ip"))
+//!     .limit(Limit::new("global", Algorithm::FixedWindow, Quota::per_second(n(5_000))))
+//!     .build()
+//!     .unwrap();
+//!
+//! let request = [("user", "42"), ("ip", "203.0.113.9")];
+//! assert!(limiter.check(&request).await.unwrap().allowed);
+//! assert!(limiter.check(&request).await.unwrap().allowed);
+//! let denied = limiter.check(&request).await.unwrap();
+//! assert!(!denied.allowed);
+//! assert_eq!(denied.binding.as_ref().unwrap().name.as_ref(), "user");
+//! assert!(denied.retry_after().unwrap().as_secs() <= 30);
+//!
+//! tiers.assign("7", "pro"); // at run time, no rebuild
+//! for _ in 0..10 {
+//!     assert!(limiter.check(&[("user", "7"), ("ip", "198.51.100.1")]).await.unwrap().allowed);
+//! }
+//! # }
 //! ```
+//!
+//! # What is here
+//!
+//! - **Algorithms**, each with its formula and invariant in its module: [`gcra`] (a token
+//!   bucket kept as one timestamp; lock-free), [`leaky`] (the leaky bucket as a meter, and as
+//!   a queue that makes callers wait their turn), [`window`] (fixed window and Cloudflare's
+//!   sliding window counter) and [`sliding_log`] (exact). Every decision reports allowed,
+//!   limit, remaining, reset-after and retry-after ([`Decision`]); `check_n` charges a cost,
+//!   `peek` consumes nothing; [`Quota`]s cannot be invalid.
+//! - **Keyed stores.** [`keyed::KeyedGcra`] (one bucket per key, like governor's keyed
+//!   limiter) and the [`RateLimiter`]'s memory store hold at most `max_keys` keys and drop idle
+//!   ones, so a flood of distinct keys cannot exhaust memory ([`keyed`] states the bound).
+//! - **[`RateLimiter`]**: several [`Limit`]s keyed by a request's descriptor, decided
+//!   all-or-nothing; quotas per key through a [`QuotaResolver`] such as [`Tiers`], changeable
+//!   at run time; shadow mode per limit or for all; a [`FailurePolicy`].
+//! - **Redis** (feature `redis`, module `redis`): one Lua script per decision on Redis
+//!   time, TTLs set in the script, hash-tagged versioned keys; the same decisions on
+//!   standalone Redis and Redis Cluster. Every call is bounded (default 50 ms) and behind a
+//!   circuit breaker; when Redis fails the policy decides: fail open, fail closed, or an
+//!   in-memory insurance limiter with each instance's share of the quota.
+//! - **tower** (feature `tower`, module `layer`): `RateLimitLayer` with key extractors and
+//!   an error carrying `retry_after`. **HTTP** (feature `http`, module `http`): `429` with
+//!   `Retry-After` and the IETF draft's `RateLimit` / `RateLimit-Policy` fields, `503` when
+//!   failing closed, and `ClientIp`, which believes `Forwarded` / `X-Forwarded-For` only
+//!   from configured proxies.
+//! - **Metrics** (feature `metrics`): `floodwall_limiter_denied_total{limit, shadow}` and
+//!   `floodwall_limiter_store_failures_total{policy}`.
+//!
+//! Every limiter reads time through a [`Clock`], so tests drive it with [`ManualClock`]
+//! instead of sleeping.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;

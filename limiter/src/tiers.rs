@@ -38,6 +38,10 @@ where
 ///
 /// A tier set to `None` is unlimited. Keys not assigned to a tier get the default tier.
 ///
+/// What a key has used carries over a quota change: window counts stay counted, and GCRA,
+/// whose state is a time, keeps what the key owes as time (a key that emptied its bucket under
+/// the old quota waits at most what it owed there before the new burst applies).
+///
 /// ```
 /// use std::num::NonZeroU32;
 /// use floodwall_limiter::{Quota, QuotaResolver, Tiers};
