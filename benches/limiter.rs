@@ -42,6 +42,17 @@ fn other_algorithms(c: &mut Criterion) {
     g.bench_function("sliding_window_counter", |b| {
         b.iter(|| black_box(sliding.check()))
     });
+    let log = floodwall::limiter::sliding_log::SlidingLog::new(Quota::per_second(
+        NonZeroU32::new(64).unwrap(),
+    ));
+    // A log of at most 64 entries, admitting and denying as time passes.
+    g.bench_function("sliding_log (limit 64)", |b| {
+        b.iter(|| black_box(log.check()))
+    });
+    let leaky = floodwall::limiter::leaky::LeakyBucket::new(q);
+    g.bench_function("leaky_bucket (meter)", |b| {
+        b.iter(|| black_box(leaky.check()))
+    });
     g.finish();
 }
 
