@@ -1,19 +1,70 @@
 //! # floodwall-idempotency
 //!
-//! floodwall-idempotency runs an operation at most once per idempotency key: the first call runs and its result is stored, retries get the stored result, concurrent duplicates get a conflict.
-//!
-//! This release of the crate holds the shared time source its primitives are driven by; the
-//! primitives themselves arrive in the following releases (see `CHANGELOG.md`). Every
-//! time-dependent part reads time through [`Clock`], so tests drive it with [`ManualClock`]:
+//! floodwall-idempotency runs an operation at most once per idempotency key: the first call
+//! runs and its result is stored, retries get the stored result, concurrent duplicates get a
+//! conflict (or wait for the first), and a key reused with another payload is refused.
 //!
 //! ```
 //! use std::time::Duration;
-//! use floodwall_idempotency::{Clock, ManualClock};
+//! use floodwall_idempotency::{Fingerprint, Idempotency, MemoryStore, RunError};
 //!
-//! let clock = ManualClock::new();
-//! clock.advance(Duration::from_millis(250));
-//! assert_eq!(clock.now_nanos(), 250_000_000);
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let payments = Idempotency::new(MemoryStore::new()).lease(Duration::from_secs(10));
+//! let body = br#"{"amount": 4200, "card": "tok_visa"}"#;
+//! let fp = Fingerprint::of(body);
+//!
+//! let charge = || async { Ok::<_, String>("ch_1".to_string()) };
+//! let first = payments.run("key-1", &fp, charge).await.unwrap();
+//! assert!(!first.is_replayed());
+//! // The client retries after a dropped response: the stored result, no second charge.
+//! let retry = payments.run("key-1", &fp, charge).await.unwrap();
+//! assert!(retry.is_replayed());
+//! assert_eq!(retry.into_inner(), "ch_1");
+//! // The same key with another body is a client error.
+//! let other = Fingerprint::of(br#"{"amount": 9900}"#);
+//! assert!(matches!(payments.run("key-1", &other, charge).await, Err(RunError::FingerprintMismatch)));
+//! # }
 //! ```
+//!
+//! # What is here
+//!
+//! - A [`Store`] protocol — `begin` claims a key with a lease and a fencing [`Token`] (or
+//!   answers the completed record, "in progress", or a fingerprint mismatch); `complete`
+//!   stores a result only while the token still holds the key; `abort` releases the claim or
+//!   records a failure — with a bounded in-memory store ([`MemoryStore`]) and (feature
+//!   `redis`) a Redis / Redis Cluster store, one Lua script per step.
+//! - [`Idempotency::run`]: the plain API, results as serde values (JSON) in a versioned
+//!   envelope; [`Outcome`] tells fresh from replayed.
+//! - [`Deduplicator`]: at-most-once processing of queue messages within a window.
+//! - (feature `http`) `http::IdempotencyLayer`: the IETF `Idempotency-Key` header draft —
+//!   400 for a missing or malformed key when required, 409 while in progress, 422 for a
+//!   reused key with another payload (problem+json), stored responses replayed with
+//!   `Idempotent-Replayed: true`, keys scoped by a principal.
+//! - (feature `metrics`) counters, listed in the metrics section below.
+//!
+//! # Metrics
+//!
+//! `floodwall_idempotency_executions_total`, `_replays_total`, `_conflicts_total`,
+//! `_mismatches_total` and `_duplicates_total` (all prefixed `floodwall_idempotency_`).
+//!
+//! Time-dependent parts read time through [`Clock`], so tests drive them with
+//! [`ManualClock`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use floodwall_core::{Clock, ManualClock, SystemClock};
+mod dedup;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+mod metrics;
+mod record;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+mod run;
+mod store;
+
+pub use dedup::{Deduplicator, Processed};
+pub use floodwall_core::{Clock, ManualClock, StoreError, SystemClock};
+pub use record::{Abort, Begin, FORMAT_VERSION, Fingerprint, Finish, Token};
+pub use run::{Idempotency, OnConflict, Outcome, RunError};
+pub use store::{COMPLETION_GRACE, DEFAULT_MAX_RECORDS, MemoryStore, Store};

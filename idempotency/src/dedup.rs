@@ -1,0 +1,112 @@
+//! [`Deduplicator`]: process each queue message at most once within a window.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::record::{Abort, Begin, Fingerprint, Finish, Kind, open, seal};
+use crate::run::RunError;
+use crate::store::Store;
+
+/// What [`Deduplicator::process`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed<T> {
+    /// The message was processed now.
+    Done(T),
+    /// It had been processed already (within the window): skipped.
+    Duplicate,
+}
+
+/// Consumer-side deduplication for at-least-once queues: each message id is processed at
+/// most once within `window`, with the same claim, lease and fencing as
+/// [`Idempotency`](crate::Idempotency). A redelivery while the first delivery is still being
+/// processed gets [`RunError::InProgress`] (leave it for redelivery); a failed processing
+/// releases the id so the redelivery runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_idempotency::{Deduplicator, MemoryStore, Processed};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let dedup = Deduplicator::new(MemoryStore::new(), Duration::from_secs(3600));
+/// let first = dedup.process("msg-1", || async { Ok::<_, std::io::Error>(1) }).await.unwrap();
+/// assert_eq!(first, Processed::Done(1));
+/// let again = dedup.process("msg-1", || async { Ok::<_, std::io::Error>(2) }).await.unwrap();
+/// assert_eq!(again, Processed::Duplicate);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Deduplicator<S> {
+    store: S,
+    window: Duration,
+    lease: Duration,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Deduplicator<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deduplicator")
+            .field("store", &self.store)
+            .field("window", &self.window)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl<S: Store> Deduplicator<S> {
+    /// Remembers processed ids for `window`; a processing claim lasts 60 s.
+    pub fn new(store: S, window: Duration) -> Self {
+        Deduplicator {
+            store,
+            window,
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    /// How long a processing claim blocks redeliveries if the consumer dies.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Processes the message `id` with `op` unless it was processed already.
+    pub async fn process<T, E, F, Fut>(&self, id: &str, op: F) -> Result<Processed<T>, RunError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = match self
+            .store
+            .begin(id, &Fingerprint::NONE, self.lease)
+            .await
+            .map_err(RunError::Store)?
+        {
+            Begin::Claimed(token) => token,
+            Begin::Completed(record) => {
+                open(&record).map_err(RunError::Store)?;
+                crate::metrics::duplicate();
+                return Ok(Processed::Duplicate);
+            }
+            Begin::InProgress { retry_after } => return Err(RunError::InProgress { retry_after }),
+            Begin::Mismatch => return Err(RunError::FingerprintMismatch),
+        };
+        match op().await {
+            Ok(v) => {
+                let record = seal(Kind::Done, &[]);
+                match self.store.complete(id, token, &record, self.window).await {
+                    Ok(Finish::Done) => {}
+                    Ok(Finish::Fenced) => {
+                        tracing::warn!(id, "message claim was lost before completion")
+                    }
+                    Err(e) => tracing::warn!(id, error = %e, "could not mark a message processed"),
+                }
+                Ok(Processed::Done(v))
+            }
+            Err(e) => {
+                if let Err(err) = self.store.abort(id, token, Abort::Release).await {
+                    tracing::warn!(id, error = %err, "could not release a message claim");
+                }
+                Err(RunError::Operation(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The `Idempotency-Key` HTTP layer (feature `http`), after the IETF draft
+//! (draft-ietf-httpapi-idempotency-key-header).
+//!
+//! For requests with a configured method (default `POST` and `PATCH`):
+//!
+//! | situation | answer |
+//! |---|---|
+//! | no `Idempotency-Key`, key required | `400`, problem+json |
+//! | malformed key (empty, too long, not visible ASCII) | `400` |
+//! | request body over the cap | `413` |
+//! | first request with this key | runs; the response is stored if storable (below) |
+//! | same key, same payload, completed | the stored response, with `Idempotent-Replayed: true` |
+//! | same key, still in progress | `409` with `Retry-After` (or waits, per [`OnConflict`](crate::OnConflict)) |
+//! | same key, different payload | `422`; the stored response is untouched |
+//! | store unreachable | `503` (fail closed, the default), or run unprotected ([`IdempotencyLayer::fail_open`]) |
+//!
+//! The key accepts the draft's structured-field string (`"a1b2"`) or a bare value. The
+//! fingerprint covers method, path with query, and body. Keys are scoped by a *principal*
+//! (user, tenant, API client) the layer is given, so one client can neither replay nor block
+//! another's request with the same key.
+//!
+//! **What is stored:** responses with status `2xx`, `3xx` and `4xx`, except `408`, `409`,
+//! `425` and `429` — the status, the allow-listed headers (default `Content-Type`,
+//! `Location`) and the body, if it is at most the stored-body cap (default 1 MiB). `5xx`
+//! responses, those four, larger bodies and inner-service errors release the claim, so a
+//! retry runs again. The layer's own 400/409/413/422/503 answers store nothing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tower::{Layer, Service};
+
+use crate::record::{Abort, Begin, Fingerprint, Kind, open, seal};
+use crate::run::Idempotency;
+use crate::store::Store;
+
+/// `Idempotency-Key`.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// `Idempotent-Replayed`, set to `true` on replayed responses.
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+struct Config {
+    methods: Vec<Method>,
+    require_key: bool,
+    max_key_len: usize,
+    max_request_body: usize,
+    max_stored_body: usize,
+    stored_headers: Vec<HeaderName>,
+    fail_open: bool,
+    principal: PrincipalFn,
+}
+
+/// Makes `POST` / `PATCH` handlers idempotent by `Idempotency-Key`. See the
+/// [module docs](self).
+///
+/// ```
+/// use floodwall_idempotency::{Idempotency, MemoryStore};
+/// use floodwall_idempotency::http::IdempotencyLayer;
+///
+/// // Scope keys by the authenticated user (here: a header the auth layer set).
+/// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()), |parts| {
+///     parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned)
+/// })
+/// .require_key(true);
+/// # let _ = layer;
+/// ```
+pub struct IdempotencyLayer<S> {
+    idem: Idempotency<S>,
+    config: Arc<Config>,
+}
+
+impl<S: Clone> Clone for IdempotencyLayer<S> {
+    fn clone(&self) -> Self {
+        IdempotencyLayer {
+            idem: self.idem.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for IdempotencyLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("idem", &self.idem)
+            .field("methods", &self.config.methods)
+            .field("require_key", &self.config.require_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> IdempotencyLayer<S> {
+    /// Over `idem`'s store, lease, retention and conflict policy, with keys scoped by
+    /// `principal` (a request without one shares the anonymous scope).
+    pub fn new(
+        idem: Idempotency<S>,
+        principal: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        IdempotencyLayer {
+            idem,
+            config: Arc::new(Config {
+                methods: vec![Method::POST, Method::PATCH],
+                require_key: false,
+                max_key_len: 255,
+                max_request_body: 1 << 20,
+                max_stored_body: 1 << 20,
+                stored_headers: vec![CONTENT_TYPE, LOCATION],
+                fail_open: false,
+                principal: Arc::new(principal),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::get_mut(&mut self.config).expect("configured before the layer is cloned")
+    }
+
+    /// The methods the layer applies to (default `POST`, `PATCH`).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config_mut().methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a request without a key is refused with 400 (default: passed through).
+    pub fn require_key(mut self, on: bool) -> Self {
+        self.config_mut().require_key = on;
+        self
+    }
+
+    /// The longest key accepted (default 255).
+    pub fn max_key_len(mut self, n: usize) -> Self {
+        self.config_mut().max_key_len = n;
+        self
+    }
+
+    /// The largest request body read (default 1 MiB; larger: 413).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.config_mut().max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored (default 1 MiB; larger responses are passed on and
+    /// not stored).
+    pub fn max_stored_body(mut self, bytes: usize) -> Self {
+        self.config_mut().max_stored_body = bytes;
+        self
+    }
+
+    /// The response headers stored and replayed (default `Content-Type`, `Location`).
+    pub fn stored_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config_mut().stored_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// When the store is unreachable, run the request without idempotency instead of
+    /// answering 503.
+    pub fn fail_open(mut self, on: bool) -> Self {
+        self.config_mut().fail_open = on;
+        self
+    }
+}
+
+impl<S: Clone, Svc> Layer<Svc> for IdempotencyLayer<S> {
+    type Service = IdempotencyService<S, Svc>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        IdempotencyService {
+            inner,
+            idem: self.idem.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`IdempotencyLayer`] makes.
+pub struct IdempotencyService<S, Svc> {
+    inner: Svc,
+    idem: Idempotency<S>,
+    config: Arc<Config>,
+}
+
+impl<S: Clone, Svc: Clone> Clone for IdempotencyService<S, Svc> {
+    fn clone(&self) -> Self {
+        IdempotencyService {
+            inner: self.inner.clone(),
+            idem: self.idem.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S, Svc: fmt::Debug> fmt::Debug for IdempotencyService<S, Svc> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A problem+json (RFC 9457) response.
+fn problem<B: From<Bytes>>(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: &str,
+) -> Response<B> {
+    let body = format!(
+        "{{\"type\":\"urn:floodwall:idempotency:{kind}\",\"title\":{},\"status\":{},\"detail\":{}}}",
+        json_string(title),
+        status.as_u16(),
+        json_string(detail)
+    );
+    let mut r = Response::new(B::from(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The key from the header: a structured-field string or a bare value, 1..=max visible
+/// ASCII characters.
+fn parse_key(value: &HeaderValue, max: usize) -> Option<String> {
+    let s = value.to_str().ok()?.trim();
+    let s = match s.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"')?,
+        None => s,
+    };
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    ok.then(|| s.to_owned())
+}
+
+/// Whether a response with this status is stored (see the module docs).
+pub fn is_storable(status: StatusCode) -> bool {
+    let code = status.as_u16();
+    (200..500).contains(&code) && !matches!(code, 408 | 409 | 425 | 429)
+}
+
+fn encode_response(
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + body.len());
+    p.extend_from_slice(&status.as_u16().to_be_bytes());
+    p.extend_from_slice(&(headers.len() as u16).to_be_bytes());
+    for (name, value) in headers {
+        p.extend_from_slice(&(name.as_str().len() as u16).to_be_bytes());
+        p.extend_from_slice(name.as_str().as_bytes());
+        p.extend_from_slice(&(value.as_bytes().len() as u32).to_be_bytes());
+        p.extend_from_slice(value.as_bytes());
+    }
+    p.extend_from_slice(body);
+    seal(Kind::Http, &p)
+}
+
+type Stored = (StatusCode, Vec<(HeaderName, HeaderValue)>, Bytes);
+
+fn decode_response(record: &[u8]) -> Option<Stored> {
+    let (kind, p) = open(record).ok()?;
+    if kind != Kind::Http {
+        return None;
+    }
+    let take = |p: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        if p.len() < n {
+            return None;
+        }
+        let (a, b) = p.split_at(n);
+        *p = b;
+        Some(a.to_vec())
+    };
+    let mut p = p;
+    let status = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?);
+    let count = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?);
+    let mut headers = Vec::new();
+    for _ in 0..count {
+        let n = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?) as usize;
+        let name = HeaderName::from_bytes(&take(&mut p, n)?).ok()?;
+        let n = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?) as usize;
+        let value = HeaderValue::from_bytes(&take(&mut p, n)?).ok()?;
+        headers.push((name, value));
+    }
+    Some((
+        StatusCode::from_u16(status).ok()?,
+        headers,
+        Bytes::copy_from_slice(p),
+    ))
+}
+
+impl<S, Svc, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, Svc>
+where
+    S: Store + Clone,
+    Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = Svc::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ResBody>, Svc::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let idem = self.idem.clone();
+        Box::pin(async move {
+            if !config.methods.contains(req.method()) {
+                return inner.call(req).await;
+            }
+            let key = match req.headers().get(&IDEMPOTENCY_KEY) {
+                None if config.require_key => {
+                    return Ok(problem(
+                        StatusCode::BAD_REQUEST,
+                        "key-missing",
+                        "Idempotency-Key is missing",
+                        "This operation is idempotent and requires an Idempotency-Key header.",
+                    ));
+                }
+                None => return inner.call(req).await,
+                Some(v) => match parse_key(v, config.max_key_len) {
+                    Some(k) => k,
+                    None => {
+                        return Ok(problem(
+                            StatusCode::BAD_REQUEST,
+                            "key-malformed",
+                            "Idempotency-Key is malformed",
+                            &format!(
+                                "The key must be 1 to {} visible ASCII characters.",
+                                config.max_key_len
+                            ),
+                        ));
+                    }
+                },
+            };
+            let (parts, body) = req.into_parts();
+            let collected = Limited::new(body, config.max_request_body)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .ok();
+            let body = match collected {
+                Some(b) => b,
+                None => {
+                    return Ok(problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "Request body too large",
+                        &format!("At most {} bytes are accepted.", config.max_request_body),
+                    ));
+                }
+            };
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let fingerprint =
+                Fingerprint::of_parts([parts.method.as_str().as_bytes(), target.as_bytes(), &body]);
+            let principal = (config.principal)(&parts).unwrap_or_default();
+            // Length-prefixed so that no principal/key pair can imitate another.
+            let scoped = format!("{}:{principal}:{key}", principal.len());
+            let rebuild = |parts, body: Bytes| Request::from_parts(parts, ReqBody::from(body));
+
+            let token = match idem.begin_waiting(&scoped, &fingerprint).await {
+                Ok(Begin::Claimed(token)) => token,
+                Ok(Begin::Completed(record)) => {
+                    let Some((status, headers, body)) = decode_response(&record) else {
+                        tracing::warn!("an idempotency record did not decode; answering 500");
+                        return Ok(problem(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "record-unreadable",
+                            "Stored response unreadable",
+                            "The stored response for this key could not be read.",
+                        ));
+                    };
+                    crate::metrics::replayed();
+                    let mut r = Response::new(ResBody::from(body));
+                    *r.status_mut() = status;
+                    for (n, v) in headers {
+                        r.headers_mut().append(n, v);
+                    }
+                    r.headers_mut().insert(
+                        IDEMPOTENT_REPLAYED.clone(),
+                        HeaderValue::from_static("true"),
+                    );
+                    return Ok(r);
+                }
+                Ok(Begin::InProgress { retry_after }) => {
+                    crate::metrics::conflict();
+                    let mut r = problem(
+                        StatusCode::CONFLICT,
+                        "in-progress",
+                        "A request with this Idempotency-Key is being processed",
+                        "Retry after the first request has finished.",
+                    );
+                    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                    return Ok(r);
+                }
+                Ok(Begin::Mismatch) => {
+                    crate::metrics::mismatch();
+                    return Ok(problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "key-reused",
+                        "Idempotency-Key is already used",
+                        "This key was used with a different request payload.",
+                    ));
+                }
+                Err(e) if config.fail_open => {
+                    tracing::warn!(error = %e, "idempotency store unavailable; running unprotected");
+                    return inner.call(rebuild(parts, body)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotency store unavailable; answering 503");
+                    return Ok(problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store-unavailable",
+                        "Idempotency unavailable",
+                        "The request was not run; retry later with the same key.",
+                    ));
+                }
+            };
+            crate::metrics::executed();
+            let store = idem.store();
+            let response = match inner.call(rebuild(parts, body)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = store.abort(&scoped, token, Abort::Release).await;
+                    return Err(e);
+                }
+            };
+            let (rparts, rbody) = response.into_parts();
+            let collected = rbody.collect().await.map(|c| c.to_bytes()).ok();
+            let bytes = match collected {
+                Some(b) => b,
+                None => {
+                    let _ = store.abort(&scoped, token, Abort::Release).await;
+                    return Ok(problem(
+                        StatusCode::BAD_GATEWAY,
+                        "response-failed",
+                        "Response body failed",
+                        "The handler's response body failed while being read.",
+                    ));
+                }
+            };
+            if is_storable(rparts.status) && bytes.len() <= config.max_stored_body {
+                let headers: Vec<_> = config
+                    .stored_headers
+                    .iter()
+                    .flat_map(|n| {
+                        rparts
+                            .headers
+                            .get_all(n)
+                            .iter()
+                            .map(move |v| (n.clone(), v.clone()))
+                    })
+                    .collect();
+                let record = encode_response(rparts.status, &headers, &bytes);
+                if let Err(e) = store
+                    .complete(&scoped, token, &record, idem.retention_duration())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not store an idempotent response");
+                }
+            } else if let Err(e) = store.abort(&scoped, token, Abort::Release).await {
+                tracing::warn!(error = %e, "could not release an idempotency claim");
+            }
+            Ok(Response::from_parts(rparts, ResBody::from(bytes)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            parse_key(&v("\"8e03978e\""), 255).as_deref(),
+            Some("8e03978e")
+        );
+        assert_eq!(parse_key(&v("abc-123"), 255).as_deref(), Some("abc-123"));
+        assert_eq!(parse_key(&v("\"\""), 255), None);
+        assert_eq!(parse_key(&v("a b"), 255), None);
+        assert_eq!(parse_key(&v("\"open"), 255), None);
+        assert_eq!(parse_key(&v(&"k".repeat(256)), 255), None);
+    }
+
+    #[test]
+    fn stored_responses_round_trip() {
+        let headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        let rec = encode_response(StatusCode::CREATED, &headers, b"{\"id\":1}");
+        let (status, h, body) = decode_response(&rec).unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(h, headers);
+        assert_eq!(&body[..], b"{\"id\":1}");
+        assert!(decode_response(&rec[..rec.len() - 9]).is_none() || rec.len() < 9);
+        assert!(decode_response(b"FWI\x01\x03\x00").is_none());
+    }
+
+    #[test]
+    fn storable_statuses() {
+        assert!(is_storable(StatusCode::OK));
+        assert!(is_storable(StatusCode::BAD_REQUEST));
+        assert!(!is_storable(StatusCode::CONFLICT));
+        assert!(!is_storable(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!is_storable(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+}

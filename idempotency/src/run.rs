@@ -1,0 +1,252 @@
+//! The plain API: [`Idempotency::run`] runs an operation at most once per key.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use floodwall_core::StoreError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::record::{Abort, Begin, Fingerprint, Finish, Kind, open, seal};
+use crate::store::Store;
+
+/// What to do when the key is already being run by another caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Answer [`RunError::InProgress`] at once (the HTTP layer's 409).
+    Reject,
+    /// Wait up to this long for the other caller to finish, then replay its result; still
+    /// in progress after that (or its lease ran out and this caller claimed the key), go on
+    /// as usual.
+    Wait(Duration),
+}
+
+/// A result, and whether it was produced now or replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The operation ran now.
+    Fresh(T),
+    /// An earlier run's stored result.
+    Replayed(T),
+}
+
+impl<T> Outcome<T> {
+    /// Whether it was replayed.
+    pub fn is_replayed(&self) -> bool {
+        matches!(self, Outcome::Replayed(_))
+    }
+
+    /// The value.
+    pub fn into_inner(self) -> T {
+        match self {
+            Outcome::Fresh(v) | Outcome::Replayed(v) => v,
+        }
+    }
+}
+
+/// Why [`Idempotency::run`] returned no result.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    /// Another caller is running this key.
+    #[error("an operation with this idempotency key is in progress; retry after {retry_after:?}")]
+    InProgress {
+        /// Time left on the other caller's lease.
+        retry_after: Duration,
+    },
+    /// The key was used with a different payload.
+    #[error("the idempotency key was used with a different payload")]
+    FingerprintMismatch,
+    /// The store could not be used (nothing was run).
+    #[error("idempotency store unavailable: {0}")]
+    Store(#[source] StoreError),
+    /// The operation ran and failed; its claim was released so a retry can run.
+    #[error("{0}")]
+    Operation(E),
+}
+
+/// Runs operations at most once per key over a [`Store`]. Cheap to clone if the store is.
+///
+/// ```
+/// use floodwall_idempotency::{Fingerprint, Idempotency, MemoryStore, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let idem = Idempotency::new(MemoryStore::new());
+/// let charge = || async { Ok::<_, std::io::Error>(format!("charged 42")) };
+/// let fp = Fingerprint::of(b"amount=42");
+/// let first = idem.run("order-7", &fp, charge).await.unwrap();
+/// assert_eq!(first, Outcome::Fresh("charged 42".to_string()));
+/// let again = idem.run("order-7", &fp, charge).await.unwrap();
+/// assert_eq!(again, Outcome::Replayed("charged 42".to_string()));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    store: S,
+    lease: Duration,
+    retention: Duration,
+    on_conflict: OnConflict,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("store", &self.store)
+            .field("lease", &self.lease)
+            .field("retention", &self.retention)
+            .field("on_conflict", &self.on_conflict)
+            .finish()
+    }
+}
+
+impl<S: Store> Idempotency<S> {
+    /// Over `store`, with a 30 s lease, 24 h retention and [`OnConflict::Reject`].
+    pub fn new(store: S) -> Self {
+        Idempotency {
+            store,
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            on_conflict: OnConflict::Reject,
+        }
+    }
+
+    /// How long a claim blocks other callers if its holder never finishes (crashes): set it
+    /// above the operation's longest run.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a result is replayed.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// What a concurrent duplicate gets.
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = on_conflict;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub(crate) fn retention_duration(&self) -> Duration {
+        self.retention
+    }
+
+    /// Claims `key` or learns its state, waiting for a holder per the conflict policy.
+    pub(crate) async fn begin_waiting(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+    ) -> Result<Begin, StoreError> {
+        let deadline = match self.on_conflict {
+            OnConflict::Reject => None,
+            OnConflict::Wait(max) => Some(tokio::time::Instant::now() + max),
+        };
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let begin = self.store.begin(key, fingerprint, self.lease).await?;
+            let Begin::InProgress { retry_after } = begin else {
+                return Ok(begin);
+            };
+            let Some(deadline) = deadline else {
+                return Ok(begin);
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(begin);
+            }
+            let wait = pause.min(retry_after).min(deadline - now);
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `op` once for `key`: the first call runs it and stores its `Ok` value for the
+    /// retention; later calls with the same key and fingerprint get that value back
+    /// ([`Outcome::Replayed`]). An `Err` releases the claim (nothing is stored) so a retry can
+    /// run. A result the store cannot take any more (the lease ran out and another caller
+    /// took over) is returned as fresh but not stored, and logged.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        op: F,
+    ) -> Result<Outcome<T>, RunError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = match self
+            .begin_waiting(key, fingerprint)
+            .await
+            .map_err(RunError::Store)?
+        {
+            Begin::Claimed(token) => token,
+            Begin::Completed(record) => {
+                let value = decode::<T>(&record).map_err(RunError::Store)?;
+                crate::metrics::replayed();
+                return Ok(Outcome::Replayed(value));
+            }
+            Begin::InProgress { retry_after } => {
+                crate::metrics::conflict();
+                return Err(RunError::InProgress { retry_after });
+            }
+            Begin::Mismatch => {
+                crate::metrics::mismatch();
+                return Err(RunError::FingerprintMismatch);
+            }
+        };
+        crate::metrics::executed();
+        match op().await {
+            Ok(value) => {
+                let record = encode(&value).map_err(RunError::Store)?;
+                match self
+                    .store
+                    .complete(key, token, &record, self.retention)
+                    .await
+                {
+                    Ok(Finish::Done) => {}
+                    Ok(Finish::Fenced) => {
+                        tracing::warn!(
+                            key,
+                            "idempotency claim was lost before completion; result not stored"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "could not store an idempotent result");
+                    }
+                }
+                Ok(Outcome::Fresh(value))
+            }
+            Err(e) => {
+                if let Err(err) = self.store.abort(key, token, Abort::Release).await {
+                    tracing::warn!(key, error = %err, "could not release an idempotency claim");
+                }
+                Err(RunError::Operation(e))
+            }
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+    Ok(seal(Kind::Ok, &json))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(record: &[u8]) -> Result<T, StoreError> {
+    match open(record)? {
+        (Kind::Ok, json) => {
+            serde_json::from_slice(json).map_err(|e| StoreError::Codec(e.to_string()))
+        }
+        (kind, _) => Err(StoreError::Codec(format!(
+            "expected a stored result, found a {kind:?} record"
+        ))),
+    }
+}

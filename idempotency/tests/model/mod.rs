@@ -1,0 +1,190 @@
+//! A reference model of the store protocol, and a random-interleaving driver shared by the
+//! memory and Redis tests.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use floodwall_idempotency::{Begin, Fingerprint, Finish};
+use proptest::prelude::*;
+
+pub const GRACE: u64 = 60_000_000_000; // COMPLETION_GRACE in ns
+
+#[derive(Debug, Clone)]
+pub enum MState {
+    InProgress {
+        claim: usize,
+        fp: u8,
+        lease_until: u64,
+    },
+    Completed {
+        fp: u8,
+        record: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MEntry {
+    pub state: MState,
+    pub expires: u64,
+}
+
+/// The model's answer to `begin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MBegin {
+    Claimed(usize),
+    Completed(Vec<u8>),
+    InProgress(u64),
+    Mismatch,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    pub now: u64,
+    pub keys: HashMap<usize, MEntry>,
+    /// Claim id -> key.
+    pub claims: Vec<usize>,
+}
+
+impl Model {
+    pub fn begin(&mut self, key: usize, fp: u8, lease: u64) -> MBegin {
+        if let Some(e) = self.keys.get(&key)
+            && e.expires > self.now
+        {
+            match &e.state {
+                MState::Completed { fp: f, record } => {
+                    return if *f == fp {
+                        MBegin::Completed(record.clone())
+                    } else {
+                        MBegin::Mismatch
+                    };
+                }
+                MState::InProgress {
+                    fp: f, lease_until, ..
+                } if *lease_until > self.now => {
+                    return if *f == fp {
+                        MBegin::InProgress(lease_until - self.now)
+                    } else {
+                        MBegin::Mismatch
+                    };
+                }
+                MState::InProgress { .. } => {}
+            }
+        }
+        let claim = self.claims.len();
+        self.claims.push(key);
+        self.keys.insert(
+            key,
+            MEntry {
+                state: MState::InProgress {
+                    claim,
+                    fp,
+                    lease_until: self.now + lease,
+                },
+                expires: self.now + lease + GRACE,
+            },
+        );
+        MBegin::Claimed(claim)
+    }
+
+    fn holds(&self, claim: usize) -> bool {
+        let key = self.claims[claim];
+        matches!(
+            self.keys.get(&key),
+            Some(MEntry { state: MState::InProgress { claim: c, .. }, expires }) if *c == claim && *expires > self.now
+        )
+    }
+
+    /// `Some(record)`: complete / record; `None`: release.
+    pub fn finish(&mut self, claim: usize, outcome: Option<(Vec<u8>, u64)>) -> Finish {
+        if !self.holds(claim) {
+            return Finish::Fenced;
+        }
+        let key = self.claims[claim];
+        match outcome {
+            None => {
+                self.keys.remove(&key);
+            }
+            Some((record, retention)) => {
+                let e = self.keys.get_mut(&key).unwrap();
+                let MState::InProgress { fp, .. } = e.state else {
+                    unreachable!()
+                };
+                e.state = MState::Completed { fp, record };
+                e.expires = self.now + retention;
+            }
+        }
+        Finish::Done
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Begin {
+        key: usize,
+        fp: u8,
+        lease_ms: u64,
+    },
+    Complete {
+        claim: usize,
+        record: u8,
+        retention_ms: u64,
+    },
+    Release {
+        claim: usize,
+    },
+    RecordFailure {
+        claim: usize,
+        record: u8,
+    },
+    Advance(u64),
+}
+
+pub fn ops(with_time: bool) -> impl Strategy<Value = Vec<Op>> {
+    let lease = if with_time {
+        prop_oneof![Just(100u64), Just(1_000), 1u64..5_000].boxed()
+    } else {
+        Just(600_000u64).boxed()
+    };
+    let retention = if with_time {
+        prop_oneof![Just(500u64), 1u64..200_000].boxed()
+    } else {
+        Just(600_000u64).boxed()
+    };
+    let advance = if with_time {
+        prop_oneof![Just(100u64), Just(1_000), Just(60_000), 1u64..120_000]
+            .prop_map(Op::Advance)
+            .boxed()
+    } else {
+        Just(Op::Advance(0)).boxed()
+    };
+    prop::collection::vec(
+        prop_oneof![
+            5 => (0usize..3, 0u8..2, lease).prop_map(|(key, fp, lease_ms)| Op::Begin { key, fp, lease_ms }),
+            3 => (0usize..12, any::<u8>(), retention).prop_map(|(claim, record, retention_ms)| Op::Complete { claim, record, retention_ms }),
+            2 => (0usize..12).prop_map(|claim| Op::Release { claim }),
+            1 => (0usize..12, any::<u8>()).prop_map(|(claim, record)| Op::RecordFailure { claim, record }),
+            2 => advance,
+        ],
+        1..60,
+    )
+}
+
+pub fn fingerprint(fp: u8) -> Fingerprint {
+    Fingerprint::of([fp])
+}
+
+/// Compares a store's `begin` answer with the model's; `slack` is how far an in-progress
+/// wait may differ (Redis time moves meanwhile).
+pub fn same_begin(got: &Begin, want: &MBegin, slack: Duration) -> bool {
+    match (got, want) {
+        (Begin::Claimed(_), MBegin::Claimed(_)) => true,
+        (Begin::Completed(a), MBegin::Completed(b)) => a == b,
+        (Begin::InProgress { retry_after }, MBegin::InProgress(ns)) => {
+            retry_after.abs_diff(Duration::from_nanos(*ns)) <= slack
+        }
+        (Begin::Mismatch, MBegin::Mismatch) => true,
+        _ => false,
+    }
+}
