@@ -1,0 +1,392 @@
+//! The Redis store on servers these tests start: one execution for 1000 concurrent identical
+//! requests across 4 instances (standalone and a 3-master Cluster), fencing after a crashed
+//! holder's lease, agreement with the reference model, and 503 within the bound when Redis
+//! is blackholed.
+
+mod model;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use floodwall_core::Keyspace;
+use floodwall_core::redis::RedisConnection;
+use floodwall_idempotency::http::IdempotencyLayer;
+use floodwall_idempotency::redis::RedisStore;
+use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Store, Token};
+use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use model::{Model, Op, fingerprint, ops, same_begin};
+use proptest::prelude::*;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
+    if cluster {
+        RedisConnection::cluster(urls.iter().cloned())
+            .connect()
+            .await
+            .unwrap()
+    } else {
+        RedisConnection::standalone(urls[0].clone())
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+fn store(conn: RedisConnection, ns: &str) -> RedisStore {
+    RedisStore::builder(conn)
+        .keyspace(Keyspace::new(ns, 1).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// 1000 concurrent identical POSTs spread over 4 instances: one execution; every answer is
+/// that execution's response (fresh or replayed) or a 409.
+async fn one_execution(urls: Vec<String>, cluster: bool) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let runs = runs.clone();
+        let handler = service_fn(move |_req: Request<Full<Bytes>>| {
+            let runs = runs.clone();
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut r = Response::new(Full::new(Bytes::from(format!("charge #{n}"))));
+                *r.status_mut() = StatusCode::CREATED;
+                Ok::<_, Infallible>(r)
+            }
+        });
+        let idem = Idempotency::new(store(connect(&urls, cluster).await, "idem-exact"));
+        instances.push(IdempotencyLayer::new(idem, |_| Some("user-1".into())).layer(handler));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut svc = instances[i % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/charges")
+                .header("idempotency-key", "\"order-1\"")
+                .body(Full::new(Bytes::from_static(b"{\"amount\":42}")))
+                .unwrap();
+            let r = svc.ready().await.unwrap().call(req).await.unwrap();
+            let (p, b) = r.into_parts();
+            (
+                p.status,
+                p.headers.contains_key("idempotent-replayed"),
+                b.collect().await.unwrap().to_bytes(),
+            )
+        }));
+    }
+    let (mut fresh, mut replayed, mut conflicts) = (0, 0, 0);
+    for t in tasks {
+        let (status, was_replayed, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                assert_eq!(&body[..], b"charge #1");
+                if was_replayed {
+                    replayed += 1
+                } else {
+                    fresh += 1
+                }
+            }
+            StatusCode::CONFLICT => conflicts += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    println!(
+        "{}: 1000 requests on 4 instances -> {} execution(s); {fresh} fresh, {replayed} replayed, {conflicts} x 409",
+        if cluster { "cluster" } else { "standalone" },
+        runs.load(Ordering::SeqCst)
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(fresh, 1);
+    assert_eq!(fresh + replayed + conflicts, 1000);
+    // Retries after it finished: every instance replays the one execution.
+    for i in 0..20 {
+        let mut svc = instances[i % 4].clone();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/charges")
+            .header("idempotency-key", "\"order-1\"")
+            .body(Full::new(Bytes::from_static(b"{\"amount\":42}")))
+            .unwrap();
+        let r = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            &r.into_body().collect().await.unwrap().to_bytes()[..],
+            b"charge #1"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_run_once_on_standalone() {
+    let Some(server) = RedisServer::start_or_skip("concurrent_duplicates_run_once_on_standalone")
+    else {
+        return;
+    };
+    one_execution(vec![server.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_run_once_on_cluster() {
+    let Some(cluster) = RedisCluster::start_or_skip("concurrent_duplicates_run_once_on_cluster", 3)
+    else {
+        return;
+    };
+    one_execution(cluster.urls(), true).await;
+}
+
+async fn crash_and_fence(urls: Vec<String>, cluster: bool) {
+    let store = store(connect(&urls, cluster).await, "idem-crash");
+    let fp = Fingerprint::of(b"charge 42");
+    let lease = Duration::from_millis(300);
+    let Begin::Claimed(crashed) = store.begin("pay-1", &fp, lease).await.unwrap() else {
+        panic!("first claim")
+    };
+    let started = Instant::now();
+    assert!(matches!(
+        store.begin("pay-1", &fp, lease).await.unwrap(),
+        Begin::InProgress { .. }
+    ));
+    // The holder never completes. Retries are refused until its lease (Redis time) ends.
+    let retry = loop {
+        match store.begin("pay-1", &fp, lease).await.unwrap() {
+            Begin::Claimed(t) => break t,
+            Begin::InProgress { retry_after } => {
+                tokio::time::sleep(retry_after.min(Duration::from_millis(50))).await
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    };
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(retry > crashed);
+    assert_eq!(
+        store
+            .complete("pay-1", retry, b"receipt-2", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    assert_eq!(
+        store
+            .complete("pay-1", crashed, b"receipt-1", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Fenced
+    );
+    assert_eq!(
+        store.abort("pay-1", crashed, Abort::Release).await.unwrap(),
+        Finish::Fenced
+    );
+    assert_eq!(
+        store.begin("pay-1", &fp, lease).await.unwrap(),
+        Begin::Completed(b"receipt-2".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holders_late_complete_is_fenced_on_standalone() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_crashed_holders_late_complete_is_fenced_on_standalone")
+    else {
+        return;
+    };
+    crash_and_fence(vec![server.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holders_late_complete_is_fenced_on_cluster() {
+    let Some(cluster) =
+        RedisCluster::start_or_skip("a_crashed_holders_late_complete_is_fenced_on_cluster", 3)
+    else {
+        return;
+    };
+    crash_and_fence(cluster.urls(), true).await;
+}
+
+/// Random interleavings of begin / complete / release / record against the model, on Redis
+/// (leases and retentions of 10 minutes: Redis time cannot be moved by the test, so expiry is
+/// covered by the crash tests above and by the memory store's model test).
+#[test]
+fn redis_store_agrees_with_the_model() {
+    let Some(server) = RedisServer::start_or_skip("redis_store_agrees_with_the_model") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(async { store(connect(&[server.url()], false).await, "idem-model") });
+    let case = AtomicU32::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&ops(false), |ops| {
+            let c = case.fetch_add(1, Ordering::SeqCst);
+            let mut model = Model::default();
+            let mut tokens: Vec<Token> = Vec::new();
+            rt.block_on(async {
+                for op in ops {
+                    let key = |k: usize| format!("c{c}-k{k}");
+                    match op {
+                        Op::Advance(_) => {}
+                        Op::Begin {
+                            key: k,
+                            fp,
+                            lease_ms,
+                        } => {
+                            let got = store
+                                .begin(&key(k), &fingerprint(fp), Duration::from_millis(lease_ms))
+                                .await
+                                .unwrap();
+                            let want = model.begin(k, fp, lease_ms * 1_000_000);
+                            prop_assert!(
+                                same_begin(&got, &want, Duration::from_secs(5)),
+                                "{got:?} vs {want:?}"
+                            );
+                            if let Begin::Claimed(t) = got {
+                                prop_assert!(tokens.iter().all(|old| *old < t));
+                                tokens.push(t);
+                            }
+                        }
+                        Op::Complete {
+                            claim,
+                            record,
+                            retention_ms,
+                        } => {
+                            if claim >= tokens.len() {
+                                continue;
+                            }
+                            let got = store
+                                .complete(
+                                    &key(model.claims[claim]),
+                                    tokens[claim],
+                                    &[record],
+                                    Duration::from_millis(retention_ms),
+                                )
+                                .await
+                                .unwrap();
+                            prop_assert_eq!(
+                                got,
+                                model.finish(claim, Some((vec![record], retention_ms * 1_000_000)))
+                            );
+                        }
+                        Op::RecordFailure { claim, record } => {
+                            if claim >= tokens.len() {
+                                continue;
+                            }
+                            let how = Abort::Record {
+                                record: &[record, 0xEE],
+                                retention: Duration::from_secs(100),
+                            };
+                            let got = store
+                                .abort(&key(model.claims[claim]), tokens[claim], how)
+                                .await
+                                .unwrap();
+                            prop_assert_eq!(
+                                got,
+                                model.finish(claim, Some((vec![record, 0xEE], 100_000_000_000)))
+                            );
+                        }
+                        Op::Release { claim } => {
+                            if claim >= tokens.len() {
+                                continue;
+                            }
+                            let got = store
+                                .abort(&key(model.claims[claim]), tokens[claim], Abort::Release)
+                                .await
+                                .unwrap();
+                            prop_assert_eq!(got, model.finish(claim, None));
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_redis_answers_503_within_the_bound_and_never_runs_the_handler() {
+    let Some(server) = RedisServer::start_or_skip(
+        "blackholed_redis_answers_503_within_the_bound_and_never_runs_the_handler",
+    ) else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    let bound = Duration::from_millis(100);
+    let store = RedisStore::builder(conn).timeout(bound).build().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let runs = runs.clone();
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        })
+    };
+    let mut svc =
+        IdempotencyLayer::new(Idempotency::new(store), |_| Some("u".into())).layer(handler);
+    let req = |key: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/pay")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req("warm"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    proxy.blackhole();
+    for i in 0..5 {
+        let started = Instant::now();
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(&format!("k{i}")))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(took <= bound + Duration::from_millis(50), "took {took:?}");
+        println!("blackholed: 503 after {took:?} (bound {bound:?})");
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the handler never ran while Redis was gone"
+    );
+}
