@@ -24,6 +24,10 @@
 //! `Location`) and the body, if it is at most the stored-body cap (default 1 MiB). `5xx`
 //! responses, those four, larger bodies and inner-service errors release the claim, so a
 //! retry runs again. The layer's own 400/409/413/422/503 answers store nothing.
+//!
+//! Once a request has claimed its key, its handler and the storing of its response run to
+//! completion on a Tokio task of their own, even if the client disconnects: the retry that
+//! follows a dropped response then gets the replay.
 
 use std::fmt;
 use std::sync::Arc;
@@ -447,51 +451,67 @@ where
                 }
             };
             crate::metrics::executed();
-            let store = idem.store();
-            let response = match inner.call(rebuild(parts, body)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = store.abort(&scoped, token, Abort::Release).await;
-                    return Err(e);
+            let request = rebuild(parts, body);
+            // Once claimed, the handler and the storing of its response run to completion on
+            // their own task, even if the client goes away and this future is dropped: a
+            // retry then replays instead of finding the key stuck until the lease ends.
+            let finish = async move {
+                let store = idem.store();
+                let response = match inner.call(request).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = store.abort(&scoped, token, Abort::Release).await;
+                        return Err(e);
+                    }
+                };
+                let (rparts, rbody) = response.into_parts();
+                let collected = rbody.collect().await.map(|c| c.to_bytes()).ok();
+                let bytes = match collected {
+                    Some(b) => b,
+                    None => {
+                        let _ = store.abort(&scoped, token, Abort::Release).await;
+                        return Ok(problem(
+                            StatusCode::BAD_GATEWAY,
+                            "response-failed",
+                            "Response body failed",
+                            "The handler's response body failed while being read.",
+                        ));
+                    }
+                };
+                if is_storable(rparts.status) && bytes.len() <= config.max_stored_body {
+                    let headers: Vec<_> = config
+                        .stored_headers
+                        .iter()
+                        .flat_map(|n| {
+                            rparts
+                                .headers
+                                .get_all(n)
+                                .iter()
+                                .map(move |v| (n.clone(), v.clone()))
+                        })
+                        .collect();
+                    let record = encode_response(rparts.status, &headers, &bytes);
+                    if let Err(e) = store
+                        .complete(&scoped, token, &record, idem.retention_duration())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not store an idempotent response");
+                    }
+                } else if let Err(e) = store.abort(&scoped, token, Abort::Release).await {
+                    tracing::warn!(error = %e, "could not release an idempotency claim");
                 }
+                Ok(Response::from_parts(rparts, ResBody::from(bytes)))
             };
-            let (rparts, rbody) = response.into_parts();
-            let collected = rbody.collect().await.map(|c| c.to_bytes()).ok();
-            let bytes = match collected {
-                Some(b) => b,
-                None => {
-                    let _ = store.abort(&scoped, token, Abort::Release).await;
-                    return Ok(problem(
-                        StatusCode::BAD_GATEWAY,
-                        "response-failed",
-                        "Response body failed",
-                        "The handler's response body failed while being read.",
-                    ));
-                }
-            };
-            if is_storable(rparts.status) && bytes.len() <= config.max_stored_body {
-                let headers: Vec<_> = config
-                    .stored_headers
-                    .iter()
-                    .flat_map(|n| {
-                        rparts
-                            .headers
-                            .get_all(n)
-                            .iter()
-                            .map(move |v| (n.clone(), v.clone()))
-                    })
-                    .collect();
-                let record = encode_response(rparts.status, &headers, &bytes);
-                if let Err(e) = store
-                    .complete(&scoped, token, &record, idem.retention_duration())
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not store an idempotent response");
-                }
-            } else if let Err(e) = store.abort(&scoped, token, Abort::Release).await {
-                tracing::warn!(error = %e, "could not release an idempotency claim");
+            match tokio::spawn(finish).await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Ok(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting-down",
+                    "Service shutting down",
+                    "The request was cancelled; retry with the same key.",
+                )),
             }
-            Ok(Response::from_parts(rparts, ResBody::from(bytes)))
         })
     }
 }

@@ -200,7 +200,7 @@ async fn missing_and_malformed_keys_get_400_and_other_methods_pass() {
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn in_progress_gets_409_and_server_errors_release_the_key() {
     let runs = Arc::new(AtomicU32::new(0));
     let svc = layer(MemoryStore::new()).layer(charges(runs.clone()));
@@ -285,4 +285,29 @@ async fn oversized_bodies_are_refused_or_not_stored() {
         assert_eq!(status, StatusCode::CREATED);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_client_went_away_still_completes_and_replays() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let svc = layer(MemoryStore::new()).layer(charges(runs.clone()));
+    let slow = || {
+        let mut r = post("ann", Some("dropped-1"), "{}");
+        r.headers_mut().insert("x-slow", "1".parse().unwrap());
+        r
+    };
+    // The client gives up after 50 ms: its request future is dropped mid-handler.
+    let mut s = svc.clone();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), async move {
+        s.ready().await.unwrap().call(slow()).await
+    })
+    .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The retry gets the response the server finished and stored: no second run.
+    let mut s = svc.clone();
+    let (status, headers, body) = text(s.ready().await.unwrap().call(slow()).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::CREATED, "charge #1"));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -98,6 +98,14 @@ async fn a_crashed_holder_is_fenced_after_its_lease_is_taken_over() {
         panic!("the retry claims the key after the lease")
     };
     assert!(retry > crashed);
+    // The old holder wakes up while the retry runs: its result is refused...
+    assert_eq!(
+        store
+            .complete("pay-1", crashed, b"receipt-1", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Fenced
+    );
     assert_eq!(
         store
             .complete("pay-1", retry, b"receipt-2", Duration::from_secs(60))

@@ -175,6 +175,14 @@ async fn crash_and_fence(urls: Vec<String>, cluster: bool) {
         started.elapsed()
     );
     assert!(retry > crashed);
+    // The old holder wakes up while the retry runs: its result is refused...
+    assert_eq!(
+        store
+            .complete("pay-1", crashed, b"receipt-1", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Finish::Fenced
+    );
     assert_eq!(
         store
             .complete("pay-1", retry, b"receipt-2", Duration::from_secs(60))
