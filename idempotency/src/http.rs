@@ -10,7 +10,7 @@
 //! | request body over the cap | `413` |
 //! | first request with this key | runs; the response is stored if storable (below) |
 //! | same key, same payload, completed | the stored response, with `Idempotent-Replayed: true` |
-//! | same key, still in progress | `409` with `Retry-After` (or waits, per [`OnConflict`](crate::OnConflict)) |
+//! | same key, still in progress | `409` with `Retry-After: 1` (or waits, per [`OnConflict`](crate::OnConflict)) |
 //! | same key, different payload | `422`; the stored response is untouched |
 //! | store unreachable | `503` (fail closed, the default), or run unprotected ([`IdempotencyLayer::fail_open`]) |
 //!
@@ -32,6 +32,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
@@ -422,7 +423,10 @@ where
                         "A request with this Idempotency-Key is being processed",
                         "Retry after the first request has finished.",
                     );
-                    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    // The lease is only the upper bound (a crashed holder); a live one usually
+                    // finishes far sooner, so suggest a second.
+                    let secs = retry_after.min(Duration::from_secs(1));
+                    let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
                     r.headers_mut()
                         .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
                     return Ok(r);

@@ -1,0 +1,147 @@
+//! A payments-style `POST /payments` behind the `Idempotency-Key` layer.
+//!
+//! The server keeps idempotency records in memory, or in Redis when `REDIS_URL` is set (run
+//! with `--features http,redis` then). It drives itself with a client:
+//!
+//! 1. the client sends a payment and gives up after 100 ms (the response is "dropped"),
+//!    while the server takes 300 ms to charge the card and still finishes;
+//! 2. an impatient retry while the first is still running gets `409` with `Retry-After`;
+//! 3. the retry after it finished gets the stored response, `Idempotent-Replayed: true` —
+//!    not a second charge;
+//! 4. the same key with another amount gets `422`; a request without a key gets `400`;
+//!    another user with the same key gets a charge of its own.
+//!
+//! It prints every answer and the number of cards charged, and ends on its own.
+//!
+//! ```text
+//! cargo run --example payments_server --features http
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use bytes::Bytes;
+use floodwall::idempotency::http::IdempotencyLayer;
+use floodwall::idempotency::{Idempotency, MemoryStore, Store};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+async fn charge(State(charges): State<Arc<AtomicU32>>, body: Bytes) -> (StatusCode, String) {
+    // Talking to the card network takes a while.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+    let amount = String::from_utf8_lossy(&body).into_owned();
+    (StatusCode::CREATED, format!("{{\"charge\":\"ch_{n}\",\"request\":{amount}}}"))
+}
+
+fn app<S: Store + Clone>(store: S, charges: Arc<AtomicU32>) -> Router {
+    // Keys are scoped by the caller (an auth layer would set this header).
+    let layer = IdempotencyLayer::new(Idempotency::new(store), |parts| {
+        parts.headers.get("x-user")?.to_str().ok().map(str::to_owned)
+    })
+    .require_key(true);
+    Router::new()
+        .route("/payments", post(charge))
+        .with_state(charges)
+        .layer(layer)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let charges = Arc::new(AtomicU32::new(0));
+    let router = match std::env::var("REDIS_URL") {
+        #[cfg(feature = "redis")]
+        Ok(url) => {
+            use floodwall::core::Keyspace;
+            use floodwall::core::redis::RedisConnection;
+            use floodwall::idempotency::redis::RedisStore;
+            println!("idempotency records in Redis at {url}");
+            let conn = RedisConnection::standalone(url).connect().await?;
+            // A fresh key version per run, so a second run starts clean.
+            let store = RedisStore::builder(conn)
+                .keyspace(Keyspace::new("fw-idem-example", std::process::id())?)
+                .build()?;
+            app(store, charges.clone())
+        }
+        #[cfg(not(feature = "redis"))]
+        Ok(_) => {
+            println!("REDIS_URL is set, but this build has no `redis` feature: in memory");
+            app(MemoryStore::new(), charges.clone())
+        }
+        Err(_) => {
+            println!("idempotency records in memory (set REDIS_URL to keep them in Redis)");
+            app(MemoryStore::new(), charges.clone())
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let pay = |user: &'static str, key: Option<&'static str>, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::post(format!("http://{addr}/payments")).header("x-user", user);
+            if let Some(key) = key {
+                req = req.header("idempotency-key", format!("\"{key}\""));
+            }
+            let resp = client.request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?).await?;
+            let status = resp.status();
+            let replayed = resp.headers().get("idempotent-replayed").is_some();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| format!(", Retry-After: {v}"))
+                .unwrap_or_default();
+            let body = resp.into_body().collect().await?.to_bytes();
+            println!(
+                "  {user} key={:<8} -> {}{}{retry_after} {}",
+                key.unwrap_or("(none)"),
+                status.as_u16(),
+                if replayed { " [Idempotent-Replayed]" } else { "" },
+                String::from_utf8_lossy(&body)
+            );
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status.as_u16())
+        }
+    };
+
+    println!("\n1. pay 42, but the client gives up after 100 ms:");
+    match tokio::time::timeout(Duration::from_millis(100), pay("ann", Some("pay-001"), "{\"amount\":42}")).await {
+        Err(_) => println!("  ann key=pay-001  -> (no response: the client timed out)"),
+        Ok(r) => println!("  unexpectedly answered: {:?}", r.map_err(|e| e.to_string())),
+    }
+    println!("\n2. an impatient retry while the charge is still running:");
+    let conflict = pay("ann", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?;
+    assert_eq!(conflict, 409);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    println!("\n3. the retry after it finished:");
+    let replay = pay("ann", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?;
+    assert_eq!(replay, 201);
+    println!("\n4. misuse, and another user:");
+    assert_eq!(pay("ann", Some("pay-001"), "{\"amount\":99}").await.map_err(|e| e.to_string())?, 422);
+    assert_eq!(pay("ann", None, "{\"amount\":42}").await.map_err(|e| e.to_string())?, 400);
+    assert_eq!(pay("bob", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?, 201);
+
+    let charged = charges.load(Ordering::SeqCst);
+    println!("\ncards charged: {charged} (ann once despite three tries, bob once)");
+    assert_eq!(charged, 2);
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
