@@ -38,13 +38,21 @@ async fn charge(State(charges): State<Arc<AtomicU32>>, body: Bytes) -> (StatusCo
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
     let amount = String::from_utf8_lossy(&body).into_owned();
-    (StatusCode::CREATED, format!("{{\"charge\":\"ch_{n}\",\"request\":{amount}}}"))
+    (
+        StatusCode::CREATED,
+        format!("{{\"charge\":\"ch_{n}\",\"request\":{amount}}}"),
+    )
 }
 
 fn app<S: Store + Clone>(store: S, charges: Arc<AtomicU32>) -> Router {
     // Keys are scoped by the caller (an auth layer would set this header).
     let layer = IdempotencyLayer::new(Idempotency::new(store), |parts| {
-        parts.headers.get("x-user")?.to_str().ok().map(str::to_owned)
+        parts
+            .headers
+            .get("x-user")?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
     })
     .require_key(true);
     Router::new()
@@ -96,11 +104,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pay = |user: &'static str, key: Option<&'static str>, body: &'static str| {
         let client = client.clone();
         async move {
-            let mut req = http::Request::post(format!("http://{addr}/payments")).header("x-user", user);
+            let mut req =
+                http::Request::post(format!("http://{addr}/payments")).header("x-user", user);
             if let Some(key) = key {
                 req = req.header("idempotency-key", format!("\"{key}\""));
             }
-            let resp = client.request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?).await?;
+            let resp = client
+                .request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?)
+                .await?;
             let status = resp.status();
             let replayed = resp.headers().get("idempotent-replayed").is_some();
             let retry_after = resp
@@ -114,7 +125,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "  {user} key={:<8} -> {}{}{retry_after} {}",
                 key.unwrap_or("(none)"),
                 status.as_u16(),
-                if replayed { " [Idempotent-Replayed]" } else { "" },
+                if replayed {
+                    " [Idempotent-Replayed]"
+                } else {
+                    ""
+                },
                 String::from_utf8_lossy(&body)
             );
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status.as_u16())
@@ -122,21 +137,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!("\n1. pay 42, but the client gives up after 100 ms:");
-    match tokio::time::timeout(Duration::from_millis(100), pay("ann", Some("pay-001"), "{\"amount\":42}")).await {
+    match tokio::time::timeout(
+        Duration::from_millis(100),
+        pay("ann", Some("pay-001"), "{\"amount\":42}"),
+    )
+    .await
+    {
         Err(_) => println!("  ann key=pay-001  -> (no response: the client timed out)"),
-        Ok(r) => println!("  unexpectedly answered: {:?}", r.map_err(|e| e.to_string())),
+        Ok(r) => println!(
+            "  unexpectedly answered: {:?}",
+            r.map_err(|e| e.to_string())
+        ),
     }
     println!("\n2. an impatient retry while the charge is still running:");
-    let conflict = pay("ann", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?;
+    let conflict = pay("ann", Some("pay-001"), "{\"amount\":42}")
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(conflict, 409);
     tokio::time::sleep(Duration::from_millis(400)).await;
     println!("\n3. the retry after it finished:");
-    let replay = pay("ann", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?;
+    let replay = pay("ann", Some("pay-001"), "{\"amount\":42}")
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(replay, 201);
     println!("\n4. misuse, and another user:");
-    assert_eq!(pay("ann", Some("pay-001"), "{\"amount\":99}").await.map_err(|e| e.to_string())?, 422);
-    assert_eq!(pay("ann", None, "{\"amount\":42}").await.map_err(|e| e.to_string())?, 400);
-    assert_eq!(pay("bob", Some("pay-001"), "{\"amount\":42}").await.map_err(|e| e.to_string())?, 201);
+    assert_eq!(
+        pay("ann", Some("pay-001"), "{\"amount\":99}")
+            .await
+            .map_err(|e| e.to_string())?,
+        422
+    );
+    assert_eq!(
+        pay("ann", None, "{\"amount\":42}")
+            .await
+            .map_err(|e| e.to_string())?,
+        400
+    );
+    assert_eq!(
+        pay("bob", Some("pay-001"), "{\"amount\":42}")
+            .await
+            .map_err(|e| e.to_string())?,
+        201
+    );
 
     let charged = charges.load(Ordering::SeqCst);
     println!("\ncards charged: {charged} (ann once despite three tries, bob once)");
