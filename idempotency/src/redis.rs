@@ -4,7 +4,7 @@
 //! completed, `x` released), `f` (the last fencing token), `fp` (fingerprint, hex), `lu`
 //! (lease end, µs of Redis time) and `r` (the record). Each step is one Lua script — one
 //! round trip — on Redis `TIME`, setting the key's TTL itself: the lease plus
-//! [`COMPLETION_GRACE`](crate::COMPLETION_GRACE) while in progress, the retention once
+//! [`crate::COMPLETION_GRACE`] while in progress, the retention once
 //! completed. Tokens are `max(last token + 1, now in µs)`, so they grow across releases and
 //! expiries alike. One key lives on one Cluster node.
 //!

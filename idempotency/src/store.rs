@@ -1,22 +1,4 @@
 //! The [`Store`] trait and the in-memory store.
-//!
-//! # The protocol
-//!
-//! Each key is absent, *in progress* (claimed by one holder, with a fencing token and a lease
-//! that ends at `lease_until`), or *completed* (with a record and a retention TTL).
-//!
-//! - `begin(key, fp, lease)`: a completed key answers its record (or `Mismatch` if `fp`
-//!   differs); a key in progress whose lease has not ended answers `InProgress` (or
-//!   `Mismatch`); otherwise — absent, released, or its lease over — the caller claims it
-//!   with a new, larger token.
-//! - `complete(key, token, record, retention)`: stores the record if `token` is still the
-//!   key's claim (also up to [`COMPLETION_GRACE`] after its lease ended, as long as no one
-//!   took over), else `Fenced`.
-//! - `abort(key, token, Release | Record)`: releases the claim or records a failure, under
-//!   the same token check.
-//!
-//! Lease and retention are separate: the lease bounds how long a crashed holder blocks
-//! retries; the retention how long a result is replayed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +14,25 @@ use floodwall_core::{Clock, StoreError, SystemClock};
 use crate::record::{Abort, Begin, Fingerprint, Finish, Token};
 
 /// Where claims and results live. Implemented by [`MemoryStore`] and (feature `redis`)
-/// `RedisStore`; see the [module docs](self) for the protocol every implementation follows.
+/// `RedisStore`, which all follow the protocol below.
+///
+/// # The protocol
+///
+/// Each key is absent, *in progress* (claimed by one holder, with a fencing token and a lease
+/// that ends at `lease_until`), or *completed* (with a record and a retention TTL).
+///
+/// - `begin(key, fp, lease)`: a completed key answers its record (or `Mismatch` if `fp`
+///   differs); a key in progress whose lease has not ended answers `InProgress` (or
+///   `Mismatch`); otherwise — absent, released, or its lease over — the caller claims it
+///   with a new, larger token.
+/// - `complete(key, token, record, retention)`: stores the record if `token` is still the
+///   key's claim (also up to [`COMPLETION_GRACE`] after its lease ended, as long as no one
+///   took over), else `Fenced`.
+/// - `abort(key, token, Release | Record)`: releases the claim or records a failure, under
+///   the same token check.
+///
+/// Lease and retention are separate: the lease bounds how long a crashed holder blocks
+/// retries; the retention how long a result is replayed.
 pub trait Store: Send + Sync + 'static {
     /// Claims `key`, or reports its record, a holder, or a fingerprint mismatch.
     fn begin(
