@@ -1,0 +1,108 @@
+//! Cache hot paths, ours beside moka's.
+//!
+//! `cache/l1_hit`: a hit on a fresh key — `TieredCache::get` beside a raw
+//! `moka::future::Cache::get` of the same key (both moka underneath; ours adds the freshness
+//! check on its clock).
+//! `cache/stampede_10k`: 10,000 concurrent `get_or_load` of one cold key (the loader sleeps
+//! 1 ms and runs once) — time until every caller has its value.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use floodwall::cache::TieredCache;
+
+fn l1_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ours: TieredCache<u64, Arc<str>> = TieredCache::builder()
+        .max_capacity(10_000)
+        .ttl(Duration::from_secs(3600))
+        .build();
+    let raw: moka::future::Cache<u64, Arc<str>> = moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    rt.block_on(async {
+        for k in 0..1_000u64 {
+            ours.set(k, Arc::from("value")).await;
+            raw.insert(k, Arc::from("value")).await;
+        }
+    });
+    let mut g = c.benchmark_group("cache/l1_hit");
+    let mut k = 0u64;
+    g.bench_function("moka::future::Cache::get", |b| {
+        b.iter(|| {
+            k = (k + 1) % 1_000;
+            rt.block_on(async { black_box(raw.get(&k).await) })
+        })
+    });
+    let mut k = 0u64;
+    g.bench_function("floodwall TieredCache::get", |b| {
+        b.iter(|| {
+            k = (k + 1) % 1_000;
+            rt.block_on(async { black_box(ours.get(&k).await) })
+        })
+    });
+    g.finish();
+}
+
+fn stampede(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("cache/stampede_10k");
+    g.sample_size(10);
+    g.bench_function("floodwall get_or_load (one load)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let cache: TieredCache<u64, u64> = TieredCache::builder().build();
+            let mut tasks = Vec::with_capacity(10_000);
+            for _ in 0..10_000 {
+                let cache = cache.clone();
+                tasks.push(tokio::spawn(async move {
+                    cache
+                        .get_or_load(7, || async {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            Ok::<_, std::io::Error>(Some(42))
+                        })
+                        .await
+                        .unwrap()
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), Some(42));
+            }
+            assert_eq!(cache.stats().loads, 1);
+        })
+    });
+    g.bench_function("moka try_get_with (one load)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let cache: moka::future::Cache<u64, u64> = moka::future::Cache::new(10_000);
+            let mut tasks = Vec::with_capacity(10_000);
+            for _ in 0..10_000 {
+                let cache = cache.clone();
+                tasks.push(tokio::spawn(async move {
+                    cache
+                        .try_get_with(7, async {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            Ok::<_, std::io::Error>(42)
+                        })
+                        .await
+                        .unwrap()
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), 42);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, l1_hit, stampede);
+criterion_main!(benches);
