@@ -36,12 +36,15 @@
 //! # }
 //! ```
 //!
-//! This release has the in-process tier ([`TieredCache`] over moka); the Redis tier (L2 with
-//! leases, namespaces and cross-instance invalidation) and the tower layer are not in it yet
-//! (see `CHANGELOG.md`). Freshness is measured on a [`Clock`], so tests drive it with
+//! The in-process tier is moka; with the `redis` feature a Redis tier (L2) is shared by every
+//! instance, with a load lease across instances (module `redis`). Namespace versions, pub/sub
+//! invalidation and the tower layer are not in this release yet (see `CHANGELOG.md`). Freshness is measured on a [`Clock`], so tests drive it with
 //! [`ManualClock`] or Tokio's paused time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod stats;
 mod tiered;
 

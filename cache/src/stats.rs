@@ -10,6 +10,10 @@ pub struct Stats {
     loads: AtomicU64,
     coalesced: AtomicU64,
     stale: AtomicU64,
+    l2_reads: AtomicU64,
+    l2_hits: AtomicU64,
+    l2_errors: AtomicU64,
+    l2_decode_errors: AtomicU64,
 }
 
 /// A reading of a cache's counters.
@@ -25,6 +29,14 @@ pub struct StatsSnapshot {
     pub coalesced: u64,
     /// Stale values served (stale-while-revalidate, fail-safe, soft timeout).
     pub stale_served: u64,
+    /// Reads of the Redis tier (one per coalesced load, plus lease polls).
+    pub l2_reads: u64,
+    /// Of those, values found.
+    pub l2_hits: u64,
+    /// Redis calls that failed (timeout, unreachable, breaker open).
+    pub l2_errors: u64,
+    /// Redis values that did not decode (treated as misses).
+    pub l2_decode_errors: u64,
 }
 
 macro_rules! bump {
@@ -47,6 +59,14 @@ impl Stats {
         "floodwall_cache_coalesced_waiters_total"
     );
     bump!(stale, stale, "floodwall_cache_stale_served_total");
+    bump!(l2_read, l2_reads, "floodwall_cache_l2_reads_total");
+    bump!(l2_hit, l2_hits, "floodwall_cache_l2_hits_total");
+    bump!(l2_error, l2_errors, "floodwall_cache_l2_errors_total");
+    bump!(
+        l2_decode_error,
+        l2_decode_errors,
+        "floodwall_cache_l2_decode_errors_total"
+    );
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -56,6 +76,10 @@ impl Stats {
             loads: self.loads.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),
             stale_served: self.stale.load(Ordering::Relaxed),
+            l2_reads: self.l2_reads.load(Ordering::Relaxed),
+            l2_hits: self.l2_hits.load(Ordering::Relaxed),
+            l2_errors: self.l2_errors.load(Ordering::Relaxed),
+            l2_decode_errors: self.l2_decode_errors.load(Ordering::Relaxed),
         }
     }
 }

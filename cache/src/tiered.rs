@@ -8,11 +8,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floodwall_core::clock::duration_to_nanos;
-use floodwall_core::{Clock, SystemClock};
+use floodwall_core::{Clock, StoreError, SystemClock};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A value found in the second tier, with its time left.
+#[derive(Debug)]
+pub(crate) struct Found<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) soft_left: Duration,
+    pub(crate) hard_left: Duration,
+}
+
+/// The second tier, with the key and value types erased to what the cache needs.
+pub(crate) trait Tier2<K, V>: Send + Sync {
+    fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>>;
+    fn write<'a>(
+        &'a self,
+        key: &'a K,
+        value: &'a Option<V>,
+        soft: Duration,
+        hard: Duration,
+        keep: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+    fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
+    fn lease_ttl(&self) -> Option<Duration>;
+    fn take_lease<'a>(&'a self, key: &'a K, ttl: Duration) -> BoxFut<'a, Result<bool, StoreError>>;
+    fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
+}
 
 /// Why [`TieredCache::get_or_load`] has no value to give.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +87,7 @@ type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
 
 struct Inner<K, V> {
     l1: moka::future::Cache<K, Arc<Entry<V>>>,
+    l2: Option<Arc<dyn Tier2<K, V>>>,
     inflight: Mutex<HashMap<K, Load<V>>>,
     options: Options,
     clock: Arc<dyn Clock>,
@@ -134,6 +162,7 @@ impl<K, V> fmt::Debug for TieredCache<K, V> {
 /// Builds a [`TieredCache`].
 pub struct TieredCacheBuilder<K, V> {
     max_capacity: u64,
+    l2: Option<Arc<dyn Tier2<K, V>>>,
     weigher: Option<Weigher<K, V>>,
     options: Options,
     clock: Arc<dyn Clock>,
@@ -220,6 +249,22 @@ where
         self
     }
 
+    /// Adds the Redis tier (L2): values shared by every instance, read once per coalesced
+    /// load, written through on `set`, deleted on `invalidate`; optionally a load lease
+    /// across instances. See [`redis`](crate::redis).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, tier: crate::redis::RedisTier) -> Self
+    where
+        K: fmt::Display,
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.l2 = Some(Arc::new(crate::redis::Adapter::<K, V>::new(
+            tier.into_store(),
+        )));
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> TieredCache<K, V> {
         let o = &self.options;
@@ -241,6 +286,7 @@ where
         TieredCache {
             inner: Arc::new(Inner {
                 l1: l1.build(),
+                l2: self.l2,
                 inflight: Mutex::new(HashMap::new()),
                 options: self.options,
                 clock: self.clock,
@@ -272,6 +318,7 @@ where
                 xfetch_beta: None,
             },
             clock: Arc::new(SystemClock::new()),
+            l2: None,
         }
     }
 
@@ -290,16 +337,90 @@ where
         }
     }
 
-    /// Stores `value` for `key` now (fresh for the configured TTLs).
+    /// Stores `value` for `key` now (fresh for the configured TTLs): Redis first, then L1.
+    /// A Redis failure is logged and counted; L1 is written regardless.
     pub async fn set(&self, key: K, value: V) {
         let now = self.inner.clock.now_nanos();
         let entry = self.entry(Some(value), now, 0);
+        self.write_l2(&key, &entry, now).await;
         self.inner.l1.insert(key, Arc::new(entry)).await;
     }
 
-    /// Drops `key`.
+    /// Drops `key` from Redis and L1.
     pub async fn invalidate(&self, key: &K) {
+        if let Some(l2) = &self.inner.l2
+            && let Err(e) = l2.remove(key).await
+        {
+            self.inner.stats.l2_error();
+            tracing::warn!(error = %e, "could not delete a cached value from Redis");
+        }
         self.inner.l1.invalidate(key).await;
+    }
+
+    /// Drops this instance's L1 copy of `key` only.
+    pub async fn invalidate_local(&self, key: &K) {
+        self.inner.l1.invalidate(key).await;
+    }
+
+    async fn write_l2(&self, key: &K, entry: &Entry<V>, now: u64) {
+        let Some(l2) = &self.inner.l2 else {
+            return;
+        };
+        let left = |at: u64| Duration::from_nanos(at.saturating_sub(now));
+        let keep = left(entry.keep_until);
+        if let Err(e) = l2
+            .write(
+                key,
+                &entry.value,
+                left(entry.soft_at),
+                left(entry.hard_at),
+                keep,
+            )
+            .await
+        {
+            self.inner.stats.l2_error();
+            tracing::warn!(error = %e, "could not write a cached value to Redis");
+        }
+    }
+
+    /// Reads `key` from L2 into L1. `Some(value)` when found usable (fresh, or stale when
+    /// `accept_stale`); `None` on a miss; `Err(())` when Redis failed.
+    async fn read_l2(&self, key: &K, accept_stale: bool) -> Result<Option<Option<V>>, ()> {
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(None);
+        };
+        let inner = &self.inner;
+        inner.stats.l2_read();
+        match l2.read(key).await {
+            Ok(Some(found)) if !found.soft_left.is_zero() || accept_stale => {
+                inner.stats.l2_hit();
+                let now = inner.clock.now_nanos();
+                let hard_at = now.saturating_add(duration_to_nanos(found.hard_left));
+                let entry = Entry {
+                    value: found.value.clone(),
+                    soft_at: now.saturating_add(duration_to_nanos(found.soft_left)),
+                    hard_at,
+                    keep_until: hard_at.saturating_add(duration_to_nanos(
+                        inner.options.max_stale.unwrap_or_default(),
+                    )),
+                    retry_at: 0,
+                    load_nanos: 0,
+                };
+                inner.l1.insert(key.clone(), Arc::new(entry)).await;
+                Ok(Some(found.value))
+            }
+            Ok(_) => Ok(None),
+            Err(StoreError::Codec(e)) => {
+                inner.stats.l2_decode_error();
+                tracing::warn!(error = %e, "a cached value in Redis did not decode; treating it as a miss");
+                Ok(None)
+            }
+            Err(e) => {
+                inner.stats.l2_error();
+                tracing::warn!(error = %e, "Redis tier unavailable; going on without it");
+                Err(())
+            }
+        }
     }
 
     /// Drops every key.
@@ -442,6 +563,60 @@ where
                     .remove(&k);
                 return Ok(e.value.clone());
             }
+            // The second tier: another instance may have loaded it already.
+            let mut l2_ok = inner.l2.is_some();
+            let mut lease_held = false;
+            match this.read_l2(&k, !refresh).await {
+                Ok(Some(value)) => {
+                    inner
+                        .inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&k);
+                    return Ok(value);
+                }
+                Ok(None) => {}
+                Err(()) => l2_ok = false,
+            }
+            if l2_ok
+                && let Some(l2) = &inner.l2
+                && let Some(ttl) = l2.lease_ttl()
+            {
+                // One loader across instances: take the lease, or wait for its holder's value
+                // (and take the lease once the holder is gone).
+                let poll = (ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
+                loop {
+                    match l2.take_lease(&k, ttl).await {
+                        Ok(true) => {
+                            lease_held = true;
+                            break;
+                        }
+                        Ok(false) => {
+                            tokio::time::sleep(poll).await;
+                            match this.read_l2(&k, true).await {
+                                Ok(Some(value)) => {
+                                    inner
+                                        .inflight
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .remove(&k);
+                                    return Ok(value);
+                                }
+                                Ok(None) => {}
+                                Err(()) => {
+                                    l2_ok = false;
+                                    break;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            inner.stats.l2_error();
+                            l2_ok = false;
+                            break;
+                        }
+                    }
+                }
+            }
             let result = match inner.options.hard_timeout {
                 Some(hard) => match tokio::time::timeout(hard, loader()).await {
                     Ok(r) => r.map_err(|e| CacheError::Loader(Arc::new(e.into()))),
@@ -455,10 +630,19 @@ where
             if let Ok(value) = &result {
                 if value.is_some() || inner.options.negative_ttl.is_some() {
                     let entry = this.entry(value.clone(), now, now.saturating_sub(started));
+                    if l2_ok {
+                        this.write_l2(&k, &entry, now).await;
+                    }
                     inner.l1.insert(k.clone(), Arc::new(entry)).await;
                 } else {
                     inner.l1.invalidate(&k).await;
                 }
+            }
+            if lease_held
+                && let Some(l2) = &inner.l2
+                && let Err(e) = l2.release_lease(&k).await
+            {
+                tracing::debug!(error = %e, "could not release a cache load lease (it expires)");
             }
             inner
                 .inflight

@@ -1,0 +1,367 @@
+//! The Redis tier (feature `redis`): values in a versioned envelope, a cross-instance load
+//! lease, and every call bounded and behind a circuit breaker.
+//!
+//! # Keys
+//!
+//! `<namespace>:v<schema version>:{<key>}` (floodwall-core's escaped, hash-tagged keys): a
+//! deploy that changes the value layout bumps the schema version and never reads old bytes.
+//! The load lease of a key is `<namespace>:v<schema version>:{<key>}:lease`, on the same
+//! Cluster node.
+//!
+//! # Envelope
+//!
+//! `FWC`, format version (1), codec (1 = JSON), then written-at, soft expiry and hard expiry
+//! as Unix milliseconds (big-endian `u64`), then the codec's bytes; a `null` payload is a
+//! cached "not found". Bytes that are not such an envelope, of another format version or
+//! codec, or whose payload does not decode, are a miss (counted as an L2 decode error) — never
+//! a panic. Expiry is judged on each instance's wall clock.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use floodwall_core::redis::{RedisConnection, Script};
+use floodwall_core::{Key, Keyspace, StoreError};
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
+
+use crate::tiered::{Found, Tier2};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The envelope's magic bytes.
+const MAGIC: &[u8; 3] = b"FWC";
+/// The envelope format this release writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+const CODEC_JSON: u8 = 1;
+const HEADER: usize = 5 + 24;
+
+/// How a [`TieredCache`](crate::TieredCache) uses Redis.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use floodwall_core::redis::RedisConnection;
+/// use floodwall_cache::{TieredCache, redis::RedisTier};
+///
+/// let conn = RedisConnection::standalone("redis://127.0.0.1:6379").connect().await?;
+/// let cache: TieredCache<u64, String> = TieredCache::builder()
+///     .ttl(Duration::from_secs(300))
+///     .redis(RedisTier::new(conn, "user", 2)?.lease(Duration::from_secs(5)))
+///     .build();
+/// # let _ = cache; Ok(()) }
+/// ```
+pub struct RedisTier {
+    conn: RedisConnection,
+    keyspace: Keyspace,
+    timeout: Duration,
+    breaker: Option<CircuitBreaker>,
+    lease: Option<Duration>,
+}
+
+impl fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("keyspace", &self.keyspace)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTier {
+    /// Values of `namespace` with layout `schema_version` on `conn`; calls bounded at 50 ms,
+    /// the default breaker, no lease.
+    pub fn new(
+        conn: RedisConnection,
+        namespace: &str,
+        schema_version: u32,
+    ) -> Result<RedisTier, floodwall_core::KeyError> {
+        Ok(RedisTier {
+            conn,
+            keyspace: Keyspace::new(namespace, schema_version)?,
+            timeout: Duration::from_millis(50),
+            breaker: None,
+            lease: None,
+        })
+    }
+
+    /// The most one Redis call may take before the cache goes on without it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker around Redis.
+    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Coalesce loads across instances: a missing key is loaded by the instance that takes
+    /// its lease (`SET NX PX`, held at most `ttl`); the others poll Redis for the value until
+    /// the lease ends, then take the lease themselves (the holder died).
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = Some(ttl);
+        self
+    }
+
+    pub(crate) fn into_store(self) -> RedisStoreInner {
+        let breaker = match self.breaker {
+            Some(b) => b,
+            None => CircuitBreaker::builder()
+                .name("floodwall-cache-redis")
+                .sliding_window(SlidingWindow::Count(
+                    std::num::NonZeroU32::new(20).expect("nonzero"),
+                ))
+                .minimum_calls(5)
+                .failure_rate_threshold(50.0)
+                .open_wait(OpenWait::Fixed(Duration::from_secs(1)))
+                .build()
+                .expect("the default breaker configuration is valid"),
+        };
+        RedisStoreInner {
+            conn: self.conn.with_call_timeout(self.timeout),
+            keyspace: self.keyspace,
+            breaker,
+            lease: self.lease,
+            owner: format!("{}-{}", std::process::id(), rand::random::<u64>()),
+        }
+    }
+}
+
+pub(crate) struct RedisStoreInner {
+    conn: RedisConnection,
+    keyspace: Keyspace,
+    breaker: CircuitBreaker,
+    pub(crate) lease: Option<Duration>,
+    owner: String,
+}
+
+/// Deletes the lease only if this instance still holds it.
+static RELEASE_LEASE: Script = Script::new(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+);
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The type-erased second tier over a [`RedisStoreInner`].
+pub(crate) struct Adapter<K, V> {
+    store: RedisStoreInner,
+    _types: std::marker::PhantomData<fn(K, V)>,
+}
+
+impl<K, V> Adapter<K, V> {
+    pub(crate) fn new(store: RedisStoreInner) -> Self {
+        Adapter {
+            store,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, V> Tier2<K, V> for Adapter<K, V>
+where
+    K: fmt::Display + Send + Sync,
+    V: Serialize + DeserializeOwned + Send + Sync,
+{
+    fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>> {
+        Box::pin(async move {
+            match self.store.get(&key.to_string()).await? {
+                None => Ok(None),
+                Some(bytes) => open(&bytes, unix_ms()),
+            }
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        key: &'a K,
+        value: &'a Option<V>,
+        soft: Duration,
+        hard: Duration,
+        keep: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now = unix_ms();
+            let ms = |d: Duration| now.saturating_add(d.as_millis() as u64);
+            let bytes = seal(value, ms(soft), ms(hard))?;
+            self.store
+                .set(&key.to_string(), bytes, keep.max(Duration::from_millis(1)))
+                .await
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.store.delete(&key.to_string()).await })
+    }
+
+    fn lease_ttl(&self) -> Option<Duration> {
+        self.store.lease
+    }
+
+    fn take_lease<'a>(&'a self, key: &'a K, ttl: Duration) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(async move { self.store.take_lease(&key.to_string(), ttl).await })
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.store.release_lease(&key.to_string()).await })
+    }
+}
+
+/// Seals `value` with its expiries (Unix ms).
+pub(crate) fn seal<V: Serialize>(
+    value: &Option<V>,
+    soft_at: u64,
+    hard_at: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let payload = serde_json::to_vec(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(CODEC_JSON);
+    out.extend_from_slice(&unix_ms().to_be_bytes());
+    out.extend_from_slice(&soft_at.to_be_bytes());
+    out.extend_from_slice(&hard_at.to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Opens an envelope at wall-clock `now` (Unix ms): `Ok(None)` when it has expired.
+pub(crate) fn open<V: DeserializeOwned>(
+    bytes: &[u8],
+    now: u64,
+) -> Result<Option<Found<V>>, StoreError> {
+    if bytes.len() < HEADER || &bytes[..3] != MAGIC {
+        return Err(StoreError::Codec("not a floodwall cache envelope".into()));
+    }
+    if bytes[3] != FORMAT_VERSION || bytes[4] != CODEC_JSON {
+        return Err(StoreError::Codec(format!(
+            "cache envelope format {} codec {} (this release reads {FORMAT_VERSION}/{CODEC_JSON})",
+            bytes[3], bytes[4]
+        )));
+    }
+    let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let (soft_at, hard_at) = (at(13), at(21));
+    if now >= hard_at {
+        return Ok(None);
+    }
+    let value: Option<V> =
+        serde_json::from_slice(&bytes[HEADER..]).map_err(|e| StoreError::Codec(e.to_string()))?;
+    Ok(Some(Found {
+        value,
+        soft_left: Duration::from_millis(soft_at.saturating_sub(now)),
+        hard_left: Duration::from_millis(hard_at - now),
+    }))
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl RedisStoreInner {
+    pub(crate) fn key(&self, key: &str) -> Key {
+        self.keyspace.key(key).build()
+    }
+
+    fn lease_key(&self, key: &str) -> Key {
+        self.keyspace.key(key).part("lease").build()
+    }
+
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|r| StoreError::unavailable(format!("Redis circuit breaker: {r}")))?;
+        match call.await {
+            Ok(v) => {
+                permit.success();
+                Ok(v)
+            }
+            Err(e) => {
+                permit.failure();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = self.key(key);
+        self.guarded(self.conn.query(::redis::cmd("GET").arg(&k)))
+            .await
+    }
+
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let k = self.key(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.guarded(
+            self.conn
+                .query::<()>(::redis::cmd("SET").arg(&k).arg(bytes).arg("PX").arg(ms)),
+        )
+        .await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let k = self.key(key);
+        self.guarded(self.conn.query::<()>(::redis::cmd("DEL").arg(&k)))
+            .await
+    }
+
+    /// Takes the load lease of `key` for `ttl`; `true` if this instance now holds it.
+    pub(crate) async fn take_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let k = self.lease_key(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let got: Option<String> = self
+            .guarded(
+                self.conn.query(
+                    ::redis::cmd("SET")
+                        .arg(&k)
+                        .arg(&self.owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms),
+                ),
+            )
+            .await?;
+        Ok(got.is_some())
+    }
+
+    pub(crate) async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        let k = self.lease_key(key);
+        self.guarded(
+            self.conn
+                .invoke::<i64>(RELEASE_LEASE.call().key(&k).arg(&self.owner)),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_expire() {
+        let now = unix_ms();
+        let b = seal(&Some("v".to_string()), now + 1_000, now + 2_000).unwrap();
+        let f: Found<String> = open(&b, now).unwrap().unwrap();
+        assert_eq!(f.value.as_deref(), Some("v"));
+        assert!(f.soft_left <= Duration::from_millis(1_000));
+        assert!(open::<String>(&b, now + 2_000).unwrap().is_none());
+        let mut other = b.clone();
+        other[3] = 2;
+        assert!(open::<String>(&other, now).is_err());
+        assert!(open::<String>(b"FWC", now).is_err());
+    }
+}
