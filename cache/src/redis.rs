@@ -19,6 +19,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floodwall_core::redis::{RedisConnection, Script};
@@ -57,6 +59,8 @@ pub struct RedisTier {
     timeout: Duration,
     breaker: Option<CircuitBreaker>,
     lease: Option<Duration>,
+    pubsub_url: Option<String>,
+    generation_check: Duration,
 }
 
 impl fmt::Debug for RedisTier {
@@ -83,6 +87,8 @@ impl RedisTier {
             timeout: Duration::from_millis(50),
             breaker: None,
             lease: None,
+            pubsub_url: None,
+            generation_check: Duration::from_secs(1),
         })
     }
 
@@ -106,6 +112,25 @@ impl RedisTier {
         self
     }
 
+    /// Cross-instance invalidation: `set`, `invalidate` and `invalidate_namespace` publish a
+    /// value-free message on the namespace's channel, and every instance subscribed through
+    /// `url` (any node of a Cluster: classic pub/sub reaches every node) drops its L1 copy.
+    /// While its subscription is down an instance does not use its L1 at all, and it clears
+    /// L1 when the subscription is back, so it never serves a value whose invalidation it may
+    /// have missed. The subscriber is a Tokio task: build the cache inside a runtime.
+    pub fn invalidation(mut self, url: impl Into<String>) -> Self {
+        self.pubsub_url = Some(url.into());
+        self
+    }
+
+    /// How often an instance re-reads the namespace generation from Redis when no pub/sub
+    /// message told it of a bump (default 1 s): the bound on how long an instance without
+    /// pub/sub serves a bumped namespace's old values from L1.
+    pub fn generation_check(mut self, every: Duration) -> Self {
+        self.generation_check = every;
+        self
+    }
+
     pub(crate) fn into_store(self) -> RedisStoreInner {
         let breaker = match self.breaker {
             Some(b) => b,
@@ -120,12 +145,23 @@ impl RedisTier {
                 .build()
                 .expect("the default breaker configuration is valid"),
         };
+        let channel = format!(
+            "{}:v{}:invalidations",
+            self.keyspace.namespace(),
+            self.keyspace.version()
+        );
         RedisStoreInner {
             conn: self.conn.with_call_timeout(self.timeout),
             keyspace: self.keyspace,
             breaker,
             lease: self.lease,
             owner: format!("{}-{}", std::process::id(), rand::random::<u64>()),
+            generation: AtomicU64::new(0),
+            generation_checked_ms: AtomicU64::new(0),
+            generation_check: self.generation_check,
+            unsubscribed: AtomicBool::new(self.pubsub_url.is_some()),
+            channel,
+            pubsub_url: self.pubsub_url,
         }
     }
 }
@@ -136,6 +172,14 @@ pub(crate) struct RedisStoreInner {
     breaker: CircuitBreaker,
     pub(crate) lease: Option<Duration>,
     owner: String,
+    /// The namespace generation this instance last saw, and when it last asked Redis.
+    generation: AtomicU64,
+    generation_checked_ms: AtomicU64,
+    generation_check: Duration,
+    /// Pub/sub: the URL to subscribe on, and whether the subscription is down (L1 bypassed).
+    pubsub_url: Option<String>,
+    pub(crate) unsubscribed: AtomicBool,
+    channel: String,
 }
 
 /// Deletes the lease only if this instance still holds it.
@@ -151,26 +195,117 @@ pub(crate) fn unix_ms() -> u64 {
 
 /// The type-erased second tier over a [`RedisStoreInner`].
 pub(crate) struct Adapter<K, V> {
-    store: RedisStoreInner,
+    store: Arc<RedisStoreInner>,
     _types: std::marker::PhantomData<fn(K, V)>,
 }
 
 impl<K, V> Adapter<K, V> {
     pub(crate) fn new(store: RedisStoreInner) -> Self {
         Adapter {
-            store,
+            store: Arc::new(store),
             _types: std::marker::PhantomData,
         }
     }
 }
 
+/// What an invalidation message asks of an instance's L1.
+#[derive(Debug)]
+pub(crate) enum Drop<K> {
+    /// One key.
+    Key(K),
+    /// Everything (namespace bumped, subscription lost or regained).
+    All,
+}
+
+impl<K, V> Adapter<K, V>
+where
+    K: std::str::FromStr + Send + 'static,
+{
+    /// Starts the subscriber task (if pub/sub is on and a runtime is running): `on_drop` is
+    /// called for every invalidation received from another instance, and with `All` whenever
+    /// the subscription goes down or comes back.
+    pub(crate) fn subscribe(&self, on_drop: Box<dyn Fn(Drop<K>) + Send + Sync>) {
+        let Some(url) = self.store.pubsub_url.clone() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no Tokio runtime: cache invalidation messages are not received");
+            return;
+        };
+        let store = Arc::downgrade(&self.store);
+        handle.spawn(async move {
+            use futures::StreamExt;
+            let client = match ::redis::Client::open(url.as_str()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad invalidation URL; L1 stays bypassed");
+                    return;
+                }
+            };
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                let channel = s.channel.clone();
+                drop(s);
+                if let Ok(mut pubsub) = client.get_async_pubsub().await
+                    && pubsub.subscribe(&channel).await.is_ok()
+                {
+                    backoff = Duration::from_millis(50);
+                    let Some(s) = store.upgrade() else { return };
+                    // Anything may have been missed while down: re-read the generation and
+                    // start L1 afresh, then use it again.
+                    let _ = s.refresh_generation(true).await;
+                    on_drop(Drop::All);
+                    s.unsubscribed.store(false, Ordering::Release);
+                    let owner = s.owner.clone();
+                    drop(s);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let mut parts = text.splitn(3, ' ');
+                        let (Some(from), Some(kind)) = (parts.next(), parts.next()) else {
+                            continue;
+                        };
+                        let rest = parts.next().unwrap_or("");
+                        match kind {
+                            "g" => {
+                                if let (Some(s), Ok(g)) = (store.upgrade(), rest.parse::<u64>())
+                                    && s.set_generation(g)
+                                {
+                                    on_drop(Drop::All);
+                                }
+                            }
+                            "k" if from != owner => {
+                                if let Ok(k) = rest.parse::<K>() {
+                                    on_drop(Drop::Key(k));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                // Down: stop using L1 until the subscription is back.
+                let Some(s) = store.upgrade() else { return };
+                s.unsubscribed.store(true, Ordering::Release);
+                drop(s);
+                on_drop(Drop::All);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}
+
 impl<K, V> Tier2<K, V> for Adapter<K, V>
 where
-    K: fmt::Display + Send + Sync,
+    K: fmt::Display + std::str::FromStr + Send + Sync,
     V: Serialize + DeserializeOwned + Send + Sync,
 {
     fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>> {
         Box::pin(async move {
+            self.store.refresh_generation(false).await?;
             match self.store.get(&key.to_string()).await? {
                 None => Ok(None),
                 Some(bytes) => open(&bytes, unix_ms()),
@@ -190,14 +325,38 @@ where
             let now = unix_ms();
             let ms = |d: Duration| now.saturating_add(d.as_millis() as u64);
             let bytes = seal(value, ms(soft), ms(hard))?;
+            let k = key.to_string();
             self.store
-                .set(&key.to_string(), bytes, keep.max(Duration::from_millis(1)))
-                .await
+                .set(&k, bytes, keep.max(Duration::from_millis(1)))
+                .await?;
+            self.store.publish(&format!("k {k}")).await;
+            Ok(())
         })
     }
 
     fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.store.delete(&key.to_string()).await })
+        Box::pin(async move {
+            let k = key.to_string();
+            self.store.delete(&k).await?;
+            self.store.publish(&format!("k {k}")).await;
+            Ok(())
+        })
+    }
+
+    fn generation(&self) -> u64 {
+        self.store.generation()
+    }
+
+    fn bypass_l1(&self) -> bool {
+        self.store.unsubscribed.load(Ordering::Acquire)
+    }
+
+    fn bump_namespace(&self) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(async move { self.store.bump_generation().await })
+    }
+
+    fn publishes(&self) -> bool {
+        self.store.pubsub_url.is_some()
     }
 
     fn lease_ttl(&self) -> Option<Duration> {
@@ -263,11 +422,74 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl RedisStoreInner {
     pub(crate) fn key(&self, key: &str) -> Key {
-        self.keyspace.key(key).build()
+        let g = self.generation.load(Ordering::Acquire);
+        self.keyspace.key(key).part_u64(g).build()
     }
 
     fn lease_key(&self, key: &str) -> Key {
-        self.keyspace.key(key).part("lease").build()
+        let g = self.generation.load(Ordering::Acquire);
+        self.keyspace.key(key).part_u64(g).part("lease").build()
+    }
+
+    fn generation_key(&self) -> Key {
+        self.keyspace.key("~generation").build()
+    }
+
+    /// Re-reads the namespace generation if the last check is older than the interval (or
+    /// `force`). Returns whether it changed.
+    pub(crate) async fn refresh_generation(&self, force: bool) -> Result<bool, StoreError> {
+        let now = unix_ms();
+        let last = self.generation_checked_ms.load(Ordering::Relaxed);
+        if !force && now.saturating_sub(last) < self.generation_check.as_millis() as u64 {
+            return Ok(false);
+        }
+        self.generation_checked_ms.store(now, Ordering::Relaxed);
+        let g: Option<u64> = self
+            .guarded(
+                self.conn
+                    .query(::redis::cmd("GET").arg(self.generation_key())),
+            )
+            .await?;
+        Ok(self.set_generation(g.unwrap_or(0)))
+    }
+
+    /// Adopts generation `g` if it is newer; whether it changed.
+    pub(crate) fn set_generation(&self, g: u64) -> bool {
+        self.generation.fetch_max(g, Ordering::AcqRel) < g
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Bumps the namespace generation (O(1): old keys are no longer read and expire by TTL).
+    pub(crate) async fn bump_generation(&self) -> Result<u64, StoreError> {
+        let g: u64 = self
+            .guarded(
+                self.conn
+                    .query(::redis::cmd("INCR").arg(self.generation_key())),
+            )
+            .await?;
+        self.set_generation(g);
+        self.publish(&format!("g {g}")).await;
+        Ok(g)
+    }
+
+    /// Publishes an invalidation message (when pub/sub is on); failures are logged.
+    pub(crate) async fn publish(&self, what: &str) {
+        if self.pubsub_url.is_none() {
+            return;
+        }
+        let msg = format!("{} {what}", self.owner);
+        let sent: Result<i64, _> = self
+            .guarded(
+                self.conn
+                    .query(::redis::cmd("PUBLISH").arg(&self.channel).arg(msg)),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not publish a cache invalidation");
+        }
     }
 
     async fn guarded<T>(

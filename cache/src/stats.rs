@@ -14,6 +14,8 @@ pub struct Stats {
     l2_hits: AtomicU64,
     l2_errors: AtomicU64,
     l2_decode_errors: AtomicU64,
+    invalidations_received: AtomicU64,
+    invalidations_sent: AtomicU64,
 }
 
 /// A reading of a cache's counters.
@@ -37,6 +39,10 @@ pub struct StatsSnapshot {
     pub l2_errors: u64,
     /// Redis values that did not decode (treated as misses).
     pub l2_decode_errors: u64,
+    /// Invalidations received from other instances (and subscription drops / returns).
+    pub invalidations_received: u64,
+    /// Invalidations published (by `set`, `invalidate`, `invalidate_namespace`).
+    pub invalidations_sent: u64,
 }
 
 macro_rules! bump {
@@ -67,6 +73,16 @@ impl Stats {
         l2_decode_errors,
         "floodwall_cache_l2_decode_errors_total"
     );
+    bump!(
+        invalidation_received,
+        invalidations_received,
+        "floodwall_cache_invalidations_received_total"
+    );
+    bump!(
+        invalidation_sent,
+        invalidations_sent,
+        "floodwall_cache_invalidations_sent_total"
+    );
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -80,6 +96,8 @@ impl Stats {
             l2_hits: self.l2_hits.load(Ordering::Relaxed),
             l2_errors: self.l2_errors.load(Ordering::Relaxed),
             l2_decode_errors: self.l2_decode_errors.load(Ordering::Relaxed),
+            invalidations_received: self.invalidations_received.load(Ordering::Relaxed),
+            invalidations_sent: self.invalidations_sent.load(Ordering::Relaxed),
         }
     }
 }

@@ -37,6 +37,13 @@ pub(crate) trait Tier2<K, V>: Send + Sync {
     ) -> BoxFut<'a, Result<(), StoreError>>;
     fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
     fn lease_ttl(&self) -> Option<Duration>;
+    /// The namespace generation this instance knows.
+    fn generation(&self) -> u64;
+    /// Whether L1 must not be used now (the invalidation subscription is down).
+    fn bypass_l1(&self) -> bool;
+    fn bump_namespace(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+    /// Whether writes and deletes publish invalidations.
+    fn publishes(&self) -> bool;
     fn take_lease<'a>(&'a self, key: &'a K, ttl: Duration) -> BoxFut<'a, Result<bool, StoreError>>;
     fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
 }
@@ -81,6 +88,8 @@ struct Options {
     xfetch_beta: Option<f64>,
 }
 
+type Subscribe<K, V> = Box<dyn FnOnce(std::sync::Weak<Inner<K, V>>) + Send>;
+
 type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 
 type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
@@ -88,6 +97,8 @@ type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
 struct Inner<K, V> {
     l1: moka::future::Cache<K, Arc<Entry<V>>>,
     l2: Option<Arc<dyn Tier2<K, V>>>,
+    /// The namespace generation L1's entries belong to.
+    l1_generation: std::sync::atomic::AtomicU64,
     inflight: Mutex<HashMap<K, Load<V>>>,
     options: Options,
     clock: Arc<dyn Clock>,
@@ -163,6 +174,7 @@ impl<K, V> fmt::Debug for TieredCache<K, V> {
 pub struct TieredCacheBuilder<K, V> {
     max_capacity: u64,
     l2: Option<Arc<dyn Tier2<K, V>>>,
+    subscribe: Option<Subscribe<K, V>>,
     weigher: Option<Weigher<K, V>>,
     options: Options,
     clock: Arc<dyn Clock>,
@@ -256,12 +268,27 @@ where
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, tier: crate::redis::RedisTier) -> Self
     where
-        K: fmt::Display,
+        K: fmt::Display + std::str::FromStr,
         V: serde::Serialize + serde::de::DeserializeOwned,
     {
-        self.l2 = Some(Arc::new(crate::redis::Adapter::<K, V>::new(
-            tier.into_store(),
-        )));
+        let adapter = Arc::new(crate::redis::Adapter::<K, V>::new(tier.into_store()));
+        self.subscribe = Some(Box::new({
+            let adapter = adapter.clone();
+            move |weak: std::sync::Weak<Inner<K, V>>| {
+                adapter.subscribe(Box::new(move |what| {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.stats.invalidation_received();
+                    match what {
+                        crate::redis::Drop::Key(k) => {
+                            // moka's invalidate is async; run it on the runtime.
+                            tokio::spawn(async move { inner.l1.invalidate(&k).await });
+                        }
+                        crate::redis::Drop::All => inner.l1.invalidate_all(),
+                    }
+                }))
+            }
+        }));
+        self.l2 = Some(adapter);
         self
     }
 
@@ -283,16 +310,21 @@ where
                 None => 1,
             });
         }
-        TieredCache {
+        let cache = TieredCache {
             inner: Arc::new(Inner {
                 l1: l1.build(),
                 l2: self.l2,
+                l1_generation: std::sync::atomic::AtomicU64::new(0),
                 inflight: Mutex::new(HashMap::new()),
                 options: self.options,
                 clock: self.clock,
                 stats: crate::Stats::default(),
             }),
+        };
+        if let Some(subscribe) = self.subscribe {
+            subscribe(Arc::downgrade(&cache.inner));
         }
+        cache
     }
 }
 
@@ -319,22 +351,60 @@ where
             },
             clock: Arc::new(SystemClock::new()),
             l2: None,
+            subscribe: None,
         }
     }
 
-    /// The value for `key` if cached and not expired (fresh or stale); loads nothing.
+    /// The value for `key` if cached and not expired (fresh or stale): from L1, else from
+    /// Redis (then kept in L1); loads nothing.
     pub async fn get(&self, key: &K) -> Option<V> {
         let now = self.inner.clock.now_nanos();
-        match self.inner.l1.get(key).await {
-            Some(e) if now < e.hard_at => {
-                self.inner.stats.hit();
-                e.value.clone()
-            }
-            _ => {
-                self.inner.stats.miss();
-                None
+        if self.l1_usable() {
+            match self.inner.l1.get(key).await {
+                Some(e) if now < e.hard_at => {
+                    self.inner.stats.hit();
+                    return e.value.clone();
+                }
+                _ => self.inner.stats.miss(),
             }
         }
+        self.read_l2(key, true).await.ok().flatten().flatten()
+    }
+
+    /// Whether L1 may answer now; with Redis, also drops L1 when the namespace generation
+    /// moved on.
+    #[inline]
+    fn l1_usable(&self) -> bool {
+        let Some(l2) = &self.inner.l2 else {
+            return true;
+        };
+        if l2.bypass_l1() {
+            return false;
+        }
+        let g = l2.generation();
+        let seen = &self.inner.l1_generation;
+        if seen.load(std::sync::atomic::Ordering::Acquire) != g {
+            seen.store(g, std::sync::atomic::Ordering::Release);
+            self.inner.l1.invalidate_all();
+        }
+        true
+    }
+
+    /// Invalidates every key of the namespace, on every instance, in O(1): the namespace
+    /// generation in Redis is bumped (old values are no longer read and expire by their TTL)
+    /// and the other instances told. Without Redis, clears L1.
+    pub async fn invalidate_namespace(&self) -> Result<(), StoreError> {
+        if let Some(l2) = &self.inner.l2 {
+            let g = l2.bump_namespace().await?;
+            if l2.publishes() {
+                self.inner.stats.invalidation_sent();
+            }
+            self.inner
+                .l1_generation
+                .store(g, std::sync::atomic::Ordering::Release);
+        }
+        self.inner.l1.invalidate_all();
+        Ok(())
     }
 
     /// Stores `value` for `key` now (fresh for the configured TTLs): Redis first, then L1.
@@ -348,11 +418,15 @@ where
 
     /// Drops `key` from Redis and L1.
     pub async fn invalidate(&self, key: &K) {
-        if let Some(l2) = &self.inner.l2
-            && let Err(e) = l2.remove(key).await
-        {
-            self.inner.stats.l2_error();
-            tracing::warn!(error = %e, "could not delete a cached value from Redis");
+        if let Some(l2) = &self.inner.l2 {
+            match l2.remove(key).await {
+                Ok(()) if l2.publishes() => self.inner.stats.invalidation_sent(),
+                Ok(()) => {}
+                Err(e) => {
+                    self.inner.stats.l2_error();
+                    tracing::warn!(error = %e, "could not delete a cached value from Redis");
+                }
+            }
         }
         self.inner.l1.invalidate(key).await;
     }
@@ -368,7 +442,7 @@ where
         };
         let left = |at: u64| Duration::from_nanos(at.saturating_sub(now));
         let keep = left(entry.keep_until);
-        if let Err(e) = l2
+        match l2
             .write(
                 key,
                 &entry.value,
@@ -378,8 +452,12 @@ where
             )
             .await
         {
-            self.inner.stats.l2_error();
-            tracing::warn!(error = %e, "could not write a cached value to Redis");
+            Ok(()) if l2.publishes() => self.inner.stats.invalidation_sent(),
+            Ok(()) => {}
+            Err(e) => {
+                self.inner.stats.l2_error();
+                tracing::warn!(error = %e, "could not write a cached value to Redis");
+            }
         }
     }
 
@@ -446,7 +524,11 @@ where
     {
         let inner = &self.inner;
         let now = inner.clock.now_nanos();
-        let cached = inner.l1.get(&key).await;
+        let cached = if self.l1_usable() {
+            inner.l1.get(&key).await
+        } else {
+            None
+        };
         if let Some(e) = &cached {
             if now < e.soft_at {
                 inner.stats.hit();

@@ -308,3 +308,192 @@ async fn a_blackholed_redis_is_answered_from_the_loader_within_the_bound() {
     assert!(slowest_late < Duration::from_millis(5), "{slowest_late:?}");
     assert!(c.stats().l2_errors >= 5);
 }
+
+fn subscribed(conn: RedisConnection, pubsub: String) -> Cache {
+    let tier = RedisTier::new(conn, "cachetest-inval", 1)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .invalidation(pubsub);
+    TieredCache::builder()
+        .ttl(Duration::from_secs(600))
+        .redis(tier)
+        .build()
+}
+
+/// Polls `b.get(key)` until it answers `want`; returns how long that took.
+async fn until(b: &Cache, key: &str, want: Option<&str>, bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if b.get(&key.to_string()).await.as_deref() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{key}: still not {want:?} after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn wait_subscribed(c: &Cache) {
+    // The subscription's first Drop::All marks it up.
+    let started = Instant::now();
+    while c.stats().invalidations_received == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn invalidation(urls: Vec<String>, cluster: bool) {
+    let a = subscribed(connect(&urls, cluster).await, urls[0].clone());
+    let b = subscribed(connect(&urls, cluster).await, urls[urls.len() - 1].clone());
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    let key = format!("profile-{cluster}");
+    a.set(key.clone(), "v1".into()).await;
+    assert_eq!(b.get(&key).await.as_deref(), Some("v1"));
+    let before = b.stats().hits;
+    assert_eq!(b.get(&key).await.as_deref(), Some("v1"));
+    assert_eq!(b.stats().hits, before + 1, "B serves it from its L1");
+
+    let bound = Duration::from_millis(500);
+    a.set(key.clone(), "v2".into()).await;
+    let took = until(&b, &key, Some("v2"), bound).await;
+    println!(
+        "{}: B stopped serving the old value {took:?} after A's set (bound {bound:?})",
+        if cluster { "cluster" } else { "standalone" }
+    );
+    a.invalidate(&key).await;
+    let took = until(&b, &key, None, bound).await;
+    println!(
+        "{}: B dropped the key {took:?} after A's invalidate",
+        if cluster { "cluster" } else { "standalone" }
+    );
+    assert!(a.stats().invalidations_sent >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_and_invalidate_reach_other_instances_on_standalone() {
+    let Some(server) =
+        RedisServer::start_or_skip("set_and_invalidate_reach_other_instances_on_standalone")
+    else {
+        return;
+    };
+    invalidation(vec![server.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_and_invalidate_reach_other_instances_on_cluster() {
+    let Some(cluster) =
+        RedisCluster::start_or_skip("set_and_invalidate_reach_other_instances_on_cluster", 3)
+    else {
+        return;
+    };
+    invalidation(cluster.urls(), true).await;
+}
+
+/// B's subscription is cut (and cannot come back for a while): B stops using its L1, so an
+/// invalidation it misses meanwhile never lets it serve the old value; back up, it starts L1
+/// afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_never_serves_a_value_it_may_have_missed() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_lost_subscription_never_serves_a_value_it_may_have_missed")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let a = subscribed(connect(&[server.url()], false).await, server.url());
+    let b = subscribed(connect(&[server.url()], false).await, proxy.redis_url());
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    a.set("k".into(), "old".into()).await;
+    assert_eq!(b.get(&"k".to_string()).await.as_deref(), Some("old"));
+
+    let drops = b.stats().invalidations_received;
+    proxy.refuse_new();
+    proxy.reset_all();
+    // B notices the loss (its Drop::All) ...
+    let started = Instant::now();
+    while b.stats().invalidations_received == drops {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // ... and A's change, whose message B cannot receive, is still what B answers.
+    a.set("k".into(), "new".into()).await;
+    assert_eq!(
+        b.get(&"k".to_string()).await.as_deref(),
+        Some("new"),
+        "no stale L1 while unsubscribed"
+    );
+    a.invalidate(&"k".to_string()).await;
+    assert_eq!(b.get(&"k".to_string()).await, None);
+
+    // Back up: B resubscribes, clears L1, and uses it again.
+    proxy.heal();
+    let received = b.stats().invalidations_received;
+    let started = Instant::now();
+    while b.stats().invalidations_received == received {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never resubscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.set("k".into(), "newest".into()).await;
+    until(&b, "k", Some("newest"), Duration::from_millis(500)).await;
+    let hits = b.stats().hits;
+    b.get(&"k".to_string()).await;
+    assert_eq!(b.stats().hits, hits + 1, "L1 in use again");
+}
+
+/// A namespace bump drops every key of the namespace on every instance, and no old-version
+/// value is ever returned afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_bump_invalidates_every_key_everywhere() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_namespace_bump_invalidates_every_key_everywhere")
+    else {
+        return;
+    };
+    let a = subscribed(connect(&[server.url()], false).await, server.url());
+    let b = subscribed(connect(&[server.url()], false).await, server.url());
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    for i in 0..20 {
+        a.set(format!("n{i}"), format!("old{i}")).await;
+        assert_eq!(b.get(&format!("n{i}")).await, Some(format!("old{i}")));
+    }
+    a.invalidate_namespace().await.unwrap();
+    for i in 0..20 {
+        until(&b, &format!("n{i}"), None, Duration::from_millis(500)).await;
+        let v = a
+            .get_or_load(format!("n{i}"), move || async move {
+                Ok::<_, std::io::Error>(Some(format!("new{i}")))
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, Some(format!("new{i}")));
+        assert_eq!(b.get(&format!("n{i}")).await, Some(format!("new{i}")));
+    }
+    // An instance without pub/sub sees the bump within its generation check interval.
+    let c: Cache = TieredCache::builder()
+        .redis(
+            RedisTier::new(connect(&[server.url()], false).await, "cachetest-inval", 1)
+                .unwrap()
+                .generation_check(Duration::from_millis(100)),
+        )
+        .build();
+    assert_eq!(c.get(&"n0".to_string()).await, Some("new0".to_string()));
+    a.invalidate_namespace().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        c.get_or_load("n0".to_string(), || async { Ok::<_, std::io::Error>(None) })
+            .await
+            .unwrap(),
+        None
+    );
+}
