@@ -10,7 +10,7 @@
 //!
 //! # Envelope
 //!
-//! `FWC`, format version (1), codec (1 = JSON), then written-at, soft expiry and hard expiry
+//! `FWC`, format version (1), codec ([`Binary`] = 2, the default; [`Json`] = 1), then written-at, soft expiry and hard expiry
 //! as Unix milliseconds (big-endian `u64`), then the codec's bytes; a `null` payload is a
 //! cached "not found". Bytes that are not such an envelope, of another format version or
 //! codec, or whose payload does not decode, are a miss (counted as an L2 decode error) — never
@@ -35,7 +35,46 @@ use serde::de::DeserializeOwned;
 const MAGIC: &[u8; 3] = b"FWC";
 /// The envelope format this release writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
-const CODEC_JSON: u8 = 1;
+
+/// How values become bytes in Redis. [`Binary`] (the default) and [`Json`] are built in; a
+/// codec of your own picks an [`ID`](Codec::ID) of 128 or more.
+pub trait Codec: Send + Sync + 'static {
+    /// The byte naming this codec in the envelope: a value written with another codec is a
+    /// miss, never misread.
+    const ID: u8;
+    /// Encodes a value.
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String>;
+    /// Decodes a value.
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String>;
+}
+
+/// Compact binary (postcard): the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binary;
+
+impl Codec for Binary {
+    const ID: u8 = 2;
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(value).map_err(|e| e.to_string())
+    }
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String> {
+        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// JSON (serde_json): readable with `redis-cli`, larger and slower.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+impl Codec for Json {
+    const ID: u8 = 1;
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(value).map_err(|e| e.to_string())
+    }
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
 const HEADER: usize = 5 + 24;
 
 /// How a [`TieredCache`](crate::TieredCache) uses Redis.
@@ -53,7 +92,7 @@ const HEADER: usize = 5 + 24;
 ///     .build();
 /// # let _ = cache; Ok(()) }
 /// ```
-pub struct RedisTier {
+pub struct RedisTier<C = Binary> {
     conn: RedisConnection,
     keyspace: Keyspace,
     timeout: Duration,
@@ -61,9 +100,10 @@ pub struct RedisTier {
     lease: Option<Duration>,
     pubsub_url: Option<String>,
     generation_check: Duration,
+    codec: C,
 }
 
-impl fmt::Debug for RedisTier {
+impl<C> fmt::Debug for RedisTier<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTier")
             .field("keyspace", &self.keyspace)
@@ -73,14 +113,14 @@ impl fmt::Debug for RedisTier {
     }
 }
 
-impl RedisTier {
+impl RedisTier<Binary> {
     /// Values of `namespace` with layout `schema_version` on `conn`; calls bounded at 50 ms,
     /// the default breaker, no lease.
     pub fn new(
         conn: RedisConnection,
         namespace: &str,
         schema_version: u32,
-    ) -> Result<RedisTier, floodwall_core::KeyError> {
+    ) -> Result<RedisTier<Binary>, floodwall_core::KeyError> {
         Ok(RedisTier {
             conn,
             keyspace: Keyspace::new(namespace, schema_version)?,
@@ -89,7 +129,25 @@ impl RedisTier {
             lease: None,
             pubsub_url: None,
             generation_check: Duration::from_secs(1),
+            codec: Binary,
         })
+    }
+}
+
+impl<C: Codec> RedisTier<C> {
+    /// The codec of values in Redis (default [`Binary`]; [`Json`] is readable with
+    /// `redis-cli`).
+    pub fn codec<C2: Codec>(self, codec: C2) -> RedisTier<C2> {
+        RedisTier {
+            conn: self.conn,
+            keyspace: self.keyspace,
+            timeout: self.timeout,
+            breaker: self.breaker,
+            lease: self.lease,
+            pubsub_url: self.pubsub_url,
+            generation_check: self.generation_check,
+            codec,
+        }
     }
 
     /// The most one Redis call may take before the cache goes on without it.
@@ -131,7 +189,7 @@ impl RedisTier {
         self
     }
 
-    pub(crate) fn into_store(self) -> RedisStoreInner {
+    pub(crate) fn into_store(self) -> (RedisStoreInner, C) {
         let breaker = match self.breaker {
             Some(b) => b,
             None => CircuitBreaker::builder()
@@ -150,7 +208,7 @@ impl RedisTier {
             self.keyspace.namespace(),
             self.keyspace.version()
         );
-        RedisStoreInner {
+        let store = RedisStoreInner {
             conn: self.conn.with_call_timeout(self.timeout),
             keyspace: self.keyspace,
             breaker,
@@ -162,7 +220,8 @@ impl RedisTier {
             unsubscribed: AtomicBool::new(self.pubsub_url.is_some()),
             channel,
             pubsub_url: self.pubsub_url,
-        }
+        };
+        (store, self.codec)
     }
 }
 
@@ -194,15 +253,17 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 /// The type-erased second tier over a [`RedisStoreInner`].
-pub(crate) struct Adapter<K, V> {
+pub(crate) struct Adapter<K, V, C> {
     store: Arc<RedisStoreInner>,
+    codec: C,
     _types: std::marker::PhantomData<fn(K, V)>,
 }
 
-impl<K, V> Adapter<K, V> {
-    pub(crate) fn new(store: RedisStoreInner) -> Self {
+impl<K, V, C> Adapter<K, V, C> {
+    pub(crate) fn new((store, codec): (RedisStoreInner, C)) -> Self {
         Adapter {
             store: Arc::new(store),
+            codec,
             _types: std::marker::PhantomData,
         }
     }
@@ -217,7 +278,7 @@ pub(crate) enum Drop<K> {
     All,
 }
 
-impl<K, V> Adapter<K, V>
+impl<K, V, C> Adapter<K, V, C>
 where
     K: std::str::FromStr + Send + 'static,
 {
@@ -298,7 +359,7 @@ where
     }
 }
 
-impl<K, V> Tier2<K, V> for Adapter<K, V>
+impl<K, V, C: Codec> Tier2<K, V> for Adapter<K, V, C>
 where
     K: fmt::Display + std::str::FromStr + Send + Sync,
     V: Serialize + DeserializeOwned + Send + Sync,
@@ -308,7 +369,7 @@ where
             self.store.refresh_generation(false).await?;
             match self.store.get(&key.to_string()).await? {
                 None => Ok(None),
-                Some(bytes) => open(&bytes, unix_ms()),
+                Some(bytes) => open(&self.codec, &bytes, unix_ms()),
             }
         })
     }
@@ -324,7 +385,7 @@ where
         Box::pin(async move {
             let now = unix_ms();
             let ms = |d: Duration| now.saturating_add(d.as_millis() as u64);
-            let bytes = seal(value, ms(soft), ms(hard))?;
+            let bytes = seal(&self.codec, value, ms(soft), ms(hard))?;
             let k = key.to_string();
             self.store
                 .set(&k, bytes, keep.max(Duration::from_millis(1)))
@@ -373,16 +434,17 @@ where
 }
 
 /// Seals `value` with its expiries (Unix ms).
-pub(crate) fn seal<V: Serialize>(
+pub(crate) fn seal<V: Serialize, C: Codec>(
+    codec: &C,
     value: &Option<V>,
     soft_at: u64,
     hard_at: u64,
 ) -> Result<Vec<u8>, StoreError> {
-    let payload = serde_json::to_vec(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+    let payload = codec.encode(value).map_err(StoreError::Codec)?;
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
-    out.push(CODEC_JSON);
+    out.push(C::ID);
     out.extend_from_slice(&unix_ms().to_be_bytes());
     out.extend_from_slice(&soft_at.to_be_bytes());
     out.extend_from_slice(&hard_at.to_be_bytes());
@@ -391,17 +453,20 @@ pub(crate) fn seal<V: Serialize>(
 }
 
 /// Opens an envelope at wall-clock `now` (Unix ms): `Ok(None)` when it has expired.
-pub(crate) fn open<V: DeserializeOwned>(
+pub(crate) fn open<V: DeserializeOwned, C: Codec>(
+    codec: &C,
     bytes: &[u8],
     now: u64,
 ) -> Result<Option<Found<V>>, StoreError> {
     if bytes.len() < HEADER || &bytes[..3] != MAGIC {
         return Err(StoreError::Codec("not a floodwall cache envelope".into()));
     }
-    if bytes[3] != FORMAT_VERSION || bytes[4] != CODEC_JSON {
+    if bytes[3] != FORMAT_VERSION || bytes[4] != C::ID {
         return Err(StoreError::Codec(format!(
-            "cache envelope format {} codec {} (this release reads {FORMAT_VERSION}/{CODEC_JSON})",
-            bytes[3], bytes[4]
+            "cache envelope format {} codec {} (this cache reads {FORMAT_VERSION}/{})",
+            bytes[3],
+            bytes[4],
+            C::ID
         )));
     }
     let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
@@ -409,8 +474,7 @@ pub(crate) fn open<V: DeserializeOwned>(
     if now >= hard_at {
         return Ok(None);
     }
-    let value: Option<V> =
-        serde_json::from_slice(&bytes[HEADER..]).map_err(|e| StoreError::Codec(e.to_string()))?;
+    let value: Option<V> = codec.decode(&bytes[HEADER..]).map_err(StoreError::Codec)?;
     Ok(Some(Found {
         value,
         soft_left: Duration::from_millis(soft_at.saturating_sub(now)),
@@ -576,14 +640,21 @@ mod tests {
     #[test]
     fn envelopes_round_trip_and_expire() {
         let now = unix_ms();
-        let b = seal(&Some("v".to_string()), now + 1_000, now + 2_000).unwrap();
-        let f: Found<String> = open(&b, now).unwrap().unwrap();
+        let b = seal(&Json, &Some("v".to_string()), now + 1_000, now + 2_000).unwrap();
+        let f: Found<String> = open(&Json, &b, now).unwrap().unwrap();
         assert_eq!(f.value.as_deref(), Some("v"));
         assert!(f.soft_left <= Duration::from_millis(1_000));
-        assert!(open::<String>(&b, now + 2_000).unwrap().is_none());
+        assert!(open::<String, _>(&Json, &b, now + 2_000).unwrap().is_none());
         let mut other = b.clone();
         other[3] = 2;
-        assert!(open::<String>(&other, now).is_err());
-        assert!(open::<String>(b"FWC", now).is_err());
+        assert!(open::<String, _>(&Json, &other, now).is_err());
+        assert!(open::<String, _>(&Json, b"FWC", now).is_err());
+        // Written with one codec, read with another: a miss, not a misreading.
+        let bin = seal(&Binary, &Some(7u32), now + 1_000, now + 2_000).unwrap();
+        assert!(open::<u32, _>(&Json, &bin, now).is_err());
+        assert_eq!(
+            open::<u32, _>(&Binary, &bin, now).unwrap().unwrap().value,
+            Some(7)
+        );
     }
 }

@@ -266,12 +266,12 @@ where
     /// across instances. See [`redis`](crate::redis).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis(mut self, tier: crate::redis::RedisTier) -> Self
+    pub fn redis<C: crate::redis::Codec>(mut self, tier: crate::redis::RedisTier<C>) -> Self
     where
         K: fmt::Display + std::str::FromStr,
         V: serde::Serialize + serde::de::DeserializeOwned,
     {
-        let adapter = Arc::new(crate::redis::Adapter::<K, V>::new(tier.into_store()));
+        let adapter = Arc::new(crate::redis::Adapter::<K, V, C>::new(tier.into_store()));
         self.subscribe = Some(Box::new({
             let adapter = adapter.clone();
             move |weak: std::sync::Weak<Inner<K, V>>| {
