@@ -42,6 +42,9 @@
 //! [`ManualClock`] or Tokio's paused time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod layer;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -50,4 +53,4 @@ mod tiered;
 
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use stats::{Stats, StatsSnapshot};
-pub use tiered::{CacheError, TieredCache, TieredCacheBuilder};
+pub use tiered::{CacheError, Fetched, TieredCache, TieredCacheBuilder};

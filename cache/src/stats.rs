@@ -73,16 +73,19 @@ impl Stats {
         l2_decode_errors,
         "floodwall_cache_l2_decode_errors_total"
     );
-    bump!(
-        invalidation_received,
-        invalidations_received,
-        "floodwall_cache_invalidations_received_total"
-    );
-    bump!(
-        invalidation_sent,
-        invalidations_sent,
-        "floodwall_cache_invalidations_sent_total"
-    );
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn invalidation_received(&self) {
+        self.invalidations_received.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("floodwall_cache_invalidations_received_total").increment(1);
+    }
+
+    pub(crate) fn invalidation_sent(&self) {
+        self.invalidations_sent.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("floodwall_cache_invalidations_sent_total").increment(1);
+    }
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {

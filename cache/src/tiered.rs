@@ -59,6 +59,18 @@ pub enum CacheError {
     Timeout(Duration),
 }
 
+/// What a loader found (for [`TieredCache::get_or_fetch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched<V> {
+    /// A value, to cache.
+    Value(V),
+    /// Nothing (cached only with a negative TTL).
+    Missing,
+    /// A value to hand to this load's callers but not to cache (e.g. a response marked
+    /// `no-store`).
+    Uncacheable(V),
+}
+
 /// One cached value (or a cached "not found") and its clock readings.
 #[derive(Debug)]
 struct Entry<V> {
@@ -522,6 +534,23 @@ where
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
+        self.get_or_fetch(key, move || async move {
+            loader().await.map(|v| match v {
+                Some(v) => Fetched::Value(v),
+                None => Fetched::Missing,
+            })
+        })
+        .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with a loader that can also answer a value *not* to
+    /// be stored ([`Fetched::Uncacheable`]: it goes to the callers of this load only).
+    pub async fn get_or_fetch<F, Fut, E>(&self, key: K, loader: F) -> Result<Option<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
         let inner = &self.inner;
         let now = inner.clock.now_nanos();
         let cached = if self.l1_usable() {
@@ -601,7 +630,7 @@ where
     fn refresh_in_background<F, Fut, E>(&self, key: K, loader: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
         // Joining an in-flight load starts nothing new: one refresh per key at a time.
@@ -616,7 +645,7 @@ where
     fn load<F, Fut, E>(&self, key: K, loader: F, refresh: bool) -> Load<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
         let mut inflight = self
@@ -709,7 +738,13 @@ where
                     .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
             };
             let now = inner.clock.now_nanos();
-            if let Ok(value) = &result {
+            let (result, store) = match result {
+                Ok(Fetched::Value(v)) => (Ok(Some(v)), true),
+                Ok(Fetched::Missing) => (Ok(None), true),
+                Ok(Fetched::Uncacheable(v)) => (Ok(Some(v)), false),
+                Err(e) => (Err(e), false),
+            };
+            if store && let Ok(value) = &result {
                 if value.is_some() || inner.options.negative_ttl.is_some() {
                     let entry = this.entry(value.clone(), now, now.saturating_sub(started));
                     if l2_ok {

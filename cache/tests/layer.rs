@@ -1,0 +1,138 @@
+//! The tower layers: one inner call per key for concurrent requests, and the per-response
+//! "do not store" decision (HTTP: `Cache-Control: no-store`, `Set-Cookie`, non-200).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floodwall_cache::TieredCache;
+use floodwall_cache::layer::{CacheLayer, HttpCacheLayer};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_for_one_key_call_the_service_once() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |id: u32| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, Infallible>(if id == 0 {
+                    String::new()
+                } else {
+                    format!("user {id}")
+                })
+            }
+        })
+    };
+    let cache: TieredCache<u32, String> = TieredCache::builder().build();
+    let svc = CacheLayer::new(cache, |id: &u32| Some(*id))
+        .store_if(|s: &String| !s.is_empty())
+        .layer(inner);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            svc.ready().await.unwrap().call(7).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "user 7");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let mut s = svc.clone();
+    assert_eq!(s.ready().await.unwrap().call(7).await.unwrap(), "user 7");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
+    // A response the predicate refuses is returned, not stored.
+    s.ready().await.unwrap().call(0).await.unwrap();
+    s.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+fn get(uri: &str) -> Request<Full<Bytes>> {
+    Request::get(uri).body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test]
+async fn http_gets_are_cached_unless_the_response_says_not_to() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let mut r = Response::new(Full::new(Bytes::from(format!("{} #{n}", req.uri()))));
+                if req.uri().path() == "/private" {
+                    r.headers_mut()
+                        .insert("cache-control", "private, max-age=60".parse().unwrap());
+                }
+                if req.uri().path() == "/cookie" {
+                    r.headers_mut().insert("set-cookie", "s=1".parse().unwrap());
+                }
+                r.headers_mut()
+                    .insert("content-type", "text/plain".parse().unwrap());
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    let cache = TieredCache::builder().build();
+    let mut svc = HttpCacheLayer::new(cache).layer(inner);
+    let body =
+        |r: Response<Full<Bytes>>| async move { r.into_body().collect().await.unwrap().to_bytes() };
+
+    let a = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/items?page=1"))
+        .await
+        .unwrap();
+    assert_eq!(a.headers()["content-type"], "text/plain");
+    assert_eq!(&body(a).await[..], b"/items?page=1 #1");
+    let b = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/items?page=1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &body(b).await[..],
+        b"/items?page=1 #1",
+        "served from the cache"
+    );
+    let c = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/items?page=2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &body(c).await[..],
+        b"/items?page=2 #2",
+        "the query is part of the key"
+    );
+    for path in ["/private", "/cookie"] {
+        svc.ready().await.unwrap().call(get(path)).await.unwrap();
+        svc.ready().await.unwrap().call(get(path)).await.unwrap();
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "private and cookie responses were not stored"
+    );
+    let post = Request::builder()
+        .method(Method::POST)
+        .uri("/items?page=1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    svc.ready().await.unwrap().call(post).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 7, "a POST passes through");
+}
