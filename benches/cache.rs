@@ -3,6 +3,9 @@
 //! `cache/l1_hit`: a hit on a fresh key — `TieredCache::get` beside a raw
 //! `moka::future::Cache::get` of the same key (both moka underneath; ours adds the freshness
 //! check on its clock).
+//! `cache/l2_hit` (feature `redis`; starts its own `redis-server`): a value found in Redis —
+//! `TieredCache::get` after dropping the L1 copy (GET, envelope check, decode, L1 insert)
+//! beside a raw redis-rs `GET` of the same bytes on the same connection.
 //! `cache/stampede_10k`: 10,000 concurrent `get_or_load` of one cold key (the loader sleeps
 //! 1 ms and runs once) — time until every caller has its value.
 
@@ -104,5 +107,76 @@ fn stampede(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, l1_hit, stampede);
+#[cfg(feature = "redis")]
+fn l2_hit(c: &mut Criterion) {
+    use floodwall::cache::redis::RedisTier;
+    use floodwall::core::redis::RedisConnection;
+    use floodwall_testkit::RedisServer;
+
+    let Some(server) = RedisServer::start_or_skip("cache redis bench") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conn = rt.block_on(async {
+        RedisConnection::standalone(server.url())
+            .call_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap()
+    });
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .ttl(Duration::from_secs(3600))
+        .redis(
+            RedisTier::new(conn.clone(), "bench", 1)
+                .unwrap()
+                .timeout(Duration::from_secs(5)),
+        )
+        .build();
+    let key = "user:42".to_string();
+    let value = "x".repeat(200);
+    rt.block_on(cache.set(key.clone(), value.clone()));
+    // The same bytes under a key of its own, for the raw GET.
+    let raw_key = "raw:{user:42}";
+    let bytes: Vec<u8> = rt.block_on(async {
+        let real = floodwall::core::Keyspace::new("bench", 1)
+            .unwrap()
+            .key("user:42")
+            .part_u64(0)
+            .build();
+        let b: Vec<u8> = conn.query(redis::cmd("GET").arg(&real)).await.unwrap();
+        let _: () = conn
+            .query(redis::cmd("SET").arg(raw_key).arg(&b))
+            .await
+            .unwrap();
+        b
+    });
+    assert!(!bytes.is_empty());
+    let mut g = c.benchmark_group("cache/l2_hit");
+    g.bench_function("raw redis GET", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let v: Vec<u8> = conn.query(redis::cmd("GET").arg(raw_key)).await.unwrap();
+                black_box(v)
+            })
+        })
+    });
+    g.bench_function("floodwall TieredCache::get (L1 copy dropped)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                cache.invalidate_local(&key).await;
+                black_box(cache.get(&key).await.unwrap())
+            })
+        })
+    });
+    g.finish();
+    assert!(cache.stats().l2_hits > 0);
+}
+
+#[cfg(not(feature = "redis"))]
+fn l2_hit(_: &mut Criterion) {}
+
+criterion_group!(benches, l1_hit, l2_hit, stampede);
 criterion_main!(benches);

@@ -36,9 +36,30 @@
 //! # }
 //! ```
 //!
-//! The in-process tier is moka; with the `redis` feature a Redis tier (L2) is shared by every
-//! instance, with a load lease across instances (module `redis`). Namespace versions, pub/sub
-//! invalidation and the tower layer are not in this release yet (see `CHANGELOG.md`). Freshness is measured on a [`Clock`], so tests drive it with
+//! # What is here
+//!
+//! - [`TieredCache`]: L1 moka (bounded by entries or weight), `get`, `get_or_load`
+//!   (coalesced), `get_or_fetch` (with "do not store" answers), `set`, `invalidate`,
+//!   `invalidate_namespace`; soft and hard TTL with jitter, stale-while-revalidate with one
+//!   background refresh, XFetch early refresh, fail-safe with a retry throttle, soft and hard
+//!   loader timeouts, negative caching; [`Stats`].
+//! - (feature `redis`, module `redis`) the Redis tier (L2): values through a pluggable serde
+//!   codec (compact binary by default, JSON available) in a versioned envelope; keys
+//!   `namespace:vSCHEMA:{key}:GENERATION`, so a schema bump never reads old bytes and a
+//!   namespace bump invalidates everything in O(1); one L2 read per coalesced load; an
+//!   optional load lease (`SET NX PX`) so one instance loads while the others wait, with
+//!   takeover when the holder dies; value-free pub/sub invalidation across instances
+//!   (standalone and Cluster), L1 bypassed while the subscription is down; every call
+//!   bounded and behind a circuit breaker, so an L2 outage degrades to L1 + loader.
+//! - (feature `tower`, module `layer`) `CacheLayer`, and with `http` `HttpCacheLayer`.
+//! - (feature `metrics`) `floodwall_cache_l1_hits_total`, `_l1_misses_total`,
+//!   `_loads_total`, `_coalesced_waiters_total`, `_stale_served_total`, `_l2_reads_total`,
+//!   `_l2_hits_total`, `_l2_errors_total`, `_l2_decode_errors_total`,
+//!   `_invalidations_sent_total`, `_invalidations_received_total` (all
+//!   `floodwall_cache_`…).
+//!
+//! Freshness is measured on a [`Clock`], so tests drive it with [`ManualClock`] or Tokio's
+//! paused time. Freshness is measured on a [`Clock`], so tests drive it with
 //! [`ManualClock`] or Tokio's paused time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -111,11 +111,24 @@ async fn with_the_lease_four_instances_load_once_and_a_dead_holder_is_taken_over
     ) else {
         return;
     };
-    let urls = vec![server.url()];
+    lease(vec![server.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lease_four_instances_load_once_on_cluster() {
+    let Some(cluster) =
+        RedisCluster::start_or_skip("with_the_lease_four_instances_load_once_on_cluster", 3)
+    else {
+        return;
+    };
+    lease(cluster.urls(), true).await;
+}
+
+async fn lease(urls: Vec<String>, cluster: bool) {
     let mut instances = Vec::new();
     for _ in 0..4 {
         instances.push(cache(
-            connect(&urls, false).await,
+            connect(&urls, cluster).await,
             Some(Duration::from_secs(5)),
         ));
     }
@@ -137,7 +150,8 @@ async fn with_the_lease_four_instances_load_once_and_a_dead_holder_is_taken_over
         assert_eq!(t.await.unwrap().as_deref(), Some("once"));
     }
     println!(
-        "4 instances x 50 callers with the lease -> {} load(s) in total",
+        "{}: 4 instances x 50 callers with the lease -> {} load(s) in total",
+        if cluster { "cluster" } else { "standalone" },
         loads.load(Ordering::SeqCst)
     );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
@@ -145,8 +159,8 @@ async fn with_the_lease_four_instances_load_once_and_a_dead_holder_is_taken_over
     // A leaseholder that dies mid-load (its loader never finishes): after the lease ends,
     // another instance takes it over and loads.
     let lease = Duration::from_millis(400);
-    let a = cache(connect(&urls, false).await, Some(lease));
-    let b = cache(connect(&urls, false).await, Some(lease));
+    let a = cache(connect(&urls, cluster).await, Some(lease));
+    let b = cache(connect(&urls, cluster).await, Some(lease));
     let stuck = tokio::spawn({
         let a = a.clone();
         async move {
@@ -496,5 +510,38 @@ async fn a_namespace_bump_invalidates_every_key_everywhere() {
             .await
             .unwrap(),
         None
+    );
+}
+
+/// A deploy with a new value layout bumps the schema version: it never reads the old bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_schema_version_never_reads_old_bytes() {
+    let Some(server) = RedisServer::start_or_skip("a_new_schema_version_never_reads_old_bytes")
+    else {
+        return;
+    };
+    let v1: TieredCache<String, String> = TieredCache::builder()
+        .redis(RedisTier::new(connect(&[server.url()], false).await, "schema", 1).unwrap())
+        .build();
+    v1.set("u1".into(), "name only".into()).await;
+    // Version 2 stores a different type under the same logical key.
+    let v2: TieredCache<String, (String, u32)> = TieredCache::builder()
+        .redis(RedisTier::new(connect(&[server.url()], false).await, "schema", 2).unwrap())
+        .build();
+    let got = v2
+        .get_or_load("u1".into(), || async {
+            Ok::<_, std::io::Error>(Some(("name".to_string(), 42)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, Some(("name".to_string(), 42)));
+    assert_eq!(
+        v2.stats().l2_decode_errors,
+        0,
+        "the old bytes were never even read"
+    );
+    assert_eq!(
+        v1.get(&"u1".to_string()).await.as_deref(),
+        Some("name only")
     );
 }

@@ -134,6 +134,7 @@ impl<S: Store> Idempotency<S> {
         &self.store
     }
 
+    #[cfg(feature = "http")]
     pub(crate) fn retention_duration(&self) -> Duration {
         self.retention
     }
