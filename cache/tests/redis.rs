@@ -431,6 +431,7 @@ async fn a_lost_subscription_never_serves_a_value_it_may_have_missed() {
     let drops = b.stats().invalidations_received;
     proxy.refuse_new();
     proxy.reset_all();
+    assert!(proxy.wait_closed(Duration::from_secs(2)).await);
     // B notices the loss (its Drop::All) ...
     let started = Instant::now();
     while b.stats().invalidations_received == drops {

@@ -221,6 +221,8 @@ async fn refused_connections_fail_fast_as_unavailable() {
 
     proxy.refuse_new();
     proxy.reset_all();
+    // The reset is carried out by the proxy's connection tasks: wait for it.
+    assert!(proxy.wait_closed(Duration::from_secs(2)).await);
     let started = Instant::now();
     let err = conn.ping().await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");

@@ -110,6 +110,18 @@ impl FaultProxy {
         self.counters.open.load(Ordering::Acquire)
     }
 
+    /// Waits until no connection is open any more (after [`reset_all`](Self::reset_all),
+    /// which the proxy's connection tasks carry out on their own), at most `timeout`;
+    /// returns whether that happened.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let poll = async {
+            while self.open_connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(timeout, poll).await.is_ok()
+    }
+
     /// Waits until at least `n` connections have been accepted, at most `timeout`; returns
     /// whether they were.
     pub async fn wait_accepted(&self, n: u64, timeout: Duration) -> bool {
