@@ -64,12 +64,14 @@ fn stampede(c: &mut Criterion) {
     g.bench_function("floodwall get_or_load (one load)", |b| {
         b.to_async(&rt).iter(|| async {
             let cache: TieredCache<u64, u64> = TieredCache::builder().build();
+            let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let mut tasks = Vec::with_capacity(10_000);
             for _ in 0..10_000 {
-                let cache = cache.clone();
+                let (cache, calls) = (cache.clone(), calls.clone());
                 tasks.push(tokio::spawn(async move {
                     cache
-                        .get_or_load(7, || async {
+                        .get_or_load(7, move || async move {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(1)).await;
                             Ok::<_, std::io::Error>(Some(42))
                         })
@@ -80,6 +82,7 @@ fn stampede(c: &mut Criterion) {
             for t in tasks {
                 assert_eq!(t.await.unwrap(), Some(42));
             }
+            assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
             assert_eq!(cache.stats().loads, 1);
         })
     });
@@ -172,7 +175,6 @@ fn l2_hit(c: &mut Criterion) {
         })
     });
     g.finish();
-    assert!(cache.stats().l2_hits > 0);
 }
 
 #[cfg(not(feature = "redis"))]

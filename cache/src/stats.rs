@@ -25,7 +25,7 @@ pub struct StatsSnapshot {
     pub hits: u64,
     /// Lookups L1 could not answer.
     pub misses: u64,
-    /// Loader runs started.
+    /// Loader calls.
     pub loads: u64,
     /// Callers that joined a load already in flight instead of starting one.
     pub coalesced: u64,

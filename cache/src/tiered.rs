@@ -657,7 +657,6 @@ where
             self.inner.stats.coalesced();
             return load.clone();
         }
-        self.inner.stats.load();
         let this = self.clone();
         let k = key.clone();
         let fut = async move {
@@ -728,6 +727,7 @@ where
                     }
                 }
             }
+            inner.stats.load();
             let result = match inner.options.hard_timeout {
                 Some(hard) => match tokio::time::timeout(hard, loader()).await {
                     Ok(r) => r.map_err(|e| CacheError::Loader(Arc::new(e.into()))),

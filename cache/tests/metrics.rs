@@ -29,6 +29,8 @@ async fn the_cache_reports_its_counters() {
     cache.get(&1).await;
     tokio::time::advance(Duration::from_secs(6)).await;
     cache.get_or_load(1, slow).await.unwrap();
+    // Let the background refresh run.
+    tokio::time::sleep(Duration::from_millis(20)).await;
 
     let snap = snapshotter.snapshot().into_vec();
     let count = |name: &str| {
