@@ -1,8 +1,9 @@
 //! Cache hot paths, ours beside moka's.
 //!
 //! `cache/l1_hit`: a hit on a fresh key — `TieredCache::get` beside a raw
-//! `moka::future::Cache::get` of the same key (both moka underneath; ours adds the freshness
-//! check on its clock).
+//! `moka::future::Cache::get` and a raw `moka::sync::Cache::get` of the same key (ours is a
+//! `moka::sync::Cache` underneath, plus the freshness check on its clock), each inside the
+//! same `block_on`.
 //! `cache/l2_hit` (feature `redis`; starts its own `redis-server`): a value found in Redis —
 //! `TieredCache::get` after dropping the L1 copy (GET, envelope check, decode, L1 insert)
 //! beside a raw redis-rs `GET` of the same bytes on the same connection.
@@ -29,10 +30,15 @@ fn l1_hit(c: &mut Criterion) {
         .max_capacity(10_000)
         .time_to_live(Duration::from_secs(3600))
         .build();
+    let raw_sync: moka::sync::Cache<u64, Arc<str>> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
     rt.block_on(async {
         for k in 0..1_000u64 {
             ours.set(k, Arc::from("value")).await;
             raw.insert(k, Arc::from("value")).await;
+            raw_sync.insert(k, Arc::from("value"));
         }
     });
     let mut g = c.benchmark_group("cache/l1_hit");
@@ -41,6 +47,13 @@ fn l1_hit(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 1) % 1_000;
             rt.block_on(async { black_box(raw.get(&k).await) })
+        })
+    });
+    let mut k = 0u64;
+    g.bench_function("moka::sync::Cache::get", |b| {
+        b.iter(|| {
+            k = (k + 1) % 1_000;
+            rt.block_on(async { black_box(raw_sync.get(&k)) })
         })
     });
     let mut k = 0u64;

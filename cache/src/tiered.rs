@@ -107,7 +107,7 @@ type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
 
 struct Inner<K, V> {
-    l1: moka::future::Cache<K, Arc<Entry<V>>>,
+    l1: moka::sync::Cache<K, Arc<Entry<V>>>,
     l2: Option<Arc<dyn Tier2<K, V>>>,
     /// The namespace generation L1's entries belong to.
     l1_generation: std::sync::atomic::AtomicU64,
@@ -292,8 +292,7 @@ where
                     inner.stats.invalidation_received();
                     match what {
                         crate::redis::Drop::Key(k) => {
-                            // moka's invalidate is async; run it on the runtime.
-                            tokio::spawn(async move { inner.l1.invalidate(&k).await });
+                            inner.l1.invalidate(&k);
                         }
                         crate::redis::Drop::All => inner.l1.invalidate_all(),
                     }
@@ -313,7 +312,7 @@ where
             + o.max_stale.unwrap_or_default()
             + o.negative_ttl.unwrap_or_default()
             + Duration::from_secs(1);
-        let mut l1 = moka::future::Cache::builder()
+        let mut l1 = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .time_to_live(longest);
         if let Some(w) = self.weigher {
@@ -372,7 +371,7 @@ where
     pub async fn get(&self, key: &K) -> Option<V> {
         let now = self.inner.clock.now_nanos();
         if self.l1_usable() {
-            match self.inner.l1.get(key).await {
+            match self.inner.l1.get(key) {
                 Some(e) if now < e.hard_at => {
                     self.inner.stats.hit();
                     return e.value.clone();
@@ -425,7 +424,7 @@ where
         let now = self.inner.clock.now_nanos();
         let entry = self.entry(Some(value), now, 0);
         self.write_l2(&key, &entry, now).await;
-        self.inner.l1.insert(key, Arc::new(entry)).await;
+        self.inner.l1.insert(key, Arc::new(entry));
     }
 
     /// Drops `key` from Redis and L1.
@@ -440,12 +439,12 @@ where
                 }
             }
         }
-        self.inner.l1.invalidate(key).await;
+        self.inner.l1.invalidate(key);
     }
 
     /// Drops this instance's L1 copy of `key` only.
     pub async fn invalidate_local(&self, key: &K) {
-        self.inner.l1.invalidate(key).await;
+        self.inner.l1.invalidate(key);
     }
 
     async fn write_l2(&self, key: &K, entry: &Entry<V>, now: u64) {
@@ -496,7 +495,7 @@ where
                     retry_at: 0,
                     load_nanos: 0,
                 };
-                inner.l1.insert(key.clone(), Arc::new(entry)).await;
+                inner.l1.insert(key.clone(), Arc::new(entry));
                 Ok(Some(found.value))
             }
             Ok(_) => Ok(None),
@@ -554,7 +553,7 @@ where
         let inner = &self.inner;
         let now = inner.clock.now_nanos();
         let cached = if self.l1_usable() {
-            inner.l1.get(&key).await
+            inner.l1.get(&key)
         } else {
             None
         };
@@ -610,7 +609,7 @@ where
                     retry_at,
                     load_nanos: old.load_nanos,
                 };
-                inner.l1.insert(key, Arc::new(throttled)).await;
+                inner.l1.insert(key, Arc::new(throttled));
                 Ok(old.value.clone())
             }
             (Err(e), None) => Err(e),
@@ -663,7 +662,7 @@ where
             let inner = &this.inner;
             let started = inner.clock.now_nanos();
             if !refresh
-                && let Some(e) = inner.l1.get(&k).await
+                && let Some(e) = inner.l1.get(&k)
                 && started < e.soft_at
             {
                 inner
@@ -750,9 +749,9 @@ where
                     if l2_ok {
                         this.write_l2(&k, &entry, now).await;
                     }
-                    inner.l1.insert(k.clone(), Arc::new(entry)).await;
+                    inner.l1.insert(k.clone(), Arc::new(entry));
                 } else {
-                    inner.l1.invalidate(&k).await;
+                    inner.l1.invalidate(&k);
                 }
             }
             if lease_held
