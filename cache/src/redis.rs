@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floodwall_core::redis::{RedisConnection, Script};
 use floodwall_core::{Key, Keyspace, StoreError};
-use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
+use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
 use crate::tiered::{Found, Tier2};
 use serde::Serialize;
@@ -192,16 +192,7 @@ impl<C: Codec> RedisTier<C> {
     pub(crate) fn into_store(self) -> (RedisStoreInner, C) {
         let breaker = match self.breaker {
             Some(b) => b,
-            None => CircuitBreaker::builder()
-                .name("floodwall-cache-redis")
-                .sliding_window(SlidingWindow::Count(
-                    std::num::NonZeroU32::new(20).expect("nonzero"),
-                ))
-                .minimum_calls(5)
-                .failure_rate_threshold(50.0)
-                .open_wait(OpenWait::Fixed(Duration::from_secs(1)))
-                .build()
-                .expect("the default breaker configuration is valid"),
+            None => CircuitBreaker::for_store("floodwall-cache-redis"),
         };
         let channel = format!(
             "{}:v{}:invalidations",
@@ -560,20 +551,7 @@ impl RedisStoreInner {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|r| StoreError::unavailable(format!("Redis circuit breaker: {r}")))?;
-        match call.await {
-            Ok(v) => {
-                permit.success();
-                Ok(v)
-            }
-            Err(e) => {
-                permit.failure();
-                Err(e)
-            }
-        }
+        self.breaker.guard_store(call).await
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use floodwall_core::redis::{RedisConnection, Script};
 use floodwall_core::{Keyspace, StoreError};
-use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
+use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
 use crate::record::{Abort, Begin, Fingerprint, Finish, Token};
 use crate::store::{COMPLETION_GRACE, Store};
@@ -116,20 +116,7 @@ impl RedisStore {
         &self,
         call: floodwall_core::redis::ScriptCall<'_>,
     ) -> Result<T, StoreError> {
-        let permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|r| StoreError::unavailable(format!("Redis circuit breaker: {r}")))?;
-        match self.conn.invoke::<T>(call).await {
-            Ok(v) => {
-                permit.success();
-                Ok(v)
-            }
-            Err(e) => {
-                permit.failure();
-                Err(e)
-            }
-        }
+        self.breaker.guard_store(self.conn.invoke::<T>(call)).await
     }
 }
 
@@ -156,16 +143,7 @@ impl RedisStoreBuilder {
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let breaker = match self.breaker {
             Some(b) => b,
-            None => CircuitBreaker::builder()
-                .name("floodwall-idempotency-redis")
-                .sliding_window(SlidingWindow::Count(
-                    std::num::NonZeroU32::new(20).expect("nonzero"),
-                ))
-                .minimum_calls(5)
-                .failure_rate_threshold(50.0)
-                .open_wait(OpenWait::Fixed(Duration::from_secs(1)))
-                .build()
-                .map_err(|e| StoreError::Config(e.to_string()))?,
+            None => CircuitBreaker::for_store("floodwall-idempotency-redis"),
         };
         Ok(RedisStore {
             conn: self.conn.with_call_timeout(self.timeout),

@@ -356,3 +356,30 @@ async fn automatic_half_open_fires_without_traffic() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_store_breaker_refuses_calls_while_open_without_making_them() {
+    use floodwall_core::StoreError;
+    use std::sync::atomic::AtomicBool;
+
+    let breaker = CircuitBreaker::for_store("redis");
+    for _ in 0..5 {
+        let r: Result<(), StoreError> = breaker
+            .guard_store(async { Err(StoreError::unavailable("connection refused")) })
+            .await;
+        assert!(r.is_err());
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let called = AtomicBool::new(false);
+    let r = breaker
+        .guard_store(async {
+            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+    assert!(
+        !called.load(std::sync::atomic::Ordering::SeqCst),
+        "the call was not made"
+    );
+}

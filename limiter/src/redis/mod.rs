@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use floodwall_core::redis::{RedisConnection, Script};
 use floodwall_core::{Key, Keyspace, StoreError};
-use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
+use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
 use crate::limiter::ConfigError;
 use crate::{Algorithm, Decision, Limit, Quota};
@@ -130,16 +130,7 @@ impl RedisStore {
     pub(crate) fn new(options: RedisOptions) -> Result<RedisStore, ConfigError> {
         let breaker = match options.breaker {
             Some(b) => b,
-            None => CircuitBreaker::builder()
-                .name("floodwall-limiter-redis")
-                .sliding_window(SlidingWindow::Count(
-                    std::num::NonZeroU32::new(20).expect("nonzero"),
-                ))
-                .minimum_calls(5)
-                .failure_rate_threshold(50.0)
-                .open_wait(OpenWait::Fixed(Duration::from_secs(1)))
-                .build()
-                .map_err(|e| ConfigError(e.to_string()))?,
+            None => CircuitBreaker::for_store("floodwall-limiter-redis"),
         };
         Ok(RedisStore {
             conn: options.conn.with_call_timeout(options.timeout),
