@@ -212,20 +212,7 @@ impl<C: Clock> Gcra<C> {
     fn decide(&self, cost: u32) -> Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_nanos();
-        let mut tat = inner.tat.load(Ordering::Acquire);
-        loop {
-            let (decision, next) = inner.params.evaluate(tat, now, cost);
-            if !decision.allowed {
-                return decision;
-            }
-            match inner
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return decision,
-                Err(actual) => tat = actual,
-            }
-        }
+        crate::algorithm::gcra_decide(&inner.tat, &inner.params, now, cost, true)
     }
 }
 

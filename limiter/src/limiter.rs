@@ -688,7 +688,7 @@ impl RateLimiterBuilder {
         }
         #[cfg(feature = "redis")]
         let store = match self.redis {
-            Some(options) => Store::Redis(crate::redis::RedisStore::new(options)?),
+            Some(options) => Store::Redis(crate::redis::RedisStore::new(options)),
             None => Store::Memory,
         };
         #[cfg(not(feature = "redis"))]

@@ -21,7 +21,6 @@ use floodwall_core::redis::{RedisConnection, Script};
 use floodwall_core::{Key, Keyspace, StoreError};
 use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
-use crate::limiter::ConfigError;
 use crate::{Algorithm, Decision, Limit, Quota};
 
 /// The decision script, shared by every algorithm (see its header for arguments and reply).
@@ -127,16 +126,16 @@ fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
 }
 
 impl RedisStore {
-    pub(crate) fn new(options: RedisOptions) -> Result<RedisStore, ConfigError> {
+    pub(crate) fn new(options: RedisOptions) -> RedisStore {
         let breaker = match options.breaker {
             Some(b) => b,
             None => CircuitBreaker::for_store("floodwall-limiter-redis"),
         };
-        Ok(RedisStore {
+        RedisStore {
             conn: options.conn.with_call_timeout(options.timeout),
             keyspace: options.keyspace,
             breaker,
-        })
+        }
     }
 
     fn keys(&self, limit: &Limit, key: &str) -> (Key, Option<Key>) {
