@@ -10,9 +10,9 @@ use std::time::Duration;
 use floodwall_core::ManualClock;
 use floodwall_idempotency::{
     Abort, Begin, Deduplicator, Fingerprint, Finish, Idempotency, MemoryStore, OnConflict, Outcome,
-    Processed, RunError, Store, Token,
+    Processed, RunError, Store,
 };
-use model::{Model, Op, fingerprint, ops, same_begin};
+use model::{drive, ops};
 use proptest::prelude::*;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -32,47 +32,13 @@ proptest! {
     fn memory_store_agrees_with_the_model(ops in ops(true)) {
         let clock = ManualClock::new();
         let store = MemoryStore::with_clock(clock.clone(), 1_000);
-        let mut model = Model::default();
-        let mut tokens: Vec<Token> = Vec::new();
-        block_on(async {
-            for op in ops {
-                match op {
-                    Op::Advance(ms) => {
-                        clock.advance(Duration::from_millis(ms));
-                        model.now += ms * 1_000_000;
-                    }
-                    Op::Begin { key, fp, lease_ms } => {
-                        let got = store.begin(&format!("k{key}"), &fingerprint(fp), Duration::from_millis(lease_ms)).await.unwrap();
-                        let want = model.begin(key, fp, lease_ms * 1_000_000);
-                        prop_assert!(same_begin(&got, &want, Duration::ZERO), "{got:?} vs {want:?}");
-                        if let Begin::Claimed(t) = got {
-                            prop_assert!(tokens.iter().all(|old| *old < t), "tokens grow");
-                            tokens.push(t);
-                        }
-                    }
-                    Op::Complete { claim, record, retention_ms } => {
-                        if claim >= tokens.len() { continue; }
-                        let key = format!("k{}", model.claims[claim]);
-                        let got = store.complete(&key, tokens[claim], &[record], Duration::from_millis(retention_ms)).await.unwrap();
-                        prop_assert_eq!(got, model.finish(claim, Some((vec![record], retention_ms * 1_000_000))));
-                    }
-                    Op::RecordFailure { claim, record } => {
-                        if claim >= tokens.len() { continue; }
-                        let key = format!("k{}", model.claims[claim]);
-                        let how = Abort::Record { record: &[record, 0xEE], retention: Duration::from_secs(100) };
-                        let got = store.abort(&key, tokens[claim], how).await.unwrap();
-                        prop_assert_eq!(got, model.finish(claim, Some((vec![record, 0xEE], 100_000_000_000))));
-                    }
-                    Op::Release { claim } => {
-                        if claim >= tokens.len() { continue; }
-                        let key = format!("k{}", model.claims[claim]);
-                        let got = store.abort(&key, tokens[claim], Abort::Release).await.unwrap();
-                        prop_assert_eq!(got, model.finish(claim, None));
-                    }
-                }
-            }
-            Ok(())
-        })?;
+        block_on(drive(
+            &store,
+            ops,
+            |k| format!("k{k}"),
+            |ms| clock.advance(Duration::from_millis(ms)),
+            Duration::ZERO,
+        ))?;
     }
 }
 

@@ -15,11 +15,11 @@ use floodwall_core::Keyspace;
 use floodwall_core::redis::RedisConnection;
 use floodwall_idempotency::http::IdempotencyLayer;
 use floodwall_idempotency::redis::RedisStore;
-use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Store, Token};
+use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Store};
 use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use model::{Model, Op, fingerprint, ops, same_begin};
+use model::{drive, ops};
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -250,85 +250,13 @@ fn redis_store_agrees_with_the_model() {
     runner
         .run(&ops(false), |ops| {
             let c = case.fetch_add(1, Ordering::SeqCst);
-            let mut model = Model::default();
-            let mut tokens: Vec<Token> = Vec::new();
-            rt.block_on(async {
-                for op in ops {
-                    let key = |k: usize| format!("c{c}-k{k}");
-                    match op {
-                        Op::Advance(_) => {}
-                        Op::Begin {
-                            key: k,
-                            fp,
-                            lease_ms,
-                        } => {
-                            let got = store
-                                .begin(&key(k), &fingerprint(fp), Duration::from_millis(lease_ms))
-                                .await
-                                .unwrap();
-                            let want = model.begin(k, fp, lease_ms * 1_000_000);
-                            prop_assert!(
-                                same_begin(&got, &want, Duration::from_secs(5)),
-                                "{got:?} vs {want:?}"
-                            );
-                            if let Begin::Claimed(t) = got {
-                                prop_assert!(tokens.iter().all(|old| *old < t));
-                                tokens.push(t);
-                            }
-                        }
-                        Op::Complete {
-                            claim,
-                            record,
-                            retention_ms,
-                        } => {
-                            if claim >= tokens.len() {
-                                continue;
-                            }
-                            let got = store
-                                .complete(
-                                    &key(model.claims[claim]),
-                                    tokens[claim],
-                                    &[record],
-                                    Duration::from_millis(retention_ms),
-                                )
-                                .await
-                                .unwrap();
-                            prop_assert_eq!(
-                                got,
-                                model.finish(claim, Some((vec![record], retention_ms * 1_000_000)))
-                            );
-                        }
-                        Op::RecordFailure { claim, record } => {
-                            if claim >= tokens.len() {
-                                continue;
-                            }
-                            let how = Abort::Record {
-                                record: &[record, 0xEE],
-                                retention: Duration::from_secs(100),
-                            };
-                            let got = store
-                                .abort(&key(model.claims[claim]), tokens[claim], how)
-                                .await
-                                .unwrap();
-                            prop_assert_eq!(
-                                got,
-                                model.finish(claim, Some((vec![record, 0xEE], 100_000_000_000)))
-                            );
-                        }
-                        Op::Release { claim } => {
-                            if claim >= tokens.len() {
-                                continue;
-                            }
-                            let got = store
-                                .abort(&key(model.claims[claim]), tokens[claim], Abort::Release)
-                                .await
-                                .unwrap();
-                            prop_assert_eq!(got, model.finish(claim, None));
-                        }
-                    }
-                }
-                Ok(())
-            })
+            rt.block_on(drive(
+                &store,
+                ops,
+                |k| format!("c{c}-k{k}"),
+                |_| {},
+                Duration::from_secs(5),
+            ))
         })
         .unwrap();
 }

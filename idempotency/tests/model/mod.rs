@@ -188,3 +188,84 @@ pub fn same_begin(got: &Begin, want: &MBegin, slack: Duration) -> bool {
         _ => false,
     }
 }
+
+/// Runs `ops` against `store` and the model side by side; `key(k)` names model key `k` in
+/// the store, `advance(ms)` moves the store's clock (the model's moves with it), and an
+/// in-progress wait may differ from the model's by `slack`.
+pub async fn drive<S: floodwall_idempotency::Store>(
+    store: &S,
+    ops: Vec<Op>,
+    key: impl Fn(usize) -> String,
+    advance: impl Fn(u64),
+    slack: Duration,
+) -> Result<(), TestCaseError> {
+    use floodwall_idempotency::{Abort, Token};
+    let mut model = Model::default();
+    let mut tokens: Vec<Token> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Advance(ms) => {
+                advance(ms);
+                model.now += ms * 1_000_000;
+            }
+            Op::Begin {
+                key: k,
+                fp,
+                lease_ms,
+            } => {
+                let got = store
+                    .begin(&key(k), &fingerprint(fp), Duration::from_millis(lease_ms))
+                    .await
+                    .unwrap();
+                let want = model.begin(k, fp, lease_ms * 1_000_000);
+                prop_assert!(same_begin(&got, &want, slack), "{got:?} vs {want:?}");
+                if let Begin::Claimed(t) = got {
+                    prop_assert!(tokens.iter().all(|old| *old < t), "tokens grow");
+                    tokens.push(t);
+                }
+            }
+            Op::Complete {
+                claim,
+                record,
+                retention_ms,
+            } if claim < tokens.len() => {
+                let got = store
+                    .complete(
+                        &key(model.claims[claim]),
+                        tokens[claim],
+                        &[record],
+                        Duration::from_millis(retention_ms),
+                    )
+                    .await
+                    .unwrap();
+                prop_assert_eq!(
+                    got,
+                    model.finish(claim, Some((vec![record], retention_ms * 1_000_000)))
+                );
+            }
+            Op::RecordFailure { claim, record } if claim < tokens.len() => {
+                let how = Abort::Record {
+                    record: &[record, 0xEE],
+                    retention: Duration::from_secs(100),
+                };
+                let got = store
+                    .abort(&key(model.claims[claim]), tokens[claim], how)
+                    .await
+                    .unwrap();
+                prop_assert_eq!(
+                    got,
+                    model.finish(claim, Some((vec![record, 0xEE], 100_000_000_000)))
+                );
+            }
+            Op::Release { claim } if claim < tokens.len() => {
+                let got = store
+                    .abort(&key(model.claims[claim]), tokens[claim], Abort::Release)
+                    .await
+                    .unwrap();
+                prop_assert_eq!(got, model.finish(claim, None));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
