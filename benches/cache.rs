@@ -127,7 +127,8 @@ fn stampede(c: &mut Criterion) {
 #[cfg(feature = "redis")]
 fn l2_hit(c: &mut Criterion) {
     use floodwall::cache::redis::RedisTier;
-    use floodwall::core::redis::RedisConnection;
+    use floodwall::core::Keyspace;
+    use floodwall::core::redis::{RedisConnection, StoreOptions};
     use floodwall_testkit::RedisServer;
 
     let Some(server) = RedisServer::start_or_skip("cache redis bench") else {
@@ -146,11 +147,9 @@ fn l2_hit(c: &mut Criterion) {
     });
     let cache: TieredCache<String, String> = TieredCache::builder()
         .ttl(Duration::from_secs(3600))
-        .redis(
-            RedisTier::new(conn.clone(), "bench", 1)
-                .unwrap()
-                .timeout(Duration::from_secs(5)),
-        )
+        .redis(RedisTier::new(
+            StoreOptions::new(conn.clone()).keyspace(Keyspace::new("bench", 1).unwrap()),
+        ))
         .build();
     let key = "user:42".to_string();
     let value = "x".repeat(200);

@@ -71,7 +71,7 @@ fn memory(c: &mut Criterion) {
 
 #[cfg(feature = "redis")]
 fn redis(c: &mut Criterion) {
-    use floodwall::core::redis::RedisConnection;
+    use floodwall::core::redis::{RedisConnection, StoreOptions};
     use floodwall::idempotency::redis::RedisStore;
     use floodwall_testkit::RedisServer;
 
@@ -89,10 +89,7 @@ fn redis(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    let store = RedisStore::builder(conn.clone())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let store = RedisStore::new(StoreOptions::new(conn.clone()));
     let fp = Fingerprint::of(b"{\"amount\":42}");
     let lease = Duration::from_secs(30);
     let retention = Duration::from_secs(60);

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use floodwall::core::redis::{RedisConnection, Script};
-use floodwall::limiter::redis::RedisOptions;
+use floodwall::core::redis::{RedisConnection, Script, StoreOptions};
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall_testkit::RedisServer;
 
@@ -132,7 +131,7 @@ fn redis_decisions(c: &mut Criterion) {
             )
             .keyed_by("user"),
         )
-        .redis(RedisOptions::new(conn.clone()).timeout(Duration::from_secs(5)))
+        .redis(StoreOptions::new(conn.clone()))
         .build()
         .unwrap();
     let users: Arc<Vec<String>> = Arc::new((0..CALLERS).map(|i| format!("user-{i}")).collect());

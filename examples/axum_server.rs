@@ -45,14 +45,13 @@ async fn limiter(tiers: Tiers) -> Result<RateLimiter, Box<dyn std::error::Error>
         #[cfg(feature = "redis")]
         Ok(url) => {
             use floodwall::core::Keyspace;
-            use floodwall::core::redis::RedisConnection;
-            use floodwall::limiter::redis::RedisOptions;
+            use floodwall::core::redis::{RedisConnection, StoreOptions};
             println!("limits kept in Redis at {url}");
             let conn = RedisConnection::standalone(url).connect().await?;
             // A fresh key version per run, so a second run does not inherit this one's counts.
             let version = std::process::id();
             builder = builder
-                .redis(RedisOptions::new(conn).keyspace(Keyspace::new("fw-rl-example", version)?));
+                .redis(StoreOptions::new(conn).keyspace(Keyspace::new("fw-rl-example", version)?));
         }
         #[cfg(not(feature = "redis"))]
         Ok(_) => println!("REDIS_URL is set, but this build has no `redis` feature: in memory"),

@@ -54,13 +54,15 @@ async fn instance(name: &str) -> Result<Profiles, Box<dyn std::error::Error>> {
         #[cfg(feature = "redis")]
         Ok(url) => {
             use floodwall::cache::redis::RedisTier;
-            use floodwall::core::redis::RedisConnection;
-            let conn = RedisConnection::standalone(url.clone()).connect().await?;
+            use floodwall::core::Keyspace;
+            use floodwall::core::redis::{RedisConnection, StoreOptions};
+            let conn = RedisConnection::standalone(url).connect().await?;
             // A fresh namespace per run, so a second run starts cold.
             let namespace = format!("profiles-{}", std::process::id());
-            let tier = RedisTier::new(conn, &namespace, 1)?
+            let options = StoreOptions::new(conn).keyspace(Keyspace::new(&namespace, 1)?);
+            let tier = RedisTier::new(options)
                 .lease(Duration::from_secs(2))
-                .invalidation(url);
+                .invalidation(true);
             Ok(builder.redis(tier).build())
         }
         _ => {

@@ -68,14 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "redis")]
         Ok(url) => {
             use floodwall::core::Keyspace;
-            use floodwall::core::redis::RedisConnection;
+            use floodwall::core::redis::{RedisConnection, StoreOptions};
             use floodwall::idempotency::redis::RedisStore;
             println!("idempotency records in Redis at {url}");
             let conn = RedisConnection::standalone(url).connect().await?;
             // A fresh key version per run, so a second run starts clean.
-            let store = RedisStore::builder(conn)
-                .keyspace(Keyspace::new("fw-idem-example", std::process::id())?)
-                .build()?;
+            let store = RedisStore::new(
+                StoreOptions::new(conn)
+                    .keyspace(Keyspace::new("fw-idem-example", std::process::id())?),
+            );
             app(store, charges.clone())
         }
         #[cfg(not(feature = "redis"))]

@@ -49,8 +49,9 @@
 //!   namespace bump invalidates everything in O(1); one L2 read per coalesced load; an
 //!   optional load lease (`SET NX PX`) so one instance loads while the others wait, with
 //!   takeover when the holder dies; value-free pub/sub invalidation across instances
-//!   (standalone and Cluster), L1 bypassed while the subscription is down; every call
-//!   bounded and behind a circuit breaker, so an L2 outage degrades to L1 + loader.
+//!   (standalone, Cluster and Sentinel), L1 bypassed while the subscription is down; every
+//!   call on floodwall-core's store path — bounded and gated per Redis node — so an L2
+//!   outage degrades to L1 + loader.
 //! - (feature `tower`, module `layer`) `CacheLayer`, and with `http` `HttpCacheLayer`.
 //! - (feature `metrics`) `floodwall_cache_l1_hits_total`, `_l1_misses_total`,
 //!   `_loads_total`, `_coalesced_waiters_total`, `_stale_served_total`, `_l2_reads_total`,

@@ -1,5 +1,7 @@
 //! The Redis tier (feature `redis`): values in a versioned envelope, a cross-instance load
-//! lease, and every call bounded and behind a circuit breaker.
+//! lease, and every call on floodwall-core's store path ([`StoreOptions`]): bounded (default:
+//! the connection's own bound) and gated per Redis node, so a failing node degrades the
+//! cache to L1 + loader for its keys alone.
 //!
 //! # Keys
 //!
@@ -10,8 +12,9 @@
 //!
 //! # Envelope
 //!
-//! `FWC`, format version (1), codec ([`Binary`] = 2, the default; [`Json`] = 1), then written-at, soft expiry and hard expiry
-//! as Unix milliseconds (big-endian `u64`), then the codec's bytes; a `null` payload is a
+//! floodwall-core's shared [`Envelope`]: `FWC`, format version (1), codec ([`Binary`] = 2,
+//! the default; [`Json`] = 1), then written-at, soft expiry and hard expiry as Unix
+//! milliseconds (big-endian `u64`), then the codec's bytes; a `null` payload is a
 //! cached "not found". Bytes that are not such an envelope, of another format version or
 //! codec, or whose payload does not decode, are a miss (counted as an L2 decode error) — never
 //! a panic. Expiry is judged on each instance's wall clock.
@@ -23,18 +26,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use floodwall_core::redis::{RedisConnection, Script};
+use floodwall_core::envelope::Envelope;
+use floodwall_core::redis::{RedisConnection, Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
-use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
 use crate::tiered::{Found, Tier2};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The envelope's magic bytes.
-const MAGIC: &[u8; 3] = b"FWC";
 /// The envelope format this release writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
+/// floodwall-core's shared envelope: `FWC`, the format version, the codec id as the tag, a
+/// 24-byte header (written-at, soft and hard expiry), the codec's bytes.
+const ENVELOPE: Envelope = Envelope::new(*b"FWC", FORMAT_VERSION, 24);
+/// The keyspace namespace of the tier unless its [`StoreOptions`] name another.
+pub const DEFAULT_NAMESPACE: &str = "fw-cache";
 
 /// How values become bytes in Redis. [`Binary`] (the default) and [`Json`] are built in; a
 /// codec of your own picks an [`ID`](Codec::ID) of 128 or more.
@@ -75,30 +81,30 @@ impl Codec for Json {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 }
-const HEADER: usize = 5 + 24;
 
 /// How a [`TieredCache`](crate::TieredCache) uses Redis.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use floodwall_core::redis::RedisConnection;
+/// use floodwall_core::Keyspace;
+/// use floodwall_core::redis::{RedisConnection, StoreOptions};
 /// use floodwall_cache::{TieredCache, redis::RedisTier};
 ///
 /// let conn = RedisConnection::standalone("redis://127.0.0.1:6379").connect().await?;
+/// // Namespace `user`, value layout (schema) version 2.
+/// let options = StoreOptions::new(conn).keyspace(Keyspace::new("user", 2)?);
 /// let cache: TieredCache<u64, String> = TieredCache::builder()
 ///     .ttl(Duration::from_secs(300))
-///     .redis(RedisTier::new(conn, "user", 2)?.lease(Duration::from_secs(5)))
+///     .redis(RedisTier::new(options).lease(Duration::from_secs(5)).invalidation(true))
 ///     .build();
 /// # let _ = cache; Ok(()) }
 /// ```
 pub struct RedisTier<C = Binary> {
-    conn: RedisConnection,
-    keyspace: Keyspace,
-    timeout: Duration,
-    breaker: Option<CircuitBreaker>,
+    options: StoreOptions,
     lease: Option<Duration>,
-    pubsub_url: Option<String>,
+    pubsub: bool,
+    pubsub_conn: Option<RedisConnection>,
     generation_check: Duration,
     codec: C,
 }
@@ -106,31 +112,27 @@ pub struct RedisTier<C = Binary> {
 impl<C> fmt::Debug for RedisTier<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTier")
-            .field("keyspace", &self.keyspace)
-            .field("timeout", &self.timeout)
+            .field("options", &self.options)
             .field("lease", &self.lease)
+            .field("invalidation", &self.pubsub)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisTier<Binary> {
-    /// Values of `namespace` with layout `schema_version` on `conn`; calls bounded at 50 ms,
-    /// the default breaker, no lease.
-    pub fn new(
-        conn: RedisConnection,
-        namespace: &str,
-        schema_version: u32,
-    ) -> Result<RedisTier<Binary>, floodwall_core::KeyError> {
-        Ok(RedisTier {
-            conn,
-            keyspace: Keyspace::new(namespace, schema_version)?,
-            timeout: Duration::from_millis(50),
-            breaker: None,
+    /// Values on the store path `options` describe: keyspace `fw-cache` v1 unless set (the
+    /// keyspace's version is the values' schema version: a deploy that changes the value
+    /// layout bumps it and never reads old bytes), the connection's call bound unless
+    /// overridden, a health gate per node; no lease, no invalidation messages.
+    pub fn new(options: StoreOptions) -> RedisTier<Binary> {
+        RedisTier {
+            options,
             lease: None,
-            pubsub_url: None,
+            pubsub: false,
+            pubsub_conn: None,
             generation_check: Duration::from_secs(1),
             codec: Binary,
-        })
+        }
     }
 }
 
@@ -139,27 +141,13 @@ impl<C: Codec> RedisTier<C> {
     /// `redis-cli`).
     pub fn codec<C2: Codec>(self, codec: C2) -> RedisTier<C2> {
         RedisTier {
-            conn: self.conn,
-            keyspace: self.keyspace,
-            timeout: self.timeout,
-            breaker: self.breaker,
+            options: self.options,
             lease: self.lease,
-            pubsub_url: self.pubsub_url,
+            pubsub: self.pubsub,
+            pubsub_conn: self.pubsub_conn,
             generation_check: self.generation_check,
             codec,
         }
-    }
-
-    /// The most one Redis call may take before the cache goes on without it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The circuit breaker around Redis.
-    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
-        self.breaker = Some(breaker);
-        self
     }
 
     /// Coalesce loads across instances: a missing key is loaded by the instance that takes
@@ -170,14 +158,23 @@ impl<C: Codec> RedisTier<C> {
         self
     }
 
-    /// Cross-instance invalidation: `set`, `invalidate` and `invalidate_namespace` publish a
-    /// value-free message on the namespace's channel, and every instance subscribed through
-    /// `url` (any node of a Cluster: classic pub/sub reaches every node) drops its L1 copy.
+    /// Cross-instance invalidation (default off): `set`, `invalidate` and
+    /// `invalidate_namespace` publish a value-free message on the namespace's channel, and
+    /// every instance subscribed — on the same connection's server, the Sentinel master, or
+    /// any reachable Cluster node (classic pub/sub reaches every node) — drops its L1 copy.
     /// While its subscription is down an instance does not use its L1 at all, and it clears
     /// L1 when the subscription is back, so it never serves a value whose invalidation it may
     /// have missed. The subscriber is a Tokio task: build the cache inside a runtime.
-    pub fn invalidation(mut self, url: impl Into<String>) -> Self {
-        self.pubsub_url = Some(url.into());
+    pub fn invalidation(mut self, on: bool) -> Self {
+        self.pubsub = on;
+        self
+    }
+
+    /// Turns invalidation on and subscribes through `conn` instead of the tier's own
+    /// connection (another route to the same Redis, such as a separate network path).
+    pub fn invalidation_through(mut self, conn: RedisConnection) -> Self {
+        self.pubsub = true;
+        self.pubsub_conn = Some(conn);
         self
     }
 
@@ -190,44 +187,44 @@ impl<C: Codec> RedisTier<C> {
     }
 
     pub(crate) fn into_store(self) -> (RedisStoreInner, C) {
-        let breaker = match self.breaker {
-            Some(b) => b,
-            None => CircuitBreaker::for_store("floodwall-cache-redis"),
-        };
+        let path = self
+            .options
+            .open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"));
+        let keyspace = path.keyspace();
         let channel = format!(
             "{}:v{}:invalidations",
-            self.keyspace.namespace(),
-            self.keyspace.version()
+            keyspace.namespace(),
+            keyspace.version()
         );
         let store = RedisStoreInner {
-            conn: self.conn.with_call_timeout(self.timeout),
-            keyspace: self.keyspace,
-            breaker,
+            pubsub_conn: self
+                .pubsub_conn
+                .unwrap_or_else(|| path.connection().clone()),
+            path,
             lease: self.lease,
             owner: format!("{}-{}", std::process::id(), rand::random::<u64>()),
             generation: AtomicU64::new(0),
             generation_checked_ms: AtomicU64::new(0),
             generation_check: self.generation_check,
-            unsubscribed: AtomicBool::new(self.pubsub_url.is_some()),
+            unsubscribed: AtomicBool::new(self.pubsub),
             channel,
-            pubsub_url: self.pubsub_url,
+            pubsub: self.pubsub,
         };
         (store, self.codec)
     }
 }
 
 pub(crate) struct RedisStoreInner {
-    conn: RedisConnection,
-    keyspace: Keyspace,
-    breaker: CircuitBreaker,
+    path: StorePath,
+    pubsub_conn: RedisConnection,
     pub(crate) lease: Option<Duration>,
     owner: String,
     /// The namespace generation this instance last saw, and when it last asked Redis.
     generation: AtomicU64,
     generation_checked_ms: AtomicU64,
     generation_check: Duration,
-    /// Pub/sub: the URL to subscribe on, and whether the subscription is down (L1 bypassed).
-    pubsub_url: Option<String>,
+    /// Pub/sub: whether it is on, and whether the subscription is down (L1 bypassed).
+    pubsub: bool,
     pub(crate) unsubscribed: AtomicBool,
     channel: String,
 }
@@ -277,9 +274,9 @@ where
     /// called for every invalidation received from another instance, and with `All` whenever
     /// the subscription goes down or comes back.
     pub(crate) fn subscribe(&self, on_drop: Box<dyn Fn(Drop<K>) + Send + Sync>) {
-        let Some(url) = self.store.pubsub_url.clone() else {
+        if !self.store.pubsub {
             return;
-        };
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no Tokio runtime: cache invalidation messages are not received");
             return;
@@ -287,19 +284,13 @@ where
         let store = Arc::downgrade(&self.store);
         handle.spawn(async move {
             use futures::StreamExt;
-            let client = match ::redis::Client::open(url.as_str()) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "bad invalidation URL; L1 stays bypassed");
-                    return;
-                }
-            };
             let mut backoff = Duration::from_millis(50);
             loop {
                 let Some(s) = store.upgrade() else { return };
                 let channel = s.channel.clone();
+                let conn = s.pubsub_conn.clone();
                 drop(s);
-                if let Ok(mut pubsub) = client.get_async_pubsub().await
+                if let Ok(mut pubsub) = conn.pubsub().await
                     && pubsub.subscribe(&channel).await.is_ok()
                 {
                     backoff = Duration::from_millis(50);
@@ -408,7 +399,7 @@ where
     }
 
     fn publishes(&self) -> bool {
-        self.store.pubsub_url.is_some()
+        self.store.pubsub
     }
 
     fn lease_ttl(&self) -> Option<Duration> {
@@ -432,15 +423,11 @@ pub(crate) fn seal<V: Serialize, C: Codec>(
     hard_at: u64,
 ) -> Result<Vec<u8>, StoreError> {
     let payload = codec.encode(value).map_err(StoreError::Codec)?;
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(C::ID);
-    out.extend_from_slice(&unix_ms().to_be_bytes());
-    out.extend_from_slice(&soft_at.to_be_bytes());
-    out.extend_from_slice(&hard_at.to_be_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    let mut header = [0u8; 24];
+    header[..8].copy_from_slice(&unix_ms().to_be_bytes());
+    header[8..16].copy_from_slice(&soft_at.to_be_bytes());
+    header[16..].copy_from_slice(&hard_at.to_be_bytes());
+    Ok(ENVELOPE.seal(C::ID, &header, &payload))
 }
 
 /// Opens an envelope at wall-clock `now` (Unix ms): `Ok(None)` when it has expired.
@@ -449,23 +436,26 @@ pub(crate) fn open<V: DeserializeOwned, C: Codec>(
     bytes: &[u8],
     now: u64,
 ) -> Result<Option<Found<V>>, StoreError> {
-    if bytes.len() < HEADER || &bytes[..3] != MAGIC {
-        return Err(StoreError::Codec("not a floodwall cache envelope".into()));
-    }
-    if bytes[3] != FORMAT_VERSION || bytes[4] != C::ID {
+    let opened = ENVELOPE.open(bytes)?;
+    if opened.tag != C::ID {
         return Err(StoreError::Codec(format!(
-            "cache envelope format {} codec {} (this cache reads {FORMAT_VERSION}/{})",
-            bytes[3],
-            bytes[4],
+            "cache value written with codec {} (this cache reads {})",
+            opened.tag,
             C::ID
         )));
     }
-    let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-    let (soft_at, hard_at) = (at(13), at(21));
+    let at = |i: usize| {
+        u64::from_be_bytes(
+            opened.header[i..i + 8]
+                .try_into()
+                .expect("a 24-byte header"),
+        )
+    };
+    let (soft_at, hard_at) = (at(8), at(16));
     if now >= hard_at {
         return Ok(None);
     }
-    let value: Option<V> = codec.decode(&bytes[HEADER..]).map_err(StoreError::Codec)?;
+    let value: Option<V> = codec.decode(opened.payload).map_err(StoreError::Codec)?;
     Ok(Some(Found {
         value,
         soft_left: Duration::from_millis(soft_at.saturating_sub(now)),
@@ -478,16 +468,21 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 impl RedisStoreInner {
     pub(crate) fn key(&self, key: &str) -> Key {
         let g = self.generation.load(Ordering::Acquire);
-        self.keyspace.key(key).part_u64(g).build()
+        self.path.keyspace().key(key).part_u64(g).build()
     }
 
     fn lease_key(&self, key: &str) -> Key {
         let g = self.generation.load(Ordering::Acquire);
-        self.keyspace.key(key).part_u64(g).part("lease").build()
+        self.path
+            .keyspace()
+            .key(key)
+            .part_u64(g)
+            .part("lease")
+            .build()
     }
 
     fn generation_key(&self) -> Key {
-        self.keyspace.key("~generation").build()
+        self.path.keyspace().key("~generation").build()
     }
 
     /// Re-reads the namespace generation if the last check is older than the interval (or
@@ -500,10 +495,8 @@ impl RedisStoreInner {
         }
         self.generation_checked_ms.store(now, Ordering::Relaxed);
         let g: Option<u64> = self
-            .guarded(
-                self.conn
-                    .query(::redis::cmd("GET").arg(self.generation_key())),
-            )
+            .path
+            .query(::redis::cmd("GET").arg(self.generation_key()))
             .await?;
         Ok(self.set_generation(g.unwrap_or(0)))
     }
@@ -520,10 +513,8 @@ impl RedisStoreInner {
     /// Bumps the namespace generation (O(1): old keys are no longer read and expire by TTL).
     pub(crate) async fn bump_generation(&self) -> Result<u64, StoreError> {
         let g: u64 = self
-            .guarded(
-                self.conn
-                    .query(::redis::cmd("INCR").arg(self.generation_key())),
-            )
+            .path
+            .query(::redis::cmd("INCR").arg(self.generation_key()))
             .await?;
         self.set_generation(g);
         self.publish(&format!("g {g}")).await;
@@ -532,32 +523,22 @@ impl RedisStoreInner {
 
     /// Publishes an invalidation message (when pub/sub is on); failures are logged.
     pub(crate) async fn publish(&self, what: &str) {
-        if self.pubsub_url.is_none() {
+        if !self.pubsub {
             return;
         }
         let msg = format!("{} {what}", self.owner);
         let sent: Result<i64, _> = self
-            .guarded(
-                self.conn
-                    .query(::redis::cmd("PUBLISH").arg(&self.channel).arg(msg)),
-            )
+            .path
+            .query(::redis::cmd("PUBLISH").arg(&self.channel).arg(msg))
             .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "could not publish a cache invalidation");
         }
     }
 
-    async fn guarded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.breaker.guard_store(call).await
-    }
-
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = self.key(key);
-        self.guarded(self.conn.query(::redis::cmd("GET").arg(&k)))
-            .await
+        self.path.query(::redis::cmd("GET").arg(&k)).await
     }
 
     pub(crate) async fn set(
@@ -568,17 +549,14 @@ impl RedisStoreInner {
     ) -> Result<(), StoreError> {
         let k = self.key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.guarded(
-            self.conn
-                .query::<()>(::redis::cmd("SET").arg(&k).arg(bytes).arg("PX").arg(ms)),
-        )
-        .await
+        self.path
+            .query::<()>(::redis::cmd("SET").arg(&k).arg(bytes).arg("PX").arg(ms))
+            .await
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let k = self.key(key);
-        self.guarded(self.conn.query::<()>(::redis::cmd("DEL").arg(&k)))
-            .await
+        self.path.query::<()>(::redis::cmd("DEL").arg(&k)).await
     }
 
     /// Takes the load lease of `key` for `ttl`; `true` if this instance now holds it.
@@ -586,15 +564,14 @@ impl RedisStoreInner {
         let k = self.lease_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let got: Option<String> = self
-            .guarded(
-                self.conn.query(
-                    ::redis::cmd("SET")
-                        .arg(&k)
-                        .arg(&self.owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms),
-                ),
+            .path
+            .query(
+                ::redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&self.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
             )
             .await?;
         Ok(got.is_some())
@@ -602,12 +579,10 @@ impl RedisStoreInner {
 
     pub(crate) async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         let k = self.lease_key(key);
-        self.guarded(
-            self.conn
-                .invoke::<i64>(RELEASE_LEASE.call().key(&k).arg(&self.owner)),
-        )
-        .await
-        .map(|_| ())
+        self.path
+            .invoke_held::<i64>(RELEASE_LEASE.call().key(&k).arg(&self.owner))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -627,6 +602,9 @@ mod tests {
         other[3] = 2;
         assert!(open::<String, _>(&Json, &other, now).is_err());
         assert!(open::<String, _>(&Json, b"FWC", now).is_err());
+        for n in 0..b.len() {
+            let _ = open::<String, _>(&Json, &b[..n], now);
+        }
         // Written with one codec, read with another: a miss, not a misreading.
         let bin = seal(&Binary, &Some(7u32), now + 1_000, now + 2_000).unwrap();
         assert!(open::<u32, _>(&Json, &bin, now).is_err());

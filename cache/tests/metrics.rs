@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use floodwall_cache::TieredCache;
-use floodwall_resilience::TokioClock;
+use floodwall_core::TokioClock;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use floodwall_cache::TieredCache;
 use floodwall_cache::redis::RedisTier;
 use floodwall_core::Keyspace;
-use floodwall_core::redis::RedisConnection;
+use floodwall_core::redis::{RedisConnection, StoreOptions};
 use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
 use proptest::prelude::*;
 
@@ -31,9 +31,11 @@ async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
 }
 
 fn cache(conn: RedisConnection, lease: Option<Duration>) -> Cache {
-    let mut tier = RedisTier::new(conn, "cachetest", 1)
-        .unwrap()
-        .timeout(Duration::from_secs(5));
+    let mut tier = RedisTier::new(
+        StoreOptions::new(conn)
+            .keyspace(Keyspace::new("cachetest", 1).unwrap())
+            .call_timeout(Duration::from_secs(5)),
+    );
     if let Some(l) = lease {
         tier = tier.lease(l);
     }
@@ -292,7 +294,11 @@ async fn a_blackholed_redis_is_answered_from_the_loader_within_the_bound() {
         .unwrap();
     let bound = Duration::from_millis(50);
     let c: Cache = TieredCache::builder()
-        .redis(RedisTier::new(conn, "cachetest", 1).unwrap().timeout(bound))
+        .redis(RedisTier::new(
+            StoreOptions::new(conn)
+                .keyspace(Keyspace::new("cachetest", 1).unwrap())
+                .call_timeout(bound),
+        ))
         .build();
     c.get_or_load("warm".to_string(), || async {
         Ok::<_, std::io::Error>(Some("w".to_string()))
@@ -324,11 +330,13 @@ async fn a_blackholed_redis_is_answered_from_the_loader_within_the_bound() {
     assert!(c.stats().l2_errors >= 5);
 }
 
-fn subscribed(conn: RedisConnection, pubsub: String) -> Cache {
-    let tier = RedisTier::new(conn, "cachetest-inval", 1)
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .invalidation(pubsub);
+async fn subscribed(conn: RedisConnection, pubsub: String) -> Cache {
+    let tier = RedisTier::new(
+        StoreOptions::new(conn)
+            .keyspace(Keyspace::new("cachetest-inval", 1).unwrap())
+            .call_timeout(Duration::from_secs(5)),
+    )
+    .invalidation_through(connect(&[pubsub], false).await);
     TieredCache::builder()
         .ttl(Duration::from_secs(600))
         .redis(tier)
@@ -363,8 +371,8 @@ async fn wait_subscribed(c: &Cache) {
 }
 
 async fn invalidation(urls: Vec<String>, cluster: bool) {
-    let a = subscribed(connect(&urls, cluster).await, urls[0].clone());
-    let b = subscribed(connect(&urls, cluster).await, urls[urls.len() - 1].clone());
+    let a = subscribed(connect(&urls, cluster).await, urls[0].clone()).await;
+    let b = subscribed(connect(&urls, cluster).await, urls[urls.len() - 1].clone()).await;
     wait_subscribed(&a).await;
     wait_subscribed(&b).await;
     let key = format!("profile-{cluster}");
@@ -421,8 +429,8 @@ async fn a_lost_subscription_never_serves_a_value_it_may_have_missed() {
         return;
     };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let a = subscribed(connect(&[server.url()], false).await, server.url());
-    let b = subscribed(connect(&[server.url()], false).await, proxy.redis_url());
+    let a = subscribed(connect(&[server.url()], false).await, server.url()).await;
+    let b = subscribed(connect(&[server.url()], false).await, proxy.redis_url()).await;
     wait_subscribed(&a).await;
     wait_subscribed(&b).await;
     a.set("k".into(), "old".into()).await;
@@ -475,8 +483,8 @@ async fn a_namespace_bump_invalidates_every_key_everywhere() {
     else {
         return;
     };
-    let a = subscribed(connect(&[server.url()], false).await, server.url());
-    let b = subscribed(connect(&[server.url()], false).await, server.url());
+    let a = subscribed(connect(&[server.url()], false).await, server.url()).await;
+    let b = subscribed(connect(&[server.url()], false).await, server.url()).await;
     wait_subscribed(&a).await;
     wait_subscribed(&b).await;
     for i in 0..20 {
@@ -498,9 +506,11 @@ async fn a_namespace_bump_invalidates_every_key_everywhere() {
     // An instance without pub/sub sees the bump within its generation check interval.
     let c: Cache = TieredCache::builder()
         .redis(
-            RedisTier::new(connect(&[server.url()], false).await, "cachetest-inval", 1)
-                .unwrap()
-                .generation_check(Duration::from_millis(100)),
+            RedisTier::new(
+                StoreOptions::new(connect(&[server.url()], false).await)
+                    .keyspace(Keyspace::new("cachetest-inval", 1).unwrap()),
+            )
+            .generation_check(Duration::from_millis(100)),
         )
         .build();
     assert_eq!(c.get(&"n0".to_string()).await, Some("new0".to_string()));
@@ -522,12 +532,18 @@ async fn a_new_schema_version_never_reads_old_bytes() {
         return;
     };
     let v1: TieredCache<String, String> = TieredCache::builder()
-        .redis(RedisTier::new(connect(&[server.url()], false).await, "schema", 1).unwrap())
+        .redis(RedisTier::new(
+            StoreOptions::new(connect(&[server.url()], false).await)
+                .keyspace(Keyspace::new("schema", 1).unwrap()),
+        ))
         .build();
     v1.set("u1".into(), "name only".into()).await;
     // Version 2 stores a different type under the same logical key.
     let v2: TieredCache<String, (String, u32)> = TieredCache::builder()
-        .redis(RedisTier::new(connect(&[server.url()], false).await, "schema", 2).unwrap())
+        .redis(RedisTier::new(
+            StoreOptions::new(connect(&[server.url()], false).await)
+                .keyspace(Keyspace::new("schema", 2).unwrap()),
+        ))
         .build();
     let got = v2
         .get_or_load("u1".into(), || async {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use floodwall_cache::{CacheError, TieredCache};
-use floodwall_resilience::TokioClock;
+use floodwall_core::TokioClock;
 use tokio::time::{Instant, advance, sleep};
 
 type Cache = TieredCache<&'static str, u32>;

@@ -212,3 +212,51 @@ mod tests {
         assert_eq!(arced.now_nanos(), 7);
     }
 }
+
+/// A [`Clock`] reading Tokio's time (feature `tokio`), so primitives that take a clock follow
+/// `#[tokio::test(start_paused = true)]` and `tokio::time::advance` together with the timers
+/// floodwall sleeps on.
+///
+/// Its origin is its creation; clones share it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::time::Duration;
+/// use floodwall_core::{Clock, TokioClock};
+///
+/// let clock = TokioClock::new();
+/// tokio::time::sleep(Duration::from_secs(3)).await; // instant: time is paused
+/// assert_eq!(clock.now_nanos(), 3_000_000_000);
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+#[cfg(feature = "tokio")]
+impl TokioClock {
+    /// A clock whose zero is now.
+    pub fn new() -> Self {
+        TokioClock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Clock for TokioClock {
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        duration_to_nanos(tokio::time::Instant::now().saturating_duration_since(self.origin))
+    }
+}

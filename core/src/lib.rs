@@ -6,8 +6,14 @@
 //!   tests, so time-dependent behaviour is tested without sleeping;
 //! - [`key`]: collision-free, length-bounded keys with a Redis Cluster hash tag, safe to build
 //!   from user input;
-//! - `redis` (feature `redis`): one connection handle over standalone Redis and Redis Cluster,
-//!   bounded calls, Lua script invocation, and the [`StoreError`] every store reports.
+//! - [`health`]: the per-node health gate ([`HealthGate`](health::HealthGate), with the default
+//!   [`NodeBreaker`](health::NodeBreaker)) that keeps one failing Redis node from blocking
+//!   the others;
+//! - `redis` (feature `redis`): one connection handle over standalone Redis, Redis Cluster and
+//!   Sentinel, and the **store path** every Redis-backed store takes
+//!   ([`StoreOptions`](crate::redis::StoreOptions) → [`StorePath`](crate::redis::StorePath)):
+//!   bounded calls routed per node, Lua scripts, one error mapping into [`StoreError`], and
+//!   the shared versioned [`envelope`] for stored values.
 //!
 //! ```
 //! use std::time::Duration;
@@ -28,18 +34,25 @@
 //!
 //! ## Features
 //!
-//! - `redis` — [`RedisConnection`](crate::redis::RedisConnection) and
-//!   [`Script`](crate::redis::Script), on redis-rs 1.x (`tokio-comp`, `connection-manager`,
-//!   `cluster-async`).
+//! - `redis` — [`RedisConnection`](crate::redis::RedisConnection),
+//!   [`StoreOptions`](crate::redis::StoreOptions) and [`Script`](crate::redis::Script), on
+//!   redis-rs 1.x (`tokio-comp`, `connection-manager`, `cluster-async`).
+//! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `tokio` — `TokioClock`, a [`Clock`] on Tokio's (pausable) time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod clock;
+pub mod envelope;
 pub mod error;
+pub mod health;
 pub mod key;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, KeyError, StoreError};
 pub use key::{Key, Keyspace};

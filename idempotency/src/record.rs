@@ -1,6 +1,7 @@
 //! What the store keeps: fingerprints, fencing tokens, the answers of `begin`, and the
 //! versioned envelope stored results travel in.
 
+use floodwall_core::envelope::Envelope;
 use std::fmt;
 use std::time::Duration;
 
@@ -100,10 +101,12 @@ pub enum Abort<'a> {
     },
 }
 
-/// The envelope's magic bytes and format version.
-const MAGIC: &[u8; 3] = b"FWI";
 /// The envelope format version written by this release.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Records are floodwall-core's shared envelope: `FWI`, the format version, the kind as the
+/// tag, no header, then the payload.
+const ENVELOPE: Envelope = Envelope::new(*b"FWI", FORMAT_VERSION, 0);
 
 /// What an envelope holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,28 +123,13 @@ pub(crate) enum Kind {
 
 /// `FWI` + version + kind + payload.
 pub(crate) fn seal(kind: Kind, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(payload);
-    out
+    ENVELOPE.seal(kind as u8, &[], payload)
 }
 
 /// Checks the envelope and returns its kind and payload; anything else is a codec error.
 pub(crate) fn open(bytes: &[u8]) -> Result<(Kind, &[u8]), StoreError> {
-    if bytes.len() < 5 || &bytes[..3] != MAGIC {
-        return Err(StoreError::Codec(
-            "not a floodwall idempotency record".into(),
-        ));
-    }
-    if bytes[3] != FORMAT_VERSION {
-        return Err(StoreError::Codec(format!(
-            "idempotency record format version {} (this release reads {FORMAT_VERSION})",
-            bytes[3]
-        )));
-    }
-    let kind = match bytes[4] {
+    let opened = ENVELOPE.open(bytes)?;
+    let kind = match opened.tag {
         1 => Kind::Ok,
         2 => Kind::Err,
         3 => Kind::Http,
@@ -152,7 +140,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<(Kind, &[u8]), StoreError> {
             )));
         }
     };
-    Ok((kind, &bytes[5..]))
+    Ok((kind, opened.payload))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floodwall_core::Keyspace;
-use floodwall_core::redis::RedisConnection;
+use floodwall_core::redis::{RedisConnection, StoreOptions};
 use floodwall_idempotency::http::IdempotencyLayer;
 use floodwall_idempotency::redis::RedisStore;
 use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Store};
@@ -38,11 +38,11 @@ async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
 }
 
 fn store(conn: RedisConnection, ns: &str) -> RedisStore {
-    RedisStore::builder(conn)
-        .keyspace(Keyspace::new(ns, 1).unwrap())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    RedisStore::new(
+        StoreOptions::new(conn)
+            .keyspace(Keyspace::new(ns, 1).unwrap())
+            .call_timeout(Duration::from_secs(5)),
+    )
 }
 
 /// 1000 concurrent identical POSTs spread over 4 instances: one execution; every answer is
@@ -274,7 +274,7 @@ async fn blackholed_redis_answers_503_within_the_bound_and_never_runs_the_handle
         .await
         .unwrap();
     let bound = Duration::from_millis(100);
-    let store = RedisStore::builder(conn).timeout(bound).build().unwrap();
+    let store = RedisStore::new(StoreOptions::new(conn).call_timeout(bound));
     let runs = Arc::new(AtomicU32::new(0));
     let handler = {
         let runs = runs.clone();
@@ -325,4 +325,43 @@ async fn blackholed_redis_answers_503_within_the_bound_and_never_runs_the_handle
         1,
         "the handler never ran while Redis was gone"
     );
+}
+
+/// One key holding the wrong type (`WRONGTYPE`) fails that key's claims alone: 30 other keys,
+/// claimed concurrently with it, are all claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_key_refuses_no_other_key() {
+    let Some(server) = RedisServer::start_or_skip("a_wrong_type_key_refuses_no_other_key") else {
+        return;
+    };
+    let store = store(connect(&[server.url()], false).await, "idem-wrongtype");
+    let bad = Keyspace::new("idem-wrongtype", 1)
+        .unwrap()
+        .key("bad")
+        .build();
+    server.command(&["SET", bad.as_str(), "a string"]).unwrap();
+    let fp = Fingerprint::of(b"payload");
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let bad = store.begin("bad", &fp, Duration::from_secs(30)).await;
+            let good = store
+                .begin(&format!("good-{i}"), &fp, Duration::from_secs(30))
+                .await;
+            (bad.is_err(), matches!(good, Ok(Begin::Claimed(_))))
+        }));
+    }
+    let (mut bad_refused, mut good_claimed) = (0, 0);
+    for t in tasks {
+        let (b, g) = t.await.unwrap();
+        bad_refused += u32::from(b);
+        good_claimed += u32::from(g);
+    }
+    println!(
+        "WRONGTYPE key: {bad_refused} of its 30 claims failed; other keys: {} of 30 refused",
+        30 - good_claimed
+    );
+    assert_eq!(bad_refused, 30);
+    assert_eq!(good_claimed, 30, "no other key is refused");
 }

@@ -105,7 +105,7 @@ pub struct QueueFull {
 
 /// The leaky bucket as a queue: callers wait their turn, one departure every `T`. Cheap to
 /// clone; clones share the queue. Waits use Tokio's timer; pair it with a clock that moves
-/// with Tokio's (the system clock, or `floodwall_resilience::TokioClock` in paused tests).
+/// with Tokio's (the system clock, or `floodwall_core::TokioClock` in paused tests).
 pub struct LeakyQueue<C: Clock = SystemClock> {
     inner: Arc<QueueInner<C>>,
 }

@@ -50,9 +50,10 @@
 //!   at run time; shadow mode per limit or for all; a [`FailurePolicy`].
 //! - **Redis** (feature `redis`, module `redis`): one Lua script per decision on Redis
 //!   time, TTLs set in the script, hash-tagged versioned keys; the same decisions on
-//!   standalone Redis and Redis Cluster. Every call is bounded (default 50 ms) and behind a
-//!   circuit breaker; when Redis fails the policy decides: fail open, fail closed, or an
-//!   in-memory insurance limiter with each instance's share of the quota.
+//!   standalone Redis, Redis Cluster and Sentinel, configured by floodwall-core's
+//!   `StoreOptions`. Every call is bounded (default: the connection's own bound) and gated
+//!   per Redis node; when a node fails the policy decides for its keys: fail open, fail
+//!   closed, or an in-memory insurance limiter with each instance's share of the quota.
 //! - **tower** (feature `tower`, module `layer`): `RateLimitLayer` with key extractors and
 //!   an error carrying `retry_after`. **HTTP** (feature `http`, module `http`): `429` with
 //!   `Retry-After` and the IETF draft's `RateLimit` / `RateLimit-Policy` fields, `503` when

@@ -355,7 +355,7 @@ pub struct RateLimiterBuilder {
     policy: FailurePolicy,
     shadow_all: bool,
     #[cfg(feature = "redis")]
-    redis: Option<crate::redis::RedisOptions>,
+    redis: Option<floodwall_core::redis::StoreOptions>,
 }
 
 /// A [`RateLimiterBuilder`] setting was invalid.
@@ -665,10 +665,11 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// Keeps the state on Redis or Redis Cluster (see [`RedisOptions`](crate::redis::RedisOptions)).
+    /// Keeps the state on Redis, Redis Cluster or a Sentinel-monitored master, through the
+    /// store path `options` describe (see the [`redis`](crate::redis) module).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis(mut self, options: crate::redis::RedisOptions) -> Self {
+    pub fn redis(mut self, options: floodwall_core::redis::StoreOptions) -> Self {
         self.redis = Some(options);
         self
     }

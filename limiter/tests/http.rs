@@ -214,8 +214,8 @@ fn client_ip_trusts_forwarding_headers_only_from_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_that_fails_closed_answers_503_within_the_bound() {
     use floodwall_core::redis::RedisConnection;
+    use floodwall_core::redis::StoreOptions;
     use floodwall_limiter::FailurePolicy;
-    use floodwall_limiter::redis::RedisOptions;
     use floodwall_testkit::{FaultProxy, RedisServer};
     use std::time::{Duration, Instant};
 
@@ -232,7 +232,7 @@ async fn a_failing_store_that_fails_closed_answers_503_within_the_bound() {
     let bound = Duration::from_millis(50);
     let limiter = RateLimiter::builder()
         .limit(Limit::new("ip", Algorithm::Gcra, Quota::per_second(n(10))).keyed_by("ip"))
-        .redis(RedisOptions::new(conn).timeout(bound))
+        .redis(StoreOptions::new(conn).call_timeout(bound))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
         .unwrap();

@@ -4,11 +4,11 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use floodwall_core::TokioClock;
 use floodwall_core::{Clock, ManualClock};
 use floodwall_limiter::Quota;
 use floodwall_limiter::gcra::Gcra;
 use floodwall_limiter::leaky::{LeakyBucket, LeakyQueue};
-use floodwall_resilience::TokioClock;
 use proptest::prelude::*;
 
 proptest! {

@@ -85,8 +85,8 @@ async fn store_failures() -> Option<(u64, u64)> {
     use std::time::Duration;
 
     use floodwall_core::redis::RedisConnection;
+    use floodwall_core::redis::StoreOptions;
     use floodwall_limiter::FailurePolicy;
-    use floodwall_limiter::redis::RedisOptions;
     use floodwall_testkit::{FaultProxy, RedisServer};
 
     let server =
@@ -107,7 +107,7 @@ async fn store_failures() -> Option<(u64, u64)> {
                 Algorithm::Gcra,
                 Quota::per_minute(NonZeroU32::new(9).unwrap()),
             ))
-            .redis(RedisOptions::new(conn).timeout(Duration::from_millis(30)))
+            .redis(StoreOptions::new(conn).call_timeout(Duration::from_millis(30)))
             .failure_policy(policy)
             .build()
             .unwrap();

@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use floodwall_core::ManualClock;
-use floodwall_core::redis::RedisConnection;
-use floodwall_limiter::redis::RedisOptions;
+use floodwall_core::health::{HealthGate, NodeBreaker};
+use floodwall_core::redis::{RedisConnection, StoreOptions};
 use floodwall_limiter::{
     Algorithm, Degraded, FailurePolicy, Limit, LimitError, Quota, RateLimiter,
 };
-use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
 use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
 
 const INSTANCES: usize = 8;
@@ -53,7 +52,7 @@ fn instance(
 ) -> RateLimiter {
     RateLimiter::builder()
         .limit(Limit::new("api", alg, quota).keyed_by("user"))
-        .redis(RedisOptions::new(conn).timeout(Duration::from_secs(5)))
+        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
         .failure_policy(FailurePolicy::FailClosed)
         .clock(clock)
         .build()
@@ -142,7 +141,7 @@ async fn keys_spread_over_the_cluster_and_several_limits_stay_all_or_nothing() {
             Algorithm::SlidingLog,
             Quota::per_hour(n(10)),
         ))
-        .redis(RedisOptions::new(conn).timeout(Duration::from_secs(5)))
+        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
         .unwrap();
@@ -240,17 +239,24 @@ async fn blackholed_redis_follows_each_policy_within_the_bound() {
             .await
             .unwrap();
         let breaker_clock = ManualClock::new();
-        let breaker = CircuitBreaker::builder()
-            .sliding_window(SlidingWindow::Count(n(10)))
-            .minimum_calls(3)
-            .failure_rate_threshold(50.0)
-            .open_wait(OpenWait::Fixed(Duration::from_secs(5)))
-            .clock(breaker_clock.clone())
-            .build()
-            .unwrap();
+        let gate_clock = breaker_clock.clone();
+        let gates = move |_: &str| -> Arc<dyn HealthGate> {
+            Arc::new(
+                NodeBreaker::builder()
+                    .failures(3)
+                    .open_for(Duration::from_secs(5))
+                    .clock(gate_clock.clone())
+                    .build()
+                    .unwrap(),
+            )
+        };
         let limiter = RateLimiter::builder()
             .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(20))).keyed_by("user"))
-            .redis(RedisOptions::new(conn).timeout(bound).breaker(breaker))
+            .redis(
+                StoreOptions::new(conn)
+                    .call_timeout(bound)
+                    .health_gate(gates),
+            )
             .failure_policy(policy)
             .build()
             .unwrap();
@@ -377,4 +383,71 @@ async fn redis_decides_like_the_memory_store() {
             }
         }
     }
+}
+
+/// One tenant's key holding the wrong type (`WRONGTYPE` from Redis) fails that tenant's
+/// decisions alone: the node answered, so its gate stays closed and every other tenant is
+/// decided on Redis as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_key_degrades_only_its_own_tenant() {
+    let Some(server) = RedisServer::start_or_skip("a_wrong_type_key_degrades_only_its_own_tenant")
+    else {
+        return;
+    };
+    let conn = RedisConnection::standalone(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(1000))).keyed_by("user"))
+        .redis(StoreOptions::new(conn))
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap();
+    let bad = floodwall_core::Keyspace::new("fw-rl", 1)
+        .unwrap()
+        .key("tenant-bad")
+        .part("api")
+        .build();
+    server.command(&["LPUSH", bad.as_str(), "x"]).unwrap();
+    let other_degraded = Arc::new(AtomicU32::new(0));
+    let bad_degraded = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..40 {
+        let (limiter, other_degraded, bad_degraded) = (
+            limiter.clone(),
+            other_degraded.clone(),
+            bad_degraded.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let user = format!("tenant-{t}");
+            for _ in 0..5 {
+                // The bad tenant's request goes first each round, on the same node.
+                let v = limiter.check(&[("user", "tenant-bad")]).await.unwrap();
+                if v.degraded.is_some() {
+                    bad_degraded.fetch_add(1, Ordering::Relaxed);
+                }
+                let v = limiter.check(&[("user", &user)]).await.unwrap();
+                if v.degraded.is_some() {
+                    other_degraded.fetch_add(1, Ordering::Relaxed);
+                }
+                assert!(v.allowed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (other, bad) = (
+        other_degraded.load(Ordering::Relaxed),
+        bad_degraded.load(Ordering::Relaxed),
+    );
+    println!(
+        "WRONGTYPE tenant: {bad} of its 200 decisions degraded; other tenants: {other} of 200 degraded"
+    );
+    assert_eq!(
+        bad, 200,
+        "the bad tenant's decisions follow the failure policy"
+    );
+    assert_eq!(other, 0, "no other tenant is degraded");
 }

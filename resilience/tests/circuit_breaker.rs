@@ -357,29 +357,32 @@ async fn automatic_half_open_fires_without_traffic() {
     }
 }
 
-#[tokio::test]
-async fn the_store_breaker_refuses_calls_while_open_without_making_them() {
-    use floodwall_core::StoreError;
-    use std::sync::atomic::AtomicBool;
+#[test]
+fn a_breaker_gates_a_store_node_by_health() {
+    use floodwall_core::health::{Health, HealthGate};
 
-    let breaker = CircuitBreaker::for_store("redis");
-    for _ in 0..5 {
-        let r: Result<(), StoreError> = breaker
-            .guard_store(async { Err(StoreError::unavailable("connection refused")) })
-            .await;
-        assert!(r.is_err());
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(NonZeroU32::new(4).unwrap()))
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .build()
+        .unwrap();
+    // Neutral outcomes (OOM) neither open nor close it.
+    for _ in 0..10 {
+        let t = breaker.try_pass().unwrap();
+        breaker.report(t, Health::Neutral);
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    for h in [
+        Health::Healthy,
+        Health::Healthy,
+        Health::Unhealthy,
+        Health::Unhealthy,
+    ] {
+        let t = breaker.try_pass().unwrap();
+        breaker.report(t, h);
     }
     assert_eq!(breaker.state(), State::Open);
-    let called = AtomicBool::new(false);
-    let r = breaker
-        .guard_store(async {
-            called.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
-        })
-        .await;
-    assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
-    assert!(
-        !called.load(std::sync::atomic::Ordering::SeqCst),
-        "the call was not made"
-    );
+    let refused = breaker.try_pass().unwrap_err();
+    assert!(refused.retry_after.is_some());
 }

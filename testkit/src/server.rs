@@ -119,6 +119,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -133,7 +134,17 @@ impl RedisServer {
         skip_or_panic(test, Self::start())
     }
 
+    /// Starts a standalone server with extra `redis-server` arguments (`["--requirepass",
+    /// "x"]`, TLS settings, …).
+    pub fn start_with(args: &[&str]) -> Result<RedisServer, StartError> {
+        Self::start_node_with(false, args.iter().map(|a| a.to_string()).collect())
+    }
+
     fn start_node(cluster: bool) -> Result<RedisServer, StartError> {
+        Self::start_node_with(cluster, Vec::new())
+    }
+
+    fn start_node_with(cluster: bool, extra: Vec<String>) -> Result<RedisServer, StartError> {
         if !on_path(SERVER_BIN) {
             return Err(StartError::MissingBinary(SERVER_BIN));
         }
@@ -146,6 +157,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 cluster,
+                extra: extra.clone(),
             };
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
@@ -170,6 +182,7 @@ impl RedisServer {
                 .arg("--cluster-config-file")
                 .arg(format!("nodes-{}.conf", self.port));
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -178,7 +191,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if resp::command(self.addr(), &["PING"]).is_ok_and(|pong| pong == "PONG") {
+            if self.ready() {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
@@ -200,6 +213,14 @@ impl RedisServer {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether the server answers `PING` (a TLS-only server: whether its port accepts).
+    fn ready(&self) -> bool {
+        if self.extra.iter().any(|a| a == "--tls-port") {
+            return std::net::TcpStream::connect(self.addr()).is_ok();
+        }
+        resp::command(self.addr(), &["PING"]).is_ok_and(|pong| pong == "PONG")
     }
 
     fn log_tail(&self) -> String {
@@ -236,7 +257,13 @@ impl RedisServer {
         self.child.is_some()
     }
 
-    /// Kills the process (clients see their connections drop); [`restart`](Self::restart)
+    /// The directory the server runs in (its log and files).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Kills the process (`SIGKILL`: clients see their connections drop);
+    /// [`restart`](Self::restart)
     /// brings it back on the same port, empty.
     pub fn stop(&mut self) {
         self.kill();
@@ -275,6 +302,39 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits until every node reports `cluster_state:ok`,
     /// knows all the others and sees all 16384 slots served.
     pub fn start(masters: usize) -> Result<RedisCluster, StartError> {
+        Self::start_inner(masters, 0, true)
+    }
+
+    /// Starts `masters` masters with one replica each (3 + 3 for `masters = 3`), with
+    /// `cluster-require-full-coverage` set as given and a 1 s node timeout, so a killed
+    /// master's replica is promoted within a few seconds. With full coverage required
+    /// (Redis's default) every node refuses every key (`CLUSTERDOWN`) while any slot is
+    /// unserved; without it, the healthy masters keep serving their own slots.
+    pub fn start_with_replicas(
+        masters: usize,
+        require_full_coverage: bool,
+    ) -> Result<RedisCluster, StartError> {
+        Self::start_inner(masters, 1, require_full_coverage)
+    }
+
+    /// [`start_with_replicas`](Self::start_with_replicas) for a test, with the skip rule of
+    /// [`RedisServer::start_or_skip`].
+    pub fn start_with_replicas_or_skip(
+        test: &str,
+        masters: usize,
+        require_full_coverage: bool,
+    ) -> Option<RedisCluster> {
+        skip_or_panic(
+            test,
+            Self::start_with_replicas(masters, require_full_coverage),
+        )
+    }
+
+    fn start_inner(
+        masters: usize,
+        replicas: usize,
+        full_coverage: bool,
+    ) -> Result<RedisCluster, StartError> {
         if masters < 3 {
             return Err(StartError::Failed(
                 "a Redis Cluster needs at least 3 masters".into(),
@@ -286,9 +346,22 @@ impl RedisCluster {
         if !on_path(CLI_BIN) {
             return Err(StartError::MissingBinary(CLI_BIN));
         }
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
-            nodes.push(RedisServer::start_node(true)?);
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        let extra: Vec<String> = if replicas > 0 {
+            vec![
+                "--cluster-node-timeout".into(),
+                "1000".into(),
+                "--cluster-replica-validity-factor".into(),
+                "0".into(),
+                "--cluster-require-full-coverage".into(),
+                if full_coverage { "yes" } else { "no" }.into(),
+            ]
+        } else {
+            Vec::new()
+        };
+        for _ in 0..total {
+            nodes.push(RedisServer::start_node_with(true, extra.clone())?);
         }
         let cluster = RedisCluster { nodes };
         let mut create = Command::new(CLI_BIN);
@@ -297,7 +370,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
@@ -326,6 +399,8 @@ impl RedisCluster {
                     info.contains("cluster_state:ok")
                         && info.contains("cluster_slots_ok:16384")
                         && info.contains(&want_nodes)
+                }) && n.command(&["INFO", "replication"]).is_ok_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
                 })
             });
             if ready {
@@ -337,6 +412,34 @@ impl RedisCluster {
                 ));
             }
             thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills (`SIGKILL`) the node listening on `port`, as a crashed host would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.stop();
+        }
+    }
+
+    /// Waits until every running node sees all 16384 slots served again (after a master was
+    /// killed: its replica promoted) and returns how long that took from the call.
+    pub fn wait_for_failover(&self, timeout: Duration) -> Result<Duration, StartError> {
+        let started = Instant::now();
+        loop {
+            let served = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                n.command(&["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains("cluster_slots_ok:16384"))
+            });
+            if served {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(StartError::Failed(format!(
+                    "the Cluster did not serve every slot again within {timeout:?}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -352,11 +455,16 @@ impl RedisCluster {
 
     /// The node serving `key`'s slot, from `CLUSTER KEYSLOT` and `CLUSTER NODES`.
     pub fn node_for_key(&self, key: &str) -> Result<&RedisServer, StartError> {
-        let slot: u16 = self.nodes[0]
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .ok_or_else(|| StartError::Failed("no node is running".into()))?;
+        let slot: u16 = asked
             .command(&["CLUSTER", "KEYSLOT", key])?
             .parse()
             .map_err(|e| StartError::Failed(format!("CLUSTER KEYSLOT: {e}")))?;
-        let table = self.nodes[0].command(&["CLUSTER", "NODES"])?;
+        let table = asked.command(&["CLUSTER", "NODES"])?;
         for line in table.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let Some(addr) = fields.get(1) else { continue };
@@ -371,7 +479,13 @@ impl RedisCluster {
                     }
                     None => range.parse::<u16>() == Ok(slot),
                 });
-            if serves && let Some(node) = self.nodes.iter().find(|n| Some(n.port) == port) {
+            let master = fields
+                .get(2)
+                .is_some_and(|f| f.contains("master") && !f.contains("fail"));
+            if serves
+                && master
+                && let Some(node) = self.nodes.iter().find(|n| Some(n.port) == port)
+            {
                 return Ok(node);
             }
         }

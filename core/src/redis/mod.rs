@@ -45,20 +45,87 @@
 
 mod connection;
 mod script;
+pub mod slot;
+mod store;
 
 pub use connection::{RedisConnection, RedisConnector, Topology};
 pub use script::{Script, ScriptCall};
+pub use store::{StoreOptions, StorePath};
 
 use std::time::Duration;
 
 use ::redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::error::StoreError;
+use crate::health::Health;
+
+/// A call that did not produce a reply: the bound ran out, or redis-rs returned an error.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    Timeout,
+    Redis(RedisError),
+}
+
+impl CallError {
+    /// What the failure says about the node's health (see [`crate::health`]).
+    pub(crate) fn health(&self) -> Health {
+        match self {
+            CallError::Timeout => Health::Unhealthy,
+            CallError::Redis(e) => node_health(e),
+        }
+    }
+
+    pub(crate) fn into_store_error(self, timeout: Duration) -> StoreError {
+        match self {
+            CallError::Timeout => StoreError::Timeout { after: timeout },
+            CallError::Redis(e) => map_error(e, timeout),
+        }
+    }
+}
+
+/// Errors that say the node cannot serve anyone now, not that one key or value is wrong.
+///
+/// Unhealthy: timeouts, refused / reset / dropped connections, `LOADING`, `MASTERDOWN`,
+/// `CLUSTERDOWN`, `TRYAGAIN` and `READONLY` (a write reached a node that is no longer a
+/// master). Neutral: `OOM` — the node is alive and still serves reads, so failing fast on it
+/// would refuse calls that succeed. Everything else (`WRONGTYPE`, a script's own error,
+/// `CROSSSLOT`, a reply of the wrong shape) is an answer from a live node: healthy.
+pub(crate) fn node_health(err: &RedisError) -> Health {
+    if err.is_timeout() || err.is_io_error() || err.is_connection_dropped() {
+        return Health::Unhealthy;
+    }
+    match err.kind() {
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => Health::Unhealthy,
+        ErrorKind::Server(
+            ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::BusyLoading
+            | ServerErrorKind::ReadOnly,
+        ) => Health::Unhealthy,
+        _ if err.code() == Some("OOM") => Health::Neutral,
+        _ => Health::Healthy,
+    }
+}
+
+fn is_auth_failure(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
 
 /// Maps a redis-rs error to a [`StoreError`]; `timeout` is the bound reported for I/O timeouts.
 pub(crate) fn map_error(err: RedisError, timeout: Duration) -> StoreError {
     if err.is_timeout() {
         return StoreError::Timeout { after: timeout };
+    }
+    if is_auth_failure(&err) {
+        return StoreError::Config(format!(
+            "Redis refused the credentials (check the user name and password in the URL): {}",
+            err.detail().unwrap_or("authentication failed")
+        ));
+    }
+    if err.code() == Some("OOM") {
+        return unavailable(err);
     }
     match err.kind() {
         ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => unavailable(err),
@@ -73,11 +140,36 @@ pub(crate) fn map_error(err: RedisError, timeout: Duration) -> StoreError {
             ServerErrorKind::ResponseError | ServerErrorKind::NoScript | ServerErrorKind::CrossSlot,
         )
         | ErrorKind::Extension => StoreError::Script(err.to_string()),
-        ErrorKind::InvalidClientConfig | ErrorKind::AuthenticationFailed => {
-            StoreError::Config(err.to_string())
-        }
+        ErrorKind::InvalidClientConfig => StoreError::Config(err.to_string()),
+        ErrorKind::MasterNameNotFoundBySentinel
+        | ErrorKind::NoValidReplicasFoundBySentinel
+        | ErrorKind::EmptySentinelList => unavailable(err),
         _ => StoreError::Protocol(err.to_string()),
     }
+}
+
+/// `url` with its password (and a user name given without one) replaced by `***`, for
+/// `Debug` output and logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!(
+        "{}{shown}{}",
+        &url[..scheme_end + 3],
+        &url[scheme_end + 3 + at..]
+    )
 }
 
 fn unavailable(err: RedisError) -> StoreError {
@@ -102,5 +194,17 @@ mod tests {
         assert!(matches!(map_error(cfg, t), StoreError::Config(_)));
         let ty = RedisError::from((ErrorKind::UnexpectedReturnType, "not an int"));
         assert!(matches!(map_error(ty, t), StoreError::Protocol(_)));
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "bad"));
+        assert!(matches!(map_error(auth, t), StoreError::Config(_)));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("rediss://u:s3cret@h:6380"), "rediss://u:***@h:6380");
+        assert_eq!(redact("redis://token@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:6379/1"), "redis://h:6379/1");
+        assert_eq!(redact("redis://u:p@ss@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("not a url"), "not a url");
     }
 }

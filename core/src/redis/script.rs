@@ -88,6 +88,14 @@ impl ScriptCall<'_> {
         self
     }
 
+    /// The first key's bytes: what a Cluster routes the call by.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        match self.keys.args_iter().next() {
+            Some(Arg::Simple(b)) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Number of keys added so far.
     pub fn num_keys(&self) -> usize {
         self.num_keys

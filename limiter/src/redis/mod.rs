@@ -1,6 +1,6 @@
 //! The Redis and Redis Cluster store (feature `redis`).
 //!
-//! Each limit's decision for one key is one Lua script ([`LIMIT_SCRIPT`]), run with `EVALSHA`
+//! Each limit's decision for one key is one Lua script (`limit.lua`), run with `EVALSHA`
 //! in one round trip. The script reads the time from Redis `TIME` — instances whose clocks
 //! disagree still agree on every decision — and sets the key's TTL itself, so idle keys
 //! expire on the server. Keys are versioned and hash-tagged by the limited key:
@@ -10,92 +10,31 @@
 //! Redis keeps time in microseconds: durations in decisions from Redis are whole
 //! microseconds, and GCRA's emission interval is kept as a fraction of a microsecond.
 //!
-//! Every call is bounded ([`RedisOptions::timeout`], default 50 ms) and goes through a
-//! circuit breaker: while Redis is failing, the breaker opens and decisions go straight to
-//! the [`FailurePolicy`](crate::FailurePolicy) without waiting, adding microseconds.
+//! Redis is configured once for every floodwall store, with
+//! [`StoreOptions`] (connection, keyspace — default
+//! `fw-rl` v1 —, per-call bound — default the connection's own — and health gate), handed to
+//! [`RateLimiterBuilder::redis`](crate::RateLimiterBuilder::redis). Every call takes
+//! floodwall-core's store path: it is bounded, and while the node that owns a key is failing
+//! (timeouts, refused connections, `LOADING`, `CLUSTERDOWN`, …) that node's gate is open and
+//! decisions for its keys go straight to the [`FailurePolicy`](crate::FailurePolicy) without
+//! waiting, adding microseconds. Keys on other nodes keep being decided on Redis, and an
+//! error about one key (a key of the wrong type) is that request's failure alone.
 
-use std::fmt;
 use std::time::Duration;
 
-use floodwall_core::redis::{RedisConnection, Script};
+use floodwall_core::redis::{Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
-use floodwall_resilience::circuit_breaker::CircuitBreaker;
 
 use crate::{Algorithm, Decision, Limit, Quota};
 
 /// The decision script, shared by every algorithm (see its header for arguments and reply).
-pub static LIMIT_SCRIPT: Script = Script::new(include_str!("limit.lua"));
+static LIMIT_SCRIPT: Script = Script::new(include_str!("limit.lua"));
 
-/// The keyspace the limiter uses unless told otherwise.
+/// The keyspace the limiter uses unless its [`StoreOptions`] name another.
 pub const DEFAULT_NAMESPACE: &str = "fw-rl";
 
-/// The default bound on one Redis decision.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
-
-/// How a [`RateLimiter`](crate::RateLimiter) uses Redis.
-///
-/// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::Duration;
-/// use floodwall_core::redis::RedisConnection;
-/// use floodwall_limiter::redis::RedisOptions;
-///
-/// let conn = RedisConnection::standalone("redis://127.0.0.1:6379").connect().await?;
-/// let options = RedisOptions::new(conn).timeout(Duration::from_millis(30));
-/// # let _ = options; Ok(()) }
-/// ```
-pub struct RedisOptions {
-    conn: RedisConnection,
-    keyspace: Keyspace,
-    timeout: Duration,
-    breaker: Option<CircuitBreaker>,
-}
-
-impl RedisOptions {
-    /// Redis through `conn`, keyspace `fw-rl` version 1, a 50 ms bound and the default breaker
-    /// (opens at 50% failures over the last 20 calls, at least 5; probes after 1 s).
-    pub fn new(conn: RedisConnection) -> Self {
-        RedisOptions {
-            conn,
-            keyspace: Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"),
-            timeout: DEFAULT_TIMEOUT,
-            breaker: None,
-        }
-    }
-
-    /// The keyspace (namespace and version) of the limiter's keys. Bumping the version starts
-    /// every limit afresh.
-    pub fn keyspace(mut self, keyspace: Keyspace) -> Self {
-        self.keyspace = keyspace;
-        self
-    }
-
-    /// The most one decision may wait for Redis before the failure policy decides.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The circuit breaker around Redis.
-    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
-        self.breaker = Some(breaker);
-        self
-    }
-}
-
-impl fmt::Debug for RedisOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisOptions")
-            .field("keyspace", &self.keyspace)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
 pub(crate) struct RedisStore {
-    conn: RedisConnection,
-    keyspace: Keyspace,
-    breaker: CircuitBreaker,
+    path: StorePath,
 }
 
 /// What a remote decision consumed.
@@ -126,15 +65,9 @@ fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
 }
 
 impl RedisStore {
-    pub(crate) fn new(options: RedisOptions) -> RedisStore {
-        let breaker = match options.breaker {
-            Some(b) => b,
-            None => CircuitBreaker::for_store("floodwall-limiter-redis"),
-        };
+    pub(crate) fn new(options: StoreOptions) -> RedisStore {
         RedisStore {
-            conn: options.conn.with_call_timeout(options.timeout),
-            keyspace: options.keyspace,
-            breaker,
+            path: options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace")),
         }
     }
 
@@ -144,14 +77,10 @@ impl RedisStore {
         } else {
             limit.name()
         };
-        let base = self.keyspace.key(routing).part(limit.name()).build();
-        let seq = (limit.algorithm() == Algorithm::SlidingLog).then(|| {
-            self.keyspace
-                .key(routing)
-                .part(limit.name())
-                .part("seq")
-                .build()
-        });
+        let keyspace = self.path.keyspace();
+        let base = keyspace.key(routing).part(limit.name()).build();
+        let seq = (limit.algorithm() == Algorithm::SlidingLog)
+            .then(|| keyspace.key(routing).part(limit.name()).part("seq").build());
         (base, seq)
     }
 
@@ -189,14 +118,14 @@ impl RedisStore {
             let t = quota.emission_interval_nanos() as f64 / 1_000.0;
             let burst = quota.burst().get();
             let cap = t * f64::from(burst);
-            let level: i64 = self.conn.invoke(call.arg(t).arg(cap)).await?;
+            let level: i64 = self.path.invoke(call.arg(t).arg(cap)).await?;
             return Ok(gcra_reply(level, t, cap, cost, burst));
         }
         let call = call
             .arg(quota.limit().get())
             .arg(micros(quota.period()))
             .arg(receipt);
-        let reply: Vec<i64> = self.conn.invoke(call).await?;
+        let reply: Vec<i64> = self.path.invoke(call).await?;
         <[i64; 5]>::try_from(reply)
             .map_err(|r| StoreError::Protocol(format!("limit script replied {r:?}")))
     }
@@ -210,10 +139,6 @@ impl RedisStore {
         cost: u32,
         consume: bool,
     ) -> Result<Vec<(Decision, RemoteReceipt)>, StoreError> {
-        let permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|r| StoreError::unavailable(format!("Redis circuit breaker: {r}")))?;
         let mode = if consume { "c" } else { "p" };
         let replies = if let [Some((idx, key, quota))] = applicable {
             // One limit (the common case): no join.
@@ -276,12 +201,8 @@ impl RedisStore {
             }
         }
         match failure {
-            None => {
-                permit.success();
-                Ok(out)
-            }
+            None => Ok(out),
             Some(e) => {
-                permit.failure();
                 self.refund(limits, applicable, &out).await;
                 Err(e)
             }

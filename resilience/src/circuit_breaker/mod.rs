@@ -332,45 +332,6 @@ impl CircuitBreaker {
         CircuitBreakerBuilder::default()
     }
 
-    /// The breaker floodwall's stores put around Redis unless given one: it opens at 50%
-    /// failures over the last 20 calls (at least 5 calls), probes after 1 s, and treats no
-    /// call as slow (each call has its own timeout).
-    pub fn for_store(name: &str) -> CircuitBreaker {
-        CircuitBreaker::builder()
-            .name(name.to_owned())
-            .sliding_window(SlidingWindow::Count(
-                std::num::NonZeroU32::new(20).expect("non-zero"),
-            ))
-            .minimum_calls(5)
-            .failure_rate_threshold(50.0)
-            .slow_call_duration(None)
-            .open_wait(OpenWait::Fixed(Duration::from_secs(1)))
-            .build()
-            .expect("a valid configuration")
-    }
-
-    /// Runs one store call through the breaker: while it is open the call is not made and
-    /// [`StoreError::Unavailable`](floodwall_core::StoreError::Unavailable) comes back at once;
-    /// otherwise the call's success or failure is recorded.
-    pub async fn guard_store<T>(
-        &self,
-        call: impl Future<Output = Result<T, floodwall_core::StoreError>>,
-    ) -> Result<T, floodwall_core::StoreError> {
-        let permit = self.try_acquire().map_err(|r| {
-            floodwall_core::StoreError::unavailable(format!("circuit breaker {}: {r}", self.name()))
-        })?;
-        match call.await {
-            Ok(v) => {
-                permit.success();
-                Ok(v)
-            }
-            Err(e) => {
-                permit.failure();
-                Err(e)
-            }
-        }
-    }
-
     fn from_config(cfg: Config) -> CircuitBreaker {
         let window = match cfg.window {
             SlidingWindow::Count(n) => Window::Count(CountWindow::new(n.get() as usize)),
@@ -835,5 +796,55 @@ impl fmt::Debug for CircuitBreaker {
             .field("name", &self.name())
             .field("state", &kind_of(self.inner.state.load(Ordering::Acquire)))
             .finish()
+    }
+}
+
+/// A breaker gates a store node: a store path asks it before each call to the node and
+/// reports what the call said about the node's health
+/// ([`Health::Unhealthy`](floodwall_core::health::Health::Unhealthy) is a failure,
+/// `Healthy` a success, `Neutral` ignored).
+///
+/// ```
+/// use std::sync::Arc;
+/// use floodwall_core::health::{GateFactory, HealthGate};
+/// use floodwall_resilience::circuit_breaker::CircuitBreaker;
+///
+/// // One breaker per Redis node, named after it (the name is the metrics label).
+/// let gates = |node: &str| -> Arc<dyn HealthGate> {
+///     Arc::new(CircuitBreaker::builder().name(format!("redis-{node}")).build().unwrap())
+/// };
+/// let _ = gates.gate("10.0.0.1:6379");
+/// ```
+impl floodwall_core::health::HealthGate for CircuitBreaker {
+    fn try_pass(&self) -> Result<floodwall_core::health::Ticket, floodwall_core::health::Refused> {
+        match self.acquire_raw() {
+            Ok(raw) => Ok(floodwall_core::health::Ticket {
+                generation: raw.generation,
+                started: raw.started,
+                probe: raw.probe,
+            }),
+            Err(r) => Err(floodwall_core::health::Refused {
+                retry_after: r.retry_after,
+            }),
+        }
+    }
+
+    fn report(
+        &self,
+        ticket: floodwall_core::health::Ticket,
+        health: floodwall_core::health::Health,
+    ) {
+        use floodwall_core::health::Health;
+        let raw = RawPermit {
+            generation: ticket.generation,
+            started: ticket.started,
+            probe: ticket.probe,
+        };
+        let outcome = match health {
+            Health::Healthy => Outcome::Success,
+            Health::Unhealthy => Outcome::Failure,
+            Health::Neutral => Outcome::Ignored,
+        };
+        self.record_raw(raw, outcome);
     }
 }

@@ -1,0 +1,234 @@
+//! The store path every Redis-backed store takes: its call bound, per-node health, error
+//! mapping and secret hygiene, against servers these tests start themselves.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floodwall_core::StoreError;
+use floodwall_core::health::{Health, HealthGate, NodeBreaker, Refused, Ticket};
+use floodwall_core::key::Keyspace;
+use floodwall_core::redis::{RedisConnection, Script, StoreOptions};
+use floodwall_testkit::{FaultProxy, RedisServer};
+
+static INCR: Script = Script::new("return redis.call('INCR', KEYS[1])");
+
+fn keyspace() -> Keyspace {
+    Keyspace::new("pathtest", 1).unwrap()
+}
+
+/// A store takes the connection's own call bound; `StoreOptions::call_timeout` overrides it
+/// for that store alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_uses_the_connections_call_timeout_unless_it_overrides_it() {
+    let Some(server) = RedisServer::start_or_skip(
+        "a_store_uses_the_connections_call_timeout_unless_it_overrides_it",
+    ) else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .call_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let inherited = StoreOptions::new(conn.clone()).open(keyspace());
+    let overridden = StoreOptions::new(conn.clone())
+        .call_timeout(Duration::from_millis(40))
+        .open(keyspace());
+    assert_eq!(inherited.call_timeout(), Duration::from_millis(300));
+    assert_eq!(overridden.call_timeout(), Duration::from_millis(40));
+    assert_eq!(
+        conn.call_timeout(),
+        Duration::from_millis(300),
+        "the connection is untouched"
+    );
+
+    proxy.blackhole();
+    let key = keyspace().key("k").build();
+    for (path, want) in [(&inherited, 300), (&overridden, 40)] {
+        let started = Instant::now();
+        let err = path.invoke::<i64>(INCR.call().key(&key)).await.unwrap_err();
+        let took = started.elapsed();
+        println!("blackholed call with a {want} ms bound answered after {took:?}: {err}");
+        assert!(
+            matches!(err, StoreError::Timeout { after } if after == Duration::from_millis(want)),
+            "{err:?}"
+        );
+        assert!(took >= Duration::from_millis(want) && took < Duration::from_millis(want + 150));
+    }
+}
+
+/// Collects every tracing event's fields as text.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = self.0.lock().unwrap();
+        event.record(&mut Fields(&mut text));
+        text.push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The password in a URL appears in no `Debug` output and no log line.
+#[tokio::test(flavor = "current_thread")]
+async fn debug_output_and_the_connect_log_line_contain_no_password() {
+    let Some(server) =
+        RedisServer::start_or_skip("debug_output_and_the_connect_log_line_contain_no_password")
+    else {
+        return;
+    };
+    server
+        .command(&["CONFIG", "SET", "requirepass", "s3cret-pw"])
+        .unwrap();
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}", server.port());
+    let connector = RedisConnection::standalone(url.clone());
+    let debug = format!("{connector:?}");
+    println!("{debug}");
+    assert!(!debug.contains("s3cret-pw"), "{debug}");
+    assert!(debug.contains(":***@127.0.0.1"), "{debug}");
+
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let conn = connector.connect().await.unwrap();
+    let sentinel_debug = format!(
+        "{:?}",
+        RedisConnection::sentinel("m", [url.clone()]).master_auth(None, "s3cret-pw")
+    );
+    let conn_debug = format!("{conn:?}");
+    let options_debug = format!("{:?}", StoreOptions::new(conn.clone()));
+    let logged = capture.0.lock().unwrap().clone();
+    println!("log: {logged}");
+    assert!(
+        logged.contains("connected to Redis"),
+        "the connect line was logged: {logged}"
+    );
+    for text in [&logged, &conn_debug, &options_debug, &sentinel_debug] {
+        assert!(!text.contains("s3cret-pw"), "{text}");
+    }
+}
+
+/// Credentials the server refuses are a configuration error, with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_config_error() {
+    let Some(server) = RedisServer::start_or_skip("a_wrong_password_is_a_config_error") else {
+        return;
+    };
+    server
+        .command(&["CONFIG", "SET", "requirepass", "right-one"])
+        .unwrap();
+    let err =
+        RedisConnection::standalone(format!("redis://:wrong-one@127.0.0.1:{}", server.port()))
+            .connect()
+            .await
+            .unwrap_err();
+    println!("wrong password: {err}");
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("credentials"), "{err}");
+    assert!(!err.to_string().contains("wrong-one"));
+    // No password at all, against a server that needs one: also a configuration error.
+    let err = RedisConnection::standalone(server.url())
+        .connect()
+        .await
+        .unwrap_err();
+    println!("no password: {err}");
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+}
+
+/// Records every report, to see what the store path says about a node.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Health>>);
+
+impl HealthGate for Recorder {
+    fn try_pass(&self) -> Result<Ticket, Refused> {
+        Ok(Ticket::default())
+    }
+    fn report(&self, _: Ticket, health: Health) {
+        self.0.lock().unwrap().push(health);
+    }
+}
+
+/// A key of the wrong type is that caller's error and proves the node alive; a blackholed
+/// node is unhealthy, its gate opens, and calls then fail fast without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_errors_are_healthy_and_node_failures_open_the_nodes_gate() {
+    let Some(server) =
+        RedisServer::start_or_skip("key_errors_are_healthy_and_node_failures_open_the_nodes_gate")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .call_timeout(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let r = recorder.clone();
+    let recorded = StoreOptions::new(conn.clone())
+        .health_gate(move |_: &str| r.clone() as Arc<dyn HealthGate>)
+        .open(keyspace());
+    let bad = keyspace().key("bad").build();
+    server
+        .command(&["LPUSH", bad.as_str(), "not-a-counter"])
+        .unwrap();
+    let err = recorded
+        .invoke::<i64>(INCR.call().key(&bad))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Script(_)), "{err:?}");
+    let good = keyspace().key("good").build();
+    assert_eq!(
+        recorded
+            .invoke::<i64>(INCR.call().key(&good))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        vec![Health::Healthy, Health::Healthy]
+    );
+
+    let gated = StoreOptions::new(conn)
+        .health_gate(|_: &str| -> Arc<dyn HealthGate> {
+            Arc::new(NodeBreaker::builder().failures(3).build().unwrap())
+        })
+        .open(keyspace());
+    proxy.blackhole();
+    for _ in 0..3 {
+        let e = gated
+            .invoke::<i64>(INCR.call().key(&good))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Timeout { .. }), "{e:?}");
+    }
+    let started = Instant::now();
+    let e = gated
+        .invoke::<i64>(INCR.call().key(&good))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    println!("with the node's gate open a call failed after {took:?}: {e}");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    assert!(took < Duration::from_millis(5), "{took:?}");
+}
