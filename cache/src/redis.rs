@@ -348,7 +348,11 @@ where
 {
     fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>> {
         Box::pin(async move {
-            self.store.refresh_generation(false).await?;
+            // The generation key lives on one node: if that node is failing, keep the last
+            // generation seen rather than fail reads of keys on healthy nodes.
+            if let Err(e) = self.store.refresh_generation(false).await {
+                tracing::debug!(error = %e, "could not re-read the namespace generation");
+            }
             match self.store.get(&key.to_string()).await? {
                 None => Ok(None),
                 Some(bytes) => open(&self.codec, &bytes, unix_ms()),

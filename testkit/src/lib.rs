@@ -4,6 +4,10 @@
 //!
 //! - [`RedisServer`] and [`RedisCluster`]: throwaway `redis-server` processes on free loopback
 //!   ports, without persistence, killed on drop. A test never touches a server it did not start.
+//! - [`RedisCluster::start_with_replicas`]: 3 masters + 3 replicas, a master killed with
+//!   [`RedisCluster::kill`] and [`RedisCluster::wait_for_failover`].
+//! - [`RedisSentinel`]: a master, a replica and a sentinel that promotes it; [`TlsFiles`] and
+//!   [`RedisServer::start_tls`]: a TLS-only server with a throwaway CA.
 //! - [`FaultProxy`]: a loopback TCP proxy in front of a server that can add latency, blackhole
 //!   traffic, reset every connection or refuse new ones, and heal.
 //! - [`Flaky`]: a scripted async service (a plain function and a `tower::Service`) that fails
@@ -25,8 +29,12 @@
 mod flaky;
 mod proxy;
 mod resp;
+mod sentinel;
 mod server;
+mod tls;
 
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
 pub use proxy::FaultProxy;
+pub use sentinel::RedisSentinel;
 pub use server::{REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError};
+pub use tls::TlsFiles;

@@ -51,7 +51,7 @@ impl From<io::Error> for StartError {
     }
 }
 
-fn on_path(bin: &str) -> bool {
+pub(crate) fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
         .unwrap_or(false)
@@ -63,7 +63,7 @@ fn require_redis() -> bool {
 
 /// Handles a start failure the way every test should: a missing binary is one skip line on the
 /// terminal (or a panic naming it when [`REQUIRE_REDIS_ENV`] is `1`); any other failure panics.
-fn skip_or_panic<T>(test: &str, result: Result<T, StartError>) -> Option<T> {
+pub(crate) fn skip_or_panic<T>(test: &str, result: Result<T, StartError>) -> Option<T> {
     match result {
         Ok(v) => Some(v),
         Err(StartError::MissingBinary(bin)) if !require_redis() => {
@@ -85,7 +85,7 @@ fn skip_or_panic<T>(test: &str, result: Result<T, StartError>) -> Option<T> {
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
-fn scratch_dir(tag: &str) -> io::Result<PathBuf> {
+pub(crate) fn scratch_dir(tag: &str) -> io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "floodwall-testkit-{}-{}-{tag}",
         std::process::id(),
@@ -96,7 +96,7 @@ fn scratch_dir(tag: &str) -> io::Result<PathBuf> {
 }
 
 /// A loopback port that was free a moment ago; with `cluster_bus`, `port + 10000` too.
-fn free_port(cluster_bus: bool) -> io::Result<u16> {
+pub(crate) fn free_port(cluster_bus: bool) -> io::Result<u16> {
     for _ in 0..100 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
@@ -182,7 +182,12 @@ impl RedisServer {
                 .arg("--cluster-config-file")
                 .arg(format!("nodes-{}.conf", self.port));
         }
-        cmd.args(&self.extra);
+        let port = self.port.to_string();
+        cmd.args(
+            self.extra
+                .iter()
+                .map(|a| if a == "{port}" { port.as_str() } else { a }),
+        );
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -422,21 +427,35 @@ impl RedisCluster {
         }
     }
 
-    /// Waits until every running node sees all 16384 slots served again (after a master was
-    /// killed: its replica promoted) and returns how long that took from the call.
-    pub fn wait_for_failover(&self, timeout: Duration) -> Result<Duration, StartError> {
+    /// Waits until the Cluster has failed over from the killed node on `port`: every running
+    /// node marks it failed (`fail`, not just suspected), it owns no slot any more, and every
+    /// running node sees all 16384 slots served. Returns how long that took from the call.
+    pub fn wait_for_failover(&self, port: u16, timeout: Duration) -> Result<Duration, StartError> {
         let started = Instant::now();
+        let needle = format!("127.0.0.1:{port}@");
         loop {
-            let served = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
-                n.command(&["CLUSTER", "INFO"])
-                    .is_ok_and(|info| info.contains("cluster_slots_ok:16384"))
+            let running = self.nodes.iter().filter(|n| n.is_running());
+            let done = running.clone().all(|n| {
+                let marked = n.command(&["CLUSTER", "NODES"]).is_ok_and(|table| {
+                    table.lines().any(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        fields.get(1).is_some_and(|a| a.starts_with(&needle))
+                            && fields
+                                .get(2)
+                                .is_some_and(|f| f.split(',').any(|flag| flag == "fail"))
+                            && fields.len() <= 8
+                    })
+                });
+                marked
+                    && n.command(&["CLUSTER", "INFO"])
+                        .is_ok_and(|info| info.contains("cluster_slots_ok:16384"))
             });
-            if served {
+            if done {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
                 return Err(StartError::Failed(format!(
-                    "the Cluster did not serve every slot again within {timeout:?}"
+                    "the Cluster did not fail over from :{port} within {timeout:?}"
                 )));
             }
             thread::sleep(Duration::from_millis(20));
