@@ -42,7 +42,7 @@
 //!   (coalesced), `get_or_fetch` (with "do not store" answers), `set`, `invalidate`,
 //!   `invalidate_namespace`; soft and hard TTL with jitter, stale-while-revalidate with one
 //!   background refresh, XFetch early refresh, fail-safe with a retry throttle, soft and hard
-//!   loader timeouts, negative caching; [`Stats`].
+//!   loader timeouts, negative caching; [`StatsSnapshot`].
 //! - (feature `redis`, module `redis`) the Redis tier (L2): values through a pluggable serde
 //!   codec (compact binary by default, JSON available) in a versioned envelope; keys
 //!   `namespace:vSCHEMA:{key}:GENERATION`, so a schema bump never reads old bytes and a
@@ -64,15 +64,19 @@
 //! [`ManualClock`] or Tokio's paused time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;
+mod lease;
+mod load;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod stats;
 mod tiered;
 
+pub use builder::TieredCacheBuilder;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
-pub use stats::{Stats, StatsSnapshot};
-pub use tiered::{CacheError, Fetched, TieredCache, TieredCacheBuilder};
+pub use stats::StatsSnapshot;
+pub use tiered::{CacheError, Fetched, TieredCache};

@@ -12,7 +12,7 @@
 //!
 //! # Envelope
 //!
-//! floodwall-core's shared [`Envelope`]: `FWC`, format version (1), codec ([`Binary`] = 2,
+//! floodwall-core's shared [`Envelope`](floodwall_core::envelope::Envelope): `FWC`, format version (1), codec ([`Binary`] = 2,
 //! the default; [`Json`] = 1), then written-at, soft expiry and hard expiry as Unix
 //! milliseconds (big-endian `u64`), then the codec's bytes; a `null` payload is a
 //! cached "not found". Bytes that are not such an envelope, of another format version or
@@ -24,63 +24,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use floodwall_core::envelope::Envelope;
 use floodwall_core::redis::{RedisConnection, Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
 
+mod bus;
+mod codec;
+
 use crate::tiered::{Found, Tier2};
+pub(crate) use bus::Drop;
+pub use codec::{Binary, Codec, FORMAT_VERSION, Json};
+use codec::{open, seal, unix_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The envelope format this release writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
-/// floodwall-core's shared envelope: `FWC`, the format version, the codec id as the tag, a
-/// 24-byte header (written-at, soft and hard expiry), the codec's bytes.
-const ENVELOPE: Envelope = Envelope::new(*b"FWC", FORMAT_VERSION, 24);
 /// The keyspace namespace of the tier unless its [`StoreOptions`] name another.
 pub const DEFAULT_NAMESPACE: &str = "fw-cache";
-
-/// How values become bytes in Redis. [`Binary`] (the default) and [`Json`] are built in; a
-/// codec of your own picks an [`ID`](Codec::ID) of 128 or more.
-pub trait Codec: Send + Sync + 'static {
-    /// The byte naming this codec in the envelope: a value written with another codec is a
-    /// miss, never misread.
-    const ID: u8;
-    /// Encodes a value.
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String>;
-    /// Decodes a value.
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String>;
-}
-
-/// Compact binary (postcard): the default.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Binary;
-
-impl Codec for Binary {
-    const ID: u8 = 2;
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String> {
-        postcard::to_allocvec(value).map_err(|e| e.to_string())
-    }
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String> {
-        postcard::from_bytes(bytes).map_err(|e| e.to_string())
-    }
-}
-
-/// JSON (serde_json): readable with `redis-cli`, larger and slower.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Json;
-
-impl Codec for Json {
-    const ID: u8 = 1;
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(value).map_err(|e| e.to_string())
-    }
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
-    }
-}
 
 /// How a [`TieredCache`](crate::TieredCache) uses Redis.
 ///
@@ -230,15 +190,7 @@ pub(crate) struct RedisStoreInner {
 }
 
 /// Deletes the lease only if this instance still holds it.
-static RELEASE_LEASE: Script = Script::new(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-);
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+static RELEASE_LEASE: Script = Script::new(include_str!("redis/release_lease.lua"));
 
 /// The type-erased second tier over a [`RedisStoreInner`].
 pub(crate) struct Adapter<K, V, C> {
@@ -254,90 +206,6 @@ impl<K, V, C> Adapter<K, V, C> {
             codec,
             _types: std::marker::PhantomData,
         }
-    }
-}
-
-/// What an invalidation message asks of an instance's L1.
-#[derive(Debug)]
-pub(crate) enum Drop<K> {
-    /// One key.
-    Key(K),
-    /// Everything (namespace bumped, subscription lost or regained).
-    All,
-}
-
-impl<K, V, C> Adapter<K, V, C>
-where
-    K: std::str::FromStr + Send + 'static,
-{
-    /// Starts the subscriber task (if pub/sub is on and a runtime is running): `on_drop` is
-    /// called for every invalidation received from another instance, and with `All` whenever
-    /// the subscription goes down or comes back.
-    pub(crate) fn subscribe(&self, on_drop: Box<dyn Fn(Drop<K>) + Send + Sync>) {
-        if !self.store.pubsub {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no Tokio runtime: cache invalidation messages are not received");
-            return;
-        };
-        let store = Arc::downgrade(&self.store);
-        handle.spawn(async move {
-            use futures::StreamExt;
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let Some(s) = store.upgrade() else { return };
-                let channel = s.channel.clone();
-                let conn = s.pubsub_conn.clone();
-                drop(s);
-                if let Ok(mut pubsub) = conn.pubsub().await
-                    && pubsub.subscribe(&channel).await.is_ok()
-                {
-                    backoff = Duration::from_millis(50);
-                    let Some(s) = store.upgrade() else { return };
-                    // Anything may have been missed while down: re-read the generation and
-                    // start L1 afresh, then use it again.
-                    let _ = s.refresh_generation(true).await;
-                    on_drop(Drop::All);
-                    s.unsubscribed.store(false, Ordering::Release);
-                    let owner = s.owner.clone();
-                    drop(s);
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Ok(text) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        let mut parts = text.splitn(3, ' ');
-                        let (Some(from), Some(kind)) = (parts.next(), parts.next()) else {
-                            continue;
-                        };
-                        let rest = parts.next().unwrap_or("");
-                        match kind {
-                            "g" => {
-                                if let (Some(s), Ok(g)) = (store.upgrade(), rest.parse::<u64>())
-                                    && s.set_generation(g)
-                                {
-                                    on_drop(Drop::All);
-                                }
-                            }
-                            "k" if from != owner => {
-                                if let Ok(k) = rest.parse::<K>() {
-                                    on_drop(Drop::Key(k));
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                // Down: stop using L1 until the subscription is back.
-                let Some(s) = store.upgrade() else { return };
-                s.unsubscribed.store(true, Ordering::Release);
-                drop(s);
-                on_drop(Drop::All);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        });
     }
 }
 
@@ -417,54 +285,6 @@ where
     fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move { self.store.release_lease(&key.to_string()).await })
     }
-}
-
-/// Seals `value` with its expiries (Unix ms).
-pub(crate) fn seal<V: Serialize, C: Codec>(
-    codec: &C,
-    value: &Option<V>,
-    soft_at: u64,
-    hard_at: u64,
-) -> Result<Vec<u8>, StoreError> {
-    let payload = codec.encode(value).map_err(StoreError::Codec)?;
-    let mut header = [0u8; 24];
-    header[..8].copy_from_slice(&unix_ms().to_be_bytes());
-    header[8..16].copy_from_slice(&soft_at.to_be_bytes());
-    header[16..].copy_from_slice(&hard_at.to_be_bytes());
-    Ok(ENVELOPE.seal(C::ID, &header, &payload))
-}
-
-/// Opens an envelope at wall-clock `now` (Unix ms): `Ok(None)` when it has expired.
-pub(crate) fn open<V: DeserializeOwned, C: Codec>(
-    codec: &C,
-    bytes: &[u8],
-    now: u64,
-) -> Result<Option<Found<V>>, StoreError> {
-    let opened = ENVELOPE.open(bytes)?;
-    if opened.tag != C::ID {
-        return Err(StoreError::Codec(format!(
-            "cache value written with codec {} (this cache reads {})",
-            opened.tag,
-            C::ID
-        )));
-    }
-    let at = |i: usize| {
-        u64::from_be_bytes(
-            opened.header[i..i + 8]
-                .try_into()
-                .expect("a 24-byte header"),
-        )
-    };
-    let (soft_at, hard_at) = (at(8), at(16));
-    if now >= hard_at {
-        return Ok(None);
-    }
-    let value: Option<V> = codec.decode(opened.payload).map_err(StoreError::Codec)?;
-    Ok(Some(Found {
-        value,
-        soft_left: Duration::from_millis(soft_at.saturating_sub(now)),
-        hard_left: Duration::from_millis(hard_at - now),
-    }))
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -587,34 +407,5 @@ impl RedisStoreInner {
             .invoke_held::<i64>(RELEASE_LEASE.call().key(&k).arg(&self.owner))
             .await
             .map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_round_trip_and_expire() {
-        let now = unix_ms();
-        let b = seal(&Json, &Some("v".to_string()), now + 1_000, now + 2_000).unwrap();
-        let f: Found<String> = open(&Json, &b, now).unwrap().unwrap();
-        assert_eq!(f.value.as_deref(), Some("v"));
-        assert!(f.soft_left <= Duration::from_millis(1_000));
-        assert!(open::<String, _>(&Json, &b, now + 2_000).unwrap().is_none());
-        let mut other = b.clone();
-        other[3] = 2;
-        assert!(open::<String, _>(&Json, &other, now).is_err());
-        assert!(open::<String, _>(&Json, b"FWC", now).is_err());
-        for n in 0..b.len() {
-            let _ = open::<String, _>(&Json, &b[..n], now);
-        }
-        // Written with one codec, read with another: a miss, not a misreading.
-        let bin = seal(&Binary, &Some(7u32), now + 1_000, now + 2_000).unwrap();
-        assert!(open::<u32, _>(&Json, &bin, now).is_err());
-        assert_eq!(
-            open::<u32, _>(&Binary, &bin, now).unwrap().unwrap().value,
-            Some(7)
-        );
     }
 }

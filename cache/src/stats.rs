@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Live counters of a cache (see [`StatsSnapshot`] for their meaning).
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     hits: AtomicU64,
     misses: AtomicU64,
     loads: AtomicU64,
@@ -88,7 +88,7 @@ impl Stats {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),

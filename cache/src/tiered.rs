@@ -7,9 +7,9 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::builder::TieredCacheBuilder;
 use floodwall_core::clock::duration_to_nanos;
 use floodwall_core::{Clock, StoreError, SystemClock};
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,48 +73,48 @@ pub enum Fetched<V> {
 
 /// One cached value (or a cached "not found") and its clock readings.
 #[derive(Debug)]
-struct Entry<V> {
-    value: Option<V>,
+pub(crate) struct Entry<V> {
+    pub(crate) value: Option<V>,
     /// Fresh until here; stale (served, refreshed in the background) until `hard_at`.
-    soft_at: u64,
+    pub(crate) soft_at: u64,
     /// Expired from here; kept for fail-safe until `keep_until`.
-    hard_at: u64,
-    keep_until: u64,
+    pub(crate) hard_at: u64,
+    pub(crate) keep_until: u64,
     /// No loader call for this key before this time (fail-safe throttle).
-    retry_at: u64,
+    pub(crate) retry_at: u64,
     /// How long the load that produced it took (XFetch's delta).
-    load_nanos: u64,
+    pub(crate) load_nanos: u64,
 }
 
 /// How a [`TieredCache`] treats time; see [`TieredCacheBuilder`].
 #[derive(Debug, Clone)]
-struct Options {
-    ttl: Duration,
-    soft_ttl: Option<Duration>,
-    jitter: f64,
-    max_stale: Option<Duration>,
-    fail_safe_throttle: Duration,
-    negative_ttl: Option<Duration>,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
-    xfetch_beta: Option<f64>,
+pub(crate) struct Options {
+    pub(crate) ttl: Duration,
+    pub(crate) soft_ttl: Option<Duration>,
+    pub(crate) jitter: f64,
+    pub(crate) max_stale: Option<Duration>,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) xfetch_beta: Option<f64>,
 }
 
-type Subscribe<K, V> = Box<dyn FnOnce(std::sync::Weak<Inner<K, V>>) + Send>;
+pub(crate) type Subscribe<K, V> = Box<dyn FnOnce(std::sync::Weak<Inner<K, V>>) + Send>;
 
-type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 
-type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
+pub(crate) type Load<V> = Shared<BoxFuture<'static, Result<Option<V>, CacheError>>>;
 
-struct Inner<K, V> {
-    l1: moka::sync::Cache<K, Arc<Entry<V>>>,
-    l2: Option<Arc<dyn Tier2<K, V>>>,
+pub(crate) struct Inner<K, V> {
+    pub(crate) l1: moka::sync::Cache<K, Arc<Entry<V>>>,
+    pub(crate) l2: Option<Arc<dyn Tier2<K, V>>>,
     /// The namespace generation L1's entries belong to.
-    l1_generation: std::sync::atomic::AtomicU64,
-    inflight: Mutex<HashMap<K, Load<V>>>,
-    options: Options,
-    clock: Arc<dyn Clock>,
-    stats: crate::Stats,
+    pub(crate) l1_generation: std::sync::atomic::AtomicU64,
+    pub(crate) inflight: Mutex<HashMap<K, Load<V>>>,
+    pub(crate) options: Options,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) stats: crate::stats::Stats,
 }
 
 /// A cache of `K → V` in front of a slow source: a bounded in-process L1 (moka), request
@@ -162,7 +162,7 @@ struct Inner<K, V> {
 /// # }
 /// ```
 pub struct TieredCache<K, V> {
-    inner: Arc<Inner<K, V>>,
+    pub(crate) inner: Arc<Inner<K, V>>,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {
@@ -179,163 +179,6 @@ impl<K, V> fmt::Debug for TieredCache<K, V> {
             .field("options", &self.inner.options)
             .field("entries", &self.inner.l1.entry_count())
             .finish_non_exhaustive()
-    }
-}
-
-/// Builds a [`TieredCache`].
-pub struct TieredCacheBuilder<K, V> {
-    max_capacity: u64,
-    l2: Option<Arc<dyn Tier2<K, V>>>,
-    subscribe: Option<Subscribe<K, V>>,
-    weigher: Option<Weigher<K, V>>,
-    options: Options,
-    clock: Arc<dyn Clock>,
-}
-
-impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TieredCacheBuilder")
-            .field("max_capacity", &self.max_capacity)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<K, V> TieredCacheBuilder<K, V>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    /// The most entries L1 holds (or, with a [`weigher`](Self::weigher), the most weight).
-    pub fn max_capacity(mut self, n: u64) -> Self {
-        self.max_capacity = n;
-        self
-    }
-
-    /// Bounds L1 by weight instead of entry count.
-    pub fn weigher(mut self, f: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Box::new(f));
-        self
-    }
-
-    /// How long a value lives (default 5 minutes).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.options.ttl = ttl;
-        self
-    }
-
-    /// How long a value is fresh; from then until `ttl` it is served stale while refreshed.
-    pub fn soft_ttl(mut self, soft: Duration) -> Self {
-        self.options.soft_ttl = Some(soft);
-        self
-    }
-
-    /// Stretches each entry's TTLs by a random factor in `[1, 1 + jitter)` (0 to 1; default 0).
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.options.jitter = jitter.clamp(0.0, 1.0);
-        self
-    }
-
-    /// Fail-safe: serve an expired value for up to `max_stale` when the loader fails.
-    pub fn fail_safe(mut self, max_stale: Duration, throttle: Duration) -> Self {
-        self.options.max_stale = Some(max_stale);
-        self.options.fail_safe_throttle = throttle;
-        self
-    }
-
-    /// Caches a loader's `Ok(None)` for `ttl`.
-    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.options.negative_ttl = Some(ttl);
-        self
-    }
-
-    /// With an old value at hand, answer it once a load takes this long.
-    pub fn soft_timeout(mut self, d: Duration) -> Self {
-        self.options.soft_timeout = Some(d);
-        self
-    }
-
-    /// Cut every load at this long.
-    pub fn hard_timeout(mut self, d: Duration) -> Self {
-        self.options.hard_timeout = Some(d);
-        self
-    }
-
-    /// Probabilistic early refresh (XFetch) with this β (1.0 is the paper's default).
-    pub fn xfetch(mut self, beta: f64) -> Self {
-        self.options.xfetch_beta = (beta > 0.0).then_some(beta);
-        self
-    }
-
-    /// The clock freshness is measured on (a `ManualClock` or Tokio's paused clock in tests).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Adds the Redis tier (L2): values shared by every instance, read once per coalesced
-    /// load, written through on `set`, deleted on `invalidate`; optionally a load lease
-    /// across instances. See [`redis`](crate::redis).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis<C: crate::redis::Codec>(mut self, tier: crate::redis::RedisTier<C>) -> Self
-    where
-        K: fmt::Display + std::str::FromStr,
-        V: serde::Serialize + serde::de::DeserializeOwned,
-    {
-        let adapter = Arc::new(crate::redis::Adapter::<K, V, C>::new(tier.into_store()));
-        self.subscribe = Some(Box::new({
-            let adapter = adapter.clone();
-            move |weak: std::sync::Weak<Inner<K, V>>| {
-                adapter.subscribe(Box::new(move |what| {
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.stats.invalidation_received();
-                    match what {
-                        crate::redis::Drop::Key(k) => {
-                            inner.l1.invalidate(&k);
-                        }
-                        crate::redis::Drop::All => inner.l1.invalidate_all(),
-                    }
-                }))
-            }
-        }));
-        self.l2 = Some(adapter);
-        self
-    }
-
-    /// Builds the cache.
-    pub fn build(self) -> TieredCache<K, V> {
-        let o = &self.options;
-        // moka drops entries once even fail-safe cannot use them (a backstop: freshness is
-        // decided on `clock`).
-        let longest = o.ttl.mul_f64(1.0 + o.jitter)
-            + o.max_stale.unwrap_or_default()
-            + o.negative_ttl.unwrap_or_default()
-            + Duration::from_secs(1);
-        let mut l1 = moka::sync::Cache::builder()
-            .max_capacity(self.max_capacity)
-            .time_to_live(longest);
-        if let Some(w) = self.weigher {
-            l1 = l1.weigher(move |k: &K, e: &Arc<Entry<V>>| match &e.value {
-                Some(v) => w(k, v),
-                None => 1,
-            });
-        }
-        let cache = TieredCache {
-            inner: Arc::new(Inner {
-                l1: l1.build(),
-                l2: self.l2,
-                l1_generation: std::sync::atomic::AtomicU64::new(0),
-                inflight: Mutex::new(HashMap::new()),
-                options: self.options,
-                clock: self.clock,
-                stats: crate::Stats::default(),
-            }),
-        };
-        if let Some(subscribe) = self.subscribe {
-            subscribe(Arc::downgrade(&cache.inner));
-        }
-        cache
     }
 }
 
@@ -447,7 +290,7 @@ where
         self.inner.l1.invalidate(key);
     }
 
-    async fn write_l2(&self, key: &K, entry: &Entry<V>, now: u64) {
+    pub(crate) async fn write_l2(&self, key: &K, entry: &Entry<V>, now: u64) {
         let Some(l2) = &self.inner.l2 else {
             return;
         };
@@ -474,7 +317,11 @@ where
 
     /// Reads `key` from L2 into L1. `Some(value)` when found usable (fresh, or stale when
     /// `accept_stale`); `None` on a miss; `Err(())` when Redis failed.
-    async fn read_l2(&self, key: &K, accept_stale: bool) -> Result<Option<Option<V>>, ()> {
+    pub(crate) async fn read_l2(
+        &self,
+        key: &K,
+        accept_stale: bool,
+    ) -> Result<Option<Option<V>>, ()> {
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
         };
@@ -613,190 +460,6 @@ where
                 Ok(old.value.clone())
             }
             (Err(e), None) => Err(e),
-        }
-    }
-
-    fn xfetch_due(&self, e: &Entry<V>, now: u64) -> bool {
-        let Some(beta) = self.inner.options.xfetch_beta else {
-            return false;
-        };
-        // u in (0, 1]: ln(u) <= 0, so the term is a non-negative head start.
-        let u = 1.0 - rand::random::<f64>();
-        let early = (e.load_nanos as f64) * beta * -u.ln();
-        now as f64 + early >= e.soft_at as f64
-    }
-
-    fn refresh_in_background<F, Fut, E>(&self, key: K, loader: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        // Joining an in-flight load starts nothing new: one refresh per key at a time.
-        drop(self.load(key, loader, true));
-    }
-
-    /// The shared load for `key`: joins the one in flight or starts one (driven to the end
-    /// by a task of its own, whoever still waits for it).
-    ///
-    /// Unless `refresh`, a load that finds a fresh entry (written by a load that ended between
-    /// the caller's lookup and this one) answers it without calling the loader.
-    fn load<F, Fut, E>(&self, key: K, loader: F, refresh: bool) -> Load<V>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        let mut inflight = self
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(load) = inflight.get(&key) {
-            self.inner.stats.coalesced();
-            return load.clone();
-        }
-        let this = self.clone();
-        let k = key.clone();
-        let fut = async move {
-            let inner = &this.inner;
-            let started = inner.clock.now_nanos();
-            if !refresh
-                && let Some(e) = inner.l1.get(&k)
-                && started < e.soft_at
-            {
-                inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&k);
-                return Ok(e.value.clone());
-            }
-            // The second tier: another instance may have loaded it already.
-            let mut l2_ok = inner.l2.is_some();
-            let mut lease_held = false;
-            match this.read_l2(&k, !refresh).await {
-                Ok(Some(value)) => {
-                    inner
-                        .inflight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&k);
-                    return Ok(value);
-                }
-                Ok(None) => {}
-                Err(()) => l2_ok = false,
-            }
-            if l2_ok
-                && let Some(l2) = &inner.l2
-                && let Some(ttl) = l2.lease_ttl()
-            {
-                // One loader across instances: take the lease, or wait for its holder's value
-                // (and take the lease once the holder is gone).
-                let poll = (ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
-                loop {
-                    match l2.take_lease(&k, ttl).await {
-                        Ok(true) => {
-                            lease_held = true;
-                            break;
-                        }
-                        Ok(false) => {
-                            tokio::time::sleep(poll).await;
-                            match this.read_l2(&k, true).await {
-                                Ok(Some(value)) => {
-                                    inner
-                                        .inflight
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .remove(&k);
-                                    return Ok(value);
-                                }
-                                Ok(None) => {}
-                                Err(()) => {
-                                    l2_ok = false;
-                                    break;
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            inner.stats.l2_error();
-                            l2_ok = false;
-                            break;
-                        }
-                    }
-                }
-            }
-            inner.stats.load();
-            let result = match inner.options.hard_timeout {
-                Some(hard) => match tokio::time::timeout(hard, loader()).await {
-                    Ok(r) => r.map_err(|e| CacheError::Loader(Arc::new(e.into()))),
-                    Err(_) => Err(CacheError::Timeout(hard)),
-                },
-                None => loader()
-                    .await
-                    .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
-            };
-            let now = inner.clock.now_nanos();
-            let (result, store) = match result {
-                Ok(Fetched::Value(v)) => (Ok(Some(v)), true),
-                Ok(Fetched::Missing) => (Ok(None), true),
-                Ok(Fetched::Uncacheable(v)) => (Ok(Some(v)), false),
-                Err(e) => (Err(e), false),
-            };
-            if store && let Ok(value) = &result {
-                if value.is_some() || inner.options.negative_ttl.is_some() {
-                    let entry = this.entry(value.clone(), now, now.saturating_sub(started));
-                    if l2_ok {
-                        this.write_l2(&k, &entry, now).await;
-                    }
-                    inner.l1.insert(k.clone(), Arc::new(entry));
-                } else {
-                    inner.l1.invalidate(&k);
-                }
-            }
-            if lease_held
-                && let Some(l2) = &inner.l2
-                && let Err(e) = l2.release_lease(&k).await
-            {
-                tracing::debug!(error = %e, "could not release a cache load lease (it expires)");
-            }
-            inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&k);
-            result
-        }
-        .boxed()
-        .shared();
-        inflight.insert(key, fut.clone());
-        tokio::spawn(fut.clone());
-        fut
-    }
-
-    /// An entry for `value` written at `now`, TTLs jittered.
-    fn entry(&self, value: Option<V>, now: u64, load_nanos: u64) -> Entry<V> {
-        let o = &self.inner.options;
-        let stretch = if o.jitter > 0.0 {
-            1.0 + o.jitter * rand::random::<f64>()
-        } else {
-            1.0
-        };
-        let (soft, hard) = match &value {
-            Some(_) => (o.soft_ttl.unwrap_or(o.ttl).min(o.ttl), o.ttl),
-            None => {
-                let n = o.negative_ttl.unwrap_or_default();
-                (n, n)
-            }
-        };
-        let hard_at = now.saturating_add(duration_to_nanos(hard.mul_f64(stretch)));
-        Entry {
-            value,
-            soft_at: now.saturating_add(duration_to_nanos(soft.mul_f64(stretch))),
-            hard_at,
-            keep_until: hard_at.saturating_add(duration_to_nanos(o.max_stale.unwrap_or_default())),
-            retry_at: 0,
-            load_nanos,
         }
     }
 }

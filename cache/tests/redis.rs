@@ -11,7 +11,7 @@ use floodwall_cache::TieredCache;
 use floodwall_cache::redis::RedisTier;
 use floodwall_core::Keyspace;
 use floodwall_core::redis::{RedisConnection, StoreOptions};
-use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
+use floodwall_testkit::{FaultProxy, RedisServer, on_each_topology};
 use proptest::prelude::*;
 
 type Cache = TieredCache<String, String>;
@@ -86,44 +86,23 @@ async fn stampede(urls: Vec<String>, cluster: bool) {
     assert_eq!(other.stats().l2_hits, 1);
 }
 
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stampede_loads_once_and_reads_redis_once_on_standalone() {
-    let Some(server) =
-        RedisServer::start_or_skip("a_stampede_loads_once_and_reads_redis_once_on_standalone")
-    else {
-        return;
-    };
-    stampede(vec![server.url()], false).await;
+async fn a_stampede_loads_once_and_reads_redis_once() {
+    on_each_topology("a_stampede_loads_once_and_reads_redis_once", |t| {
+        stampede(t.urls, t.cluster)
+    })
+    .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stampede_loads_once_and_reads_redis_once_on_cluster() {
-    let Some(cluster) =
-        RedisCluster::start_or_skip("a_stampede_loads_once_and_reads_redis_once_on_cluster", 3)
-    else {
-        return;
-    };
-    stampede(cluster.urls(), true).await;
-}
-
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_lease_four_instances_load_once_and_a_dead_holder_is_taken_over() {
-    let Some(server) = RedisServer::start_or_skip(
+    on_each_topology(
         "with_the_lease_four_instances_load_once_and_a_dead_holder_is_taken_over",
-    ) else {
-        return;
-    };
-    lease(vec![server.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_lease_four_instances_load_once_on_cluster() {
-    let Some(cluster) =
-        RedisCluster::start_or_skip("with_the_lease_four_instances_load_once_on_cluster", 3)
-    else {
-        return;
-    };
-    lease(cluster.urls(), true).await;
+        |t| lease(t.urls, t.cluster),
+    )
+    .await;
 }
 
 async fn lease(urls: Vec<String>, cluster: bool) {
@@ -398,24 +377,13 @@ async fn invalidation(urls: Vec<String>, cluster: bool) {
     assert!(a.stats().invalidations_sent >= 3);
 }
 
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_and_invalidate_reach_other_instances_on_standalone() {
-    let Some(server) =
-        RedisServer::start_or_skip("set_and_invalidate_reach_other_instances_on_standalone")
-    else {
-        return;
-    };
-    invalidation(vec![server.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_and_invalidate_reach_other_instances_on_cluster() {
-    let Some(cluster) =
-        RedisCluster::start_or_skip("set_and_invalidate_reach_other_instances_on_cluster", 3)
-    else {
-        return;
-    };
-    invalidation(cluster.urls(), true).await;
+async fn set_and_invalidate_reach_other_instances() {
+    on_each_topology("set_and_invalidate_reach_other_instances", |t| {
+        invalidation(t.urls, t.cluster)
+    })
+    .await;
 }
 
 /// B's subscription is cut (and cannot come back for a while): B stops using its L1, so an

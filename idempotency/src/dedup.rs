@@ -4,7 +4,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::record::{Abort, Begin, Fingerprint, Finish, Kind, open, seal};
+use crate::claim::Claim;
+use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::run::RunError;
 use crate::store::Store;
 
@@ -89,24 +90,16 @@ impl<S: Store> Deduplicator<S> {
             Begin::InProgress { retry_after } => return Err(RunError::InProgress { retry_after }),
             Begin::Mismatch => return Err(RunError::FingerprintMismatch),
         };
-        match op().await {
-            Ok(v) => {
-                let record = seal(Kind::Done, &[]);
-                match self.store.complete(id, token, &record, self.window).await {
-                    Ok(Finish::Done) => {}
-                    Ok(Finish::Fenced) => {
-                        tracing::warn!(id, "message claim was lost before completion")
-                    }
-                    Err(e) => tracing::warn!(id, error = %e, "could not mark a message processed"),
-                }
-                Ok(Processed::Done(v))
-            }
-            Err(e) => {
-                if let Err(err) = self.store.abort(id, token, Abort::Release).await {
-                    tracing::warn!(id, error = %err, "could not release a message claim");
-                }
-                Err(RunError::Operation(e))
-            }
-        }
+        let claim = Claim {
+            store: &self.store,
+            key: id,
+            token,
+            retention: self.window,
+        };
+        claim
+            .run(op(), |_| Some(seal(Kind::Done, &[])))
+            .await
+            .map(Processed::Done)
+            .map_err(RunError::Operation)
     }
 }

@@ -42,7 +42,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service};
 
-use crate::record::{Abort, Begin, Fingerprint, Kind, open, seal};
+use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::run::Idempotency;
 use crate::store::Store;
 
@@ -253,7 +253,7 @@ fn parse_key(value: &HeaderValue, max: usize) -> Option<String> {
 }
 
 /// Whether a response with this status is stored (see the module docs).
-pub fn is_storable(status: StatusCode) -> bool {
+fn is_storable(status: StatusCode) -> bool {
     let code = status.as_u16();
     (200..500).contains(&code) && !matches!(code, 408 | 409 | 425 | 429)
 }
@@ -341,108 +341,34 @@ where
             if !config.methods.contains(req.method()) {
                 return inner.call(req).await;
             }
-            let key = match req.headers().get(&IDEMPOTENCY_KEY) {
-                None if config.require_key => {
-                    return Ok(problem(
-                        StatusCode::BAD_REQUEST,
-                        "key-missing",
-                        "Idempotency-Key is missing",
-                        "This operation is idempotent and requires an Idempotency-Key header.",
-                    ));
-                }
-                None => return inner.call(req).await,
-                Some(v) => match parse_key(v, config.max_key_len) {
-                    Some(k) => k,
-                    None => {
-                        return Ok(problem(
-                            StatusCode::BAD_REQUEST,
-                            "key-malformed",
-                            "Idempotency-Key is malformed",
-                            &format!(
-                                "The key must be 1 to {} visible ASCII characters.",
-                                config.max_key_len
-                            ),
-                        ));
-                    }
-                },
+            let key = match read_key(req.headers(), &config) {
+                Ok(Some(key)) => key,
+                Ok(None) => return inner.call(req).await,
+                Err(problem) => return Ok(problem),
             };
             let (parts, body) = req.into_parts();
-            let collected = Limited::new(body, config.max_request_body)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .ok();
-            let body = match collected {
-                Some(b) => b,
-                None => {
-                    return Ok(problem(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body-too-large",
-                        "Request body too large",
-                        &format!("At most {} bytes are accepted.", config.max_request_body),
-                    ));
-                }
+            let Ok(body) = Limited::new(body, config.max_request_body).collect().await else {
+                return Ok(problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Request body too large",
+                    &format!("At most {} bytes are accepted.", config.max_request_body),
+                ));
             };
+            let body = body.to_bytes();
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let fingerprint =
                 Fingerprint::of_parts([parts.method.as_str().as_bytes(), target.as_bytes(), &body]);
             let principal = (config.principal)(&parts).unwrap_or_default();
             // Length-prefixed so that no principal/key pair can imitate another.
             let scoped = format!("{}:{principal}:{key}", principal.len());
-            let rebuild = |parts, body: Bytes| Request::from_parts(parts, ReqBody::from(body));
-
+            let request = Request::from_parts(parts, ReqBody::from(body));
             let token = match idem.begin_waiting(&scoped, &fingerprint).await {
                 Ok(Begin::Claimed(token)) => token,
-                Ok(Begin::Completed(record)) => {
-                    let Some((status, headers, body)) = decode_response(&record) else {
-                        tracing::warn!("an idempotency record did not decode; answering 500");
-                        return Ok(problem(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "record-unreadable",
-                            "Stored response unreadable",
-                            "The stored response for this key could not be read.",
-                        ));
-                    };
-                    crate::metrics::replayed();
-                    let mut r = Response::new(ResBody::from(body));
-                    *r.status_mut() = status;
-                    for (n, v) in headers {
-                        r.headers_mut().append(n, v);
-                    }
-                    r.headers_mut().insert(
-                        IDEMPOTENT_REPLAYED.clone(),
-                        HeaderValue::from_static("true"),
-                    );
-                    return Ok(r);
-                }
-                Ok(Begin::InProgress { retry_after }) => {
-                    crate::metrics::conflict();
-                    let mut r = problem(
-                        StatusCode::CONFLICT,
-                        "in-progress",
-                        "A request with this Idempotency-Key is being processed",
-                        "Retry after the first request has finished.",
-                    );
-                    // The lease is only the upper bound (a crashed holder); a live one usually
-                    // finishes far sooner, so suggest a second.
-                    let secs = retry_after.min(Duration::from_secs(1));
-                    let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
-                    r.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                    return Ok(r);
-                }
-                Ok(Begin::Mismatch) => {
-                    crate::metrics::mismatch();
-                    return Ok(problem(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "key-reused",
-                        "Idempotency-Key is already used",
-                        "This key was used with a different request payload.",
-                    ));
-                }
+                Ok(other) => return Ok(answer_unclaimed(other)),
                 Err(e) if config.fail_open => {
                     tracing::warn!(error = %e, "idempotency store unavailable; running unprotected");
-                    return inner.call(rebuild(parts, body)).await;
+                    return inner.call(request).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "idempotency store unavailable; answering 503");
@@ -455,58 +381,16 @@ where
                 }
             };
             crate::metrics::executed();
-            let request = rebuild(parts, body);
             // Once claimed, the handler and the storing of its response run to completion on
             // their own task, even if the client goes away and this future is dropped: a
             // retry then replays instead of finding the key stuck until the lease ends.
-            let finish = async move {
-                let store = idem.store();
-                let response = match inner.call(request).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = store.abort(&scoped, token, Abort::Release).await;
-                        return Err(e);
-                    }
-                };
-                let (rparts, rbody) = response.into_parts();
-                let collected = rbody.collect().await.map(|c| c.to_bytes()).ok();
-                let bytes = match collected {
-                    Some(b) => b,
-                    None => {
-                        let _ = store.abort(&scoped, token, Abort::Release).await;
-                        return Ok(problem(
-                            StatusCode::BAD_GATEWAY,
-                            "response-failed",
-                            "Response body failed",
-                            "The handler's response body failed while being read.",
-                        ));
-                    }
-                };
-                if is_storable(rparts.status) && bytes.len() <= config.max_stored_body {
-                    let headers: Vec<_> = config
-                        .stored_headers
-                        .iter()
-                        .flat_map(|n| {
-                            rparts
-                                .headers
-                                .get_all(n)
-                                .iter()
-                                .map(move |v| (n.clone(), v.clone()))
-                        })
-                        .collect();
-                    let record = encode_response(rparts.status, &headers, &bytes);
-                    if let Err(e) = store
-                        .complete(&scoped, token, &record, idem.retention_duration())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not store an idempotent response");
-                    }
-                } else if let Err(e) = store.abort(&scoped, token, Abort::Release).await {
-                    tracing::warn!(error = %e, "could not release an idempotency claim");
-                }
-                Ok(Response::from_parts(rparts, ResBody::from(bytes)))
+            let claim = HttpClaim {
+                idem,
+                config,
+                key: scoped,
+                token,
             };
-            match tokio::spawn(finish).await {
+            match tokio::spawn(claim.run(inner, request)).await {
                 Ok(result) => result,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => Ok(problem(
@@ -517,6 +401,155 @@ where
                 )),
             }
         })
+    }
+}
+
+/// The request's `Idempotency-Key`: `Ok(None)` when absent and not required, `Err` with the
+/// 400 answer when required and absent, or malformed.
+fn read_key<B: From<Bytes>>(
+    headers: &http::HeaderMap,
+    config: &Config,
+) -> Result<Option<String>, Response<B>> {
+    match headers.get(&IDEMPOTENCY_KEY) {
+        None if config.require_key => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "key-missing",
+            "Idempotency-Key is missing",
+            "This operation is idempotent and requires an Idempotency-Key header.",
+        )),
+        None => Ok(None),
+        Some(v) => parse_key(v, config.max_key_len).map(Some).ok_or_else(|| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "key-malformed",
+                "Idempotency-Key is malformed",
+                &format!(
+                    "The key must be 1 to {} visible ASCII characters.",
+                    config.max_key_len
+                ),
+            )
+        }),
+    }
+}
+
+/// The answer to a request whose key was not claimed: the replay, a 409 or a 422.
+fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
+    match begin {
+        Begin::Completed(record) => {
+            let Some((status, headers, body)) = decode_response(&record) else {
+                tracing::warn!("an idempotency record did not decode; answering 500");
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "record-unreadable",
+                    "Stored response unreadable",
+                    "The stored response for this key could not be read.",
+                );
+            };
+            crate::metrics::replayed();
+            let mut r = Response::new(B::from(body));
+            *r.status_mut() = status;
+            for (n, v) in headers {
+                r.headers_mut().append(n, v);
+            }
+            r.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+            r
+        }
+        Begin::InProgress { retry_after } => {
+            crate::metrics::conflict();
+            let mut r = problem(
+                StatusCode::CONFLICT,
+                "in-progress",
+                "A request with this Idempotency-Key is being processed",
+                "Retry after the first request has finished.",
+            );
+            // The lease is only the upper bound (a crashed holder); a live one usually
+            // finishes far sooner, so suggest a second.
+            let secs = retry_after.min(Duration::from_secs(1));
+            let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            r
+        }
+        Begin::Mismatch | Begin::Claimed(_) => {
+            crate::metrics::mismatch();
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "key-reused",
+                "Idempotency-Key is already used",
+                "This key was used with a different request payload.",
+            )
+        }
+    }
+}
+
+/// A claimed key: run the handler, then store its response or release the claim (the
+/// shared [`Claim`](crate::claim::Claim) protocol).
+struct HttpClaim<S> {
+    idem: Idempotency<S>,
+    config: Arc<Config>,
+    key: String,
+    token: crate::record::Token,
+}
+
+/// Why a claimed request produced no response to store.
+enum Failed<E> {
+    Service(E),
+    Body,
+}
+
+impl<S: Store> HttpClaim<S> {
+    async fn run<Svc, ReqBody, ResBody>(
+        self,
+        mut inner: Svc,
+        request: Request<ReqBody>,
+    ) -> Result<Response<ResBody>, Svc::Error>
+    where
+        Svc: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body + From<Bytes>,
+    {
+        let claim = crate::claim::Claim {
+            store: self.idem.store(),
+            key: &self.key,
+            token: self.token,
+            retention: self.idem.retention_duration(),
+        };
+        let handled = async {
+            let response = inner.call(request).await.map_err(Failed::Service)?;
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|_| Failed::Body)?.to_bytes();
+            Ok((parts, bytes))
+        };
+        let config = &self.config;
+        let record = |(parts, bytes): &(http::response::Parts, Bytes)| {
+            if !is_storable(parts.status) || bytes.len() > config.max_stored_body {
+                return None;
+            }
+            let headers: Vec<_> = config
+                .stored_headers
+                .iter()
+                .flat_map(|n| {
+                    parts
+                        .headers
+                        .get_all(n)
+                        .iter()
+                        .map(move |v| (n.clone(), v.clone()))
+                })
+                .collect();
+            Some(encode_response(parts.status, &headers, bytes))
+        };
+        match claim.run(handled, record).await {
+            Ok((parts, bytes)) => Ok(Response::from_parts(parts, ResBody::from(bytes))),
+            Err(Failed::Service(e)) => Err(e),
+            Err(Failed::Body) => Ok(problem(
+                StatusCode::BAD_GATEWAY,
+                "response-failed",
+                "Response body failed",
+                "The handler's response body failed while being read.",
+            )),
+        }
     }
 }
 

@@ -51,6 +51,7 @@
 //! [`ManualClock`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod claim;
 mod dedup;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

@@ -71,6 +71,33 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// `COMPLETE`: stores `record` under the claim's token (completion or recorded failure).
+    async fn store_record(
+        &self,
+        k: &floodwall_core::Key,
+        token: Token,
+        record: Vec<u8>,
+        retention: Duration,
+    ) -> Result<Finish, StoreError> {
+        let done: i64 = self
+            .finish(
+                COMPLETE
+                    .call()
+                    .key(k)
+                    .arg(token.0)
+                    .arg(record)
+                    .arg(millis(retention)),
+            )
+            .await?;
+        Ok(if done == 1 {
+            Finish::Done
+        } else {
+            Finish::Fenced
+        })
+    }
+}
+
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -134,23 +161,7 @@ impl Store for RedisStore {
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
         let k = self.path.keyspace().key(key).build();
         let record = record.to_vec();
-        async move {
-            let done: i64 = self
-                .finish(
-                    COMPLETE
-                        .call()
-                        .key(&k)
-                        .arg(token.0)
-                        .arg(record)
-                        .arg(millis(retention)),
-                )
-                .await?;
-            Ok(if done == 1 {
-                Finish::Done
-            } else {
-                Finish::Fenced
-            })
-        }
+        async move { self.store_record(&k, token, record, retention).await }
     }
 
     fn abort(
@@ -177,15 +188,7 @@ impl Store for RedisStore {
                     .await?
                 }
                 Some((record, retention)) => {
-                    self.finish(
-                        COMPLETE
-                            .call()
-                            .key(&k)
-                            .arg(token.0)
-                            .arg(record)
-                            .arg(millis(retention)),
-                    )
-                    .await?
+                    return self.store_record(&k, token, record, retention).await;
                 }
             };
             Ok(if done == 1 {

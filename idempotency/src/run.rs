@@ -8,7 +8,8 @@ use floodwall_core::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::record::{Abort, Begin, Fingerprint, Finish, Kind, open, seal};
+use crate::claim::Claim;
+use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::store::Store;
 
 /// What to do when the key is already being run by another caller.
@@ -205,33 +206,26 @@ impl<S: Store> Idempotency<S> {
             }
         };
         crate::metrics::executed();
-        match op().await {
-            Ok(value) => {
-                let record = encode(&value).map_err(RunError::Store)?;
-                match self
-                    .store
-                    .complete(key, token, &record, self.retention)
-                    .await
-                {
-                    Ok(Finish::Done) => {}
-                    Ok(Finish::Fenced) => {
-                        tracing::warn!(
-                            key,
-                            "idempotency claim was lost before completion; result not stored"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "could not store an idempotent result");
-                    }
+        let claim = Claim {
+            store: &self.store,
+            key,
+            token,
+            retention: self.retention,
+        };
+        let mut encoded = None;
+        let value = claim
+            .run(op(), |value| match encode(value) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    encoded = Some(e);
+                    None
                 }
-                Ok(Outcome::Fresh(value))
-            }
-            Err(e) => {
-                if let Err(err) = self.store.abort(key, token, Abort::Release).await {
-                    tracing::warn!(key, error = %err, "could not release an idempotency claim");
-                }
-                Err(RunError::Operation(e))
-            }
+            })
+            .await
+            .map_err(RunError::Operation)?;
+        match encoded {
+            Some(e) => Err(RunError::Store(e)),
+            None => Ok(Outcome::Fresh(value)),
         }
     }
 }

@@ -16,7 +16,7 @@ use floodwall_core::redis::{RedisConnection, StoreOptions};
 use floodwall_idempotency::http::IdempotencyLayer;
 use floodwall_idempotency::redis::RedisStore;
 use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Store};
-use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
+use floodwall_testkit::{FaultProxy, RedisServer, on_each_topology};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use model::{drive, ops};
@@ -128,22 +128,13 @@ async fn one_execution(urls: Vec<String>, cluster: bool) {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_duplicates_run_once_on_standalone() {
-    let Some(server) = RedisServer::start_or_skip("concurrent_duplicates_run_once_on_standalone")
-    else {
-        return;
-    };
-    one_execution(vec![server.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_duplicates_run_once_on_cluster() {
-    let Some(cluster) = RedisCluster::start_or_skip("concurrent_duplicates_run_once_on_cluster", 3)
-    else {
-        return;
-    };
-    one_execution(cluster.urls(), true).await;
+async fn concurrent_duplicates_run_once() {
+    on_each_topology("concurrent_duplicates_run_once", |t| {
+        one_execution(t.urls, t.cluster)
+    })
+    .await;
 }
 
 async fn crash_and_fence(urls: Vec<String>, cluster: bool) {
@@ -207,24 +198,13 @@ async fn crash_and_fence(urls: Vec<String>, cluster: bool) {
     );
 }
 
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_holders_late_complete_is_fenced_on_standalone() {
-    let Some(server) =
-        RedisServer::start_or_skip("a_crashed_holders_late_complete_is_fenced_on_standalone")
-    else {
-        return;
-    };
-    crash_and_fence(vec![server.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_holders_late_complete_is_fenced_on_cluster() {
-    let Some(cluster) =
-        RedisCluster::start_or_skip("a_crashed_holders_late_complete_is_fenced_on_cluster", 3)
-    else {
-        return;
-    };
-    crash_and_fence(cluster.urls(), true).await;
+async fn a_crashed_holders_late_complete_is_fenced() {
+    on_each_topology("a_crashed_holders_late_complete_is_fenced", |t| {
+        crash_and_fence(t.urls, t.cluster)
+    })
+    .await;
 }
 
 /// Random interleavings of begin / complete / release / record against the model, on Redis

@@ -206,7 +206,7 @@ impl<S: fmt::Debug, X> fmt::Debug for RateLimitService<S, X> {
 }
 
 /// A boxed response future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, X, Req> Service<Req> for RateLimitService<S, X>
 where

@@ -67,6 +67,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;
+mod builder;
+#[cfg(feature = "http")]
+mod client_ip;
 mod decision;
 pub mod gcra;
 #[cfg(feature = "http")]
@@ -77,7 +80,9 @@ pub mod keyed;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;
 pub mod leaky;
+mod limit;
 mod limiter;
+mod memory;
 mod metrics;
 mod quota;
 #[cfg(feature = "redis")]
@@ -88,11 +93,10 @@ mod tiers;
 pub mod window;
 
 pub use algorithm::Algorithm;
+pub use builder::{ConfigError, RateLimiterBuilder};
 pub use decision::{Decision, InsufficientCapacity};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
-pub use limiter::{
-    Binding, ConfigError, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, RateLimiter,
-    RateLimiterBuilder, Verdict,
-};
+pub use limit::{Binding, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, Verdict};
+pub use limiter::RateLimiter;
 pub use quota::Quota;
 pub use tiers::{QuotaResolver, Tiers};

@@ -13,7 +13,7 @@ use floodwall_core::redis::{RedisConnection, StoreOptions};
 use floodwall_limiter::{
     Algorithm, Degraded, FailurePolicy, Limit, LimitError, Quota, RateLimiter,
 };
-use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer};
+use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer, on_each_topology};
 
 const INSTANCES: usize = 8;
 const TASKS: usize = 50;
@@ -105,24 +105,13 @@ async fn exactness(urls: Vec<String>, cluster: bool) {
     }
 }
 
+/// On a standalone server and on a 3-master Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_admit_exactly_the_limit_on_standalone() {
-    let Some(server) =
-        RedisServer::start_or_skip("instances_admit_exactly_the_limit_on_standalone")
-    else {
-        return;
-    };
-    exactness(vec![server.url()], false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_admit_exactly_the_limit_on_cluster() {
-    let Some(cluster) =
-        RedisCluster::start_or_skip("instances_admit_exactly_the_limit_on_cluster", 3)
-    else {
-        return;
-    };
-    exactness(cluster.urls(), true).await;
+async fn instances_admit_exactly_the_limit() {
+    on_each_topology("instances_admit_exactly_the_limit", |t| {
+        exactness(t.urls, t.cluster)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

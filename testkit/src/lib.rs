@@ -36,5 +36,7 @@ mod tls;
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
 pub use proxy::FaultProxy;
 pub use sentinel::RedisSentinel;
-pub use server::{REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError};
+pub use server::{
+    REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError, Target, on_each_topology,
+};
 pub use tls::TlsFiles;

@@ -521,3 +521,42 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// Where [`on_each_topology`] runs a test body: the seed URLs, and whether they are a Cluster's.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `redis://` URLs: the server's, or every Cluster node's.
+    pub urls: Vec<String>,
+    /// Whether `urls` are a Cluster's nodes.
+    pub cluster: bool,
+}
+
+/// Runs one test body on a throwaway standalone server, then on a throwaway 3-master Cluster,
+/// so a test is written once and proven on both topologies. Each server or Cluster lives for
+/// its run alone. Skips (or fails, with [`REQUIRE_REDIS_ENV`]) like
+/// [`RedisServer::start_or_skip`].
+pub async fn on_each_topology<F, Fut>(test: &str, mut body: F)
+where
+    F: FnMut(Target) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(server) = RedisServer::start_or_skip(test) else {
+        return;
+    };
+    let _ = writeln!(io::stderr(), "{test}: on a standalone server");
+    body(Target {
+        urls: vec![server.url()],
+        cluster: false,
+    })
+    .await;
+    drop(server);
+    let Some(cluster) = RedisCluster::start_or_skip(test, 3) else {
+        return;
+    };
+    let _ = writeln!(io::stderr(), "{test}: on a 3-master Cluster");
+    body(Target {
+        urls: cluster.urls(),
+        cluster: true,
+    })
+    .await;
+}

@@ -44,11 +44,14 @@
 //! ```
 
 mod connection;
+mod connector;
 mod script;
 pub mod slot;
 mod store;
+mod topology;
 
-pub use connection::{RedisConnection, RedisConnector, Topology};
+pub use connection::{RedisConnection, Topology};
+pub use connector::RedisConnector;
 pub use script::{Script, ScriptCall};
 pub use store::{StoreOptions, StorePath};
 
@@ -94,18 +97,29 @@ pub(crate) fn node_health(err: &RedisError) -> Health {
     if err.is_timeout() || err.is_io_error() || err.is_connection_dropped() {
         return Health::Unhealthy;
     }
-    match err.kind() {
-        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => Health::Unhealthy,
-        ErrorKind::Server(
-            ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::BusyLoading
-            | ServerErrorKind::ReadOnly,
-        ) => Health::Unhealthy,
-        _ if err.code() == Some("OOM") => Health::Neutral,
-        _ => Health::Healthy,
+    if node_cannot_serve(err) {
+        Health::Unhealthy
+    } else if err.code() == Some("OOM") {
+        Health::Neutral
+    } else {
+        Health::Healthy
     }
+}
+
+/// Unreachable, or a server that says it cannot serve anyone now.
+fn node_cannot_serve(err: &RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Io
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly,
+            )
+    )
 }
 
 fn is_auth_failure(err: &RedisError) -> bool {
@@ -124,18 +138,10 @@ pub(crate) fn map_error(err: RedisError, timeout: Duration) -> StoreError {
             err.detail().unwrap_or("authentication failed")
         ));
     }
-    if err.code() == Some("OOM") {
+    if err.code() == Some("OOM") || node_cannot_serve(&err) {
         return unavailable(err);
     }
     match err.kind() {
-        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => unavailable(err),
-        ErrorKind::Server(
-            ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::BusyLoading
-            | ServerErrorKind::ReadOnly,
-        ) => unavailable(err),
         ErrorKind::Server(
             ServerErrorKind::ResponseError | ServerErrorKind::NoScript | ServerErrorKind::CrossSlot,
         )

@@ -1,0 +1,198 @@
+//! Loading: one load per key in flight (coalescing), the loader cut at its timeouts, the
+//! result written to both tiers; XFetch's early-refresh test and the TTL jitter of new
+//! entries.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use floodwall_core::BoxError;
+use floodwall_core::clock::duration_to_nanos;
+use futures::FutureExt;
+
+use crate::tiered::{Entry, Load};
+use crate::{CacheError, Fetched, TieredCache};
+
+impl<K, V> TieredCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn xfetch_due(&self, e: &Entry<V>, now: u64) -> bool {
+        let Some(beta) = self.inner.options.xfetch_beta else {
+            return false;
+        };
+        // u in (0, 1]: ln(u) <= 0, so the term is a non-negative head start.
+        let u = 1.0 - rand::random::<f64>();
+        let early = (e.load_nanos as f64) * beta * -u.ln();
+        now as f64 + early >= e.soft_at as f64
+    }
+
+    pub(crate) fn refresh_in_background<F, Fut, E>(&self, key: K, loader: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        // Joining an in-flight load starts nothing new: one refresh per key at a time.
+        drop(self.load(key, loader, true));
+    }
+
+    /// The shared load for `key`: joins the one in flight or starts one (driven to the end
+    /// by a task of its own, whoever still waits for it).
+    ///
+    /// Unless `refresh`, a load that finds a fresh entry (written by a load that ended between
+    /// the caller's lookup and this one) answers it without calling the loader.
+    pub(crate) fn load<F, Fut, E>(&self, key: K, loader: F, refresh: bool) -> Load<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(load) = inflight.get(&key) {
+            self.inner.stats.coalesced();
+            return load.clone();
+        }
+        let this = self.clone();
+        let k = key.clone();
+        let fut = async move {
+            let result = this.load_now(&k, loader, refresh).await;
+            this.inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+            result
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key, fut.clone());
+        tokio::spawn(fut.clone());
+        fut
+    }
+
+    /// The body of one load: a fresh L1 entry or an L2 value if one appeared meanwhile,
+    /// else the cross-instance lease (when configured), the loader, and the stores.
+    async fn load_now<F, Fut, E>(
+        &self,
+        k: &K,
+        loader: F,
+        refresh: bool,
+    ) -> Result<Option<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let started = inner.clock.now_nanos();
+        if !refresh
+            && let Some(e) = inner.l1.get(k)
+            && started < e.soft_at
+        {
+            return Ok(e.value.clone());
+        }
+        // The second tier: another instance may have loaded it already.
+        let mut l2_ok = inner.l2.is_some();
+        match self.read_l2(k, !refresh).await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(()) => l2_ok = false,
+        }
+        let lease = if l2_ok {
+            crate::lease::acquire(self, k).await
+        } else {
+            crate::lease::Lease::Unavailable
+        };
+        let lease_held = match lease {
+            crate::lease::Lease::Found(value) => return Ok(value),
+            crate::lease::Lease::Held => true,
+            crate::lease::Lease::NotUsed => false,
+            crate::lease::Lease::Unavailable => {
+                l2_ok = false;
+                false
+            }
+        };
+        let result = self.call_loader(k, loader, started, l2_ok).await;
+        if lease_held {
+            crate::lease::release(self, k).await;
+        }
+        result
+    }
+
+    /// Calls the loader (cut at `hard_timeout`) and stores what it answered.
+    async fn call_loader<F, Fut, E>(
+        &self,
+        k: &K,
+        loader: F,
+        started: u64,
+        l2_ok: bool,
+    ) -> Result<Option<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        inner.stats.load();
+        let result = match inner.options.hard_timeout {
+            Some(hard) => match tokio::time::timeout(hard, loader()).await {
+                Ok(r) => r.map_err(|e| CacheError::Loader(Arc::new(e.into()))),
+                Err(_) => Err(CacheError::Timeout(hard)),
+            },
+            None => loader()
+                .await
+                .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
+        };
+        let now = inner.clock.now_nanos();
+        let (result, store) = match result {
+            Ok(Fetched::Value(v)) => (Ok(Some(v)), true),
+            Ok(Fetched::Missing) => (Ok(None), true),
+            Ok(Fetched::Uncacheable(v)) => (Ok(Some(v)), false),
+            Err(e) => (Err(e), false),
+        };
+        if store && let Ok(value) = &result {
+            if value.is_some() || inner.options.negative_ttl.is_some() {
+                let entry = self.entry(value.clone(), now, now.saturating_sub(started));
+                if l2_ok {
+                    self.write_l2(k, &entry, now).await;
+                }
+                inner.l1.insert(k.clone(), Arc::new(entry));
+            } else {
+                inner.l1.invalidate(k);
+            }
+        }
+        result
+    }
+
+    /// An entry for `value` written at `now`, TTLs jittered.
+    pub(crate) fn entry(&self, value: Option<V>, now: u64, load_nanos: u64) -> Entry<V> {
+        let o = &self.inner.options;
+        let stretch = if o.jitter > 0.0 {
+            1.0 + o.jitter * rand::random::<f64>()
+        } else {
+            1.0
+        };
+        let (soft, hard) = match &value {
+            Some(_) => (o.soft_ttl.unwrap_or(o.ttl).min(o.ttl), o.ttl),
+            None => {
+                let n = o.negative_ttl.unwrap_or_default();
+                (n, n)
+            }
+        };
+        let hard_at = now.saturating_add(duration_to_nanos(hard.mul_f64(stretch)));
+        Entry {
+            value,
+            soft_at: now.saturating_add(duration_to_nanos(soft.mul_f64(stretch))),
+            hard_at,
+            keep_until: hard_at.saturating_add(duration_to_nanos(o.max_stale.unwrap_or_default())),
+            retry_at: 0,
+            load_nanos,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The invalidation bus: a subscriber task per cache instance that drops L1 entries other
+//! instances changed, and turns L1 off while its subscription is down.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Adapter;
+
+/// What an invalidation message asks of an instance's L1.
+#[derive(Debug)]
+pub(crate) enum Drop<K> {
+    /// One key.
+    Key(K),
+    /// Everything (namespace bumped, subscription lost or regained).
+    All,
+}
+
+impl<K, V, C> Adapter<K, V, C>
+where
+    K: std::str::FromStr + Send + 'static,
+{
+    /// Starts the subscriber task (if pub/sub is on and a runtime is running): `on_drop` is
+    /// called for every invalidation received from another instance, and with `All` whenever
+    /// the subscription goes down or comes back.
+    pub(crate) fn subscribe(&self, on_drop: Box<dyn Fn(Drop<K>) + Send + Sync>) {
+        if !self.store.pubsub {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no Tokio runtime: cache invalidation messages are not received");
+            return;
+        };
+        let store = Arc::downgrade(&self.store);
+        handle.spawn(async move {
+            use futures::StreamExt;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                let channel = s.channel.clone();
+                let conn = s.pubsub_conn.clone();
+                drop(s);
+                if let Ok(mut pubsub) = conn.pubsub().await
+                    && pubsub.subscribe(&channel).await.is_ok()
+                {
+                    backoff = Duration::from_millis(50);
+                    let Some(s) = store.upgrade() else { return };
+                    // Anything may have been missed while down: re-read the generation and
+                    // start L1 afresh, then use it again.
+                    let _ = s.refresh_generation(true).await;
+                    on_drop(Drop::All);
+                    s.unsubscribed.store(false, Ordering::Release);
+                    let owner = s.owner.clone();
+                    drop(s);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let mut parts = text.splitn(3, ' ');
+                        let (Some(from), Some(kind)) = (parts.next(), parts.next()) else {
+                            continue;
+                        };
+                        let rest = parts.next().unwrap_or("");
+                        match kind {
+                            "g" => {
+                                if let (Some(s), Ok(g)) = (store.upgrade(), rest.parse::<u64>())
+                                    && s.set_generation(g)
+                                {
+                                    on_drop(Drop::All);
+                                }
+                            }
+                            "k" if from != owner => {
+                                if let Ok(k) = rest.parse::<K>() {
+                                    on_drop(Drop::Key(k));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                // Down: stop using L1 until the subscription is back.
+                let Some(s) = store.upgrade() else { return };
+                s.unsubscribed.store(true, Ordering::Release);
+                drop(s);
+                on_drop(Drop::All);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}

@@ -1,0 +1,201 @@
+//! What a handle knows of the topology: which node serves a key (the Cluster slot table, the
+//! current Sentinel master), and how it re-learns it when a node fails.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ::redis::Value;
+use ::redis::aio::ConnectionManager;
+use ::redis::cluster_async::ClusterConnection;
+
+use super::connection::{RedisConnection, Topology};
+use super::connector::RedisConnector;
+use super::slot::key_slot;
+use crate::error::StoreError;
+
+#[derive(Clone)]
+pub(super) enum Inner {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelState>),
+}
+
+pub(super) struct SentinelState {
+    pub(super) current: RwLock<(Arc<str>, ConnectionManager)>,
+    pub(super) resolving: AtomicBool,
+    pub(super) last_resolve: AtomicU64,
+}
+
+/// Which node serves a key.
+pub(super) enum Nodes {
+    Fixed(Arc<str>),
+    Sentinel,
+    Slots(SlotMap),
+}
+
+/// `(first slot, last slot, master "host:port")`, sorted by first slot.
+pub(super) type SlotTable = Vec<(u16, u16, Arc<str>)>;
+
+/// The Cluster's slot table as last read with `CLUSTER SLOTS`.
+#[derive(Default)]
+pub(super) struct SlotMap {
+    pub(super) table: RwLock<Arc<SlotTable>>,
+    pub(super) refreshing: AtomicBool,
+    pub(super) last_refresh: AtomicU64,
+}
+
+pub(super) struct Shared {
+    pub(super) nodes: Nodes,
+    pub(super) origin: Instant,
+    pub(super) connector: RedisConnector,
+}
+
+/// How often a handle may re-read the topology (slot table, Sentinel master) while calls fail.
+pub(super) const TOPOLOGY_RETRY: Duration = Duration::from_millis(200);
+/// How often a Cluster handle re-reads its slot table while all is well.
+pub(super) const SLOTS_MAX_AGE: Duration = Duration::from_secs(10);
+
+impl RedisConnection {
+    /// The node (`host:port`) that serves `key`, as far as this handle knows: the server, the
+    /// current Sentinel master, or the Cluster master that owned the key's slot when the
+    /// handle last read the slot table (`"cluster"` before it could read one).
+    pub fn node_for(&self, key: &[u8]) -> Arc<str> {
+        match &self.shared.nodes {
+            Nodes::Fixed(node) => node.clone(),
+            Nodes::Sentinel => match &self.inner {
+                Inner::Sentinel(s) => s.current.read().expect("not poisoned").0.clone(),
+                _ => Arc::from("sentinel"),
+            },
+            Nodes::Slots(map) => {
+                self.refresh_if_old(map);
+                let slot = key_slot(key);
+                let table = map.table.read().expect("not poisoned").clone();
+                let i = table.partition_point(|(_, end, _)| *end < slot);
+                match table.get(i) {
+                    Some((start, _, node)) if *start <= slot => node.clone(),
+                    _ => Arc::from("cluster"),
+                }
+            }
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        self.shared.origin.elapsed().as_millis() as u64
+    }
+
+    fn refresh_if_old(&self, map: &SlotMap) {
+        let last = map.last_refresh.load(Ordering::Relaxed);
+        if self.millis().saturating_sub(last) >= SLOTS_MAX_AGE.as_millis() as u64 {
+            self.topology_suspect();
+        }
+    }
+
+    /// Tells the handle that a node failed or refused: the topology may have changed. A
+    /// Cluster handle re-reads its slot table, a Sentinel handle asks the sentinels for the
+    /// master, in the background and at most every 200 ms.
+    pub(crate) fn topology_suspect(&self) {
+        let now = self.millis();
+        let (flag, last) = match (&self.shared.nodes, &self.inner) {
+            (Nodes::Slots(map), _) => (&map.refreshing, &map.last_refresh),
+            (Nodes::Sentinel, Inner::Sentinel(s)) => (&s.resolving, &s.last_resolve),
+            _ => return,
+        };
+        if now.saturating_sub(last.load(Ordering::Relaxed)) < TOPOLOGY_RETRY.as_millis() as u64
+            || flag.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        last.store(now, Ordering::Relaxed);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            flag.store(false, Ordering::Release);
+            return;
+        };
+        let conn = self.clone();
+        handle.spawn(async move {
+            match conn.topology {
+                Topology::Sentinel => conn.re_resolve().await,
+                _ => {
+                    let _ = conn.refresh_slots().await;
+                }
+            }
+            match (&conn.shared.nodes, &conn.inner) {
+                (Nodes::Slots(map), _) => map.refreshing.store(false, Ordering::Release),
+                (_, Inner::Sentinel(s)) => s.resolving.store(false, Ordering::Release),
+                _ => {}
+            }
+        });
+    }
+
+    /// Reads `CLUSTER SLOTS` (masters only) into the slot table.
+    pub(super) async fn refresh_slots(&self) -> Result<(), StoreError> {
+        let Nodes::Slots(map) = &self.shared.nodes else {
+            return Ok(());
+        };
+        let mut last = StoreError::unavailable("no node answered CLUSTER SLOTS");
+        for _ in 0..3 {
+            match self
+                .query::<Value>(::redis::cmd("CLUSTER").arg("SLOTS"))
+                .await
+            {
+                Ok(reply) => {
+                    let mut table = parse_slots(&reply)?;
+                    table.sort_unstable_by_key(|(start, _, _)| *start);
+                    *map.table.write().expect("not poisoned") = Arc::new(table);
+                    map.last_refresh.store(self.millis(), Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks the sentinels for the master again; switches to it if it moved.
+    async fn re_resolve(&self) {
+        let Inner::Sentinel(state) = &self.inner else {
+            return;
+        };
+        let current = state.current.read().expect("not poisoned").0.clone();
+        match self.shared.connector.sentinel_master().await {
+            Ok((node, manager)) if node != current => {
+                tracing::info!(from = %current, to = %node, "Sentinel master moved; following it");
+                *state.current.write().expect("not poisoned") = (node, manager);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not ask the sentinels for the master"),
+        }
+    }
+}
+
+/// Parses a `CLUSTER SLOTS` reply into `(start, end, "host:port")` of each range's master.
+pub(super) fn parse_slots(reply: &Value) -> Result<SlotTable, StoreError> {
+    let bad = || StoreError::Protocol("unexpected CLUSTER SLOTS reply".into());
+    let Value::Array(ranges) = reply else {
+        return Err(bad());
+    };
+    let mut out = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(bad());
+        };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => u16::try_from(*n).ok(),
+            _ => None,
+        };
+        let (Some(start), Some(end)) = (int(fields.first()), int(fields.get(1))) else {
+            return Err(bad());
+        };
+        let Some(Value::Array(master)) = fields.get(2) else {
+            return Err(bad());
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => return Err(bad()),
+        };
+        let port = int(master.get(1)).ok_or_else(bad)?;
+        out.push((start, end, Arc::from(format!("{host}:{port}"))));
+    }
+    Ok(out)
+}

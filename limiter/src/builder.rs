@@ -1,0 +1,109 @@
+//! The [`RateLimiter`](crate::RateLimiter)'s builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use floodwall_core::Clock;
+
+use crate::limiter::{Inner, RateLimiter, Store};
+use crate::memory::Memory;
+use crate::{FailurePolicy, Limit, MAX_LIMITS};
+
+/// Builds a [`RateLimiter`].
+pub struct RateLimiterBuilder {
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) max_keys: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: FailurePolicy,
+    pub(crate) shadow_all: bool,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<floodwall_core::redis::StoreOptions>,
+}
+
+/// A [`RateLimiterBuilder`] setting was invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rate limiter configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl RateLimiterBuilder {
+    /// Adds a limit (at most [`MAX_LIMITS`]).
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// The most keys the in-memory store holds (see [`keyed`](crate::keyed)).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// The clock of the in-memory store (a [`ManualClock`](floodwall_core::ManualClock) in
+    /// tests). Redis stores use Redis's clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Shadow mode for every limit: decide, count and report, never reject.
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow_all = on;
+        self
+    }
+
+    /// What to do when the store fails (default: an insurance limiter with the full quota).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Keeps the state on Redis, Redis Cluster or a Sentinel-monitored master, through the
+    /// store path `options` describe (see the [`redis`](crate::redis) module).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, options: floodwall_core::redis::StoreOptions) -> Self {
+        self.redis = Some(options);
+        self
+    }
+
+    /// Builds the limiter.
+    pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        if self.limits.len() > MAX_LIMITS {
+            return Err(ConfigError(format!(
+                "{} limits; at most {MAX_LIMITS}",
+                self.limits.len()
+            )));
+        }
+        for (i, a) in self.limits.iter().enumerate() {
+            if self.limits[..i].iter().any(|b| b.name == a.name) {
+                return Err(ConfigError(format!("two limits are named {:?}", a.name)));
+            }
+        }
+        #[cfg(feature = "redis")]
+        let store = match self.redis {
+            Some(options) => Store::Redis(crate::redis::RedisStore::new(options)),
+            None => Store::Memory,
+        };
+        #[cfg(not(feature = "redis"))]
+        let store = Store::Memory;
+        Ok(RateLimiter {
+            inner: Arc::new(Inner {
+                limits: self.limits,
+                memory: Memory::new(self.max_keys, self.clock),
+                store,
+                policy: self.policy,
+                shadow_all: self.shadow_all,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for RateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("max_keys", &self.max_keys)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}

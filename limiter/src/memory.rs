@@ -1,0 +1,99 @@
+//! The memory store of a [`RateLimiter`](crate::RateLimiter)'s limits: one bounded keyed
+//! table for all of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use floodwall_core::Clock;
+
+use crate::algorithm::{Receipt, State, period_nanos};
+use crate::keyed::Table;
+use crate::{Algorithm, Decision, Quota};
+
+/// A memory store for a set of limits: one bounded keyed table for all of them.
+pub(crate) struct Memory {
+    table: Table<(u32, Box<str>), (State, AtomicU64)>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Memory {
+    pub(crate) fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Memory {
+        Memory {
+            table: Table::new(max_keys, Default::default()),
+            clock,
+        }
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide(
+        &self,
+        idx: u32,
+        algorithm: Algorithm,
+        quota: &Quota,
+        key: &str,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> (Decision, Receipt) {
+        let hash = self.table.hash(&(idx, key));
+        let period = period_nanos(quota);
+        if !consume {
+            return self
+                .table
+                .get(
+                    hash,
+                    |k| k.0 == idx && &*k.1 == key,
+                    |(s, _)| s.decide(algorithm, quota, now, cost, false),
+                )
+                .unwrap_or_else(|| {
+                    State::new(algorithm).decide(algorithm, quota, now, cost, false)
+                });
+        }
+        self.table.with(
+            hash,
+            |k| k.0 == idx && &*k.1 == key,
+            || {
+                (
+                    (idx, key.into()),
+                    (State::new(algorithm), AtomicU64::new(period)),
+                )
+            },
+            |(s, p)| s.idle_at(p.load(Ordering::Relaxed)),
+            now,
+            |(s, p)| {
+                if p.load(Ordering::Relaxed) != period {
+                    p.store(period, Ordering::Relaxed);
+                }
+                s.decide(algorithm, quota, now, cost, true)
+            },
+        )
+    }
+
+    pub(crate) fn refund(&self, idx: u32, quota: &Quota, key: &str, receipt: Receipt) {
+        let hash = self.table.hash(&(idx, key));
+        self.table.get(
+            hash,
+            |k| k.0 == idx && &*k.1 == key,
+            |(s, _)| s.refund(quota, receipt),
+        );
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn approx_memory(&self) -> usize {
+        self.table.approx_memory(|k| k.1.len())
+    }
+
+    pub(crate) fn memory_bound(&self, max_key_len: usize) -> usize {
+        // A boxed key's allocation, rounded up the way malloc does (16-byte classes plus its
+        // header).
+        self.table
+            .memory_bound(max_key_len.next_multiple_of(16) + 16)
+    }
+}
