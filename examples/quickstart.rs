@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Retry: exponential backoff with full jitter, 4 attempts, behind a shared 20% budget.
-    let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.2);
+    let budget = RetryBudget::builder().min_per_sec(1).build()?;
     let retry = Retry::builder()
         .max_attempts(NonZeroU32::new(4).expect("non-zero"))
         .backoff(Backoff::Exponential {

@@ -9,7 +9,10 @@
 //! use floodwall_idempotency::{Fingerprint, Idempotency, MemoryStore, RunError};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let payments = Idempotency::new(MemoryStore::new()).lease(Duration::from_secs(10));
+//! let payments = Idempotency::builder(MemoryStore::new())
+//!     .lease(Duration::from_secs(10))
+//!     .build()
+//!     .unwrap();
 //! let body = br#"{"amount": 4200, "card": "tok_visa"}"#;
 //! let fp = Fingerprint::of(body);
 //!
@@ -67,5 +70,5 @@ mod store;
 pub use dedup::{Deduplicator, Processed};
 pub use floodwall_core::{Clock, ManualClock, StoreError, SystemClock};
 pub use record::{Abort, Begin, FORMAT_VERSION, Fingerprint, Finish, Token};
-pub use run::{Idempotency, OnConflict, Outcome, RunError};
+pub use run::{ConfigError, Idempotency, IdempotencyBuilder, OnConflict, Outcome, RunError};
 pub use store::{COMPLETION_GRACE, DEFAULT_MAX_RECORDS, MemoryStore, Store};

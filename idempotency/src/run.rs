@@ -100,6 +100,62 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
     }
 }
 
+/// Builds an [`Idempotency`]: `Idempotency::builder(store).lease(..).build()?`.
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug)]
+pub struct IdempotencyBuilder<S> {
+    inner: Idempotency<S>,
+}
+
+/// An [`IdempotencyBuilder`] setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Idempotency `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The setter whose value was rejected.
+    pub field: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+impl<S: Store> IdempotencyBuilder<S> {
+    /// How long a claim blocks other callers if its holder never finishes (crashes): set it
+    /// above the operation's longest run. Default 30 s; zero is rejected by `build`;
+    /// `Duration::MAX` is capped by the store's own bound.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.inner.lease = lease;
+        self
+    }
+
+    /// How long a result is replayed. Default 24 h; zero is rejected by `build`.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.inner.retention = retention;
+        self
+    }
+
+    /// What a concurrent duplicate gets. Default [`OnConflict::Reject`].
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.inner.on_conflict = on_conflict;
+        self
+    }
+
+    /// Builds it, or names the setting that cannot work.
+    pub fn build(self) -> Result<Idempotency<S>, ConfigError> {
+        if self.inner.lease.is_zero() {
+            return Err(ConfigError {
+                field: "lease",
+                reason: "must be more than zero",
+            });
+        }
+        if self.inner.retention.is_zero() {
+            return Err(ConfigError {
+                field: "retention",
+                reason: "must be more than zero",
+            });
+        }
+        Ok(self.inner)
+    }
+}
+
 impl<S: Store> Idempotency<S> {
     /// Over `store`, with a 30 s lease, 24 h retention and [`OnConflict::Reject`].
     pub fn new(store: S) -> Self {
@@ -111,23 +167,11 @@ impl<S: Store> Idempotency<S> {
         }
     }
 
-    /// How long a claim blocks other callers if its holder never finishes (crashes): set it
-    /// above the operation's longest run.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// How long a result is replayed.
-    pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// What a concurrent duplicate gets.
-    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
-        self.on_conflict = on_conflict;
-        self
+    /// A builder over `store`, starting from [`new`](Self::new)'s defaults.
+    pub fn builder(store: S) -> IdempotencyBuilder<S> {
+        IdempotencyBuilder {
+            inner: Self::new(store),
+        }
     }
 
     /// The store.

@@ -143,8 +143,10 @@ async fn a_concurrent_duplicate_gets_a_conflict_or_waits_for_the_result() {
         Ok::<_, String>("done".to_string())
     };
     let reject = Idempotency::new(store.clone());
-    let wait =
-        Idempotency::new(store.clone()).on_conflict(OnConflict::Wait(Duration::from_secs(2)));
+    let wait = Idempotency::builder(store.clone())
+        .on_conflict(OnConflict::Wait(Duration::from_secs(2)))
+        .build()
+        .unwrap();
     let first = tokio::spawn({
         let reject = reject.clone();
         async move { reject.run("k", &fp, slow).await }
@@ -218,7 +220,10 @@ async fn the_deduplicator_processes_each_message_once_within_its_window() {
 async fn a_full_memory_store_refuses_new_claims_but_keeps_results() {
     let clock = ManualClock::new();
     let store = MemoryStore::with_clock(clock.clone(), 16);
-    let idem = Idempotency::new(store.clone()).retention(Duration::from_secs(60));
+    let idem = Idempotency::builder(store.clone())
+        .retention(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let mut refused = 0;
     for i in 0..200 {
         match idem

@@ -21,7 +21,8 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use crate::layer::{BoxFuture, Descriptor, KeyExtractor};
+use crate::layer::KeyExtractor;
+use crate::layer::future::ResponseFuture;
 use crate::{Binding, LimitError, RateLimiter, Verdict};
 
 pub use crate::client_ip::{ClientIp, InvalidRange, IpRange};
@@ -142,53 +143,59 @@ fn plain<B: From<&'static str>>(status: StatusCode, text: &'static str) -> Respo
     r
 }
 
+/// Answers `429` (or `503` when failing closed) and writes the `RateLimit` fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer429;
+
+impl<ResBody: From<&'static str>, E> crate::layer::future::Answer<Response<ResBody>, E>
+    for Answer429
+{
+    fn refuse(&self, verdict: Result<Verdict, LimitError>) -> Result<Response<ResBody>, E> {
+        Ok(match verdict {
+            Ok(verdict) => {
+                let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                write_headers(&verdict, r.headers_mut());
+                r
+            }
+            Err(LimitError::Unavailable(_)) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate limiting is unavailable\n",
+            ),
+            Err(LimitError::InsufficientCapacity { .. }) => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "request exceeds the rate limit\n",
+            ),
+        })
+    }
+
+    fn admitted(&self, verdict: &Verdict, mut response: Response<ResBody>) -> Response<ResBody> {
+        write_headers(verdict, response.headers_mut());
+        response
+    }
+}
+
 impl<S, X, ReqBody, ResBody> Service<Request<ReqBody>> for HttpRateLimit<S, X>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     X: KeyExtractor<Request<ReqBody>>,
-    ReqBody: Send + 'static,
     ResBody: From<&'static str> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+    type Future = ResponseFuture<S, Request<ReqBody>, Answer429>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let mut descriptor = Descriptor::new();
-        self.extractor.extract(&req, &mut descriptor);
-        let limiter = self.limiter.clone();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let verdict = match descriptor.check(&limiter).await {
-                Ok(v) => v,
-                Err(LimitError::Unavailable(_)) => {
-                    return Ok(plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "rate limiting is unavailable\n",
-                    ));
-                }
-                Err(LimitError::InsufficientCapacity { .. }) => {
-                    return Ok(plain(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "request exceeds the rate limit\n",
-                    ));
-                }
-            };
-            if !verdict.allowed {
-                let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
-                write_headers(&verdict, r.headers_mut());
-                return Ok(r);
-            }
-            let mut response = inner.call(req).await?;
-            write_headers(&verdict, response.headers_mut());
-            Ok(response)
-        })
+        crate::layer::decide(
+            &self.limiter,
+            &self.extractor,
+            &mut self.inner,
+            req,
+            Answer429,
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! `tower` layers (feature `tower`): [`RateLimitLayer`] decides each request before it
-//! reaches the service and fails a denied one with [`Error::RateLimited`], which carries
-//! `retry_after`. For HTTP servers, [`HttpRateLimitLayer`](crate::http::HttpRateLimitLayer)
+//! reaches the service and fails a denied one with the inner service's own error type,
+//! made `From<`[`Rejected`]`>` (the ready-made [`Error`] is one; so is `tower::BoxError`); a
+//! denial carries `retry_after`. For HTTP servers, [`HttpRateLimitLayer`](crate::http::HttpRateLimitLayer)
 //! answers `429` instead.
 //!
 //! A [`KeyExtractor`] turns a request into its [`Descriptor`]: the entries (`"user"`,
@@ -21,7 +22,9 @@
 //!     .build()
 //!     .unwrap();
 //! let layer = RateLimitLayer::new(limiter, |job: &Job, d: &mut Descriptor| d.push("tenant", &job.tenant));
-//! let mut svc = layer.layer(service_fn(|job: Job| async move { Ok::<_, std::convert::Infallible>(job.tenant) }));
+//! let mut svc = layer.layer(service_fn(|job: Job| async move {
+//!     Ok::<_, Error<std::convert::Infallible>>(job.tenant)
+//! }));
 //!
 //! let job = Job { tenant: "acme".into() };
 //! assert_eq!(svc.ready().await.unwrap().call(job.clone()).await.unwrap(), "acme");
@@ -40,6 +43,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::{Layer, Service};
+
+pub mod future;
 
 use crate::{Decision, LimitError, RateLimiter, Verdict};
 
@@ -129,19 +134,51 @@ impl RateLimited {
     }
 }
 
-/// The error of a [`RateLimitService`].
-#[derive(Debug, thiserror::Error)]
-pub enum Error<E> {
+/// What a [`RateLimit`] refuses a request with; the inner service's error type takes it
+/// through `From<Rejected>` (as [`Error`] does, and `tower::BoxError`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Rejected {
     /// The request was denied.
     #[error(transparent)]
     RateLimited(RateLimited),
     /// No decision could be made (the store failed and the policy is to fail closed, or the
     /// request costs more than a limit allows).
     #[error(transparent)]
-    Limiter(LimitError),
+    Limiter(Arc<LimitError>),
+}
+
+impl Rejected {
+    /// `retry_after` of a denial.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Rejected::RateLimited(r) => Some(r.retry_after),
+            Rejected::Limiter(_) => None,
+        }
+    }
+}
+
+/// A ready-made error for services behind a [`RateLimit`]: a rejection, or the inner
+/// service's own error (map yours into it with `map_err(Error::Inner)`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error<E> {
+    /// The request was denied.
+    #[error(transparent)]
+    RateLimited(RateLimited),
+    /// No decision could be made.
+    #[error(transparent)]
+    Limiter(Arc<LimitError>),
     /// The inner service failed.
     #[error("{0}")]
     Inner(E),
+}
+
+impl<E> From<Rejected> for Error<E> {
+    fn from(r: Rejected) -> Self {
+        match r {
+            Rejected::RateLimited(r) => Error::RateLimited(r),
+            Rejected::Limiter(e) => Error::Limiter(e),
+        }
+    }
 }
 
 impl<E> Error<E> {
@@ -177,10 +214,10 @@ impl<X> fmt::Debug for RateLimitLayer<X> {
 }
 
 impl<S, X: Clone> Layer<S> for RateLimitLayer<X> {
-    type Service = RateLimitService<S, X>;
+    type Service = RateLimit<S, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
+        RateLimit {
             inner,
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
@@ -188,54 +225,104 @@ impl<S, X: Clone> Layer<S> for RateLimitLayer<X> {
     }
 }
 
-/// The service [`RateLimitLayer`] makes.
+/// The service [`RateLimitLayer`] makes: decides each request, then calls the inner service
+/// or fails with `S::Error::from(Rejected)`.
 #[derive(Clone)]
-pub struct RateLimitService<S, X> {
+pub struct RateLimit<S, X> {
     inner: S,
     limiter: RateLimiter,
     extractor: X,
 }
 
-impl<S: fmt::Debug, X> fmt::Debug for RateLimitService<S, X> {
+impl<S, X> RateLimit<S, X> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, X> fmt::Debug for RateLimit<S, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitService")
+        f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("limiter", &self.limiter)
             .finish_non_exhaustive()
     }
 }
 
-/// A boxed response future.
+/// A boxed future: a decision on Redis.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, X, Req> Service<Req> for RateLimitService<S, X>
+/// Refuses with `E::from(Rejected)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Refuse;
+
+impl<Res, E: From<Rejected>> future::Answer<Res, E> for Refuse {
+    fn refuse(&self, verdict: Result<Verdict, LimitError>) -> Result<Res, E> {
+        Err(E::from(match verdict {
+            Ok(v) => Rejected::RateLimited(RateLimited::from_verdict(&v)),
+            Err(e) => Rejected::Limiter(Arc::new(e)),
+        }))
+    }
+
+    fn admitted(&self, _: &Verdict, response: Res) -> Res {
+        response
+    }
+}
+
+/// Decides `req` on `limiter` and makes the response future: at once and with no boxed
+/// future when the limits live in memory; with the inner service cloned (the ready one moves
+/// into the future) and the decision boxed when they live on Redis.
+pub(crate) fn decide<S, Req, X, A>(
+    limiter: &RateLimiter,
+    extractor: &X,
+    inner: &mut S,
+    req: Req,
+    answer: A,
+) -> future::ResponseFuture<S, Req, A>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Req> + Clone,
     X: KeyExtractor<Req>,
-    Req: Send + 'static,
+{
+    let mut descriptor = Descriptor::new();
+    extractor.extract(&req, &mut descriptor);
+    let pairs: Vec<(&str, &str)> = descriptor.entries().collect();
+    if let Some(verdict) = limiter.try_check_now(&pairs) {
+        return future::ResponseFuture::decided(verdict, inner, req, answer);
+    }
+    let limiter = limiter.clone();
+    let decide: BoxFuture<Result<Verdict, LimitError>> =
+        Box::pin(async move { descriptor.check(&limiter).await });
+    let clone = inner.clone();
+    let ready = std::mem::replace(inner, clone);
+    future::ResponseFuture::deciding(decide, ready, req, answer)
+}
+
+impl<S, X, Req> Service<Req> for RateLimit<S, X>
+where
+    S: Service<Req> + Clone,
+    S::Error: From<Rejected>,
+    X: KeyExtractor<Req>,
 {
     type Response = S::Response;
-    type Error = Error<S::Error>;
-    type Future = BoxFuture<Result<S::Response, Error<S::Error>>>;
+    type Error = S::Error;
+    type Future = future::ResponseFuture<S, Req, Refuse>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Error::Inner)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut descriptor = Descriptor::new();
-        self.extractor.extract(&req, &mut descriptor);
-        let limiter = self.limiter.clone();
-        // The clone is not ready; the ready one goes into the future.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let verdict = descriptor.check(&limiter).await.map_err(Error::Limiter)?;
-            if !verdict.allowed {
-                return Err(Error::RateLimited(RateLimited::from_verdict(&verdict)));
-            }
-            inner.call(req).await.map_err(Error::Inner)
-        })
+        decide(&self.limiter, &self.extractor, &mut self.inner, req, Refuse)
     }
 }

@@ -129,17 +129,35 @@ impl RateLimiter {
         self.inner.memory.memory_bound(max_key_len)
     }
 
-    async fn decide(
+    /// Decides a request of cost 1 at once, without awaiting, when the limits live in memory;
+    /// `None` when they live on Redis (use [`check`](Self::check)). The tower layers use it
+    /// so that an in-memory decision allocates nothing.
+    pub fn try_check_now(
         &self,
-        descriptor: Descriptor<'_, '_>,
+        descriptor: &[(&str, &str)],
+    ) -> Option<Result<Verdict, LimitError>> {
+        match &self.inner.store {
+            Store::Memory => Some(self.select(descriptor, 1).map(|(applicable, count)| {
+                if count == 0 {
+                    return Verdict::open(None);
+                }
+                self.decide_memory(&self.inner.memory, &applicable[..count], 1, true, None)
+            })),
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => None,
+        }
+    }
+
+    /// The limits that apply to `descriptor`, with their keys and quotas (no allocation).
+    #[allow(clippy::type_complexity)]
+    fn select<'d>(
+        &self,
+        descriptor: Descriptor<'d, '_>,
         cost: u32,
-        consume: bool,
-    ) -> Result<Verdict, LimitError> {
-        let inner = &*self.inner;
-        // Which limits apply, with their keys and quotas (no allocation).
+    ) -> Result<([Option<(u32, &'d str, Quota)>; MAX_LIMITS], usize), LimitError> {
         let mut applicable: [Option<(u32, &str, Quota)>; MAX_LIMITS] = [None; MAX_LIMITS];
         let mut count = 0;
-        for (i, limit) in inner.limits.iter().enumerate() {
+        for (i, limit) in self.inner.limits.iter().enumerate() {
             let Some(key) = limit.key(descriptor) else {
                 continue;
             };
@@ -159,6 +177,17 @@ impl RateLimiter {
             applicable[count] = Some((i as u32, key, quota));
             count += 1;
         }
+        Ok((applicable, count))
+    }
+
+    async fn decide(
+        &self,
+        descriptor: Descriptor<'_, '_>,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Verdict, LimitError> {
+        let inner = &*self.inner;
+        let (applicable, count) = self.select(descriptor, cost)?;
         if count == 0 {
             return Ok(Verdict::open(None));
         }

@@ -109,7 +109,7 @@ async fn the_generic_layer_fails_with_retry_after() {
         .build()
         .unwrap();
     let mut svc = RateLimitLayer::new(limiter, |_: &u32, _: &mut Descriptor| {}).layer(service_fn(
-        |x: u32| async move { Ok::<_, Infallible>(x * 2) },
+        |x: u32| async move { Ok::<_, Error<Infallible>>(x * 2) },
     ));
     assert_eq!(svc.ready().await.unwrap().call(21).await.unwrap(), 42);
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
@@ -118,6 +118,29 @@ async fn the_generic_layer_fails_with_retry_after() {
         Error::RateLimited(r) => assert_eq!(r.limit.as_ref(), "jobs"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The layer keeps the inner service's error type: a `tower::BoxError` service needs no
+/// adapter, and the rejection comes back inside it.
+#[tokio::test]
+async fn the_generic_layer_keeps_the_inner_error_type() {
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("jobs", Algorithm::Gcra, Quota::per_second(n(1))))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let mut svc = RateLimitLayer::new(limiter, |_: &u32, _: &mut Descriptor| {}).layer(service_fn(
+        |x: u32| async move { Ok::<_, tower::BoxError>(x) },
+    ));
+    assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
+    let err: tower::BoxError = svc.ready().await.unwrap().call(8).await.unwrap_err();
+    let rejected = err
+        .downcast_ref::<floodwall_limiter::layer::Rejected>()
+        .expect("the rejection, inside the inner error type");
+    assert_eq!(
+        rejected.retry_after(),
+        Some(std::time::Duration::from_secs(1))
+    );
 }
 
 fn with_headers(peer: &str, headers: &[(&'static str, &str)]) -> Request<()> {

@@ -62,7 +62,13 @@ async fn primitives_report_their_metrics() {
             .max_attempts(NonZeroU32::new(3).unwrap())
             .backoff(Backoff::Constant(Duration::from_millis(1)))
             .jitter(Jitter::None)
-            .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.5))
+            .budget(
+                RetryBudget::builder()
+                    .min_per_sec(0)
+                    .ratio(0.5)
+                    .build()
+                    .unwrap(),
+            )
             .build(),
         bulkhead: Bulkhead::builder()
             .name("pay")

@@ -121,9 +121,11 @@ async fn storm(budget: Option<RetryBudget>) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn budget_stops_the_retry_storm() {
     let without = storm(None).await;
-    let budget = RetryBudget::builder(Duration::from_secs(10), 1, 0.2)
+    let budget = RetryBudget::builder()
+        .min_per_sec(1)
         .clock(ManualClock::new())
-        .build();
+        .build()
+        .unwrap();
     let floor = budget.floor();
     let with = storm(Some(budget)).await;
     println!(

@@ -35,9 +35,13 @@ const UNIT: i64 = 1000;
 /// use floodwall_resilience::retry::RetryBudget;
 ///
 /// // 20% of requests may be retried, plus 1 retry per second of the 10 s window.
-/// let budget = RetryBudget::builder(Duration::from_secs(10), 1, 0.2)
+/// let budget = RetryBudget::builder()
+///     .ttl(Duration::from_secs(10))
+///     .min_per_sec(1)
+///     .ratio(0.2)
 ///     .clock(ManualClock::new())
-///     .build();
+///     .build()
+///     .unwrap();
 /// for _ in 0..100 {
 ///     budget.deposit();
 /// }
@@ -77,24 +81,61 @@ pub struct RetryBudgetBuilder {
     clock: Arc<dyn Clock>,
 }
 
+/// A [`RetryBudgetBuilder`] setting that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid RetryBudget `{field}`: {reason}")]
+pub struct BudgetConfigError {
+    /// The setter whose value was rejected.
+    pub field: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
 impl RetryBudgetBuilder {
+    /// How long a deposit (a call) or a withdrawal (a retry) counts. Default 10 s (Finagle's
+    /// and tower's); under 10 ns is rejected by `build`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Retries per second of `ttl` allowed whatever the traffic (the floor). Default 10.
+    pub fn min_per_sec(mut self, n: u32) -> Self {
+        self.min_per_sec = n;
+        self
+    }
+
+    /// Share of calls that may be retried (0.2 = 20 %). Default 0.2; outside `0.0..=1000.0`
+    /// or NaN is rejected by `build`.
+    pub fn ratio(mut self, ratio: f32) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
     /// The time source. Default: [`SystemClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
-    /// Builds the budget. A `ttl` under 10 ns is raised to 10 ns; `ratio` is clamped to
-    /// `0.0..=1000.0` (NaN counts as 0).
-    pub fn build(self) -> RetryBudget {
-        let ttl = self.ttl.max(Duration::from_nanos(SLOTS));
-        let ratio = if self.ratio.is_nan() {
-            0.0
-        } else {
-            self.ratio.clamp(0.0, 1000.0)
-        };
+    /// Builds the budget, or names the setting that cannot work.
+    pub fn build(self) -> Result<RetryBudget, BudgetConfigError> {
+        if self.ttl < Duration::from_nanos(SLOTS) {
+            return Err(BudgetConfigError {
+                field: "ttl",
+                reason: "must be at least 10 ns",
+            });
+        }
+        if !(0.0..=1000.0).contains(&self.ratio) {
+            return Err(BudgetConfigError {
+                field: "ratio",
+                reason: "must be between 0.0 and 1000.0",
+            });
+        }
+        let ttl = self.ttl;
+        let ratio = self.ratio;
         let reserve = (f64::from(self.min_per_sec) * ttl.as_secs_f64() * UNIT as f64) as i64;
-        RetryBudget {
+        Ok(RetryBudget {
             inner: Arc::new(Inner {
                 clock: self.clock,
                 slot_nanos: duration_to_nanos(ttl) / SLOTS,
@@ -106,26 +147,21 @@ impl RetryBudgetBuilder {
                 min_per_sec: self.min_per_sec,
                 ratio,
             }),
-        }
+        })
     }
 }
 
 impl RetryBudget {
-    /// A budget letting `ratio` (0.2 = 20%) of the requests of the last `ttl` be retried, plus
-    /// `min_per_sec` retries per second of `ttl` whatever the traffic. Tower's and Finagle's
-    /// defaults are `ttl` 10 s, 10 per second, 0.2.
-    pub fn builder(ttl: Duration, min_per_sec: u32, ratio: f32) -> RetryBudgetBuilder {
+    /// A builder with Finagle's and tower's defaults: `ttl` 10 s, 10 retries per second,
+    /// ratio 0.2 — `ratio` of the calls of the last `ttl` may be retried, plus `min_per_sec`
+    /// retries per second of `ttl` whatever the traffic.
+    pub fn builder() -> RetryBudgetBuilder {
         RetryBudgetBuilder {
-            ttl,
-            min_per_sec,
-            ratio,
+            ttl: Duration::from_secs(10),
+            min_per_sec: 10,
+            ratio: 0.2,
             clock: Arc::new(SystemClock::new()),
         }
-    }
-
-    /// [`builder`](Self::builder) with the system clock, built.
-    pub fn new(ttl: Duration, min_per_sec: u32, ratio: f32) -> RetryBudget {
-        Self::builder(ttl, min_per_sec, ratio).build()
     }
 
     /// The floor: retries allowed per `ttl` with no traffic at all (`min_per_sec * ttl`).
@@ -225,9 +261,12 @@ mod tests {
     #[test]
     fn deposits_and_withdrawals_expire_after_ttl() {
         let clock = ManualClock::new();
-        let b = RetryBudget::builder(Duration::from_secs(10), 0, 0.5)
+        let b = RetryBudget::builder()
+            .min_per_sec(0)
+            .ratio(0.5)
             .clock(clock.clone())
-            .build();
+            .build()
+            .unwrap();
         assert_eq!(b.floor(), 0);
         assert!(!b.try_withdraw(), "no traffic, no floor: nothing to retry");
         for _ in 0..10 {
@@ -251,12 +290,25 @@ mod tests {
     #[test]
     fn floor_refills_once_withdrawals_expire() {
         let clock = ManualClock::new();
-        let b = RetryBudget::builder(Duration::from_secs(2), 3, 0.0)
+        let b = RetryBudget::builder()
+            .ttl(Duration::from_secs(2))
+            .min_per_sec(3)
+            .ratio(0.0)
             .clock(clock.clone())
-            .build();
+            .build()
+            .unwrap();
         assert_eq!(b.floor(), 6);
         assert_eq!((0..100).filter(|_| b.try_withdraw()).count(), 6);
         clock.advance(Duration::from_secs(3));
         assert_eq!(b.available(), 6);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        let err = |b: RetryBudgetBuilder| b.build().err().map(|e| e.field);
+        assert_eq!(err(RetryBudget::builder().ttl(Duration::ZERO)), Some("ttl"));
+        assert_eq!(err(RetryBudget::builder().ratio(f32::NAN)), Some("ratio"));
+        assert_eq!(err(RetryBudget::builder().ratio(-0.1)), Some("ratio"));
+        assert_eq!(err(RetryBudget::builder()), None);
     }
 }

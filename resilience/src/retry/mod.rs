@@ -61,7 +61,7 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
 pub use backoff::{Backoff, Jitter, Schedule};
-pub use budget::{RetryBudget, RetryBudgetBuilder};
+pub use budget::{BudgetConfigError, RetryBudget, RetryBudgetBuilder};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use future::ResponseFuture;
