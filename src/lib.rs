@@ -14,9 +14,36 @@
 //! | `cache` | floodwall-cache | `cache` (default) |
 //! | `idempotency` | floodwall-idempotency | `idempotency` (default) |
 //!
-//! Other features: `redis` (Redis / Redis Cluster stores), `tower` (layers), `http`
-//! (HTTP-aware layers), `metrics` (the `metrics` facade), `full` (all of them). The default
-//! build needs no server and pulls in no Redis client.
+//! Other features: `redis` (Redis / Redis Cluster / Sentinel stores), `redis-tls`
+//! (`rediss://`), `tower` (layers), `http` (HTTP-aware layers), `metrics` (the `metrics`
+//! facade), `full` (all of them). The default build needs no server and pulls in no Redis
+//! client.
+//!
+//! # One API grammar
+//!
+//! Every crate of the family follows the same rules, so what you learn from one holds for all:
+//!
+//! - **Redis is configured once**: a [`RedisConnection`](core::redis::RedisConnection)
+//!   (standalone, Cluster, Sentinel; `rediss://` with `redis-tls`) wrapped in
+//!   [`StoreOptions`](core::redis::StoreOptions) (keyspace, call bound, health gate) is what
+//!   every Redis store takes: `RateLimiter::builder().redis(options)`,
+//!   `RedisTier::new(options)`, `RedisStore::new(options)`.
+//! - **Layers keep the inner service's error type.** A layer that refuses a request either
+//!   answers it (the HTTP layers: `429`, `409`, `502`, …) or returns the inner error type built
+//!   `From` its rejection (`S::Error: From<Rejected>`; `tower::BoxError` always qualifies). No
+//!   layer erases errors to a box of its own, so an HTTP layer sits on an axum route without a
+//!   `HandleErrorLayer`.
+//! - **Names**: a layer is the service's name plus `Layer`. A service is named after what it
+//!   does (`RateLimit`, `HttpRateLimit`, `Cache`, `HttpCache`); where the primitive's own handle
+//!   already has that name (`CircuitBreaker`, `Retry`, `Bulkhead`, `Timeout`, `Idempotency`),
+//!   the service appends `Service`. Services expose `get_ref`, `get_mut`, `into_inner`. HTTP
+//!   code lives in each crate's `http` module.
+//! - **Builders** validate in `build()` and return an error naming the field, or cannot fail
+//!   and return the value — never a `Result` that cannot be `Err`, never a silent clamp.
+//!   Setters are named. A `Duration` of `MAX` means unbounded; a zero that makes no sense is a
+//!   build error.
+//! - **Hot-path futures** are pin-projected state machines; a box is taken only where a Redis
+//!   round trip happens anyway.
 //!
 //! ```
 //! use std::time::Duration;

@@ -52,7 +52,8 @@
 //!   (standalone, Cluster and Sentinel), L1 bypassed while the subscription is down; every
 //!   call on floodwall-core's store path — bounded and gated per Redis node — so an L2
 //!   outage degrades to L1 + loader.
-//! - (feature `tower`, module `layer`) `CacheLayer`, and with `http` `HttpCacheLayer`.
+//! - (feature `tower`, module `layer`) `CacheLayer`; (feature `http`, module `http`)
+//!   `HttpCacheLayer`. Both keep the inner service's error type.
 //! - (feature `metrics`) `floodwall_cache_l1_hits_total`, `_l1_misses_total`,
 //!   `_loads_total`, `_coalesced_waiters_total`, `_stale_served_total`, `_l2_reads_total`,
 //!   `_l2_hits_total`, `_l2_errors_total`, `_l2_decode_errors_total`,
@@ -65,6 +66,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodwall_cache::TieredCache;
-use floodwall_cache::layer::{CacheLayer, HttpCacheLayer};
+use floodwall_cache::http::HttpCacheLayer;
+use floodwall_cache::layer::CacheLayer;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -23,7 +24,7 @@ async fn concurrent_requests_for_one_key_call_the_service_once() {
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Ok::<_, Infallible>(if id == 0 {
+                Ok::<_, tower::BoxError>(if id == 0 {
                     String::new()
                 } else {
                     format!("user {id}")
@@ -135,4 +136,28 @@ async fn http_gets_are_cached_unless_the_response_says_not_to() {
         .unwrap();
     svc.ready().await.unwrap().call(post).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 7, "a POST passes through");
+}
+
+/// A failing upstream: the HTTP layer keeps the inner error type (`Infallible` here, as on an
+/// axum route) and answers `502`; the generic layer returns the failure as the inner error
+/// type, built `From<CacheError>`.
+#[tokio::test]
+async fn failures_keep_the_inner_error_type() {
+    let failing = service_fn(|_req: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>(std::io::Error::other("upstream down"))
+    });
+    let cache = TieredCache::builder().build();
+    let mut svc = HttpCacheLayer::new(cache).layer(failing);
+    let r = svc.ready().await.unwrap().call(get("/x")).await.unwrap();
+    assert_eq!(r.status(), http::StatusCode::BAD_GATEWAY);
+
+    let cache: TieredCache<u32, String> = TieredCache::builder().build();
+    let mut svc = CacheLayer::new(cache, |id: &u32| Some(*id)).layer(service_fn(|_: u32| async {
+        Err::<String, tower::BoxError>("db down".into())
+    }));
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    let cache_err = err
+        .downcast_ref::<floodwall_cache::CacheError>()
+        .expect("the cache's error, inside the inner error type");
+    assert!(cache_err.to_string().contains("db down"), "{cache_err}");
 }

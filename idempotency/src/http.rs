@@ -42,7 +42,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service};
 
-use crate::record::{Begin, Fingerprint, Kind, open, seal};
+mod stored;
+
+use stored::{decode_response, encode_response};
+
+use crate::record::{Begin, Fingerprint};
 use crate::run::Idempotency;
 use crate::store::Store;
 
@@ -193,6 +197,23 @@ pub struct IdempotencyService<S, Svc> {
     config: Arc<Config>,
 }
 
+impl<S, Svc> IdempotencyService<S, Svc> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
 impl<S: Clone, Svc: Clone> Clone for IdempotencyService<S, Svc> {
     fn clone(&self) -> Self {
         IdempotencyService {
@@ -256,57 +277,6 @@ fn parse_key(value: &HeaderValue, max: usize) -> Option<String> {
 fn is_storable(status: StatusCode) -> bool {
     let code = status.as_u16();
     (200..500).contains(&code) && !matches!(code, 408 | 409 | 425 | 429)
-}
-
-fn encode_response(
-    status: StatusCode,
-    headers: &[(HeaderName, HeaderValue)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut p = Vec::with_capacity(8 + body.len());
-    p.extend_from_slice(&status.as_u16().to_be_bytes());
-    p.extend_from_slice(&(headers.len() as u16).to_be_bytes());
-    for (name, value) in headers {
-        p.extend_from_slice(&(name.as_str().len() as u16).to_be_bytes());
-        p.extend_from_slice(name.as_str().as_bytes());
-        p.extend_from_slice(&(value.as_bytes().len() as u32).to_be_bytes());
-        p.extend_from_slice(value.as_bytes());
-    }
-    p.extend_from_slice(body);
-    seal(Kind::Http, &p)
-}
-
-type Stored = (StatusCode, Vec<(HeaderName, HeaderValue)>, Bytes);
-
-fn decode_response(record: &[u8]) -> Option<Stored> {
-    let (kind, p) = open(record).ok()?;
-    if kind != Kind::Http {
-        return None;
-    }
-    let take = |p: &mut &[u8], n: usize| -> Option<Vec<u8>> {
-        if p.len() < n {
-            return None;
-        }
-        let (a, b) = p.split_at(n);
-        *p = b;
-        Some(a.to_vec())
-    };
-    let mut p = p;
-    let status = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?);
-    let count = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?);
-    let mut headers = Vec::new();
-    for _ in 0..count {
-        let n = u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?) as usize;
-        let name = HeaderName::from_bytes(&take(&mut p, n)?).ok()?;
-        let n = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?) as usize;
-        let value = HeaderValue::from_bytes(&take(&mut p, n)?).ok()?;
-        headers.push((name, value));
-    }
-    Some((
-        StatusCode::from_u16(status).ok()?,
-        headers,
-        Bytes::copy_from_slice(p),
-    ))
 }
 
 impl<S, Svc, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, Svc>

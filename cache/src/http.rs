@@ -1,0 +1,239 @@
+//! HTTP (feature `http`): [`HttpCacheLayer`] caches `GET` responses by path and query in a
+//! [`TieredCache`], running the upstream once per key however many requests miss at once. It
+//! keeps the inner service's error type — so it sits on an axum route without a
+//! `HandleErrorLayer` — and answers a failed load `502 Bad Gateway` and a load cut by the
+//! cache's `hard_timeout` `504 Gateway Timeout`.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, HeaderName, HeaderValue, SET_COOKIE};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service, ServiceExt};
+
+use crate::layer::future::ResponseFuture;
+use crate::layer::{BoxError, StoreIf};
+use crate::{CacheError, Fetched, TieredCache};
+
+type KeyFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
+
+/// A buffered HTTP response, as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
+pub struct CachedResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header names and values.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl CachedResponse {
+    fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut r = Response::new(B::from(Bytes::from(self.body)));
+        *r.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        for (n, v) in self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_bytes(&v),
+            ) {
+                r.headers_mut().append(n, v);
+            }
+        }
+        r
+    }
+}
+
+/// Whether a response may be cached by default: `200`, no `Set-Cookie`, and no
+/// `Cache-Control: no-store` or `private`.
+pub(crate) fn storable(r: &CachedResponse) -> bool {
+    let header = |name: &'static str| {
+        r.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    r.status == 200
+        && header(SET_COOKIE.as_str()).next().is_none()
+        && !header(CACHE_CONTROL.as_str()).any(|(_, v)| {
+            let v = String::from_utf8_lossy(v).to_ascii_lowercase();
+            v.contains("no-store") || v.contains("private")
+        })
+}
+
+/// Caches `GET` responses by path and query (other methods pass through). A response is
+/// stored if it is a `200` without `Set-Cookie`, `Cache-Control: no-store` or
+/// `private` (or as [`store_if`](Self::store_if) says); the key can add request parts
+/// (e.g. a `Vary`-ing header) with [`key`](Self::key).
+#[derive(Clone)]
+pub struct HttpCacheLayer {
+    cache: TieredCache<String, CachedResponse>,
+    key: KeyFn,
+    store_if: StoreIf<CachedResponse>,
+}
+
+impl fmt::Debug for HttpCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheLayer")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheLayer {
+    /// Caches `GET`s in `cache`, keyed by path and query.
+    pub fn new(cache: TieredCache<String, CachedResponse>) -> Self {
+        HttpCacheLayer {
+            cache,
+            key: Arc::new(|p: &http::request::Parts| {
+                (p.method == Method::GET).then(|| {
+                    p.uri
+                        .path_and_query()
+                        .map_or("/", |q| q.as_str())
+                        .to_owned()
+                })
+            }),
+            store_if: Arc::new(storable),
+        }
+    }
+
+    /// The key for a request (`None`: not cached).
+    pub fn key(
+        mut self,
+        f: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Arc::new(f);
+        self
+    }
+
+    /// Which responses are stored.
+    pub fn store_if(mut self, f: impl Fn(&CachedResponse) -> bool + Send + Sync + 'static) -> Self {
+        self.store_if = Arc::new(f);
+        self
+    }
+}
+
+impl<S> Layer<S> for HttpCacheLayer {
+    type Service = HttpCache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpCache {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`HttpCacheLayer`] makes.
+#[derive(Clone)]
+pub struct HttpCache<S> {
+    inner: S,
+    layer: HttpCacheLayer,
+}
+
+impl<S> HttpCache<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for HttpCache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCache")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpCache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let key = (self.layer.key)(&parts);
+        let req = Request::from_parts(parts, body);
+        let Some(key) = key else {
+            return ResponseFuture::passed(self.inner.call(req));
+        };
+        let inner = self.inner.clone();
+        let cache = self.layer.cache.clone();
+        let store_if = self.layer.store_if.clone();
+        ResponseFuture::cached(Box::pin(async move {
+            let answer = cache
+                .get_or_fetch(key, move || async move {
+                    let r = inner.oneshot(req).await.map_err(Into::into)?;
+                    let (p, b) = r.into_parts();
+                    let body = b.collect().await.map_err(Into::into)?.to_bytes();
+                    let cached = CachedResponse {
+                        status: p.status.as_u16(),
+                        headers: p
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                            .collect(),
+                        body: body.to_vec(),
+                    };
+                    Ok::<_, BoxError>(if store_if(&cached) {
+                        Fetched::Value(cached)
+                    } else {
+                        Fetched::Uncacheable(cached)
+                    })
+                })
+                .await;
+            Ok(match answer {
+                Ok(Some(c)) => c.into_response(),
+                Ok(None) => failure(StatusCode::BAD_GATEWAY, "the upstream answered nothing"),
+                Err(CacheError::Timeout(_)) => {
+                    failure(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cached upstream failed; answering 502");
+                    failure(StatusCode::BAD_GATEWAY, "the upstream failed")
+                }
+            })
+        }))
+    }
+}
+
+/// The answer to a request whose load failed: the layer keeps the inner service's error type,
+/// so a failure shared by every waiting request is answered, not returned.
+fn failure<B: From<Bytes>>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut r = Response::new(B::from(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
