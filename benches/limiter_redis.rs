@@ -1,9 +1,10 @@
 //! Redis-backed decisions with 64 concurrent callers, ours beside the floor.
 //!
 //! `limiter_redis/64_callers`: a `RateLimiter` with one GCRA limit on Redis (one Lua script
-//! per decision, keys built and replies parsed into a `Decision`) against a bare `EVALSHA`
-//! of a minimal GCRA script (no key building, a 0/1 reply) sent through the same
-//! connection. Throughput is per decision; afterwards the two run in six alternating rounds
+//! per decision, keys built and replies parsed into a `Decision`, through floodwall's store
+//! path) against a bare `EVALSHA` of a minimal GCRA script (no key building, a 0/1 reply)
+//! sent over a plain redis-rs multiplexed connection — the floor, with nothing of floodwall's
+//! in the way. Throughput is per decision; afterwards the two run in six alternating rounds
 //! of 64 callers × 50 decisions, and each one's decisions per second and p50 / p99 latency,
 //! and their ratio, are printed.
 //!
@@ -38,7 +39,7 @@ return 1
 #[derive(Clone)]
 enum Target {
     Ours(RateLimiter),
-    Raw(RedisConnection, Arc<str>),
+    Raw(::redis::aio::MultiplexedConnection, Arc<str>),
 }
 
 impl Target {
@@ -52,13 +53,16 @@ impl Target {
                 assert!(v.allowed && v.degraded.is_none());
             }
             Target::Raw(conn, sha) => {
-                let mut cmd = ::redis::cmd("EVALSHA");
-                cmd.arg(&**sha)
+                let mut conn = conn.clone();
+                let allowed: i64 = ::redis::cmd("EVALSHA")
+                    .arg(&**sha)
                     .arg(1)
                     .arg(&raw_keys[caller as usize])
                     .arg(1)
-                    .arg(1_000_000_000u64);
-                let allowed: i64 = conn.query(&cmd).await.expect("raw EVALSHA");
+                    .arg(1_000_000_000u64)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("raw EVALSHA");
                 assert_eq!(allowed, 1);
             }
         }
@@ -113,15 +117,17 @@ fn redis_decisions(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    let sha: String = rt
-        .block_on(
-            conn.query(
-                ::redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(MINIMAL_GCRA.source()),
-            ),
-        )
-        .unwrap();
+    let (plain, sha): (::redis::aio::MultiplexedConnection, String) = rt.block_on(async {
+        let client = ::redis::Client::open(server.url()).unwrap();
+        let mut plain = client.get_multiplexed_async_connection().await.unwrap();
+        let sha = ::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(MINIMAL_GCRA.source())
+            .query_async(&mut plain)
+            .await
+            .unwrap();
+        (plain, sha)
+    });
     let limiter = RateLimiter::builder()
         .limit(
             Limit::new(
@@ -139,7 +145,10 @@ fn redis_decisions(c: &mut Criterion) {
         Arc::new((0..CALLERS).map(|i| format!("raw:{{user-{i}}}")).collect());
     let targets = [
         ("floodwall RateLimiter", Target::Ours(limiter)),
-        ("raw EVALSHA (minimal GCRA)", Target::Raw(conn, sha.into())),
+        (
+            "raw EVALSHA (minimal GCRA, plain redis-rs)",
+            Target::Raw(plain, sha.into()),
+        ),
     ];
 
     let mut g = c.benchmark_group("limiter_redis/64_callers");

@@ -33,7 +33,7 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// let cache: TieredCache<u32, String> = TieredCache::builder().ttl(Duration::from_secs(60)).build();
 /// let mut svc = CacheLayer::new(cache, |id: &u32| Some(*id))
 ///     .store_if(|answer: &String| !answer.is_empty())
-///     .layer(service_fn(|id: u32| async move { Ok::<_, std::io::Error>(format!("user {id}")) }));
+///     .layer(service_fn(|id: u32| async move { Ok::<_, tower::BoxError>(format!("user {id}")) }));
 /// assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), "user 7");
 /// # }
 /// ```

@@ -17,6 +17,11 @@
 //!
 //! A request costing more than `b` is an error ([`InsufficientCapacity`]), never a denial.
 //!
+//! This is the one GCRA decision of the crate: the in-memory limiters call
+//! `Params::evaluate` through one CAS loop, and the Redis store's `limit.lua` is its line-by-line
+//! twin in microseconds (`limiter/tests/redis.rs::redis_decides_like_the_memory_store` checks
+//! that they agree).
+//!
 //! # Invariants
 //!
 //! - Over any interval of length `d` starting from a full bucket, at most

@@ -164,8 +164,8 @@ impl StorePath {
 
     /// Runs a script, routed and gated by its first key.
     pub async fn invoke<T: FromRedisValue>(&self, call: ScriptCall<'_>) -> Result<T, StoreError> {
-        let route = call.first_key().unwrap_or_default().to_vec();
-        self.run(&route, Gating::Gated, |conn, t| async move {
+        let node = self.node_for(call.first_key());
+        self.run(node, Gating::Gated, |conn, t| async move {
             conn.invoke_raw(&call, t).await
         })
         .await
@@ -177,8 +177,8 @@ impl StorePath {
         &self,
         call: ScriptCall<'_>,
     ) -> Result<T, StoreError> {
-        let route = call.first_key().unwrap_or_default().to_vec();
-        self.run(&route, Gating::Bypass, |conn, t| async move {
+        let node = self.node_for(call.first_key());
+        self.run(node, Gating::Bypass, |conn, t| async move {
             conn.invoke_raw(&call, t).await
         })
         .await
@@ -188,18 +188,23 @@ impl StorePath {
     /// key, for every key-based command).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let route = match cmd.args_iter().nth(1) {
-            Some(::redis::Arg::Simple(b)) => b.to_vec(),
-            _ => Vec::new(),
+            Some(::redis::Arg::Simple(b)) => Some(b),
+            _ => None,
         };
-        self.run(&route, Gating::Gated, |conn, t| async move {
+        let node = self.node_for(route);
+        self.run(node, Gating::Gated, |conn, t| async move {
             conn.query_raw(cmd, t).await
         })
         .await
     }
 
+    fn node_for(&self, route: Option<&[u8]>) -> Arc<str> {
+        self.inner.conn.node_for(route.unwrap_or_default())
+    }
+
     async fn run<'a, T, F, Fut>(
         &'a self,
-        route: &[u8],
+        node: Arc<str>,
         gating: Gating,
         call: F,
     ) -> Result<T, StoreError>
@@ -208,7 +213,6 @@ impl StorePath {
         Fut: Future<Output = Result<T, CallError>> + 'a,
     {
         let conn = &self.inner.conn;
-        let node = conn.node_for(route);
         let gate = self.gate(&node);
         let ticket = match gating {
             Gating::Bypass => None,

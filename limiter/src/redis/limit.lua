@@ -13,6 +13,11 @@ local op = ARGV[1]
 local key = KEYS[1]
 local cost = tonumber(ARGV[2])
 
+-- GCRA is the Lua twin of the Rust decision in src/gcra.rs (`Params::evaluate`), whose module
+-- docs state the formula and invariant: base = max(TAT, now); new_TAT = base + cost * T;
+-- allowed iff new_TAT - now <= b * T (allowed exactly at the earliest time). Only the units
+-- differ: Redis time is in microseconds, T kept fractional. Change one, change both: the test
+-- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
 if op == 'gc' or op == 'gp' or op == 'gr' then
   local T, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
   local tat = tonumber(redis.call('GET', key) or 0)

@@ -7,6 +7,22 @@
 //! `fw-rl:v1:{<key>}:<limit>` (a global limit is tagged by its name), so one key's state lives
 //! on one Cluster node and different keys spread over the cluster.
 //!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::num::NonZeroU32;
+//! use floodwall_core::redis::{RedisConnection, StoreOptions};
+//! use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
+//!
+//! // Standalone here; `RedisConnection::cluster([..])` or `::sentinel(name, [..])` alike.
+//! let conn = RedisConnection::standalone("redis://127.0.0.1:6379").connect().await?;
+//! let limiter = RateLimiter::builder()
+//!     .limit(Limit::new("api", Algorithm::Gcra, Quota::per_second(NonZeroU32::new(10).unwrap())))
+//!     .redis(StoreOptions::new(conn))
+//!     .failure_policy(FailurePolicy::FailOpen)
+//!     .build()?;
+//! # let _ = limiter; Ok(()) }
+//! ```
+//!
 //! Redis keeps time in microseconds: durations in decisions from Redis are whole
 //! microseconds, and GCRA's emission interval is kept as a fraction of a microsecond.
 //!
