@@ -260,3 +260,13 @@ impl Clock for TokioClock {
         duration_to_nanos(tokio::time::Instant::now().saturating_duration_since(self.origin))
     }
 }
+
+/// The Tokio instant `d` from now, or a point decades away when `d` is too large to add
+/// (`Duration::MAX` means "unbounded" everywhere in floodwall and never overflows).
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}

@@ -106,12 +106,18 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// The longest lease or retention kept in Redis (100 years): `Duration::MAX` ("until further
+/// notice") is capped here, since Redis expiries must fit its clock.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.min(MAX_TTL).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Store for RedisStore {
@@ -130,8 +136,8 @@ impl Store for RedisStore {
                         .call()
                         .key(&k)
                         .arg(&fp)
-                        .arg(micros(lease))
-                        .arg(millis(lease + COMPLETION_GRACE)),
+                        .arg(micros(lease.min(MAX_TTL)))
+                        .arg(millis(lease.min(MAX_TTL) + COMPLETION_GRACE)),
                 )
                 .await?;
             let bad = || StoreError::Protocol(format!("begin replied {reply:?}"));

@@ -192,7 +192,7 @@ impl<S: Store> Idempotency<S> {
     ) -> Result<Begin, StoreError> {
         let deadline = match self.on_conflict {
             OnConflict::Reject => None,
-            OnConflict::Wait(max) => Some(tokio::time::Instant::now() + max),
+            OnConflict::Wait(max) => Some(floodwall_core::clock::deadline_after(max)),
         };
         let mut pause = Duration::from_millis(5);
         loop {

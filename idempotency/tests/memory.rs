@@ -247,3 +247,33 @@ async fn a_full_memory_store_refuses_new_claims_but_keeps_results() {
             .is_ok()
     );
 }
+
+/// `Duration::MAX` means "unbounded" for a conflict wait and a lease: no overflow, no panic.
+#[tokio::test(start_paused = true)]
+async fn unbounded_waits_and_leases_do_not_panic() {
+    let store = MemoryStore::new();
+    let idem = Idempotency::builder(store.clone())
+        .lease(Duration::MAX)
+        .on_conflict(OnConflict::Wait(Duration::MAX))
+        .build()
+        .unwrap();
+    let fp = Fingerprint::of(b"x");
+    let first = idem
+        .run("k", &fp, || async { Ok::<_, ()>(1) })
+        .await
+        .unwrap();
+    assert!(matches!(first, Outcome::Fresh(1)));
+    let again = idem
+        .run("k", &fp, || async { Ok::<_, ()>(2) })
+        .await
+        .unwrap();
+    assert!(matches!(again, Outcome::Replayed(1)));
+    assert_eq!(
+        Idempotency::builder(store)
+            .lease(Duration::ZERO)
+            .build()
+            .unwrap_err()
+            .field,
+        "lease"
+    );
+}

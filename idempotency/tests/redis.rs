@@ -345,3 +345,31 @@ async fn a_wrong_type_key_refuses_no_other_key() {
     assert_eq!(bad_refused, 30);
     assert_eq!(good_claimed, 30, "no other key is refused");
 }
+
+/// A `Duration::MAX` lease on Redis is capped to what Redis expiries hold: no panic, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbounded_lease_on_redis_does_not_panic() {
+    let Some(server) = RedisServer::start_or_skip("an_unbounded_lease_on_redis_does_not_panic")
+    else {
+        return;
+    };
+    let store = store(connect(&[server.url()], false).await, "idem-max");
+    let fp = Fingerprint::of(b"x");
+    let Ok(Begin::Claimed(token)) = store.begin("k", &fp, Duration::MAX).await else {
+        panic!("claimed");
+    };
+    assert_eq!(
+        store
+            .complete("k", token, b"r", Duration::MAX)
+            .await
+            .unwrap(),
+        Finish::Done
+    );
+    let ttl: i64 = server
+        .command(&["PTTL", "idem-max:v1:{k}"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("a Duration::MAX retention is kept for {ttl} ms in Redis");
+    assert!(ttl > 0);
+}

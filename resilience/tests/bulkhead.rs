@@ -199,3 +199,19 @@ mod model {
         }
     }
 }
+
+/// `max_wait(Duration::MAX)` waits without bound and never overflows.
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_wait_waits_for_a_slot_without_panicking() {
+    let bulkhead = Bulkhead::builder()
+        .max_concurrent(nz(1))
+        .max_wait(Duration::MAX)
+        .build();
+    let held = bulkhead.try_acquire().unwrap();
+    let bh = bulkhead.clone();
+    let waiter = tokio::spawn(async move { bh.call(|| async { Ok::<_, ()>(7) }).await });
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert_eq!(bulkhead.waiting(), 1, "still waiting a day later");
+    drop(held);
+    assert_eq!(waiter.await.unwrap(), Ok(7));
+}

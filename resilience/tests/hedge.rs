@@ -138,3 +138,15 @@ mod percentile_model {
         }
     }
 }
+
+/// `Duration::MAX` means "never hedge": no overflow, the first attempt answers.
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_hedge_delay_never_hedges_and_never_panics() {
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(Duration::MAX))
+        .build();
+    let downstream = Flaky::scripted([Step::ok().after(Duration::from_secs(3600))], Step::ok());
+    assert_eq!(hedge.call(|| downstream.call()).await, Ok(1));
+    assert_eq!(downstream.calls(), 1);
+    assert_eq!(hedge.hedges_started(), 0);
+}

@@ -289,3 +289,18 @@ async fn requests_the_cloner_refuses_are_sent_once() {
         .await;
     assert_eq!(get, Ok(3), "GET was retried past the second failure");
 }
+
+/// A `Duration::MAX` delay with `max_elapsed` set: the retry would start past the budget, so
+/// the call gives up with the last error — no overflow, no panic.
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_delay_with_max_elapsed_gives_up_without_panicking() {
+    let retry = Retry::builder()
+        .max_attempts(nz(3))
+        .backoff(Backoff::Constant(Duration::MAX))
+        .jitter(Jitter::None)
+        .max_elapsed(Some(Duration::from_secs(10)))
+        .build();
+    let downstream = Flaky::always_failing(FlakyErrorKind::Transient);
+    assert!(retry.call(|| downstream.call()).await.is_err());
+    assert_eq!(downstream.calls(), 1);
+}

@@ -264,7 +264,7 @@ impl Inner {
         }
         self.metrics.queued(1.0);
         let _leave = LeaveQueue(self);
-        let deadline = tokio::time::Instant::now() + self.max_wait;
+        let deadline = floodwall_core::clock::deadline_after(self.max_wait);
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);

@@ -231,7 +231,7 @@ impl Hedge {
         let mut running = FuturesUnordered::new();
         running.push(timed(f()));
         let mut started = 1;
-        let mut next_at = Instant::now() + delay;
+        let mut next_at = floodwall_core::clock::deadline_after(delay);
         loop {
             let can_hedge = started < max;
             tokio::select! {
@@ -247,7 +247,7 @@ impl Hedge {
                                 running.push(timed(f()));
                                 started += 1;
                                 self.hedged();
-                                next_at = Instant::now() + delay;
+                                next_at = floodwall_core::clock::deadline_after(delay);
                             } else if running.is_empty() {
                                 // Every attempt failed; this one was the last.
                                 return Err(e);
@@ -260,7 +260,7 @@ impl Hedge {
                     running.push(timed(f()));
                     started += 1;
                     self.hedged();
-                    next_at = Instant::now() + delay;
+                    next_at = floodwall_core::clock::deadline_after(delay);
                 }
             }
         }

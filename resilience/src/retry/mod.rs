@@ -377,7 +377,7 @@ impl Retry {
         };
         let delay = jittered.max(at_least);
         if let (Some(max), Some(started)) = (inner.max_elapsed, a.started)
-            && started.elapsed() + delay > max
+            && started.elapsed().saturating_add(delay) > max
         {
             return None;
         }
