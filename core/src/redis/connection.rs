@@ -240,7 +240,11 @@ enum Conn {
 impl Conn {
     async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> ::redis::RedisResult<T> {
         match self {
-            Conn::Manager(c) => cmd.query_async(c).await,
+            // The manager's own send, not `query_async`: one boxed future less per call.
+            Conn::Manager(c) => {
+                let value = c.send_packed_command(cmd).await?;
+                Ok(::redis::from_redis_value(value.extract_error()?)?)
+            }
             Conn::Cluster(c) => cmd.query_async(c).await,
         }
     }

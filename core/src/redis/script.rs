@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
-use ::redis::{Arg, Cmd, ToRedisArgs};
+use ::redis::{Cmd, ToRedisArgs};
 
 /// A Lua script, identified on the server by the SHA-1 of its source.
 ///
@@ -48,9 +48,9 @@ impl Script {
     pub fn call(&self) -> ScriptCall<'_> {
         ScriptCall {
             script: self,
-            keys: Cmd::new(),
+            data: Vec::with_capacity(128),
+            pieces: Vec::with_capacity(8),
             num_keys: 0,
-            args: Cmd::new(),
         }
     }
 }
@@ -65,35 +65,102 @@ impl fmt::Debug for Script {
 
 /// One invocation of a [`Script`]: its `KEYS` and `ARGV`.
 ///
-/// All keys must share one hash tag when the connection is a Cluster.
+/// All keys must share one hash tag when the connection is a Cluster. Keys and arguments are
+/// written into one buffer as they are added, so building the `EVALSHA` command copies them
+/// once.
 #[must_use = "a ScriptCall does nothing until passed to RedisConnection::invoke"]
 pub struct ScriptCall<'a> {
     pub(super) script: &'a Script,
-    keys: Cmd,
+    /// Every key's and argument's bytes, back to back.
+    data: Vec<u8>,
+    /// Where each piece ends in `data`, and whether it is a key.
+    pieces: Vec<(usize, bool)>,
     num_keys: usize,
-    args: Cmd,
+}
+
+/// Appends `ToRedisArgs` output to a [`ScriptCall`]'s buffer.
+struct Writer<'c> {
+    data: &'c mut Vec<u8>,
+    pieces: &'c mut Vec<(usize, bool)>,
+    key: bool,
+    count: usize,
+}
+
+impl ::redis::RedisWrite for Writer<'_> {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.pieces.push((self.data.len(), self.key));
+        self.count += 1;
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        // Close the piece first: bytes written through the writer extend it.
+        self.pieces.push((self.data.len(), self.key));
+        self.count += 1;
+        PieceWriter {
+            data: &mut *self.data,
+            end: self.pieces.last_mut().map(|p| &mut p.0),
+        }
+    }
+}
+
+/// Writes one piece's bytes and keeps its end offset current.
+struct PieceWriter<'w> {
+    data: &'w mut Vec<u8>,
+    end: Option<&'w mut usize>,
+}
+
+impl std::io::Write for PieceWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.data.extend_from_slice(buf);
+        if let Some(end) = self.end.as_deref_mut() {
+            *end = self.data.len();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl ScriptCall<'_> {
+    fn push(&mut self, value: impl ToRedisArgs, key: bool) -> usize {
+        let mut w = Writer {
+            data: &mut self.data,
+            pieces: &mut self.pieces,
+            key,
+            count: 0,
+        };
+        value.write_redis_args(&mut w);
+        w.count
+    }
+
     /// Appends a key (`KEYS[n]`).
     pub fn key(mut self, key: impl ToRedisArgs) -> Self {
-        self.num_keys += key.num_of_args();
-        self.keys.arg(key);
+        self.num_keys += self.push(key, true);
         self
     }
 
     /// Appends an argument (`ARGV[n]`).
     pub fn arg(mut self, arg: impl ToRedisArgs) -> Self {
-        self.args.arg(arg);
+        self.push(arg, false);
         self
+    }
+
+    /// Each piece's bytes, in order, with whether it is a key.
+    fn pieces(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        let mut start = 0;
+        self.pieces.iter().map(move |&(end, key)| {
+            let piece = &self.data[start..end];
+            start = end;
+            (piece, key)
+        })
     }
 
     /// The first key's bytes: what a Cluster routes the call by.
     pub fn first_key(&self) -> Option<&[u8]> {
-        match self.keys.args_iter().next() {
-            Some(Arg::Simple(b)) => Some(b),
-            _ => None,
-        }
+        self.pieces().find(|(_, key)| *key).map(|(b, _)| b)
     }
 
     /// Number of keys added so far.
@@ -103,20 +170,20 @@ impl ScriptCall<'_> {
 
     /// The command: `EVALSHA sha n keys… args…` or, with `by_source`, `EVAL source n …`.
     pub(super) fn command(&self, by_source: bool) -> Cmd {
-        let mut cmd = if by_source {
-            let mut c = ::redis::cmd("EVAL");
-            c.arg(self.script.source());
-            c
+        let head = if by_source {
+            self.script.source()
         } else {
-            let mut c = ::redis::cmd("EVALSHA");
-            c.arg(self.script.sha1());
-            c
+            self.script.sha1()
         };
-        cmd.arg(self.num_keys);
-        for a in self.keys.args_iter().chain(self.args.args_iter()) {
-            if let Arg::Simple(bytes) = a {
-                cmd.arg(bytes);
-            }
+        let mut cmd = Cmd::with_capacity(self.pieces.len() + 3, self.data.len() + head.len() + 16);
+        cmd.arg(if by_source { "EVAL" } else { "EVALSHA" })
+            .arg(head)
+            .arg(self.num_keys);
+        for (piece, _) in self.pieces().filter(|(_, key)| *key) {
+            cmd.arg(piece);
+        }
+        for (piece, _) in self.pieces().filter(|(_, key)| !*key) {
+            cmd.arg(piece);
         }
         cmd
     }

@@ -1,5 +1,6 @@
 //! The one store path every Redis-backed floodwall store takes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -97,6 +98,7 @@ impl StoreOptions {
                 keyspace: self.keyspace.unwrap_or(default_keyspace),
                 factory: self.gates,
                 gates: RwLock::new(HashMap::new()),
+                first: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -115,6 +117,8 @@ struct PathInner {
     keyspace: Keyspace,
     factory: Arc<dyn GateFactory>,
     gates: RwLock<HashMap<Arc<str>, Arc<dyn HealthGate>>>,
+    /// The first node's gate, looked up without a lock (a standalone server is the only node).
+    first: std::sync::OnceLock<(Arc<str>, Arc<dyn HealthGate>)>,
 }
 
 impl fmt::Debug for StorePath {
@@ -152,14 +156,21 @@ impl StorePath {
 
     /// The gate of `node`, made on first use.
     pub fn gate(&self, node: &Arc<str>) -> Arc<dyn HealthGate> {
+        if let Some((first, g)) = self.inner.first.get()
+            && first == node
+        {
+            return g.clone();
+        }
         if let Some(g) = self.inner.gates.read().expect("not poisoned").get(node) {
             return g.clone();
         }
         let mut gates = self.inner.gates.write().expect("not poisoned");
-        gates
+        let gate = gates
             .entry(node.clone())
             .or_insert_with(|| self.inner.factory.gate(node))
-            .clone()
+            .clone();
+        let _ = self.inner.first.set((node.clone(), gate.clone()));
+        gate
     }
 
     /// Runs a script, routed and gated by its first key.
@@ -198,13 +209,23 @@ impl StorePath {
         .await
     }
 
-    fn node_for(&self, route: Option<&[u8]>) -> Arc<str> {
-        self.inner.conn.node_for(route.unwrap_or_default())
+    /// The node that serves `route` and its gate. A standalone server's are borrowed: no
+    /// reference count is touched on the way.
+    fn node_for(&self, route: Option<&[u8]>) -> (Cow<'_, Arc<str>>, Cow<'_, Arc<dyn HealthGate>>) {
+        if let Some(node) = self.inner.conn.fixed_node()
+            && let Some((first, gate)) = self.inner.first.get()
+            && first == node
+        {
+            return (Cow::Borrowed(node), Cow::Borrowed(gate));
+        }
+        let node = self.inner.conn.node_for(route.unwrap_or_default());
+        let gate = self.gate(&node);
+        (Cow::Owned(node), Cow::Owned(gate))
     }
 
     async fn run<'a, T, F, Fut>(
         &'a self,
-        node: Arc<str>,
+        (node, gate): (Cow<'a, Arc<str>>, Cow<'a, Arc<dyn HealthGate>>),
         gating: Gating,
         call: F,
     ) -> Result<T, StoreError>
@@ -213,7 +234,6 @@ impl StorePath {
         Fut: Future<Output = Result<T, CallError>> + 'a,
     {
         let conn = &self.inner.conn;
-        let gate = self.gate(&node);
         let ticket = match gating {
             Gating::Bypass => None,
             Gating::Gated => match gate.try_pass() {

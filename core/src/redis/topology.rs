@@ -57,6 +57,14 @@ pub(super) const TOPOLOGY_RETRY: Duration = Duration::from_millis(200);
 pub(super) const SLOTS_MAX_AGE: Duration = Duration::from_secs(10);
 
 impl RedisConnection {
+    /// A standalone server's node name (it never changes); `None` for Cluster and Sentinel.
+    pub(crate) fn fixed_node(&self) -> Option<&Arc<str>> {
+        match &self.shared.nodes {
+            Nodes::Fixed(node) => Some(node),
+            _ => None,
+        }
+    }
+
     /// The node (`host:port`) that serves `key`, as far as this handle knows: the server, the
     /// current Sentinel master, or the Cluster master that owned the key's slot when the
     /// handle last read the slot table (`"cluster"` before it could read one).

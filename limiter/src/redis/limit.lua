@@ -2,7 +2,8 @@
 -- KEYS[1] state key; KEYS[2] (sliding log only) its member sequence. Both share a hash tag.
 -- ARGV[1] operation: algorithm (g = GCRA, f = fixed window, s = sliding counter,
 --         l = sliding log) then mode (c = decide and consume, p = peek, r = refund)
--- GCRA:   ARGV 2 cost, 3 emission interval T (us), 4 capacity burst * T (us).
+-- GCRA:   ARGV 2 cost, 3 emission interval T (ns, an integer), 4 burst b (an integer);
+--         the script works in us: T / 1000, capacity b * T.
 --         Reply: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
 --         level = TAT' - now (us) and TAT' the TAT after the decision.
 -- Others: ARGV 2 cost, 3 limit, 4 period (us), 5 receipt (refunds only).
@@ -19,7 +20,8 @@ local cost = tonumber(ARGV[2])
 -- differ: Redis time is in microseconds, T kept fractional. Change one, change both: the test
 -- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
 if op == 'gc' or op == 'gp' or op == 'gr' then
-  local T, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local T = tonumber(ARGV[3]) / 1000
+  local cap = T * tonumber(ARGV[4])
   local tat = tonumber(redis.call('GET', key) or 0)
   if op == 'gr' then
     tat = tat - cost * T

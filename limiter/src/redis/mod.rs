@@ -130,11 +130,13 @@ impl RedisStore {
         };
         let call = call.arg(op).arg(cost);
         if limit.algorithm() == Algorithm::Gcra {
-            // T and b * T in microseconds, fractions kept.
-            let t = quota.emission_interval_nanos() as f64 / 1_000.0;
+            // Sent as whole numbers (T in ns, the burst): integers format and parse far
+            // cheaper than floats on both sides; the script works in µs with T fractional.
+            let t_nanos = quota.emission_interval_nanos();
+            let t = t_nanos as f64 / 1_000.0;
             let burst = quota.burst().get();
             let cap = t * f64::from(burst);
-            let level: i64 = self.path.invoke(call.arg(t).arg(cap)).await?;
+            let level: i64 = self.path.invoke(call.arg(t_nanos).arg(burst)).await?;
             return Ok(gcra_reply(level, t, cap, cost, burst));
         }
         let call = call
