@@ -42,8 +42,9 @@
 //!   and return the value — never a `Result` that cannot be `Err`, never a silent clamp.
 //!   Setters are named. A `Duration` of `MAX` means unbounded; a zero that makes no sense is a
 //!   build error.
-//! - **Hot-path futures** are pin-projected state machines; a box is taken only where a Redis
-//!   round trip happens anyway.
+//! - **Hot-path futures** are pin-projected state machines; a box is taken only where the
+//!   request waits on a store anyway (a Redis decision, a cache load, the idempotency store
+//!   and the request body it fingerprints).
 //!
 //! ```
 //! use std::time::Duration;

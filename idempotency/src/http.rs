@@ -21,9 +21,10 @@
 //!
 //! **What is stored:** responses with status `2xx`, `3xx` and `4xx`, except `408`, `409`,
 //! `425` and `429` — the status, the allow-listed headers (default `Content-Type`,
-//! `Location`) and the body, if it is at most the stored-body cap (default 1 MiB). `5xx`
-//! responses, those four, larger bodies and inner-service errors release the claim, so a
-//! retry runs again. The layer's own 400/409/413/422/503 answers store nothing.
+//! `Location`) and the body, if it is at most the stored-body cap (default 1 MiB). A larger
+//! body is not kept, but the completion is: a retry gets the stored status and headers with an
+//! empty body and `Idempotent-Body-Omitted: true` — never a second run. `5xx` responses,
+//! those four and inner-service errors release the claim, so a retry runs again. The layer's own 400/409/413/422/503 answers store nothing.
 //!
 //! Once a request has claimed its key, its handler and the storing of its response run to
 //! completion on a Tokio task of their own, even if the client disconnects: the retry that
@@ -54,10 +55,14 @@ use crate::store::Store;
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// `Idempotent-Replayed`, set to `true` on replayed responses.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// `Idempotent-Body-Omitted: true` on a replay whose body was over the stored-body cap and
+/// was not kept (the status and headers are the original's).
+pub static IDEMPOTENT_BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
+#[derive(Clone)]
 struct Config {
     methods: Vec<Method>,
     require_key: bool,
@@ -129,8 +134,10 @@ impl<S> IdempotencyLayer<S> {
         }
     }
 
+    /// This layer's own configuration: a clone configured afterwards gets a copy of its own,
+    /// so configuring a clone never panics and never changes the original.
     fn config_mut(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).expect("configured before the layer is cloned")
+        Arc::make_mut(&mut self.config)
     }
 
     /// The methods the layer applies to (default `POST`, `PATCH`).
@@ -264,6 +271,9 @@ fn parse_key(value: &HeaderValue, max: usize) -> Option<String> {
     let s = value.to_str().ok()?.trim();
     let s = match s.strip_prefix('"') {
         Some(rest) => rest.strip_suffix('"')?,
+        // A bare value is accepted for compatibility, but not one that structured fields
+        // read as a list (`a,b`) or as parameters (`a;b`).
+        None if s.contains([',', ';']) => return None,
         None => s,
     };
     let ok = !s.is_empty()
@@ -380,7 +390,18 @@ fn read_key<B: From<Bytes>>(
     headers: &http::HeaderMap,
     config: &Config,
 ) -> Result<Option<String>, Response<B>> {
-    match headers.get(&IDEMPOTENCY_KEY) {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        // Two keys: which one the client meant is unknowable, so neither is used.
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "key-malformed",
+            "Idempotency-Key is malformed",
+            "The request carries more than one Idempotency-Key field.",
+        ));
+    }
+    match first {
         None if config.require_key => Err(problem(
             StatusCode::BAD_REQUEST,
             "key-missing",
@@ -406,7 +427,7 @@ fn read_key<B: From<Bytes>>(
 fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
     match begin {
         Begin::Completed(record) => {
-            let Some((status, headers, body)) = decode_response(&record) else {
+            let Some((status, headers, body, omitted)) = decode_response(&record) else {
                 tracing::warn!("an idempotency record did not decode; answering 500");
                 return problem(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,6 +446,12 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
                 IDEMPOTENT_REPLAYED.clone(),
                 HeaderValue::from_static("true"),
             );
+            if omitted {
+                r.headers_mut().insert(
+                    IDEMPOTENT_BODY_OMITTED.clone(),
+                    HeaderValue::from_static("true"),
+                );
+            }
             r
         }
         Begin::InProgress { retry_after } => {
@@ -494,7 +521,7 @@ impl<S: Store> HttpClaim<S> {
         };
         let config = &self.config;
         let record = |(parts, bytes): &(http::response::Parts, Bytes)| {
-            if !is_storable(parts.status) || bytes.len() > config.max_stored_body {
+            if !is_storable(parts.status) {
                 return None;
             }
             let headers: Vec<_> = config
@@ -508,7 +535,10 @@ impl<S: Store> HttpClaim<S> {
                         .map(move |v| (n.clone(), v.clone()))
                 })
                 .collect();
-            Some(encode_response(parts.status, &headers, bytes))
+            // Over the cap, the completion is still recorded — status and headers — so a retry
+            // replays it (without the body) instead of running the operation again.
+            let body = (bytes.len() <= config.max_stored_body).then_some(&bytes[..]);
+            Some(encode_response(parts.status, &headers, body))
         };
         match claim.run(handled, record).await {
             Ok((parts, bytes)) => Ok(Response::from_parts(parts, ResBody::from(bytes))),
@@ -544,11 +574,18 @@ mod tests {
     #[test]
     fn stored_responses_round_trip() {
         let headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-        let rec = encode_response(StatusCode::CREATED, &headers, b"{\"id\":1}");
-        let (status, h, body) = decode_response(&rec).unwrap();
+        let rec = encode_response(StatusCode::CREATED, &headers, Some(b"{\"id\":1}"));
+        let (status, h, body, omitted) = decode_response(&rec).unwrap();
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(h, headers);
         assert_eq!(&body[..], b"{\"id\":1}");
+        assert!(!omitted);
+        let rec = encode_response(StatusCode::CREATED, &headers, None);
+        let (status, h, body, omitted) = decode_response(&rec).unwrap();
+        assert_eq!(
+            (status, h, body.len(), omitted),
+            (StatusCode::CREATED, headers, 0, true)
+        );
         assert!(decode_response(&rec[..rec.len() - 9]).is_none() || rec.len() < 9);
         assert!(decode_response(b"FWI\x01\x03\x00").is_none());
     }

@@ -119,6 +119,8 @@ pub(crate) enum Kind {
     Http = 3,
     /// A processed message (no payload).
     Done = 4,
+    /// A stored HTTP response whose body was over the stored-body cap: status and headers.
+    HttpBodyOmitted = 5,
 }
 
 /// `FWI` + version + kind + payload.
@@ -134,6 +136,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<(Kind, &[u8]), StoreError> {
         2 => Kind::Err,
         3 => Kind::Http,
         4 => Kind::Done,
+        5 => Kind::HttpBodyOmitted,
         k => {
             return Err(StoreError::Codec(format!(
                 "unknown idempotency record kind {k}"

@@ -1,5 +1,6 @@
 //! A stored HTTP response: status, the allow-listed headers and the body, in an `FWI`
-//! envelope of kind `Http`. Bytes that do not decode are `None` — never a panic.
+//! envelope of kind `Http` — or, for a body over the stored-body cap, status and headers in
+//! one of kind `HttpBodyOmitted`. Bytes that do not decode are `None` — never a panic.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -7,12 +8,18 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::record::{Kind, open, seal};
 
-/// Encodes a response to store.
+/// Encodes a response to store; `body` is `None` when it was too large to keep.
 pub(super) fn encode_response(
     status: StatusCode,
     headers: &[(HeaderName, HeaderValue)],
-    body: &[u8],
+    body: Option<&[u8]>,
 ) -> Vec<u8> {
+    let kind = if body.is_some() {
+        Kind::Http
+    } else {
+        Kind::HttpBodyOmitted
+    };
+    let body = body.unwrap_or_default();
     let mut p = Vec::with_capacity(8 + body.len());
     p.extend_from_slice(&status.as_u16().to_be_bytes());
     p.extend_from_slice(&(headers.len() as u16).to_be_bytes());
@@ -23,18 +30,20 @@ pub(super) fn encode_response(
         p.extend_from_slice(value.as_bytes());
     }
     p.extend_from_slice(body);
-    seal(Kind::Http, &p)
+    seal(kind, &p)
 }
 
-/// A decoded response.
-pub(super) type Stored = (StatusCode, Vec<(HeaderName, HeaderValue)>, Bytes);
+/// A decoded response: status, headers, body, and whether the body was omitted.
+pub(super) type Stored = (StatusCode, Vec<(HeaderName, HeaderValue)>, Bytes, bool);
 
 /// Decodes a stored response.
 pub(super) fn decode_response(record: &[u8]) -> Option<Stored> {
     let (kind, p) = open(record).ok()?;
-    if kind != Kind::Http {
-        return None;
-    }
+    let omitted = match kind {
+        Kind::Http => false,
+        Kind::HttpBodyOmitted => true,
+        _ => return None,
+    };
     let take = |p: &mut &[u8], n: usize| -> Option<Vec<u8>> {
         if p.len() < n {
             return None;
@@ -58,5 +67,6 @@ pub(super) fn decode_response(record: &[u8]) -> Option<Stored> {
         StatusCode::from_u16(status).ok()?,
         headers,
         Bytes::copy_from_slice(p),
+        omitted,
     ))
 }
