@@ -386,3 +386,80 @@ fn a_breaker_gates_a_store_node_by_health() {
     let refused = breaker.try_pass().unwrap_err();
     assert!(refused.retry_after.is_some());
 }
+
+/// resilience4j rejects a zero slow-call threshold and a zero open wait; so does `build()`,
+/// naming the field.
+#[test]
+fn zero_thresholds_that_make_no_sense_are_build_errors() {
+    let err = CircuitBreaker::builder()
+        .slow_call_duration(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "slow_call_duration");
+    let err = CircuitBreaker::builder()
+        .open_wait(OpenWait::Fixed(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "open_wait");
+}
+
+/// Manual transitions: one to the current state is a no-op (no event, the wait not
+/// restarted, the backoff not raised); none but a close resets the backoff's count of
+/// consecutive openings (resilience4j's `transitionTo…State`); only OPEN half-opens
+/// (resilience4j's `IllegalStateTransitionException`).
+#[test]
+fn manual_transitions_follow_the_state_machine() {
+    let clock = ManualClock::new();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let breaker = CircuitBreaker::builder()
+        .open_wait(OpenWait::Backoff {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: Duration::from_secs(60),
+        })
+        .clock(clock.clone())
+        .on_transition(move |t: &Transition| seen.lock().unwrap().push(t.to))
+        .build()
+        .unwrap();
+    let wait = |b: &CircuitBreaker| b.try_acquire().unwrap_err().retry_after;
+
+    assert_eq!(
+        breaker.half_open().unwrap_err(),
+        floodwall_resilience::circuit_breaker::IllegalTransition {
+            from: State::Closed,
+            to: State::HalfOpen
+        }
+    );
+    breaker.open();
+    assert_eq!(wait(&breaker), Some(Duration::from_secs(1)));
+    clock.advance(Duration::from_millis(400));
+    breaker.open(); // already open: nothing happens
+    assert_eq!(
+        wait(&breaker),
+        Some(Duration::from_millis(600)),
+        "not restarted"
+    );
+    breaker.force_open();
+    breaker.force_open();
+    breaker.open(); // the second consecutive opening: 2 s
+    assert_eq!(
+        wait(&breaker),
+        Some(Duration::from_secs(2)),
+        "force_open kept the count"
+    );
+    breaker.reset();
+    breaker.open(); // a close in between: the first opening again
+    assert_eq!(wait(&breaker), Some(Duration::from_secs(1)));
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            State::Open,
+            State::ForcedOpen,
+            State::Open,
+            State::Closed,
+            State::Open
+        ],
+        "one event per real transition"
+    );
+}

@@ -108,10 +108,12 @@ impl Model {
                 self.probes.clear();
                 self.half_open_since = now;
             }
-            _ => {
+            // Only a close ends a run of consecutive openings.
+            State::Closed => {
                 self.opens = 0;
                 self.window.clear();
             }
+            _ => self.window.clear(),
         }
         self.state = to;
         self.generation += 1;
@@ -330,7 +332,9 @@ fn manual(b: &CircuitBreaker, s: State) {
     match s {
         State::Closed => b.reset(),
         State::Open => b.open(),
-        State::HalfOpen => b.half_open(),
+        State::HalfOpen => {
+            let _ = b.half_open();
+        }
         State::Disabled => b.disable(),
         State::ForcedOpen => b.force_open(),
         State::MetricsOnly => b.metrics_only(),
@@ -388,7 +392,11 @@ proptest! {
                 Op::State => prop_assert_eq!(breaker.state(), model.settle(now), "step {}", step),
                 Op::Manual(s) => {
                     manual(&breaker, s);
-                    model.go(s, now);
+                    // A transition to the current state is a no-op; only OPEN half-opens.
+                    let current = model.settle(now);
+                    if current != s && (s != State::HalfOpen || current == State::Open) {
+                        model.go(s, now);
+                    }
                 }
                 Op::Snapshot => check_snapshot(&breaker, &mut model, now, step)?,
             }

@@ -190,3 +190,29 @@ async fn primitives_report_their_metrics() {
         Some(1.0)
     );
 }
+
+/// A disabled breaker records nothing: no outcome counts (resilience4j's DISABLED).
+#[tokio::test]
+async fn a_disabled_breaker_counts_no_outcomes() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let breaker = metrics::with_local_recorder(&recorder, || {
+        CircuitBreaker::builder().name("off").build().unwrap()
+    });
+    breaker.disable();
+    metrics::with_local_recorder(&recorder, || {
+        for _ in 0..5 {
+            breaker.try_acquire().unwrap().failure();
+            breaker.try_acquire().unwrap().success();
+        }
+    });
+    let s = take(&snap);
+    for outcome in ["success", "failure"] {
+        let counted = value(
+            &s,
+            "floodwall_circuit_breaker_calls_total",
+            &[("outcome", outcome)],
+        );
+        assert!(counted.is_none_or(|n| n == 0.0), "{outcome}: {counted:?}");
+    }
+}

@@ -246,6 +246,19 @@ impl CircuitBreakerBuilder {
             SlidingWindow::Count(n) => u64::from(self.minimum_calls.min(n.get())),
             SlidingWindow::Time(_) => u64::from(self.minimum_calls),
         };
+        if self.cfg.slow_call_duration == Some(Duration::ZERO) {
+            return Err(ConfigError {
+                field: "slow_call_duration",
+                reason: "must be more than zero (every call would be slow); None turns it off",
+            });
+        }
+        if matches!(self.cfg.open_wait, OpenWait::Fixed(d) | OpenWait::Backoff { initial: d, .. } if d.is_zero())
+        {
+            return Err(ConfigError {
+                field: "open_wait",
+                reason: "must be more than zero",
+            });
+        }
         if let OpenWait::Backoff {
             initial,
             multiplier,

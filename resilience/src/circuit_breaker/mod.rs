@@ -106,7 +106,9 @@ pub use future::ResponseFuture;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService};
 pub use permit::Permit;
-pub use types::{Classify, DefaultClassifier, Outcome, Rejected, Snapshot, State, Transition};
+pub use types::{
+    Classify, DefaultClassifier, IllegalTransition, Outcome, Rejected, Snapshot, State, Transition,
+};
 
 mod gate;
 mod permit;
@@ -268,34 +270,59 @@ impl CircuitBreaker {
         }
     }
 
-    /// Manual: reject every call until another manual transition.
+    /// Manual: reject every call until another manual transition. A manual transition to
+    /// the state the breaker is in is a no-op (no event, no restarted wait); none resets the
+    /// open-wait backoff except a close ([`reset`](Self::reset)).
     pub fn force_open(&self) {
-        self.inner.transition_to(State::ForcedOpen, None);
+        self.manual(State::ForcedOpen);
     }
 
-    /// Manual: admit every call and record nothing.
+    /// Manual: admit every call and record nothing (no window, no metrics).
     pub fn disable(&self) {
-        self.inner.transition_to(State::Disabled, None);
+        self.manual(State::Disabled);
     }
 
     /// Manual: record and report, never reject.
     pub fn metrics_only(&self) {
-        self.inner.transition_to(State::MetricsOnly, None);
+        self.manual(State::MetricsOnly);
     }
 
-    /// Opens now, as if the thresholds had been crossed.
+    /// Opens now, as if the thresholds had been crossed (counts as the next consecutive
+    /// opening for the backoff). Entering OPEN starts an empty window, as resilience4j does
+    /// not: the closed window's counts are not carried into OPEN or HALF_OPEN.
     pub fn open(&self) {
-        self.inner.transition_to(State::Open, None);
+        self.manual(State::Open);
     }
 
-    /// Half-opens now, as if the open wait were over.
-    pub fn half_open(&self) {
-        self.inner.transition_to(State::HalfOpen, None);
+    /// Half-opens now, as if the open wait were over. Only an OPEN breaker can half-open, as
+    /// in resilience4j; from any other state this is refused with [`IllegalTransition`].
+    pub fn half_open(&self) -> Result<(), IllegalTransition> {
+        let now = self.inner.cfg.clock.now_nanos();
+        let from = kind_of(self.inner.settle(now));
+        if from != State::Open && from != State::HalfOpen {
+            return Err(IllegalTransition {
+                from,
+                to: State::HalfOpen,
+            });
+        }
+        self.manual(State::HalfOpen);
+        Ok(())
     }
 
     /// Back to closed with an empty window and the backoff reset.
     pub fn reset(&self) {
-        self.inner.transition_to(State::Closed, None);
+        self.manual(State::Closed);
+    }
+
+    /// A manual transition from the breaker's current (settled) state; none when it is there
+    /// already. A transition that races an automatic one loses to it.
+    fn manual(&self, to: State) {
+        let inner = &*self.inner;
+        let now = inner.cfg.clock.now_nanos();
+        let w = inner.settle(now);
+        if kind_of(w) != to {
+            inner.transition_to(to, Some((w, now)));
+        }
     }
 
     pub(crate) fn acquire_raw(&self) -> Result<RawPermit, Rejected> {
@@ -369,8 +396,11 @@ impl CircuitBreaker {
     #[inline(always)]
     pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
         let inner = &*self.inner;
-        inner.metrics.outcome(outcome);
         let w = inner.state.load(Ordering::Acquire);
+        if kind_of(w) == State::Disabled {
+            return; // disabled: records nothing, not even metrics
+        }
+        inner.metrics.outcome(outcome);
         if gen_of(w) != permit.generation {
             return; // the state it was issued in is gone
         }
@@ -537,10 +567,12 @@ impl Inner {
                 self.probes.reset();
                 self.half_open_since.store(now, Ordering::Release);
             }
-            State::Closed | State::Disabled | State::ForcedOpen | State::MetricsOnly => {
+            // Only a close ends a run of consecutive openings (the backoff's `k`).
+            State::Closed => {
                 self.consecutive_opens.store(0, Ordering::Relaxed);
                 self.window.reset();
             }
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => self.window.reset(),
         }
         let next = word(to, gen_of(current) + 1, 0);
         self.state.store(next, Ordering::Release);

@@ -121,3 +121,14 @@ pub struct Snapshot {
     /// Calls rejected since the breaker was built.
     pub not_permitted: u64,
 }
+
+/// A manual transition the breaker's state machine does not allow (resilience4j's
+/// `IllegalStateTransitionException`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a circuit breaker cannot go from {from:?} to {to:?}")]
+pub struct IllegalTransition {
+    /// The state it was in.
+    pub from: State,
+    /// The state asked for.
+    pub to: State,
+}
