@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, PubSub};
+use ::redis::aio::PubSub;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, ConnectionInfo, FromRedisValue, ServerErrorKind};
 
@@ -195,6 +195,10 @@ impl RedisConnection {
                 other => other,
             }
         };
+        if timeout == Duration::MAX {
+            // Unbounded: no timer to arm.
+            return run.await.map_err(CallError::Redis);
+        }
         match tokio::time::timeout(timeout, run).await {
             Ok(result) => result.map_err(CallError::Redis),
             Err(_) => Err(CallError::Timeout),
@@ -207,6 +211,9 @@ impl RedisConnection {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let mut conn = self.conn();
+        if timeout == Duration::MAX {
+            return conn.query::<T>(cmd).await.map_err(CallError::Redis);
+        }
         match tokio::time::timeout(timeout, conn.query::<T>(cmd)).await {
             Ok(result) => result.map_err(CallError::Redis),
             Err(_) => Err(CallError::Timeout),
@@ -233,16 +240,15 @@ impl RedisConnection {
 }
 
 enum Conn {
-    Manager(ConnectionManager),
+    Manager(super::reconnect::Reconnecting),
     Cluster(ClusterConnection),
 }
 
 impl Conn {
     async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> ::redis::RedisResult<T> {
         match self {
-            // The manager's own send, not `query_async`: one boxed future less per call.
             Conn::Manager(c) => {
-                let value = c.send_packed_command(cmd).await?;
+                let value = c.send(cmd).await?;
                 Ok(::redis::from_redis_value(value.extract_error()?)?)
             }
             Conn::Cluster(c) => cmd.query_async(c).await,

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 
 use super::connection::{RedisConnection, Topology};
+use super::reconnect::Reconnecting;
 use super::topology::{Inner, Nodes, SentinelState, Shared, SlotMap};
 use super::{map_error, redact};
 use crate::error::StoreError;
@@ -264,28 +264,16 @@ impl RedisConnector {
         builder
     }
 
-    pub(super) async fn manager(
-        &self,
-        info: ConnectionInfo,
-    ) -> Result<ConnectionManager, StoreError> {
+    pub(super) async fn manager(&self, info: ConnectionInfo) -> Result<Reconnecting, StoreError> {
         let timeout = self.connect_timeout;
         let client = self.client(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(4)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
-        tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        Reconnecting::connect(client, timeout)
             .await
-            .map_err(|_| StoreError::Timeout { after: timeout })?
             .map_err(|e| map_error(e, timeout))
     }
 
     /// Asks the sentinels, in turn, for the master's address and connects to it.
-    pub(super) async fn sentinel_master(
-        &self,
-    ) -> Result<(Arc<str>, ConnectionManager), StoreError> {
+    pub(super) async fn sentinel_master(&self) -> Result<(Arc<str>, Reconnecting), StoreError> {
         let name = self
             .master_name
             .as_deref()

@@ -1,9 +1,9 @@
 //! One Redis handle over standalone Redis and Redis Cluster, with bounded calls and Lua scripts.
 //!
-//! [`RedisConnection`] is a cheap-to-clone handle. On a standalone server it wraps redis-rs's
-//! reconnecting `ConnectionManager` (RESP3 by default, so a dropped connection is noticed and
-//! re-established even while idle); on a Cluster it wraps redis-rs's `cluster-async`
-//! connection, which follows slot moves. Every call is bounded by the handle's
+//! [`RedisConnection`] is a cheap-to-clone handle. On a standalone server (and on a Sentinel
+//! group's master) it holds one redis-rs multiplexed connection that reconnects by itself
+//! (RESP3 by default, so a dropped connection is noticed and re-established even while idle);
+//! on a Cluster it wraps redis-rs's `cluster-async` connection, which follows slot moves. Every call is bounded by the handle's
 //! [`call_timeout`](RedisConnection::call_timeout) and every failure maps to a small
 //! [`StoreError`], so the stores built on top can follow a declared failure policy.
 //!
@@ -45,6 +45,7 @@
 
 mod connection;
 mod connector;
+mod reconnect;
 mod script;
 pub mod slot;
 mod store;

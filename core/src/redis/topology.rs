@@ -6,23 +6,23 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ::redis::Value;
-use ::redis::aio::ConnectionManager;
 use ::redis::cluster_async::ClusterConnection;
 
 use super::connection::{RedisConnection, Topology};
 use super::connector::RedisConnector;
+use super::reconnect::Reconnecting;
 use super::slot::key_slot;
 use crate::error::StoreError;
 
 #[derive(Clone)]
 pub(super) enum Inner {
-    Standalone(ConnectionManager),
+    Standalone(Reconnecting),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelState>),
 }
 
 pub(super) struct SentinelState {
-    pub(super) current: RwLock<(Arc<str>, ConnectionManager)>,
+    pub(super) current: RwLock<(Arc<str>, Reconnecting)>,
     pub(super) resolving: AtomicBool,
     pub(super) last_resolve: AtomicU64,
 }

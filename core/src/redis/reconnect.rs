@@ -1,0 +1,132 @@
+//! A multiplexed connection to one server that reconnects by itself.
+//!
+//! Every call clones the current redis-rs `MultiplexedConnection` (all calls share its one
+//! socket) and sends on it directly. When the connection is lost — an I/O error on a call, or,
+//! with RESP3, the disconnection notice the connection pushes even while idle — one background
+//! task reconnects, retrying every 10 ms to 500 ms (doubling), each attempt bounded by the
+//! connect timeout, and swaps the new connection in. Meanwhile calls on the lost connection
+//! fail at once, so the store path's bound and health gate decide what callers see.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use ::redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use ::redis::{AsyncConnectionConfig, Client, Cmd, PushInfo, PushKind, RedisError, Value};
+
+/// The shared handle; clones share the connection.
+#[derive(Clone)]
+pub(super) struct Reconnecting {
+    state: Arc<State>,
+}
+
+struct State {
+    client: Client,
+    connect_timeout: Duration,
+    current: RwLock<Option<MultiplexedConnection>>,
+    reconnecting: AtomicBool,
+    me: Weak<State>,
+}
+
+/// Turns the connection's disconnection notice into a reconnect.
+struct DisconnectWatch(Weak<State>);
+
+impl AsyncPushSender for DisconnectWatch {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        if info.kind == PushKind::Disconnection
+            && let Some(state) = self.0.upgrade()
+        {
+            state.reconnect();
+        }
+        Ok(())
+    }
+}
+
+impl Reconnecting {
+    /// Connects to `client`'s server, each attempt bounded by `connect_timeout`.
+    pub(super) async fn connect(
+        client: Client,
+        connect_timeout: Duration,
+    ) -> Result<Reconnecting, RedisError> {
+        let state = Arc::new_cyclic(|me| State {
+            client,
+            connect_timeout,
+            current: RwLock::new(None),
+            reconnecting: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        let conn = state.open().await?;
+        *state.current.write().expect("not poisoned") = Some(conn);
+        Ok(Reconnecting { state })
+    }
+
+    /// Sends `cmd` on the current connection; an I/O failure starts a reconnect.
+    pub(super) async fn send(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        let conn = self.state.current.read().expect("not poisoned").clone();
+        let Some(mut conn) = conn else {
+            self.state.reconnect();
+            return Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::NotConnected,
+            )));
+        };
+        let result = conn.send_packed_command(cmd).await;
+        if let Err(e) = &result
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+        {
+            self.state.reconnect();
+        }
+        result
+    }
+}
+
+impl State {
+    async fn open(&self) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_push_sender(DisconnectWatch(self.me.clone()));
+        match tokio::time::timeout(
+            self.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            ))),
+        }
+    }
+
+    /// Starts the one reconnect task, unless it runs already.
+    fn reconnect(&self) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reconnecting.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            let mut delay = Duration::from_millis(10);
+            loop {
+                // Stop when every handle is gone.
+                let Some(state) = me.upgrade() else { return };
+                match state.open().await {
+                    Ok(conn) => {
+                        *state.current.write().expect("not poisoned") = Some(conn);
+                        state.reconnecting.store(false, Ordering::Release);
+                        tracing::debug!("reconnected to Redis");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, ?delay, "Redis reconnect failed"),
+                }
+                drop(state);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        });
+    }
+}
