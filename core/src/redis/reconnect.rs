@@ -3,13 +3,16 @@
 //! Every call clones the current redis-rs `MultiplexedConnection` (all calls share its one
 //! socket) and sends on it directly. When the connection is lost — an I/O error on a call, or,
 //! with RESP3, the disconnection notice the connection pushes even while idle — one background
-//! task reconnects, retrying every 10 ms to 500 ms (doubling), each attempt bounded by the
-//! connect timeout, and swaps the new connection in. Meanwhile calls on the lost connection
-//! fail at once, so the store path's bound and health gate decide what callers see.
+//! task drops it and reconnects, retrying every 10 ms to 500 ms (doubling), each attempt
+//! bounded by the connect timeout. Calls made meanwhile wait for the attempt under way (within
+//! their own bound): they go out on the new connection when it succeeds, and fail when it
+//! fails, so the store path's bound and health gate decide what callers see.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use ::redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use ::redis::{AsyncConnectionConfig, Client, Cmd, PushInfo, PushKind, RedisError, Value};
@@ -25,6 +28,8 @@ struct State {
     connect_timeout: Duration,
     current: RwLock<Option<MultiplexedConnection>>,
     reconnecting: AtomicBool,
+    /// Woken after every reconnect attempt, successful or not.
+    attempted: Notify,
     me: Weak<State>,
 }
 
@@ -53,6 +58,7 @@ impl Reconnecting {
             connect_timeout,
             current: RwLock::new(None),
             reconnecting: AtomicBool::new(false),
+            attempted: Notify::new(),
             me: me.clone(),
         });
         let conn = state.open().await?;
@@ -62,12 +68,10 @@ impl Reconnecting {
 
     /// Sends `cmd` on the current connection; an I/O failure starts a reconnect.
     pub(super) async fn send(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        let conn = self.state.current.read().expect("not poisoned").clone();
-        let Some(mut conn) = conn else {
-            self.state.reconnect();
-            return Err(RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::NotConnected,
-            )));
+        let current = self.state.current.read().expect("not poisoned").clone();
+        let mut conn = match current {
+            Some(conn) => conn,
+            None => self.state.wait_for_attempt().await?,
         };
         let result = conn.send_packed_command(cmd).await;
         if let Err(e) = &result
@@ -80,6 +84,29 @@ impl Reconnecting {
 }
 
 impl State {
+    /// No connection now: waits for the reconnect attempt under way (starting one if none
+    /// is) and takes its connection, or fails with the attempt.
+    async fn wait_for_attempt(&self) -> Result<MultiplexedConnection, RedisError> {
+        let attempt = self.attempted.notified();
+        tokio::pin!(attempt);
+        attempt.as_mut().enable();
+        if let Some(conn) = self.current.read().expect("not poisoned").clone() {
+            return Ok(conn);
+        }
+        self.reconnect();
+        attempt.await;
+        self.current
+            .read()
+            .expect("not poisoned")
+            .clone()
+            .ok_or_else(|| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the connection to Redis is lost and reconnecting failed",
+                ))
+            })
+    }
+
     async fn open(&self) -> Result<MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -108,6 +135,8 @@ impl State {
             self.reconnecting.store(false, Ordering::Release);
             return;
         };
+        // The lost connection is dropped: calls now wait for the attempt, not fail on it.
+        *self.current.write().expect("not poisoned") = None;
         let me = self.me.clone();
         runtime.spawn(async move {
             let mut delay = Duration::from_millis(10);
@@ -118,10 +147,14 @@ impl State {
                     Ok(conn) => {
                         *state.current.write().expect("not poisoned") = Some(conn);
                         state.reconnecting.store(false, Ordering::Release);
+                        state.attempted.notify_waiters();
                         tracing::debug!("reconnected to Redis");
                         return;
                     }
-                    Err(e) => tracing::debug!(error = %e, ?delay, "Redis reconnect failed"),
+                    Err(e) => {
+                        state.attempted.notify_waiters();
+                        tracing::debug!(error = %e, ?delay, "Redis reconnect failed");
+                    }
                 }
                 drop(state);
                 tokio::time::sleep(delay).await;

@@ -246,6 +246,26 @@ impl CircuitBreakerBuilder {
             SlidingWindow::Count(n) => u64::from(self.minimum_calls.min(n.get())),
             SlidingWindow::Time(_) => u64::from(self.minimum_calls),
         };
+        self.validate_waits()?;
+        if self.cfg.max_wait_in_half_open == Some(Duration::ZERO) {
+            return Err(ConfigError {
+                field: "max_wait_in_half_open",
+                reason: "must be non-zero (use None to wait for the probes)",
+            });
+        }
+        if self.cfg.initial_state == State::HalfOpen {
+            return Err(ConfigError {
+                field: "initial_state",
+                reason: "a breaker cannot start half-open",
+            });
+        }
+        Ok(super::CircuitBreaker::from_config(self.cfg))
+    }
+}
+
+impl CircuitBreakerBuilder {
+    /// The slow-call threshold and the open wait: zero makes no sense for either.
+    fn validate_waits(&self) -> Result<(), ConfigError> {
         if self.cfg.slow_call_duration == Some(Duration::ZERO) {
             return Err(ConfigError {
                 field: "slow_call_duration",
@@ -278,19 +298,7 @@ impl CircuitBreakerBuilder {
                 });
             }
         }
-        if self.cfg.max_wait_in_half_open == Some(Duration::ZERO) {
-            return Err(ConfigError {
-                field: "max_wait_in_half_open",
-                reason: "must be non-zero (use None to wait for the probes)",
-            });
-        }
-        if self.cfg.initial_state == State::HalfOpen {
-            return Err(ConfigError {
-                field: "initial_state",
-                reason: "a breaker cannot start half-open",
-            });
-        }
-        Ok(super::CircuitBreaker::from_config(self.cfg))
+        Ok(())
     }
 }
 
