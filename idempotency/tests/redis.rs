@@ -373,3 +373,78 @@ async fn an_unbounded_lease_on_redis_does_not_panic() {
     println!("a Duration::MAX retention is kept for {ttl} ms in Redis");
     assert!(ttl > 0);
 }
+
+/// A gate that other keys' failures have forced open.
+#[derive(Debug, Default)]
+struct ForcedGate(std::sync::atomic::AtomicBool);
+
+impl floodwall_core::health::HealthGate for ForcedGate {
+    fn try_pass(&self) -> Result<floodwall_core::health::Ticket, floodwall_core::health::Refused> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(floodwall_core::health::Refused { retry_after: None })
+        } else {
+            Ok(floodwall_core::health::Ticket::default())
+        }
+    }
+    fn report(&self, _: floodwall_core::health::Ticket, _: floodwall_core::health::Health) {}
+}
+
+/// The node's gate opens (other keys' failures) while an operation runs: its completion is
+/// still stored — finishing what the caller holds bypasses the gate — so the retries that
+/// follow replay it and the operation runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_opened_mid_operation_never_loses_the_completion() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_gate_opened_mid_operation_never_loses_the_completion")
+    else {
+        return;
+    };
+    let gate = Arc::new(ForcedGate::default());
+    let g = gate.clone();
+    let store = RedisStore::new(
+        StoreOptions::new(connect(&[server.url()], false).await)
+            .keyspace(Keyspace::new("idem-gate", 1).unwrap())
+            .health_gate(move |_: &str| g.clone() as Arc<dyn floodwall_core::health::HealthGate>),
+    );
+    let idem = Idempotency::new(store);
+    let fp = Fingerprint::of(b"charge 42");
+    let runs = Arc::new(AtomicU32::new(0));
+    let (r, opener) = (runs.clone(), gate.clone());
+    let first = idem
+        .run("charge", &fp, || async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            // Mid-operation, the node's gate opens.
+            opener.0.store(true, Ordering::SeqCst);
+            Ok::<_, String>("ch_1".to_string())
+        })
+        .await
+        .unwrap();
+    assert!(matches!(first, floodwall_idempotency::Outcome::Fresh(ref v) if v == "ch_1"));
+    // While the gate is open, new claims fail fast; the completion was stored regardless.
+    let refused = idem
+        .run("charge", &fp, || async {
+            Ok::<_, String>("ch_2".to_string())
+        })
+        .await;
+    assert!(
+        refused.is_err(),
+        "claims are refused while the gate is open"
+    );
+    gate.0.store(false, Ordering::SeqCst);
+    for _ in 0..5 {
+        let r = runs.clone();
+        let again = idem
+            .run("charge", &fp, || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>("ch_2".to_string())
+            })
+            .await
+            .unwrap();
+        assert!(matches!(again, floodwall_idempotency::Outcome::Replayed(ref v) if v == "ch_1"));
+    }
+    println!(
+        "gate forced open mid-operation: {} execution(s) over 1 run and 5 retries",
+        runs.load(Ordering::SeqCst)
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
