@@ -102,6 +102,19 @@ pub struct ClientIp {
     peer: PeerFn,
     v6_prefix: u8,
     entry: &'static str,
+    header: ForwardedHeader,
+}
+
+/// Which header the trusted proxies write the client's address into. Only that header is
+/// read: the other one is whatever the client sent, and never believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, AWS ALB, most CDNs): the
+    /// default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters.
+    Forwarded,
 }
 
 impl Default for ClientIp {
@@ -122,7 +135,14 @@ impl ClientIp {
             }),
             v6_prefix: 128,
             entry: "ip",
+            header: ForwardedHeader::XForwardedFor,
         }
+    }
+
+    /// The header the trusted proxies set (default `X-Forwarded-For`). Only it is read.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
     }
 
     /// Trusts these proxy address ranges (CIDR strings).
@@ -171,14 +191,18 @@ impl ClientIp {
         if self.trusted.is_empty() || !self.trusted(peer) {
             return Some(peer);
         }
-        let hops = forwarded_chain(req.headers());
+        let hops = match self.header {
+            ForwardedHeader::XForwardedFor => x_forwarded_for(req.headers()),
+            ForwardedHeader::Forwarded => forwarded(req.headers()),
+        };
         let mut last_trusted = peer;
         for hop in hops.iter().rev() {
             match hop {
                 Some(ip) if self.trusted(*ip) => last_trusted = *ip,
                 Some(ip) => return Some(*ip),
-                // A hop we cannot read ("unknown", an obfuscated name): the trusted proxy
-                // that reported it stands in for the client.
+                // A hop a trusted proxy reported but we cannot read ("unknown", an obfuscated
+                // name): that proxy stands in for the client. (What a client sends stands to
+                // the left of what the trusted proxies appended, and is never reached.)
                 None => return Some(last_trusted),
             }
         }
@@ -222,42 +246,91 @@ impl fmt::Debug for ClientIp {
     }
 }
 
-/// The forwarding chain, leftmost (client side) first: `Forwarded`'s `for=` values if any
-/// `Forwarded` header is present, else `X-Forwarded-For`'s. Unreadable hops are `None`.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
-    if !forwarded.is_empty() {
-        let mut hops = Vec::new();
-        for value in forwarded {
-            let Ok(value) = value.to_str() else {
-                hops.push(None);
-                continue;
-            };
-            for element in value.split(',') {
-                let for_value = element.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then(|| v.trim())
-                });
-                if let Some(v) = for_value {
-                    hops.push(parse_node(v));
-                }
-            }
-        }
-        return hops;
-    }
+/// `X-Forwarded-For`'s hops, leftmost (client side) first, every header line in order. Each
+/// comma-separated entry is read on its own, from raw bytes: one unreadable entry (a stray
+/// non-ASCII byte) is one unreadable hop, not a lost header.
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
-        match value.to_str() {
-            Ok(v) => hops.extend(v.split(',').map(|h| parse_node(h.trim()))),
-            Err(_) => hops.push(None),
+        for entry in value.as_bytes().split(|&b| b == b',') {
+            hops.push(std::str::from_utf8(entry).ok().and_then(parse_node));
         }
     }
     hops
 }
 
+/// `Forwarded`'s `for=` hops (RFC 7239), leftmost first. Elements are split on commas and
+/// pairs on semicolons outside quoted strings, so `by="x;for=6.6.6.6"` is a `by` parameter;
+/// a line whose quotes do not balance is split on every comma (a client's unterminated quote
+/// cannot swallow what a proxy appended after it). An element without a readable `for=` is
+/// one unreadable hop.
+fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        let line = String::from_utf8_lossy(value.as_bytes());
+        let balanced = !ends_quoted(&line);
+        let elements = if balanced {
+            split_outside_quotes(&line, ',')
+        } else {
+            line.split(',').collect()
+        };
+        for element in elements {
+            let pairs = if balanced {
+                split_outside_quotes(element, ';')
+            } else {
+                element.split(';').collect()
+            };
+            let for_value = pairs.into_iter().find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then(|| v.trim())
+            });
+            hops.push(for_value.and_then(parse_node));
+        }
+    }
+    hops
+}
+
+/// Whether a quoted string is still open at the end of `s` (backslash escapes honoured).
+fn ends_quoted(s: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in s.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    quoted
+}
+
+/// Splits on `sep` where it is not inside a quoted string (backslash escapes honoured).
+fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
 /// `203.0.113.5`, `"[2001:db8::1]:4711"`, `198.51.100.1:80`, `2001:db8::1` → the address.
 fn parse_node(v: &str) -> Option<IpAddr> {
-    let v = v.trim().trim_matches('"');
+    let v = v.trim();
+    let v = v
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(v);
     if let Some(rest) = v.strip_prefix('[') {
         return rest.split(']').next()?.parse().ok();
     }

@@ -25,7 +25,7 @@ use crate::layer::KeyExtractor;
 use crate::layer::future::ResponseFuture;
 use crate::{Binding, LimitError, RateLimiter, Verdict};
 
-pub use crate::client_ip::{ClientIp, InvalidRange, IpRange};
+pub use crate::client_ip::{ClientIp, ForwardedHeader, InvalidRange, IpRange};
 
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

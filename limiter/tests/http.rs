@@ -10,6 +10,7 @@ use floodwall_limiter::http::{ClientIp, HttpRateLimitLayer};
 use floodwall_limiter::layer::{Descriptor, Error, RateLimitLayer};
 use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter, Tiers};
 use http::{Request, Response, StatusCode};
+use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn n(v: u32) -> NonZeroU32 {
@@ -197,7 +198,8 @@ fn client_ip_trusts_forwarding_headers_only_from_proxies() {
         )),
         ip("203.0.113.9")
     );
-    // Forwarded (RFC 7239) wins over X-Forwarded-For, with quoted IPv6 and ports.
+    // Only the header the proxies set is read: by default X-Forwarded-For, and a `Forwarded`
+    // the client sent is ignored (nginx and ALB pass it through untouched).
     let fwd = [
         (
             "forwarded",
@@ -205,18 +207,38 @@ fn client_ip_trusts_forwarding_headers_only_from_proxies() {
         ),
         ("x-forwarded-for", "1.2.3.4"),
     ];
+    assert_eq!(proxies.ip(&with_headers("10.0.0.1:1", &fwd)), ip("1.2.3.4"));
+    // Proxies that set `Forwarded` (RFC 7239): quoted IPv6 with ports; X-Forwarded-For ignored.
+    let rfc = proxies
+        .clone()
+        .forwarded_header(floodwall_limiter::http::ForwardedHeader::Forwarded);
     assert_eq!(
-        proxies.ip(&with_headers("10.0.0.1:1", &fwd)),
+        rfc.ip(&with_headers("10.0.0.1:1", &fwd)),
         ip("2001:db8:cafe::17")
     );
-    // An unreadable hop: the trusted proxy that reported it stands in.
+    // A quoted parameter is one parameter: `by="x;for=6.6.6.6"` is no `for=`.
     assert_eq!(
-        proxies.ip(&with_headers(
+        rfc.ip(&with_headers(
+            "10.0.0.1:1",
+            &[("forwarded", "for=198.51.100.7;by=\"x;for=6.6.6.6\"")]
+        )),
+        ip("198.51.100.7")
+    );
+    // An unreadable hop a trusted proxy reported: that proxy stands in.
+    assert_eq!(
+        rfc.ip(&with_headers(
             "10.0.0.1:1",
             &[("forwarded", "for=unknown, for=10.0.0.9")]
         )),
         ip("10.0.0.9")
     );
+    // One non-ASCII byte in what the client sent costs that entry alone, not the header.
+    let mut req = with_headers("10.0.0.1:1", &[]);
+    req.headers_mut().insert(
+        "x-forwarded-for",
+        http::HeaderValue::from_bytes(b"6.6.6.\xff6, 198.51.100.8").unwrap(),
+    );
+    assert_eq!(proxies.ip(&req), ip("198.51.100.8"));
     // A dual-stack listener's IPv4-mapped peer is the IPv4 address.
     assert_eq!(
         none.ip(&with_headers("[::ffff:192.0.2.1]:1", &[])),
@@ -280,4 +302,88 @@ async fn a_failing_store_that_fails_closed_answers_503_within_the_bound() {
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(took <= bound + Duration::from_millis(50), "took {took:?}");
+}
+
+/// Bytes a client can put in a header value (visible ASCII, space, tab, obs-text).
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => 0x20u8..0x7f,
+            1 => Just(b'\t'),
+            1 => 0x80u8..=0xff,
+            2 => prop::sample::select(b",;=\"[]:.for".to_vec()),
+        ],
+        0..48,
+    )
+}
+
+/// A client address no trusted range holds.
+fn client_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        (11u8..=223, any::<[u8; 3]>()).prop_map(|(a, [b, c, d])| IpAddr::from([a, b, c, d])),
+        any::<[u16; 7]>()
+            .prop_map(|r| IpAddr::from([0x2a00, r[0], r[1], r[2], r[3], r[4], r[5], r[6]])),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever forwarding headers a client sends, once the trusted proxy appends the real
+    /// address (to the last line, or as a line of its own) that address is the key — for
+    /// either header the proxies are told to set.
+    #[test]
+    fn no_client_header_changes_the_key_behind_a_trusted_proxy(
+        xff in prop::collection::vec(header_bytes(), 0..3),
+        fwd in prop::collection::vec(header_bytes(), 0..3),
+        real in client_addr(),
+        same_line in any::<bool>(),
+        rfc in any::<bool>(),
+    ) {
+        let mut req = with_headers("10.0.0.1:1", &[]);
+        for v in &xff {
+            req.headers_mut().append("x-forwarded-for", http::HeaderValue::from_bytes(v).unwrap());
+        }
+        for v in &fwd {
+            req.headers_mut().append("forwarded", http::HeaderValue::from_bytes(v).unwrap());
+        }
+        let (name, appended) = if rfc {
+            let node = match real {
+                IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+                IpAddr::V4(v4) => format!("for={v4}"),
+            };
+            ("forwarded", node)
+        } else {
+            ("x-forwarded-for", real.to_string())
+        };
+        let last: Option<Vec<u8>> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .next_back()
+            .map(|v| v.as_bytes().to_vec());
+        match last {
+            Some(mut line) if same_line => {
+                // The proxy appends to the last line it received.
+                let count = req.headers().get_all(name).iter().count();
+                let mut kept: Vec<http::HeaderValue> =
+                    req.headers().get_all(name).iter().take(count - 1).cloned().collect();
+                line.extend_from_slice(b", ");
+                line.extend_from_slice(appended.as_bytes());
+                kept.push(http::HeaderValue::from_bytes(&line).unwrap());
+                req.headers_mut().remove(name);
+                for v in kept {
+                    req.headers_mut().append(name, v);
+                }
+            }
+            _ => {
+                req.headers_mut().append(name, http::HeaderValue::from_str(&appended).unwrap());
+            }
+        }
+        let mut client_ip = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        if rfc {
+            client_ip = client_ip.forwarded_header(floodwall_limiter::http::ForwardedHeader::Forwarded);
+        }
+        prop_assert_eq!(client_ip.ip(&req), Some(real));
+    }
 }
