@@ -196,9 +196,13 @@ impl RateLimiter {
             Store::Memory => Ok(self.decide_memory(&inner.memory, applicable, cost, consume, None)),
             #[cfg(feature = "redis")]
             Store::Redis(redis) => {
-                match redis.decide(&inner.limits, applicable, cost, consume).await {
+                let deadline = redis.deadline();
+                match redis
+                    .decide(&inner.limits, applicable, cost, consume, deadline)
+                    .await
+                {
                     Ok(results) => Ok(self
-                        .combine_remote(redis, applicable, results, consume)
+                        .combine_remote(redis, applicable, results, deadline)
                         .await),
                     Err(e) => self.on_store_failure(e, applicable, cost, consume),
                 }
@@ -259,7 +263,7 @@ impl RateLimiter {
         redis: &crate::redis::RedisStore,
         applicable: &[Option<(u32, &str, Quota)>],
         results: Vec<(Decision, crate::redis::RemoteReceipt)>,
-        _consume: bool,
+        deadline: tokio::time::Instant,
     ) -> Verdict {
         let inner = &*self.inner;
         let mut acc = Accumulator::default();
@@ -274,7 +278,9 @@ impl RateLimiter {
             );
         }
         if acc.denied {
-            redis.refund(&inner.limits, applicable, &results).await;
+            redis
+                .refund(&inner.limits, applicable, &results, deadline)
+                .await;
         }
         acc.finish(&inner.limits, None)
     }

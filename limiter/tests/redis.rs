@@ -440,3 +440,64 @@ async fn a_wrong_type_key_degrades_only_its_own_tenant() {
     );
     assert_eq!(other, 0, "no other tenant is degraded");
 }
+
+/// A request that one of two limits denies costs a give-back of what the other consumed: the
+/// whole decision, give-back included, stays within one call bound (it used to take two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_limit_denial_stays_within_one_call_bound() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_multi_limit_denial_stays_within_one_call_bound")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    proxy.set_latency(Duration::from_millis(40));
+    let build = |bound: Duration| {
+        RateLimiter::builder()
+            .limit(Limit::new(
+                "global",
+                Algorithm::Gcra,
+                Quota::per_hour(n(1000)),
+            ))
+            .limit(
+                Limit::new("user", Algorithm::FixedWindow, Quota::per_hour(n(1))).keyed_by("user"),
+            )
+            .redis(StoreOptions::new(conn.clone()).call_timeout(bound))
+            .failure_policy(FailurePolicy::FailClosed)
+            .build()
+            .unwrap()
+    };
+    // How long an admitted two-limit decision takes through the slow link (no give-back).
+    let unbounded = build(Duration::from_secs(5));
+    let mut rtt = Duration::MAX;
+    for i in 0..3 {
+        let started = Instant::now();
+        assert!(
+            unbounded
+                .check(&[("user", &format!("m{i}"))])
+                .await
+                .unwrap()
+                .allowed
+        );
+        rtt = rtt.min(started.elapsed());
+    }
+    // Long enough for a decision, too short for a decision and a give-back in a row.
+    let bound = rtt.mul_f64(1.6);
+    let limiter = build(bound);
+    assert!(limiter.check(&[("user", "u")]).await.unwrap().allowed);
+    let started = Instant::now();
+    let denied = limiter.check(&[("user", "u")]).await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "multi-limit denial with a give-back: {took:?} (one round trip {rtt:?}, call bound {bound:?})"
+    );
+    assert!(!denied.allowed);
+    assert!(
+        took <= bound + Duration::from_millis(30),
+        "took {took:?}, bound {bound:?}"
+    );
+}

@@ -156,6 +156,7 @@ impl RedisStore {
         applicable: &[Option<(u32, &str, Quota)>],
         cost: u32,
         consume: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Vec<(Decision, RemoteReceipt)>, StoreError> {
         let mode = if consume { "c" } else { "p" };
         let replies = if let [Some((idx, key, quota))] = applicable {
@@ -221,18 +222,27 @@ impl RedisStore {
         match failure {
             None => Ok(out),
             Some(e) => {
-                self.refund(limits, applicable, &out).await;
+                self.refund(limits, applicable, &out, deadline).await;
                 Err(e)
             }
         }
     }
 
-    /// Gives back every consumed decision, concurrently; failures are logged.
+    /// When a decision that started now must be over, give-backs included: one call bound.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        floodwall_core::clock::deadline_after(self.path.call_timeout())
+    }
+
+    /// Gives back every consumed decision, concurrently, until `deadline` (the decision's own
+    /// bound): a give-back still under way then is abandoned, so a denial never takes longer
+    /// than one call bound. What was not given back stays consumed until it expires — the
+    /// limiter may then under-admit, never over-admit. Failures are logged.
     pub(crate) async fn refund(
         &self,
         limits: &[Limit],
         applicable: &[Option<(u32, &str, Quota)>],
         results: &[(Decision, RemoteReceipt)],
+        deadline: tokio::time::Instant,
     ) {
         let calls = applicable
             .iter()
@@ -248,7 +258,14 @@ impl RedisStore {
                     )
                 }
             });
-        for (name, result) in futures::future::join_all(calls).await {
+        let Ok(done) = tokio::time::timeout_at(deadline, futures::future::join_all(calls)).await
+        else {
+            tracing::warn!(
+                "a rate-limit give-back did not finish within the call bound; abandoned"
+            );
+            return;
+        };
+        for (name, result) in done {
             if let Err(e) = result {
                 tracing::warn!(limit = name, error = %e, "could not give back a rate-limit decision");
             }
