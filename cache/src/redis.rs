@@ -216,12 +216,20 @@ where
 {
     fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>> {
         Box::pin(async move {
-            // The generation key lives on one node: if that node is failing, keep the last
-            // generation seen rather than fail reads of keys on healthy nodes.
-            if let Err(e) = self.store.refresh_generation(false).await {
-                tracing::debug!(error = %e, "could not re-read the namespace generation");
+            // The generation check (when due) and the read go out together, so a read waits at
+            // most one call bound. The generation key lives on one node: if that node is
+            // failing, the last generation seen is kept rather than fail reads of keys on
+            // healthy nodes. A generation that moved meanwhile means one more read, under it.
+            let k = key.to_string();
+            let (refreshed, mut got) =
+                futures::future::join(self.store.refresh_generation(false), self.store.get(&k))
+                    .await;
+            match refreshed {
+                Ok(true) => got = self.store.get(&k).await,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "could not re-read the namespace generation"),
             }
-            match self.store.get(&key.to_string()).await? {
+            match got? {
                 None => Ok(None),
                 Some(bytes) => open(&self.codec, &bytes, unix_ms()),
             }

@@ -55,7 +55,7 @@ proptest! {
                 Backoff::Linear { initial: a, step: b },
                 Backoff::Exponential { initial: a, multiplier: 1e300 },
             ] {
-                for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+                for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::Randomized { factor: 0.5 }] {
                     let retry = Retry::builder()
                         .max_attempts(NonZeroU32::new(3).unwrap())
                         .backoff(backoff)

@@ -35,6 +35,8 @@ fn jitter() -> impl Strategy<Value = Jitter> {
         Jitter::Full,
         Jitter::Equal,
         Jitter::Decorrelated,
+        Jitter::Randomized { factor: 0.5 },
+        Jitter::Randomized { factor: 0.25 },
     ])
 }
 
@@ -62,6 +64,12 @@ proptest! {
                 Jitter::Equal => {
                     let half = Duration::from_nanos(b.as_nanos() as u64 / 2);
                     prop_assert!(half <= d && d <= b, "n={} {:?} not in [{:?}, {:?}]", n, d, half, b);
+                }
+                Jitter::Randomized { factor } => {
+                    let lo = b.mul_f64(1.0 - factor);
+                    let hi = b.mul_f64(1.0 + factor).min(cap);
+                    let slack = Duration::from_nanos(2);
+                    prop_assert!(lo.saturating_sub(slack) <= d && d <= hi, "n={} {:?} not in [{:?}, {:?}]", n, d, lo, hi);
                 }
                 Jitter::Decorrelated => {
                     let floor = backoff.initial().min(cap);
@@ -303,4 +311,32 @@ async fn an_unbounded_delay_with_max_elapsed_gives_up_without_panicking() {
     let downstream = Flaky::always_failing(FlakyErrorKind::Transient);
     assert!(retry.call(|| downstream.call()).await.is_err());
     assert_eq!(downstream.calls(), 1);
+}
+
+/// resilience4j's `IntervalFunction.ofRandomized(1 s, randomizedWaitFactor 0.5)` waits
+/// uniformly between 0.5 s and 1.5 s; Polly v8's `UseJitter` on a constant 1 s delay, ±25 %:
+/// between 0.75 s and 1.25 s. Both spread over their whole range.
+#[test]
+fn randomized_jitter_spreads_like_resilience4j_and_polly() {
+    let second = Duration::from_secs(1);
+    for (factor, lo, hi) in [(0.5, 500, 1500), (0.25, 750, 1250)] {
+        let s = Schedule {
+            backoff: Backoff::Constant(second),
+            jitter: Jitter::Randomized { factor },
+            cap: Duration::from_secs(10),
+        };
+        let d = s.delays(42, 2000);
+        let (min, max) = (d.iter().min().unwrap(), d.iter().max().unwrap());
+        println!("randomized ±{factor}: delays from {min:?} to {max:?}");
+        assert!(*min >= Duration::from_millis(lo) && *max <= Duration::from_millis(hi));
+        let span = (hi - lo) as f64;
+        // Over 2000 draws both ends are approached within 2 % of the range.
+        assert!(min.as_millis() as f64 <= lo as f64 + 0.02 * span, "{min:?}");
+        assert!(max.as_millis() as f64 >= hi as f64 - 0.02 * span, "{max:?}");
+        let mean = d.iter().map(|x| x.as_secs_f64()).sum::<f64>() / d.len() as f64;
+        assert!(
+            (mean - 1.0).abs() < 0.03,
+            "centred on the base delay: {mean}"
+        );
+    }
 }

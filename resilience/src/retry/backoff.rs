@@ -68,9 +68,12 @@ impl Backoff {
 /// | `Full` | `rand(0, b)` | `[0, b]` |
 /// | `Equal` | `b/2 + rand(0, b/2)` | `[b/2, b]` |
 /// | `Decorrelated` | `min(cap, rand(initial, 3 * prev))`, `prev` = the previous delay, `initial` at first | `[min(initial, cap), cap]` |
+/// | `Randomized { factor: f }` | `min(cap, rand(b·(1−f), b·(1+f)))` | `[b·(1−f), min(cap, b·(1+f))]` |
 ///
-/// The cap bounds the final delay in every kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The cap bounds the final delay in every kind. `Randomized` is resilience4j's
+/// `randomizedWaitFactor` (its default `f = 0.5`) and Polly's `UseJitter` on constant and
+/// linear backoff (±25 %: `f = 0.25`); `f` is clamped to `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Jitter {
     /// No randomisation.
     None,
@@ -82,6 +85,12 @@ pub enum Jitter {
     /// Uniform between the initial delay and three times the previous delay (AWS
     /// "decorrelated jitter"); ignores the backoff's growth law.
     Decorrelated,
+    /// Uniform within `±factor` of the backoff delay (resilience4j's `randomizedWaitFactor`,
+    /// Polly's ±25 % `UseJitter`).
+    Randomized {
+        /// The spread, a fraction of the delay in `[0, 1]` (resilience4j's default: 0.5).
+        factor: f64,
+    },
 }
 
 /// A backoff, a jitter and a cap: the delays of successive retries.
@@ -114,6 +123,18 @@ impl Schedule {
                 let half = duration_to_nanos(b) / 2;
                 let rest = duration_to_nanos(b) - half;
                 Duration::from_nanos(half + uniform(rng, 0, rest))
+            }
+            Jitter::Randomized { factor } => {
+                let f = if factor.is_nan() {
+                    0.0
+                } else {
+                    factor.clamp(0.0, 1.0)
+                };
+                let base = duration_to_nanos(b) as f64;
+                let lo = (base * (1.0 - f)) as u64;
+                let hi = ((base * (1.0 + f)).min(u64::MAX as f64) as u64)
+                    .min(duration_to_nanos(self.cap));
+                Duration::from_nanos(uniform(rng, lo.min(hi), hi))
             }
             Jitter::Decorrelated => {
                 let cap = duration_to_nanos(self.cap);
