@@ -55,7 +55,11 @@ where
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(load) = inflight.get(&key) {
-            self.inner.stats.coalesced();
+            // A caller that waits for another's load; a background refresh that finds one in
+            // flight waits for nothing and is not counted.
+            if !refresh {
+                self.inner.stats.coalesced();
+            }
             return load.clone();
         }
         let this = self.clone();

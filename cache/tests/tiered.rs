@@ -106,6 +106,11 @@ async fn stale_values_are_served_while_exactly_one_refresh_runs() {
         2,
         "exactly one background refresh"
     );
+    assert_eq!(
+        cache.stats().coalesced,
+        0,
+        "the 49 refreshes that found one in flight waited for nothing: none is a coalesced waiter"
+    );
     advance(Duration::from_secs(1)).await;
     settle().await;
     assert_eq!(cache.get(&"k").await, Some(2), "the refresh landed");
