@@ -1,6 +1,8 @@
 //! The stores over `rediss://` (a TLS-only `redis-server` with a throwaway CA) and through a
 //! Sentinel failover, against servers the tests start themselves.
 
+mod common;
+
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -193,19 +195,7 @@ async fn a_store_follows_a_sentinel_failover() {
     let old = format!("127.0.0.1:{}", group.master_port());
     let new = format!("127.0.0.1:{}", group.replica_port());
     assert_eq!(&*conn.node_for(b"any"), old);
-    let limiter = RateLimiter::builder()
-        .limit(
-            Limit::new(
-                "api",
-                Algorithm::Gcra,
-                Quota::per_hour(NonZeroU32::new(1_000_000).unwrap()),
-            )
-            .keyed_by("user"),
-        )
-        .redis(StoreOptions::new(conn.clone()))
-        .failure_policy(FailurePolicy::FailClosed)
-        .build()
-        .unwrap();
+    let limiter = common::wide_limiter(&conn);
     let idem = RedisStore::new(StoreOptions::new(conn.clone()));
     assert!(limiter.check(&[("user", "u1")]).await.unwrap().allowed);
 

@@ -36,7 +36,7 @@
 //!
 //! - `redis` — [`RedisConnection`](crate::redis::RedisConnection),
 //!   [`StoreOptions`](crate::redis::StoreOptions) and [`Script`](crate::redis::Script), on
-//!   redis-rs 1.x (`tokio-comp`, `connection-manager`, `cluster-async`).
+//!   redis-rs 1.x (`tokio-comp`, `cluster-async`).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
 //! - `tokio` — `TokioClock`, a [`Clock`] on Tokio's (pausable) time.
 #![cfg_attr(docsrs, feature(doc_cfg))]

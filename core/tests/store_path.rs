@@ -43,6 +43,16 @@ async fn a_store_uses_the_connections_call_timeout_unless_it_overrides_it() {
         Duration::from_millis(300),
         "the connection is untouched"
     );
+    // `Duration::MAX` is unbounded: no timer, no overflow, the call answers.
+    let unbounded = StoreOptions::new(conn.clone())
+        .call_timeout(Duration::MAX)
+        .open(keyspace());
+    let unbounded_key = keyspace().key("unbounded").build();
+    let n: i64 = unbounded
+        .invoke(INCR.call().key(&unbounded_key))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 
     proxy.blackhole();
     let key = keyspace().key("k").build();
@@ -231,4 +241,53 @@ async fn key_errors_are_healthy_and_node_failures_open_the_nodes_gate() {
     println!("with the node's gate open a call failed after {took:?}: {e}");
     assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
     assert!(took < Duration::from_millis(5), "{took:?}");
+}
+
+/// A server out of memory (`maxmemory` reached, `noeviction`): writes answer `OOM`, which is
+/// the caller's `Unavailable` but says nothing of the node's liveness (neutral), so the
+/// node's gate stays closed and reads keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_is_unavailable_and_neutral_to_the_nodes_health() {
+    let Some(server) =
+        RedisServer::start_or_skip("oom_is_unavailable_and_neutral_to_the_nodes_health")
+    else {
+        return;
+    };
+    let conn = RedisConnection::standalone(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let r = recorder.clone();
+    let path = StoreOptions::new(conn)
+        .health_gate(move |_: &str| r.clone() as Arc<dyn HealthGate>)
+        .open(keyspace());
+    let key = keyspace().key("oom").build();
+    server.command(&["SET", key.as_str(), "1"]).unwrap();
+    server
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    server
+        .command(&["CONFIG", "SET", "maxmemory", "1"])
+        .unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..10 {
+        errors.push(path.invoke::<i64>(INCR.call().key(&key)).await.unwrap_err());
+    }
+    let read: Option<String> = path
+        .query(::redis::cmd("GET").arg(key.as_str()))
+        .await
+        .unwrap();
+    println!(
+        "out of memory: {} (x10); a read still answered {read:?}",
+        errors[0]
+    );
+    for e in &errors {
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        assert!(e.to_string().contains("OOM"), "{e}");
+    }
+    assert_eq!(read.as_deref(), Some("1"));
+    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(&seen[..10], &[Health::Neutral; 10]);
+    assert_eq!(seen[10], Health::Healthy);
 }

@@ -152,7 +152,10 @@ impl RedisConnector {
                 if self.urls.is_empty() {
                     return Err(StoreError::Config("no Sentinel URL given".into()));
                 }
-                let (node, manager) = self.sentinel_master().await?;
+                let (node, manager) = self
+                    .sentinel_master(None)
+                    .await?
+                    .expect("no master to skip");
                 let state = SentinelState {
                     current: RwLock::new((node, manager)),
                     resolving: AtomicBool::new(false),
@@ -272,8 +275,13 @@ impl RedisConnector {
             .map_err(|e| map_error(e, timeout))
     }
 
-    /// Asks the sentinels, in turn, for the master's address and connects to it.
-    pub(super) async fn sentinel_master(&self) -> Result<(Arc<str>, Reconnecting), StoreError> {
+    /// Asks the sentinels, in turn, for the master's address and connects to it — unless it
+    /// is `unless` (the master the handle is on already): then `None`, and no connection is
+    /// opened just to be dropped.
+    pub(super) async fn sentinel_master(
+        &self,
+        unless: Option<&str>,
+    ) -> Result<Option<(Arc<str>, Reconnecting)>, StoreError> {
         let name = self
             .master_name
             .as_deref()
@@ -310,11 +318,13 @@ impl RedisConnector {
                     continue;
                 }
             };
-            let info = self.master_info(&format!("{}:{}", addr.0, addr.1))?;
+            let node = format!("{}:{}", addr.0, addr.1);
+            if unless == Some(node.as_str()) {
+                return Ok(None);
+            }
+            let info = self.master_info(&node)?;
             match self.manager(info).await {
-                Ok(manager) => {
-                    return Ok((Arc::from(format!("{}:{}", addr.0, addr.1)), manager));
-                }
+                Ok(manager) => return Ok(Some((Arc::from(node), manager))),
                 Err(e @ StoreError::Config(_)) => return Err(e),
                 Err(e) => last = e,
             }

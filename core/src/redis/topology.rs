@@ -40,7 +40,7 @@ pub(super) type SlotTable = Vec<(u16, u16, Arc<str>)>;
 /// The Cluster's slot table as last read with `CLUSTER SLOTS`.
 #[derive(Default)]
 pub(super) struct SlotMap {
-    pub(super) table: RwLock<Arc<SlotTable>>,
+    pub(super) table: RwLock<SlotTable>,
     pub(super) refreshing: AtomicBool,
     pub(super) last_refresh: AtomicU64,
 }
@@ -78,7 +78,7 @@ impl RedisConnection {
             Nodes::Slots(map) => {
                 self.refresh_if_old(map);
                 let slot = key_slot(key);
-                let table = map.table.read().expect("not poisoned").clone();
+                let table = map.table.read().expect("not poisoned");
                 let i = table.partition_point(|(_, end, _)| *end < slot);
                 match table.get(i) {
                     Some((start, _, node)) if *start <= slot => node.clone(),
@@ -149,7 +149,7 @@ impl RedisConnection {
                 Ok(reply) => {
                     let mut table = parse_slots(&reply)?;
                     table.sort_unstable_by_key(|(start, _, _)| *start);
-                    *map.table.write().expect("not poisoned") = Arc::new(table);
+                    *map.table.write().expect("not poisoned") = table;
                     map.last_refresh.store(self.millis(), Ordering::Relaxed);
                     return Ok(());
                 }
@@ -165,12 +165,12 @@ impl RedisConnection {
             return;
         };
         let current = state.current.read().expect("not poisoned").0.clone();
-        match self.shared.connector.sentinel_master().await {
-            Ok((node, manager)) if node != current => {
+        match self.shared.connector.sentinel_master(Some(&current)).await {
+            Ok(Some((node, manager))) => {
                 tracing::info!(from = %current, to = %node, "Sentinel master moved; following it");
                 *state.current.write().expect("not poisoned") = (node, manager);
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "could not ask the sentinels for the master"),
         }
     }
