@@ -530,3 +530,73 @@ async fn a_new_schema_version_never_reads_old_bytes() {
         Some("name only")
     );
 }
+
+/// A node gate that the test opens by hand (other keys' failures, in production).
+#[derive(Debug, Default)]
+struct ForcedGate(std::sync::atomic::AtomicBool);
+
+impl floodwall_core::health::HealthGate for ForcedGate {
+    fn try_pass(&self) -> Result<floodwall_core::health::Ticket, floodwall_core::health::Refused> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(floodwall_core::health::Refused { retry_after: None })
+        } else {
+            Ok(floodwall_core::health::Ticket::default())
+        }
+    }
+    fn report(&self, _: floodwall_core::health::Ticket, _: floodwall_core::health::Health) {}
+}
+
+/// The node's gate opens while this instance holds a key's load lease: releasing the lease it
+/// holds is never refused, so other instances need not wait out the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_is_released_even_with_the_gate_open() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_held_lease_is_released_even_with_the_gate_open")
+    else {
+        return;
+    };
+    let gate = Arc::new(ForcedGate::default());
+    let g = gate.clone();
+    let c: Cache = TieredCache::builder()
+        .redis(
+            RedisTier::new(
+                StoreOptions::new(connect(&[server.url()], false).await)
+                    .keyspace(Keyspace::new("cachetest-lease", 1).unwrap())
+                    .health_gate(move |_: &str| {
+                        g.clone() as Arc<dyn floodwall_core::health::HealthGate>
+                    }),
+            )
+            .lease(Duration::from_secs(30)),
+        )
+        .build();
+    let lease_key = Keyspace::new("cachetest-lease", 1)
+        .unwrap()
+        .key("k")
+        .part_u64(0)
+        .part("lease")
+        .build();
+    let opener = gate.clone();
+    let probe = ::redis::Client::open(server.url()).unwrap();
+    let held_key = lease_key.as_str().to_owned();
+    let v = c
+        .get_or_load("k".to_string(), move || async move {
+            let mut conn = probe.get_multiplexed_async_connection().await.unwrap();
+            let held: i64 = ::redis::cmd("EXISTS")
+                .arg(&held_key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(held, 1, "the lease is held while loading");
+            // Mid-load, the node's gate opens.
+            opener.0.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some("v".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    assert_eq!(
+        server.command(&["EXISTS", lease_key.as_str()]).unwrap(),
+        "0",
+        "released despite the open gate"
+    );
+}
