@@ -1,13 +1,14 @@
 //! Redis-backed decisions with 64 concurrent callers, ours beside the floor.
 //!
-//! `limiter_redis/64_callers`: a `RateLimiter` with one GCRA limit on Redis (one Lua script
-//! per decision, keys built and replies parsed into a `Decision`, through floodwall's store
-//! path) against a bare `EVALSHA` of a minimal GCRA script (no key building, a 0/1 reply)
-//! sent over a plain redis-rs multiplexed connection — the floor, with nothing of floodwall's
-//! in the way. Throughput is per decision; afterwards the two run in six alternating rounds (each
-//! going first in half of them)
-//! of 64 callers × 300 decisions, and each one's decisions per second and p50 / p99 latency,
-//! and their ratio, are printed.
+//! `limiter_redis/64_callers`: a `RateLimiter` with one GCRA limit on Redis — with its default
+//! exact batching (decisions waiting while calls are in flight go together as one script
+//! call) and with batching off (`redis_max_batch(1)`: one script call per decision) — keys
+//! built and replies parsed into a `Decision`, through floodwall's store path, against a bare
+//! `EVALSHA` of a minimal GCRA script (no key building, a 0/1 reply) sent over a plain
+//! redis-rs multiplexed connection: the floor, with nothing of floodwall's in the way.
+//! Throughput is per decision. Afterwards the three run in six alternating rounds (each going
+//! first in two of them) of 64 callers × 300 decisions, and each one's decisions per second,
+//! p50 / p99 latency and ratio to the floor are printed.
 //!
 //! The bench starts its own `redis-server` (testkit) and is skipped without one.
 
@@ -129,23 +130,30 @@ fn redis_decisions(c: &mut Criterion) {
             .unwrap();
         (plain, sha)
     });
-    let limiter = RateLimiter::builder()
-        .limit(
-            Limit::new(
-                "api",
-                Algorithm::Gcra,
-                Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
+    let limiter = |max_batch: usize| {
+        RateLimiter::builder()
+            .limit(
+                Limit::new(
+                    "api",
+                    Algorithm::Gcra,
+                    Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
+                )
+                .keyed_by("user"),
             )
-            .keyed_by("user"),
-        )
-        .redis(StoreOptions::new(conn.clone()))
-        .build()
-        .unwrap();
+            .redis(StoreOptions::new(conn.clone()))
+            .redis_max_batch(max_batch)
+            .build()
+            .unwrap()
+    };
     let users: Arc<Vec<String>> = Arc::new((0..CALLERS).map(|i| format!("user-{i}")).collect());
     let raw_keys: Arc<Vec<String>> =
         Arc::new((0..CALLERS).map(|i| format!("raw:{{user-{i}}}")).collect());
     let targets = [
-        ("floodwall RateLimiter", Target::Ours(limiter)),
+        ("floodwall RateLimiter", Target::Ours(limiter(128))),
+        (
+            "floodwall RateLimiter, batching off",
+            Target::Ours(limiter(1)),
+        ),
         (
             "raw EVALSHA (minimal GCRA, plain redis-rs)",
             Target::Raw(plain, sha.into()),
@@ -170,21 +178,21 @@ fn redis_decisions(c: &mut Criterion) {
     }
     g.finish();
 
-    // Latency percentiles, the two run in alternating rounds so that a machine that speeds
-    // up or slows down meanwhile affects both alike.
-    let mut took = [Duration::ZERO; 2];
-    let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    // Latency percentiles: the three run in alternating rounds so that a machine that speeds
+    // up or slows down meanwhile affects all alike.
+    let n = targets.len();
+    let mut took = vec![Duration::ZERO; n];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for round in 0..6 {
-        // Each goes first in half the rounds, so an order effect falls on both alike.
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
+        // The order rotates, so an order effect falls on all alike.
+        for i in (0..n).map(|k| (k + round) % n) {
             let (_, target) = &targets[i];
             let (t, l) = rt.block_on(run(target, 300, true, &users, &raw_keys));
             took[i] += t;
             lat[i].extend(l);
         }
     }
-    let mut rate = [0.0; 2];
+    let mut rate = vec![0.0; n];
     for (i, (name, _)) in targets.iter().enumerate() {
         let l = &mut lat[i];
         l.sort();
@@ -198,10 +206,13 @@ fn redis_decisions(c: &mut Criterion) {
             l.len()
         );
     }
-    eprintln!(
-        "limiter_redis/64_callers: floodwall at {:.2}x the raw EVALSHA floor",
-        rate[0] / rate[1]
-    );
+    let floor = rate[n - 1];
+    for (i, (name, _)) in targets[..n - 1].iter().enumerate() {
+        eprintln!(
+            "limiter_redis/64_callers: {name} at {:.2}x the raw EVALSHA floor",
+            rate[i] / floor
+        );
+    }
 }
 
 criterion_group!(benches, redis_decisions);

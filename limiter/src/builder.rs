@@ -18,6 +18,8 @@ pub struct RateLimiterBuilder {
     pub(crate) shadow_all: bool,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<floodwall_core::redis::StoreOptions>,
+    #[cfg(feature = "redis")]
+    pub(crate) max_batch: usize,
 }
 
 /// A [`RateLimiterBuilder`] setting was invalid.
@@ -66,6 +68,18 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The most decisions one Redis call carries (default
+    /// [`DEFAULT_MAX_BATCH`](crate::redis::DEFAULT_MAX_BATCH), 128). Decisions that wait for a
+    /// slot while a call for it is in flight are sent together when it returns (see the
+    /// [`redis`](crate::redis) module); `1` turns batching off: every decision is its own
+    /// call, all in flight at once. `0` is refused by [`build`](Self::build).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max;
+        self
+    }
+
     /// Builds the limiter.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         if self.limits.len() > MAX_LIMITS {
@@ -80,8 +94,14 @@ impl RateLimiterBuilder {
             }
         }
         #[cfg(feature = "redis")]
+        if self.max_batch == 0 {
+            return Err(ConfigError(
+                "redis_max_batch is 0; at least 1 (1: no batching)".into(),
+            ));
+        }
+        #[cfg(feature = "redis")]
         let store = match self.redis {
-            Some(options) => Store::Redis(crate::redis::RedisStore::new(options)),
+            Some(options) => Store::Redis(crate::redis::RedisStore::new(options, self.max_batch)),
             None => Store::Memory,
         };
         #[cfg(not(feature = "redis"))]

@@ -48,8 +48,9 @@
 //! - **[`RateLimiter`]**: several [`Limit`]s keyed by a request's descriptor, decided
 //!   all-or-nothing; quotas per key through a [`QuotaResolver`] such as [`Tiers`], changeable
 //!   at run time; shadow mode per limit or for all; a [`FailurePolicy`].
-//! - **Redis** (feature `redis`, module `redis`): one Lua script per decision on Redis
-//!   time, TTLs set in the script, hash-tagged versioned keys; the same decisions on
+//! - **Redis** (feature `redis`, module `redis`): a Lua script on Redis time decides each
+//!   decision — alone on an idle connection, in an exact batch under load —, TTLs set in
+//!   the script, hash-tagged versioned keys; the same decisions on
 //!   standalone Redis, Redis Cluster and Sentinel, configured by floodwall-core's
 //!   `StoreOptions`. Every call is bounded (default: the connection's own bound) and gated
 //!   per Redis node; when a node fails the policy decides for its keys: fail open, fail

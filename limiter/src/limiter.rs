@@ -35,7 +35,8 @@ pub(crate) enum Store {
 /// tentative consumption can make a concurrent request see less room — never more: limits are
 /// never exceeded.
 ///
-/// On Redis each limit's decision is one Lua script (one round trip); the scripts of a
+/// On Redis each limit's decision is one Lua script call (one round trip; under load, one
+/// call decides a batch of waiting decisions, see [`redis`](crate::redis)); the calls of a
 /// request's limits run concurrently (their keys may live on different Cluster nodes), so an
 /// admitted request costs one round trip of latency and a denied one at most two.
 ///
@@ -83,6 +84,8 @@ impl RateLimiter {
             shadow_all: false,
             #[cfg(feature = "redis")]
             redis: None,
+            #[cfg(feature = "redis")]
+            max_batch: crate::redis::DEFAULT_MAX_BATCH,
         }
     }
 

@@ -1,148 +1,233 @@
--- floodwall-limiter: one decision for one key of one limit, atomically, on Redis time.
--- KEYS[1] state key; KEYS[2] (sliding log only) its member sequence. Both share a hash tag.
--- ARGV[1] operation: algorithm (g = GCRA, f = fixed window, s = sliding counter,
---         l = sliding log) then mode (c = decide and consume, p = peek, r = refund)
--- GCRA:   ARGV 2 cost, 3 emission interval T (ns, an integer), 4 burst b (an integer);
---         the script works in us: T / 1000, capacity b * T.
---         Reply: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
---         level = TAT' - now (us) and TAT' the TAT after the decision.
--- Others: ARGV 2 cost, 3 limit, 4 period (us), 5 receipt (refunds only).
---         Reply: {allowed, remaining, reset_after_us, retry_after_us (-1: none), receipt}.
+-- floodwall-limiter: a batch of decisions, each for one key of one limit, decided in order,
+-- atomically, on Redis time. A batch of one is a single decision.
+--
+-- KEYS: each decision's keys, in order: its state key, then (sliding log only) its member
+--       sequence. All keys of one call share a slot (on Cluster, one hash tag).
+-- ARGV: each decision's fields, in order:
+--   op: algorithm (g = GCRA, f = fixed window, s = sliding counter, l = sliding log) then
+--       mode (c = decide and consume, p = peek, r = refund);
+--   GCRA (4 fields): op, cost, emission interval T (ns, an integer), burst b (an integer);
+--       the script works in us: T / 1000, capacity b * T.
+--   Others (5 fields): op, cost, limit, period (us), receipt (refunds only).
+-- Reply: one element per decision, in order (a single decision's element alone, bare):
+--   GCRA: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
+--         level = TAT' - now (us) and TAT' the TAT after the decision;
+--   Others: {allowed, remaining, reset_after_us, retry_after_us (-1: none), receipt};
+--   or a string: that decision's error, for it alone (a key of the wrong type, a corrupt
+--   value). A string, not an error reply, so that clients see the other decisions' verdicts.
+--
+-- Decisions on the same key read it once and write it once: GCRA and counter state is read
+-- on the key's first decision, kept in a table while the batch runs, and written (with its
+-- TTL) once at the end. Each decision sees exactly the state the decisions before it in the
+-- batch left, as if each had been its own script call in the batch's order. The sliding log
+-- works on its sorted set directly, one command per step.
+--
+-- Written for speed on the server, where the batch's cost is: one plain loop, no closures,
+-- and `redis.pcall` (an error is a value, kept as that decision's reply) instead of `pcall`.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local op = ARGV[1]
-local key = KEYS[1]
-local cost = tonumber(ARGV[2])
 
--- GCRA is the Lua twin of the Rust decision in src/gcra.rs (`Params::evaluate`), whose module
--- docs state the formula and invariant: base = max(TAT, now); new_TAT = base + cost * T;
--- allowed iff new_TAT - now <= b * T (allowed exactly at the earliest time). Only the units
--- differ: Redis time is in microseconds, T kept fractional. Change one, change both: the test
--- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
-if op == 'gc' or op == 'gp' or op == 'gr' then
-  local T = tonumber(ARGV[3]) / 1000
-  local cap = T * tonumber(ARGV[4])
-  local tat = tonumber(redis.call('GET', key) or 0)
-  if op == 'gr' then
-    tat = tat - cost * T
+local tats = {}      -- GCRA: key -> TAT (us), as read or as the batch left it
+local counters = {}  -- fixed / sliding counter: key -> {w, c, p, ttl (ms) or false}
+local dirty = {}     -- keys to write at the end, in first-write order
+local is_dirty = {}
+local replies = {}
+local nargs = #ARGV
+local k, a = 1, 1
+
+while a <= nargs do
+  local op = ARGV[a]
+  local key = KEYS[k]
+  local cost = tonumber(ARGV[a + 1])
+  local reply
+  if op == 'gc' or op == 'gp' or op == 'gr' then
+    -- GCRA is the Lua twin of the Rust decision in src/gcra.rs (`Params::evaluate`), whose
+    -- module docs state the formula and invariant: base = max(TAT, now);
+    -- new_TAT = base + cost * T; allowed iff new_TAT - now <= b * T (allowed exactly at the
+    -- earliest time). Only the units differ: Redis time is in microseconds, T kept
+    -- fractional. Change one, change both: the test
+    -- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
+    local T = tonumber(ARGV[a + 2]) / 1000
+    local cap = T * tonumber(ARGV[a + 3])
+    k, a = k + 1, a + 4
+    local tat = tats[key]
+    if tat == nil then
+      local v = redis.pcall('GET', key)
+      if type(v) == 'table' then
+        reply = v.err
+      else
+        tat = tonumber(v or 0)
+        if tat == nil then reply = 'floodwall: the value at ' .. key .. ' is not a number' end
+      end
+    end
+    if tat ~= nil then
+      if op == 'gr' then
+        tats[key] = tat - cost * T
+        if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+        reply = 0
+      else
+        tats[key] = tat
+        if tat < now then tat = now end
+        local new_tat = tat + cost * T
+        if new_tat - now > cap + 0.0005 then
+          reply = -math.ceil(tat - now) - 1
+        else
+          if op == 'gc' then
+            tats[key] = new_tat
+            if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+          end
+          reply = math.ceil(new_tat - now)
+        end
+      end
+    end
+  else
+    local alg, mode = string.sub(op, 1, 1), string.sub(op, 2, 2)
+    local limit, period, receipt = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+      tonumber(ARGV[a + 4])
+    a = a + 5
+    if alg == 'f' or alg == 's' then
+      k = k + 1
+      local s = counters[key]
+      if s == nil then
+        local h = redis.pcall('HMGET', key, 'w', 'c', 'p')
+        if h.err then
+          reply = h.err
+        else
+          s = {tonumber(h[1]) or -1, tonumber(h[2]) or 0, tonumber(h[3]) or 0, false}
+          counters[key] = s
+        end
+      end
+      if s ~= nil then
+        local cw, cur, prev = s[1], s[2], s[3]
+        if mode == 'r' then
+          if cw == receipt then
+            s[2] = math.max(cur - cost, 0)
+            if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+          elseif cw == receipt + 1 then
+            s[3] = math.max(prev - cost, 0)
+            if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+          end
+          reply = {1, 0, 0, -1, 0}
+        else
+          local w = math.floor(now / period)
+          if cw ~= w then
+            if cw == w - 1 then prev = cur else prev = 0 end
+            cur = 0
+          end
+          local to_end = (w + 1) * period - now
+          local allowed, remaining, reset, retry
+          if alg == 'f' then
+            allowed = cur + cost <= limit
+            local used = cur
+            if allowed then used = cur + cost end
+            remaining = limit - used
+            reset = 0
+            if used > 0 then reset = to_end end
+            retry = -1
+            if not allowed then retry = to_end end
+          else
+            local room = limit * period
+            local est = prev * to_end + cur * period
+            allowed = est + cost * period <= room
+            local c2 = cur
+            if allowed then c2 = cur + cost end
+            remaining = math.floor((room - (prev * to_end + c2 * period)) / period)
+            if remaining < 0 then remaining = 0 end
+            reset = to_end
+            if c2 > 0 then reset = to_end + period end
+            retry = -1
+            if not allowed then
+              if (cur + cost) * period > room then
+                local fits = math.floor((room - cost * period) / cur)
+                retry = to_end + (period - math.min(fits, period))
+              else
+                local slack = math.floor((room - cur * period - cost * period) / math.max(prev, 1))
+                retry = to_end - math.min(slack, to_end)
+              end
+            end
+          end
+          if allowed and mode == 'c' then
+            local ttl = to_end
+            if alg == 's' then ttl = to_end + period end
+            s[1], s[2], s[3], s[4] = w, cur + cost, prev, math.ceil(ttl / 1000) + 1
+            if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+          end
+          reply = {allowed and 1 or 0, remaining, reset, retry, w}
+        end
+      end
+    elseif alg == 'l' then
+      local seqkey = KEYS[k + 1]
+      k = k + 2
+      if mode == 'r' then
+        for i = 0, cost - 1 do
+          redis.pcall('ZREM', key, string.format('%.0f', receipt + i))
+        end
+        reply = {1, 0, 0, -1, 0}
+      else
+        local e = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.0f', now - period + 1))
+        if type(e) == 'table' then
+          reply = e.err
+        else
+          local used = redis.call('ZCARD', key)
+          local allowed = used + cost <= limit
+          local first = 0
+          if allowed and mode == 'c' then
+            local last = redis.pcall('INCRBY', seqkey, cost)
+            if type(last) == 'table' then
+              reply = last.err
+            else
+              first = last - cost + 1
+              for i = 0, cost - 1 do
+                redis.call('ZADD', key, now, string.format('%.0f', first + i))
+              end
+              local ttl = math.ceil(period / 1000) + 1
+              redis.call('PEXPIRE', key, ttl)
+              redis.call('PEXPIRE', seqkey, ttl)
+            end
+          end
+          if reply == nil then
+            local used_after = used
+            if allowed then used_after = used + cost end
+            local reset = 0
+            if allowed and mode ~= 'c' then
+              reset = period
+            else
+              local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+              if newest[2] then reset = tonumber(newest[2]) + period - now end
+            end
+            local retry = -1
+            if not allowed then
+              local need = used + cost - limit
+              local oldest = redis.call('ZRANGE', key, need - 1, need - 1, 'WITHSCORES')
+              retry = tonumber(oldest[2]) + period - now
+            end
+            reply = {allowed and 1 or 0, math.max(limit - used_after, 0), reset, retry, first}
+          end
+        end
+      end
+    else
+      return redis.error_reply('floodwall: unknown operation ' .. tostring(op))
+    end
+  end
+  replies[#replies + 1] = reply
+end
+
+for i = 1, #dirty do
+  local key = dirty[i]
+  local tat = tats[key]
+  if tat ~= nil then
     if tat > now then
       redis.call('SET', key, tat, 'PX', math.ceil((tat - now) / 1000) + 1)
     else
       redis.call('DEL', key)
     end
-    return 0
-  end
-  if tat < now then tat = now end
-  local new_tat = tat + cost * T
-  if new_tat - now > cap + 0.0005 then
-    return -math.ceil(tat - now) - 1
-  end
-  if op == 'gc' then
-    redis.call('SET', key, new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
-  end
-  return math.ceil(new_tat - now)
-end
-
-local alg, mode = string.sub(op, 1, 1), string.sub(op, 2, 2)
-local limit, period = tonumber(ARGV[3]), tonumber(ARGV[4])
-
-if alg == 'f' or alg == 's' then
-  local w = math.floor(now / period)
-  local h = redis.call('HMGET', key, 'w', 'c', 'p')
-  local cw, cur, prev = tonumber(h[1]) or -1, tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if mode == 'r' then
-    local r = tonumber(ARGV[5])
-    if cw == r then
-      redis.call('HSET', key, 'c', math.max(cur - cost, 0))
-    elseif cw == r + 1 then
-      redis.call('HSET', key, 'p', math.max(prev - cost, 0))
-    end
-    return {1, 0, 0, -1, 0}
-  end
-  if cw ~= w then
-    if cw == w - 1 then prev = cur else prev = 0 end
-    cur = 0
-  end
-  local to_end = (w + 1) * period - now
-  local allowed, remaining, reset, retry
-  if alg == 'f' then
-    allowed = cur + cost <= limit
-    local used = cur
-    if allowed then used = cur + cost end
-    remaining = limit - used
-    reset = 0
-    if used > 0 then reset = to_end end
-    retry = -1
-    if not allowed then retry = to_end end
   else
-    local room = limit * period
-    local est = prev * to_end + cur * period
-    allowed = est + cost * period <= room
-    local c2 = cur
-    if allowed then c2 = cur + cost end
-    remaining = math.floor((room - (prev * to_end + c2 * period)) / period)
-    if remaining < 0 then remaining = 0 end
-    reset = to_end
-    if c2 > 0 then reset = to_end + period end
-    retry = -1
-    if not allowed then
-      if (cur + cost) * period > room then
-        local fits = math.floor((room - cost * period) / cur)
-        retry = to_end + (period - math.min(fits, period))
-      else
-        local slack = math.floor((room - cur * period - cost * period) / math.max(prev, 1))
-        retry = to_end - math.min(slack, to_end)
-      end
-    end
+    local s = counters[key]
+    redis.call('HSET', key, 'w', s[1], 'c', s[2], 'p', s[3])
+    if s[4] then redis.call('PEXPIRE', key, s[4]) end
   end
-  if allowed and mode == 'c' then
-    redis.call('HSET', key, 'w', w, 'c', cur + cost, 'p', prev)
-    local ttl = to_end
-    if alg == 's' then ttl = to_end + period end
-    redis.call('PEXPIRE', key, math.ceil(ttl / 1000) + 1)
-  end
-  return {allowed and 1 or 0, remaining, reset, retry, w}
 end
-
-if alg == 'l' then
-  local seqkey = KEYS[2]
-  if mode == 'r' then
-    local first = tonumber(ARGV[5])
-    for i = 0, cost - 1 do
-      redis.call('ZREM', key, string.format('%.0f', first + i))
-    end
-    return {1, 0, 0, -1, 0}
-  end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.0f', now - period + 1))
-  local used = redis.call('ZCARD', key)
-  local allowed = used + cost <= limit
-  local receipt = 0
-  if allowed and mode == 'c' then
-    local last = redis.call('INCRBY', seqkey, cost)
-    receipt = last - cost + 1
-    for i = 0, cost - 1 do
-      redis.call('ZADD', key, now, string.format('%.0f', receipt + i))
-    end
-    local ttl = math.ceil(period / 1000) + 1
-    redis.call('PEXPIRE', key, ttl)
-    redis.call('PEXPIRE', seqkey, ttl)
-  end
-  local used_after = used
-  if allowed then used_after = used + cost end
-  local reset = 0
-  if allowed and mode ~= 'c' then
-    reset = period
-  else
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if newest[2] then reset = tonumber(newest[2]) + period - now end
-  end
-  local retry = -1
-  if not allowed then
-    local need = used + cost - limit
-    local e = redis.call('ZRANGE', key, need - 1, need - 1, 'WITHSCORES')
-    retry = tonumber(e[2]) + period - now
-  end
-  return {allowed and 1 or 0, math.max(limit - used_after, 0), reset, retry, receipt}
-end
-
-return redis.error_reply('floodwall: unknown operation ' .. tostring(op))
+-- A single decision's verdict goes back bare: a table reply costs the server more than the
+-- decision itself.
+if #replies == 1 then return replies[1] end
+return replies

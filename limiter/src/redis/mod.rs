@@ -1,9 +1,26 @@
 //! The Redis and Redis Cluster store (feature `redis`).
 //!
-//! Each limit's decision for one key is one Lua script (`limit.lua`), run with `EVALSHA`
-//! in one round trip. The script reads the time from Redis `TIME` — instances whose clocks
-//! disagree still agree on every decision — and sets the key's TTL itself, so idle keys
-//! expire on the server. Keys are versioned and hash-tagged by the limited key:
+//! Decisions are made by one Lua script (`limit.lua`), run with `EVALSHA` in one round trip.
+//! The script reads the time from Redis `TIME` — instances whose clocks disagree still agree
+//! on every decision — and sets each key's TTL itself, so idle keys expire on the server.
+//!
+//! **Exact batching** (on by default). Each slot (a standalone or Sentinel server is one) has
+//! at most 4 limiter calls in flight. A decision that finds room is sent at once, alone — no
+//! timer, no added wait on an idle connection. One that finds 4 calls in flight waits, and
+//! when one returns, everything waiting for that slot (up to
+//! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
+//! one script call. The script decides the batch's decisions in arrival order, each seeing the
+//! state the ones before it left, exactly as if each had been its own call; decisions on the
+//! same key read it once and write it once (the sliding log works on its sorted set step by
+//! step). An error about one key (a key of the wrong type) is that decision's reply alone; the
+//! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
+//! one slot's keys, so a batch follows its slot through resharding, and a `MOVED` reply fails
+//! that one batch (its decisions take the failure policy) while the slot table is re-read.
+//! Waiting counts against the decision's call bound, like the call itself. Under load, Redis
+//! runs one script per batch instead of one per decision (`benches/limiter_redis.rs`);
+//! `redis_max_batch(1)` sends every decision alone.
+//!
+//! Keys are versioned and hash-tagged by the limited key:
 //! `fw-rl:v1:{<key>}:<limit>` (a global limit is tagged by its name), so one key's state lives
 //! on one Cluster node and different keys spread over the cluster.
 //!
@@ -36,10 +53,15 @@
 //! waiting, adding microseconds. Keys on other nodes keep being decided on Redis, and an
 //! error about one key (a key of the wrong type) is that request's failure alone.
 
+mod batch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::redis::{Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
+
+use batch::{Batcher, Fields, Item};
 
 use crate::{Algorithm, Decision, Limit, Quota};
 
@@ -49,8 +71,13 @@ static LIMIT_SCRIPT: Script = Script::new(include_str!("limit.lua"));
 /// The keyspace the limiter uses unless its [`StoreOptions`] name another.
 pub const DEFAULT_NAMESPACE: &str = "fw-rl";
 
+/// The most decisions one script call carries, unless the builder sets another.
+pub const DEFAULT_MAX_BATCH: usize = 128;
+
 pub(crate) struct RedisStore {
     path: StorePath,
+    /// `None`: batching off, every decision its own call.
+    batcher: Option<Arc<Batcher>>,
 }
 
 /// What a remote decision consumed.
@@ -80,10 +107,43 @@ fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
     [i64::from(allowed), remaining, level as i64, retry, 0]
 }
 
+/// One decision's verdict from the script's reply element (see `limit.lua`): GCRA's integer,
+/// the others' five integers, or that decision's error as a string.
+fn parse_verdict(v: ::redis::Value, fields: Fields, cost: u32) -> Result<[i64; 5], StoreError> {
+    use ::redis::Value;
+    match (v, fields) {
+        (Value::Int(level), Fields::Gcra { t_nanos, burst }) => {
+            let t = t_nanos as f64 / 1_000.0;
+            Ok(gcra_reply(level, t, t * f64::from(burst), cost, burst))
+        }
+        (Value::Array(items), Fields::Counter { .. }) if items.len() == 5 => {
+            let mut out = [0i64; 5];
+            for (o, item) in out.iter_mut().zip(items) {
+                *o = match item {
+                    Value::Int(i) => i,
+                    other => {
+                        return Err(StoreError::Protocol(format!(
+                            "limit script replied {other:?} in a verdict"
+                        )));
+                    }
+                };
+            }
+            Ok(out)
+        }
+        (Value::BulkString(b), _) => Err(StoreError::Script(String::from_utf8_lossy(&b).into())),
+        (Value::SimpleString(s), _) => Err(StoreError::Script(s)),
+        (other, _) => Err(StoreError::Protocol(format!(
+            "limit script replied {other:?} as a verdict"
+        ))),
+    }
+}
+
 impl RedisStore {
-    pub(crate) fn new(options: StoreOptions) -> RedisStore {
+    pub(crate) fn new(options: StoreOptions, max_batch: usize) -> RedisStore {
+        let path = options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"));
         RedisStore {
-            path: options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace")),
+            batcher: (max_batch > 1).then(|| Batcher::new(path.clone(), max_batch)),
+            path,
         }
     }
 
@@ -100,6 +160,7 @@ impl RedisStore {
         (base, seq)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn one(
         &self,
         limit: &Limit,
@@ -108,12 +169,9 @@ impl RedisStore {
         cost: u32,
         mode: &'static str,
         receipt: i64,
+        deadline: tokio::time::Instant,
     ) -> Result<[i64; 5], StoreError> {
         let (base, seq) = self.keys(limit, key);
-        let mut call = LIMIT_SCRIPT.call().key(&base);
-        if let Some(seq) = &seq {
-            call = call.key(seq);
-        }
         let op = match (limit.algorithm(), mode) {
             (Algorithm::Gcra, "c") => "gc",
             (Algorithm::Gcra, "p") => "gp",
@@ -128,24 +186,32 @@ impl RedisStore {
             (Algorithm::SlidingLog, "p") => "lp",
             (Algorithm::SlidingLog, _) => "lr",
         };
-        let call = call.arg(op).arg(cost);
-        if limit.algorithm() == Algorithm::Gcra {
-            // Sent as whole numbers (T in ns, the burst): integers format and parse far
-            // cheaper than floats on both sides; the script works in µs with T fractional.
-            let t_nanos = quota.emission_interval_nanos();
-            let t = t_nanos as f64 / 1_000.0;
-            let burst = quota.burst().get();
-            let cap = t * f64::from(burst);
-            let level: i64 = self.path.invoke(call.arg(t_nanos).arg(burst)).await?;
-            return Ok(gcra_reply(level, t, cap, cost, burst));
-        }
-        let call = call
-            .arg(quota.limit().get())
-            .arg(micros(quota.period()))
-            .arg(receipt);
-        let reply: Vec<i64> = self.path.invoke(call).await?;
-        <[i64; 5]>::try_from(reply)
-            .map_err(|r| StoreError::Protocol(format!("limit script replied {r:?}")))
+        // GCRA's fields are whole numbers (T in ns, the burst): integers format and parse far
+        // cheaper than floats on both sides; the script works in µs with T fractional.
+        let fields = if limit.algorithm() == Algorithm::Gcra {
+            Fields::Gcra {
+                t_nanos: quota.emission_interval_nanos(),
+                burst: quota.burst().get(),
+            }
+        } else {
+            Fields::Counter {
+                limit: quota.limit().get(),
+                period_us: micros(quota.period()),
+                receipt,
+            }
+        };
+        let item = Item {
+            key: base,
+            seq,
+            op,
+            cost,
+            fields,
+        };
+        let verdict = match &self.batcher {
+            Some(batcher) => batcher.submit(item, deadline).await?,
+            None => batch::send_single(&self.path, &item).await?,
+        };
+        parse_verdict(verdict, fields, cost)
     }
 
     /// Decides every applicable limit concurrently. On any failure, whatever was consumed is
@@ -162,13 +228,13 @@ impl RedisStore {
         let replies = if let [Some((idx, key, quota))] = applicable {
             // One limit (the common case): no join.
             vec![
-                self.one(&limits[*idx as usize], key, *quota, cost, mode, 0)
+                self.one(&limits[*idx as usize], key, *quota, cost, mode, 0, deadline)
                     .await,
             ]
         } else {
             let calls = applicable.iter().map(|e| {
                 let (idx, key, quota) = e.expect("filled by the caller");
-                self.one(&limits[idx as usize], key, quota, cost, mode, 0)
+                self.one(&limits[idx as usize], key, quota, cost, mode, 0, deadline)
             });
             futures::future::join_all(calls).await
         };
@@ -254,7 +320,8 @@ impl RedisStore {
                 async move {
                     (
                         limit.name(),
-                        self.one(limit, key, quota, r.cost, "r", r.receipt).await,
+                        self.one(limit, key, quota, r.cost, "r", r.receipt, deadline)
+                            .await,
                     )
                 }
             });

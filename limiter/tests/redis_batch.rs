@@ -1,0 +1,185 @@
+//! A batch decides exactly as the same decisions sent one by one in the batch's order, and as
+//! the memory store does: random sequences of decisions (every algorithm, a few keys, costs 1
+//! to 3, consumes and peeks) go to Redis as one script call and, on fresh keys, one call per
+//! decision; their verdicts (allowed, remaining) and the memory model's must agree.
+//!
+//! The quota's period is 10^8 s, so nothing refills while a case runs and no window boundary
+//! falls inside one (the next is in 2027, on Redis time).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodwall_core::ManualClock;
+use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
+use floodwall_testkit::RedisServer;
+use proptest::prelude::*;
+
+const SCRIPT: &str = include_str!("../src/redis/limit.lua");
+const LIMIT: u32 = 5;
+const PERIOD: Duration = Duration::from_secs(100_000_000);
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Gcra,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingCounter,
+    Algorithm::SlidingLog,
+];
+
+fn quota() -> Quota {
+    Quota::new(NonZeroU32::new(LIMIT).unwrap(), PERIOD)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    alg: usize,
+    user: u8,
+    cost: u32,
+    peek: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (0..4usize, 0..3u8, 1..=3u32, any::<bool>()).prop_map(|(alg, user, cost, peek)| Op {
+        alg,
+        user,
+        // The limiter peeks at a cost of 1.
+        cost: if peek { 1 } else { cost },
+        peek,
+    })
+}
+
+/// Appends `op`'s keys and fields, as the limiter sends them (see `limit.lua`'s header).
+fn append(inv: &mut redis::ScriptInvocation<'_>, op: Op, prefix: &str) {
+    let key = format!("{prefix}:{{u{}}}:{}", op.user, op.alg);
+    inv.key(&key);
+    let q = quota();
+    let mode = if op.peek { "p" } else { "c" };
+    match ALGORITHMS[op.alg] {
+        Algorithm::Gcra => {
+            let t_nanos = q.emission_interval().as_nanos() as u64;
+            inv.arg(format!("g{mode}"))
+                .arg(op.cost)
+                .arg(t_nanos)
+                .arg(q.burst().get());
+        }
+        alg => {
+            let letter = match alg {
+                Algorithm::FixedWindow => "f",
+                Algorithm::SlidingCounter => "s",
+                _ => "l",
+            };
+            if letter == "l" {
+                inv.key(format!("{key}:seq"));
+            }
+            inv.arg(format!("{letter}{mode}"))
+                .arg(op.cost)
+                .arg(LIMIT)
+                .arg(PERIOD.as_micros() as u64)
+                .arg(0);
+        }
+    }
+}
+
+/// (allowed, remaining) from one decision's reply element.
+fn verdict(op: Op, v: &redis::Value) -> (bool, u32) {
+    match (ALGORITHMS[op.alg], v) {
+        (Algorithm::Gcra, redis::Value::Int(v)) => {
+            let q = quota();
+            let t = q.emission_interval().as_nanos() as f64 / 1_000.0;
+            let cap = t * f64::from(q.burst().get());
+            let level = if *v >= 0 { *v } else { -(*v + 1) } as f64;
+            let remaining = ((cap - level) / t + 1e-9)
+                .floor()
+                .clamp(0.0, f64::from(q.burst().get()));
+            (*v >= 0, remaining as u32)
+        }
+        (_, redis::Value::Array(items)) => match (&items[0], &items[1]) {
+            (redis::Value::Int(a), redis::Value::Int(r)) => (*a == 1, *r as u32),
+            other => panic!("unexpected verdict {other:?}"),
+        },
+        other => panic!("unexpected verdict {other:?}"),
+    }
+}
+
+async fn model(ops: &[Op]) -> Vec<(bool, u32)> {
+    let limiters: Vec<RateLimiter> = ALGORITHMS
+        .iter()
+        .map(|&alg| {
+            RateLimiter::builder()
+                .limit(Limit::new("api", alg, quota()).keyed_by("user"))
+                .clock(ManualClock::starting_at(Duration::from_secs(3600)))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for op in ops {
+        let user = format!("u{}", op.user);
+        let d = [("user", user.as_str())];
+        let limiter = &limiters[op.alg];
+        let v = if op.peek {
+            limiter.peek(&d).await
+        } else {
+            limiter.check_n(&d, NonZeroU32::new(op.cost).unwrap()).await
+        }
+        .unwrap();
+        let decision = v.binding.expect("one limit applies").decision;
+        out.push((decision.allowed, decision.remaining));
+    }
+    out
+}
+
+#[test]
+fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
+    let Some(server) = RedisServer::start_or_skip("a_batch_decides_as_one_by_one") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let script = redis::Script::new(SCRIPT);
+    let conn = rt.block_on(async {
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
+    let case = AtomicU64::new(0);
+    let decisions = AtomicU64::new(0);
+    proptest!(ProptestConfig::with_cases(64), |(ops in prop::collection::vec(op(), 1..40))| {
+        let c = case.fetch_add(1, Ordering::Relaxed);
+        let (batch, single, expected) = rt.block_on(async {
+            let mut inv = script.prepare_invoke();
+            for op in &ops {
+                append(&mut inv, *op, &format!("b{c}"));
+            }
+            let mut conn = conn.clone();
+            let reply: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
+            let batch: Vec<(bool, u32)> = match (&reply, ops.len()) {
+                (redis::Value::Array(items), n) if n > 1 => {
+                    ops.iter().zip(items).map(|(op, v)| verdict(*op, v)).collect()
+                }
+                (v, 1) => vec![verdict(ops[0], v)],
+                other => panic!("unexpected batch reply {other:?}"),
+            };
+            let mut single = Vec::new();
+            for op in &ops {
+                let mut inv = script.prepare_invoke();
+                append(&mut inv, *op, &format!("s{c}"));
+                let v: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
+                single.push(verdict(*op, &v));
+            }
+            (batch, single, model(&ops).await)
+        });
+        decisions.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        prop_assert_eq!(&batch, &single, "batch vs one by one for {:?}", ops);
+        prop_assert_eq!(&batch, &expected, "batch vs the memory model for {:?}", ops);
+    });
+    println!(
+        "{} cases, {} decisions: every batch decided as one by one and as the memory model",
+        case.load(Ordering::Relaxed),
+        decisions.load(Ordering::Relaxed)
+    );
+}
