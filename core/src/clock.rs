@@ -266,7 +266,15 @@ impl Clock for TokioClock {
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub fn deadline_after(d: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+    deadline_after_from(tokio::time::Instant::now(), d)
+}
+
+/// The Tokio instant `d` after `start`, or a point decades after it when `d` is too large to
+/// add (see [`deadline_after`]).
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub fn deadline_after_from(start: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 86_400))
 }

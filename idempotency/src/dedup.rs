@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::claim::Claim;
+use crate::claim::{Claim, Fate};
 use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::run::RunError;
 use crate::store::Store;
@@ -16,6 +16,9 @@ pub enum Processed<T> {
     Done(T),
     /// It had been processed already (within the window): skipped.
     Duplicate,
+    /// It was processed now, but that could not be recorded (the store failed until the
+    /// claim's lease ended, or the lease ran out under it): a redelivery may process it again.
+    Unrecorded(T),
 }
 
 /// Consumer-side deduplication for at-least-once queues: each message id is processed at
@@ -59,11 +62,13 @@ impl<S: Store> Deduplicator<S> {
         Deduplicator {
             store,
             window,
-            lease: Duration::from_secs(60),
+            lease: crate::run::DEFAULT_LEASE,
         }
     }
 
-    /// How long a processing claim blocks redeliveries if the consumer dies.
+    /// How long a processing claim blocks redeliveries once the consumer stops renewing it
+    /// (it died): renewed every third of it while the message is processed. Default
+    /// [`DEFAULT_LEASE`](crate::DEFAULT_LEASE) (5 s).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -94,12 +99,14 @@ impl<S: Store> Deduplicator<S> {
             store: &self.store,
             key: id,
             token,
+            lease: self.lease,
             retention: self.window,
         };
-        claim
-            .run(op(), |_| Some(seal(Kind::Done, &[])))
-            .await
-            .map(Processed::Done)
-            .map_err(RunError::Operation)
+        match claim.run(op(), |_| Some(seal(Kind::Done, &[]))).await {
+            (Ok(value), Fate::Recorded) => Ok(Processed::Done(value)),
+            (Ok(value), _) => Ok(Processed::Unrecorded(value)),
+            (Err(error), Fate::Unreleased(store)) => Err(RunError::Unreleased { error, store }),
+            (Err(e), _) => Err(RunError::Operation(e)),
+        }
     }
 }

@@ -10,9 +10,10 @@
 //! | request body over the cap | `413` |
 //! | first request with this key | runs; the response is stored if storable (below) |
 //! | same key, same payload, completed | the stored response, with `Idempotent-Replayed: true` |
-//! | same key, still in progress | `409` with `Retry-After: 1` (or waits, per [`OnConflict`](crate::OnConflict)) |
+//! | same key, still in progress | `409` with `Retry-After`: the seconds left on the holder's lease, when the key is free at the latest (or waits, per [`OnConflict`](crate::OnConflict)) |
 //! | same key, different payload | `422`; the stored response is untouched |
-//! | store unreachable | `503` (fail closed, the default), or run unprotected ([`IdempotencyLayer::fail_open`]) |
+//! | store unreachable | `503` with `Retry-After`: the lease, in seconds — a claim whose reply was lost holds the key that long at most (fail closed, the default), or run unprotected ([`IdempotencyLayer::fail_open`]) |
+//! | ran, but the store could not take the response until the lease ended | the response, with `Idempotent-Unrecorded: true`: a retry may run the handler again |
 //!
 //! The key accepts the draft's structured-field string (`"a1b2"`) or a bare value. The
 //! fingerprint covers method, path with query, and body. Keys are scoped by a *principal*
@@ -57,6 +58,10 @@ use crate::store::Store;
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// `Idempotent-Replayed`, set to `true` on replayed responses.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// `Idempotent-Unrecorded: true` on a response whose handler ran but which could not be
+/// stored (the store failed until the claim's lease ended): a retry with the same key may run
+/// the handler again.
+pub static IDEMPOTENT_UNRECORDED: HeaderName = HeaderName::from_static("idempotent-unrecorded");
 /// `Idempotent-Body-Omitted: true` on a replay whose body was over the stored-body cap and
 /// was not kept (the status and headers are the original's).
 pub static IDEMPOTENT_BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
@@ -336,12 +341,18 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "idempotency store unavailable; answering 503");
-                    return Ok(problem(
+                    let mut r = problem(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store-unavailable",
                         "Idempotency unavailable",
                         "The request was not run; retry later with the same key.",
-                    ));
+                    );
+                    // A claim whose reply was lost holds the key one lease at most.
+                    r.headers_mut().insert(
+                        RETRY_AFTER,
+                        HeaderValue::from(whole_seconds(idem.lease_duration())),
+                    );
+                    return Ok(r);
                 }
             };
             crate::metrics::executed();
@@ -407,12 +418,10 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
                 "A request with this Idempotency-Key is being processed",
                 "Retry after the first request has finished.",
             );
-            // The lease is only the upper bound (a crashed holder); a live one usually
-            // finishes far sooner, so suggest a second.
-            let secs = retry_after.min(Duration::from_secs(1));
-            let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
+            // The lease left: the key is free by then at the latest (a live holder renews it
+            // and usually finishes sooner; a crashed one does not).
             r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                .insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after)));
             r
         }
         Begin::Mismatch | Begin::Claimed(_) => {
@@ -425,6 +434,11 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
             )
         }
     }
+}
+
+/// `d` in whole seconds, rounded up, at least 1 (the unit of `Retry-After`).
+fn whole_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// A claimed key: run the handler, then store its response or release the claim (the
@@ -456,6 +470,7 @@ impl<S: Store> HttpClaim<S> {
             store: self.idem.store(),
             key: &self.key,
             token: self.token,
+            lease: self.idem.lease_duration(),
             retention: self.idem.retention_duration(),
         };
         let handled = async {
@@ -485,8 +500,19 @@ impl<S: Store> HttpClaim<S> {
             let body = (bytes.len() <= config.max_stored_body).then_some(&bytes[..]);
             Some(encode_response(parts.status, &headers, body))
         };
-        match claim.run(handled, record).await {
-            Ok((parts, bytes)) => Ok(Response::from_parts(parts, ResBody::from(bytes))),
+        let (result, fate) = claim.run(handled, record).await;
+        match result {
+            Ok((mut parts, bytes)) => {
+                if let crate::claim::Fate::Unrecorded = fate {
+                    // The handler ran, its response could not be stored: a retry with this
+                    // key may run it again. The client gets the real response, marked.
+                    parts.headers.insert(
+                        IDEMPOTENT_UNRECORDED.clone(),
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                Ok(Response::from_parts(parts, ResBody::from(bytes)))
+            }
             Err(Failed::Service(e)) => Err(e),
             Err(Failed::Body) => Ok(problem(
                 StatusCode::BAD_GATEWAY,

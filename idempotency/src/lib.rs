@@ -34,10 +34,17 @@
 //! - A [`Store`] protocol — `begin` claims a key with a lease and a fencing [`Token`] (or
 //!   answers the completed record, "in progress", or a fingerprint mismatch); `complete`
 //!   stores a result only while the token still holds the key; `abort` releases the claim or
-//!   records a failure — with a bounded in-memory store ([`MemoryStore`]) and (feature
-//!   `redis`) a Redis / Redis Cluster store, one Lua script per step.
+//!   records a failure; `extend` renews the lease — with a bounded in-memory store
+//!   ([`MemoryStore`]) and (feature `redis`) a Redis / Redis Cluster store, one Lua script per
+//!   step.
+//! - Short leases with a heartbeat: a claim is taken for [`DEFAULT_LEASE`] (5 s) and renewed
+//!   every third of it while the operation runs, so a crashed holder — or a claim whose reply
+//!   was lost — blocks its key for at most one lease, however long operations run. Storing
+//!   the result, or releasing the claim, is retried until the lease ends; when it still
+//!   fails the caller is told ([`Outcome::Unrecorded`], [`RunError::Unreleased`]), never
+//!   handed a silent `Fresh`.
 //! - [`Idempotency::run`]: the plain API, results as serde values (JSON) in a versioned
-//!   envelope; [`Outcome`] tells fresh from replayed.
+//!   envelope; [`Outcome`] tells fresh from replayed (and from unrecorded).
 //! - [`Deduplicator`]: at-most-once processing of queue messages within a window.
 //! - (feature `http`) `http::IdempotencyLayer`: the IETF `Idempotency-Key` header draft —
 //!   400 for a missing or malformed key when required, 409 while in progress, 422 for a
@@ -48,7 +55,8 @@
 //! # Metrics
 //!
 //! `floodwall_idempotency_executions_total`, `_replays_total`, `_conflicts_total`,
-//! `_mismatches_total` and `_duplicates_total` (all prefixed `floodwall_idempotency_`).
+//! `_mismatches_total`, `_duplicates_total`, `_unrecorded_total` and `_unreleased_total`
+//! (all prefixed `floodwall_idempotency_`).
 //!
 //! Time-dependent parts read time through [`Clock`], so tests drive them with
 //! [`ManualClock`].
@@ -70,5 +78,7 @@ mod store;
 pub use dedup::{Deduplicator, Processed};
 pub use floodwall_core::{Clock, ManualClock, StoreError, SystemClock};
 pub use record::{Abort, Begin, FORMAT_VERSION, Fingerprint, Finish, Token};
-pub use run::{ConfigError, Idempotency, IdempotencyBuilder, OnConflict, Outcome, RunError};
+pub use run::{
+    ConfigError, DEFAULT_LEASE, Idempotency, IdempotencyBuilder, OnConflict, Outcome, RunError,
+};
 pub use store::{COMPLETION_GRACE, DEFAULT_MAX_RECORDS, MemoryStore, Store};

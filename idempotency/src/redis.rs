@@ -13,7 +13,27 @@
 //! open, so claims for that node's keys answer [`StoreError::Unavailable`] at once rather
 //! than after a timeout per call — keys on other nodes are unaffected, and an error about one
 //! key (a key of the wrong type) is that caller's alone. Completing or releasing a claim the
-//! caller holds is never refused by a gate.
+//! caller holds, and renewing its lease, are never refused by a gate.
+//!
+//! # What Redis can lose, and what it means for duplicates
+//!
+//! At most once holds as long as Redis keeps what it acknowledged. It does not keep it when:
+//!
+//! - **it restarts without persistence** (no AOF, or an RDB snapshot older than the claim):
+//!   every claim and stored result since the last save is gone, and a retry of one of those
+//!   requests runs again;
+//! - **it evicts keys** under `maxmemory` with any policy but `noeviction`: an evicted result
+//!   means a second run; an evicted claim lets a concurrent duplicate run alongside;
+//! - **a replica that had not yet received a write is promoted** (replication is
+//!   asynchronous, Cluster and Sentinel alike): a claim or result acknowledged by the old
+//!   master can be missing on the new one, so a retry in that window may run again. `WAIT`
+//!   would narrow the window, not close it; this store does not use it.
+//!
+//! Recommended for an idempotency Redis: `maxmemory-policy noeviction` (a full Redis then
+//! refuses new claims — `OOM`, answered as unavailable — instead of forgetting results),
+//! `appendonly yes` with `appendfsync everysec` (at most about a second of acknowledged
+//! writes lost on a crash) or `always` where a second's loss is too much, and a database
+//! store where the business write and the recorded result must commit together.
 
 use std::fmt;
 use std::future::Future;
@@ -28,6 +48,7 @@ use crate::store::{COMPLETION_GRACE, Store};
 static BEGIN: Script = Script::new(include_str!("redis/begin.lua"));
 static COMPLETE: Script = Script::new(include_str!("redis/complete.lua"));
 static RELEASE: Script = Script::new(include_str!("redis/release.lua"));
+static EXTEND: Script = Script::new(include_str!("redis/extend.lua"));
 
 /// The keyspace namespace the store uses unless its [`StoreOptions`] name another.
 pub const DEFAULT_NAMESPACE: &str = "fw-idem";
@@ -197,6 +218,32 @@ impl Store for RedisStore {
                     return self.store_record(&k, token, record, retention).await;
                 }
             };
+            Ok(if done == 1 {
+                Finish::Done
+            } else {
+                Finish::Fenced
+            })
+        }
+    }
+
+    fn extend(
+        &self,
+        key: &str,
+        token: Token,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
+        let k = self.path.keyspace().key(key).build();
+        async move {
+            let done: i64 = self
+                .finish(
+                    EXTEND
+                        .call()
+                        .key(&k)
+                        .arg(token.0)
+                        .arg(micros(lease.min(MAX_TTL)))
+                        .arg(millis(lease.min(MAX_TTL) + COMPLETION_GRACE)),
+                )
+                .await?;
             Ok(if done == 1 {
                 Finish::Done
             } else {

@@ -8,7 +8,7 @@ use floodwall_core::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::claim::Claim;
+use crate::claim::{Claim, Fate};
 use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::store::Store;
 
@@ -30,6 +30,11 @@ pub enum Outcome<T> {
     Fresh(T),
     /// An earlier run's stored result.
     Replayed(T),
+    /// The operation ran now, but its result could not be stored: the store failed until the
+    /// claim's lease ended, or the lease ran out and another caller took the key over. A
+    /// retry with the same key may run the operation again; act on the value, and tell the
+    /// client so.
+    Unrecorded(T),
 }
 
 impl<T> Outcome<T> {
@@ -38,10 +43,15 @@ impl<T> Outcome<T> {
         matches!(self, Outcome::Replayed(_))
     }
 
+    /// Whether it ran now but was not stored ([`Outcome::Unrecorded`]).
+    pub fn is_unrecorded(&self) -> bool {
+        matches!(self, Outcome::Unrecorded(_))
+    }
+
     /// The value.
     pub fn into_inner(self) -> T {
         match self {
-            Outcome::Fresh(v) | Outcome::Replayed(v) => v,
+            Outcome::Fresh(v) | Outcome::Replayed(v) | Outcome::Unrecorded(v) => v,
         }
     }
 }
@@ -64,6 +74,16 @@ pub enum RunError<E> {
     /// The operation ran and failed; its claim was released so a retry can run.
     #[error("{0}")]
     Operation(E),
+    /// The operation ran and failed, and its claim could not be released: retries are
+    /// answered [`InProgress`](RunError::InProgress) until the claim's lease ends (at most
+    /// one lease), then run.
+    #[error("{error} (and the idempotency claim could not be released: {store})")]
+    Unreleased {
+        /// The operation's error.
+        error: E,
+        /// Why the release failed.
+        store: StoreError,
+    },
 }
 
 /// Runs operations at most once per key over a [`Store`]. Cheap to clone if the store is.
@@ -118,9 +138,11 @@ pub struct ConfigError {
 }
 
 impl<S: Store> IdempotencyBuilder<S> {
-    /// How long a claim blocks other callers if its holder never finishes (crashes): set it
-    /// above the operation's longest run. Default 30 s; zero is rejected by `build`;
-    /// `Duration::MAX` is capped by the store's own bound.
+    /// The claim's lease: how long a claim blocks other callers once its holder stops renewing
+    /// it (crashed, or its `begin` reply was lost). While the operation runs, the lease is
+    /// renewed every third of it, so it need not cover the operation's longest run. Default
+    /// [`DEFAULT_LEASE`] (5 s); zero is rejected by `build`; `Duration::MAX` is capped by the
+    /// store's own bound.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.inner.lease = lease;
         self
@@ -156,12 +178,17 @@ impl<S: Store> IdempotencyBuilder<S> {
     }
 }
 
+/// The default claim lease: a crashed holder blocks its key for at most this long after its
+/// last renewal; a live one renews it every third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
 impl<S: Store> Idempotency<S> {
-    /// Over `store`, with a 30 s lease, 24 h retention and [`OnConflict::Reject`].
+    /// Over `store`, with a [`DEFAULT_LEASE`] (5 s) lease renewed while the operation runs,
+    /// 24 h retention and [`OnConflict::Reject`].
     pub fn new(store: S) -> Self {
         Idempotency {
             store,
-            lease: Duration::from_secs(30),
+            lease: DEFAULT_LEASE,
             retention: Duration::from_secs(24 * 3600),
             on_conflict: OnConflict::Reject,
         }
@@ -182,6 +209,11 @@ impl<S: Store> Idempotency<S> {
     #[cfg(feature = "http")]
     pub(crate) fn retention_duration(&self) -> Duration {
         self.retention
+    }
+
+    #[cfg(feature = "http")]
+    pub(crate) fn lease_duration(&self) -> Duration {
+        self.lease
     }
 
     /// Claims `key` or learns its state, waiting for a holder per the conflict policy.
@@ -216,8 +248,10 @@ impl<S: Store> Idempotency<S> {
     /// Runs `op` once for `key`: the first call runs it and stores its `Ok` value for the
     /// retention; later calls with the same key and fingerprint get that value back
     /// ([`Outcome::Replayed`]). An `Err` releases the claim (nothing is stored) so a retry can
-    /// run. A result the store cannot take any more (the lease ran out and another caller
-    /// took over) is returned as fresh but not stored, and logged.
+    /// run. While `op` runs its claim's lease is renewed (see [`DEFAULT_LEASE`]); storing the
+    /// result (or releasing the claim) is retried until the lease ends. A result the store
+    /// could not take is [`Outcome::Unrecorded`]; a release that failed is
+    /// [`RunError::Unreleased`] — never reported as if all went well.
     pub async fn run<T, E, F, Fut>(
         &self,
         key: &str,
@@ -254,10 +288,11 @@ impl<S: Store> Idempotency<S> {
             store: &self.store,
             key,
             token,
+            lease: self.lease,
             retention: self.retention,
         };
         let mut encoded = None;
-        let value = claim
+        let (result, fate) = claim
             .run(op(), |value| match encode(value) {
                 Ok(record) => Some(record),
                 Err(e) => {
@@ -265,11 +300,15 @@ impl<S: Store> Idempotency<S> {
                     None
                 }
             })
-            .await
-            .map_err(RunError::Operation)?;
-        match encoded {
-            Some(e) => Err(RunError::Store(e)),
-            None => Ok(Outcome::Fresh(value)),
+            .await;
+        match (result, fate) {
+            (Err(error), Fate::Unreleased(store)) => Err(RunError::Unreleased { error, store }),
+            (Err(e), _) => Err(RunError::Operation(e)),
+            (Ok(_), _) if encoded.is_some() => {
+                Err(RunError::Store(encoded.expect("checked just now")))
+            }
+            (Ok(value), Fate::Recorded) => Ok(Outcome::Fresh(value)),
+            (Ok(value), _) => Ok(Outcome::Unrecorded(value)),
         }
     }
 }

@@ -30,6 +30,12 @@ use crate::record::{Abort, Begin, Fingerprint, Finish, Token};
 ///   took over), else `Fenced`.
 /// - `abort(key, token, Release | Record)`: releases the claim or records a failure, under
 ///   the same token check.
+/// - `extend(key, token, lease)`: renews the claim's lease to `lease` from now, under the same
+///   token check — the holder's heartbeat while its operation runs.
+///
+/// Finishing is idempotent for the holder: repeating a `complete` or a release that already
+/// took effect under the same token answers `Done` again, so a holder whose reply was lost
+/// may safely try again.
 ///
 /// Lease and retention are separate: the lease bounds how long a crashed holder blocks
 /// retries; the retention how long a result is replayed.
@@ -57,6 +63,15 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         token: Token,
         how: Abort<'_>,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send;
+
+    /// Renews `token`'s claim on `key` for `lease` from now, or answers `Fenced` if the claim
+    /// is no longer `token`'s.
+    fn extend(
+        &self,
+        key: &str,
+        token: Token,
+        lease: Duration,
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send;
 }
 
@@ -88,6 +103,15 @@ impl<S: Store> Store for Arc<S> {
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
         (**self).abort(key, token, how)
     }
+
+    fn extend(
+        &self,
+        key: &str,
+        token: Token,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
+        (**self).extend(key, token, lease)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -98,9 +122,14 @@ enum State {
         lease_until: u64,
     },
     Completed {
+        /// The token that completed it: repeating the completion answers `Done` again.
+        token: u64,
         fingerprint: Fingerprint,
         record: Arc<[u8]>,
     },
+    /// Released by `token`, kept for [`COMPLETION_GRACE`] so that repeating the release
+    /// answers `Done` again.
+    Released { token: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +236,7 @@ impl MemoryStore {
                     State::Completed {
                         fingerprint: fp,
                         record,
+                        ..
                     } => {
                         return Ok(if fp == fingerprint {
                             Begin::Completed(record.to_vec())
@@ -227,7 +257,7 @@ impl MemoryStore {
                             Begin::Mismatch
                         });
                     }
-                    State::InProgress { .. } => {}
+                    State::InProgress { .. } | State::Released { .. } => {}
                 }
             }
         } else if map.len() >= self.inner.shard_cap {
@@ -256,6 +286,30 @@ impl MemoryStore {
         Ok(Begin::Claimed(Token(token)))
     }
 
+    pub(crate) fn extend_now(&self, key: &str, token: Token, lease: Duration) -> Finish {
+        let now = self.inner.clock.now_nanos();
+        let mut map = self.shard(key);
+        match map.get_mut(key) {
+            Some(Entry {
+                state:
+                    State::InProgress {
+                        token: t,
+                        lease_until,
+                        ..
+                    },
+                expires_at,
+            }) if *t == token.0 && *expires_at > now => {
+                let lease = duration_to_nanos(lease);
+                *lease_until = now.saturating_add(lease);
+                *expires_at = now
+                    .saturating_add(lease)
+                    .saturating_add(duration_to_nanos(COMPLETION_GRACE));
+                Finish::Done
+            }
+            _ => Finish::Fenced,
+        }
+    }
+
     pub(crate) fn finish_now(
         &self,
         key: &str,
@@ -264,6 +318,20 @@ impl MemoryStore {
     ) -> Finish {
         let now = self.inner.clock.now_nanos();
         let mut map = self.shard(key);
+        let repeated = match map.get(key) {
+            Some(Entry {
+                state: State::Completed { token: t, .. },
+                expires_at,
+            }) => outcome.is_some() && *t == token.0 && *expires_at > now,
+            Some(Entry {
+                state: State::Released { token: t },
+                expires_at,
+            }) => outcome.is_none() && *t == token.0 && *expires_at > now,
+            _ => false,
+        };
+        if repeated {
+            return Finish::Done;
+        }
         let held = matches!(
             map.get(key),
             Some(Entry { state: State::InProgress { token: t, .. }, expires_at })
@@ -272,16 +340,18 @@ impl MemoryStore {
         if !held {
             return Finish::Fenced;
         }
+        let e = map.get_mut(key).expect("checked above");
+        let State::InProgress { fingerprint, .. } = e.state else {
+            unreachable!("checked above")
+        };
         match outcome {
             None => {
-                map.remove(key);
+                e.state = State::Released { token: token.0 };
+                e.expires_at = now.saturating_add(duration_to_nanos(COMPLETION_GRACE));
             }
             Some((record, retention)) => {
-                let e = map.get_mut(key).expect("checked above");
-                let State::InProgress { fingerprint, .. } = e.state else {
-                    unreachable!("checked above")
-                };
                 e.state = State::Completed {
+                    token: token.0,
                     fingerprint,
                     record: record.into(),
                 };
@@ -323,5 +393,14 @@ impl Store for MemoryStore {
             Abort::Record { record, retention } => Some((record, retention)),
         };
         std::future::ready(Ok(self.finish_now(key, token, outcome)))
+    }
+
+    fn extend(
+        &self,
+        key: &str,
+        token: Token,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
+        std::future::ready(Ok(self.extend_now(key, token, lease)))
     }
 }

@@ -448,3 +448,93 @@ async fn a_gate_opened_mid_operation_never_loses_the_completion() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// `CLIENT PAUSE 2000 ALL` while a request's `begin` is on its way: the client gets 503 with
+/// `Retry-After` = the lease, the claim lands when the pause ends and nobody renews it, so the
+/// key is claimable again one lease later — retries in between get 409 with `Retry-After` no
+/// longer than the lease left — and the handler runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_was_lost_frees_the_key_within_one_lease() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_claim_whose_reply_was_lost_frees_the_key_within_one_lease")
+    else {
+        return;
+    };
+    let lease = Duration::from_secs(1);
+    let pause = Duration::from_secs(2);
+    let conn = RedisConnection::standalone(server.url())
+        .call_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let idem = Idempotency::builder(RedisStore::new(StoreOptions::new(conn)))
+        .lease(lease)
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let runs = runs.clone();
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        })
+    };
+    let mut svc = IdempotencyLayer::new(idem, |_| Some("u".into())).layer(handler);
+    let req_for = |key: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/pay")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let req = || req_for("paused");
+    // A warm store (its scripts loaded on the server), as in production.
+    let warm = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req_for("warm"))
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), StatusCode::OK);
+    runs.store(0, Ordering::SeqCst);
+    server
+        .command(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"])
+        .unwrap();
+    let paused = Instant::now();
+    let first = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(first.headers()["retry-after"], "1", "503 names the lease");
+    let (mut conflicts, mut unavailable) = (0, 0);
+    let free_after = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = svc.ready().await.unwrap().call(req()).await.unwrap();
+        match r.status() {
+            StatusCode::OK => break paused.elapsed(),
+            StatusCode::CONFLICT => {
+                let secs: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(secs <= 1, "409 Retry-After {secs} s is within the lease");
+                conflicts += 1;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(
+            paused.elapsed() < pause + lease * 3,
+            "the key stayed locked"
+        );
+    };
+    println!(
+        "CLIENT PAUSE {pause:?} during begin: 503, then {unavailable} more 503 while paused and {conflicts} x 409; \
+         claimable again {free_after:?} after the pause began (pause + lease = {:?}); {} execution(s)",
+        pause + lease,
+        runs.load(Ordering::SeqCst)
+    );
+    assert!(free_after <= pause + lease + Duration::from_millis(500));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

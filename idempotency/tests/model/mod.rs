@@ -19,9 +19,12 @@ pub enum MState {
         lease_until: u64,
     },
     Completed {
+        claim: usize,
         fp: u8,
         record: Vec<u8>,
     },
+    /// Released by `claim`; kept for the grace so a repeated release is recognized.
+    Released { claim: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +56,7 @@ impl Model {
             && e.expires > self.now
         {
             match &e.state {
-                MState::Completed { fp: f, record } => {
+                MState::Completed { fp: f, record, .. } => {
                     return if *f == fp {
                         MBegin::Completed(record.clone())
                     } else {
@@ -69,7 +72,7 @@ impl Model {
                         MBegin::Mismatch
                     };
                 }
-                MState::InProgress { .. } => {}
+                MState::InProgress { .. } | MState::Released { .. } => {}
             }
         }
         let claim = self.claims.len();
@@ -96,22 +99,38 @@ impl Model {
         )
     }
 
-    /// `Some(record)`: complete / record; `None`: release.
+    /// `Some(record)`: complete / record; `None`: release. Repeating what the same claim
+    /// already did answers `Done` again (finishing is idempotent for the holder).
     pub fn finish(&mut self, claim: usize, outcome: Option<(Vec<u8>, u64)>) -> Finish {
+        let key = self.claims[claim];
+        let repeated = match self.keys.get(&key) {
+            Some(MEntry {
+                state: MState::Completed { claim: c, .. },
+                expires,
+            }) => outcome.is_some() && *c == claim && *expires > self.now,
+            Some(MEntry {
+                state: MState::Released { claim: c },
+                expires,
+            }) => outcome.is_none() && *c == claim && *expires > self.now,
+            _ => false,
+        };
+        if repeated {
+            return Finish::Done;
+        }
         if !self.holds(claim) {
             return Finish::Fenced;
         }
-        let key = self.claims[claim];
+        let e = self.keys.get_mut(&key).unwrap();
+        let MState::InProgress { fp, .. } = e.state else {
+            unreachable!()
+        };
         match outcome {
             None => {
-                self.keys.remove(&key);
+                e.state = MState::Released { claim };
+                e.expires = self.now + GRACE;
             }
             Some((record, retention)) => {
-                let e = self.keys.get_mut(&key).unwrap();
-                let MState::InProgress { fp, .. } = e.state else {
-                    unreachable!()
-                };
-                e.state = MState::Completed { fp, record };
+                e.state = MState::Completed { claim, fp, record };
                 e.expires = self.now + retention;
             }
         }
