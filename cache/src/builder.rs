@@ -124,6 +124,8 @@ where
                             inner.l1.invalidate(&k);
                         }
                         crate::redis::Drop::All => inner.l1.invalidate_all(),
+                        // L1 stays, distrusted: no hits, but the fail-safe may serve from it.
+                        crate::redis::Drop::Down => {}
                     }
                 }))
             }

@@ -66,15 +66,40 @@ pub(crate) fn storable(r: &CachedResponse) -> bool {
         })
 }
 
+/// Whether a response is a failure of the upstream by default: a `5xx`.
+pub(crate) fn failed(r: &CachedResponse) -> bool {
+    (500..600).contains(&r.status)
+}
+
+/// An upstream response the layer counts as a failed load (see
+/// [`HttpCacheLayer::fails_if`]): the cache's fail-safe may answer the last good response
+/// instead; with none, this response is the answer.
+#[derive(Debug)]
+struct UpstreamFailed(CachedResponse);
+
+impl fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the upstream answered {}", self.0.status)
+    }
+}
+
+impl std::error::Error for UpstreamFailed {}
+
 /// Caches `GET` responses by path and query (other methods pass through). A response is
 /// stored if it is a `200` without `Set-Cookie`, `Cache-Control: no-store` or
 /// `private` (or as [`store_if`](Self::store_if) says); the key can add request parts
 /// (e.g. a `Vary`-ing header) with [`key`](Self::key).
+///
+/// A `5xx` response (or what [`fails_if`](Self::fails_if) says) is a failed load, not a value:
+/// with fail-safe on (the cache's `max_stale`), the last good response is served in its
+/// place; with none to serve, the failing response itself is the answer. Either way it is
+/// not stored.
 #[derive(Clone)]
 pub struct HttpCacheLayer {
     cache: TieredCache<String, CachedResponse>,
     key: KeyFn,
     store_if: StoreIf<CachedResponse>,
+    fails_if: StoreIf<CachedResponse>,
 }
 
 impl fmt::Debug for HttpCacheLayer {
@@ -99,6 +124,7 @@ impl HttpCacheLayer {
                 })
             }),
             store_if: Arc::new(storable),
+            fails_if: Arc::new(failed),
         }
     }
 
@@ -114,6 +140,14 @@ impl HttpCacheLayer {
     /// Which responses are stored.
     pub fn store_if(mut self, f: impl Fn(&CachedResponse) -> bool + Send + Sync + 'static) -> Self {
         self.store_if = Arc::new(f);
+        self
+    }
+
+    /// Which responses are failures of the upstream (default: `5xx`): a failed load, so the
+    /// fail-safe may serve the last good response instead. Checked before
+    /// [`store_if`](Self::store_if).
+    pub fn fails_if(mut self, f: impl Fn(&CachedResponse) -> bool + Send + Sync + 'static) -> Self {
+        self.fails_if = Arc::new(f);
         self
     }
 }
@@ -189,6 +223,7 @@ where
         let inner = self.inner.clone();
         let cache = self.layer.cache.clone();
         let store_if = self.layer.store_if.clone();
+        let fails_if = self.layer.fails_if.clone();
         ResponseFuture::cached(Box::pin(async move {
             let answer = cache
                 .get_or_fetch(key, move || async move {
@@ -204,6 +239,9 @@ where
                             .collect(),
                         body: body.to_vec(),
                     };
+                    if fails_if(&cached) {
+                        return Err(Box::new(UpstreamFailed(cached)) as BoxError);
+                    }
                     Ok::<_, BoxError>(if store_if(&cached) {
                         Fetched::Value(cached)
                     } else {
@@ -216,6 +254,12 @@ where
                 Ok(None) => failure(StatusCode::BAD_GATEWAY, "the upstream answered nothing"),
                 Err(CacheError::Timeout(_)) => {
                     failure(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out")
+                }
+                Err(CacheError::Loader(e)) if e.downcast_ref::<UpstreamFailed>().is_some() => {
+                    let failed = e
+                        .downcast_ref::<UpstreamFailed>()
+                        .expect("checked just now");
+                    failed.0.clone().into_response()
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cached upstream failed; answering 502");

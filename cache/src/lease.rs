@@ -5,6 +5,11 @@
 //! instance's owner id, released only by its owner). An instance that finds the lease taken
 //! polls Redis for the value every `lease / 20` (5–50 ms) and takes the lease itself once the
 //! holder's lease has expired (the holder died or its load outlived the lease).
+//!
+//! The wait is bounded by this cache's own settings, whatever is in Redis: at most the lease
+//! length it configured (a lease key left without a TTL, or a crashed holder's lease set
+//! longer by another configuration, is not waited out), and at most what is left of the
+//! load's `hard_timeout`. Past the lease length, this instance loads without the lease.
 
 use std::hash::Hash;
 use std::time::Duration;
@@ -21,10 +26,17 @@ pub(crate) enum Lease<V> {
     NotUsed,
     /// Redis failed: load without it.
     Unavailable,
+    /// Another instance held the lease for as long as this cache waits: load without it.
+    WaitedOut,
 }
 
-/// Takes `key`'s lease, or waits for the value of the instance that holds it.
-pub(crate) async fn acquire<K, V>(cache: &TieredCache<K, V>, key: &K) -> Lease<V>
+/// Takes `key`'s lease, or waits for the value of the instance that holds it — until the
+/// lease length this cache configured has passed, or `deadline` (the load's hard timeout).
+pub(crate) async fn acquire<K, V>(
+    cache: &TieredCache<K, V>,
+    key: &K,
+    deadline: Option<tokio::time::Instant>,
+) -> Lease<V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -36,11 +48,16 @@ where
         return Lease::NotUsed;
     };
     let poll = (ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
+    let waited_out = floodwall_core::clock::deadline_after(ttl);
+    let until = deadline.map_or(waited_out, |d| d.min(waited_out));
     loop {
         match l2.take_lease(key, ttl).await {
             Ok(true) => return Lease::Held,
             Ok(false) => {
-                tokio::time::sleep(poll).await;
+                if tokio::time::Instant::now() >= until {
+                    return Lease::WaitedOut;
+                }
+                tokio::time::sleep_until(until.min(tokio::time::Instant::now() + poll)).await;
                 match cache.read_l2(key, true).await {
                     Ok(Some(value)) => return Lease::Found(value),
                     Ok(None) => {}

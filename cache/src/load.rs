@@ -95,7 +95,13 @@ where
     {
         let inner = &self.inner;
         let started = inner.clock.now_nanos();
+        // The load's one bound: waiting for another instance's lease and the loader together.
+        let deadline = inner
+            .options
+            .hard_timeout
+            .map(floodwall_core::clock::deadline_after);
         if !refresh
+            && self.l1_trusted()
             && let Some(e) = inner.l1.get(k)
             && started < e.soft_at
         {
@@ -109,33 +115,35 @@ where
             Err(()) => l2_ok = false,
         }
         let lease = if l2_ok {
-            crate::lease::acquire(self, k).await
+            crate::lease::acquire(self, k, deadline).await
         } else {
             crate::lease::Lease::Unavailable
         };
         let lease_held = match lease {
             crate::lease::Lease::Found(value) => return Ok(value),
             crate::lease::Lease::Held => true,
-            crate::lease::Lease::NotUsed => false,
+            crate::lease::Lease::NotUsed | crate::lease::Lease::WaitedOut => false,
             crate::lease::Lease::Unavailable => {
                 l2_ok = false;
                 false
             }
         };
-        let result = self.call_loader(k, loader, started, l2_ok).await;
+        let result = self.call_loader(k, loader, started, l2_ok, deadline).await;
         if lease_held {
             crate::lease::release(self, k).await;
         }
         result
     }
 
-    /// Calls the loader (cut at `hard_timeout`) and stores what it answered.
+    /// Calls the loader (cut at the load's `hard_timeout` deadline) and stores what it
+    /// answered.
     async fn call_loader<F, Fut, E>(
         &self,
         k: &K,
         loader: F,
         started: u64,
         l2_ok: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<V>, CacheError>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -144,12 +152,13 @@ where
     {
         let inner = &self.inner;
         inner.stats.load();
-        let result = match inner.options.hard_timeout {
-            Some(hard) => match tokio::time::timeout(hard, loader()).await {
+        let result = match (deadline, inner.options.hard_timeout) {
+            (Some(deadline), Some(hard)) => match tokio::time::timeout_at(deadline, loader()).await
+            {
                 Ok(r) => r.map_err(|e| CacheError::Loader(Arc::new(e.into()))),
                 Err(_) => Err(CacheError::Timeout(hard)),
             },
-            None => loader()
+            _ => loader()
                 .await
                 .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
         };

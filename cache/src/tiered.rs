@@ -225,6 +225,12 @@ where
         self.read_l2(key, true).await.ok().flatten().flatten()
     }
 
+    /// Whether L1 may answer hits now (no invalidation bus outage), without side effects.
+    #[inline]
+    pub(crate) fn l1_trusted(&self) -> bool {
+        self.inner.l2.as_ref().is_none_or(|l2| !l2.bypass_l1())
+    }
+
     /// Whether L1 may answer now; with Redis, also drops L1 when the namespace generation
     /// moved on.
     #[inline]
@@ -399,12 +405,11 @@ where
     {
         let inner = &self.inner;
         let now = inner.clock.now_nanos();
-        let cached = if self.l1_usable() {
-            inner.l1.get(&key)
-        } else {
-            None
-        };
-        if let Some(e) = &cached {
+        // While L1 cannot be trusted (the invalidation bus is down), its entries answer no
+        // hit, but still stand in when the load fails (fail-safe) or is slow (soft timeout).
+        let trusted = self.l1_usable();
+        let cached = inner.l1.get(&key);
+        if trusted && let Some(e) = &cached {
             if now < e.soft_at {
                 inner.stats.hit();
                 if self.xfetch_due(e, now) {

@@ -161,3 +161,73 @@ async fn failures_keep_the_inner_error_type() {
         .expect("the cache's error, inside the inner error type");
     assert!(cache_err.to_string().contains("db down"), "{cache_err}");
 }
+
+/// With fail-safe on, a failing upstream (`500`) gets the last good `200` served in its place
+/// while `max_stale` lasts; with nothing to serve, the `500` itself is the answer.
+#[tokio::test]
+async fn a_failing_upstream_gets_the_last_good_response_under_fail_safe() {
+    let clock = floodwall_core::ManualClock::new();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let (failing, calls) = (failing.clone(), calls.clone());
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let fail = failing.load(Ordering::SeqCst);
+            async move {
+                let mut r = Response::new(Full::new(Bytes::from(if fail {
+                    "upstream down"
+                } else {
+                    "good"
+                })));
+                if fail {
+                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    let cache = TieredCache::builder()
+        .ttl(Duration::from_secs(10))
+        .fail_safe(Duration::from_secs(300), Duration::from_secs(5))
+        .clock(clock.clone())
+        .build();
+    let mut svc = HttpCacheLayer::new(cache).layer(inner);
+    let answer = |svc: &mut _, uri: &'static str| {
+        let svc: &mut floodwall_cache::http::HttpCache<_> = svc;
+        let fut = svc.call(get(uri));
+        async move {
+            let r: Response<Full<Bytes>> = fut.await.unwrap();
+            let status = r.status();
+            (status, r.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    svc.ready().await.unwrap();
+    assert_eq!(
+        answer(&mut svc, "/a").await,
+        (http::StatusCode::OK, Bytes::from("good"))
+    );
+    failing.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(11));
+    let mut served = 0;
+    for _ in 0..20 {
+        svc.ready().await.unwrap();
+        let (status, body) = answer(&mut svc, "/a").await;
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"good"[..]));
+        served += 1;
+        clock.advance(Duration::from_secs(1));
+    }
+    // Never cached: a key with no good response gets the upstream's own 500.
+    svc.ready().await.unwrap();
+    assert_eq!(
+        answer(&mut svc, "/b").await,
+        (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from("upstream down")
+        )
+    );
+    println!(
+        "upstream failing: the last good 200 served {served} of 20 times, {} upstream calls",
+        calls.load(Ordering::SeqCst)
+    );
+}

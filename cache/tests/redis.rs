@@ -600,3 +600,171 @@ async fn a_held_lease_is_released_even_with_the_gate_open() {
         "released despite the open gate"
     );
 }
+
+/// Redis (store and invalidation bus alike) refuses and resets every connection for 15 s
+/// while the loader fails too: the bus is down, so L1 answers no hits, yet the fail-safe
+/// still serves the last good value to every call within `max_stale`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_redis_outage_the_fail_safe_serves_the_last_good_value() {
+    let Some(server) = RedisServer::start_or_skip(
+        "during_a_redis_outage_the_fail_safe_serves_the_last_good_value",
+    ) else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .call_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let tier = RedisTier::new(
+        StoreOptions::new(conn.clone()).keyspace(Keyspace::new("cachetest-outage", 1).unwrap()),
+    )
+    .invalidation_through(conn);
+    let c: Cache = TieredCache::builder()
+        .ttl(Duration::from_secs(1))
+        .fail_safe(Duration::from_secs(60), Duration::from_millis(500))
+        .redis(tier)
+        .build();
+    wait_subscribed(&c).await;
+    let v = c
+        .get_or_load("k".to_string(), || async {
+            Ok::<_, String>(Some("good".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("good"));
+
+    let loads = Arc::new(AtomicU32::new(0));
+    let drops = c.stats().invalidations_received;
+    proxy.refuse_new();
+    proxy.reset_all();
+    let outage = Duration::from_secs(15);
+    let started = Instant::now();
+    let (mut calls, mut served, mut slowest) = (0u32, 0u32, Duration::ZERO);
+    while started.elapsed() < outage {
+        let l = loads.clone();
+        let t = Instant::now();
+        let r = c
+            .get_or_load("k".to_string(), move || async move {
+                l.fetch_add(1, Ordering::SeqCst);
+                Err::<Option<String>, _>("the database is down too".to_string())
+            })
+            .await;
+        slowest = slowest.max(t.elapsed());
+        calls += 1;
+        if matches!(&r, Ok(Some(v)) if v == "good") {
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.stats().invalidations_received > drops,
+        "the bus noticed the outage (L1 distrusted)"
+    );
+    let share = f64::from(served) / f64::from(calls) * 100.0;
+    println!(
+        "15 s outage, loader failing: last good value served to {served} of {calls} calls ({share:.1} %), {} loader calls, slowest answer {slowest:?}",
+        loads.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        served, calls,
+        "every call within max_stale got the last good value"
+    );
+    proxy.heal();
+}
+
+/// Another instance's load lease that never ends — a lease key without a TTL, or a crashed
+/// holder's lease set for 8 s — is waited on no longer than this cache's `hard_timeout`
+/// (500 ms) and its own lease length (2 s): every caller answers within them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_lease_is_waited_no_longer_than_the_cache_allows() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_stuck_lease_is_waited_no_longer_than_the_cache_allows")
+    else {
+        return;
+    };
+    let lease = Duration::from_secs(2);
+    let hard = Duration::from_millis(500);
+    let conn = connect(&[server.url()], false).await;
+    let build = |hard_timeout: Option<Duration>| {
+        let tier = RedisTier::new(
+            StoreOptions::new(conn.clone()).keyspace(Keyspace::new("cachetest-stuck", 1).unwrap()),
+        )
+        .lease(lease);
+        let b = TieredCache::builder()
+            .ttl(Duration::from_secs(60))
+            .redis(tier);
+        match hard_timeout {
+            Some(h) => b.hard_timeout(h).build(),
+            None => b.build(),
+        }
+    };
+    // A holds the lease of "k1" and hangs; its lease key is then left without a TTL.
+    let a: Cache = build(None);
+    let hung = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load("k1".to_string(), || {
+                std::future::pending::<Result<Option<String>, String>>()
+            })
+            .await
+        }
+    });
+    let lease_key = loop {
+        let keys = server.command(&["KEYS", "*k1*lease*"]).unwrap();
+        if let Some(k) = keys.lines().next().filter(|k| !k.is_empty()) {
+            break k.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    server.command(&["PERSIST", &lease_key]).unwrap();
+    // Crashed holders' leases for "k2" and "k3", set for 8 s.
+    for k in ["k2", "k3"] {
+        server
+            .command(&[
+                "SET",
+                &lease_key.replace("k1", k),
+                "crashed-holder",
+                "PX",
+                "8000",
+            ])
+            .unwrap();
+    }
+
+    for (key, hard_timeout, bound) in [
+        ("k1", Some(hard), hard),
+        ("k2", Some(hard), hard),
+        ("k3", None, lease),
+    ] {
+        let b: Cache = build(hard_timeout);
+        let mut callers = Vec::new();
+        for _ in 0..10 {
+            let b = b.clone();
+            callers.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = b
+                    .get_or_load(key.to_string(), || async {
+                        Ok::<_, String>(Some("b".to_string()))
+                    })
+                    .await;
+                (t.elapsed(), r.is_ok())
+            }));
+        }
+        let mut max = Duration::ZERO;
+        for c in callers {
+            let (took, _) = c.await.unwrap();
+            max = max.max(took);
+        }
+        println!(
+            "{key} ({}): 10 callers, slowest answered after {max:?} (bound {bound:?})",
+            if key == "k1" {
+                "lease key without TTL"
+            } else {
+                "crashed holder, 8 s lease"
+            }
+        );
+        assert!(max <= bound + Duration::from_millis(150), "{key}: {max:?}");
+    }
+    hung.abort();
+}

@@ -1,5 +1,7 @@
 //! The invalidation bus: a subscriber task per cache instance that drops L1 entries other
-//! instances changed, and turns L1 off while its subscription is down.
+//! instances changed, and distrusts L1 while its subscription is down: no hits from it, but
+//! its last known values still stand in for a failing load (fail-safe) — they are dropped
+//! when the subscription comes back, since anything may have been missed meanwhile.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,8 +14,10 @@ use super::Adapter;
 pub(crate) enum Drop<K> {
     /// One key.
     Key(K),
-    /// Everything (namespace bumped, subscription lost or regained).
+    /// Everything (namespace bumped, or the subscription back after a loss).
     All,
+    /// The subscription is lost: L1 is distrusted until it is back (then `All`).
+    Down,
 }
 
 impl<K, V, C> Adapter<K, V, C>
@@ -21,8 +25,8 @@ where
     K: std::str::FromStr + Send + 'static,
 {
     /// Starts the subscriber task (if pub/sub is on and a runtime is running): `on_drop` is
-    /// called for every invalidation received from another instance, and with `All` whenever
-    /// the subscription goes down or comes back.
+    /// called for every invalidation received from another instance, with `Down` when the
+    /// subscription goes down and with `All` when it is (back) up.
     pub(crate) fn subscribe(&self, on_drop: Box<dyn Fn(Drop<K>) + Send + Sync>) {
         if !self.store.pubsub {
             return;
@@ -79,11 +83,11 @@ where
                         }
                     }
                 }
-                // Down: stop using L1 until the subscription is back.
+                // Down: no L1 hits until the subscription is back.
                 let Some(s) = store.upgrade() else { return };
                 s.unsubscribed.store(true, Ordering::Release);
                 drop(s);
-                on_drop(Drop::All);
+                on_drop(Drop::Down);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
