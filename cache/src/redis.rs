@@ -8,7 +8,19 @@
 //! `<namespace>:v<schema version>:{<key>}` (floodwall-core's escaped, hash-tagged keys): a
 //! deploy that changes the value layout bumps the schema version and never reads old bytes.
 //! The load lease of a key is `<namespace>:v<schema version>:{<key>}:lease`, on the same
-//! Cluster node.
+//! Cluster node. Both also carry the namespace generation after the hash tag.
+//!
+//! # Namespace generation
+//!
+//! [`invalidate_namespace`](crate::TieredCache::invalidate_namespace) bumps a generation kept
+//! in Redis (`…:{~generation}`); keys are read and written under the current one, so a bump
+//! retires every key at once. Generations only grow, for every instance, even when Redis
+//! loses the key (restart without persistence, `FLUSHALL`, failover to a lagging replica): an
+//! instance that finds the stored generation below its own puts its own back (at its next
+//! check, every `generation_check`), and a bump takes the largest of one above the stored
+//! generation, one above the bumping instance's, and Redis's time in ms — above every
+//! generation any instance used before the loss — so an invalidation after a data loss
+//! reaches every instance, including ones started since.
 //!
 //! # Envelope
 //!
@@ -66,6 +78,7 @@ pub struct RedisTier<C = Binary> {
     pubsub: bool,
     pubsub_conn: Option<RedisConnection>,
     generation_check: Duration,
+    heartbeat: Duration,
     codec: C,
 }
 
@@ -91,6 +104,7 @@ impl RedisTier<Binary> {
             pubsub: false,
             pubsub_conn: None,
             generation_check: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(1),
             codec: Binary,
         }
     }
@@ -106,6 +120,7 @@ impl<C: Codec> RedisTier<C> {
             pubsub: self.pubsub,
             pubsub_conn: self.pubsub_conn,
             generation_check: self.generation_check,
+            heartbeat: self.heartbeat,
             codec,
         }
     }
@@ -122,9 +137,14 @@ impl<C: Codec> RedisTier<C> {
     /// `invalidate_namespace` publish a value-free message on the namespace's channel, and
     /// every instance subscribed — on the same connection's server, the Sentinel master, or
     /// any reachable Cluster node (classic pub/sub reaches every node) — drops its L1 copy.
-    /// While its subscription is down an instance does not use its L1 at all, and it clears
-    /// L1 when the subscription is back, so it never serves a value whose invalidation it may
-    /// have missed. The subscriber is a Tokio task: build the cache inside a runtime.
+    /// While its subscription is down an instance answers no hits from its L1 (its last known
+    /// values still stand in for a failing load, under fail-safe), and it clears L1 when the
+    /// subscription is back, so it never serves a fresh hit whose invalidation it may have
+    /// missed. A subscription that stops delivering without closing (a blackholed
+    /// connection) is caught by a heartbeat: each instance publishes one every
+    /// [`bus_heartbeat`](Self::bus_heartbeat) (1 s), and a subscription that hears nothing
+    /// for 3 of them is dropped as down and made again — on any node that can serve it. The
+    /// subscriber is a Tokio task: build the cache inside a runtime.
     pub fn invalidation(mut self, on: bool) -> Self {
         self.pubsub = on;
         self
@@ -135,6 +155,14 @@ impl<C: Codec> RedisTier<C> {
     pub fn invalidation_through(mut self, conn: RedisConnection) -> Self {
         self.pubsub = true;
         self.pubsub_conn = Some(conn);
+        self
+    }
+
+    /// How often the invalidation bus publishes its heartbeat (default 1 s): a subscription
+    /// silent for 3 heartbeats is taken for down, so a blackholed subscription is detected
+    /// within 3 × this (plus one call bound).
+    pub fn bus_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(1));
         self
     }
 
@@ -167,6 +195,7 @@ impl<C: Codec> RedisTier<C> {
             generation_checked_ms: AtomicU64::new(0),
             generation_check: self.generation_check,
             unsubscribed: AtomicBool::new(self.pubsub),
+            heartbeat: self.heartbeat,
             channel,
             pubsub: self.pubsub,
         };
@@ -186,11 +215,17 @@ pub(crate) struct RedisStoreInner {
     /// Pub/sub: whether it is on, and whether the subscription is down (L1 bypassed).
     pubsub: bool,
     pub(crate) unsubscribed: AtomicBool,
+    /// The bus heartbeat interval; a subscription silent for 3 of them is down.
+    pub(crate) heartbeat: Duration,
     channel: String,
 }
 
 /// Deletes the lease only if this instance still holds it.
 static RELEASE_LEASE: Script = Script::new(include_str!("redis/release_lease.lua"));
+/// Bumps the namespace generation past the stored one, the caller's and Redis's time in ms.
+static BUMP_GENERATION: Script = Script::new(include_str!("redis/bump_generation.lua"));
+/// Raises the stored namespace generation to the caller's, never lowers it.
+static RAISE_GENERATION: Script = Script::new(include_str!("redis/raise_generation.lua"));
 
 /// The type-erased second tier over a [`RedisStoreInner`].
 pub(crate) struct Adapter<K, V, C> {
@@ -326,11 +361,28 @@ impl RedisStoreInner {
             return Ok(false);
         }
         self.generation_checked_ms.store(now, Ordering::Relaxed);
-        let g: Option<u64> = self
+        let key = self.generation_key();
+        let stored: u64 = self
             .path
-            .query(::redis::cmd("GET").arg(self.generation_key()))
-            .await?;
-        Ok(self.set_generation(g.unwrap_or(0)))
+            .query::<Option<u64>>(::redis::cmd("GET").arg(&key))
+            .await?
+            .unwrap_or(0);
+        let mine = self.generation();
+        if stored < mine {
+            // Redis lost the generation (or holds an older one): put back the one this
+            // instance used, so that instances started since do not split from it.
+            tracing::warn!(
+                stored,
+                mine,
+                "the cache namespace generation in Redis went back; restoring it"
+            );
+            let now_stored: u64 = self
+                .path
+                .invoke(RAISE_GENERATION.call().key(&key).arg(mine))
+                .await?;
+            return Ok(self.set_generation(now_stored));
+        }
+        Ok(self.set_generation(stored))
     }
 
     /// Adopts generation `g` if it is newer; whether it changed.
@@ -343,10 +395,17 @@ impl RedisStoreInner {
     }
 
     /// Bumps the namespace generation (O(1): old keys are no longer read and expire by TTL).
+    /// Generations only grow, for every instance, even after Redis lost the key: the new one
+    /// is above the stored one, above this instance's, and at least Redis's time in ms.
     pub(crate) async fn bump_generation(&self) -> Result<u64, StoreError> {
         let g: u64 = self
             .path
-            .query(::redis::cmd("INCR").arg(self.generation_key()))
+            .invoke(
+                BUMP_GENERATION
+                    .call()
+                    .key(self.generation_key())
+                    .arg(self.generation()),
+            )
             .await?;
         self.set_generation(g);
         self.publish(&format!("g {g}")).await;
@@ -355,17 +414,28 @@ impl RedisStoreInner {
 
     /// Publishes an invalidation message (when pub/sub is on); failures are logged.
     pub(crate) async fn publish(&self, what: &str) {
-        if !self.pubsub {
-            return;
-        }
-        let msg = format!("{} {what}", self.owner);
-        let sent: Result<i64, _> = self
-            .path
-            .query(::redis::cmd("PUBLISH").arg(&self.channel).arg(msg))
-            .await;
-        if let Err(e) = sent {
+        if let Err(e) = self.send(what).await {
             tracing::warn!(error = %e, "could not publish a cache invalidation");
         }
+    }
+
+    /// Publishes the bus heartbeat; a failure is logged at debug level (the subscription's
+    /// silence is what counts).
+    pub(crate) async fn heartbeat(&self) {
+        if let Err(e) = self.send("h").await {
+            tracing::debug!(error = %e, "could not publish the cache bus heartbeat");
+        }
+    }
+
+    async fn send(&self, what: &str) -> Result<(), StoreError> {
+        if !self.pubsub {
+            return Ok(());
+        }
+        let msg = format!("{} {what}", self.owner);
+        self.path
+            .query::<i64>(::redis::cmd("PUBLISH").arg(&self.channel).arg(msg))
+            .await
+            .map(|_| ())
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

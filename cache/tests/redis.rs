@@ -768,3 +768,195 @@ async fn a_stuck_lease_is_waited_no_longer_than_the_cache_allows() {
     }
     hung.abort();
 }
+
+/// Redis loses everything (`FLUSHALL`) while A and B run; C starts afterwards. A puts its
+/// generation back at its next check, and A's `invalidate_namespace` then reaches A, B and C:
+/// none of them serves the old value afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flushall_an_invalidation_still_reaches_every_instance() {
+    let Some(server) =
+        RedisServer::start_or_skip("after_a_flushall_an_invalidation_still_reaches_every_instance")
+    else {
+        return;
+    };
+    let a = subscribed(connect(&[server.url()], false).await, server.url()).await;
+    let b = subscribed(connect(&[server.url()], false).await, server.url()).await;
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    for _ in 0..3 {
+        a.invalidate_namespace().await.unwrap();
+    }
+    let k = "k".to_string();
+    a.set(k.clone(), "old".into()).await;
+    until(&b, "k", Some("old"), Duration::from_millis(500)).await;
+
+    server.command(&["FLUSHALL"]).unwrap();
+    let c = subscribed(connect(&[server.url()], false).await, server.url()).await;
+    wait_subscribed(&c).await;
+    // C's own key: a write publishes an invalidation of its key to the others.
+    c.set("kc".into(), "old".into()).await;
+    let keys = [("A", &a, "k"), ("B", &b, "k"), ("C", &c, "kc")];
+    for (name, x, key) in keys {
+        assert_eq!(
+            x.get(&key.to_string()).await.as_deref(),
+            Some("old"),
+            "{name} serves the old value"
+        );
+    }
+    // A's next generation check (every second) finds the generation gone and puts its own back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.get(&"probe".to_string()).await;
+    let gen_key = server.command(&["KEYS", "*~generation*"]).unwrap();
+    let stored: u64 = server
+        .command(&["GET", gen_key.trim()])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(stored > 1_000_000, "A restored its generation ({stored})");
+
+    a.invalidate_namespace().await.unwrap();
+    let bound = Duration::from_millis(500);
+    let mut took = Vec::new();
+    for (name, x, key) in keys {
+        took.push((name, until(x, key, None, bound).await));
+    }
+    println!(
+        "FLUSHALL, then invalidate_namespace on A: the old value gone on {took:?} (bus bound {bound:?}); generation restored to {stored}"
+    );
+}
+
+/// The subscription's connection is blackholed (open, but nothing gets through): the bus
+/// heartbeat (200 ms here) finds it silent within 3 heartbeats, takes it for down (no L1
+/// hits), and subscribes again once the path heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_subscription_is_detected_by_the_heartbeat() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_blackholed_subscription_is_detected_by_the_heartbeat")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let heartbeat = Duration::from_millis(200);
+    let tier = RedisTier::new(
+        StoreOptions::new(connect(&[server.url()], false).await)
+            .keyspace(Keyspace::new("cachetest-hb", 1).unwrap()),
+    )
+    .invalidation_through(
+        RedisConnection::standalone(proxy.redis_url())
+            .call_timeout(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .bus_heartbeat(heartbeat);
+    let c: Cache = TieredCache::builder()
+        .ttl(Duration::from_secs(60))
+        .redis(tier)
+        .build();
+    wait_subscribed(&c).await;
+    c.set("k".into(), "v".into()).await;
+    let hits = c.stats().hits;
+    assert_eq!(c.get(&"k".to_string()).await.as_deref(), Some("v"));
+    assert_eq!(c.stats().hits, hits + 1, "L1 in use");
+
+    let received = c.stats().invalidations_received;
+    proxy.blackhole();
+    let started = Instant::now();
+    while c.stats().invalidations_received == received {
+        assert!(started.elapsed() < Duration::from_secs(5), "never detected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let detected = started.elapsed();
+    let hits = c.stats().hits;
+    assert_eq!(c.get(&"k".to_string()).await.as_deref(), Some("v"));
+    assert_eq!(c.stats().hits, hits, "no L1 hits while the bus is down");
+
+    proxy.heal();
+    let received = c.stats().invalidations_received;
+    let healed = Instant::now();
+    while c.stats().invalidations_received == received {
+        assert!(
+            healed.elapsed() < Duration::from_secs(5),
+            "never resubscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let back = healed.elapsed();
+    c.get(&"k".to_string()).await;
+    let hits = c.stats().hits;
+    c.get(&"k".to_string()).await;
+    assert_eq!(c.stats().hits, hits + 1, "L1 in use again");
+    println!(
+        "blackholed subscription detected after {detected:?} (bound 3 x {heartbeat:?} = {:?}); subscribed again {back:?} after the path healed",
+        heartbeat * 3
+    );
+    assert!(
+        detected <= heartbeat * 3 + Duration::from_millis(300),
+        "{detected:?}"
+    );
+}
+
+/// On a 3-master + 3-replica Cluster, the node the invalidation bus subscribes to is killed
+/// (`kill -9`): the subscription is lost, made again on another node (classic pub/sub reaches
+/// every node), and L1 is back on; once the Cluster has failed over, invalidations flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_moves_to_another_node_when_its_node_is_killed() {
+    let Some(mut cluster) = floodwall_testkit::RedisCluster::start_with_replicas_or_skip(
+        "the_bus_moves_to_another_node_when_its_node_is_killed",
+        3,
+        false,
+    ) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let make = |conn: RedisConnection| -> Cache {
+        TieredCache::builder()
+            .ttl(Duration::from_secs(600))
+            .redis(
+                RedisTier::new(
+                    StoreOptions::new(conn).keyspace(Keyspace::new("cachetest-bus", 1).unwrap()),
+                )
+                .invalidation(true),
+            )
+            .build()
+    };
+    let a = make(connect(&urls, true).await);
+    let b = make(connect(&urls, true).await);
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    // The bus subscribes on the first seed node that answers: the first one.
+    let port = cluster.nodes()[0].port();
+    let received = b.stats().invalidations_received;
+    cluster.kill(port);
+    let killed = Instant::now();
+    // Down (counted), then subscribed again elsewhere (counted).
+    while b.stats().invalidations_received < received + 2 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the bus never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let l1_back = killed.elapsed();
+    let failover = cluster
+        .wait_for_failover(port, Duration::from_secs(30))
+        .unwrap();
+    let key = "bus-key".to_string();
+    let bound = Duration::from_secs(2);
+    let started = Instant::now();
+    loop {
+        a.set(key.clone(), "v1".into()).await;
+        if b.get(&key).await.as_deref() == Some("v1") {
+            break;
+        }
+        assert!(started.elapsed() < bound, "writes never reached B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.set(key.clone(), "v2".into()).await;
+    let took = until(&b, &key, Some("v2"), Duration::from_millis(500)).await;
+    println!(
+        "bus node :{port} killed: L1 back on {l1_back:?} after the kill (subscribed on another node); \
+         Cluster failed over {failover:?} after that; an invalidation then reached B in {took:?}"
+    );
+}

@@ -36,6 +36,7 @@ where
             return;
         };
         let store = Arc::downgrade(&self.store);
+        handle.spawn(heartbeat(store.clone()));
         handle.spawn(async move {
             use futures::StreamExt;
             let mut backoff = Duration::from_millis(50);
@@ -43,9 +44,12 @@ where
                 let Some(s) = store.upgrade() else { return };
                 let channel = s.channel.clone();
                 let conn = s.pubsub_conn.clone();
+                let silence = s.heartbeat * 3;
+                let bound = conn.call_timeout().min(silence);
                 drop(s);
                 if let Ok(mut pubsub) = conn.pubsub().await
-                    && pubsub.subscribe(&channel).await.is_ok()
+                    && let Ok(Ok(())) =
+                        tokio::time::timeout(bound, pubsub.subscribe(&channel)).await
                 {
                     backoff = Duration::from_millis(50);
                     let Some(s) = store.upgrade() else { return };
@@ -57,7 +61,8 @@ where
                     let owner = s.owner.clone();
                     drop(s);
                     let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
+                    // Silent for 3 heartbeats: down, even if the connection never closed.
+                    while let Ok(Some(msg)) = tokio::time::timeout(silence, messages.next()).await {
                         let Ok(text) = msg.get_payload::<String>() else {
                             continue;
                         };
@@ -92,5 +97,18 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
+    }
+}
+
+/// The heartbeat: a message on the channel every interval, so a subscription that hears
+/// nothing for 3 of them is known to be down even if its connection never closes. Ends with
+/// the store.
+async fn heartbeat(store: std::sync::Weak<super::RedisStoreInner>) {
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let every = s.heartbeat;
+        s.heartbeat().await;
+        drop(s);
+        tokio::time::sleep(every).await;
     }
 }
