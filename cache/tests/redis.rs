@@ -601,9 +601,10 @@ async fn a_held_lease_is_released_even_with_the_gate_open() {
     );
 }
 
-/// Redis (store and invalidation bus alike) refuses and resets every connection for 15 s
-/// while the loader fails too: the bus is down, so L1 answers no hits, yet the fail-safe
-/// still serves the last good value to every call within `max_stale`.
+/// Redis (store and invalidation bus alike) is blackholed for 15 s while the loader fails
+/// too: calls time out, the bus heartbeat finds the subscription silent and takes it for down,
+/// so L1 answers no hits — yet the fail-safe still serves the last good value to every call
+/// within `max_stale`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_redis_outage_the_fail_safe_serves_the_last_good_value() {
     let Some(server) = RedisServer::start_or_skip(
@@ -637,8 +638,7 @@ async fn during_a_redis_outage_the_fail_safe_serves_the_last_good_value() {
 
     let loads = Arc::new(AtomicU32::new(0));
     let drops = c.stats().invalidations_received;
-    proxy.refuse_new();
-    proxy.reset_all();
+    proxy.blackhole();
     let outage = Duration::from_secs(15);
     let started = Instant::now();
     let (mut calls, mut served, mut slowest) = (0u32, 0u32, Duration::ZERO);
@@ -664,7 +664,7 @@ async fn during_a_redis_outage_the_fail_safe_serves_the_last_good_value() {
     );
     let share = f64::from(served) / f64::from(calls) * 100.0;
     println!(
-        "15 s outage, loader failing: last good value served to {served} of {calls} calls ({share:.1} %), {} loader calls, slowest answer {slowest:?}",
+        "15 s blackhole, loader failing: last good value served to {served} of {calls} calls ({share:.1} %), {} loader calls, slowest answer {slowest:?}",
         loads.load(Ordering::SeqCst)
     );
     assert_eq!(

@@ -538,3 +538,87 @@ async fn a_claim_whose_reply_was_lost_frees_the_key_within_one_lease() {
     assert!(free_after <= pause + lease + Duration::from_millis(500));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// 3 masters + 3 replicas: the master owning a key is killed (`kill -9`) while the key's
+/// operation runs. The holder's heartbeat and completion reach the promoted replica, retries
+/// from 3 other instances get errors or "in progress" meanwhile and the stored result after,
+/// and the operation's executions are counted. Replication is asynchronous: a claim the old
+/// master acknowledged but had not yet sent to its replica is lost with it, and a retry after
+/// the failover would then run the operation a second time — the window is the replication
+/// lag (sub-millisecond on this loopback Cluster), which this test gives 300 ms to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_mid_operation_runs_it_once() {
+    let Some(mut cluster) = floodwall_testkit::RedisCluster::start_with_replicas_or_skip(
+        "a_killed_master_mid_operation_runs_it_once",
+        3,
+        false,
+    ) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let instance = |conn: RedisConnection| {
+        Idempotency::new(RedisStore::new(
+            StoreOptions::new(conn)
+                .keyspace(Keyspace::new("idem-failover", 1).unwrap())
+                .call_timeout(Duration::from_millis(200)),
+        ))
+    };
+    let holder = instance(connect(&urls, true).await);
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(instance(connect(&urls, true).await));
+    }
+    let key = "charge-7";
+    let fp = Fingerprint::of(b"amount=42");
+    let runs = Arc::new(AtomicU32::new(0));
+    let run = {
+        let runs = runs.clone();
+        move || {
+            let runs = runs.clone();
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, String>(format!("ch_{n}"))
+            }
+        }
+    };
+    let first = tokio::spawn({
+        let (holder, run) = (holder.clone(), run.clone());
+        async move { holder.run(key, &fp, run).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The master that owns the key's slot (the store's key is `idem-failover:v1:{charge-7}`).
+    let victim = cluster
+        .node_for_key("idem-failover:v1:{charge-7}")
+        .unwrap()
+        .port();
+    cluster.kill(victim);
+    let killed = Instant::now();
+    let (mut errors, mut in_progress, mut replayed) = (0, 0, 0);
+    let mut answers = Vec::new();
+    while !first.is_finished() || replayed < 3 {
+        for idem in &others {
+            match idem.run(key, &fp, run.clone()).await {
+                Ok(floodwall_idempotency::Outcome::Replayed(v)) => {
+                    replayed += 1;
+                    answers.push(v);
+                }
+                Ok(other) => answers.push(format!("ran again: {other:?}")),
+                Err(floodwall_idempotency::RunError::InProgress { .. }) => in_progress += 1,
+                Err(_) => errors += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(killed.elapsed() < Duration::from_secs(30), "never settled");
+    }
+    let first = first.await.unwrap();
+    let executions = runs.load(Ordering::SeqCst);
+    println!(
+        "master :{victim} killed mid-operation: holder got {first:?}; retries: {errors} errors, \
+         {in_progress} in progress, {replayed} replays ({:?}); {executions} execution(s)",
+        answers.last()
+    );
+    assert_eq!(executions, 1, "{answers:?}");
+    assert!(matches!(first, Ok(floodwall_idempotency::Outcome::Fresh(ref v)) if v == "ch_1"));
+    assert!(answers.iter().all(|a| a == "ch_1"), "{answers:?}");
+}
