@@ -143,8 +143,12 @@ impl<C: Codec> RedisTier<C> {
     /// missed. A subscription that stops delivering without closing (a blackholed
     /// connection) is caught by a heartbeat: each instance publishes one every
     /// [`bus_heartbeat`](Self::bus_heartbeat) (1 s), and a subscription that hears nothing
-    /// for 3 of them is dropped as down and made again — on any node that can serve it. The
-    /// subscriber is a Tokio task: build the cache inside a runtime.
+    /// for 3 of them is dropped as down and made again — on any node that can serve it: the
+    /// first retry comes 50 ms after the loss (doubling to 2 s while it fails), and each
+    /// attempt tries the seed nodes in order, one connect timeout at most per node, so on a
+    /// Cluster whose node died the bus is back on another node within 50 ms plus one refused
+    /// connect (`tests/redis.rs::the_bus_moves_to_another_node_when_its_node_is_killed`
+    /// holds it to 1 s). The subscriber is a Tokio task: build the cache inside a runtime.
     pub fn invalidation(mut self, on: bool) -> Self {
         self.pubsub = on;
         self
