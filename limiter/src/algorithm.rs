@@ -149,6 +149,43 @@ impl State {
         }
     }
 
+    /// Makes this state count at least `used` of `quota`'s capacity at `now` (never less than
+    /// it counts already): the insurance limiter starting from the last verdict the shared
+    /// store gave for the key. GCRA: TAT at least `now + used·T`; windows: at least `used` in
+    /// the current window; the log: at least `used` logged now.
+    pub(crate) fn seed(&self, quota: &Quota, now: u64, used: u32) {
+        if used == 0 {
+            return;
+        }
+        match self {
+            State::Gcra(tat) => {
+                let target = now.saturating_add(
+                    quota
+                        .emission_interval_nanos()
+                        .saturating_mul(u64::from(used)),
+                );
+                tat.fetch_max(target, Ordering::AcqRel);
+            }
+            State::Window(counts) => {
+                let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+                c.roll(now / period_nanos(quota));
+                c.current = c.current.max(u64::from(used));
+            }
+            State::Log(log) => {
+                let period = period_nanos(quota);
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                let live: u64 = l
+                    .iter()
+                    .filter(|&&(t, _)| t.saturating_add(period) > now)
+                    .map(|&(_, c)| u64::from(c))
+                    .sum();
+                if let Some(missing) = u64::from(used).checked_sub(live).filter(|&m| m > 0) {
+                    l.push_back((now, missing as u32));
+                }
+            }
+        }
+    }
+
     /// The time from which this state equals a fresh one (nothing counted): after it, the key
     /// can be forgotten without changing any decision.
     pub(crate) fn idle_at(&self, period: u64) -> u64 {

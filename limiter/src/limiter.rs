@@ -269,6 +269,7 @@ impl RateLimiter {
         deadline: tokio::time::Instant,
     ) -> Verdict {
         let inner = &*self.inner;
+        self.seed_insurance(applicable, &results);
         let mut acc = Accumulator::default();
         for (entry, (decision, _)) in applicable.iter().zip(&results) {
             let (idx, _, quota) = entry.expect("filled above");
@@ -286,6 +287,36 @@ impl RateLimiter {
                 .await;
         }
         acc.finish(&inner.limits, None)
+    }
+
+    /// Under the insurance policy, brings each key's insurance state to the verdict Redis just
+    /// gave: if Redis fails next, the insurance limiter starts from it — a key Redis had
+    /// exhausted is not handed a fresh quota. The insurance share's capacity minus what Redis
+    /// says remains is taken as used.
+    #[cfg(feature = "redis")]
+    fn seed_insurance(
+        &self,
+        applicable: &[Option<(u32, &str, Quota)>],
+        results: &[(Decision, crate::redis::RemoteReceipt)],
+    ) {
+        let inner = &*self.inner;
+        if !matches!(inner.policy, FailurePolicy::Insurance { .. }) {
+            return;
+        }
+        let now = inner.memory.now();
+        for (entry, (decision, _)) in applicable.iter().zip(results) {
+            let (idx, key, quota) = entry.expect("filled above");
+            let limit = &inner.limits[idx as usize];
+            let share = insurance_share(quota, inner.policy);
+            let capacity = match limit.algorithm {
+                Algorithm::Gcra => share.burst().get(),
+                _ => share.limit().get(),
+            };
+            let used = capacity.saturating_sub(decision.remaining.min(capacity));
+            inner
+                .memory
+                .seed(idx, limit.algorithm, &share, key, now, used);
+        }
     }
 
     #[cfg(feature = "redis")]

@@ -73,6 +73,34 @@ impl Memory {
         )
     }
 
+    /// Makes `key`'s state for limit `idx` count at least `used` of `quota` (see
+    /// [`State::seed`]).
+    pub(crate) fn seed(
+        &self,
+        idx: u32,
+        algorithm: Algorithm,
+        quota: &Quota,
+        key: &str,
+        now: u64,
+        used: u32,
+    ) {
+        let hash = self.table.hash(&(idx, key));
+        let period = period_nanos(quota);
+        self.table.with(
+            hash,
+            |k| k.0 == idx && &*k.1 == key,
+            || {
+                (
+                    (idx, key.into()),
+                    (State::new(algorithm), AtomicU64::new(period)),
+                )
+            },
+            |(s, p)| s.idle_at(p.load(Ordering::Relaxed)),
+            now,
+            |(s, _)| s.seed(quota, now, used),
+        );
+    }
+
     pub(crate) fn refund(&self, idx: u32, quota: &Quota, key: &str, receipt: Receipt) {
         let hash = self.table.hash(&(idx, key));
         self.table.get(

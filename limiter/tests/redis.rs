@@ -506,3 +506,50 @@ async fn a_multi_limit_denial_stays_within_one_call_bound() {
         "took {took:?}, bound {bound:?}"
     );
 }
+
+/// Redis admits 3 of a key's 3, then dies: the insurance limiter starts from that last verdict
+/// and admits 0 more for the key in that window (formerly it handed out a fresh quota of 3),
+/// while a key Redis never saw still gets the insurance quota. For every algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insurance_starts_from_the_last_redis_verdict() {
+    for alg in ALGORITHMS {
+        let Some(mut server) =
+            RedisServer::start_or_skip("insurance_starts_from_the_last_redis_verdict")
+        else {
+            return;
+        };
+        let conn = RedisConnection::standalone(server.url())
+            .call_timeout(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap();
+        let limiter = RateLimiter::builder()
+            .limit(Limit::new("api", alg, Quota::per_hour(n(3))).keyed_by("user"))
+            .redis(StoreOptions::new(conn))
+            .failure_policy(FailurePolicy::Insurance { instances: n(1) })
+            .build()
+            .unwrap();
+        let ann = [("user", "ann")];
+        for _ in 0..3 {
+            let v = limiter.check(&ann).await.unwrap();
+            assert!(v.allowed && v.degraded.is_none(), "{alg:?}: {v:?}");
+        }
+        server.stop();
+        let mut admitted = 0;
+        for _ in 0..5 {
+            let v = limiter.check(&ann).await.unwrap();
+            assert!(v.degraded.is_some(), "{alg:?}: Redis is gone");
+            admitted += u32::from(v.allowed);
+        }
+        let bob = [("user", "bob")];
+        let mut fresh = 0;
+        for _ in 0..5 {
+            fresh += u32::from(limiter.check(&bob).await.unwrap().allowed);
+        }
+        println!(
+            "{alg:?}: Redis admitted 3 of 3, then died; insurance admitted {admitted} more for that key (and {fresh} of 5 for a key Redis never saw)"
+        );
+        assert_eq!(admitted, 0, "{alg:?}");
+        assert_eq!(fresh, 3, "{alg:?}");
+    }
+}
