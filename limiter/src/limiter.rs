@@ -36,8 +36,10 @@ pub(crate) enum Store {
 /// never exceeded.
 ///
 /// On Redis each limit's decision is one Lua script call (one round trip; under load, one
-/// call decides a batch of waiting decisions, see [`redis`](crate::redis)); the calls of a
-/// request's limits run concurrently (their keys may live on different Cluster nodes), so an
+/// call decides a batch of waiting decisions, see [`redis`](crate::redis)). A request's limits
+/// whose keys share a slot (always off Cluster; on Cluster, limits keyed by the same value)
+/// are decided all or nothing in one call, and a denial takes nothing; otherwise the calls
+/// of a request's limits run concurrently (their keys may live on different Cluster nodes), so an
 /// admitted request costs one round trip of latency and a denied one at most two.
 ///
 /// ```

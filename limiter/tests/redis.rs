@@ -553,3 +553,62 @@ async fn insurance_starts_from_the_last_redis_verdict() {
         assert_eq!(fresh, 3, "{alg:?}");
     }
 }
+
+/// A request's limits whose keys share a slot (a user's per-minute and per-hour limits) are
+/// decided in one script call: one `EVALSHA` per decision on the server (`INFO
+/// commandstats`), and a denial by one limit takes nothing from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_limits_in_one_slot_are_one_call_and_a_denial_takes_nothing() {
+    let Some(server) = RedisServer::start_or_skip(
+        "several_limits_in_one_slot_are_one_call_and_a_denial_takes_nothing",
+    ) else {
+        return;
+    };
+    let conn = connect(&[server.url()], false).await;
+    let minute =
+        || Limit::new("minute", Algorithm::Gcra, Quota::per_minute(n(10))).keyed_by("user");
+    let limiter = RateLimiter::builder()
+        .limit(minute())
+        .limit(Limit::new("hour", Algorithm::FixedWindow, Quota::per_hour(n(5))).keyed_by("user"))
+        .redis(StoreOptions::new(conn.clone()))
+        .build()
+        .unwrap();
+    let minute_only = RateLimiter::builder()
+        .limit(minute())
+        .redis(StoreOptions::new(conn))
+        .build()
+        .unwrap();
+    // Scripts loaded before counting.
+    limiter.check(&[("user", "warm")]).await.unwrap();
+    server.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    let ann = [("user", "ann")];
+    for _ in 0..5 {
+        assert!(limiter.check(&ann).await.unwrap().allowed);
+    }
+    let room = |v: floodwall_limiter::Verdict| v.binding.unwrap().decision.remaining;
+    let before = room(minute_only.peek(&ann).await.unwrap());
+    let denied = limiter.check(&ann).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(&*denied.binding.as_ref().unwrap().name, "hour");
+    let after = room(minute_only.peek(&ann).await.unwrap());
+    assert_eq!(
+        before, after,
+        "the denial took nothing from the per-minute limit"
+    );
+    let stats = server.command(&["INFO", "commandstats"]).unwrap();
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let scripts = calls("evalsha") + calls("eval");
+    println!(
+        "2 limits in one slot: {scripts} script calls for 6 decisions and 2 peeks ({:.2} per decision); the per-minute limit kept {after} of 10 after the hourly denial",
+        scripts as f64 / 8.0
+    );
+    assert_eq!(scripts, 8, "one script call per decision");
+}

@@ -66,11 +66,39 @@ impl Item {
     }
 }
 
-/// A decision's verdict as the script replied it: GCRA's integer, or the others' five.
+/// What one script-call element carries: one decision, or a group of one request's
+/// decisions decided all or nothing (see `limit.lua`).
+pub(super) enum Unit {
+    One(Item),
+    Group(Vec<Item>),
+}
+
+impl Unit {
+    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        match self {
+            Unit::One(item) => item.append(call),
+            Unit::Group(items) => items
+                .iter()
+                .fold(call.arg("G").arg(items.len()), |call, item| {
+                    item.append(call)
+                }),
+        }
+    }
+
+    fn first_key(&self) -> &floodwall_core::Key {
+        match self {
+            Unit::One(item) => &item.key,
+            Unit::Group(items) => &items[0].key,
+        }
+    }
+}
+
+/// A decision's verdict as the script replied it: GCRA's integer, or the others' five (for a
+/// group, the array of its decisions' verdicts).
 pub(super) type Verdict = Result<::redis::Value, StoreError>;
 
 struct Waiting {
-    item: Item,
+    item: Unit,
     reply: oneshot::Sender<Verdict>,
 }
 
@@ -107,11 +135,11 @@ impl Batcher {
         })
     }
 
-    fn group_of(&self, item: &Item) -> u16 {
+    fn group_of(&self, item: &Unit) -> u16 {
         if self.single_group {
             0
         } else {
-            key_slot(item.key.as_str().as_bytes())
+            key_slot(item.first_key().as_str().as_bytes())
         }
     }
 
@@ -119,7 +147,7 @@ impl Batcher {
     /// A waiting decision gives up at `deadline` (its call bound).
     pub(super) async fn submit(
         self: &Arc<Self>,
-        item: Item,
+        item: Unit,
         deadline: tokio::time::Instant,
     ) -> Verdict {
         let group = self.group_of(&item);
@@ -162,12 +190,12 @@ impl Batcher {
         }
     }
 
-    async fn send_one(&self, item: Item) -> Verdict {
+    async fn send_one(&self, item: Unit) -> Verdict {
         send_single(&self.path, &item).await
     }
 
     /// One script call for `items` (at least two), all of one slot; one reply per item.
-    async fn call(&self, items: &[Item]) -> Result<Vec<::redis::Value>, StoreError> {
+    async fn call(&self, items: &[Unit]) -> Result<Vec<::redis::Value>, StoreError> {
         if let [item] = items {
             return Ok(vec![send_single(&self.path, item).await?]);
         }
@@ -210,7 +238,7 @@ impl Batcher {
     /// Sends the slot's queued decisions batch after batch until the queue is empty.
     async fn drain(self: Arc<Self>, group: u16, mut batch: Vec<Waiting>) {
         while !batch.is_empty() {
-            let (items, replies): (Vec<Item>, Vec<oneshot::Sender<Verdict>>) =
+            let (items, replies): (Vec<Unit>, Vec<oneshot::Sender<Verdict>>) =
                 batch.into_iter().map(|w| (w.item, w.reply)).unzip();
             match self.call(&items).await {
                 Ok(verdicts) => {
@@ -230,7 +258,7 @@ impl Batcher {
 }
 
 /// One decision alone: its verdict comes back bare (see `limit.lua`).
-pub(super) async fn send_single(path: &StorePath, item: &Item) -> Verdict {
+pub(super) async fn send_single(path: &StorePath, item: &Unit) -> Verdict {
     path.invoke(item.append(LIMIT_SCRIPT.call())).await
 }
 

@@ -9,7 +9,11 @@
 --   GCRA (4 fields): op, cost, emission interval T (ns, an integer), burst b (an integer);
 --       the script works in us: T / 1000, capacity b * T.
 --   Others (5 fields): op, cost, limit, period (us), receipt (refunds only).
--- Reply: one element per decision, in order (a single decision's element alone, bare):
+-- A group (one request's limits, all or nothing): ARGV 'G', n, then its n decisions' fields
+-- (their keys in KEYS as usual). Each is first decided as a peek; only if every one admits
+-- are they decided again as asked, so a denial takes nothing. Its reply element is the array
+-- of its verdicts.
+-- Reply: one element per decision or group, in order (a lone element bare):
 --   GCRA: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
 --         level = TAT' - now (us) and TAT' the TAT after the decision;
 --   Others: {allowed, remaining, reset_after_us, retry_after_us (-1: none), receipt};
@@ -34,9 +38,19 @@ local is_dirty = {}
 local replies = {}
 local nargs = #ARGV
 local k, a = 1, 1
+-- A group being decided: decisions left in this pass, the pass (1: peeks, 2: as asked), where
+-- it starts, whether every peek admitted, its verdicts.
+local g_left, g_pass, g_a, g_k, g_all, g_out = 0, 0, 0, 0, true, nil
 
 while a <= nargs do
   local op = ARGV[a]
+  if op == 'G' and g_left == 0 then
+    g_left, g_pass, g_all, g_out = tonumber(ARGV[a + 1]), 1, true, {}
+    a = a + 2
+    g_a, g_k = a, k
+    op = ARGV[a]
+  end
+  if g_pass == 1 then op = string.sub(op, 1, 1) .. 'p' end
   local key = KEYS[k]
   local cost = tonumber(ARGV[a + 1])
   local reply
@@ -209,7 +223,28 @@ while a <= nargs do
       return redis.error_reply('floodwall: unknown operation ' .. tostring(op))
     end
   end
-  replies[#replies + 1] = reply
+  if g_left == 0 then
+    replies[#replies + 1] = reply
+  else
+    -- Within a group: its verdicts are kept together; a denial (or an error) in the peek
+    -- pass ends it with nothing taken, else the decisions run again as asked.
+    g_out[#g_out + 1] = reply
+    if g_pass == 1 then
+      local admits = (type(reply) == 'number' and reply >= 0)
+        or (type(reply) == 'table' and reply[1] == 1)
+      g_all = g_all and admits
+    end
+    g_left = g_left - 1
+    if g_left == 0 then
+      if g_pass == 1 and g_all and string.sub(ARGV[g_a], 2, 2) ~= 'p' then
+        g_left, g_pass, g_out = #g_out, 2, {}
+        a, k = g_a, g_k
+      else
+        replies[#replies + 1] = g_out
+        g_pass = 0
+      end
+    end
+  end
 end
 
 for i = 1, #dirty do

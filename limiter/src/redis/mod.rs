@@ -16,7 +16,14 @@
 //! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
 //! one slot's keys, so a batch follows its slot through resharding, and a `MOVED` reply fails
 //! that one batch (its decisions take the failure policy) while the slot table is re-read.
-//! Waiting counts against the decision's call bound, like the call itself. Under load, Redis
+//! Waiting counts against the decision's call bound, like the call itself.
+//!
+//! **Several limits, one call.** A request's limits whose keys share a slot — always on a
+//! standalone or Sentinel server; on Cluster, limits keyed by the same value, whose keys carry
+//! the same hash tag — go as one group: the script peeks at every one and consumes only if
+//! all admit, so the decision is atomic and a denial takes nothing. Limits in different slots
+//! are decided concurrently and, on a denial, what was consumed is given back within the
+//! same call bound. Under load, Redis
 //! runs one script per batch instead of one per decision (`benches/limiter_redis.rs`);
 //! `redis_max_batch(1)` sends every decision alone.
 //!
@@ -61,7 +68,7 @@ use std::time::Duration;
 use floodwall_core::redis::{Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
 
-use batch::{Batcher, Fields, Item};
+use batch::{Batcher, Fields, Item, Unit};
 
 use crate::{Algorithm, Decision, Limit, Quota};
 
@@ -105,6 +112,36 @@ fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
         (level + f64::from(cost) * t - cap).ceil().max(0.0) as i64
     };
     [i64::from(allowed), remaining, level as i64, retry, 0]
+}
+
+/// The decision (and what it consumed) from a verdict's five integers.
+fn remote_decision(
+    limit: &Limit,
+    quota: Quota,
+    r: &[i64; 5],
+    consumed: bool,
+    cost: u32,
+) -> (Decision, RemoteReceipt) {
+    let capacity = match limit.algorithm() {
+        Algorithm::Gcra => quota.burst().get(),
+        _ => quota.limit().get(),
+    };
+    let allowed = r[0] == 1;
+    let us = |v: i64| Duration::from_micros(v.max(0) as u64);
+    (
+        Decision {
+            allowed,
+            limit: capacity,
+            remaining: r[1].clamp(0, i64::from(capacity)) as u32,
+            reset_after: us(r[2]),
+            retry_after: (!allowed).then(|| us(r[3])),
+        },
+        RemoteReceipt {
+            consumed,
+            cost,
+            receipt: r[4],
+        },
+    )
 }
 
 /// One decision's verdict from the script's reply element (see `limit.lua`): GCRA's integer,
@@ -160,8 +197,8 @@ impl RedisStore {
         (base, seq)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn one(
+    /// One decision's part of a script call.
+    fn item(
         &self,
         limit: &Limit,
         key: &str,
@@ -169,8 +206,7 @@ impl RedisStore {
         cost: u32,
         mode: &'static str,
         receipt: i64,
-        deadline: tokio::time::Instant,
-    ) -> Result<[i64; 5], StoreError> {
+    ) -> Item {
         let (base, seq) = self.keys(limit, key);
         let op = match (limit.algorithm(), mode) {
             (Algorithm::Gcra, "c") => "gc",
@@ -200,18 +236,95 @@ impl RedisStore {
                 receipt,
             }
         };
-        let item = Item {
+        Item {
             key: base,
             seq,
             op,
             cost,
             fields,
-        };
-        let verdict = match &self.batcher {
-            Some(batcher) => batcher.submit(item, deadline).await?,
-            None => batch::send_single(&self.path, &item).await?,
-        };
+        }
+    }
+
+    /// Sends `unit` (batched unless batching is off) and returns its verdict.
+    async fn send(
+        &self,
+        unit: Unit,
+        deadline: tokio::time::Instant,
+    ) -> Result<::redis::Value, StoreError> {
+        match &self.batcher {
+            Some(batcher) => batcher.submit(unit, deadline).await,
+            None => batch::send_single(&self.path, &unit).await,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn one(
+        &self,
+        limit: &Limit,
+        key: &str,
+        quota: Quota,
+        cost: u32,
+        mode: &'static str,
+        receipt: i64,
+        deadline: tokio::time::Instant,
+    ) -> Result<[i64; 5], StoreError> {
+        let item = self.item(limit, key, quota, cost, mode, receipt);
+        let fields = item.fields;
+        let verdict = self.send(Unit::One(item), deadline).await?;
         parse_verdict(verdict, fields, cost)
+    }
+
+    /// A request's limits whose keys share one slot, decided all or nothing in one script
+    /// call: a denial takes nothing, so there is nothing to give back.
+    async fn group(
+        &self,
+        limits: &[Limit],
+        applicable: &[Option<(u32, &str, Quota)>],
+        cost: u32,
+        mode: &'static str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<[i64; 5]>, StoreError> {
+        let items: Vec<Item> = applicable
+            .iter()
+            .map(|e| {
+                let (idx, key, quota) = e.expect("filled by the caller");
+                self.item(&limits[idx as usize], key, quota, cost, mode, 0)
+            })
+            .collect();
+        let fields: Vec<Fields> = items.iter().map(|i| i.fields).collect();
+        let verdict = self.send(Unit::Group(items), deadline).await?;
+        let ::redis::Value::Array(parts) = verdict else {
+            return Err(StoreError::Protocol(format!(
+                "limit script replied {verdict:?} for a group"
+            )));
+        };
+        if parts.len() != fields.len() {
+            return Err(StoreError::Protocol(format!(
+                "limit script replied {} verdicts for a group of {}",
+                parts.len(),
+                fields.len()
+            )));
+        }
+        parts
+            .into_iter()
+            .zip(fields)
+            .map(|(v, f)| parse_verdict(v, f, cost))
+            .collect()
+    }
+
+    /// Whether the keys of `applicable` all live in one slot (always, off Cluster), so one
+    /// script may decide them together.
+    fn one_slot(&self, limits: &[Limit], applicable: &[Option<(u32, &str, Quota)>]) -> bool {
+        if self.path.connection().topology() != floodwall_core::redis::Topology::Cluster {
+            return true;
+        }
+        let mut slots = applicable.iter().map(|e| {
+            let (idx, key, _) = e.expect("filled by the caller");
+            let (base, _) = self.keys(&limits[idx as usize], key);
+            floodwall_core::redis::slot::key_slot(base.as_str().as_bytes())
+        });
+        let first = slots.next();
+        slots.all(|s| Some(s) == first)
     }
 
     /// Decides every applicable limit concurrently. On any failure, whatever was consumed is
@@ -225,12 +338,19 @@ impl RedisStore {
         deadline: tokio::time::Instant,
     ) -> Result<Vec<(Decision, RemoteReceipt)>, StoreError> {
         let mode = if consume { "c" } else { "p" };
+        let mut grouped_denial = false;
         let replies = if let [Some((idx, key, quota))] = applicable {
             // One limit (the common case): no join.
             vec![
                 self.one(&limits[*idx as usize], key, *quota, cost, mode, 0, deadline)
                     .await,
             ]
+        } else if self.one_slot(limits, applicable) {
+            // All in one slot: one script decides them all or nothing; a denial consumed
+            // nothing, so nothing is to be given back.
+            let verdicts = self.group(limits, applicable, cost, mode, deadline).await?;
+            grouped_denial = verdicts.iter().any(|v| v[0] != 1);
+            verdicts.into_iter().map(Ok).collect()
         } else {
             let calls = applicable.iter().map(|e| {
                 let (idx, key, quota) = e.expect("filled by the caller");
@@ -244,44 +364,30 @@ impl RedisStore {
             let (idx, _, quota) = entry.expect("filled by the caller");
             match reply {
                 Ok(r) => {
-                    let limit = &limits[idx as usize];
-                    let capacity = match limit.algorithm() {
-                        Algorithm::Gcra => quota.burst().get(),
-                        _ => quota.limit().get(),
-                    };
-                    let allowed = r[0] == 1;
-                    let us = |v: i64| Duration::from_micros(v.max(0) as u64);
-                    out.push((
-                        Decision {
-                            allowed,
-                            limit: capacity,
-                            remaining: r[1].clamp(0, i64::from(capacity)) as u32,
-                            reset_after: us(r[2]),
-                            retry_after: (!allowed).then(|| us(r[3])),
-                        },
-                        RemoteReceipt {
-                            consumed: allowed && consume,
-                            cost,
-                            receipt: r[4],
-                        },
+                    let consumed = r[0] == 1 && consume && !grouped_denial;
+                    out.push(remote_decision(
+                        &limits[idx as usize],
+                        quota,
+                        &r,
+                        consumed,
+                        cost,
                     ));
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
-                    out.push((
-                        Decision {
-                            allowed: false,
-                            limit: 0,
-                            remaining: 0,
-                            reset_after: Duration::ZERO,
-                            retry_after: None,
-                        },
-                        RemoteReceipt {
-                            consumed: false,
-                            cost,
-                            receipt: 0,
-                        },
-                    ));
+                    let none = Decision {
+                        allowed: false,
+                        limit: 0,
+                        remaining: 0,
+                        reset_after: Duration::ZERO,
+                        retry_after: None,
+                    };
+                    let receipt = RemoteReceipt {
+                        consumed: false,
+                        cost,
+                        receipt: 0,
+                    };
+                    out.push((none, receipt));
                 }
             }
         }
