@@ -1,16 +1,23 @@
-//! Redis-backed decisions with 64 concurrent callers, ours beside the floor.
+//! Redis-backed decisions, ours beside the floor.
 //!
-//! `limiter_redis/64_callers`: a `RateLimiter` with one GCRA limit on Redis — with its default
-//! exact batching (decisions waiting while calls are in flight go together as one script
-//! call) and with batching off (`redis_max_batch(1)`: one script call per decision) — keys
-//! built and replies parsed into a `Decision`, through floodwall's store path, against a bare
-//! `EVALSHA` of a minimal GCRA script (no key building, a 0/1 reply) sent over a plain
-//! redis-rs multiplexed connection: the floor, with nothing of floodwall's in the way.
-//! Throughput is per decision. Afterwards the three run in six alternating rounds (each going
-//! first in two of them) of 64 callers × 300 decisions, and each one's decisions per second,
-//! p50 / p99 latency and ratio to the floor are printed.
+//! Three targets run the same decisions: a `RateLimiter` with one GCRA limit on Redis with its
+//! default exact batching (decisions waiting while calls are in flight go together as one
+//! script call), the same with batching off (`redis_max_batch(1)`: one script call per
+//! decision) — both with keys built and replies parsed into a `Decision`, through floodwall's
+//! store path — and the floor: a bare `EVALSHA` of a minimal GCRA script (no key building, a
+//! 0/1 reply) sent over a plain redis-rs connection (multiplexed, or the redis-rs Cluster
+//! connection), with nothing of floodwall's in the way.
 //!
-//! The bench starts its own `redis-server` (testkit) and is skipped without one.
+//! - `limiter_redis/64_callers` (criterion): 64 callers on standalone Redis, each on its own
+//!   key. Throughput is per decision.
+//! - Then a table, each scenario's targets in alternating rounds (the order rotates, so a
+//!   machine that speeds up or slows down affects all alike): decisions per second, p50 and
+//!   p99 latency, and the ratio to the floor, for standalone 64 callers on 64 keys, on 10 000
+//!   keys and on 10 hot keys, 1 caller, and a 3-master Cluster with 64 callers on 10 000 keys
+//!   and on 10 hot keys.
+//!
+//! The bench starts its own `redis-server`s (testkit) and is skipped without them. Under
+//! `cargo test --benches` it runs each scenario once, briefly.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -19,9 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floodwall::core::redis::{RedisConnection, Script, StoreOptions};
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
-use floodwall_testkit::RedisServer;
-
-const CALLERS: u64 = 64;
+use floodwall_testkit::{RedisCluster, RedisServer};
 
 /// The floor: the least a GCRA decision on Redis can be.
 static MINIMAL_GCRA: Script = Script::new(
@@ -38,57 +43,75 @@ return 1
 "#,
 );
 
+/// The most keys a scenario spreads over.
+const MAX_KEYS: usize = 10_000;
+
 #[derive(Clone)]
 enum Target {
     Ours(RateLimiter),
     Raw(::redis::aio::MultiplexedConnection, Arc<str>),
+    RawCluster(::redis::cluster_async::ClusterConnection, Arc<str>),
+}
+
+/// The keys, built once: `users` for floodwall, `raw` for the floor.
+struct Keys {
+    users: Vec<String>,
+    raw: Vec<String>,
 }
 
 impl Target {
-    async fn decide(&self, caller: u64, users: &[String], raw_keys: &[String]) {
-        match self {
+    async fn decide(&self, key: usize, keys: &Keys) {
+        let raw = |sha: &str| {
+            let mut cmd = ::redis::cmd("EVALSHA");
+            cmd.arg(sha)
+                .arg(1)
+                .arg(&keys.raw[key])
+                .arg(1)
+                .arg(1_000_000_000u64);
+            cmd
+        };
+        let allowed: i64 = match self {
             Target::Ours(limiter) => {
                 let v = limiter
-                    .check(&[("user", &users[caller as usize])])
+                    .check(&[("user", &keys.users[key])])
                     .await
                     .expect("decision");
-                assert!(v.allowed && v.degraded.is_none());
+                assert!(v.degraded.is_none());
+                i64::from(v.allowed)
             }
-            Target::Raw(conn, sha) => {
-                let mut conn = conn.clone();
-                let allowed: i64 = ::redis::cmd("EVALSHA")
-                    .arg(&**sha)
-                    .arg(1)
-                    .arg(&raw_keys[caller as usize])
-                    .arg(1)
-                    .arg(1_000_000_000u64)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("raw EVALSHA");
-                assert_eq!(allowed, 1);
-            }
-        }
+            Target::Raw(conn, sha) => raw(sha)
+                .query_async(&mut conn.clone())
+                .await
+                .expect("raw EVALSHA"),
+            Target::RawCluster(conn, sha) => raw(sha)
+                .query_async(&mut conn.clone())
+                .await
+                .expect("raw EVALSHA on the Cluster"),
+        };
+        assert_eq!(allowed, 1);
     }
 }
 
-/// Runs `per_caller` decisions on each of 64 concurrent callers; returns the wall time and,
-/// if asked, every decision's latency.
+/// Runs `per_caller` decisions on each of `callers` concurrent callers, caller `c`'s `i`-th
+/// decision on key `(c + i * callers) % keys`; returns the wall time and each decision's
+/// latency (if asked).
 async fn run(
     target: &Target,
-    per_caller: u64,
+    callers: usize,
+    spread: usize,
+    per_caller: usize,
     latencies: bool,
-    users: &Arc<Vec<String>>,
-    raw_keys: &Arc<Vec<String>>,
+    keys: &Arc<Keys>,
 ) -> (Duration, Vec<Duration>) {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for caller in 0..CALLERS {
-        let (target, users, raw_keys) = (target.clone(), users.clone(), raw_keys.clone());
+    for c in 0..callers {
+        let (target, keys) = (target.clone(), keys.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for _ in 0..per_caller {
+            let mut lat = Vec::with_capacity(if latencies { per_caller } else { 0 });
+            for i in 0..per_caller {
                 let t = Instant::now();
-                target.decide(caller, &users, &raw_keys).await;
+                target.decide((c + i * callers) % spread, &keys).await;
                 if latencies {
                     lat.push(t.elapsed());
                 }
@@ -103,116 +126,204 @@ async fn run(
     (started.elapsed(), all)
 }
 
+fn limiter(conn: &RedisConnection, max_batch: usize) -> RateLimiter {
+    RateLimiter::builder()
+        .limit(
+            Limit::new(
+                "api",
+                Algorithm::Gcra,
+                Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
+            )
+            .keyed_by("user"),
+        )
+        .redis(StoreOptions::new(conn.clone()))
+        .redis_max_batch(max_batch)
+        .build()
+        .unwrap()
+}
+
+/// floodwall batched, floodwall unbatched and the floor, on one topology.
+fn targets(
+    rt: &tokio::runtime::Runtime,
+    urls: &[String],
+    cluster: bool,
+) -> Vec<(&'static str, Target)> {
+    rt.block_on(async {
+        let conn = if cluster {
+            RedisConnection::cluster(urls.iter().cloned())
+        } else {
+            RedisConnection::standalone(urls[0].clone())
+        }
+        .call_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+        let load = ::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(MINIMAL_GCRA.source())
+            .clone();
+        let floor = if cluster {
+            let client = ::redis::cluster::ClusterClient::new(urls.to_vec()).unwrap();
+            let mut c = client.get_async_connection().await.unwrap();
+            let sha: String = load.query_async(&mut c).await.unwrap();
+            Target::RawCluster(c, sha.into())
+        } else {
+            let client = ::redis::Client::open(urls[0].as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let sha: String = load.query_async(&mut c).await.unwrap();
+            Target::Raw(c, sha.into())
+        };
+        vec![
+            ("floodwall batched", Target::Ours(limiter(&conn, 128))),
+            ("floodwall unbatched", Target::Ours(limiter(&conn, 1))),
+            ("raw EVALSHA floor", floor),
+        ]
+    })
+}
+
+/// Runs one scenario's targets in rotating rounds and prints a table row per target.
+#[allow(clippy::too_many_arguments)]
+fn scenario(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    targets: &[(&'static str, Target)],
+    callers: usize,
+    spread: usize,
+    per_caller: usize,
+    rounds: usize,
+    keys: &Arc<Keys>,
+) {
+    let n = targets.len();
+    let mut took = vec![Duration::ZERO; n];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    for round in 0..rounds {
+        for i in (0..n).map(|k| (k + round) % n) {
+            let (t, l) = rt.block_on(run(&targets[i].1, callers, spread, per_caller, true, keys));
+            took[i] += t;
+            lat[i].extend(l);
+        }
+    }
+    let rate: Vec<f64> = (0..n)
+        .map(|i| lat[i].len() as f64 / took[i].as_secs_f64())
+        .collect();
+    for (i, (target, _)) in targets.iter().enumerate() {
+        let l = &mut lat[i];
+        l.sort();
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        eprintln!(
+            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x |",
+            rate[i],
+            pct(0.50),
+            pct(0.99),
+            rate[i] / rate[n - 1]
+        );
+    }
+}
+
 fn redis_decisions(c: &mut Criterion) {
     let Some(server) = RedisServer::start_or_skip("limiter_redis bench") else {
         return;
     };
+    let full = std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let conn = rt.block_on(async {
-        RedisConnection::standalone(server.url())
-            .call_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap()
+    let keys = Arc::new(Keys {
+        users: (0..MAX_KEYS).map(|i| format!("user-{i}")).collect(),
+        raw: (0..MAX_KEYS).map(|i| format!("raw:{{user-{i}}}")).collect(),
     });
-    let (plain, sha): (::redis::aio::MultiplexedConnection, String) = rt.block_on(async {
-        let client = ::redis::Client::open(server.url()).unwrap();
-        let mut plain = client.get_multiplexed_async_connection().await.unwrap();
-        let sha = ::redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(MINIMAL_GCRA.source())
-            .query_async(&mut plain)
-            .await
-            .unwrap();
-        (plain, sha)
-    });
-    let limiter = |max_batch: usize| {
-        RateLimiter::builder()
-            .limit(
-                Limit::new(
-                    "api",
-                    Algorithm::Gcra,
-                    Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
-                )
-                .keyed_by("user"),
-            )
-            .redis(StoreOptions::new(conn.clone()))
-            .redis_max_batch(max_batch)
-            .build()
-            .unwrap()
-    };
-    let users: Arc<Vec<String>> = Arc::new((0..CALLERS).map(|i| format!("user-{i}")).collect());
-    let raw_keys: Arc<Vec<String>> =
-        Arc::new((0..CALLERS).map(|i| format!("raw:{{user-{i}}}")).collect());
-    let targets = [
-        ("floodwall RateLimiter", Target::Ours(limiter(128))),
-        (
-            "floodwall RateLimiter, batching off",
-            Target::Ours(limiter(1)),
-        ),
-        (
-            "raw EVALSHA (minimal GCRA, plain redis-rs)",
-            Target::Raw(plain, sha.into()),
-        ),
-    ];
+    let standalone = targets(&rt, &[server.url()], false);
 
     let mut g = c.benchmark_group("limiter_redis/64_callers");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
-    for (name, target) in &targets {
+    for (name, target) in &standalone {
         g.bench_function(*name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                let (target, users, raw_keys) = (target.clone(), users.clone(), raw_keys.clone());
+                let (target, keys) = (target.clone(), keys.clone());
                 async move {
-                    let per_caller = iters.div_ceil(CALLERS).max(1);
-                    let (took, _) = run(&target, per_caller, false, &users, &raw_keys).await;
+                    let per_caller = (iters as usize).div_ceil(64).max(1);
+                    let (took, _) = run(&target, 64, 64, per_caller, false, &keys).await;
                     // Time per decision, scaled back to `iters` decisions.
-                    took.mul_f64(iters as f64 / (per_caller * CALLERS) as f64)
+                    took.mul_f64(iters as f64 / (per_caller * 64) as f64)
                 }
             })
         });
     }
     g.finish();
 
-    // Latency percentiles: the three run in alternating rounds so that a machine that speeds
-    // up or slows down meanwhile affects all alike.
-    let n = targets.len();
-    let mut took = vec![Duration::ZERO; n];
-    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
-    for round in 0..6 {
-        // The order rotates, so an order effect falls on all alike.
-        for i in (0..n).map(|k| (k + round) % n) {
-            let (_, target) = &targets[i];
-            let (t, l) = rt.block_on(run(target, 300, true, &users, &raw_keys));
-            took[i] += t;
-            lat[i].extend(l);
-        }
-    }
-    let mut rate = vec![0.0; n];
-    for (i, (name, _)) in targets.iter().enumerate() {
-        let l = &mut lat[i];
-        l.sort();
-        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-        rate[i] = l.len() as f64 / took[i].as_secs_f64();
-        eprintln!(
-            "limiter_redis/64_callers/{name}: {:.0} decisions/s, p50 {:?}, p99 {:?} ({} decisions)",
-            rate[i],
-            pct(0.50),
-            pct(0.99),
-            l.len()
-        );
-    }
-    let floor = rate[n - 1];
-    for (i, (name, _)) in targets[..n - 1].iter().enumerate() {
-        eprintln!(
-            "limiter_redis/64_callers: {name} at {:.2}x the raw EVALSHA floor",
-            rate[i] / floor
-        );
-    }
+    let (per, rounds) = if full { (300, 6) } else { (10, 1) };
+    eprintln!("\n| scenario | target | decisions/s | p50 | p99 | vs floor |");
+    eprintln!("|---|---|---|---|---|---|");
+    let at = |s: &str| format!("standalone, {s}");
+    scenario(
+        &rt,
+        &at("64 callers, 64 keys"),
+        &standalone,
+        64,
+        64,
+        per,
+        rounds,
+        &keys,
+    );
+    scenario(
+        &rt,
+        &at("64 callers, 10k keys"),
+        &standalone,
+        64,
+        MAX_KEYS,
+        per,
+        rounds,
+        &keys,
+    );
+    scenario(
+        &rt,
+        &at("64 callers, 10 hot keys"),
+        &standalone,
+        64,
+        10,
+        per,
+        rounds,
+        &keys,
+    );
+    scenario(
+        &rt,
+        &at("1 caller"),
+        &standalone,
+        1,
+        MAX_KEYS,
+        per * 10,
+        rounds,
+        &keys,
+    );
+    drop(standalone);
+    let Some(cluster) = RedisCluster::start_or_skip("limiter_redis bench (Cluster)", 3) else {
+        return;
+    };
+    let clustered = targets(&rt, &cluster.urls(), true);
+    let at = |s: &str| format!("3-master Cluster, {s}");
+    scenario(
+        &rt,
+        &at("64 callers, 10k keys"),
+        &clustered,
+        64,
+        MAX_KEYS,
+        per,
+        rounds,
+        &keys,
+    );
+    scenario(
+        &rt,
+        &at("64 callers, 10 hot keys"),
+        &clustered,
+        64,
+        10,
+        per,
+        rounds,
+        &keys,
+    );
 }
 
 criterion_group!(benches, redis_decisions);
