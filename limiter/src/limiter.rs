@@ -129,7 +129,9 @@ impl RateLimiter {
     }
 
     /// The most bytes the in-memory store can hold when no key is longer than `max_key_len`
-    /// bytes (see [`keyed`](crate::keyed)).
+    /// bytes (see [`keyed`](crate::keyed)). Keys longer than 64 bytes are kept as their
+    /// SHA-256 (65 bytes), so the bound stops growing there: `memory_bound(usize::MAX)` holds
+    /// whatever keys clients send.
     pub fn memory_bound(&self, max_key_len: usize) -> usize {
         self.inner.memory.memory_bound(max_key_len)
     }

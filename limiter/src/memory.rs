@@ -1,6 +1,7 @@
 //! The memory store of a [`RateLimiter`](crate::RateLimiter)'s limits: one bounded keyed
 //! table for all of them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,6 +10,27 @@ use floodwall_core::Clock;
 use crate::algorithm::{Receipt, State, period_nanos};
 use crate::keyed::Table;
 use crate::{Algorithm, Decision, Quota};
+
+/// Keys up to this many bytes are kept as they are; longer ones as [`stored_key`]'s digest.
+pub(crate) const MAX_PLAIN_KEY: usize = 64;
+
+/// The form a key is kept in: itself when at most [`MAX_PLAIN_KEY`] bytes, else `#` and the
+/// hex SHA-256 of the key — 65 bytes, a length no plain key has, so the two never collide —
+/// so what a store holds per key does not grow with keys a client chooses.
+pub(crate) fn stored_key(key: &str) -> Cow<'_, str> {
+    if key.len() <= MAX_PLAIN_KEY {
+        return Cow::Borrowed(key);
+    }
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(MAX_PLAIN_KEY + 1);
+    out.push('#');
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    Cow::Owned(out)
+}
 
 /// A memory store for a set of limits: one bounded keyed table for all of them.
 pub(crate) struct Memory {
@@ -39,6 +61,7 @@ impl Memory {
         cost: u32,
         consume: bool,
     ) -> (Decision, Receipt) {
+        let key = &*stored_key(key);
         let hash = self.table.hash(&(idx, key));
         let period = period_nanos(quota);
         if !consume {
@@ -84,6 +107,7 @@ impl Memory {
         now: u64,
         used: u32,
     ) {
+        let key = &*stored_key(key);
         let hash = self.table.hash(&(idx, key));
         let period = period_nanos(quota);
         self.table.with(
@@ -102,6 +126,7 @@ impl Memory {
     }
 
     pub(crate) fn refund(&self, idx: u32, quota: &Quota, key: &str, receipt: Receipt) {
+        let key = &*stored_key(key);
         let hash = self.table.hash(&(idx, key));
         self.table.get(
             hash,
@@ -120,8 +145,8 @@ impl Memory {
 
     pub(crate) fn memory_bound(&self, max_key_len: usize) -> usize {
         // A boxed key's allocation, rounded up the way malloc does (16-byte classes plus its
-        // header).
-        self.table
-            .memory_bound(max_key_len.next_multiple_of(16) + 16)
+        // header); a long key is kept as its 65-byte digest.
+        let kept = max_key_len.min(MAX_PLAIN_KEY + 1);
+        self.table.memory_bound(kept.next_multiple_of(16) + 16)
     }
 }

@@ -377,3 +377,36 @@ fn eviction_spares_active_keys_while_idle_ones_exist() {
         "the active key was not forgotten"
     );
 }
+
+/// Keys over 64 bytes are kept as their SHA-256: two long keys that differ only in their last
+/// byte still have buckets of their own, and a long key keeps its bucket across checks.
+#[tokio::test]
+async fn long_keys_keep_buckets_of_their_own() {
+    let limiter = RateLimiter::builder()
+        .limit(
+            Limit::new(
+                "api",
+                Algorithm::Gcra,
+                Quota::per_hour(NonZeroU32::new(2).unwrap()),
+            )
+            .keyed_by("key"),
+        )
+        .build()
+        .unwrap();
+    let a = format!("{}a", "x".repeat(4096));
+    let b = format!("{}b", "x".repeat(4096));
+    for _ in 0..2 {
+        assert!(limiter.check(&[("key", &a)]).await.unwrap().allowed);
+    }
+    assert!(
+        !limiter.check(&[("key", &a)]).await.unwrap().allowed,
+        "a's bucket is spent"
+    );
+    assert!(
+        limiter.check(&[("key", &b)]).await.unwrap().allowed,
+        "b has its own"
+    );
+    let plain64 = "y".repeat(64);
+    assert!(limiter.check(&[("key", &plain64)]).await.unwrap().allowed);
+    assert_eq!(limiter.memory_keys(), 3);
+}
