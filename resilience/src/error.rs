@@ -55,6 +55,26 @@ impl<E> Error<E> {
         }
     }
 
+    /// The same error with the call's own error mapped by `f` (a rejection stays as it is).
+    pub fn map_inner<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
+        match self {
+            Error::CircuitOpen(r) => Error::CircuitOpen(r),
+            Error::BulkheadFull(r) => Error::BulkheadFull(r),
+            Error::Limited(r) => Error::Limited(r),
+            Error::Timeout(e) => Error::Timeout(e),
+            Error::Injected(e) => Error::Injected(e),
+            Error::Inner(e) => Error::Inner(f(e)),
+        }
+    }
+
+    /// The call's own error, if it ran and failed, by reference.
+    pub fn inner(&self) -> Option<&E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether a floodwall primitive refused or cut the call (it did not fail by itself).
     pub fn is_rejection(&self) -> bool {
         !matches!(self, Error::Inner(_))

@@ -8,7 +8,9 @@
 //!
 //! The retry policy (unless given) retries the call's own errors, attempt timeouts and
 //! injected faults, never a rejection; the breaker counts every error of an attempt (its own
-//! error or its timeout) as a failure.
+//! error or its timeout) as a failure — unless a classifier says otherwise
+//! ([`call_classified`](Pipeline::call_classified)): a `503` answered as `Ok` can count as a
+//! failure, a `404` returned as `Err` as nothing at all.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -110,6 +112,15 @@ pub struct Pipeline {
     stages: PipelineBuilder,
 }
 
+/// The default classification: `Ok` a success, `Err` a failure.
+fn default_outcome<T, E>(r: &Result<T, E>) -> Outcome {
+    if r.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    }
+}
+
 /// Retries the call's own errors, timeouts and injected faults; never a rejection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryFailures;
@@ -141,12 +152,45 @@ impl Pipeline {
     }
 
     /// Runs `f` through the stages, retrying as `policy` decides.
-    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, mut f: F) -> Result<T, Error<E>>
+    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, f: F) -> Result<T, Error<E>>
     where
         P: RetryPolicy<T, Error<E>> + ?Sized,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_with_classified(policy, default_outcome, f).await
+    }
+
+    /// Runs `f` through the stages, retrying with [`RetryFailures`]; each attempt's result
+    /// counts for the circuit breaker and the adaptive limit as `classify` says
+    /// (resilience4j's `recordResult` / `ignoreExceptions`, Polly's `ShouldHandle`): an `Ok`
+    /// that is a failure in disguise (an HTTP `503`) can be [`Outcome::Failure`], an `Err`
+    /// that says nothing of the downstream's health [`Outcome::Ignored`]. An attempt cut by
+    /// the attempt timeout is always a failure.
+    pub async fn call_classified<C, F, Fut, T, E>(&self, classify: C, f: F) -> Result<T, Error<E>>
+    where
+        C: Fn(&Result<T, E>) -> Outcome,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_with_classified(&RetryFailures, classify, f).await
+    }
+
+    /// [`call_with`](Self::call_with) with a classifier (see
+    /// [`call_classified`](Self::call_classified)).
+    pub async fn call_with_classified<P, C, F, Fut, T, E>(
+        &self,
+        policy: &P,
+        classify: C,
+        mut f: F,
+    ) -> Result<T, Error<E>>
+    where
+        P: RetryPolicy<T, Error<E>> + ?Sized,
+        C: Fn(&Result<T, E>) -> Outcome,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let classify = &classify;
         let s = &self.stages;
         let attempt = || {
             // `f()` only builds the future; nothing runs before the stages admit it.
@@ -164,17 +208,19 @@ impl Pipeline {
                     Some(l) => Some(l.try_acquire().map_err(Error::Limited)?),
                     None => None,
                 };
-                let result = match s.attempt_timeout {
-                    Some(d) => match tokio::time::timeout(d, fut).await {
-                        Ok(r) => r.map_err(Error::Inner),
-                        Err(_) => Err(Error::Timeout(Elapsed { after: d })),
-                    },
-                    None => fut.await.map_err(Error::Inner),
+                let ran = match s.attempt_timeout {
+                    Some(d) => tokio::time::timeout(d, fut).await.ok(),
+                    None => Some(fut.await),
                 };
-                let outcome = if result.is_ok() {
-                    Outcome::Success
-                } else {
-                    Outcome::Failure
+                let (result, outcome) = match ran {
+                    Some(r) => {
+                        let outcome = classify(&r);
+                        (r.map_err(Error::Inner), outcome)
+                    }
+                    None => {
+                        let after = s.attempt_timeout.unwrap_or_default();
+                        (Err(Error::Timeout(Elapsed { after })), Outcome::Failure)
+                    }
                 };
                 if let Some(p) = permit {
                     p.record(outcome);

@@ -4,7 +4,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use floodwall_resilience::bulkhead::{Bulkhead, RejectReason};
-use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow, State};
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, Outcome, SlidingWindow, State};
 use floodwall_resilience::retry::{Backoff, Jitter, Retry};
 use floodwall_resilience::{Error, Pipeline};
 use floodwall_testkit::{Flaky, FlakyErrorKind, Step};
@@ -89,4 +89,89 @@ async fn a_full_bulkhead_rejects_through_the_pipeline() {
     let r = p.call(|| downstream.call()).await;
     assert!(matches!(r, Err(Error::BulkheadFull(b)) if b.reason == RejectReason::Full));
     assert_eq!(downstream.calls(), 0);
+}
+
+/// resilience4j's `CircuitBreakerConfig.recordResult(Predicate)` ("evaluates if a result
+/// should be recorded as a failure"), Polly's `ShouldHandle` on results: a classifier makes
+/// an `Ok(503)` count as a failure, so the breaker opens on answers that are failures in
+/// disguise; without it the same answers leave it closed.
+#[tokio::test(start_paused = true)]
+async fn a_classifier_counts_an_ok_503_as_a_failure() {
+    let classified = breaker();
+    let p = Pipeline::builder()
+        .circuit_breaker(classified.clone())
+        .build();
+    let is_failure = |r: &Result<u16, &str>| match r {
+        Ok(status) if *status >= 500 => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    };
+    for _ in 0..4 {
+        let r = p
+            .call_classified(is_failure, || async { Ok::<u16, &str>(503) })
+            .await;
+        assert_eq!(r, Ok(503), "the answer itself is passed on");
+    }
+    assert_eq!(classified.state(), State::Open);
+    let refused = p
+        .call_classified(is_failure, || async { Ok::<u16, &str>(200) })
+        .await;
+    assert!(matches!(refused, Err(Error::CircuitOpen(_))), "{refused:?}");
+
+    let unclassified = breaker();
+    let p = Pipeline::builder()
+        .circuit_breaker(unclassified.clone())
+        .build();
+    for _ in 0..4 {
+        let _ = p.call(|| async { Ok::<u16, &str>(503) }).await;
+    }
+    assert_eq!(
+        unclassified.state(),
+        State::Closed,
+        "by default an Ok is a success"
+    );
+}
+
+/// resilience4j's `ignoreExceptions` ("neither count as a failure nor success"): errors the
+/// classifier marks `Ignored` (a 404 that says nothing of the downstream's health) leave the
+/// breaker closed, where the same errors unclassified open it.
+#[tokio::test(start_paused = true)]
+async fn ignored_errors_do_not_count() {
+    let b = breaker();
+    let p = Pipeline::builder().circuit_breaker(b.clone()).build();
+    let ignore_not_found = |r: &Result<u16, &str>| match r {
+        Err("not found") => Outcome::Ignored,
+        Err(_) => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+    };
+    for _ in 0..10 {
+        let r = p
+            .call_classified(ignore_not_found, || async { Err::<u16, &str>("not found") })
+            .await;
+        assert_eq!(r, Err(Error::Inner("not found")));
+    }
+    assert_eq!(b.state(), State::Closed);
+    let b = breaker();
+    let p = Pipeline::builder().circuit_breaker(b.clone()).build();
+    for _ in 0..4 {
+        let _ = p.call(|| async { Err::<u16, &str>("not found") }).await;
+    }
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "unclassified, every Err is a failure"
+    );
+}
+
+#[test]
+fn map_inner_maps_the_calls_own_error_and_keeps_rejections() {
+    let e: Error<u32> = Error::Inner(21);
+    assert_eq!(e.inner(), Some(&21));
+    assert_eq!(e.map_inner(|v| v * 2), Error::Inner(42));
+    let t: Error<u32> = Error::Timeout(floodwall_resilience::timeout::Elapsed {
+        after: Duration::from_millis(5),
+    });
+    let mapped: Error<String> = t.clone().map_inner(|v| v.to_string());
+    assert!(matches!(mapped, Error::Timeout(e) if e.after == Duration::from_millis(5)));
+    assert_eq!(t.inner(), None);
 }
