@@ -425,7 +425,7 @@ impl RedisStoreInner {
 
     /// Publishes the bus heartbeat; a failure is logged at debug level (the subscription's
     /// silence is what counts).
-    pub(crate) async fn heartbeat(&self) {
+    pub(crate) async fn publish_heartbeat(&self) {
         if let Err(e) = self.send("h").await {
             tracing::debug!(error = %e, "could not publish the cache bus heartbeat");
         }

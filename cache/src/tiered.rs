@@ -238,7 +238,7 @@ where
         let Some(l2) = &self.inner.l2 else {
             return true;
         };
-        if l2.bypass_l1() {
+        if !self.l1_trusted() {
             return false;
         }
         let g = l2.generation();

@@ -532,20 +532,6 @@ async fn a_new_schema_version_never_reads_old_bytes() {
 }
 
 /// A node gate that the test opens by hand (other keys' failures, in production).
-#[derive(Debug, Default)]
-struct ForcedGate(std::sync::atomic::AtomicBool);
-
-impl floodwall_core::health::HealthGate for ForcedGate {
-    fn try_pass(&self) -> Result<floodwall_core::health::Ticket, floodwall_core::health::Refused> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(floodwall_core::health::Refused { retry_after: None })
-        } else {
-            Ok(floodwall_core::health::Ticket::default())
-        }
-    }
-    fn report(&self, _: floodwall_core::health::Ticket, _: floodwall_core::health::Health) {}
-}
-
 /// The node's gate opens while this instance holds a key's load lease: releasing the lease it
 /// holds is never refused, so other instances need not wait out the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +541,7 @@ async fn a_held_lease_is_released_even_with_the_gate_open() {
     else {
         return;
     };
-    let gate = Arc::new(ForcedGate::default());
+    let gate = Arc::new(floodwall_core::health::ManualGate::default());
     let g = gate.clone();
     let c: Cache = TieredCache::builder()
         .redis(
@@ -588,7 +574,7 @@ async fn a_held_lease_is_released_even_with_the_gate_open() {
                 .unwrap();
             assert_eq!(held, 1, "the lease is held while loading");
             // Mid-load, the node's gate opens.
-            opener.0.store(true, Ordering::SeqCst);
+            opener.set_open(true);
             Ok::<_, std::io::Error>(Some("v".to_string()))
         })
         .await

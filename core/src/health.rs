@@ -58,6 +58,39 @@ pub enum Health {
     Neutral,
 }
 
+/// A gate opened and closed by hand, ignoring every report: a node taken out of service by
+/// an operator, or a test that needs a gate open at an exact moment.
+///
+/// ```
+/// use floodwall_core::health::{HealthGate, ManualGate};
+///
+/// let gate = ManualGate::default();
+/// assert!(gate.try_pass().is_ok());
+/// gate.set_open(true);
+/// assert!(gate.try_pass().is_err());
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualGate(std::sync::atomic::AtomicBool);
+
+impl ManualGate {
+    /// Opens (`true`: every call refused) or closes the gate.
+    pub fn set_open(&self, open: bool) {
+        self.0.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl HealthGate for ManualGate {
+    fn try_pass(&self) -> Result<Ticket, Refused> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(Refused { retry_after: None })
+        } else {
+            Ok(Ticket::default())
+        }
+    }
+
+    fn report(&self, _: Ticket, _: Health) {}
+}
+
 /// What a gate hands out when it lets a call through, and gets back with the call's
 /// [`Health`]. The fields mean what the gate that made it says; the store path hands the
 /// ticket back unchanged.

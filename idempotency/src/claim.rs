@@ -7,10 +7,11 @@
 //! # Leases and the heartbeat
 //!
 //! A claim is taken for one lease `L` and renewed every `L / 3` while the operation runs, each
-//! renewal extending it to `L` from then. So a holder that crashes (or a claim whose `begin`
-//! reply was lost) blocks its key for at most `L` after its last renewal — at most `L` after
-//! the claim landed — while a live holder keeps its key however long the operation runs; two
-//! renewals in a row may fail (a Redis blip) before the lease can run out under it.
+//! renewal extending it to `L` from then. So a holder that crashes blocks its key for at most
+//! `L` after its last renewal (a claim whose `begin` reply was lost, never renewed: `L` after
+//! it landed), while a live holder keeps its key however long the operation runs; a
+//! renewal may fail (a Redis blip) and the next, a third of a lease later, still lands within
+//! the lease.
 
 use std::future::Future;
 use std::pin::pin;

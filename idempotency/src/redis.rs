@@ -111,11 +111,7 @@ impl RedisStore {
                     .arg(millis(retention)),
             )
             .await?;
-        Ok(if done == 1 {
-            Finish::Done
-        } else {
-            Finish::Fenced
-        })
+        Ok(finished(done))
     }
 }
 
@@ -130,6 +126,15 @@ impl fmt::Debug for RedisStore {
 /// The longest lease or retention kept in Redis (100 years): `Duration::MAX` ("until further
 /// notice") is capped here, since Redis expiries must fit its clock.
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A finishing script's reply: 1 done, 0 fenced.
+fn finished(done: i64) -> Finish {
+    if done == 1 {
+        Finish::Done
+    } else {
+        Finish::Fenced
+    }
+}
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
@@ -218,11 +223,7 @@ impl Store for RedisStore {
                     return self.store_record(&k, token, record, retention).await;
                 }
             };
-            Ok(if done == 1 {
-                Finish::Done
-            } else {
-                Finish::Fenced
-            })
+            Ok(finished(done))
         }
     }
 
@@ -244,11 +245,7 @@ impl Store for RedisStore {
                         .arg(millis(lease.min(MAX_TTL) + COMPLETION_GRACE)),
                 )
                 .await?;
-            Ok(if done == 1 {
-                Finish::Done
-            } else {
-                Finish::Fenced
-            })
+            Ok(finished(done))
         }
     }
 }

@@ -375,20 +375,6 @@ async fn an_unbounded_lease_on_redis_does_not_panic() {
 }
 
 /// A gate that other keys' failures have forced open.
-#[derive(Debug, Default)]
-struct ForcedGate(std::sync::atomic::AtomicBool);
-
-impl floodwall_core::health::HealthGate for ForcedGate {
-    fn try_pass(&self) -> Result<floodwall_core::health::Ticket, floodwall_core::health::Refused> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(floodwall_core::health::Refused { retry_after: None })
-        } else {
-            Ok(floodwall_core::health::Ticket::default())
-        }
-    }
-    fn report(&self, _: floodwall_core::health::Ticket, _: floodwall_core::health::Health) {}
-}
-
 /// The node's gate opens (other keys' failures) while an operation runs: its completion is
 /// still stored — finishing what the caller holds bypasses the gate — so the retries that
 /// follow replay it and the operation runs exactly once.
@@ -399,7 +385,7 @@ async fn a_gate_opened_mid_operation_never_loses_the_completion() {
     else {
         return;
     };
-    let gate = Arc::new(ForcedGate::default());
+    let gate = Arc::new(floodwall_core::health::ManualGate::default());
     let g = gate.clone();
     let store = RedisStore::new(
         StoreOptions::new(connect(&[server.url()], false).await)
@@ -414,7 +400,7 @@ async fn a_gate_opened_mid_operation_never_loses_the_completion() {
         .run("charge", &fp, || async move {
             r.fetch_add(1, Ordering::SeqCst);
             // Mid-operation, the node's gate opens.
-            opener.0.store(true, Ordering::SeqCst);
+            opener.set_open(true);
             Ok::<_, String>("ch_1".to_string())
         })
         .await
@@ -430,7 +416,7 @@ async fn a_gate_opened_mid_operation_never_loses_the_completion() {
         refused.is_err(),
         "claims are refused while the gate is open"
     );
-    gate.0.store(false, Ordering::SeqCst);
+    gate.set_open(false);
     for _ in 0..5 {
         let r = runs.clone();
         let again = idem

@@ -76,6 +76,24 @@ impl Memory {
                     State::new(algorithm).decide(algorithm, quota, now, cost, false)
                 });
         }
+        self.with_entry(idx, algorithm, key, hash, period, now, |s| {
+            s.decide(algorithm, quota, now, cost, true)
+        })
+    }
+
+    /// Runs `f` on the state of (`idx`, `key`) — a stored key, hashed as `hash` — made fresh
+    /// if absent, with the period it is swept by kept current.
+    #[allow(clippy::too_many_arguments)]
+    fn with_entry<R>(
+        &self,
+        idx: u32,
+        algorithm: Algorithm,
+        key: &str,
+        hash: u64,
+        period: u64,
+        now: u64,
+        f: impl FnOnce(&State) -> R,
+    ) -> R {
         self.table.with(
             hash,
             |k| k.0 == idx && &*k.1 == key,
@@ -91,7 +109,7 @@ impl Memory {
                 if p.load(Ordering::Relaxed) != period {
                     p.store(period, Ordering::Relaxed);
                 }
-                s.decide(algorithm, quota, now, cost, true)
+                f(s)
             },
         )
     }
@@ -107,22 +125,16 @@ impl Memory {
         now: u64,
         used: u32,
     ) {
+        if used == 0 {
+            // Nothing to carry over: a fresh state says as much, without an entry.
+            return;
+        }
         let key = &*stored_key(key);
         let hash = self.table.hash(&(idx, key));
         let period = period_nanos(quota);
-        self.table.with(
-            hash,
-            |k| k.0 == idx && &*k.1 == key,
-            || {
-                (
-                    (idx, key.into()),
-                    (State::new(algorithm), AtomicU64::new(period)),
-                )
-            },
-            |(s, p)| s.idle_at(p.load(Ordering::Relaxed)),
-            now,
-            |(s, _)| s.seed(quota, now, used),
-        );
+        self.with_entry(idx, algorithm, key, hash, period, now, |s| {
+            s.seed(quota, now, used)
+        });
     }
 
     pub(crate) fn refund(&self, idx: u32, quota: &Quota, key: &str, receipt: Receipt) {

@@ -7,15 +7,9 @@ use std::num::NonZeroU32;
 
 use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
 
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+mod rss;
+
+use rss::resident_bytes;
 
 #[tokio::test]
 async fn a_million_distinct_keys_stay_within_the_documented_bound() {

@@ -554,6 +554,32 @@ async fn insurance_starts_from_the_last_redis_verdict() {
     }
 }
 
+/// A user's per-minute GCRA (10) and per-hour fixed window (`hourly`) limits on `conn`, and
+/// a limiter with the per-minute limit alone, to look at its state.
+fn minute_and_hour(
+    conn: RedisConnection,
+    hourly: u32,
+    policy: FailurePolicy,
+) -> (RateLimiter, RateLimiter) {
+    let minute =
+        || Limit::new("minute", Algorithm::Gcra, Quota::per_minute(n(10))).keyed_by("user");
+    let both = RateLimiter::builder()
+        .limit(minute())
+        .limit(
+            Limit::new("hour", Algorithm::FixedWindow, Quota::per_hour(n(hourly))).keyed_by("user"),
+        )
+        .redis(StoreOptions::new(conn.clone()))
+        .failure_policy(policy)
+        .build()
+        .unwrap();
+    let minute_only = RateLimiter::builder()
+        .limit(minute())
+        .redis(StoreOptions::new(conn))
+        .build()
+        .unwrap();
+    (both, minute_only)
+}
+
 /// A request's limits whose keys share a slot (a user's per-minute and per-hour limits) are
 /// decided in one script call: one `EVALSHA` per decision on the server (`INFO
 /// commandstats`), and a denial by one limit takes nothing from the other.
@@ -565,19 +591,7 @@ async fn several_limits_in_one_slot_are_one_call_and_a_denial_takes_nothing() {
         return;
     };
     let conn = connect(&[server.url()], false).await;
-    let minute =
-        || Limit::new("minute", Algorithm::Gcra, Quota::per_minute(n(10))).keyed_by("user");
-    let limiter = RateLimiter::builder()
-        .limit(minute())
-        .limit(Limit::new("hour", Algorithm::FixedWindow, Quota::per_hour(n(5))).keyed_by("user"))
-        .redis(StoreOptions::new(conn.clone()))
-        .build()
-        .unwrap();
-    let minute_only = RateLimiter::builder()
-        .limit(minute())
-        .redis(StoreOptions::new(conn))
-        .build()
-        .unwrap();
+    let (limiter, minute_only) = minute_and_hour(conn, 5, FailurePolicy::default());
     // Scripts loaded before counting.
     limiter.check(&[("user", "warm")]).await.unwrap();
     server.command(&["CONFIG", "RESETSTAT"]).unwrap();
@@ -611,4 +625,127 @@ async fn several_limits_in_one_slot_are_one_call_and_a_denial_takes_nothing() {
         scripts as f64 / 8.0
     );
     assert_eq!(scripts, 8, "one script call per decision");
+}
+
+/// Redis blackholed under 64 concurrent callers with batching on: decisions waiting behind
+/// the calls in flight give up at their own call bound like the calls themselves, so every
+/// answer comes within one bound (fail open here), and once the path heals decisions are
+/// made on Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_redis_under_concurrent_batched_load_answers_within_the_bound() {
+    let Some(server) = RedisServer::start_or_skip(
+        "blackholed_redis_under_concurrent_batched_load_answers_within_the_bound",
+    ) else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let bound = Duration::from_millis(60);
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(1_000_000))).keyed_by("user"))
+        .redis(StoreOptions::new(conn).call_timeout(bound))
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap();
+    assert!(
+        limiter
+            .check(&[("user", "warm")])
+            .await
+            .unwrap()
+            .degraded
+            .is_none()
+    );
+
+    proxy.blackhole();
+    let mut callers = Vec::new();
+    for c in 0..64 {
+        let limiter = limiter.clone();
+        callers.push(tokio::spawn(async move {
+            let (mut slowest, mut degraded) = (Duration::ZERO, 0u32);
+            for _ in 0..5 {
+                let started = Instant::now();
+                let v = limiter.check(&[("user", &format!("u{c}"))]).await.unwrap();
+                slowest = slowest.max(started.elapsed());
+                degraded += u32::from(v.degraded == Some(Degraded::FailedOpen));
+            }
+            (slowest, degraded)
+        }));
+    }
+    let (mut slowest, mut degraded) = (Duration::ZERO, 0);
+    for c in callers {
+        let (s, d) = c.await.unwrap();
+        slowest = slowest.max(s);
+        degraded += d;
+    }
+    proxy.heal();
+    let healed = Instant::now();
+    let back = loop {
+        let v = limiter.check(&[("user", "after")]).await.unwrap();
+        if v.degraded.is_none() {
+            break healed.elapsed();
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(5),
+            "never back on Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "blackholed, 64 callers x 5 batched decisions: {degraded} of 320 failed open, slowest answer {slowest:?} (bound {bound:?}); decided on Redis again {back:?} after healing"
+    );
+    assert_eq!(degraded, 320);
+    assert!(slowest <= bound + Duration::from_millis(50), "{slowest:?}");
+}
+
+/// A wrong-type key inside a group (one tenant's per-hour key holds a list): that tenant's
+/// request takes the failure policy and its per-minute limit is not charged; other tenants,
+/// decided in the same way, are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_key_in_a_group_fails_only_its_request() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_wrong_type_key_in_a_group_fails_only_its_request")
+    else {
+        return;
+    };
+    let conn = connect(&[server.url()], false).await;
+    let (limiter, minute_only) = minute_and_hour(conn, 100, FailurePolicy::FailOpen);
+    let bad_hour = floodwall_core::Keyspace::new("fw-rl", 1)
+        .unwrap()
+        .key("bad")
+        .part("hour")
+        .build();
+    server
+        .command(&["LPUSH", bad_hour.as_str(), "not ours"])
+        .unwrap();
+    let (mut bad, mut good) = (0, 0);
+    for _ in 0..5 {
+        bad += u32::from(
+            limiter
+                .check(&[("user", "bad")])
+                .await
+                .unwrap()
+                .degraded
+                .is_some(),
+        );
+        good += u32::from(
+            limiter
+                .check(&[("user", "good")])
+                .await
+                .unwrap()
+                .degraded
+                .is_some(),
+        );
+    }
+    let room = |v: floodwall_limiter::Verdict| v.binding.unwrap().decision.remaining;
+    let bad_room = room(minute_only.peek(&[("user", "bad")]).await.unwrap());
+    let good_room = room(minute_only.peek(&[("user", "good")]).await.unwrap());
+    println!(
+        "wrong-type key in a group: bad tenant {bad} of 5 degraded (per-minute room left {bad_room}), other tenant {good} of 5 (room {good_room})"
+    );
+    assert_eq!((bad, good), (5, 0));
+    assert_eq!(bad_room, 9, "the failed group charged nothing");
+    assert_eq!(good_room, 4);
 }

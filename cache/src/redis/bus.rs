@@ -107,7 +107,7 @@ async fn heartbeat(store: std::sync::Weak<super::RedisStoreInner>) {
     loop {
         let Some(s) = store.upgrade() else { return };
         let every = s.heartbeat;
-        s.heartbeat().await;
+        s.publish_heartbeat().await;
         drop(s);
         tokio::time::sleep(every).await;
     }

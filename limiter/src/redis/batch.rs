@@ -10,9 +10,8 @@
 //! client reads one batch's verdicts and gathers the next.
 //!
 //! One slot per call, not one node: without the `allow-cross-slot-keys` flag a script may
-//! only touch one slot's keys on Cluster, and a batch bound to one slot stays valid through
-//! resharding — a `MOVED` reply fails that slot's batch alone (its decisions take the failure
-//! policy) while the slot table is re-read.
+//! only touch one slot's keys on Cluster, so a batch is one slot's decisions, routed by that
+//! slot as a single decision would be.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,8 +109,8 @@ struct Group {
 }
 
 /// Calls one slot may have in flight at once: the server decides one batch while the next
-/// is on its way (or being answered). Measured on the 64-caller bench: 1 leaves Redis idle
-/// while the client turns a batch around; beyond 4, batches shrink and the gain is gone.
+/// is on its way (or being answered), so Redis does not sit idle while the client turns a
+/// batch around; more calls in flight make each batch smaller.
 const IN_FLIGHT: usize = 4;
 
 /// The batching state of one store: which slots have a call in flight, and who waits.

@@ -14,8 +14,7 @@
 //! same key read it once and write it once (the sliding log works on its sorted set step by
 //! step). An error about one key (a key of the wrong type) is that decision's reply alone; the
 //! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
-//! one slot's keys, so a batch follows its slot through resharding, and a `MOVED` reply fails
-//! that one batch (its decisions take the failure policy) while the slot table is re-read.
+//! one slot's keys, so each batch is routed, like a single decision, by its slot.
 //! Waiting counts against the decision's call bound, like the call itself.
 //!
 //! **Several limits, one call.** A request's limits whose keys share a slot — always on a
@@ -269,6 +268,16 @@ impl RedisStore {
         deadline: tokio::time::Instant,
     ) -> Result<[i64; 5], StoreError> {
         let item = self.item(limit, key, quota, cost, mode, receipt);
+        self.send_item(item, cost, deadline).await
+    }
+
+    /// Sends one decision's item alone and parses its verdict.
+    async fn send_item(
+        &self,
+        item: Item,
+        cost: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<[i64; 5], StoreError> {
         let fields = item.fields;
         let verdict = self.send(Unit::One(item), deadline).await?;
         parse_verdict(verdict, fields, cost)
@@ -278,19 +287,10 @@ impl RedisStore {
     /// call: a denial takes nothing, so there is nothing to give back.
     async fn group(
         &self,
-        limits: &[Limit],
-        applicable: &[Option<(u32, &str, Quota)>],
+        items: Vec<Item>,
         cost: u32,
-        mode: &'static str,
         deadline: tokio::time::Instant,
     ) -> Result<Vec<[i64; 5]>, StoreError> {
-        let items: Vec<Item> = applicable
-            .iter()
-            .map(|e| {
-                let (idx, key, quota) = e.expect("filled by the caller");
-                self.item(&limits[idx as usize], key, quota, cost, mode, 0)
-            })
-            .collect();
         let fields: Vec<Fields> = items.iter().map(|i| i.fields).collect();
         let verdict = self.send(Unit::Group(items), deadline).await?;
         let ::redis::Value::Array(parts) = verdict else {
@@ -312,17 +312,15 @@ impl RedisStore {
             .collect()
     }
 
-    /// Whether the keys of `applicable` all live in one slot (always, off Cluster), so one
-    /// script may decide them together.
-    fn one_slot(&self, limits: &[Limit], applicable: &[Option<(u32, &str, Quota)>]) -> bool {
+    /// Whether the keys of `items` all live in one slot (always, off Cluster), so one script
+    /// may decide them together.
+    fn one_slot(&self, items: &[Item]) -> bool {
         if self.path.connection().topology() != floodwall_core::redis::Topology::Cluster {
             return true;
         }
-        let mut slots = applicable.iter().map(|e| {
-            let (idx, key, _) = e.expect("filled by the caller");
-            let (base, _) = self.keys(&limits[idx as usize], key);
-            floodwall_core::redis::slot::key_slot(base.as_str().as_bytes())
-        });
+        let mut slots = items
+            .iter()
+            .map(|i| floodwall_core::redis::slot::key_slot(i.key.as_str().as_bytes()));
         let first = slots.next();
         slots.all(|s| Some(s) == first)
     }
@@ -345,18 +343,26 @@ impl RedisStore {
                 self.one(&limits[*idx as usize], key, *quota, cost, mode, 0, deadline)
                     .await,
             ]
-        } else if self.one_slot(limits, applicable) {
-            // All in one slot: one script decides them all or nothing; a denial consumed
-            // nothing, so nothing is to be given back.
-            let verdicts = self.group(limits, applicable, cost, mode, deadline).await?;
-            grouped_denial = verdicts.iter().any(|v| v[0] != 1);
-            verdicts.into_iter().map(Ok).collect()
         } else {
-            let calls = applicable.iter().map(|e| {
-                let (idx, key, quota) = e.expect("filled by the caller");
-                self.one(&limits[idx as usize], key, quota, cost, mode, 0, deadline)
-            });
-            futures::future::join_all(calls).await
+            let items: Vec<Item> = applicable
+                .iter()
+                .map(|e| {
+                    let (idx, key, quota) = e.expect("filled by the caller");
+                    self.item(&limits[idx as usize], key, quota, cost, mode, 0)
+                })
+                .collect();
+            if self.one_slot(&items) {
+                // All in one slot: one script decides them all or nothing; a denial consumed
+                // nothing, so nothing is to be given back.
+                let verdicts = self.group(items, cost, deadline).await?;
+                grouped_denial = verdicts.iter().any(|v| v[0] != 1);
+                verdicts.into_iter().map(Ok).collect()
+            } else {
+                let calls = items
+                    .into_iter()
+                    .map(|item| self.send_item(item, cost, deadline));
+                futures::future::join_all(calls).await
+            }
         };
         let mut out = Vec::with_capacity(replies.len());
         let mut failure = None;
