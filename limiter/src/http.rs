@@ -4,12 +4,18 @@
 //!
 //! ```text
 //! RateLimit-Policy: "user";q=100;w=60        the binding limit: q per w seconds
+//! RateLimit-Policy: "user";q=100;w=60;burst=20   (a burst other than q: an extension
+//!                                            parameter, as the draft's examples use)
 //! RateLimit: "user";r=0;t=42                 r remaining now, t seconds until full again
 //! Retry-After: 3                             (429 only) seconds until this request fits
 //! ```
 //!
 //! Seconds are rounded up, so a client that waits what it is told is never early. When the
-//! store fails and the policy is to fail closed, the answer is `503 Service Unavailable`.
+//! store fails and the policy is to fail closed, the answer is `503 Service Unavailable`. A
+//! request the key extractor [`reject`](crate::layer::Descriptor::reject)s (no API key) is
+//! answered with the extractor's status (`401`, `400`) and decided by no limit. Bodies are
+//! plain text, or with [`HttpRateLimitLayer::problem_json`] `application/problem+json`
+//! (RFC 9457), as the idempotency layer answers.
 //!
 //! [`ClientIp`] (module `client_ip`, re-exported here) finds the client's address, believing
 //! `Forwarded` / `X-Forwarded-For` only when they come from a configured proxy.
@@ -21,8 +27,8 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use crate::layer::KeyExtractor;
 use crate::layer::future::ResponseFuture;
+use crate::layer::{KeyExtractor, KeyRejection};
 use crate::{Binding, LimitError, RateLimiter, Verdict};
 
 pub use crate::client_ip::{ClientIp, ForwardedHeader, InvalidRange, IpRange};
@@ -56,7 +62,12 @@ pub fn write_headers(verdict: &Verdict, headers: &mut HeaderMap) {
 
 fn policy_item(name: &str, b: &Binding) -> String {
     let w = b.quota.period().as_secs_f64().ceil().max(1.0) as u64;
-    format!("{name};q={};w={w}", b.quota.limit())
+    let (q, burst) = (b.quota.limit(), b.quota.burst());
+    if burst == q {
+        format!("{name};q={q};w={w}")
+    } else {
+        format!("{name};q={q};w={w};burst={burst}")
+    }
 }
 
 /// A structured-field string: quoted, with `"` and `\` escaped and anything outside
@@ -81,19 +92,33 @@ fn sf_string(s: &str) -> String {
 /// Rate-limits HTTP requests: `429` with `Retry-After` when denied, `RateLimit` fields on
 /// every response, `503` when the store fails and the policy is to fail closed.
 ///
-/// The response body type must be buildable from a `&'static str` (axum's `Body`,
-/// `Full<Bytes>`, `String`).
+/// The response body type must be buildable from a `String` (axum's `Body`, `Full<Bytes>`,
+/// `String`).
 #[derive(Clone)]
 pub struct HttpRateLimitLayer<X> {
     limiter: RateLimiter,
     extractor: X,
+    answer: Answer429,
 }
 
 impl<X> HttpRateLimitLayer<X> {
     /// Limits requests by `limiter`, keyed by what `extractor` finds in each (a closure
     /// `Fn(&Request<B>, &mut Descriptor)`, or [`ClientIp`]).
     pub fn new(limiter: RateLimiter, extractor: X) -> Self {
-        HttpRateLimitLayer { limiter, extractor }
+        HttpRateLimitLayer {
+            limiter,
+            extractor,
+            answer: Answer429 { problem: false },
+        }
+    }
+
+    /// Answers refusals (429, 503, an extractor's 401/400) with an
+    /// `application/problem+json` body (RFC 9457) instead of plain text: `type`
+    /// `urn:floodwall:rate-limit:<kind>`, `title`, `status`, `detail`, and for a 429 the
+    /// binding `limit` and `retry_after` seconds.
+    pub fn problem_json(mut self) -> Self {
+        self.answer.problem = true;
+        self
     }
 }
 
@@ -113,6 +138,7 @@ impl<S, X: Clone> Layer<S> for HttpRateLimitLayer<X> {
             inner,
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
+            answer: self.answer,
         }
     }
 }
@@ -123,6 +149,7 @@ pub struct HttpRateLimit<S, X> {
     inner: S,
     limiter: RateLimiter,
     extractor: X,
+    answer: Answer429,
 }
 
 impl<S, X> HttpRateLimit<S, X> {
@@ -150,39 +177,99 @@ impl<S: fmt::Debug, X> fmt::Debug for HttpRateLimit<S, X> {
     }
 }
 
-fn plain<B: From<&'static str>>(status: StatusCode, text: &'static str) -> Response<B> {
-    let mut r = Response::new(B::from(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// Answers `429` (or `503` when failing closed, or the extractor's status for a request it
+/// refused) and writes the `RateLimit` fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer429 {
+    problem: bool,
 }
 
-/// Answers `429` (or `503` when failing closed) and writes the `RateLimit` fields.
-#[derive(Debug, Clone, Copy)]
-pub struct Answer429;
+impl Answer429 {
+    /// A refusal: plain text, or problem+json with `extra` members.
+    fn body<B: From<String>>(
+        &self,
+        status: StatusCode,
+        kind: &str,
+        detail: &str,
+        extra: &str,
+    ) -> Response<B> {
+        let (body, content_type) = if self.problem {
+            let title = status.canonical_reason().unwrap_or("Error");
+            let body = format!(
+                "{{\"type\":\"urn:floodwall:rate-limit:{kind}\",\"title\":{},\"status\":{},\"detail\":{}{extra}}}",
+                json_string(title),
+                status.as_u16(),
+                json_string(detail),
+            );
+            (body, "application/problem+json")
+        } else {
+            (format!("{detail}\n"), "text/plain; charset=utf-8")
+        };
+        let mut r = Response::new(B::from(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
+        r
+    }
+}
 
-impl<ResBody: From<&'static str>, E> crate::layer::future::Answer<Response<ResBody>, E>
-    for Answer429
-{
+/// A JSON string literal for `s`.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl<ResBody: From<String>, E> crate::layer::future::Answer<Response<ResBody>, E> for Answer429 {
     fn refuse(&self, verdict: Result<Verdict, LimitError>) -> Result<Response<ResBody>, E> {
         Ok(match verdict {
             Ok(verdict) => {
-                let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                let (limit, retry) = match &verdict.binding {
+                    Some(b) => (b.name.as_ref(), b.decision.retry_after_secs().unwrap_or(0)),
+                    None => ("", 0),
+                };
+                let extra = format!(",\"limit\":{},\"retry_after\":{retry}", json_string(limit));
+                let mut r = self.body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "exceeded",
+                    "too many requests",
+                    &extra,
+                );
                 write_headers(&verdict, r.headers_mut());
                 r
             }
-            Err(LimitError::Unavailable(_)) => plain(
+            Err(LimitError::Unavailable(_)) => self.body(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "rate limiting is unavailable\n",
+                "unavailable",
+                "rate limiting is unavailable",
+                "",
             ),
-            Err(LimitError::InsufficientCapacity { .. }) => plain(
+            Err(LimitError::InsufficientCapacity { .. }) => self.body(
                 StatusCode::TOO_MANY_REQUESTS,
-                "request exceeds the rate limit\n",
+                "too-costly",
+                "request exceeds the rate limit",
+                "",
             ),
         })
+    }
+
+    fn unkeyed(&self, rejection: KeyRejection) -> Result<Response<ResBody>, E> {
+        let status = StatusCode::from_u16(rejection.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        Ok(self.body(status, "unkeyed", rejection.message, ""))
     }
 
     fn admitted(&self, verdict: &Verdict, mut response: Response<ResBody>) -> Response<ResBody> {
@@ -195,7 +282,7 @@ impl<S, X, ReqBody, ResBody> Service<Request<ReqBody>> for HttpRateLimit<S, X>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     X: KeyExtractor<Request<ReqBody>>,
-    ResBody: From<&'static str> + Send + 'static,
+    ResBody: From<String> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -211,7 +298,7 @@ where
             &self.extractor,
             &mut self.inner,
             req,
-            Answer429,
+            self.answer,
         )
     }
 }

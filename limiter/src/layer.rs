@@ -49,9 +49,42 @@ pub mod future;
 use crate::{Decision, LimitError, RateLimiter, Verdict};
 
 /// The entries a request is limited by, e.g. `("user", "42")`, `("ip", "203.0.113.9")`.
+/// An extractor that cannot key a request (no API key) [`reject`](Descriptor::reject)s it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Descriptor {
     entries: Vec<(&'static str, String)>,
+    rejection: Option<KeyRejection>,
+}
+
+/// An extractor's refusal of a request it cannot key: the HTTP status to answer with (a
+/// missing API key is `401` or `400`, as the service chooses) and a message. The request
+/// reaches neither the limiter nor the service, so an unkeyed request is never limited by
+/// the global limits alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("request refused by the key extractor ({status}): {message}")]
+pub struct KeyRejection {
+    /// The HTTP status [`HttpRateLimitLayer`](crate::http::HttpRateLimitLayer) answers with
+    /// (a code outside 400–599 is answered as 400).
+    pub status: u16,
+    /// Why, for the response body.
+    pub message: &'static str,
+}
+
+impl KeyRejection {
+    /// A refusal with `status` and `message`.
+    pub const fn new(status: u16, message: &'static str) -> Self {
+        KeyRejection { status, message }
+    }
+
+    /// `401 Unauthorized` (no credentials to key by).
+    pub const fn unauthorized(message: &'static str) -> Self {
+        Self::new(401, message)
+    }
+
+    /// `400 Bad Request` (a malformed key).
+    pub const fn bad_request(message: &'static str) -> Self {
+        Self::new(400, message)
+    }
 }
 
 impl Descriptor {
@@ -75,6 +108,17 @@ impl Descriptor {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Refuses the request: it is answered with `rejection` and decided by no limit. The
+    /// last rejection wins.
+    pub fn reject(&mut self, rejection: KeyRejection) {
+        self.rejection = Some(rejection);
+    }
+
+    /// The extractor's refusal, if it made one.
+    pub fn rejection(&self) -> Option<&KeyRejection> {
+        self.rejection.as_ref()
     }
 
     /// The entries, in the order they were pushed.
@@ -145,6 +189,9 @@ pub enum Rejected {
     /// request costs more than a limit allows).
     #[error(transparent)]
     Limiter(Arc<LimitError>),
+    /// The key extractor refused the request.
+    #[error(transparent)]
+    Unkeyed(KeyRejection),
 }
 
 impl Rejected {
@@ -152,7 +199,7 @@ impl Rejected {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Rejected::RateLimited(r) => Some(r.retry_after),
-            Rejected::Limiter(_) => None,
+            Rejected::Limiter(_) | Rejected::Unkeyed(_) => None,
         }
     }
 }
@@ -167,6 +214,9 @@ pub enum Error<E> {
     /// No decision could be made.
     #[error(transparent)]
     Limiter(Arc<LimitError>),
+    /// The key extractor refused the request.
+    #[error(transparent)]
+    Unkeyed(KeyRejection),
     /// The inner service failed.
     #[error("{0}")]
     Inner(E),
@@ -177,6 +227,7 @@ impl<E> From<Rejected> for Error<E> {
         match r {
             Rejected::RateLimited(r) => Error::RateLimited(r),
             Rejected::Limiter(e) => Error::Limiter(e),
+            Rejected::Unkeyed(r) => Error::Unkeyed(r),
         }
     }
 }
@@ -275,6 +326,10 @@ impl<Res, E: From<Rejected>> future::Answer<Res, E> for Refuse {
         }))
     }
 
+    fn unkeyed(&self, rejection: KeyRejection) -> Result<Res, E> {
+        Err(E::from(Rejected::Unkeyed(rejection)))
+    }
+
     fn admitted(&self, _: &Verdict, response: Res) -> Res {
         response
     }
@@ -296,6 +351,9 @@ where
 {
     let mut descriptor = Descriptor::new();
     extractor.extract(&req, &mut descriptor);
+    if let Some(rejection) = descriptor.rejection.take() {
+        return future::ResponseFuture::unkeyed(rejection, answer);
+    }
     let pairs: Vec<(&str, &str)> = descriptor.entries().collect();
     if let Some(verdict) = limiter.try_check_now(&pairs) {
         return future::ResponseFuture::decided(verdict, inner, req, answer);

@@ -1,5 +1,7 @@
 //! The one error type of floodwall's resilience primitives.
 
+use std::fmt;
+
 use crate::{adaptive, bulkhead, chaos, circuit_breaker, timeout};
 
 /// What went wrong with a call made through floodwall: one of its primitives refused or cut
@@ -23,27 +25,51 @@ use crate::{adaptive, bulkhead, chaos, circuit_breaker, timeout};
 ///     .service(tower::service_fn(|x: u32| async move { Err::<u32, &str>("boom") }));
 /// # let _ = svc; }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Error<E>` is a [`std::error::Error`] when `E` is one, and [`source`](std::error::Error::source)
+/// leads to the call's own error for [`Error::Inner`] (to the rejection's cause for the
+/// others, e.g. the error that tripped a breaker).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error<E> {
     /// A circuit breaker did not admit the call.
-    #[error(transparent)]
     CircuitOpen(circuit_breaker::Rejected),
     /// A bulkhead did not admit the call.
-    #[error(transparent)]
     BulkheadFull(bulkhead::Rejected),
     /// An adaptive concurrency limit did not admit the call.
-    #[error(transparent)]
     Limited(adaptive::Rejected),
     /// A timeout cut the call.
-    #[error(transparent)]
     Timeout(timeout::Elapsed),
     /// Fault injection failed the call on purpose.
-    #[error(transparent)]
     Injected(chaos::Injected),
     /// The call ran and failed.
-    #[error("{0}")]
     Inner(E),
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::CircuitOpen(r) => r.fmt(f),
+            Error::BulkheadFull(r) => r.fmt(f),
+            Error::Limited(r) => r.fmt(f),
+            Error::Timeout(e) => e.fmt(f),
+            Error::Injected(e) => e.fmt(f),
+            Error::Inner(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::CircuitOpen(r) => r.source(),
+            Error::BulkheadFull(r) => r.source(),
+            Error::Limited(r) => r.source(),
+            Error::Timeout(e) => e.source(),
+            Error::Injected(e) => e.source(),
+            Error::Inner(e) => Some(e),
+        }
+    }
 }
 
 impl<E> Error<E> {

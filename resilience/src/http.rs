@@ -224,6 +224,7 @@ mod tests {
         let open = crate::circuit_breaker::Rejected {
             state: crate::circuit_breaker::State::Open,
             retry_after: None,
+            cause: None,
         };
         let r: Result<Response<()>, Error<()>> = Err(Error::CircuitOpen(open));
         assert_eq!(p.decide(&r), Decision::Done);

@@ -10,6 +10,12 @@
 //! [`chaos`] fault injection, [`hedge`], the [`adaptive`] concurrency limit (AIMD,
 //! Gradient2), and with the `http` feature the HTTP classifiers in `http`.
 //!
+//! # Events
+//!
+//! The breaker and the bulkhead publish what they do, call by call, to listeners registered
+//! through their `events()` ([`events::Events`]: callbacks, or a broadcast receiver); with no
+//! listener, publishing costs one relaxed atomic load.
+//!
 //! # Time
 //!
 //! Whatever measures time without sleeping — the breaker's windows and open wait, the retry
@@ -80,6 +86,7 @@ pub mod chaos;
 pub mod circuit_breaker;
 mod clock;
 mod error;
+pub mod events;
 pub mod fallback;
 pub mod hedge;
 #[cfg(feature = "http")]

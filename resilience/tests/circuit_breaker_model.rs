@@ -24,9 +24,19 @@ struct Cfg {
     backoff: bool,
     permitted: u32,
     max_half_open_ms: Option<u64>,
+    /// Where an expired half-open goes: CLOSED instead of OPEN.
+    close_after_half_open_wait: bool,
 }
 
 impl Cfg {
+    fn after_half_open_wait(&self) -> State {
+        if self.close_after_half_open_wait {
+            State::Closed
+        } else {
+            State::Open
+        }
+    }
+
     fn wait(&self, k: u32) -> u64 {
         if self.backoff {
             // initial 1 s, x2, max 4 s
@@ -130,7 +140,9 @@ impl Model {
         loop {
             match self.state {
                 State::Open if now >= self.open_until => self.go(State::HalfOpen, now),
-                State::HalfOpen if self.expired(now) => self.go(State::Open, now),
+                State::HalfOpen if self.expired(now) => {
+                    self.go(self.cfg.after_half_open_wait(), now)
+                }
                 s => return s,
             }
         }
@@ -150,6 +162,7 @@ impl Model {
                     return Err(Rejected {
                         state: State::ForcedOpen,
                         retry_after: None,
+                        cause: None,
                     });
                 }
                 State::Open => {
@@ -157,19 +170,21 @@ impl Model {
                         return Err(Rejected {
                             state: State::Open,
                             retry_after: Some(Duration::from_nanos(self.open_until - now)),
+                            cause: None,
                         });
                     }
                     self.go(State::HalfOpen, now);
                 }
                 State::HalfOpen => {
                     if self.expired(now) {
-                        self.go(State::Open, now);
+                        self.go(self.cfg.after_half_open_wait(), now);
                         continue;
                     }
                     if self.issued >= self.cfg.permitted {
                         return Err(Rejected {
                             state: State::HalfOpen,
                             retry_after: None,
+                            cause: None,
                         });
                     }
                     self.issued += 1;
@@ -232,6 +247,7 @@ enum Op {
     State,
     Snapshot,
     Manual(State),
+    OpenFor { ms: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -260,6 +276,7 @@ fn op() -> impl Strategy<Value = Op> {
             State::MetricsOnly
         ])
         .prop_map(Op::Manual),
+        1 => prop::sample::select(vec![0u64, 300, 1000, 2500]).prop_map(|ms| Op::OpenFor { ms }),
     ]
 }
 
@@ -274,6 +291,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         any::<bool>(),
         1u32..4,
         prop::option::of(prop::sample::select(vec![700u64, 2000])),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -286,6 +304,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 backoff,
                 permitted,
                 max_half_open_ms,
+                close_after_half_open_wait,
             )| Cfg {
                 time_window,
                 size,
@@ -296,6 +315,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 backoff,
                 permitted,
                 max_half_open_ms,
+                close_after_half_open_wait,
             },
         )
 }
@@ -323,6 +343,7 @@ fn build(cfg: &Cfg, clock: &ManualClock) -> CircuitBreaker {
         })
         .permitted_calls_in_half_open(NonZeroU32::new(cfg.permitted).unwrap())
         .max_wait_in_half_open(cfg.max_half_open_ms.map(Duration::from_millis))
+        .state_after_half_open_wait(cfg.after_half_open_wait())
         .clock(clock.clone())
         .build()
         .unwrap()
@@ -397,6 +418,14 @@ proptest! {
                     if current != s && (s != State::HalfOpen || current == State::Open) {
                         model.go(s, now);
                     }
+                }
+                Op::OpenFor { ms } => {
+                    breaker.open_for(Duration::from_millis(ms));
+                    // An opening with its own wait; on an open breaker only the end moves.
+                    if model.settle(now) != State::Open {
+                        model.go(State::Open, now);
+                    }
+                    model.open_until = now + ms * 1_000_000;
                 }
                 Op::Snapshot => check_snapshot(&breaker, &mut model, now, step)?,
             }

@@ -55,7 +55,7 @@ proptest! {
                 Backoff::Linear { initial: a, step: b },
                 Backoff::Exponential { initial: a, multiplier: 1e300 },
             ] {
-                for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::Randomized { factor: 0.5 }] {
+                for jitter in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::Randomized { factor: 0.5 }, Jitter::DecorrelatedV2] {
                     let retry = Retry::builder()
                         .max_attempts(NonZeroU32::new(3).unwrap())
                         .backoff(backoff)
@@ -113,6 +113,21 @@ proptest! {
                     ),
                 }
             }
+
+            // Run-time changes and manual waits: any duration.
+            bulkhead.set_max_wait(c);
+            let _ = bulkhead.acquire().await;
+            let breaker = CircuitBreaker::builder()
+                .break_duration_generator(move |_: &floodwall_resilience::circuit_breaker::BreakInfo| a)
+                .clock(TokioClock::new())
+                .build()
+                .unwrap();
+            breaker.open();
+            let _ = breaker.try_acquire();
+            breaker.open_for(b);
+            let _ = breaker.try_acquire();
+            breaker.open_until(std::time::Instant::now() + c.min(Duration::from_secs(1 << 40)));
+            let _ = breaker.try_acquire();
 
             // Pipeline: any overall and per-attempt deadline.
             let pipeline = floodwall_resilience::Pipeline::builder()

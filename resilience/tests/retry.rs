@@ -37,6 +37,7 @@ fn jitter() -> impl Strategy<Value = Jitter> {
         Jitter::Decorrelated,
         Jitter::Randomized { factor: 0.5 },
         Jitter::Randomized { factor: 0.25 },
+        Jitter::DecorrelatedV2,
     ])
 }
 
@@ -71,6 +72,8 @@ proptest! {
                     let slack = Duration::from_nanos(2);
                     prop_assert!(lo.saturating_sub(slack) <= d && d <= hi, "n={} {:?} not in [{:?}, {:?}]", n, d, lo, hi);
                 }
+                // Bounded by the cap (checked above); its sum law has its own test.
+                Jitter::DecorrelatedV2 => {}
                 Jitter::Decorrelated => {
                     let floor = backoff.initial().min(cap);
                     let ceil = (prev.unwrap_or(floor) * 3).min(cap).max(floor);

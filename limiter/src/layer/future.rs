@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::BoxFuture;
+use super::{BoxFuture, KeyRejection};
 use crate::{LimitError, Verdict};
 
 /// What a layer does with a verdict: refuse the request itself, or let the inner service
@@ -18,6 +18,8 @@ use crate::{LimitError, Verdict};
 pub(crate) trait Answer<Res, E>: Send + 'static {
     /// The answer to a request that is not admitted (denied, or no decision could be made).
     fn refuse(&self, verdict: Result<Verdict, LimitError>) -> Result<Res, E>;
+    /// The answer to a request the key extractor refused.
+    fn unkeyed(&self, rejection: KeyRejection) -> Result<Res, E>;
     /// The inner service's response to an admitted request.
     fn admitted(&self, verdict: &Verdict, response: Res) -> Res;
 }
@@ -53,6 +55,9 @@ pin_project! {
         Refused {
             verdict: Option<Result<Verdict, LimitError>>,
         },
+        Unkeyed {
+            rejection: Option<KeyRejection>,
+        },
     }
 }
 
@@ -82,6 +87,17 @@ where
                 answer,
                 verdict: None,
             },
+        }
+    }
+
+    /// A request the key extractor refused: no decision, no call.
+    pub(crate) fn unkeyed(rejection: KeyRejection, answer: A) -> Self {
+        ResponseFuture {
+            state: State::Unkeyed {
+                rejection: Some(rejection),
+            },
+            answer,
+            verdict: None,
         }
     }
 
@@ -142,6 +158,10 @@ where
                 StateProj::Refused { verdict } => {
                     let verdict = verdict.take().expect("polled after completion");
                     return Poll::Ready(this.answer.refuse(verdict));
+                }
+                StateProj::Unkeyed { rejection } => {
+                    let rejection = rejection.take().expect("polled after completion");
+                    return Poll::Ready(this.answer.unkeyed(rejection));
                 }
             }
         }

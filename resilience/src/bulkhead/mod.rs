@@ -45,12 +45,15 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use floodwall_core::clock::duration_to_nanos;
+
 use crate::Error;
+use crate::events::Events;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -80,14 +83,29 @@ pub struct Rejected {
     pub max_concurrent: usize,
 }
 
+/// What a bulkhead did, published to its [`events`](Bulkhead::events) listeners
+/// (resilience4j's `BulkheadEvent`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BulkheadEvent {
+    /// A call was given a slot.
+    Permitted,
+    /// A call was refused.
+    Rejected(RejectReason),
+    /// A call gave its slot back.
+    Finished,
+}
+
 struct Inner {
     name: Arc<str>,
-    max_concurrent: usize,
-    max_waiting: usize,
-    max_wait: Duration,
+    max_concurrent: AtomicUsize,
+    max_waiting: AtomicUsize,
+    /// In nanoseconds, saturated (`u64::MAX` is about 584 years: unbounded).
+    max_wait: AtomicU64,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     freed: Notify,
+    events: Events<BulkheadEvent>,
     metrics: crate::metrics::BulkheadMetrics,
 }
 
@@ -150,12 +168,13 @@ impl BulkheadBuilder {
             inner: Arc::new(Inner {
                 metrics: crate::metrics::BulkheadMetrics::new(&self.name),
                 name: self.name,
-                max_concurrent: self.max_concurrent,
-                max_waiting: self.max_waiting,
-                max_wait: self.max_wait,
+                max_concurrent: AtomicUsize::new(self.max_concurrent),
+                max_waiting: AtomicUsize::new(self.max_waiting),
+                max_wait: AtomicU64::new(duration_to_nanos(self.max_wait)),
                 in_flight: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 freed: Notify::new(),
+                events: Events::default(),
             }),
         }
     }
@@ -206,7 +225,8 @@ impl Inner {
     #[inline]
     fn try_take(&self) -> bool {
         let mut cur = self.in_flight.load(Ordering::SeqCst);
-        while cur < self.max_concurrent {
+        let max = self.max_concurrent.load(Ordering::Relaxed);
+        while cur < max {
             match self.in_flight.compare_exchange_weak(
                 cur,
                 cur + 1,
@@ -215,6 +235,7 @@ impl Inner {
             ) {
                 Ok(_) => {
                     self.metrics.admitted();
+                    self.events.emit(|| BulkheadEvent::Permitted);
                     return true;
                 }
                 Err(actual) => cur = actual,
@@ -227,6 +248,7 @@ impl Inner {
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.metrics.released();
+        self.events.emit(|| BulkheadEvent::Finished);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.freed.notify_one();
         }
@@ -235,21 +257,23 @@ impl Inner {
     fn reject(&self, reason: RejectReason) -> Rejected {
         tracing::debug!(bulkhead = &*self.name, ?reason, "bulkhead rejected a call");
         self.metrics.rejected(reason);
+        self.events.emit(|| BulkheadEvent::Rejected(reason));
         Rejected {
             reason,
-            max_concurrent: self.max_concurrent,
+            max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
         }
     }
 
     /// Waits for a slot; on `Ok` the caller holds one.
     async fn wait(&self) -> Result<(), Rejected> {
-        if self.max_wait.is_zero() {
+        let max_wait = self.max_wait.load(Ordering::Relaxed);
+        if max_wait == 0 {
             return Err(self.reject(RejectReason::Full));
         }
         // Join the queue if there is room.
         let mut cur = self.waiting.load(Ordering::SeqCst);
         loop {
-            if cur >= self.max_waiting {
+            if cur >= self.max_waiting.load(Ordering::Relaxed) {
                 return Err(self.reject(RejectReason::QueueFull));
             }
             match self.waiting.compare_exchange_weak(
@@ -264,7 +288,7 @@ impl Inner {
         }
         self.metrics.queued(1.0);
         let _leave = LeaveQueue(self);
-        let deadline = floodwall_core::clock::deadline_after(self.max_wait);
+        let deadline = floodwall_core::clock::deadline_after(Duration::from_nanos(max_wait));
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -358,7 +382,35 @@ impl Bulkhead {
 
     /// The limit.
     pub fn max_concurrent(&self) -> usize {
-        self.inner.max_concurrent
+        self.inner.max_concurrent.load(Ordering::Relaxed)
+    }
+
+    /// The listeners of this bulkhead's [`BulkheadEvent`]s.
+    pub fn events(&self) -> &Events<BulkheadEvent> {
+        &self.inner.events
+    }
+
+    /// Changes the limit at run time (resilience4j's `changeConfig`). Raising it wakes the
+    /// waiters, who take the new slots; lowering it admits no one until the calls in flight
+    /// have fallen below the new limit (none is cut short).
+    pub fn set_max_concurrent(&self, n: NonZeroUsize) {
+        let old = self.inner.max_concurrent.swap(n.get(), Ordering::SeqCst);
+        if n.get() > old {
+            self.inner.freed.notify_waiters();
+        }
+    }
+
+    /// Changes how long later callers may wait for a slot (zero: reject at once when full).
+    /// A caller already waiting keeps the deadline it started with.
+    pub fn set_max_wait(&self, d: Duration) {
+        self.inner
+            .max_wait
+            .store(duration_to_nanos(d), Ordering::Relaxed);
+    }
+
+    /// Changes how many callers may wait at once; callers already waiting stay.
+    pub fn set_max_waiting(&self, n: usize) {
+        self.inner.max_waiting.store(n, Ordering::Relaxed);
     }
 }
 
@@ -366,7 +418,7 @@ impl fmt::Debug for Bulkhead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bulkhead")
             .field("name", &self.inner.name)
-            .field("max_concurrent", &self.inner.max_concurrent)
+            .field("max_concurrent", &self.max_concurrent())
             .field("in_flight", &self.in_flight())
             .field("waiting", &self.waiting())
             .finish()

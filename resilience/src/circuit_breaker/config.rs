@@ -8,7 +8,7 @@ use std::time::Duration;
 use floodwall_core::{Clock, SystemClock};
 
 use super::window::FIELD_MAX;
-use super::{State, Transition};
+use super::{BreakInfo, State, Transition};
 
 /// Which calls the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,7 @@ pub struct ConfigError {
 }
 
 pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
+pub(crate) type BreakDurationFn = Arc<dyn Fn(&BreakInfo) -> Duration + Send + Sync>;
 
 /// Validated settings of a [`CircuitBreaker`](super::CircuitBreaker).
 #[derive(Clone)]
@@ -83,6 +84,8 @@ pub(crate) struct Config {
     pub(crate) open_wait: OpenWait,
     pub(crate) permitted_in_half_open: u32,
     pub(crate) max_wait_in_half_open: Option<Duration>,
+    pub(crate) after_half_open_wait: State,
+    pub(crate) break_duration: Option<BreakDurationFn>,
     pub(crate) automatic_half_open: bool,
     pub(crate) initial_state: State,
     pub(crate) clock: Arc<dyn Clock>,
@@ -111,6 +114,8 @@ impl Default for CircuitBreakerBuilder {
                 open_wait: OpenWait::Fixed(Duration::from_secs(60)),
                 permitted_in_half_open: 10,
                 max_wait_in_half_open: None,
+                after_half_open_wait: State::Open,
+                break_duration: None,
                 automatic_half_open: false,
                 initial_state: State::Closed,
                 clock: Arc::new(SystemClock::new()),
@@ -183,6 +188,25 @@ impl CircuitBreakerBuilder {
         self
     }
 
+    /// The state to move to when `max_wait_in_half_open` passes with probes unfinished:
+    /// [`State::Open`] (the default) or [`State::Closed`] (resilience4j's
+    /// `transitionToStateAfterWaitDuration`). Anything else is refused by `build`.
+    pub fn state_after_half_open_wait(mut self, state: State) -> Self {
+        self.cfg.after_half_open_wait = state;
+        self
+    }
+
+    /// Sizes each open wait with `generator` instead of [`open_wait`](Self::open_wait)
+    /// (Polly's `BreakDurationGenerator`): it is told the opening's number and the rates
+    /// that tripped it. A zero answer half-opens at the next call.
+    pub fn break_duration_generator(
+        mut self,
+        generator: impl Fn(&BreakInfo) -> Duration + Send + Sync + 'static,
+    ) -> Self {
+        self.cfg.break_duration = Some(Arc::new(generator));
+        self
+    }
+
     /// Move to half-open as soon as the open wait ends, from a task on the Tokio runtime that
     /// is current when the breaker opens (none: the transition stays lazy). The task sleeps
     /// on Tokio's timer; the transition re-checks the breaker's clock, so pair it with the
@@ -251,6 +275,12 @@ impl CircuitBreakerBuilder {
             return Err(ConfigError {
                 field: "max_wait_in_half_open",
                 reason: "must be non-zero (use None to wait for the probes)",
+            });
+        }
+        if !matches!(self.cfg.after_half_open_wait, State::Open | State::Closed) {
+            return Err(ConfigError {
+                field: "state_after_half_open_wait",
+                reason: "must be Open or Closed",
             });
         }
         if self.cfg.initial_state == State::HalfOpen {

@@ -92,7 +92,11 @@ where
             } => {
                 let result = ready!(inner.poll(cx));
                 if let Some(p) = guard.permit.take() {
-                    guard.breaker.record_raw(p, classifier.classify(&result));
+                    guard
+                        .breaker
+                        .record_with(p, classifier.classify(&result), || {
+                            classifier.cause(&result)
+                        });
                 }
                 Poll::Ready(result)
             }

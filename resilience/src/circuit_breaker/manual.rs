@@ -1,7 +1,11 @@
 //! Manual control: forced states and transitions by hand, following the state machine.
 
+use std::time::{Duration, Instant};
+
+use floodwall_core::clock::duration_to_nanos;
+
 use super::word::kind_of;
-use super::{CircuitBreaker, IllegalTransition, State};
+use super::{BreakerEvent, CircuitBreaker, IllegalTransition, Opening, State};
 
 impl CircuitBreaker {
     /// Manual: reject every call until another manual transition. A manual transition to
@@ -43,9 +47,39 @@ impl CircuitBreaker {
         Ok(())
     }
 
-    /// Back to closed with an empty window and the backoff reset.
+    /// Back to closed with an empty window and the backoff reset; publishes
+    /// [`BreakerEvent::Reset`].
     pub fn reset(&self) {
         self.manual(State::Closed);
+        self.inner.events.emit(|| BreakerEvent::Reset);
+    }
+
+    /// Opens now for exactly `wait`, then half-opens as after any opening (resilience4j's
+    /// `transitionToOpenStateFor`). Counts as the next consecutive opening for the backoff.
+    /// On a breaker already open, only the wait changes (no event).
+    pub fn open_for(&self, wait: Duration) {
+        let inner = &*self.inner;
+        let now = inner.cfg.clock.now_nanos();
+        let w = inner.settle(now);
+        let until = now.saturating_add(duration_to_nanos(wait));
+        if kind_of(w) == State::Open {
+            inner
+                .open_until
+                .store(until, std::sync::atomic::Ordering::Release);
+            return;
+        }
+        let opening = Opening {
+            wait_nanos: Some(duration_to_nanos(wait)),
+            cause: None,
+        };
+        inner.transition_to(State::Open, Some((w, now)), opening);
+    }
+
+    /// Opens now until `at` (resilience4j's `transitionToOpenStateUntil`), then half-opens.
+    /// `at` is read against the real time now and mapped onto the breaker's clock; an
+    /// instant already past half-opens at the next call.
+    pub fn open_until(&self, at: Instant) {
+        self.open_for(at.saturating_duration_since(Instant::now()));
     }
 
     /// A manual transition from the breaker's current (settled) state; none when it is there
@@ -55,7 +89,7 @@ impl CircuitBreaker {
         let now = inner.cfg.clock.now_nanos();
         let w = inner.settle(now);
         if kind_of(w) != to {
-            inner.transition_to(to, Some((w, now)));
+            inner.transition_to(to, Some((w, now)), Opening::default());
         }
     }
 }

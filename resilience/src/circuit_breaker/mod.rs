@@ -90,13 +90,14 @@ mod window;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use floodwall_core::clock::duration_to_nanos;
 
 use crate::Error;
+use crate::events::Events;
 
 pub use config::{CircuitBreakerBuilder, ConfigError, OpenWait, SlidingWindow};
 #[cfg(feature = "tower")]
@@ -107,18 +108,21 @@ pub use future::ResponseFuture;
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService};
 pub use permit::Permit;
 pub use types::{
-    Classify, DefaultClassifier, IllegalTransition, Outcome, Rejected, Snapshot, State, Transition,
+    BreakInfo, BreakerEvent, Cause, Classify, DefaultClassifier, IllegalTransition, KeepCause,
+    Outcome, Rejected, Snapshot, State, Transition, TripError,
 };
 
 mod gate;
 mod manual;
 mod permit;
+mod transition;
 mod types;
 mod word;
 
 use word::{Window, gen_of, issued_of, kind_of, word};
 
 use config::Config;
+use transition::wait_nanos;
 use window::{CountWindow, TimeWindow, Totals};
 
 struct Inner {
@@ -138,8 +142,20 @@ struct Inner {
     /// Openings since the last close (for backoff); written under `transition`.
     consecutive_opens: AtomicU32,
     not_permitted: AtomicU64,
+    /// The error that tripped the current opening, if one was recorded; `has_cause` lets a
+    /// rejection skip the lock when none was.
+    cause: Mutex<Option<Cause>>,
+    has_cause: AtomicBool,
+    events: Events<BreakerEvent>,
     transition: Mutex<()>,
     metrics: crate::metrics::BreakerMetrics,
+}
+
+/// What a transition into OPEN carries: a manual wait, and the error that tripped it.
+#[derive(Default)]
+struct Opening {
+    wait_nanos: Option<u64>,
+    cause: Option<Cause>,
 }
 
 /// A cheap-to-clone circuit breaker handle. See the [module docs](self).
@@ -177,9 +193,15 @@ impl CircuitBreaker {
                 slow_nanos: cfg.slow_call_duration.map(duration_to_nanos),
                 state: AtomicU64::new(word(initial, 0, 0)),
                 open_until: AtomicU64::new(if initial == State::Open {
+                    let first = BreakInfo {
+                        opening: 1,
+                        calls: 0,
+                        failures: 0,
+                        failure_rate: 0.0,
+                    };
                     cfg.clock
                         .now_nanos()
-                        .saturating_add(duration_to_nanos(cfg.open_wait.for_opening(1)))
+                        .saturating_add(wait_nanos(&cfg, &first))
                 } else {
                     0
                 }),
@@ -188,6 +210,9 @@ impl CircuitBreaker {
                 probes,
                 window,
                 not_permitted: AtomicU64::new(0),
+                cause: Mutex::new(None),
+                has_cause: AtomicBool::new(false),
+                events: Events::default(),
                 transition: Mutex::new(()),
                 metrics: {
                     let m = crate::metrics::BreakerMetrics::new(&cfg.name);
@@ -235,8 +260,14 @@ impl CircuitBreaker {
     {
         let permit = self.try_acquire().map_err(Error::CircuitOpen)?;
         let result = f().await;
-        permit.record(classifier.classify(&result));
+        permit.record_with(classifier.classify(&result), || classifier.cause(&result));
         result.map_err(Error::Inner)
+    }
+
+    /// The listeners of this breaker's [`BreakerEvent`]s: per call (success, error, ignored,
+    /// not permitted), thresholds exceeded, transitions and resets.
+    pub fn events(&self) -> &Events<BreakerEvent> {
+        &self.inner.events
     }
 
     /// The current state, applying a transition that is due (open wait or half-open max wait
@@ -312,7 +343,7 @@ impl CircuitBreaker {
                 }
                 State::HalfOpen => {
                     if inner.half_open_expired(now) {
-                        w = inner.transition_from(w, State::Open, now);
+                        w = inner.transition_from(w, inner.cfg.after_half_open_wait, now);
                         continue;
                     }
                     if issued_of(w) >= inner.cfg.permitted_in_half_open {
@@ -341,12 +372,29 @@ impl CircuitBreaker {
 
     #[inline(always)]
     pub(crate) fn record_raw(&self, permit: RawPermit, outcome: Outcome) {
+        self.record_with(permit, outcome, || None);
+    }
+
+    /// Records `outcome`; `cause` is asked for the error only if this failure trips the
+    /// breaker.
+    #[inline(always)]
+    pub(crate) fn record_with(
+        &self,
+        permit: RawPermit,
+        outcome: Outcome,
+        cause: impl FnOnce() -> Option<Cause>,
+    ) {
         let inner = &*self.inner;
         let w = inner.state.load(Ordering::Acquire);
         if kind_of(w) == State::Disabled {
-            return; // disabled: records nothing, not even metrics
+            return; // disabled: records nothing, not even metrics or events
         }
         inner.metrics.outcome(outcome);
+        inner.events.emit(|| match outcome {
+            Outcome::Success => BreakerEvent::Success,
+            Outcome::Failure => BreakerEvent::Error,
+            Outcome::Ignored => BreakerEvent::Ignored,
+        });
         if gen_of(w) != permit.generation {
             return; // the state it was issued in is gone
         }
@@ -378,10 +426,12 @@ impl CircuitBreaker {
                 }
                 let t = inner.window.totals(at);
                 if kind_of(w) == State::Closed && inner.exceeds(t, inner.cfg.minimum_calls) {
-                    inner.transition_from(w, State::Open, now());
+                    inner.trip(w, t, now(), cause());
                 }
             }
-            State::HalfOpen if permit.probe => inner.record_probe(w, failure, slow, now()),
+            State::HalfOpen if permit.probe => {
+                inner.record_probe(w, failure, slow, now(), cause);
+            }
             _ => {}
         }
     }
@@ -390,17 +440,23 @@ impl CircuitBreaker {
 impl Inner {
     #[cold]
     #[inline(never)]
-    fn record_probe(&self, w: u64, failure: bool, slow: bool, now: u64) {
+    fn record_probe(
+        &self,
+        w: u64,
+        failure: bool,
+        slow: bool,
+        now: u64,
+        cause: impl FnOnce() -> Option<Cause>,
+    ) {
         self.probes.record(failure, slow);
         let t = self.probes.totals();
         let all = u64::from(self.cfg.permitted_in_half_open);
         if t.calls >= all {
-            let to = if self.exceeds(t, all) {
-                State::Open
+            if self.exceeds(t, all) {
+                self.trip(w, t, now, cause());
             } else {
-                State::Closed
-            };
-            self.transition_from(w, to, now);
+                self.transition_from(w, State::Closed, now);
+            }
         }
     }
 
@@ -408,7 +464,17 @@ impl Inner {
     fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected();
-        Rejected { state, retry_after }
+        self.events.emit(|| BreakerEvent::NotPermitted(state));
+        let cause = if self.has_cause.load(Ordering::Acquire) {
+            self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        } else {
+            None
+        };
+        Rejected {
+            state,
+            retry_after,
+            cause,
+        }
     }
 
     #[inline]
@@ -419,23 +485,6 @@ impl Inner {
         let calls = t.calls as f64;
         100.0 * t.failures as f64 / calls >= self.cfg.failure_rate_threshold
             || 100.0 * t.slow as f64 / calls >= self.cfg.slow_call_rate_threshold
-    }
-
-    /// With `automatic_half_open`, a Tokio task applies the half-open transition when the
-    /// open wait ends, even if no call comes.
-    fn schedule_half_open(&self, now: u64) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime: the transition stays lazy
-        };
-        let wait =
-            Duration::from_nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now));
-        let me = self.me.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            if let Some(inner) = me.upgrade() {
-                inner.settle(inner.cfg.clock.now_nanos());
-            }
-        });
     }
 
     fn half_open_expired(&self, now: u64) -> bool {
@@ -451,7 +500,7 @@ impl Inner {
         loop {
             let due = match kind_of(w) {
                 State::Open if now >= self.open_until.load(Ordering::Acquire) => State::HalfOpen,
-                State::HalfOpen if self.half_open_expired(now) => State::Open,
+                State::HalfOpen if self.half_open_expired(now) => self.cfg.after_half_open_wait,
                 _ => return w,
             };
             let next = self.transition_from(w, due, now);
@@ -475,68 +524,6 @@ impl Inner {
                 Err(actual) => w = actual,
             }
         }
-    }
-
-    /// Moves from the exact state word `expected` to `to`; if another thread moved first,
-    /// does nothing. Returns the state word after the call.
-    #[cold]
-    #[inline(never)]
-    fn transition_from(&self, expected: u64, to: State, now: u64) -> u64 {
-        self.transition_to(to, Some((expected, now)))
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn transition_to(&self, to: State, expected: Option<(u64, u64)>) -> u64 {
-        let now = expected.map_or_else(|| self.cfg.clock.now_nanos(), |(_, now)| now);
-        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.state.load(Ordering::Acquire);
-        if let Some((expected, _)) = expected
-            && current != expected
-        {
-            return current;
-        }
-        let from = kind_of(current);
-        match to {
-            State::Open => {
-                let k = self
-                    .consecutive_opens
-                    .load(Ordering::Relaxed)
-                    .saturating_add(1);
-                self.consecutive_opens.store(k, Ordering::Relaxed);
-                let wait = duration_to_nanos(self.cfg.open_wait.for_opening(k));
-                self.open_until
-                    .store(now.saturating_add(wait), Ordering::Release);
-                self.window.reset();
-            }
-            State::HalfOpen => {
-                self.probes.reset();
-                self.half_open_since.store(now, Ordering::Release);
-            }
-            // Only a close ends a run of consecutive openings (the backoff's `k`).
-            State::Closed => {
-                self.consecutive_opens.store(0, Ordering::Relaxed);
-                self.window.reset();
-            }
-            State::Disabled | State::ForcedOpen | State::MetricsOnly => self.window.reset(),
-        }
-        let next = word(to, gen_of(current) + 1, 0);
-        self.state.store(next, Ordering::Release);
-        self.metrics.state(to);
-        drop(guard);
-        if to == State::Open && self.cfg.automatic_half_open {
-            self.schedule_half_open(now);
-        }
-        let t = Transition {
-            from,
-            to,
-            at_nanos: now,
-        };
-        tracing::info!(breaker = &*self.cfg.name, from = ?from, to = ?to, "circuit breaker state change");
-        if let Some(hook) = &self.cfg.on_transition {
-            hook(&t);
-        }
-        next
     }
 }
 

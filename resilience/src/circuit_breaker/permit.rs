@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{CircuitBreaker, Outcome, RawPermit};
+use super::{Cause, CircuitBreaker, Outcome, RawPermit};
 
 /// Permission to make one call. Record how it went with [`success`](Permit::success),
 /// [`failure`](Permit::failure), [`ignore`](Permit::ignore) or [`record`](Permit::record);
@@ -20,6 +20,20 @@ impl Permit<'_> {
         // Recorded here, so the drop (which would record `Ignored`) must not run.
         let this = std::mem::ManuallyDrop::new(self);
         this.breaker.record_raw(this.raw, outcome);
+    }
+
+    /// Records `outcome`; if it trips the breaker, `cause` is asked for the error to keep as
+    /// the rejections' [`cause`](super::Rejected::cause).
+    #[inline]
+    pub(crate) fn record_with(self, outcome: Outcome, cause: impl FnOnce() -> Option<Cause>) {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.breaker.record_with(this.raw, outcome, cause);
+    }
+
+    /// Records a failure caused by `cause`; if it trips the breaker, the rejections that
+    /// follow carry it as their [`cause`](super::Rejected::cause).
+    pub fn failure_with(self, cause: Cause) {
+        self.record_with(Outcome::Failure, || Some(cause))
     }
 
     /// Records a success.

@@ -1,5 +1,7 @@
 //! The breaker's public vocabulary: states, outcomes, transitions, rejections, snapshots.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The breaker's state.
@@ -61,21 +63,113 @@ pub struct Transition {
     pub at_nanos: u64,
 }
 
+/// The error that tripped a breaker, as a [`Classify::cause`] gave it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A call was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker is {state:?}; retry after {retry_after:?}")]
+#[derive(Debug, Clone)]
 pub struct Rejected {
     /// The state that rejected the call.
     pub state: State,
     /// When the breaker will admit calls again: the rest of the open wait when open; `None`
     /// when unknown (forced open, or half-open with every probe slot taken).
     pub retry_after: Option<Duration>,
+    /// The error that tripped the breaker into its current opening, when the failure was
+    /// recorded with one (a classifier's [`cause`](Classify::cause), e.g. [`KeepCause`], or
+    /// [`Permit::failure_with`](super::Permit::failure_with)); also the
+    /// [`source`](std::error::Error::source) of this rejection (Polly's
+    /// `BrokenCircuitException.InnerException`).
+    pub cause: Option<Cause>,
+}
+
+impl PartialEq for Rejected {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+            && self.retry_after == other.retry_after
+            && match (&self.cause, &other.cause) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Rejected {}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "circuit breaker is {:?}; retry after {:?}",
+            self.state, self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// Decides the [`Outcome`] of a call from its result.
 pub trait Classify<T, E> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
+
+    /// The error to keep as the [`Rejected::cause`] if this failure trips the breaker. Asked
+    /// only for the failure that trips it. Default: none.
+    fn cause(&self, _result: &Result<T, E>) -> Option<Cause> {
+        None
+    }
+}
+
+/// Classifies with `C` and keeps the error that trips the breaker, by its message, as the
+/// rejections' [`cause`](Rejected::cause) (errors are owned by the caller, so the breaker
+/// keeps a [`TripError`] with the error's `Display` and `Debug` text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepCause<C = DefaultClassifier>(pub C);
+
+impl KeepCause {
+    /// Keeps the cause, classifying `Ok` as success and `Err` as failure.
+    pub const fn new() -> Self {
+        KeepCause(DefaultClassifier)
+    }
+}
+
+impl<T, E: fmt::Display + fmt::Debug, C: Classify<T, E>> Classify<T, E> for KeepCause<C> {
+    #[inline]
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self.0.classify(result)
+    }
+
+    fn cause(&self, result: &Result<T, E>) -> Option<Cause> {
+        match result {
+            Err(e) => Some(Arc::new(TripError {
+                message: e.to_string(),
+                debug: format!("{e:?}"),
+            })),
+            Ok(_) => self.0.cause(result),
+        }
+    }
+}
+
+/// The text of the error that tripped a breaker (kept by [`KeepCause`]).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TripError {
+    /// The error's `Display` text.
+    pub message: String,
+    /// The error's `Debug` text.
+    pub debug: String,
+}
+
+impl fmt::Debug for TripError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.debug)
+    }
 }
 
 /// `Ok` is a success, `Err` a failure.
@@ -131,4 +225,42 @@ pub struct IllegalTransition {
     pub from: State,
     /// The state asked for.
     pub to: State,
+}
+
+/// What a breaker did, published to its [`events`](super::CircuitBreaker::events) listeners
+/// (resilience4j's `CircuitBreakerEvent`s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum BreakerEvent {
+    /// A call recorded a success.
+    Success,
+    /// A call recorded a failure.
+    Error,
+    /// A call's outcome was ignored (dropped unrecorded, or classified [`Outcome::Ignored`]).
+    Ignored,
+    /// A call was not admitted (resilience4j's `CallNotPermitted`).
+    NotPermitted(State),
+    /// The failure rate reached its threshold (percent).
+    FailureRateExceeded(f64),
+    /// The slow-call rate reached its threshold (percent).
+    SlowCallRateExceeded(f64),
+    /// The state changed.
+    StateTransition(Transition),
+    /// [`reset`](super::CircuitBreaker::reset) was called.
+    Reset,
+}
+
+/// What a break-duration generator is told about the opening it sizes (Polly's
+/// `BreakDurationGeneratorArguments`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakInfo {
+    /// Consecutive openings without a close, this one included (1 for the first; Polly's
+    /// half-open attempts + 1).
+    pub opening: u32,
+    /// Calls counted in the window (or by the probes) that tripped it.
+    pub calls: u64,
+    /// Failures among them.
+    pub failures: u64,
+    /// `100 * failures / calls`; 0 when no calls were counted (a manual opening).
+    pub failure_rate: f64,
 }

@@ -6,28 +6,44 @@ use std::task::{Context, Poll};
 
 use tower::ServiceExt;
 
-use super::Hedge;
+use super::{HandleErrors, Hedge, ShouldHedge};
 
 /// Wraps a service in a [`HedgeService`].
 #[derive(Debug, Clone)]
-pub struct HedgeLayer {
+pub struct HedgeLayer<H = HandleErrors> {
     hedge: Hedge,
+    handle: H,
 }
 
 impl HedgeLayer {
-    /// A layer hedging with `hedge`.
+    /// A layer hedging with `hedge` against every error.
     pub fn new(hedge: Hedge) -> Self {
-        HedgeLayer { hedge }
+        HedgeLayer {
+            hedge,
+            handle: HandleErrors,
+        }
     }
 }
 
-impl<S> tower::Layer<S> for HedgeLayer {
-    type Service = HedgeService<S>;
+impl<H> HedgeLayer<H> {
+    /// Hedges only against the outcomes `handle` names (Polly's `ShouldHandle`), e.g. a 503
+    /// response or a connect error; any other outcome is the answer at once.
+    pub fn handle<H2>(self, handle: H2) -> HedgeLayer<H2> {
+        HedgeLayer {
+            hedge: self.hedge,
+            handle,
+        }
+    }
+}
+
+impl<S, H: Clone> tower::Layer<S> for HedgeLayer<H> {
+    type Service = HedgeService<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
         HedgeService {
             inner,
             hedge: self.hedge.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -35,12 +51,13 @@ impl<S> tower::Layer<S> for HedgeLayer {
 /// A service whose slow calls are hedged. Each attempt calls a clone of the inner service with
 /// a clone of the request, so both must be `Clone`; the response future is boxed.
 #[derive(Debug, Clone)]
-pub struct HedgeService<S> {
+pub struct HedgeService<S, H = HandleErrors> {
     inner: S,
     hedge: Hedge,
+    handle: H,
 }
 
-impl<S> HedgeService<S> {
+impl<S, H> HedgeService<S, H> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -55,9 +72,10 @@ impl<S> HedgeService<S> {
 /// The response future of [`HedgeService`].
 pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, Req> tower::Service<Req> for HedgeService<S>
+impl<S, H, Req> tower::Service<Req> for HedgeService<S, H>
 where
     S: tower::Service<Req> + Clone + Send + 'static,
+    H: ShouldHedge<S::Response, S::Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     S::Response: Send,
     S::Error: Send,
@@ -76,10 +94,11 @@ where
         let ready = std::mem::replace(&mut self.inner, clone);
         let template = self.inner.clone();
         let hedge = self.hedge.clone();
+        let handle = self.handle.clone();
         Box::pin(async move {
             let mut ready = Some(ready);
             hedge
-                .call(move || {
+                .call_with(&handle, move || {
                     // The first attempt uses the service the caller made ready; each hedge
                     // waits for readiness on its own clone.
                     let first = ready.take();

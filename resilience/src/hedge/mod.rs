@@ -6,7 +6,9 @@
 //!   `1 + max_hedged_attempts` have started, another starts each time the hedge delay passes
 //!   since the last one started, and at once when a running attempt fails.
 //! - The first success wins; the other attempts are dropped (cancelled). If every attempt
-//!   fails, the last error is returned.
+//!   fails, the last error is returned. With [`Hedge::call_with`] a predicate says which
+//!   outcomes are failures worth hedging (Polly's `ShouldHandle`); any other outcome wins at
+//!   once.
 //! - The delay is fixed, or the `p`-th percentile of recently observed successful attempt
 //!   latencies (a ring of the last 256), recomputed every 32 observations; until
 //!   `min_samples` latencies are known the fallback delay is used.
@@ -54,6 +56,32 @@ pub use layer::{HedgeLayer, HedgeService, ResponseFuture};
 
 const RING: usize = 256;
 const RECOMPUTE_EVERY: u64 = 32;
+
+/// Says which outcomes of an attempt are failures to hedge against (Polly's `ShouldHandle`).
+pub trait ShouldHedge<T, E> {
+    /// Whether `result` is a failure that another attempt may beat.
+    fn should_hedge(&self, result: &Result<T, E>) -> bool;
+}
+
+/// Hedges against every `Err` (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandleErrors;
+
+impl<T, E> ShouldHedge<T, E> for HandleErrors {
+    #[inline]
+    fn should_hedge(&self, result: &Result<T, E>) -> bool {
+        result.is_err()
+    }
+}
+
+impl<T, E, F> ShouldHedge<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> bool,
+{
+    fn should_hedge(&self, result: &Result<T, E>) -> bool {
+        self(result)
+    }
+}
 
 /// When to start the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -216,9 +244,24 @@ impl Hedge {
         self.inner.metrics.hedged();
     }
 
-    /// Runs `f`, hedging as configured. `f` is called once per attempt.
-    pub async fn call<F, Fut, T, E>(&self, mut f: F) -> Result<T, E>
+    /// Runs `f`, hedging as configured. `f` is called once per attempt; every `Err` is
+    /// handled (starts the next attempt at once).
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, E>
     where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_with(&HandleErrors, f).await
+    }
+
+    /// Runs `f`, hedging as configured, where `handle` says which outcomes are failures to
+    /// hedge against (Polly's `ShouldHandle`). A handled outcome starts the next attempt at
+    /// once, if one is left; an unhandled one — a success, or an error hedging cannot help,
+    /// such as a 400 — is returned at once and the other attempts are dropped. When every
+    /// attempt ends handled, the last outcome is returned.
+    pub async fn call_with<H, F, Fut, T, E>(&self, handle: &H, mut f: F) -> Result<T, E>
+    where
+        H: ShouldHedge<T, E> + ?Sized,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -237,22 +280,20 @@ impl Hedge {
             tokio::select! {
                 done = running.next(), if !running.is_empty() => {
                     let Some((result, took)) = done else { continue };
-                    match result {
-                        Ok(v) => {
+                    if !handle.should_hedge(&result) {
+                        if result.is_ok() {
                             self.observe(took);
-                            return Ok(v);
                         }
-                        Err(e) => {
-                            if can_hedge {
-                                running.push(timed(f()));
-                                started += 1;
-                                self.hedged();
-                                next_at = floodwall_core::clock::deadline_after(delay);
-                            } else if running.is_empty() {
-                                // Every attempt failed; this one was the last.
-                                return Err(e);
-                            }
-                        }
+                        return result;
+                    }
+                    if can_hedge {
+                        running.push(timed(f()));
+                        started += 1;
+                        self.hedged();
+                        next_at = floodwall_core::clock::deadline_after(delay);
+                    } else if running.is_empty() {
+                        // Every attempt ended handled; this one was the last.
+                        return result;
                     }
                 }
                 _ = tokio::time::sleep_until(next_at), if can_hedge => {

@@ -69,10 +69,14 @@ impl Backoff {
 /// | `Equal` | `b/2 + rand(0, b/2)` | `[b/2, b]` |
 /// | `Decorrelated` | `min(cap, rand(initial, 3 * prev))`, `prev` = the previous delay, `initial` at first | `[min(initial, cap), cap]` |
 /// | `Randomized { factor: f }` | `min(cap, rand(b·(1−f), b·(1+f)))` | `[b·(1−f), min(cap, b·(1+f))]` |
+/// | `DecorrelatedV2` | `min(cap, (f(t_n) − f(t_{n−1})) / 1.4 · initial)`, `t_n = n + rand(0, 1)`, `f(t) = 2^t·tanh(√(4t))`, `f(t_{−1}) = 0` | `[0, cap]`; the uncapped delays up to `n` sum to `f(t_n) / 1.4 · initial` |
 ///
 /// The cap bounds the final delay in every kind. `Randomized` is resilience4j's
 /// `randomizedWaitFactor` (its default `f = 0.5`) and Polly's `UseJitter` on constant and
-/// linear backoff (±25 %: `f = 0.25`); `f` is clamped to `[0, 1]`.
+/// linear backoff (±25 %: `f = 0.25`); `f` is clamped to `[0, 1]`. `DecorrelatedV2` is
+/// Polly's exponential backoff with jitter. Every kind draws from one random source, uniform
+/// on `[0, 1)`, which a [`RetryBuilder::random_source`](super::RetryBuilder::random_source)
+/// replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Jitter {
     /// No randomisation.
@@ -91,7 +95,22 @@ pub enum Jitter {
         /// The spread, a fraction of the delay in `[0, 1]` (resilience4j's default: 0.5).
         factor: f64,
     },
+    /// Polly's `DecorrelatedJitterBackoffV2`: exponential growth with decorrelated jitter
+    /// and no clustering; the backoff's `initial` is the median first delay.
+    DecorrelatedV2,
 }
+
+/// What one delay leaves for the next: the previous delay (decorrelated jitter) and the
+/// previous formula value (decorrelated jitter V2). Start each call with the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JitterState {
+    prev: Option<Duration>,
+    formula: f64,
+}
+
+/// A random source: each call returns a number uniform on `[0, 1)` (Polly's `Randomizer`).
+/// Values outside it (or NaN) are clamped into it.
+pub type RandomSource = dyn FnMut() -> f64 + Send;
 
 /// A backoff, a jitter and a cap: the delays of successive retries.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,25 +123,43 @@ pub struct Schedule {
     pub cap: Duration,
 }
 
+/// A draw from `random`, clamped into `[0, 1)`.
+fn unit(random: &mut (impl FnMut() -> f64 + ?Sized)) -> f64 {
+    let r = random();
+    if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(0.0, 1.0 - f64::EPSILON)
+    }
+}
+
+/// Uniform on `[lo, hi]` from one draw.
+fn uniform(random: &mut (impl FnMut() -> f64 + ?Sized), lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        return lo;
+    }
+    let span = (hi - lo) as f64;
+    lo.saturating_add((span * unit(random)).round() as u64)
+        .min(hi)
+}
+
 impl Schedule {
-    /// The delay before retry `n` (0-based), given the previous delay (for decorrelated
-    /// jitter) and the random source.
-    pub fn delay(&self, n: u32, prev: Option<Duration>, rng: &mut SmallRng) -> Duration {
+    /// The delay before retry `n` (0-based). `state` carries what the previous delay leaves
+    /// (start with `JitterState::default()`); `random` is the random source.
+    pub fn delay(
+        &self,
+        n: u32,
+        state: &mut JitterState,
+        random: &mut (impl FnMut() -> f64 + ?Sized),
+    ) -> Duration {
         let b = self.backoff.base_delay(n, self.cap);
-        let uniform = |rng: &mut SmallRng, lo: u64, hi: u64| -> u64 {
-            if hi <= lo {
-                lo
-            } else {
-                rng.random_range(lo..=hi)
-            }
-        };
-        match self.jitter {
+        let d = match self.jitter {
             Jitter::None => b,
-            Jitter::Full => Duration::from_nanos(uniform(rng, 0, duration_to_nanos(b))),
+            Jitter::Full => Duration::from_nanos(uniform(random, 0, duration_to_nanos(b))),
             Jitter::Equal => {
                 let half = duration_to_nanos(b) / 2;
                 let rest = duration_to_nanos(b) - half;
-                Duration::from_nanos(half + uniform(rng, 0, rest))
+                Duration::from_nanos(half + uniform(random, 0, rest))
             }
             Jitter::Randomized { factor } => {
                 let f = if factor.is_nan() {
@@ -134,15 +171,40 @@ impl Schedule {
                 let lo = (base * (1.0 - f)) as u64;
                 let hi = ((base * (1.0 + f)).min(u64::MAX as f64) as u64)
                     .min(duration_to_nanos(self.cap));
-                Duration::from_nanos(uniform(rng, lo.min(hi), hi))
+                Duration::from_nanos(uniform(random, lo.min(hi), hi))
             }
             Jitter::Decorrelated => {
                 let cap = duration_to_nanos(self.cap);
                 let base = duration_to_nanos(self.backoff.initial()).min(cap);
-                let prev = prev.map_or(base, duration_to_nanos);
+                let prev = state.prev.map_or(base, duration_to_nanos);
                 let hi = prev.saturating_mul(3).min(cap).max(base);
-                Duration::from_nanos(uniform(rng, base, hi))
+                Duration::from_nanos(uniform(random, base, hi))
             }
+            Jitter::DecorrelatedV2 => self.decorrelated_v2(n, state, random),
+        };
+        state.prev = Some(d);
+        d
+    }
+
+    /// Polly's `DecorrelatedJitterBackoffV2` (after George Polevoy): `t = n + rand(0, 1)`,
+    /// `f(t) = 2^t * tanh(sqrt(4t))`, delay `= (f(t) - f_prev) / 1.4 * initial`, capped.
+    fn decorrelated_v2(
+        &self,
+        n: u32,
+        state: &mut JitterState,
+        random: &mut (impl FnMut() -> f64 + ?Sized),
+    ) -> Duration {
+        let t = f64::from(n) + unit(random);
+        let next = 2f64.powf(t) * (4.0 * t).sqrt().tanh();
+        let prev = std::mem::replace(&mut state.formula, next);
+        if !next.is_finite() {
+            return self.cap;
+        }
+        let nanos = (next - prev) / 1.4 * duration_to_nanos(self.backoff.initial()) as f64;
+        if nanos >= duration_to_nanos(self.cap) as f64 {
+            self.cap
+        } else {
+            Duration::from_nanos(nanos.max(0.0) as u64)
         }
     }
 
@@ -151,13 +213,14 @@ impl Schedule {
     pub fn delays(&self, seed: u64, count: u32) -> Vec<Duration> {
         use rand::SeedableRng;
         let mut rng = SmallRng::seed_from_u64(seed);
-        let mut prev = None;
+        self.delays_with(move || rng.random::<f64>(), count)
+    }
+
+    /// The first `count` delays drawing from `random` (uniform on `[0, 1)`).
+    pub fn delays_with(&self, mut random: impl FnMut() -> f64, count: u32) -> Vec<Duration> {
+        let mut state = JitterState::default();
         (0..count)
-            .map(|n| {
-                let d = self.delay(n, prev, &mut rng);
-                prev = Some(d);
-                d
-            })
+            .map(|n| self.delay(n, &mut state, &mut random))
             .collect()
     }
 }

@@ -56,11 +56,11 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
-pub use backoff::{Backoff, Jitter, Schedule};
+pub use backoff::{Backoff, Jitter, JitterState, RandomSource, Schedule};
 pub use budget::{BudgetConfigError, RetryBudget, RetryBudgetBuilder};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -78,6 +78,32 @@ pub enum Decision {
     Retry,
     /// Retry, waiting at least this long (a server's `Retry-After`).
     RetryAfter(Duration),
+}
+
+/// A call through [`Retry::try_call_with`] that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryError<T, E> {
+    /// The last attempt failed with this error.
+    #[error("{0}")]
+    Failed(E),
+    /// Retries ran out while the last result was still one the policy wanted to retry.
+    #[error("gave up after {attempts} attempts with a result still to be retried")]
+    Exhausted {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// The last attempt's result.
+        last: T,
+    },
+}
+
+impl<T, E> RetryError<T, E> {
+    /// The last result, if retries ran out on one.
+    pub fn into_last_result(self) -> Option<T> {
+        match self {
+            RetryError::Exhausted { last, .. } => Some(last),
+            RetryError::Failed(_) => None,
+        }
+    }
 }
 
 /// Decides from an attempt's result whether to retry.
@@ -154,7 +180,7 @@ struct Inner {
     max_elapsed: Option<Duration>,
     schedule: Schedule,
     budget: Option<RetryBudget>,
-    rng: Mutex<SmallRng>,
+    random: Mutex<Box<RandomSource>>,
     on_retry: Option<Hook>,
     metrics: crate::metrics::RetryMetrics,
 }
@@ -174,6 +200,7 @@ pub struct RetryBuilder {
     schedule: Schedule,
     budget: Option<RetryBudget>,
     seed: Option<u64>,
+    random: Option<Box<RandomSource>>,
     on_retry: Option<Hook>,
 }
 
@@ -193,6 +220,7 @@ impl Default for RetryBuilder {
             },
             budget: None,
             seed: None,
+            random: None,
             on_retry: None,
         }
     }
@@ -248,6 +276,14 @@ impl RetryBuilder {
         self
     }
 
+    /// Replaces the jitter's random source with `random`, which returns numbers uniform on
+    /// `[0, 1)` (Polly's `Randomizer`; a test can pin it to a constant). Overrides
+    /// [`rng_seed`](Self::rng_seed).
+    pub fn random_source(mut self, random: impl FnMut() -> f64 + Send + 'static) -> Self {
+        self.random = Some(Box::new(random));
+        self
+    }
+
     /// Called before each retry, with the failed attempt's number and the delay.
     pub fn on_retry(mut self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
         self.on_retry = Some(Arc::new(hook));
@@ -256,10 +292,13 @@ impl RetryBuilder {
 
     /// Builds the policy.
     pub fn build(self) -> Retry {
-        let rng = match self.seed {
-            Some(seed) => SmallRng::seed_from_u64(seed),
-            None => SmallRng::from_rng(&mut rand::rng()),
-        };
+        let random = self.random.unwrap_or_else(|| {
+            let mut rng = match self.seed {
+                Some(seed) => SmallRng::seed_from_u64(seed),
+                None => SmallRng::from_rng(&mut rand::rng()),
+            };
+            Box::new(move || rng.random::<f64>())
+        });
         Retry {
             inner: Arc::new(Inner {
                 metrics: crate::metrics::RetryMetrics::new(&self.name),
@@ -268,7 +307,7 @@ impl RetryBuilder {
                 max_elapsed: self.max_elapsed,
                 schedule: self.schedule,
                 budget: self.budget,
-                rng: Mutex::new(rng),
+                random: Mutex::new(random),
                 on_retry: self.on_retry,
             }),
         }
@@ -285,11 +324,11 @@ impl fmt::Debug for RetryBuilder {
     }
 }
 
-/// The progress of one call through a [`Retry`]: attempts made, the previous delay, the start.
+/// The progress of one call through a [`Retry`]: attempts made, the jitter's state, the start.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attempts {
     made: u32,
-    prev_delay: Option<Duration>,
+    jitter: JitterState,
     /// Read only when `max_elapsed` is set (a clock read costs more than the rest of the
     /// no-retry path).
     started: Option<Instant>,
@@ -315,8 +354,41 @@ impl Retry {
         self.call_with(&RetryOnError, f).await
     }
 
-    /// Runs `f`, asking `policy` after each attempt whether to retry.
-    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, mut f: F) -> Result<T, E>
+    /// Runs `f`, asking `policy` after each attempt whether to retry. When retries run out,
+    /// the last attempt's result is returned as it is — an `Ok` the policy still wanted to
+    /// retry included (use [`try_call_with`](Self::try_call_with) to fail on it).
+    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, f: F) -> Result<T, E>
+    where
+        P: RetryPolicy<T, E> + ?Sized,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run(policy, f).await.0
+    }
+
+    /// Runs `f` like [`call_with`](Self::call_with), but when retries run out (attempts,
+    /// `max_elapsed` or the budget) while the last result is an `Ok` the policy still wanted
+    /// to retry, fails with [`RetryError::Exhausted`] carrying that result — resilience4j's
+    /// `retryOnResult` with `failAfterMaxAttempts(true)` (`MaxRetriesExceeded`).
+    pub async fn try_call_with<P, F, Fut, T, E>(
+        &self,
+        policy: &P,
+        f: F,
+    ) -> Result<T, RetryError<T, E>>
+    where
+        P: RetryPolicy<T, E> + ?Sized,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.run(policy, f).await {
+            (Ok(v), Decision::Done, _) => Ok(v),
+            (Ok(last), _, attempts) => Err(RetryError::Exhausted { attempts, last }),
+            (Err(e), _, _) => Err(RetryError::Failed(e)),
+        }
+    }
+
+    /// The attempt loop: the last result, the policy's decision on it, and attempts made.
+    async fn run<P, F, Fut, T, E>(&self, policy: &P, mut f: F) -> (Result<T, E>, Decision, u32)
     where
         P: RetryPolicy<T, E> + ?Sized,
         F: FnMut() -> Fut,
@@ -325,9 +397,10 @@ impl Retry {
         let mut attempts = self.start();
         loop {
             let result = f().await;
-            match self.next_delay(&mut attempts, policy.decide(&result)) {
+            let decision = policy.decide(&result);
+            match self.next_delay(&mut attempts, decision) {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => return result,
+                None => return (result, decision, attempts.made),
             }
         }
     }
@@ -340,7 +413,7 @@ impl Retry {
         }
         Attempts {
             made: 0,
-            prev_delay: None,
+            jitter: JitterState::default(),
             started: self.inner.max_elapsed.map(|_| Instant::now()),
         }
     }
@@ -371,9 +444,10 @@ impl Retry {
             );
             return None;
         }
+        let mut jitter = a.jitter;
         let jittered = {
-            let mut rng = inner.rng.lock().unwrap_or_else(|e| e.into_inner());
-            inner.schedule.delay(a.made - 1, a.prev_delay, &mut rng)
+            let mut random = inner.random.lock().unwrap_or_else(|e| e.into_inner());
+            inner.schedule.delay(a.made - 1, &mut jitter, &mut **random)
         };
         let delay = jittered.max(at_least);
         if let (Some(max), Some(started)) = (inner.max_elapsed, a.started)
@@ -388,7 +462,7 @@ impl Retry {
             inner.metrics.budget_exhausted();
             return None;
         }
-        a.prev_delay = Some(jittered);
+        a.jitter = jitter;
         let event = RetryEvent {
             attempt: a.made,
             delay,

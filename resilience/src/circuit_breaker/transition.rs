@@ -1,0 +1,165 @@
+//! Transitions: the side effects of entering each state, the tripping error, the open
+//! wait, and the automatic half-open task.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use floodwall_core::clock::duration_to_nanos;
+
+use super::config::Config;
+use super::window::Totals;
+use super::word::{gen_of, kind_of, word};
+use super::{BreakInfo, BreakerEvent, Cause, Inner, Opening, State, Transition};
+
+impl Inner {
+    /// The window `t` crossed a threshold: publishes which, and opens with `cause`.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn trip(&self, w: u64, t: Totals, now: u64, cause: Option<Cause>) {
+        if self.events.has_listeners() && t.calls > 0 {
+            let rate = |n: u64| 100.0 * n as f64 / t.calls as f64;
+            if rate(t.failures) >= self.cfg.failure_rate_threshold {
+                self.events
+                    .emit(|| BreakerEvent::FailureRateExceeded(rate(t.failures)));
+            }
+            if rate(t.slow) >= self.cfg.slow_call_rate_threshold {
+                self.events
+                    .emit(|| BreakerEvent::SlowCallRateExceeded(rate(t.slow)));
+            }
+        }
+        let opening = Opening {
+            wait_nanos: None,
+            cause,
+        };
+        self.transition_to(State::Open, Some((w, now)), opening);
+    }
+
+    /// With `automatic_half_open`, a Tokio task applies the half-open transition when the
+    /// open wait ends, even if no call comes.
+    pub(super) fn schedule_half_open(&self, now: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the transition stays lazy
+        };
+        let wait =
+            Duration::from_nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now));
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(inner) = me.upgrade() {
+                inner.settle(inner.cfg.clock.now_nanos());
+            }
+        });
+    }
+
+    /// Moves from the exact state word `expected` to `to`; if another thread moved first,
+    /// does nothing. Returns the state word after the call.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn transition_from(&self, expected: u64, to: State, now: u64) -> u64 {
+        self.transition_to(to, Some((expected, now)), Opening::default())
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn transition_to(
+        &self,
+        to: State,
+        expected: Option<(u64, u64)>,
+        opening: Opening,
+    ) -> u64 {
+        let now = expected.map_or_else(|| self.cfg.clock.now_nanos(), |(_, now)| now);
+        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.state.load(Ordering::Acquire);
+        if let Some((expected, _)) = expected
+            && current != expected
+        {
+            return current;
+        }
+        let from = kind_of(current);
+        self.enter(from, to, now, opening);
+        let next = word(to, gen_of(current) + 1, 0);
+        self.state.store(next, Ordering::Release);
+        self.metrics.state(to);
+        drop(guard);
+        if to == State::Open && self.cfg.automatic_half_open {
+            self.schedule_half_open(now);
+        }
+        let t = Transition {
+            from,
+            to,
+            at_nanos: now,
+        };
+        tracing::info!(breaker = &*self.cfg.name, from = ?from, to = ?to, "circuit breaker state change");
+        if let Some(hook) = &self.cfg.on_transition {
+            hook(&t);
+        }
+        self.events.emit(|| BreakerEvent::StateTransition(t));
+        next
+    }
+
+    /// The side effects of entering `to` (under the transition lock).
+    fn enter(&self, from: State, to: State, now: u64, opening: Opening) {
+        match to {
+            State::Open => {
+                let k = self
+                    .consecutive_opens
+                    .load(Ordering::Relaxed)
+                    .saturating_add(1);
+                self.consecutive_opens.store(k, Ordering::Relaxed);
+                let wait = opening.wait_nanos.unwrap_or_else(|| {
+                    let t = if from == State::HalfOpen {
+                        self.probes.totals()
+                    } else {
+                        self.window.totals(now)
+                    };
+                    let info = BreakInfo {
+                        opening: k,
+                        calls: t.calls,
+                        failures: t.failures,
+                        failure_rate: if t.calls == 0 {
+                            0.0
+                        } else {
+                            100.0 * t.failures as f64 / t.calls as f64
+                        },
+                    };
+                    wait_nanos(&self.cfg, &info)
+                });
+                self.open_until
+                    .store(now.saturating_add(wait), Ordering::Release);
+                self.window.reset();
+                self.set_cause(opening.cause);
+            }
+            State::HalfOpen => {
+                self.probes.reset();
+                self.half_open_since.store(now, Ordering::Release);
+            }
+            // Only a close ends a run of consecutive openings (the backoff's `k`).
+            State::Closed => {
+                self.consecutive_opens.store(0, Ordering::Relaxed);
+                self.window.reset();
+                self.set_cause(None);
+            }
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => {
+                self.window.reset();
+                self.set_cause(None);
+            }
+        }
+    }
+
+    fn set_cause(&self, cause: Option<Cause>) {
+        if cause.is_none() && !self.has_cause.load(Ordering::Acquire) {
+            return;
+        }
+        let mut slot = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_cause.store(cause.is_some(), Ordering::Release);
+        *slot = cause;
+    }
+}
+
+/// The open wait for an opening: the generator's answer, or the configured wait.
+pub(super) fn wait_nanos(cfg: &Config, info: &BreakInfo) -> u64 {
+    duration_to_nanos(match &cfg.break_duration {
+        Some(generator) => generator(info),
+        None => cfg.open_wait.for_opening(info.opening),
+    })
+}
