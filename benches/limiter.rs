@@ -7,7 +7,10 @@
 //! governor's `StateInformationMiddleware` snapshot and its remaining capacity.
 //! `limiter/gcra_keyed_10k`: one `check` on a keyed GCRA limiter cycling over 10,000 keys —
 //! floodwall's `KeyedGcra<u64>` against governor's keyed `RateLimiter` (both SipHash, both
-//! sharded), plus floodwall's full `RateLimiter` keyed by an IPv4 string.
+//! sharded); the same two keyed by IPv4 strings; and floodwall's full `RateLimiter` keyed by
+//! an IPv4 string (descriptor matching, key building, the verdict), through the async
+//! `check` (one poll: the memory store never waits) and the synchronous `try_check_now` the
+//! tower layers use.
 //! `limiter/memory_algorithms`: one `check` of the fixed-window, sliding-window-counter,
 //! sliding-log and leaky-bucket (meter) limiters.
 
@@ -118,6 +121,27 @@ fn gcra_keyed(c: &mut Criterion) {
                 .now_or_never()
                 .expect("memory store is ready");
             black_box(verdict.unwrap().allowed)
+        })
+    });
+    // The same string keys through both keyed stores: what the key type costs either side.
+    let ours_s = floodwall::limiter::keyed::KeyedGcra::<String>::new(Quota::per_second(rate));
+    let theirs_s = governor::RateLimiter::keyed(governor::Quota::per_second(rate));
+    for n in &names {
+        ours_s.check(n);
+        let _ = theirs_s.check_key(n);
+    }
+    let mut k = 0usize;
+    g.bench_function("governor (string keys)", |b| {
+        b.iter(|| {
+            k = (k + 1) % names.len();
+            black_box(theirs_s.check_key(&names[k]).is_ok())
+        })
+    });
+    let mut k = 0usize;
+    g.bench_function("floodwall KeyedGcra (string keys)", |b| {
+        b.iter(|| {
+            k = (k + 1) % names.len();
+            black_box(ours_s.check(&names[k]))
         })
     });
     let mut k = 0usize;

@@ -39,12 +39,14 @@ pub(crate) enum Receipt {
     Log { at: u64, cost: u32 },
 }
 
-/// The state a keyed memory store keeps for one key of one limit.
+/// The state a keyed memory store keeps for one key of one limit. GCRA's state sits in the
+/// entry; the others are boxed, so an entry stays small (the keyed table's lookups are
+/// bound by memory traffic).
 #[derive(Debug)]
 pub(crate) enum State {
     Gcra(AtomicU64),
-    Window(Mutex<Counts>),
-    Log(Mutex<VecDeque<(u64, u32)>>),
+    Window(Box<Mutex<Counts>>),
+    Log(Box<Mutex<VecDeque<(u64, u32)>>>),
 }
 
 impl State {
@@ -52,25 +54,34 @@ impl State {
         match algorithm {
             Algorithm::Gcra => State::Gcra(AtomicU64::new(0)),
             Algorithm::FixedWindow | Algorithm::SlidingCounter => {
-                State::Window(Mutex::new(Counts::default()))
+                State::Window(Box::new(Mutex::new(Counts::default())))
             }
-            Algorithm::SlidingLog => State::Log(Mutex::new(VecDeque::new())),
+            Algorithm::SlidingLog => State::Log(Box::new(Mutex::new(VecDeque::new()))),
         }
     }
 
     /// Decides `cost` at `now` under `quota` with `algorithm`, consuming when `consume`.
+    /// `params`, when given, are GCRA's constants for `quota` worked out beforehand.
     pub(crate) fn decide(
         &self,
         algorithm: Algorithm,
         quota: &Quota,
+        params: Option<&gcra::Params>,
         now: u64,
         cost: u32,
         consume: bool,
     ) -> (Decision, Receipt) {
         match self {
             State::Gcra(tat) => {
-                let params = gcra::Params::new(quota);
-                let d = gcra_decide(tat, &params, now, cost, consume);
+                let own;
+                let params = match params {
+                    Some(p) => p,
+                    None => {
+                        own = gcra::Params::new(quota);
+                        &own
+                    }
+                };
+                let d = gcra_decide(tat, params, now, cost, consume);
                 let r = if d.allowed && consume {
                     Receipt::Gcra { cost }
                 } else {

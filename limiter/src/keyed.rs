@@ -23,16 +23,17 @@
 //! store past `max_keys` entries. Memory is bounded by
 //!
 //! ```text
-//! bytes <= max_keys × (2 × (size_of::<entry>() + 1) + key bytes on the heap)
-//!          + shards × (size_of::<shard>() + 64)
+//! bytes <= shards × (buckets × (size_of::<entry>() + 1) + 16 + size_of::<shard>() + 64)
+//!          + max_keys × key bytes on the heap
+//! buckets = next_power_of_two(8/7 × max_keys / shards)    (at most 2.29 slots per key)
 //! ```
 //!
-//! (a hashbrown table is at most half empty after growing, plus one control byte per slot).
+//! (hashbrown's bucket count for a shard's keys, one control byte per bucket).
 //! [`KeyedGcra::approx_memory`] reports the current figure and
-//! [`RateLimiter::memory_bound`](crate::RateLimiter::memory_bound) the bound. For the
-//! [`RateLimiter`](crate::RateLimiter)'s store an entry is 80 bytes on 64-bit targets, so a
-//! million keys of at most 39 bytes (an IPv6 address) take at most about 262 MB with
-//! allocator overhead, and usually about half that.
+//! [`RateLimiter::memory_bound`](crate::RateLimiter::memory_bound) the bound. The
+//! [`RateLimiter`](crate::RateLimiter)'s store keeps its keys inside the entries (up to 46
+//! bytes as they are, longer ones as their SHA-256), so its bound does not depend on key
+//! length.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -200,9 +201,18 @@ impl<K, S, H: BuildHasher> Table<K, S, H> {
     /// The documented bound (module docs) for keys owning at most `key_heap` heap bytes each
     /// (allocator rounding included by the caller).
     pub(crate) fn memory_bound(&self, key_heap: usize) -> usize {
+        // hashbrown's buckets for `shard_cap` items: a power of two at least 8/7 of them (at
+        // most 2.29 × the items), each an entry and a control byte, plus a group of control
+        // bytes and the alignment of the entry array.
+        let buckets = match self.shard_cap {
+            0..4 => 4,
+            4..8 => 8,
+            cap => (cap.saturating_mul(8) / 7).next_power_of_two(),
+        };
         let slot = std::mem::size_of::<Entry<K, S>>() + 1;
-        self.max_keys() * (2 * slot + key_heap)
-            + self.shards.len() * (std::mem::size_of::<Shard<K, S>>() + 64)
+        let table = buckets * slot + 16 + std::mem::align_of::<Entry<K, S>>();
+        self.shards.len() * (table + std::mem::size_of::<Shard<K, S>>() + 64)
+            + self.max_keys() * key_heap
     }
 
     pub(crate) fn max_keys(&self) -> usize {

@@ -156,7 +156,7 @@ pub struct RateLimited {
     /// How long until the same request would be admitted.
     pub retry_after: Duration,
     /// The limit that denied it.
-    pub limit: Arc<str>,
+    pub limit: crate::LimitName,
     /// That limit's decision.
     pub decision: Decision,
 }

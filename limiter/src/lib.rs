@@ -85,6 +85,7 @@ mod limit;
 mod limiter;
 mod memory;
 mod metrics;
+mod name;
 mod quota;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -99,5 +100,6 @@ pub use decision::{Decision, InsufficientCapacity};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use limit::{Binding, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, Verdict};
 pub use limiter::RateLimiter;
+pub use name::LimitName;
 pub use quota::Quota;
 pub use tiers::{QuotaResolver, Tiers};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floodwall_core::StoreError;
 
-use crate::{Algorithm, Decision, InsufficientCapacity, Quota, QuotaResolver};
+use crate::{Algorithm, Decision, InsufficientCapacity, LimitName, Quota, QuotaResolver};
 
 /// The most limits one [`RateLimiter`](crate::RateLimiter) holds.
 pub const MAX_LIMITS: usize = 16;
@@ -29,23 +29,30 @@ pub const MAX_LIMITS: usize = 16;
 /// ```
 #[derive(Clone)]
 pub struct Limit {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: LimitName,
     pub(crate) algorithm: Algorithm,
     pub(crate) quota: Arc<dyn QuotaResolver>,
     pub(crate) keyed_by: Option<Arc<str>>,
     pub(crate) shadow: bool,
+    /// GCRA's constants, worked out once when the quota is fixed.
+    pub(crate) params: Option<crate::gcra::Params>,
 }
 
 impl Limit {
     /// A global limit (until [`keyed_by`](Self::keyed_by) says otherwise). `quota` is a
     /// [`Quota`], a [`Tiers`](crate::Tiers) or any [`QuotaResolver`].
     pub fn new(name: &str, algorithm: Algorithm, quota: impl QuotaResolver) -> Limit {
+        let params = match (algorithm, quota.fixed()) {
+            (Algorithm::Gcra, Some(q)) => Some(crate::gcra::Params::new(&q)),
+            _ => None,
+        };
         Limit {
             name: name.into(),
             algorithm,
             quota: Arc::new(quota),
             keyed_by: None,
             shadow: false,
+            params,
         }
     }
 
@@ -144,7 +151,7 @@ pub enum Degraded {
 #[derive(Debug, Clone)]
 pub struct Binding {
     /// The limit's name.
-    pub name: Arc<str>,
+    pub name: LimitName,
     /// The quota that applied to this key.
     pub quota: Quota,
     /// Its decision.
@@ -161,7 +168,7 @@ pub struct Verdict {
     /// The binding limit (none if no limit applied).
     pub binding: Option<Binding>,
     /// The first shadow limit that would have denied the request.
-    pub shadow_denied: Option<Arc<str>>,
+    pub shadow_denied: Option<LimitName>,
     /// Set when the store failed and the failure policy decided.
     pub degraded: Option<Degraded>,
 }
@@ -192,7 +199,7 @@ pub enum LimitError {
     #[error("limit {limit}: {source}")]
     InsufficientCapacity {
         /// The limit.
-        limit: Arc<str>,
+        limit: LimitName,
         /// The cost and capacity.
         source: InsufficientCapacity,
     },

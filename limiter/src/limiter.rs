@@ -14,7 +14,7 @@ use crate::keyed::DEFAULT_MAX_KEYS;
 use crate::memory::Memory;
 use crate::{
     Algorithm, Binding, Decision, Degraded, FailurePolicy, InsufficientCapacity, Limit, LimitError,
-    MAX_LIMITS, Quota, RateLimiterBuilder, Verdict,
+    LimitName, MAX_LIMITS, Quota, RateLimiterBuilder, Verdict,
 };
 
 pub(crate) type Descriptor<'a, 'b> = &'a [(&'a str, &'b str)];
@@ -129,9 +129,10 @@ impl RateLimiter {
     }
 
     /// The most bytes the in-memory store can hold when no key is longer than `max_key_len`
-    /// bytes (see [`keyed`](crate::keyed)). Keys longer than 64 bytes are kept as their
-    /// SHA-256 (65 bytes), so the bound stops growing there: `memory_bound(usize::MAX)` holds
-    /// whatever keys clients send.
+    /// bytes (see [`keyed`](crate::keyed)). Keys of up to 22 bytes sit in the table's
+    /// entries; keys up to 46 bytes take one allocation; longer keys are kept as their
+    /// SHA-256 (32 bytes), so the bound stops growing with key length:
+    /// `memory_bound(usize::MAX)` holds whatever keys clients send.
     pub fn memory_bound(&self, max_key_len: usize) -> usize {
         self.inner.memory.memory_bound(max_key_len)
     }
@@ -144,12 +145,7 @@ impl RateLimiter {
         descriptor: &[(&str, &str)],
     ) -> Option<Result<Verdict, LimitError>> {
         match &self.inner.store {
-            Store::Memory => Some(self.select(descriptor, 1).map(|(applicable, count)| {
-                if count == 0 {
-                    return Verdict::open(None);
-                }
-                self.decide_memory(&self.inner.memory, &applicable[..count], 1, true, None)
-            })),
+            Store::Memory => Some(self.decide_in_memory(descriptor, 1, true)),
             #[cfg(feature = "redis")]
             Store::Redis(_) => None,
         }
@@ -187,34 +183,112 @@ impl RateLimiter {
         Ok((applicable, count))
     }
 
+    /// Decides on the store. The memory store answers at once; a Redis decision (a future of
+    /// several kilobytes: batching, give-backs, insurance) is boxed, so the future `check`
+    /// returns stays small — moving it costs nothing on the memory path.
     async fn decide(
         &self,
         descriptor: Descriptor<'_, '_>,
         cost: u32,
         consume: bool,
     ) -> Result<Verdict, LimitError> {
-        let inner = &*self.inner;
+        match &self.inner.store {
+            Store::Memory => self.decide_in_memory(descriptor, cost, consume),
+            #[cfg(feature = "redis")]
+            Store::Redis(redis) => {
+                Box::pin(self.decide_on_redis(redis, descriptor, cost, consume)).await
+            }
+        }
+    }
+
+    #[inline]
+    fn decide_in_memory(
+        &self,
+        descriptor: Descriptor<'_, '_>,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Verdict, LimitError> {
+        if cost == 1 {
+            return Ok(self.check_one_in_memory(descriptor, consume));
+        }
+        let (applicable, count) = self.select(descriptor, cost)?;
+        if count == 0 {
+            return Ok(Verdict::open(None));
+        }
+        let memory = &self.inner.memory;
+        Ok(self.decide_memory(memory, &applicable[..count], cost, consume, None))
+    }
+
+    #[cfg(feature = "redis")]
+    async fn decide_on_redis(
+        &self,
+        redis: &crate::redis::RedisStore,
+        descriptor: Descriptor<'_, '_>,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Verdict, LimitError> {
         let (applicable, count) = self.select(descriptor, cost)?;
         if count == 0 {
             return Ok(Verdict::open(None));
         }
         let applicable = &applicable[..count];
-        match &inner.store {
-            Store::Memory => Ok(self.decide_memory(&inner.memory, applicable, cost, consume, None)),
-            #[cfg(feature = "redis")]
-            Store::Redis(redis) => {
-                let deadline = redis.deadline();
-                match redis
-                    .decide(&inner.limits, applicable, cost, consume, deadline)
-                    .await
+        let deadline = redis.deadline();
+        match redis
+            .decide(&self.inner.limits, applicable, cost, consume, deadline)
+            .await
+        {
+            Ok(results) => Ok(self
+                .combine_remote(redis, applicable, results, deadline)
+                .await),
+            Err(e) => self.on_store_failure(e, applicable, cost, consume),
+        }
+    }
+
+    /// A cost-1 decision on the memory store, in one pass over the limits: a cost of 1 fits
+    /// every quota, so nothing needs checking before the first limit consumes, and the
+    /// receipts to give back are kept only for limits that consumed. Decides as
+    /// [`decide_memory`](Self::decide_memory) does.
+    #[inline(never)]
+    fn check_one_in_memory(&self, descriptor: Descriptor<'_, '_>, consume: bool) -> Verdict {
+        let inner = &*self.inner;
+        let memory = &inner.memory;
+        let mut now = None;
+        let mut taken = [(0u32, Receipt::None); MAX_LIMITS];
+        let mut count = 0;
+        let mut acc = Accumulator::default();
+        for (i, limit) in inner.limits.iter().enumerate() {
+            let Some(key) = limit.key(descriptor) else {
+                continue;
+            };
+            let Some(quota) = limit.quota.quota(key) else {
+                continue;
+            };
+            let idx = i as u32;
+            let at = *now.get_or_insert_with(|| memory.now());
+            let params = limit.params.as_ref();
+            let (decision, receipt) =
+                memory.decide(idx, limit.algorithm, &quota, params, key, at, 1, consume);
+            if receipt != Receipt::None {
+                taken[count] = (idx, receipt);
+                count += 1;
+            }
+            let enforced = self.is_enforced(idx);
+            acc.add(quota, decision, enforced, limit);
+            if acc.denied && enforced {
+                break;
+            }
+        }
+        if acc.denied {
+            for &(idx, receipt) in &taken[..count] {
+                let limit = &inner.limits[idx as usize];
+                if let Some(key) = limit.key(descriptor)
+                    && let Some(quota) = limit.quota.quota(key)
                 {
-                    Ok(results) => Ok(self
-                        .combine_remote(redis, applicable, results, deadline)
-                        .await),
-                    Err(e) => self.on_store_failure(e, applicable, cost, consume),
+                    memory.refund(idx, &quota, key, receipt);
                 }
             }
         }
+        acc.finish(None)
     }
 
     pub(crate) fn is_enforced(&self, idx: u32) -> bool {
@@ -240,11 +314,21 @@ impl RateLimiter {
                 Some(Degraded::Insurance) => insurance_share(quota, inner.policy),
                 _ => quota,
             };
-            let (decision, receipt) =
-                memory.decide(idx, limit.algorithm, &quota, key, now, cost, consume);
+            // The prepared constants fit the limit's own quota, not an insurance share.
+            let params = limit.params.as_ref().filter(|_| degraded.is_none());
+            let (decision, receipt) = memory.decide(
+                idx,
+                limit.algorithm,
+                &quota,
+                params,
+                key,
+                now,
+                cost,
+                consume,
+            );
             receipts[slot] = receipt;
             let enforced = self.is_enforced(idx);
-            acc.add(idx, quota, decision, enforced, limit);
+            acc.add(quota, decision, enforced, limit);
             if acc.denied && enforced {
                 break;
             }
@@ -261,7 +345,7 @@ impl RateLimiter {
                 }
             }
         }
-        acc.finish(&inner.limits, degraded)
+        acc.finish(degraded)
     }
 
     #[cfg(feature = "redis")]
@@ -278,7 +362,6 @@ impl RateLimiter {
         for (entry, (decision, _)) in applicable.iter().zip(&results) {
             let (idx, _, quota) = entry.expect("filled above");
             acc.add(
-                idx,
                 quota,
                 *decision,
                 self.is_enforced(idx),
@@ -290,7 +373,7 @@ impl RateLimiter {
                 .refund(&inner.limits, applicable, &results, deadline)
                 .await;
         }
-        acc.finish(&inner.limits, None)
+        acc.finish(None)
     }
 
     /// Under the insurance policy, brings each key's insurance state to the verdict Redis just
@@ -359,28 +442,30 @@ fn insurance_share(quota: Quota, policy: FailurePolicy) -> Quota {
     Quota::new(share(quota.limit()), quota.period()).allow_burst(share(quota.burst()))
 }
 
+/// Folds the limits' decisions into a verdict, building the binding in its final form (so
+/// nothing is reshaped at the end).
 #[derive(Default)]
 struct Accumulator {
     denied: bool,
-    binding: Option<(u32, Quota, Decision)>,
-    shadow_denied: Option<u32>,
+    binding: Option<Binding>,
+    shadow_denied: Option<LimitName>,
 }
 
 impl Accumulator {
-    fn add(&mut self, idx: u32, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
+    fn add(&mut self, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
         if !d.allowed {
             crate::metrics::denied(&limit.name, !enforced);
         }
         if !d.allowed && !enforced {
             if self.shadow_denied.is_none() {
                 tracing::info!(limit = %limit.name, "shadow limit would have denied the request");
-                self.shadow_denied = Some(idx);
+                self.shadow_denied = Some(limit.name.clone());
             }
             return;
         }
         let better = match &self.binding {
             None => true,
-            Some((_, _, b)) => {
+            Some(Binding { decision: b, .. }) => {
                 if !d.allowed {
                     // The denial with the longest wait binds.
                     b.allowed || d.retry_after > b.retry_after
@@ -390,26 +475,23 @@ impl Accumulator {
             }
         };
         if better {
-            self.binding = Some((idx, quota, d));
+            self.binding = Some(Binding {
+                name: limit.name.clone(),
+                quota,
+                decision: d,
+                shadow: limit.shadow,
+            });
         }
         if !d.allowed {
             self.denied = true;
         }
     }
 
-    fn finish(self, limits: &[Limit], degraded: Option<Degraded>) -> Verdict {
+    fn finish(self, degraded: Option<Degraded>) -> Verdict {
         Verdict {
             allowed: !self.denied,
-            binding: self.binding.map(|(idx, quota, decision)| {
-                let l = &limits[idx as usize];
-                Binding {
-                    name: l.name.clone(),
-                    quota,
-                    decision,
-                    shadow: l.shadow,
-                }
-            }),
-            shadow_denied: self.shadow_denied.map(|i| limits[i as usize].name.clone()),
+            binding: self.binding,
+            shadow_denied: self.shadow_denied,
             degraded,
         }
     }

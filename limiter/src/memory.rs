@@ -1,7 +1,6 @@
 //! The memory store of a [`RateLimiter`](crate::RateLimiter)'s limits: one bounded keyed
 //! table for all of them.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,30 +10,109 @@ use crate::algorithm::{Receipt, State, period_nanos};
 use crate::keyed::Table;
 use crate::{Algorithm, Decision, Quota};
 
-/// Keys up to this many bytes are kept as they are; longer ones as [`stored_key`]'s digest.
-pub(crate) const MAX_PLAIN_KEY: usize = 64;
+/// Keys up to this many bytes are kept as they are (an IPv6 address, a UUID, most API keys);
+/// longer ones as their SHA-256.
+pub(crate) const MAX_PLAIN_KEY: usize = 46;
 
-/// The form a key is kept in: itself when at most [`MAX_PLAIN_KEY`] bytes, else `#` and the
-/// hex SHA-256 of the key — 65 bytes, a length no plain key has, so the two never collide —
-/// so what a store holds per key does not grow with keys a client chooses.
-pub(crate) fn stored_key(key: &str) -> Cow<'_, str> {
-    if key.len() <= MAX_PLAIN_KEY {
-        return Cow::Borrowed(key);
-    }
-    use sha2::Digest;
-    use std::fmt::Write;
-    let digest = sha2::Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(MAX_PLAIN_KEY + 1);
-    out.push('#');
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    Cow::Owned(out)
+/// A key as a lookup sees it: its bytes when at most [`MAX_PLAIN_KEY`] long, else its
+/// SHA-256 — a different variant, so the two forms never meet — so what the store holds per
+/// key does not grow with keys a client chooses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyView<'a> {
+    Plain(&'a [u8]),
+    Digest([u8; 32]),
 }
 
-/// A memory store for a set of limits: one bounded keyed table for all of them.
+impl KeyView<'_> {
+    #[inline]
+    pub(crate) fn of(key: &str) -> KeyView<'_> {
+        if key.len() <= MAX_PLAIN_KEY {
+            return KeyView::Plain(key.as_bytes());
+        }
+        Self::digest(key)
+    }
+
+    #[cold]
+    fn digest(key: &str) -> KeyView<'_> {
+        use sha2::Digest;
+        KeyView::Digest(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+const PLAIN: u8 = 0;
+const DIGEST: u8 = 1;
+
+/// The bytes, then a byte naming the form: hashed as the last part of `(limit, key)`, which
+/// needs no length prefix (equality, not the hash, tells keys apart).
+impl std::hash::Hash for KeyView<'_> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            KeyView::Plain(b) => {
+                state.write(b);
+                state.write_u8(PLAIN);
+            }
+            KeyView::Digest(d) => {
+                state.write(d);
+                state.write_u8(DIGEST);
+            }
+        }
+    }
+}
+
+/// Plain keys up to this many bytes (an IPv4 address, a numeric id) sit in the entry itself.
+const INLINE: usize = 22;
+
+/// How the store keeps a key: a short one inside the entry (no allocation, and no pointer
+/// to follow when a lookup compares keys), a longer one in an allocation of its own. The
+/// entry stays at 64 bytes — the table's lookups are bound by memory traffic.
+pub(crate) enum StoredKey {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Plain(Box<[u8]>),
+    Digest(Box<[u8; 32]>),
+}
+
+impl StoredKey {
+    fn new(view: KeyView<'_>) -> StoredKey {
+        match view {
+            KeyView::Plain(b) if b.len() <= INLINE => {
+                let mut bytes = [0u8; INLINE];
+                bytes[..b.len()].copy_from_slice(b);
+                StoredKey::Inline {
+                    len: b.len() as u8,
+                    bytes,
+                }
+            }
+            KeyView::Plain(b) => StoredKey::Plain(b.into()),
+            KeyView::Digest(d) => StoredKey::Digest(Box::new(d)),
+        }
+    }
+
+    /// Whether this is the key `view` looks for.
+    #[inline]
+    fn is(&self, view: &KeyView<'_>) -> bool {
+        match (self, view) {
+            (StoredKey::Inline { len, bytes }, KeyView::Plain(b)) => {
+                &bytes[..usize::from(*len)] == *b
+            }
+            (StoredKey::Plain(k), KeyView::Plain(b)) => &**k == *b,
+            (StoredKey::Digest(k), KeyView::Digest(d)) => **k == *d,
+            _ => false,
+        }
+    }
+
+    /// Heap bytes it owns.
+    fn heap(&self) -> usize {
+        match self {
+            StoredKey::Inline { .. } => 0,
+            StoredKey::Plain(k) => k.len(),
+            StoredKey::Digest(_) => 32,
+        }
+    }
+}
+
 pub(crate) struct Memory {
-    table: Table<(u32, Box<str>), (State, AtomicU64)>,
+    table: Table<(u32, StoredKey), (State, AtomicU64)>,
     clock: Arc<dyn Clock>,
 }
 
@@ -56,12 +134,13 @@ impl Memory {
         idx: u32,
         algorithm: Algorithm,
         quota: &Quota,
+        params: Option<&crate::gcra::Params>,
         key: &str,
         now: u64,
         cost: u32,
         consume: bool,
     ) -> (Decision, Receipt) {
-        let key = &*stored_key(key);
+        let key = KeyView::of(key);
         let hash = self.table.hash(&(idx, key));
         let period = period_nanos(quota);
         if !consume {
@@ -69,15 +148,15 @@ impl Memory {
                 .table
                 .get(
                     hash,
-                    |k| k.0 == idx && &*k.1 == key,
-                    |(s, _)| s.decide(algorithm, quota, now, cost, false),
+                    |k| k.0 == idx && k.1.is(&key),
+                    |(s, _)| s.decide(algorithm, quota, params, now, cost, false),
                 )
                 .unwrap_or_else(|| {
-                    State::new(algorithm).decide(algorithm, quota, now, cost, false)
+                    State::new(algorithm).decide(algorithm, quota, params, now, cost, false)
                 });
         }
         self.with_entry(idx, algorithm, key, hash, period, now, |s| {
-            s.decide(algorithm, quota, now, cost, true)
+            s.decide(algorithm, quota, params, now, cost, true)
         })
     }
 
@@ -88,7 +167,7 @@ impl Memory {
         &self,
         idx: u32,
         algorithm: Algorithm,
-        key: &str,
+        key: KeyView<'_>,
         hash: u64,
         period: u64,
         now: u64,
@@ -96,10 +175,10 @@ impl Memory {
     ) -> R {
         self.table.with(
             hash,
-            |k| k.0 == idx && &*k.1 == key,
+            |k| k.0 == idx && k.1.is(&key),
             || {
                 (
-                    (idx, key.into()),
+                    (idx, StoredKey::new(key)),
                     (State::new(algorithm), AtomicU64::new(period)),
                 )
             },
@@ -129,7 +208,7 @@ impl Memory {
             // Nothing to carry over: a fresh state says as much, without an entry.
             return;
         }
-        let key = &*stored_key(key);
+        let key = KeyView::of(key);
         let hash = self.table.hash(&(idx, key));
         let period = period_nanos(quota);
         self.with_entry(idx, algorithm, key, hash, period, now, |s| {
@@ -138,11 +217,11 @@ impl Memory {
     }
 
     pub(crate) fn refund(&self, idx: u32, quota: &Quota, key: &str, receipt: Receipt) {
-        let key = &*stored_key(key);
+        let key = KeyView::of(key);
         let hash = self.table.hash(&(idx, key));
         self.table.get(
             hash,
-            |k| k.0 == idx && &*k.1 == key,
+            |k| k.0 == idx && k.1.is(&key),
             |(s, _)| s.refund(quota, receipt),
         );
     }
@@ -152,13 +231,19 @@ impl Memory {
     }
 
     pub(crate) fn approx_memory(&self) -> usize {
-        self.table.approx_memory(|k| k.1.len())
+        self.table.approx_memory(|k| k.1.heap())
     }
 
+    /// The bound for keys of at most `max_key_len` bytes: short keys sit in the entries, the
+    /// others take one allocation (malloc's chunk: the bytes plus an 8-byte header, in
+    /// 16-byte steps, at least 32) of at most [`MAX_PLAIN_KEY`] bytes — a longer key is kept
+    /// as a 32-byte digest — so the bound stops growing at [`MAX_PLAIN_KEY`].
     pub(crate) fn memory_bound(&self, max_key_len: usize) -> usize {
-        // A boxed key's allocation, rounded up the way malloc does (16-byte classes plus its
-        // header); a long key is kept as its 65-byte digest.
-        let kept = max_key_len.min(MAX_PLAIN_KEY + 1);
-        self.table.memory_bound(kept.next_multiple_of(16) + 16)
+        let chunk = |n: usize| (n + 8).next_multiple_of(16).max(32);
+        let heap = match max_key_len {
+            0..=INLINE => 0,
+            n => chunk(n.min(MAX_PLAIN_KEY)),
+        };
+        self.table.memory_bound(heap)
     }
 }

@@ -14,11 +14,21 @@ use crate::Quota;
 pub trait QuotaResolver: Send + Sync + 'static {
     /// The quota for `key`.
     fn quota(&self, key: &str) -> Option<Quota>;
+
+    /// The one quota every key gets, if this resolver never varies it (a [`Quota`] does);
+    /// lets a limit prepare its arithmetic once. Default: `None`.
+    fn fixed(&self) -> Option<Quota> {
+        None
+    }
 }
 
 impl QuotaResolver for Quota {
     #[inline]
     fn quota(&self, _key: &str) -> Option<Quota> {
+        Some(*self)
+    }
+
+    fn fixed(&self) -> Option<Quota> {
         Some(*self)
     }
 }

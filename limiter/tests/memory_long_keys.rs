@@ -1,6 +1,7 @@
 //! A flood of 1,000,000 distinct 10 KB keys into the memory store (the store without Redis,
 //! and the insurance limiter beside Redis) stays within the documented bound, which no
-//! longer depends on key length: keys over 64 bytes are kept as their SHA-256. Unhashed, the
+//! longer depends on key length: keys over 46 bytes are kept as their SHA-256, inside the
+//! table's entries. Unhashed, the
 //! keys alone would take 10 GB. Its own test binary, so no other test's allocations blur the
 //! resident-memory figure.
 

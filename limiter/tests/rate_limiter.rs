@@ -378,8 +378,9 @@ fn eviction_spares_active_keys_while_idle_ones_exist() {
     );
 }
 
-/// Keys over 64 bytes are kept as their SHA-256: two long keys that differ only in their last
-/// byte still have buckets of their own, and a long key keeps its bucket across checks.
+/// Keys over 46 bytes are kept as their SHA-256: two long keys that differ only in their last
+/// byte still have buckets of their own, and a long key keeps its bucket across checks; the
+/// keys on either side of the 46-byte line are kept apart.
 #[tokio::test]
 async fn long_keys_keep_buckets_of_their_own() {
     let limiter = RateLimiter::builder()
@@ -406,7 +407,15 @@ async fn long_keys_keep_buckets_of_their_own() {
         limiter.check(&[("key", &b)]).await.unwrap().allowed,
         "b has its own"
     );
-    let plain64 = "y".repeat(64);
-    assert!(limiter.check(&[("key", &plain64)]).await.unwrap().allowed);
-    assert_eq!(limiter.memory_keys(), 3);
+    let plain = "y".repeat(46);
+    let hashed = "y".repeat(47);
+    for _ in 0..2 {
+        assert!(limiter.check(&[("key", &plain)]).await.unwrap().allowed);
+    }
+    assert!(!limiter.check(&[("key", &plain)]).await.unwrap().allowed);
+    assert!(
+        limiter.check(&[("key", &hashed)]).await.unwrap().allowed,
+        "the 47-byte key has its own bucket"
+    );
+    assert_eq!(limiter.memory_keys(), 4);
 }
