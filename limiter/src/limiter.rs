@@ -252,6 +252,20 @@ impl RateLimiter {
     fn check_one_in_memory(&self, descriptor: Descriptor<'_, '_>, consume: bool) -> Verdict {
         let inner = &*self.inner;
         let memory = &inner.memory;
+        if let [limit] = &inner.limits[..] {
+            // One limit: a denial consumed nothing, so nothing is ever given back.
+            let mut acc = Accumulator::default();
+            if let Some(key) = limit.key(descriptor)
+                && let Some(quota) = limit.quota.quota(key)
+            {
+                let params = limit.params.as_ref();
+                let now = memory.now();
+                let (decision, _) =
+                    memory.decide(0, limit.algorithm, &quota, params, key, now, 1, consume);
+                acc.add(quota, decision, self.is_enforced(0), limit);
+            }
+            return acc.finish(None);
+        }
         let mut now = None;
         let mut taken = [(0u32, Receipt::None); MAX_LIMITS];
         let mut count = 0;
