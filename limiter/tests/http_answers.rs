@@ -55,6 +55,14 @@ fn req(key: Option<&str>) -> Request<String> {
     b.body(String::new()).unwrap()
 }
 
+async fn send<S>(svc: &mut S, r: Request<String>) -> Response<String>
+where
+    S: Service<Request<String>, Response = Response<String>>,
+    S::Error: std::fmt::Debug,
+{
+    svc.ready().await.unwrap().call(r).await.unwrap()
+}
+
 fn json(r: &Response<String>) -> serde_json::Value {
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     serde_json::from_str(r.body()).expect("a JSON body")
@@ -67,19 +75,13 @@ async fn a_request_the_extractor_cannot_key_gets_its_status_not_the_global_limit
     let shared = limiter();
     let mut svc = HttpRateLimitLayer::new(shared.clone(), by_api_key).layer(service_fn(ok));
     for _ in 0..5 {
-        let r = svc.ready().await.unwrap().call(req(None)).await.unwrap();
+        let r = send(&mut svc, req(None)).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.body(), "an x-api-key header is required\n");
         assert!(r.headers().get("ratelimit").is_none());
     }
     assert_eq!(shared.memory_keys(), 0, "no limit was consulted");
-    let r = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(req(Some("k1")))
-        .await
-        .unwrap();
+    let r = send(&mut svc, req(Some("k1"))).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // The generic layer fails with the inner service's error type.
@@ -96,7 +98,7 @@ async fn a_request_the_extractor_cannot_key_gets_its_status_not_the_global_limit
         d.reject(KeyRejection::new(200, "no key"))
     })
     .layer(service_fn(ok));
-    let r = svc.ready().await.unwrap().call(req(None)).await.unwrap();
+    let r = send(&mut svc, req(None)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -108,22 +110,10 @@ async fn refusals_can_be_problem_json() {
         .problem_json()
         .layer(service_fn(ok));
     for _ in 0..2 {
-        let r = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(req(Some("k")))
-            .await
-            .unwrap();
+        let r = send(&mut svc, req(Some("k"))).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let r = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(req(Some("k")))
-        .await
-        .unwrap();
+    let r = send(&mut svc, req(Some("k"))).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let body = json(&r);
     println!("429 problem+json: {}", r.body());
@@ -139,7 +129,7 @@ async fn refusals_can_be_problem_json() {
     assert_eq!(body["retry_after"], retry);
     assert!(retry >= 1);
 
-    let r = svc.ready().await.unwrap().call(req(None)).await.unwrap();
+    let r = send(&mut svc, req(None)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body = json(&r);
     assert_eq!(body["type"], "urn:floodwall:rate-limit:unkeyed");
@@ -152,13 +142,7 @@ async fn refusals_can_be_problem_json() {
 #[tokio::test]
 async fn ratelimit_policy_states_the_burst() {
     let mut svc = HttpRateLimitLayer::new(limiter(), by_api_key).layer(service_fn(ok));
-    let r = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(req(Some("k")))
-        .await
-        .unwrap();
+    let r = send(&mut svc, req(Some("k"))).await;
     assert_eq!(r.headers()["ratelimit-policy"], "\"key\";q=60;w=60;burst=2");
     // Without a separate burst, no parameter.
     let plain = RateLimiter::builder()
@@ -166,12 +150,6 @@ async fn ratelimit_policy_states_the_burst() {
         .build()
         .unwrap();
     let mut svc = HttpRateLimitLayer::new(plain, by_api_key).layer(service_fn(ok));
-    let r = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(req(Some("k")))
-        .await
-        .unwrap();
+    let r = send(&mut svc, req(Some("k"))).await;
     assert_eq!(r.headers()["ratelimit-policy"], "\"key\";q=60;w=60");
 }

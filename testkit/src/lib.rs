@@ -28,6 +28,7 @@
 
 mod flaky;
 mod proxy;
+mod reshard;
 mod resp;
 mod sentinel;
 mod server;
@@ -35,6 +36,7 @@ mod tls;
 
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
 pub use proxy::FaultProxy;
+pub use reshard::SlotMove;
 pub use sentinel::RedisSentinel;
 pub use server::{
     REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError, Target, on_each_topology,

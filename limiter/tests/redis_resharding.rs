@@ -1,0 +1,162 @@
+//! Resharding under load: a 3-master Cluster moves the slot of a limited key to another
+//! master (`MIGRATING` / `IMPORTING`, `MIGRATE` in batches, `SETSLOT NODE`) while 8
+//! instances decide on that key with batching on. Clients see `ASK` while the slot is half
+//! moved and `MOVED` after; the limit stays exact: no decision is counted twice, and none
+//! admitted past the limit.
+//!
+//! What it also shows, and prints: while the slot is half moved, some decisions fail (and
+//! fail closed) with the `ASK` redirect as their error instead of being sent on. redis-rs
+//! follows a top-level `ASK`, so this one reaches the limiter some other way — most likely as
+//! a decision's own reply from the batch script, which keeps each decision's error through
+//! `redis.pcall`. Following it is left to the issue on Redis
+//! batching; the count is printed so its fix shows.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use floodwall_core::redis::{RedisConnection, StoreOptions};
+use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
+use floodwall_testkit::RedisCluster;
+
+const INSTANCES: usize = 8;
+const TASKS: usize = 8;
+const LIMIT: u32 = 300;
+/// Decisions asked in all: twice the limit, spread over the migration.
+const ASKED: u32 = 600;
+
+async fn instance(urls: &[String], alg: Algorithm) -> RateLimiter {
+    let conn = RedisConnection::cluster(urls.iter().cloned())
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(
+        NonZeroU32::new(LIMIT).unwrap(),
+        Duration::from_secs(30 * 86_400),
+    );
+    RateLimiter::builder()
+        .limit(Limit::new("api", alg, quota).keyed_by("user"))
+        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_load_keeps_the_limit_exact() {
+    let Some(cluster) =
+        RedisCluster::start_or_skip("a_slot_moved_under_load_keeps_the_limit_exact", 3)
+    else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    for alg in [Algorithm::Gcra, Algorithm::SlidingLog] {
+        let user = format!("reshard-{alg:?}-{}", std::process::id());
+        let key = format!("fw-rl:v1:{{{user}}}:api");
+        // Neighbours in the same slot, so the slot moves in several MIGRATE batches and
+        // the limiter's keys meet a half-moved slot.
+        let source = cluster.node_for_key(&key).unwrap().port();
+        for i in 0..60 {
+            let k = format!("{{{user}}}:neighbour:{i}");
+            cluster
+                .node_for_key(&key)
+                .unwrap()
+                .command(&["SET", &k, "x"])
+                .unwrap();
+        }
+        let to = cluster
+            .nodes()
+            .iter()
+            .map(|n| n.port())
+            .find(|&p| p != source)
+            .unwrap();
+        let mut instances = Vec::new();
+        for _ in 0..INSTANCES {
+            instances.push(instance(&cluster.urls(), alg).await);
+        }
+        // A first decision creates the limiter's keys on the source.
+        assert!(
+            instances[0]
+                .check(&[("user", &user)])
+                .await
+                .unwrap()
+                .allowed
+        );
+
+        let (asked, admitted, failed) = (
+            Arc::new(AtomicU32::new(1)),
+            Arc::new(AtomicU32::new(1)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let mut handles = Vec::new();
+        for limiter in &instances {
+            for _ in 0..TASKS {
+                let (limiter, user) = (limiter.clone(), user.clone());
+                let (asked, admitted, failed) = (asked.clone(), admitted.clone(), failed.clone());
+                handles.push(tokio::spawn(async move {
+                    while asked.fetch_add(1, Ordering::SeqCst) < ASKED {
+                        match limiter.check(&[("user", &user)]).await {
+                            Ok(v) if v.allowed => {
+                                admitted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                if failed.fetch_add(1, Ordering::SeqCst) == 0 {
+                                    println!("first failure: {e}");
+                                }
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }));
+            }
+        }
+        let mover = cluster.clone();
+        let moved_key = key.clone();
+        let started = Instant::now();
+        let moved = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            mover.migrate_slot_of(&moved_key, to, Duration::from_millis(15))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let move_took = started.elapsed();
+        for h in handles {
+            h.await.unwrap();
+        }
+        let (admitted, failed) = (
+            admitted.load(Ordering::SeqCst),
+            failed.load(Ordering::SeqCst),
+        );
+        println!(
+            "{alg:?}: slot {} moved :{} -> :{} ({} keys) in {move_took:?} under load; \
+             {ASKED} decisions asked, {admitted} admitted of limit {LIMIT}, {failed} failed",
+            moved.slot, moved.from, moved.to, moved.keys
+        );
+        assert_eq!(
+            cluster.node_for_key(&key).unwrap().port(),
+            to,
+            "the key moved"
+        );
+        assert!(
+            moved.keys >= 61,
+            "the neighbours and the limiter's keys moved"
+        );
+        assert_eq!(admitted, LIMIT, "exactly the limit across the move");
+        assert!(
+            failed < ASKED - LIMIT,
+            "{failed} failed: too few decided to test exactness"
+        );
+        // After the move, decisions go to the new master and still count from where the
+        // key was: the limit is spent.
+        assert!(
+            !instances[3]
+                .check(&[("user", &user)])
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+}
