@@ -241,8 +241,16 @@ impl Batcher {
                 batch.into_iter().map(|w| (w.item, w.reply)).unzip();
             match self.call(&items).await {
                 Ok(verdicts) => {
-                    for (reply, verdict) in replies.into_iter().zip(verdicts) {
-                        let _ = reply.send(Ok(verdict));
+                    for ((item, reply), verdict) in items.iter().zip(replies).zip(verdicts) {
+                        let verdict = if is_redirect(&verdict) {
+                            // The slot is moving: this decision ran into a key that has left
+                            // (it wrote nothing). Alone, its redirect is the call's own reply,
+                            // which the Cluster client follows.
+                            send_single(&self.path, item).await
+                        } else {
+                            Ok(verdict)
+                        };
+                        let _ = reply.send(verdict);
                     }
                 }
                 Err(e) => {
@@ -256,9 +264,30 @@ impl Batcher {
     }
 }
 
-/// One decision alone: its verdict comes back bare (see `limit.lua`).
+/// Whether a decision's reply inside a batch is a Cluster redirect (`ASK`, `MOVED`,
+/// `TRYAGAIN`): a key of the slot being resharded was not where the batch ran.
+fn is_redirect(v: &::redis::Value) -> bool {
+    use ::redis::ServerErrorKind as K;
+    matches!(v, ::redis::Value::ServerError(e)
+        if matches!(e.kind(), Some(K::Ask | K::Moved | K::TryAgain)))
+}
+
+/// One decision alone: its verdict comes back bare (see `limit.lua`). A redirect the script
+/// met inside (a key of a slot being resharded, which it left untouched) is sent again, up
+/// to four times, 5, 10, 20 and 40 ms apart, while the slot moves on (the caller's wait stays
+/// bounded by its own deadline).
 pub(super) async fn send_single(path: &StorePath, item: &Unit) -> Verdict {
-    path.invoke(item.append(LIMIT_SCRIPT.call())).await
+    let mut tries = 0;
+    loop {
+        let verdict = path.invoke(item.append(LIMIT_SCRIPT.call())).await;
+        tries += 1;
+        match &verdict {
+            Ok(v) if is_redirect(v) && tries < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(5 << (tries - 1))).await;
+            }
+            _ => return verdict,
+        }
+    }
 }
 
 /// The slot's turn, held by the decision sent alone; handed on when it ends.
