@@ -78,6 +78,23 @@ pub use floodwall_cache as cache;
 #[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
 pub use floodwall_idempotency as idempotency;
 
+/// Registers the description and unit of every metric the enabled floodwall crates emit with
+/// the installed `metrics` recorder, so an exporter shows them (`# HELP` in Prometheus). Each
+/// primitive does it when built; call this after installing a recorder if primitives were
+/// built before it.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    #[cfg(feature = "resilience")]
+    resilience::describe_metrics();
+    #[cfg(feature = "limiter")]
+    limiter::describe_metrics();
+    #[cfg(feature = "cache")]
+    cache::describe_metrics();
+    #[cfg(feature = "idempotency")]
+    idempotency::describe_metrics();
+}
+
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../README.md")]

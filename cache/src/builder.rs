@@ -136,6 +136,8 @@ where
 
     /// Builds the cache.
     pub fn build(self) -> TieredCache<K, V> {
+        #[cfg(feature = "metrics")]
+        crate::describe_metrics();
         let o = &self.options;
         // moka drops entries once even fail-safe cannot use them (a backstop: freshness is
         // decided on `clock`).

@@ -83,4 +83,55 @@ mod tiered;
 pub use builder::TieredCacheBuilder;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use stats::StatsSnapshot;
+
+/// Registers the description and unit of every metric this crate emits with the installed
+/// `metrics` recorder (so Prometheus shows `# HELP`). Building a cache does it; call it
+/// yourself after installing a recorder if caches were built before.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    use ::metrics::{Unit, describe_counter};
+    for (name, help) in [
+        (
+            "floodwall_cache_l1_hits_total",
+            "Lookups answered from L1 (fresh or stale)",
+        ),
+        (
+            "floodwall_cache_l1_misses_total",
+            "Lookups L1 could not answer",
+        ),
+        ("floodwall_cache_loads_total", "Loader calls"),
+        (
+            "floodwall_cache_coalesced_waiters_total",
+            "Callers that joined a load already in flight",
+        ),
+        (
+            "floodwall_cache_stale_served_total",
+            "Stale values served (stale-while-revalidate, fail-safe, soft timeout)",
+        ),
+        ("floodwall_cache_l2_reads_total", "Reads of the Redis tier"),
+        (
+            "floodwall_cache_l2_hits_total",
+            "Reads of the Redis tier that found a value",
+        ),
+        (
+            "floodwall_cache_l2_errors_total",
+            "Redis tier calls that failed",
+        ),
+        (
+            "floodwall_cache_l2_decode_errors_total",
+            "Redis tier values that did not decode",
+        ),
+        (
+            "floodwall_cache_invalidations_received_total",
+            "Invalidations received from other instances",
+        ),
+        (
+            "floodwall_cache_invalidations_sent_total",
+            "Invalidations published",
+        ),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
+}
 pub use tiered::{CacheError, Fetched, TieredCache};

@@ -59,6 +59,8 @@ impl<S: fmt::Debug> fmt::Debug for Deduplicator<S> {
 impl<S: Store> Deduplicator<S> {
     /// Remembers processed ids for `window`; a processing claim lasts 60 s.
     pub fn new(store: S, window: Duration) -> Self {
+        #[cfg(feature = "metrics")]
+        crate::describe_metrics();
         Deduplicator {
             store,
             window,

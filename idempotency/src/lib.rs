@@ -82,3 +82,45 @@ pub use run::{
     ConfigError, DEFAULT_LEASE, Idempotency, IdempotencyBuilder, OnConflict, Outcome, RunError,
 };
 pub use store::{COMPLETION_GRACE, DEFAULT_MAX_RECORDS, MemoryStore, Store};
+
+/// Registers the description and unit of every metric this crate emits with the installed
+/// `metrics` recorder (so Prometheus shows `# HELP`). Building an `Idempotency` or a
+/// `Deduplicator` does it; call it yourself after installing a recorder if they were built
+/// before.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    use ::metrics::{Unit, describe_counter};
+    for (name, help) in [
+        (
+            "floodwall_idempotency_executions_total",
+            "Operations run (claims won)",
+        ),
+        (
+            "floodwall_idempotency_replays_total",
+            "Stored results replayed",
+        ),
+        (
+            "floodwall_idempotency_conflicts_total",
+            "Duplicates answered \"in progress\"",
+        ),
+        (
+            "floodwall_idempotency_mismatches_total",
+            "Keys reused with another payload",
+        ),
+        (
+            "floodwall_idempotency_duplicates_total",
+            "Queue messages skipped as already processed",
+        ),
+        (
+            "floodwall_idempotency_unrecorded_total",
+            "Operations that ran but whose result could not be stored",
+        ),
+        (
+            "floodwall_idempotency_unreleased_total",
+            "Claims that could not be released",
+        ),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
+}

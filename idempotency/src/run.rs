@@ -162,6 +162,8 @@ impl<S: Store> IdempotencyBuilder<S> {
 
     /// Builds it, or names the setting that cannot work.
     pub fn build(self) -> Result<Idempotency<S>, ConfigError> {
+        #[cfg(feature = "metrics")]
+        crate::describe_metrics();
         if self.inner.lease.is_zero() {
             return Err(ConfigError {
                 field: "lease",
@@ -186,6 +188,8 @@ impl<S: Store> Idempotency<S> {
     /// Over `store`, with a [`DEFAULT_LEASE`] (5 s) lease renewed while the operation runs,
     /// 24 h retention and [`OnConflict::Reject`].
     pub fn new(store: S) -> Self {
+        #[cfg(feature = "metrics")]
+        crate::describe_metrics();
         Idempotency {
             store,
             lease: DEFAULT_LEASE,

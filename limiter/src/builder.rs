@@ -82,6 +82,8 @@ impl RateLimiterBuilder {
 
     /// Builds the limiter.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        #[cfg(feature = "metrics")]
+        crate::describe_metrics();
         if self.limits.len() > MAX_LIMITS {
             return Err(ConfigError(format!(
                 "{} limits; at most {MAX_LIMITS}",

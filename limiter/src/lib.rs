@@ -101,5 +101,24 @@ pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use limit::{Binding, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, Verdict};
 pub use limiter::RateLimiter;
 pub use name::LimitName;
+
+/// Registers the description and unit of every metric this crate emits with the installed
+/// `metrics` recorder (so Prometheus shows `# HELP`). [`RateLimiterBuilder::build`] does it;
+/// call it yourself after installing a recorder if limiters were built before.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    use ::metrics::{Unit, describe_counter};
+    describe_counter!(
+        "floodwall_limiter_denied_total",
+        Unit::Count,
+        "Requests a limit denied (shadow=\"true\": a shadow limit that would have denied)"
+    );
+    describe_counter!(
+        "floodwall_limiter_store_failures_total",
+        Unit::Count,
+        "Decisions where the store failed and the failure policy decided, by policy"
+    );
+}
 pub use quota::Quota;
 pub use tiers::{QuotaResolver, Tiers};

@@ -64,7 +64,9 @@
 //! With the `metrics` feature each primitive registers its handles with the
 //! [`metrics`](https://docs.rs/metrics) facade when it is built (install a recorder first,
 //! e.g. a Prometheus exporter); the hot path only bumps them. Labels name the primitive
-//! (`name(..)` on its builder, `"default"` otherwise).
+//! (`name(..)` on its builder, `"default"` otherwise). Building a primitive also registers
+//! each metric's description and unit; `describe_metrics()` does it again, for primitives
+//! built before the recorder was installed.
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
@@ -104,3 +106,61 @@ pub use error::Error;
 pub use error::{ErrorLayer, ErrorService};
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use pipeline::Pipeline;
+
+/// Registers the description and unit of every metric this crate emits with the installed
+/// `metrics` recorder (so Prometheus shows `# HELP`). Each primitive does it when built; call
+/// it yourself after installing a recorder if primitives were built before.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn describe_metrics() {
+    use ::metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "floodwall_circuit_breaker_state",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only"
+    );
+    describe_counter!(
+        "floodwall_circuit_breaker_calls_total",
+        Unit::Count,
+        "Calls through a circuit breaker, by outcome (success, failure, ignored, rejected)"
+    );
+    describe_counter!(
+        "floodwall_retry_retries_total",
+        Unit::Count,
+        "Retries made (first attempts not counted)"
+    );
+    describe_counter!(
+        "floodwall_retry_budget_exhausted_total",
+        Unit::Count,
+        "Retries refused by the retry budget"
+    );
+    describe_gauge!(
+        "floodwall_bulkhead_in_flight",
+        Unit::Count,
+        "Calls holding a bulkhead slot"
+    );
+    describe_gauge!(
+        "floodwall_bulkhead_queue_depth",
+        Unit::Count,
+        "Callers waiting for a bulkhead slot"
+    );
+    describe_counter!(
+        "floodwall_bulkhead_rejected_total",
+        Unit::Count,
+        "Calls a bulkhead rejected, by reason"
+    );
+    describe_counter!(
+        "floodwall_hedge_attempts_total",
+        Unit::Count,
+        "Hedged (extra) attempts started"
+    );
+    describe_gauge!(
+        "floodwall_adaptive_limit",
+        Unit::Count,
+        "The current adaptive concurrency limit"
+    );
+    describe_counter!(
+        "floodwall_adaptive_rejected_total",
+        Unit::Count,
+        "Calls over the adaptive concurrency limit"
+    );
+}

@@ -22,6 +22,7 @@ mod imp {
 
     impl BreakerMetrics {
         pub(crate) fn new(name: &str) -> Self {
+            crate::describe_metrics();
             let calls = |outcome: &'static str| counter!("floodwall_circuit_breaker_calls_total", "breaker" => name.to_owned(), "outcome" => outcome);
             BreakerMetrics {
                 state: gauge!("floodwall_circuit_breaker_state", "breaker" => name.to_owned()),
@@ -57,6 +58,7 @@ mod imp {
 
     impl RetryMetrics {
         pub(crate) fn new(name: &str) -> Self {
+            crate::describe_metrics();
             RetryMetrics {
                 retries: counter!("floodwall_retry_retries_total", "retry" => name.to_owned()),
                 exhausted: counter!("floodwall_retry_budget_exhausted_total", "retry" => name.to_owned()),
@@ -82,6 +84,7 @@ mod imp {
 
     impl BulkheadMetrics {
         pub(crate) fn new(name: &str) -> Self {
+            crate::describe_metrics();
             let rejected = |reason: &'static str| counter!("floodwall_bulkhead_rejected_total", "bulkhead" => name.to_owned(), "reason" => reason);
             BulkheadMetrics {
                 in_flight: gauge!("floodwall_bulkhead_in_flight", "bulkhead" => name.to_owned()),
@@ -121,6 +124,7 @@ mod imp {
 
     impl HedgeMetrics {
         pub(crate) fn new(name: &str) -> Self {
+            crate::describe_metrics();
             HedgeMetrics {
                 hedges: counter!("floodwall_hedge_attempts_total", "hedge" => name.to_owned()),
             }
@@ -138,6 +142,7 @@ mod imp {
 
     impl AdaptiveMetrics {
         pub(crate) fn new(name: &str) -> Self {
+            crate::describe_metrics();
             AdaptiveMetrics {
                 limit: gauge!("floodwall_adaptive_limit", "limiter" => name.to_owned()),
                 rejected: counter!("floodwall_adaptive_rejected_total", "limiter" => name.to_owned()),

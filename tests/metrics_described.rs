@@ -1,0 +1,105 @@
+//! Every metric floodwall emits has a description and a unit once described, whichever came
+//! first: a breaker built before the recorder was installed, and primitives built after it.
+//! The described names are the ones exporters show with `# HELP`.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use floodwall::cache::TieredCache;
+use floodwall::idempotency::{Fingerprint, Idempotency, MemoryStore};
+use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
+use floodwall::resilience::bulkhead::Bulkhead;
+use floodwall::resilience::circuit_breaker::CircuitBreaker;
+use floodwall::resilience::retry::{Backoff, Retry};
+use metrics_util::debugging::DebuggingRecorder;
+
+#[tokio::test]
+async fn every_emitted_metric_is_described() {
+    // Built before any recorder exists: its descriptions went nowhere.
+    let early = CircuitBreaker::builder().name("early").build().unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder in this test binary");
+    floodwall::describe_metrics();
+    let _ = early;
+
+    let breaker = CircuitBreaker::builder().name("payments").build().unwrap();
+    let _ = breaker.call(|| async { Ok::<_, ()>(()) }).await;
+    breaker.force_open();
+    let _ = breaker.call(|| async { Ok::<_, ()>(()) }).await;
+
+    let retry = Retry::builder()
+        .max_attempts(NonZeroU32::new(2).unwrap())
+        .backoff(Backoff::Constant(Duration::from_millis(1)))
+        .build();
+    let _ = retry.call(|| async { Err::<(), _>("503") }).await;
+
+    let bulkhead = Bulkhead::builder()
+        .max_concurrent(NonZeroUsize::new(1).unwrap())
+        .build();
+    let held = bulkhead.try_acquire().unwrap();
+    assert!(bulkhead.try_acquire().is_err());
+    drop(held);
+
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new(
+            "api",
+            Algorithm::Gcra,
+            Quota::per_hour(NonZeroU32::new(1).unwrap()),
+        ))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let _ = limiter.check(&[]).await.unwrap();
+    }
+
+    let cache: TieredCache<u32, u32> = TieredCache::builder().build();
+    for _ in 0..2 {
+        let _ = cache
+            .get_or_load(1, || async { Ok::<_, String>(Some(7)) })
+            .await;
+    }
+
+    let idem = Idempotency::new(MemoryStore::new());
+    for _ in 0..2 {
+        idem.run("k", &Fingerprint::NONE, || async { Ok::<_, String>(1u8) })
+            .await
+            .unwrap();
+    }
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let mut names: Vec<String> = snapshot
+        .iter()
+        .map(|(key, _, _, _)| key.key().name().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let undescribed: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            !snapshot
+                .iter()
+                .any(|(k, _, d, _)| k.key().name() == n.as_str() && d.is_some())
+        })
+        .collect();
+    println!("{} metric names emitted: {names:?}", names.len());
+    for want in [
+        "floodwall_circuit_breaker_calls_total",
+        "floodwall_circuit_breaker_state",
+        "floodwall_retry_retries_total",
+        "floodwall_bulkhead_rejected_total",
+        "floodwall_limiter_denied_total",
+        "floodwall_cache_loads_total",
+        "floodwall_cache_l1_hits_total",
+        "floodwall_idempotency_executions_total",
+        "floodwall_idempotency_replays_total",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} was emitted");
+    }
+    assert!(
+        undescribed.is_empty(),
+        "without a description: {undescribed:?}"
+    );
+}
