@@ -257,73 +257,29 @@ fn redis_decisions(c: &mut Criterion) {
     let (per, rounds) = if full { (300, 6) } else { (10, 1) };
     eprintln!("\n| scenario | target | decisions/s | p50 | p99 | vs floor |");
     eprintln!("|---|---|---|---|---|---|");
-    let at = |s: &str| format!("standalone, {s}");
-    scenario(
-        &rt,
-        &at("64 callers, 64 keys"),
-        &standalone,
-        64,
-        64,
-        per,
-        rounds,
-        &keys,
-    );
-    scenario(
-        &rt,
-        &at("64 callers, 10k keys"),
-        &standalone,
-        64,
-        MAX_KEYS,
-        per,
-        rounds,
-        &keys,
-    );
-    scenario(
-        &rt,
-        &at("64 callers, 10 hot keys"),
-        &standalone,
-        64,
-        10,
-        per,
-        rounds,
-        &keys,
-    );
-    scenario(
-        &rt,
-        &at("1 caller"),
-        &standalone,
-        1,
-        MAX_KEYS,
-        per * 10,
-        rounds,
-        &keys,
-    );
+    // (scenario, callers, keys, decisions per caller)
+    let standalone_runs = [
+        ("64 callers, 64 keys", 64, 64, per),
+        ("64 callers, 10k keys", 64, MAX_KEYS, per),
+        ("64 callers, 10 hot keys", 64, 10, per),
+        ("1 caller", 1, MAX_KEYS, per * 10),
+    ];
+    for (name, callers, spread, n) in standalone_runs {
+        let name = format!("standalone, {name}");
+        scenario(&rt, &name, &standalone, callers, spread, n, rounds, &keys);
+    }
     drop(standalone);
     let Some(cluster) = RedisCluster::start_or_skip("limiter_redis bench (Cluster)", 3) else {
         return;
     };
     let clustered = targets(&rt, &cluster.urls(), true);
-    let at = |s: &str| format!("3-master Cluster, {s}");
-    scenario(
-        &rt,
-        &at("64 callers, 10k keys"),
-        &clustered,
-        64,
-        MAX_KEYS,
-        per,
-        rounds,
-        &keys,
-    );
-    scenario(
-        &rt,
-        &at("64 callers, 10 hot keys"),
-        &clustered,
-        64,
-        10,
-        per,
-        rounds,
-        &keys,
-    );
+    for (name, spread) in [
+        ("64 callers, 10k keys", MAX_KEYS),
+        ("64 callers, 10 hot keys", 10),
+    ] {
+        let name = format!("3-master Cluster, {name}");
+        scenario(&rt, &name, &clustered, 64, spread, per, rounds, &keys);
+    }
 }
 
 criterion_group!(benches, redis_decisions);

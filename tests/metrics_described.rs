@@ -13,7 +13,8 @@ use floodwall::resilience::circuit_breaker::CircuitBreaker;
 use floodwall::resilience::retry::{Backoff, Retry};
 use metrics_util::debugging::DebuggingRecorder;
 
-#[tokio::test]
+/// On Tokio's paused clock: the retry's backoff passes at once.
+#[tokio::test(start_paused = true)]
 async fn every_emitted_metric_is_described() {
     // Built before any recorder exists: its descriptions went nowhere.
     let early = CircuitBreaker::builder().name("early").build().unwrap();

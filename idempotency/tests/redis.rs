@@ -6,6 +6,7 @@
 mod model;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -256,23 +257,10 @@ async fn blackholed_redis_answers_503_within_the_bound_and_never_runs_the_handle
     let bound = Duration::from_millis(100);
     let store = RedisStore::new(StoreOptions::new(conn).call_timeout(bound));
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let runs = runs.clone();
-        service_fn(move |_req: Request<Full<Bytes>>| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-        })
-    };
+    let handler = counting_handler(runs.clone());
     let mut svc =
         IdempotencyLayer::new(Idempotency::new(store), |_| Some("u".into())).layer(handler);
-    let req = |key: &str| {
-        Request::builder()
-            .method(Method::POST)
-            .uri("/pay")
-            .header("idempotency-key", key)
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap()
-    };
+    let req = pay;
     assert_eq!(
         svc.ready()
             .await
@@ -458,22 +446,9 @@ async fn a_claim_whose_reply_was_lost_frees_the_key_within_one_lease() {
         .build()
         .unwrap();
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let runs = runs.clone();
-        service_fn(move |_req: Request<Full<Bytes>>| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-        })
-    };
+    let handler = counting_handler(runs.clone());
     let mut svc = IdempotencyLayer::new(idem, |_| Some("u".into())).layer(handler);
-    let req_for = |key: &str| {
-        Request::builder()
-            .method(Method::POST)
-            .uri("/pay")
-            .header("idempotency-key", key)
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap()
-    };
+    let req_for = pay;
     let req = || req_for("paused");
     // A warm store (its scripts loaded on the server), as in production.
     let warm = svc
@@ -607,4 +582,31 @@ async fn a_killed_master_mid_operation_runs_it_once() {
     assert_eq!(executions, 1, "{answers:?}");
     assert!(matches!(first, Ok(floodwall_idempotency::Outcome::Fresh(ref v)) if v == "ch_1"));
     assert!(answers.iter().all(|a| a == "ch_1"), "{answers:?}");
+}
+
+/// A handler answering 200 "ok" that counts its runs in `runs`.
+fn counting_handler(
+    runs: Arc<AtomicU32>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<Full<Bytes>>| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    })
+}
+
+/// A `POST /pay` with `Idempotency-Key: key`.
+fn pay(key: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/pay")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
 }

@@ -247,3 +247,22 @@ impl Memory {
         self.table.memory_bound(heap)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout the module docs and the memory bound describe: a GCRA entry is one
+    /// 64-byte cache line's worth, short keys inline.
+    #[test]
+    fn an_entry_is_64_bytes() {
+        type E = crate::keyed::Entry<(u32, StoredKey), (State, AtomicU64)>;
+        assert_eq!(std::mem::size_of::<E>(), 64);
+        let k = StoredKey::new(KeyView::of("203.0.113.255"));
+        assert_eq!(k.heap(), 0);
+        assert!(k.is(&KeyView::of("203.0.113.255")));
+        assert!(!k.is(&KeyView::of("203.0.113.25")));
+        let long = "x".repeat(47);
+        assert!(StoredKey::new(KeyView::of(&long)).is(&KeyView::of(&long)));
+    }
+}

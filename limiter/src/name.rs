@@ -15,9 +15,9 @@ const INTERNED_LEN: usize = 64;
 /// A limit's name, as a [`Verdict`](crate::Verdict) reports it. Derefs to `str`.
 ///
 /// Every verdict carries the binding limit's name, so cloning one must cost nothing: the
-/// first 4096 distinct names of at most 64 bytes are kept for the
-/// life of the process (at most 256 KB) and a clone copies a pointer; any other name is
-/// shared through an `Arc` (a clone is a reference-count increment).
+/// first 4096 distinct names of at most 64 bytes are kept for the life of the process (their
+/// bytes: at most 256 KB) and a clone copies a pointer; any other name is shared through an
+/// `Arc` (a clone is a reference-count increment).
 ///
 /// ```
 /// use floodwall_limiter::LimitName;

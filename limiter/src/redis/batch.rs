@@ -274,16 +274,28 @@ fn is_redirect(v: &::redis::Value) -> bool {
 
 /// One decision alone: its verdict comes back bare (see `limit.lua`). A redirect the script
 /// met inside (a key of a slot being resharded, which it left untouched) is sent again, up
-/// to four times, 5, 10, 20 and 40 ms apart, while the slot moves on (the caller's wait stays
-/// bounded by its own deadline).
+/// to four times, 5, 10, 20 and 40 ms apart, while the slot moves on. The resends share the
+/// first call's bound: the whole decision ends within one `call_timeout`.
 pub(super) async fn send_single(path: &StorePath, item: &Unit) -> Verdict {
+    let bound = path.call_timeout();
+    let deadline = floodwall_core::clock::deadline_after(bound);
     let mut tries = 0;
     loop {
-        let verdict = path.invoke(item.append(LIMIT_SCRIPT.call())).await;
+        let verdict =
+            match tokio::time::timeout_at(deadline, path.invoke(item.append(LIMIT_SCRIPT.call())))
+                .await
+            {
+                Ok(verdict) => verdict,
+                Err(_) => return Err(StoreError::Timeout { after: bound }),
+            };
         tries += 1;
         match &verdict {
             Ok(v) if is_redirect(v) && tries < 5 => {
-                tokio::time::sleep(std::time::Duration::from_millis(5 << (tries - 1))).await;
+                let pause = std::time::Duration::from_millis(5 << (tries - 1));
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return verdict;
+                }
+                tokio::time::sleep(pause).await;
             }
             _ => return verdict,
         }
