@@ -243,6 +243,55 @@ async fn key_errors_are_healthy_and_node_failures_open_the_nodes_gate() {
     assert!(took < Duration::from_millis(5), "{took:?}");
 }
 
+/// A call bounded by a deadline before its own timeout ends at the deadline, and the node's
+/// gate still hears of the timeout: a caller's shorter bound never hides a failing node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_by_its_deadline_is_reported_to_the_gate() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_call_cut_short_by_its_deadline_is_reported_to_the_gate")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .call_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let r = recorder.clone();
+    let path = StoreOptions::new(conn)
+        .health_gate(move |_: &str| r.clone() as Arc<dyn HealthGate>)
+        .open(keyspace());
+    let key = keyspace().key("until").build();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let n: i64 = path
+        .invoke_until(INCR.call().key(&key), deadline)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "a far deadline leaves the call its own bound");
+
+    proxy.blackhole();
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(40);
+    let err = path
+        .invoke_until::<i64>(INCR.call().key(&key), deadline)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    println!("blackholed call with a 40 ms deadline (300 ms bound) answered after {took:?}");
+    assert!(matches!(err, StoreError::Timeout { .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(40) && took < Duration::from_millis(200),
+        "{took:?}"
+    );
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        vec![Health::Healthy, Health::Unhealthy],
+        "the gate heard of the cut-short call"
+    );
+}
+
 /// A server out of memory (`maxmemory` reached, `noeviction`): writes answer `OOM`, which is
 /// the caller's `Unavailable` but says nothing of the node's liveness (neutral), so the
 /// node's gate stays closed and reads keep being served.

@@ -182,6 +182,23 @@ impl StorePath {
         .await
     }
 
+    /// Runs a script like [`invoke`](Self::invoke), bounded by `deadline` when it comes before
+    /// the call's own timeout. The bound is the call's timeout, so a call cut short at the
+    /// deadline is still reported to the node's gate as a timeout.
+    pub async fn invoke_until<T: FromRedisValue>(
+        &self,
+        call: ScriptCall<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, StoreError> {
+        let node = self.node_for(call.first_key());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bound = left.min(self.call_timeout());
+        self.run_within(node, Gating::Gated, bound, |conn, t| async move {
+            conn.invoke_raw(&call, t).await
+        })
+        .await
+    }
+
     /// Runs a script that finishes what the caller holds (completing a claim, releasing a
     /// lease): the node's gate is neither asked nor told, so an open gate never refuses it.
     pub async fn invoke_held<T: FromRedisValue>(
@@ -225,8 +242,25 @@ impl StorePath {
 
     async fn run<'a, T, F, Fut>(
         &'a self,
+        node: (Cow<'a, Arc<str>>, Cow<'a, Arc<dyn HealthGate>>),
+        gating: Gating,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(&'a RedisConnection, Duration) -> Fut,
+        Fut: Future<Output = Result<T, CallError>> + 'a,
+    {
+        let timeout = self.inner.conn.call_timeout();
+        self.run_within(node, gating, timeout, call).await
+    }
+
+    /// Runs `call` bounded by `timeout`, asking the node's gate first (unless bypassed) and
+    /// telling it how the call went.
+    async fn run_within<'a, T, F, Fut>(
+        &'a self,
         (node, gate): (Cow<'a, Arc<str>>, Cow<'a, Arc<dyn HealthGate>>),
         gating: Gating,
+        timeout: Duration,
         call: F,
     ) -> Result<T, StoreError>
     where
@@ -247,7 +281,6 @@ impl StorePath {
                 }
             },
         };
-        let timeout = conn.call_timeout();
         match call(conn, timeout).await {
             Ok(v) => {
                 if let Some(t) = ticket {

@@ -281,13 +281,11 @@ pub(super) async fn send_single(path: &StorePath, item: &Unit) -> Verdict {
     let deadline = floodwall_core::clock::deadline_after(bound);
     let mut tries = 0;
     loop {
-        let verdict =
-            match tokio::time::timeout_at(deadline, path.invoke(item.append(LIMIT_SCRIPT.call())))
-                .await
-            {
-                Ok(verdict) => verdict,
-                Err(_) => return Err(StoreError::Timeout { after: bound }),
-            };
+        // The first try has the whole bound; a resend has what is left of it. Either way the
+        // bound is the call's own timeout, so the node's gate hears of a timeout.
+        let verdict = path
+            .invoke_until(item.append(LIMIT_SCRIPT.call()), deadline)
+            .await;
         tries += 1;
         match &verdict {
             Ok(v) if is_redirect(v) && tries < 5 => {
