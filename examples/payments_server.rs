@@ -1,7 +1,9 @@
 //! A payments-style `POST /payments` behind the `Idempotency-Key` layer.
 //!
 //! The server keeps idempotency records in memory, or in Redis when `REDIS_URL` is set (run
-//! with `--features http,redis` then). It drives itself with a client:
+//! with `--features http,redis` then), or — when `DATABASE_URL` is set (`--features
+//! http,postgres`) — in PostgreSQL, where each charge row and its idempotency record commit
+//! in one transaction (`Idempotency::run_in_transaction`). It drives itself with a client:
 //!
 //! 1. the client sends a payment and gives up after 100 ms (the response is "dropped"),
 //!    while the server takes 300 ms to charge the card and still finishes;
@@ -70,7 +72,23 @@ fn app<S: Store + Clone>(store: S, charges: Arc<AtomicU32>) -> Router {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let charges = Arc::new(AtomicU32::new(0));
-    let router = match std::env::var("REDIS_URL") {
+    let router = match (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL")) {
+        #[cfg(feature = "postgres")]
+        (Ok(url), _) => {
+            println!("charges and idempotency records in PostgreSQL at {url}, committed together");
+            pg::app(&url, charges.clone()).await?
+        }
+        (_, redis_url) => redis_or_memory(redis_url, charges.clone()).await?,
+    };
+    drive(router, charges).await
+}
+
+/// The router keeping records in Redis when `REDIS_URL` is set, else in memory.
+async fn redis_or_memory(
+    redis_url: Result<String, std::env::VarError>,
+    charges: Arc<AtomicU32>,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    Ok(match redis_url {
         #[cfg(feature = "redis")]
         Ok(url) => {
             use floodwall::core::Keyspace;
@@ -83,19 +101,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 StoreOptions::new(conn)
                     .keyspace(Keyspace::new("fw-idem-example", std::process::id())?),
             );
-            app(store, charges.clone())
+            app(store, charges)
         }
         #[cfg(not(feature = "redis"))]
         Ok(_) => {
             println!("REDIS_URL is set, but this build has no `redis` feature: in memory");
-            app(MemoryStore::new(), charges.clone())
+            app(MemoryStore::new(), charges)
         }
         Err(_) => {
             println!("idempotency records in memory (set REDIS_URL to keep them in Redis)");
-            app(MemoryStore::new(), charges.clone())
+            app(MemoryStore::new(), charges)
         }
-    };
+    })
+}
 
+/// Serves `router` and drives it through the scenario (and the soak, when asked).
+async fn drive(router: Router, charges: Arc<AtomicU32>) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -271,4 +292,106 @@ async fn soak(addr: SocketAddr, charges: Arc<AtomicU32>, length: Duration) {
         "soak: answers {total:?}; {unique} distinct keys, cards charged during the soak: {}",
         charges.load(Ordering::SeqCst) - before
     );
+}
+
+/// The PostgreSQL mode: the handler charges inside `run_in_transaction`, so the charge row
+/// and the idempotency record commit together — or neither does.
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::*;
+    use axum::http::HeaderMap;
+    use axum::response::{IntoResponse, Response};
+    use floodwall::idempotency::postgres::PostgresStore;
+    use floodwall::idempotency::{Fingerprint, Outcome, RunError};
+
+    #[derive(Clone)]
+    struct Shop {
+        idem: Idempotency<PostgresStore>,
+        charges: Arc<AtomicU32>,
+    }
+
+    pub(super) async fn app(
+        url: &str,
+        charges: Arc<AtomicU32>,
+    ) -> Result<Router, Box<dyn std::error::Error>> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
+            .await?;
+        // A table per run, so a second run starts clean.
+        let run = std::process::id();
+        let store =
+            PostgresStore::new(pool.clone()).with_table(&format!("fw_idem_example_{run}"))?;
+        store.migrate().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS example_charges \
+             (id bigserial PRIMARY KEY, payer text NOT NULL, amount text NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        let shop = Shop {
+            idem: Idempotency::new(store),
+            charges,
+        };
+        Ok(Router::new()
+            .route("/payments", post(charge))
+            .with_state(shop))
+    }
+
+    async fn charge(State(shop): State<Shop>, headers: HeaderMap, body: Bytes) -> Response {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (Some(user), Some(key)) = (header("x-user"), header("idempotency-key")) else {
+            return (StatusCode::BAD_REQUEST, "an Idempotency-Key is required").into_response();
+        };
+        let scoped = format!("{user}:{}", key.trim_matches('"'));
+        let fp = Fingerprint::of_parts([b"POST /payments".as_slice(), &body]);
+        let user = user.to_owned();
+        // Spawned: a client that goes away does not cancel the charge.
+        let run = tokio::spawn(async move {
+            let charges = shop.charges.clone();
+            shop.idem
+                .run_in_transaction(&scoped, &fp, move |tx| {
+                    Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await; // the card network
+                        let amount = String::from_utf8_lossy(&body).into_owned();
+                        let id: i64 = sqlx::query_scalar(
+                            "INSERT INTO example_charges (payer, amount) VALUES ($1, $2) RETURNING id",
+                        )
+                        .bind(&user)
+                        .bind(&amount)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        charges.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, sqlx::Error>(format!("{{\"charge\":\"ch_{id}\",\"request\":{amount}}}"))
+                    })
+                })
+                .await
+        });
+        match run.await {
+            Ok(Ok(Outcome::Fresh(body) | Outcome::Unrecorded(body))) => {
+                (StatusCode::CREATED, body).into_response()
+            }
+            Ok(Ok(Outcome::Replayed(body))) => {
+                (StatusCode::CREATED, [("idempotent-replayed", "true")], body).into_response()
+            }
+            Ok(Err(RunError::InProgress { retry_after })) => (
+                StatusCode::CONFLICT,
+                [("retry-after", retry_after.as_secs().max(1).to_string())],
+                "a request with this key is in progress",
+            )
+                .into_response(),
+            Ok(Err(RunError::FingerprintMismatch)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this key was used with another request",
+            )
+                .into_response(),
+            Ok(Err(RunError::Store(_))) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry later with the same key",
+            )
+                .into_response(),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
 }

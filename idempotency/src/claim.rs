@@ -79,7 +79,7 @@ impl<S: Store> Claim<'_, S> {
 
     /// Polls `op` to the end while renewing the lease every third of it; returns its output
     /// and when the lease ends as last renewed.
-    async fn heartbeat_while<F: Future>(&self, op: F) -> (F::Output, Instant) {
+    pub(crate) async fn heartbeat_while<F: Future>(&self, op: F) -> (F::Output, Instant) {
         let started = Instant::now();
         let lease_end = std::sync::Mutex::new(floodwall_core::clock::deadline_after(self.lease));
         let interval = (self.lease / 3).max(Duration::from_millis(1));
@@ -149,7 +149,7 @@ impl<S: Store> Claim<'_, S> {
     }
 
     /// Releases the claim, retrying a failed attempt until the lease ends.
-    async fn release(&self, lease_end: Instant) -> Fate {
+    pub(crate) async fn release(&self, lease_end: Instant) -> Fate {
         let attempt = || self.store.abort(self.key, self.token, Abort::Release);
         match retry_until(lease_end, attempt).await {
             // Fenced: the lease ran out and the key is free already, or another caller has it.

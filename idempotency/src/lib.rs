@@ -46,6 +46,12 @@
 //! - [`Idempotency::run`]: the plain API, results as serde values (JSON) in a versioned
 //!   envelope; [`Outcome`] tells fresh from replayed (and from unrecorded).
 //! - [`Deduplicator`]: at-most-once processing of queue messages within a window.
+//! - (feature `postgres`) `postgres::PostgresStore`: the same protocol on PostgreSQL
+//!   (sqlx), one PL/pgSQL function per step on the database's clock, and
+//!   `Idempotency::run_in_transaction`, where the business writes and the stored result
+//!   commit in one transaction; `Idempotency::run_phased` resumes a multi-step operation
+//!   (one that calls a payment API between its writes) from its last committed recovery
+//!   point.
 //! - (feature `http`) `http::IdempotencyLayer`: the IETF `Idempotency-Key` header draft —
 //!   400 for a missing or malformed key when required, 409 while in progress, 422 for a
 //!   reused key with another payload (problem+json), stored responses replayed with
@@ -68,6 +74,9 @@ mod dedup;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod metrics;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -68,12 +68,18 @@ pub enum RunError<E> {
     /// The key was used with a different payload.
     #[error("the idempotency key was used with a different payload")]
     FingerprintMismatch,
-    /// The store could not be used (nothing was run).
+    /// The store could not be used: nothing was run (or, in a transactional run on
+    /// PostgreSQL, the run's transaction did not commit, so nothing it wrote exists).
     #[error("idempotency store unavailable: {0}")]
     Store(#[source] StoreError),
     /// The operation ran and failed; its claim was released so a retry can run.
     #[error("{0}")]
     Operation(E),
+    /// (Transactional runs on PostgreSQL.) The claim was lost before the run's transaction
+    /// committed — its lease ran out and another caller took the key — so the transaction
+    /// was rolled back: nothing this run wrote exists.
+    #[error("the idempotency claim was lost before the transaction committed; nothing was written")]
+    Fenced,
     /// The operation ran and failed, and its claim could not be released: retries are
     /// answered [`InProgress`](RunError::InProgress) until the claim's lease ends (at most
     /// one lease), then run.
@@ -249,6 +255,44 @@ impl<S: Store> Idempotency<S> {
         }
     }
 
+    /// Claims `key` for a run (counted as an execution), or answers what a run may not
+    /// start on: the stored result (`Err(Outcome::Replayed)`), a holder, a mismatch, or the
+    /// store's failure.
+    pub(crate) async fn claim<'a, T: DeserializeOwned, E>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &Fingerprint,
+    ) -> Result<Result<Claim<'a, S>, Outcome<T>>, RunError<E>> {
+        let token = match self
+            .begin_waiting(key, fingerprint)
+            .await
+            .map_err(RunError::Store)?
+        {
+            Begin::Claimed(token) => token,
+            Begin::Completed(record) => {
+                let value = decode::<T>(&record).map_err(RunError::Store)?;
+                crate::metrics::replayed();
+                return Ok(Err(Outcome::Replayed(value)));
+            }
+            Begin::InProgress { retry_after } => {
+                crate::metrics::conflict();
+                return Err(RunError::InProgress { retry_after });
+            }
+            Begin::Mismatch => {
+                crate::metrics::mismatch();
+                return Err(RunError::FingerprintMismatch);
+            }
+        };
+        crate::metrics::executed();
+        Ok(Ok(Claim {
+            store: &self.store,
+            key,
+            token,
+            lease: self.lease,
+            retention: self.retention,
+        }))
+    }
+
     /// Runs `op` once for `key`: the first call runs it and stores its `Ok` value for the
     /// retention; later calls with the same key and fingerprint get that value back
     /// ([`Outcome::Replayed`]). An `Err` releases the claim (nothing is stored) so a retry can
@@ -267,33 +311,9 @@ impl<S: Store> Idempotency<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let token = match self
-            .begin_waiting(key, fingerprint)
-            .await
-            .map_err(RunError::Store)?
-        {
-            Begin::Claimed(token) => token,
-            Begin::Completed(record) => {
-                let value = decode::<T>(&record).map_err(RunError::Store)?;
-                crate::metrics::replayed();
-                return Ok(Outcome::Replayed(value));
-            }
-            Begin::InProgress { retry_after } => {
-                crate::metrics::conflict();
-                return Err(RunError::InProgress { retry_after });
-            }
-            Begin::Mismatch => {
-                crate::metrics::mismatch();
-                return Err(RunError::FingerprintMismatch);
-            }
-        };
-        crate::metrics::executed();
-        let claim = Claim {
-            store: &self.store,
-            key,
-            token,
-            lease: self.lease,
-            retention: self.retention,
+        let claim = match self.claim(key, fingerprint).await? {
+            Ok(claim) => claim,
+            Err(replayed) => return Ok(replayed),
         };
         let mut encoded = None;
         let (result, fate) = claim

@@ -10,6 +10,10 @@
 //!   [`RedisServer::start_tls`]: a TLS-only server with a throwaway CA.
 //! - [`FaultProxy`]: a loopback TCP proxy in front of a server that can add latency, blackhole
 //!   traffic, reset every connection or refuse new ones, and heal.
+//! - [`PostgresServer`]: a throwaway PostgreSQL (`initdb` + `pg_ctl` into a scratch
+//!   directory, as the unprivileged `nobody` when run as root), with a crash-like
+//!   [`PostgresServer::restart_immediate`]; skipped unless installed, or required with
+//!   `FLOODWALL_REQUIRE_POSTGRES=1`.
 //! - [`Flaky`]: a scripted async service (a plain function and a `tower::Service`) that fails
 //!   N times, adds latency and returns chosen error kinds.
 //!
@@ -27,6 +31,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod flaky;
+mod postgres;
 mod proxy;
 mod reshard;
 mod resp;
@@ -35,6 +40,7 @@ mod server;
 mod tls;
 
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
+pub use postgres::{PostgresServer, REQUIRE_POSTGRES_ENV};
 pub use proxy::FaultProxy;
 pub use reshard::SlotMove;
 pub use sentinel::RedisSentinel;
