@@ -1,5 +1,6 @@
-//! Every metric floodwall emits has a description and a unit once described, whichever came
-//! first: a breaker built before the recorder was installed, and primitives built after it.
+//! Every metric floodwall emits has a description and a unit once described, and metrics work
+//! whichever came first: a breaker built before the recorder was installed reports once it is
+//! used after, and a primitive built after it has its series from construction, at zero.
 //! The described names are the ones exporters show with `# HELP`.
 
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -24,7 +25,9 @@ async fn every_emitted_metric_is_described() {
         .install()
         .expect("the only recorder in this test binary");
     floodwall::describe_metrics();
-    let _ = early;
+    // Used after the recorder came: its handles bind now, its state gauge brought up to date.
+    let _ = early.call(|| async { Ok::<_, ()>(()) }).await;
+    early.force_open();
 
     let breaker = CircuitBreaker::builder().name("payments").build().unwrap();
     let _ = breaker.call(|| async { Ok::<_, ()>(()) }).await;
@@ -71,6 +74,31 @@ async fn every_emitted_metric_is_described() {
     }
 
     let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        snapshot.iter().find_map(|(k, _, _, v)| {
+            let key = k.key();
+            let matches = key.name() == name
+                && labels
+                    .iter()
+                    .all(|(l, want)| key.labels().any(|x| x.key() == *l && x.value() == *want));
+            matches.then(|| format!("{v:?}"))
+        })
+    };
+    let early_success = value(
+        "floodwall_circuit_breaker_calls_total",
+        &[("breaker", "early"), ("outcome", "success")],
+    );
+    let early_state = value("floodwall_circuit_breaker_state", &[("breaker", "early")]);
+    println!("breaker built before the recorder: success {early_success:?}, state {early_state:?}");
+    assert_eq!(early_success.as_deref(), Some("Counter(1)"));
+    assert_eq!(early_state.as_deref(), Some("Gauge(4.0)"), "forced open");
+    // A series exists from construction, at zero: the failures of a breaker that saw none.
+    let zero = value(
+        "floodwall_circuit_breaker_calls_total",
+        &[("breaker", "payments"), ("outcome", "failure")],
+    );
+    println!("payments failures, never counted: {zero:?}");
+    assert_eq!(zero.as_deref(), Some("Counter(0)"));
     let mut names: Vec<String> = snapshot
         .iter()
         .map(|(key, _, _, _)| key.key().name().to_owned())

@@ -35,10 +35,15 @@
 //! SHA-256), `state "char"`, `token bigint`, `fingerprint bytea` (32 bytes),
 //! `lease_until timestamptz`, `expires_at timestamptz`, `record bytea` and `phase text`.
 //!
-//! Size: a completed row takes about 120 bytes of tuple (with a short key) plus its record,
-//! and its primary-key and expiry index entries about 60 bytes more — roughly 180 MB plus
-//! the records per million keys held. Rows leave once expired, deleted in batches by
-//! [`PostgresStore::sweep`] (or [`PostgresStore::spawn_sweeper`]).
+//! Size, measured (`tests/postgres.rs::the_table_grows_by_a_measured_size_per_million_keys`):
+//! 100,000 completed keys of 24 bytes with 64-byte records take 57 MB with both indexes
+//! after `VACUUM` (33 MB of it the table) — about 570 bytes per key, 570 MB per million. The
+//! live rows and their index entries alone take 273 bytes per key (27 MB after
+//! `VACUUM FULL`): each key is written twice (claim, then completion) and its expiry is
+//! indexed, so an update is never HOT, and the rest is old row versions, space `VACUUM`
+//! frees for new rows.
+//! Rows leave once expired, deleted in batches by [`PostgresStore::sweep`] (or
+//! [`PostgresStore::spawn_sweeper`]).
 //!
 //! # Concurrency
 //!

@@ -651,3 +651,66 @@ async fn a_phased_run_resumes_from_its_last_committed_phase() {
     assert_eq!(charges_of(store.pool(), "ch_1").await, 1);
     println!("payment API calls: 1; order rows: 1; charge rows: 1");
 }
+
+/// What the table costs: 100,000 completed keys (24-byte keys, 64-byte records) claimed and
+/// completed through the store's own functions; the table with its indexes is measured with
+/// `pg_total_relation_size` and printed per million keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_grows_by_a_measured_size_per_million_keys() {
+    let Some(server) =
+        PostgresServer::start_or_skip("the_table_grows_by_a_measured_size_per_million_keys")
+    else {
+        return;
+    };
+    let store = instance(&server, 2).await;
+    let n = 100_000i64;
+    sqlx::raw_sql(&format!(
+        "WITH claims AS (SELECT k, (SELECT o_num FROM floodwall_idempotency_begin(k, \
+         sha256(k), 5000000, 60000000)) AS tok \
+         FROM (SELECT convert_to(lpad(g::text, 24, 'k'), 'UTF8') AS k \
+         FROM generate_series(1, {n}) g) keys) \
+         SELECT count(floodwall_idempotency_complete(k, tok, \
+         convert_to(repeat('r', 64), 'UTF8'), 86400000000)) FROM claims"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::raw_sql("VACUUM ANALYZE floodwall_idempotency")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (rows, total, table): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM floodwall_idempotency WHERE state = 'c'), \
+         pg_total_relation_size('floodwall_idempotency'), \
+         pg_relation_size('floodwall_idempotency')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, n);
+    let per_key = total as f64 / n as f64;
+    println!(
+        "{n} completed keys: table {:.1} MB, with indexes {:.1} MB -> {per_key:.0} bytes per key, \
+         {:.0} MB per million keys (24-byte keys, 64-byte records)",
+        table as f64 / 1e6,
+        total as f64 / 1e6,
+        per_key
+    );
+    // Compacted: what the live rows alone take (the rest was old row versions).
+    sqlx::raw_sql("VACUUM FULL floodwall_idempotency")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let compact: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('floodwall_idempotency')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    println!(
+        "after VACUUM FULL: {:.1} MB -> {:.0} bytes per key (live rows and indexes only)",
+        compact as f64 / 1e6,
+        compact as f64 / n as f64
+    );
+    assert!(compact <= total);
+    assert!(per_key > 88.0, "at least the key and the record: {per_key}");
+    assert!(per_key < 1000.0, "{per_key}");
+}

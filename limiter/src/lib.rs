@@ -60,7 +60,8 @@
 //!   `Retry-After` and the IETF draft's `RateLimit` / `RateLimit-Policy` fields, `503` when
 //!   failing closed, and `ClientIp`, which believes `Forwarded` / `X-Forwarded-For` only
 //!   from configured proxies.
-//! - **Metrics** (feature `metrics`): `floodwall_limiter_denied_total{limit, shadow}` and
+//! - **Metrics** (feature `metrics`): `floodwall_limiter_allowed_total{limit, shadow}`,
+//!   `floodwall_limiter_denied_total{limit, shadow}` and
 //!   `floodwall_limiter_store_failures_total{policy}`.
 //!
 //! Every limiter reads time through a [`Clock`], so tests drive it with [`ManualClock`]
@@ -109,6 +110,11 @@ pub use name::LimitName;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
     use ::metrics::{Unit, describe_counter};
+    describe_counter!(
+        "floodwall_limiter_allowed_total",
+        Unit::Count,
+        "Requests a limit allowed (shadow=\"true\": a shadow limit)"
+    );
     describe_counter!(
         "floodwall_limiter_denied_total",
         Unit::Count,

@@ -467,9 +467,7 @@ struct Accumulator {
 
 impl Accumulator {
     fn add(&mut self, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
-        if !d.allowed {
-            crate::metrics::denied(&limit.name, !enforced);
-        }
+        crate::metrics::decided(&limit.name, d.allowed, !enforced);
         if !d.allowed && !enforced {
             if self.shadow_denied.is_none() {
                 tracing::info!(limit = %limit.name, "shadow limit would have denied the request");

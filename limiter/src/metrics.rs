@@ -1,15 +1,23 @@
 //! Metrics (feature `metrics`); without the feature every function is an empty inline stub.
 //!
+//! - `floodwall_limiter_allowed_total{limit, shadow}`: requests a limit allowed;
 //! - `floodwall_limiter_denied_total{limit, shadow}`: requests a limit denied (`shadow="true"`:
 //!   a shadow limit that would have denied).
 //! - `floodwall_limiter_store_failures_total{policy}`: decisions where the store failed and the
 //!   failure policy (`fail_open`, `fail_closed`, `insurance`) decided.
 
+use crate::LimitName;
+
 #[cfg(feature = "metrics")]
-pub(crate) fn denied(limit: &str, shadow: bool) {
+pub(crate) fn decided(limit: &LimitName, allowed: bool, shadow: bool) {
+    let name = if allowed {
+        "floodwall_limiter_allowed_total"
+    } else {
+        "floodwall_limiter_denied_total"
+    };
     metrics::counter!(
-        "floodwall_limiter_denied_total",
-        "limit" => limit.to_owned(),
+        name,
+        "limit" => limit.as_ref().to_owned(),
         "shadow" => if shadow { "true" } else { "false" }
     )
     .increment(1);
@@ -17,7 +25,7 @@ pub(crate) fn denied(limit: &str, shadow: bool) {
 
 #[cfg(not(feature = "metrics"))]
 #[inline(always)]
-pub(crate) fn denied(_limit: &str, _shadow: bool) {}
+pub(crate) fn decided(_limit: &LimitName, _allowed: bool, _shadow: bool) {}
 
 #[cfg(all(feature = "metrics", feature = "redis"))]
 pub(crate) fn store_failure(policy: crate::FailurePolicy) {

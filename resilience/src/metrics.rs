@@ -1,5 +1,6 @@
-//! Metric handles (feature `metrics`), created once per primitive so the hot path only bumps
-//! an existing handle. Without the feature every handle is a zero-sized no-op.
+//! Metric handles (feature `metrics`), bound once per primitive — at construction, or at the
+//! first event after a recorder was installed — so the hot path only bumps an existing
+//! handle. Without the feature every handle is a zero-sized no-op.
 //!
 //! Names and labels are listed in the crate docs.
 
@@ -8,11 +9,66 @@ use crate::circuit_breaker::{Outcome, State};
 
 #[cfg(feature = "metrics")]
 mod imp {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
     use metrics::{Counter, Gauge, counter, gauge};
 
     use super::{Outcome, RejectReason, State};
 
-    pub(crate) struct BreakerMetrics {
+    /// A primitive's handles, bound to the recorder as soon as one is installed: at
+    /// construction when it already is (so every series exists from then on, at zero), else
+    /// at the first event after it was. Events before any recorder existed go nowhere, as
+    /// with the `metrics` macros. Once bound, an event is one `OnceLock` read and the
+    /// handle's own update: no lock, no allocation.
+    pub(crate) struct Bound<H> {
+        name: Box<str>,
+        handles: OnceLock<H>,
+        make: fn(&str) -> H,
+    }
+
+    impl<H> Bound<H> {
+        fn new(name: &str, make: fn(&str) -> H) -> Self {
+            let bound = Bound {
+                name: name.into(),
+                handles: OnceLock::new(),
+                make,
+            };
+            let _ = bound.get();
+            bound
+        }
+
+        /// The handles, binding them now if a recorder has been installed since.
+        #[inline]
+        fn get(&self) -> Option<&H> {
+            match self.handles.get() {
+                Some(h) => Some(h),
+                None => self.bind(),
+            }
+        }
+
+        /// The no-op recorder the facade falls back to is zero-sized; every real recorder
+        /// holds state.
+        #[cold]
+        fn bind(&self) -> Option<&H> {
+            let installed = metrics::with_recorder(|r| std::mem::size_of_val(r) != 0);
+            if !installed {
+                return None;
+            }
+            crate::describe_metrics();
+            Some(self.handles.get_or_init(|| (self.make)(&self.name)))
+        }
+
+        /// Whether this call bound the handles (so gauges must be brought up to date).
+        fn bind_fresh(&self) -> Option<(&H, bool)> {
+            if let Some(h) = self.handles.get() {
+                return Some((h, false));
+            }
+            self.bind().map(|h| (h, true))
+        }
+    }
+
+    struct BreakerHandles {
         state: Gauge,
         success: Counter,
         failure: Counter,
@@ -20,61 +76,90 @@ mod imp {
         rejected: Counter,
     }
 
+    pub(crate) struct BreakerMetrics {
+        bound: Bound<BreakerHandles>,
+        /// The state last set, for a gauge bound later.
+        state: AtomicU8,
+    }
+
     impl BreakerMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            crate::describe_metrics();
-            let calls = |outcome: &'static str| counter!("floodwall_circuit_breaker_calls_total", "breaker" => name.to_owned(), "outcome" => outcome);
             BreakerMetrics {
-                state: gauge!("floodwall_circuit_breaker_state", "breaker" => name.to_owned()),
-                success: calls("success"),
-                failure: calls("failure"),
-                ignored: calls("ignored"),
-                rejected: calls("rejected"),
+                bound: Bound::new(name, |name| {
+                    let calls = |outcome: &'static str| counter!("floodwall_circuit_breaker_calls_total", "breaker" => name.to_owned(), "outcome" => outcome);
+                    BreakerHandles {
+                        state: gauge!("floodwall_circuit_breaker_state", "breaker" => name.to_owned()),
+                        success: calls("success"),
+                        failure: calls("failure"),
+                        ignored: calls("ignored"),
+                        rejected: calls("rejected"),
+                    }
+                }),
+                state: AtomicU8::new(State::Closed as u8),
             }
+        }
+
+        fn handles(&self) -> Option<&BreakerHandles> {
+            let (h, fresh) = self.bound.bind_fresh()?;
+            if fresh {
+                h.state.set(f64::from(self.state.load(Ordering::Relaxed)));
+            }
+            Some(h)
         }
 
         #[inline]
         pub(crate) fn outcome(&self, o: Outcome) {
+            let Some(h) = self.handles() else { return };
             match o {
-                Outcome::Success => self.success.increment(1),
-                Outcome::Failure => self.failure.increment(1),
-                Outcome::Ignored => self.ignored.increment(1),
+                Outcome::Success => h.success.increment(1),
+                Outcome::Failure => h.failure.increment(1),
+                Outcome::Ignored => h.ignored.increment(1),
             }
         }
 
         pub(crate) fn rejected(&self) {
-            self.rejected.increment(1);
+            if let Some(h) = self.handles() {
+                h.rejected.increment(1);
+            }
         }
 
         pub(crate) fn state(&self, s: State) {
-            self.state.set(s as u8 as f64);
+            self.state.store(s as u8, Ordering::Relaxed);
+            if let Some(h) = self.handles() {
+                h.state.set(f64::from(s as u8));
+            }
         }
     }
 
-    pub(crate) struct RetryMetrics {
+    struct RetryHandles {
         retries: Counter,
         exhausted: Counter,
     }
 
+    pub(crate) struct RetryMetrics(Bound<RetryHandles>);
+
     impl RetryMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            crate::describe_metrics();
-            RetryMetrics {
+            RetryMetrics(Bound::new(name, |name| RetryHandles {
                 retries: counter!("floodwall_retry_retries_total", "retry" => name.to_owned()),
                 exhausted: counter!("floodwall_retry_budget_exhausted_total", "retry" => name.to_owned()),
-            }
+            }))
         }
 
         pub(crate) fn retry(&self) {
-            self.retries.increment(1);
+            if let Some(h) = self.0.get() {
+                h.retries.increment(1);
+            }
         }
 
         pub(crate) fn budget_exhausted(&self) {
-            self.exhausted.increment(1);
+            if let Some(h) = self.0.get() {
+                h.exhausted.increment(1);
+            }
         }
     }
 
-    pub(crate) struct BulkheadMetrics {
+    struct BulkheadHandles {
         in_flight: Gauge,
         queue: Gauge,
         full: Counter,
@@ -82,79 +167,131 @@ mod imp {
         timed_out: Counter,
     }
 
+    pub(crate) struct BulkheadMetrics {
+        bound: Bound<BulkheadHandles>,
+        /// The gauges' values, for gauges bound later.
+        in_flight: AtomicI64,
+        queue: AtomicI64,
+    }
+
     impl BulkheadMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            crate::describe_metrics();
-            let rejected = |reason: &'static str| counter!("floodwall_bulkhead_rejected_total", "bulkhead" => name.to_owned(), "reason" => reason);
             BulkheadMetrics {
-                in_flight: gauge!("floodwall_bulkhead_in_flight", "bulkhead" => name.to_owned()),
-                queue: gauge!("floodwall_bulkhead_queue_depth", "bulkhead" => name.to_owned()),
-                full: rejected("full"),
-                queue_full: rejected("queue_full"),
-                timed_out: rejected("wait_timed_out"),
+                bound: Bound::new(name, |name| {
+                    let rejected = |reason: &'static str| counter!("floodwall_bulkhead_rejected_total", "bulkhead" => name.to_owned(), "reason" => reason);
+                    BulkheadHandles {
+                        in_flight: gauge!("floodwall_bulkhead_in_flight", "bulkhead" => name.to_owned()),
+                        queue: gauge!("floodwall_bulkhead_queue_depth", "bulkhead" => name.to_owned()),
+                        full: rejected("full"),
+                        queue_full: rejected("queue_full"),
+                        timed_out: rejected("wait_timed_out"),
+                    }
+                }),
+                in_flight: AtomicI64::new(0),
+                queue: AtomicI64::new(0),
             }
+        }
+
+        fn handles(&self) -> Option<&BulkheadHandles> {
+            let (h, fresh) = self.bound.bind_fresh()?;
+            if fresh {
+                h.in_flight
+                    .set(self.in_flight.load(Ordering::Relaxed) as f64);
+                h.queue.set(self.queue.load(Ordering::Relaxed) as f64);
+            }
+            Some(h)
         }
 
         #[inline]
         pub(crate) fn admitted(&self) {
-            self.in_flight.increment(1.0);
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            if let Some(h) = self.handles() {
+                h.in_flight.increment(1.0);
+            }
         }
 
         #[inline]
         pub(crate) fn released(&self) {
-            self.in_flight.decrement(1.0);
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(h) = self.handles() {
+                h.in_flight.decrement(1.0);
+            }
         }
 
         pub(crate) fn queued(&self, delta: f64) {
-            self.queue.increment(delta);
+            self.queue.fetch_add(delta as i64, Ordering::Relaxed);
+            if let Some(h) = self.handles() {
+                h.queue.increment(delta);
+            }
         }
 
         pub(crate) fn rejected(&self, r: RejectReason) {
+            let Some(h) = self.handles() else { return };
             match r {
-                RejectReason::Full => self.full.increment(1),
-                RejectReason::QueueFull => self.queue_full.increment(1),
-                RejectReason::WaitTimedOut => self.timed_out.increment(1),
+                RejectReason::Full => h.full.increment(1),
+                RejectReason::QueueFull => h.queue_full.increment(1),
+                RejectReason::WaitTimedOut => h.timed_out.increment(1),
             }
         }
     }
 
-    pub(crate) struct HedgeMetrics {
-        hedges: Counter,
-    }
+    pub(crate) struct HedgeMetrics(Bound<Counter>);
 
     impl HedgeMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            crate::describe_metrics();
-            HedgeMetrics {
-                hedges: counter!("floodwall_hedge_attempts_total", "hedge" => name.to_owned()),
-            }
+            HedgeMetrics(Bound::new(
+                name,
+                |name| counter!("floodwall_hedge_attempts_total", "hedge" => name.to_owned()),
+            ))
         }
 
         pub(crate) fn hedged(&self) {
-            self.hedges.increment(1);
+            if let Some(h) = self.0.get() {
+                h.increment(1);
+            }
         }
     }
 
-    pub(crate) struct AdaptiveMetrics {
+    struct AdaptiveHandles {
         limit: Gauge,
         rejected: Counter,
     }
 
+    pub(crate) struct AdaptiveMetrics {
+        bound: Bound<AdaptiveHandles>,
+        limit: AtomicU64,
+    }
+
     impl AdaptiveMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            crate::describe_metrics();
             AdaptiveMetrics {
-                limit: gauge!("floodwall_adaptive_limit", "limiter" => name.to_owned()),
-                rejected: counter!("floodwall_adaptive_rejected_total", "limiter" => name.to_owned()),
+                bound: Bound::new(name, |name| AdaptiveHandles {
+                    limit: gauge!("floodwall_adaptive_limit", "limiter" => name.to_owned()),
+                    rejected: counter!("floodwall_adaptive_rejected_total", "limiter" => name.to_owned()),
+                }),
+                limit: AtomicU64::new(0),
             }
         }
 
+        fn handles(&self) -> Option<&AdaptiveHandles> {
+            let (h, fresh) = self.bound.bind_fresh()?;
+            if fresh {
+                h.limit.set(self.limit.load(Ordering::Relaxed) as f64);
+            }
+            Some(h)
+        }
+
         pub(crate) fn limit(&self, l: usize) {
-            self.limit.set(l as f64);
+            self.limit.store(l as u64, Ordering::Relaxed);
+            if let Some(h) = self.handles() {
+                h.limit.set(l as f64);
+            }
         }
 
         pub(crate) fn rejected(&self) {
-            self.rejected.increment(1);
+            if let Some(h) = self.handles() {
+                h.rejected.increment(1);
+            }
         }
     }
 }

@@ -124,6 +124,44 @@ impl Idempotency<PostgresStore> {
     /// The pattern (Stripe's "atomic phases"): phase 1 records the intent (an order row);
     /// the outside call is made with an idempotency key of its own (so repeating it is
     /// safe); phase 2 records its answer. A retry after phase 2 never calls out again.
+    ///
+    /// ```no_run
+    /// # async fn charge_card(order: &str) -> Result<String, String> { Ok(String::new()) }
+    /// # async fn demo(idem: floodwall_idempotency::Idempotency<floodwall_idempotency::postgres::PostgresStore>)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// use floodwall_idempotency::Fingerprint;
+    ///
+    /// let fp = Fingerprint::of(b"order-5:4200");
+    /// let receipt = idem
+    ///     .run_phased("order-5", &fp, |mut phases| async move {
+    ///         if phases.reached().is_none() {
+    ///             phases
+    ///                 .commit("order_created", |tx| Box::pin(async move {
+    ///                     sqlx::query("INSERT INTO orders (id) VALUES ('order-5')")
+    ///                         .execute(&mut *tx)
+    ///                         .await
+    ///                 }))
+    ///                 .await
+    ///                 .map_err(|e| e.to_string())?;
+    ///         }
+    ///         if phases.reached() == Some("order_created") {
+    ///             // Outside the database: the payment API, with its own idempotency key.
+    ///             let charge = charge_card("order-5").await?;
+    ///             phases
+    ///                 .commit("charged", |tx| Box::pin(async move {
+    ///                     sqlx::query("UPDATE orders SET charge = $1 WHERE id = 'order-5'")
+    ///                         .bind(charge)
+    ///                         .execute(&mut *tx)
+    ///                         .await
+    ///                 }))
+    ///                 .await
+    ///                 .map_err(|e| e.to_string())?;
+    ///         }
+    ///         Ok::<_, String>("paid".to_string())
+    ///     })
+    ///     .await?;
+    /// # let _ = receipt; Ok(()) }
+    /// ```
     pub async fn run_phased<T, E, F, Fut>(
         &self,
         key: &str,
