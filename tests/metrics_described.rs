@@ -59,6 +59,27 @@ async fn every_emitted_metric_is_described() {
         let _ = limiter.check(&[]).await.unwrap();
     }
 
+    // Two named caches and two unnamed ones report apart; a limiter never used has its
+    // series, at zero.
+    let profiles: TieredCache<u32, u32> = TieredCache::builder().name("profiles").build();
+    let sessions: TieredCache<u32, u32> = TieredCache::builder().name("sessions").build();
+    for (cache, times) in [(&profiles, 3), (&sessions, 1)] {
+        for _ in 0..times {
+            let _ = cache
+                .get_or_load(1, || async { Ok::<_, String>(Some(1)) })
+                .await;
+        }
+    }
+    let unnamed: Vec<TieredCache<u32, u32>> =
+        (0..2).map(|_| TieredCache::builder().build()).collect();
+    let _idle = RateLimiter::builder()
+        .limit(Limit::new(
+            "idle",
+            Algorithm::Gcra,
+            Quota::per_hour(NonZeroU32::new(1).unwrap()),
+        ))
+        .build()
+        .unwrap();
     let cache: TieredCache<u32, u32> = TieredCache::builder().build();
     for _ in 0..2 {
         let _ = cache
@@ -66,6 +87,14 @@ async fn every_emitted_metric_is_described() {
             .await;
     }
 
+    let orders = Idempotency::builder(MemoryStore::new())
+        .name("orders")
+        .build()
+        .unwrap();
+    orders
+        .run("o", &Fingerprint::NONE, || async { Ok::<_, String>(1u8) })
+        .await
+        .unwrap();
     let idem = Idempotency::new(MemoryStore::new());
     for _ in 0..2 {
         idem.run("k", &Fingerprint::NONE, || async { Ok::<_, String>(1u8) })
@@ -99,6 +128,61 @@ async fn every_emitted_metric_is_described() {
     );
     println!("payments failures, never counted: {zero:?}");
     assert_eq!(zero.as_deref(), Some("Counter(0)"));
+    let hits = |cache: &str| value("floodwall_cache_l1_hits_total", &[("cache", cache)]);
+    let (p, q) = (hits("profiles"), hits("sessions"));
+    println!("L1 hits: profiles {p:?}, sessions {q:?}");
+    assert_eq!(p.as_deref(), Some("Counter(2)"));
+    assert_eq!(q.as_deref(), Some("Counter(0)"));
+    let labels: Vec<String> = snapshot
+        .iter()
+        .filter(|(k, _, _, _)| k.key().name() == "floodwall_cache_loads_total")
+        .flat_map(|(k, _, _, _)| {
+            k.key()
+                .labels()
+                .map(|l| l.value().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    println!("caches reporting loads: {labels:?}");
+    assert_eq!(unnamed.len(), 2);
+    let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        labels.len(),
+        "every cache has a name of its own"
+    );
+    assert!(
+        labels.len() >= 5,
+        "profiles, sessions, two unnamed, one more: {labels:?}"
+    );
+    let runs = |name: &str| {
+        value(
+            "floodwall_idempotency_executions_total",
+            &[("idempotency", name)],
+        )
+    };
+    let replays = |name: &str| {
+        value(
+            "floodwall_idempotency_replays_total",
+            &[("idempotency", name)],
+        )
+    };
+    println!(
+        "idempotency \"orders\": executions {:?}, replays {:?}; the unnamed one: executions {:?}, replays {:?}",
+        runs("orders"),
+        replays("orders"),
+        runs(idem.name()),
+        replays(idem.name())
+    );
+    assert_eq!(runs("orders").as_deref(), Some("Counter(1)"));
+    assert_eq!(replays("orders").as_deref(), Some("Counter(0)"));
+    assert_eq!(runs(idem.name()).as_deref(), Some("Counter(1)"));
+    assert_eq!(replays(idem.name()).as_deref(), Some("Counter(1)"));
+    let idle = value("floodwall_limiter_allowed_total", &[("limit", "idle")]);
+    let idle_denied = value("floodwall_limiter_denied_total", &[("limit", "idle")]);
+    println!("a limiter never used: allowed {idle:?}, denied {idle_denied:?}");
+    assert_eq!(idle.as_deref(), Some("Counter(0)"));
+    assert_eq!(idle_denied.as_deref(), Some("Counter(0)"));
     let mut names: Vec<String> = snapshot
         .iter()
         .map(|(key, _, _, _)| key.key().name().to_owned())

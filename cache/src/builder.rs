@@ -19,6 +19,7 @@ pub struct TieredCacheBuilder<K, V> {
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) options: Options,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) name: String,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -134,6 +135,13 @@ where
         self
     }
 
+    /// The cache's name: the `cache` label of its metrics, so two caches in one process
+    /// report apart. Default `cache-<n>`, unique in the process.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> TieredCache<K, V> {
         #[cfg(feature = "metrics")]
@@ -162,7 +170,7 @@ where
                 inflight: Mutex::new(HashMap::new()),
                 options: self.options,
                 clock: self.clock,
-                stats: crate::stats::Stats::default(),
+                stats: crate::stats::Stats::named(&self.name),
             }),
         };
         if let Some(subscribe) = self.subscribe {

@@ -58,7 +58,10 @@
 //!   `_loads_total`, `_coalesced_waiters_total`, `_stale_served_total`, `_l2_reads_total`,
 //!   `_l2_hits_total`, `_l2_errors_total`, `_l2_decode_errors_total`,
 //!   `_invalidations_sent_total`, `_invalidations_received_total` (all
-//!   `floodwall_cache_`…).
+//!   `floodwall_cache_`…) and the histogram `floodwall_cache_load_duration_seconds`, each
+//!   labelled `cache="<name>"` (the builder's
+//!   [`name`](TieredCacheBuilder::name), unique by default) and present from the cache's
+//!   construction, at zero.
 //!
 //! Freshness is measured on a [`Clock`], so tests drive it with [`ManualClock`] or Tokio's
 //! paused time. Freshness is measured on a [`Clock`], so tests drive it with
@@ -90,7 +93,12 @@ pub use stats::StatsSnapshot;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
-    use ::metrics::{Unit, describe_counter};
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+    describe_histogram!(
+        "floodwall_cache_load_duration_seconds",
+        Unit::Seconds,
+        "How long a cache's loader took, per load"
+    );
     for (name, help) in [
         (
             "floodwall_cache_l1_hits_total",

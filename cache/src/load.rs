@@ -152,6 +152,7 @@ where
     {
         let inner = &self.inner;
         inner.stats.load();
+        let timer = inner.stats.start_load();
         let result = match (deadline, inner.options.hard_timeout) {
             (Some(deadline), Some(hard)) => match tokio::time::timeout_at(deadline, loader()).await
             {
@@ -162,6 +163,7 @@ where
                 .await
                 .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
         };
+        inner.stats.finish_load(timer);
         let now = inner.clock.now_nanos();
         let (result, store) = match result {
             Ok(Fetched::Value(v)) => (Ok(Some(v)), true),

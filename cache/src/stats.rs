@@ -16,6 +16,75 @@ pub(crate) struct Stats {
     l2_decode_errors: AtomicU64,
     invalidations_received: AtomicU64,
     invalidations_sent: AtomicU64,
+    #[cfg(feature = "metrics")]
+    keys: Keys,
+}
+
+/// The cache's metric names, in the order of [`Keys`].
+#[cfg(feature = "metrics")]
+const NAMES: [&str; 11] = [
+    "floodwall_cache_l1_hits_total",
+    "floodwall_cache_l1_misses_total",
+    "floodwall_cache_loads_total",
+    "floodwall_cache_coalesced_waiters_total",
+    "floodwall_cache_stale_served_total",
+    "floodwall_cache_l2_reads_total",
+    "floodwall_cache_l2_hits_total",
+    "floodwall_cache_l2_errors_total",
+    "floodwall_cache_l2_decode_errors_total",
+    "floodwall_cache_invalidations_received_total",
+    "floodwall_cache_invalidations_sent_total",
+];
+
+/// Each counter's key with the cache's `cache` label, built once: counting allocates nothing.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Default)]
+struct Keys(Vec<metrics::Key>, Option<metrics::Key>);
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+#[cfg(feature = "metrics")]
+fn count(key: &metrics::Key) {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+}
+
+impl Stats {
+    /// The counters of the cache named `name` (its metrics' `cache` label); with a recorder
+    /// installed, every series exists from now on, at zero.
+    pub(crate) fn named(name: &str) -> Stats {
+        #[cfg(feature = "metrics")]
+        {
+            let keys: Vec<metrics::Key> = NAMES
+                .iter()
+                .map(|n| {
+                    metrics::Key::from_parts(
+                        *n,
+                        vec![metrics::Label::new("cache", name.to_owned())],
+                    )
+                })
+                .collect();
+            metrics::with_recorder(|r| {
+                for k in &keys {
+                    r.register_counter(k, &METADATA).increment(0);
+                }
+            });
+            let load = metrics::Key::from_parts(
+                "floodwall_cache_load_duration_seconds",
+                vec![metrics::Label::new("cache", name.to_owned())],
+            );
+            Stats {
+                keys: Keys(keys, Some(load)),
+                ..Stats::default()
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = name;
+            Stats::default()
+        }
+    }
 }
 
 /// A reading of a cache's counters.
@@ -46,45 +115,61 @@ pub struct StatsSnapshot {
 }
 
 macro_rules! bump {
-    ($f:ident, $field:ident, $metric:literal) => {
+    ($f:ident, $field:ident, $index:literal) => {
         pub(crate) fn $f(&self) {
             self.$field.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            metrics::counter!($metric).increment(1);
+            count(&self.keys.0[$index]);
         }
     };
 }
 
 impl Stats {
-    bump!(hit, hits, "floodwall_cache_l1_hits_total");
-    bump!(miss, misses, "floodwall_cache_l1_misses_total");
-    bump!(load, loads, "floodwall_cache_loads_total");
-    bump!(
-        coalesced,
-        coalesced,
-        "floodwall_cache_coalesced_waiters_total"
-    );
-    bump!(stale, stale, "floodwall_cache_stale_served_total");
-    bump!(l2_read, l2_reads, "floodwall_cache_l2_reads_total");
-    bump!(l2_hit, l2_hits, "floodwall_cache_l2_hits_total");
-    bump!(l2_error, l2_errors, "floodwall_cache_l2_errors_total");
-    bump!(
-        l2_decode_error,
-        l2_decode_errors,
-        "floodwall_cache_l2_decode_errors_total"
-    );
+    bump!(hit, hits, 0);
+    bump!(miss, misses, 1);
+    bump!(load, loads, 2);
+    bump!(coalesced, coalesced, 3);
+    bump!(stale, stale, 4);
+    bump!(l2_read, l2_reads, 5);
+    bump!(l2_hit, l2_hits, 6);
+    bump!(l2_error, l2_errors, 7);
+    bump!(l2_decode_error, l2_decode_errors, 8);
 
     #[cfg(feature = "redis")]
     pub(crate) fn invalidation_received(&self) {
         self.invalidations_received.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("floodwall_cache_invalidations_received_total").increment(1);
+        count(&self.keys.0[9]);
+    }
+
+    /// When a load starts, if a recorder is installed (the facade's fallback no-op recorder
+    /// is zero-sized).
+    #[inline]
+    pub(crate) fn start_load(&self) -> Option<std::time::Instant> {
+        #[cfg(feature = "metrics")]
+        {
+            metrics::with_recorder(|r| std::mem::size_of_val(r) != 0).then(std::time::Instant::now)
+        }
+        #[cfg(not(feature = "metrics"))]
+        None
+    }
+
+    /// Records how long the load that started at `started` took (its loader's run).
+    #[inline]
+    pub(crate) fn finish_load(&self, started: Option<std::time::Instant>) {
+        #[cfg(feature = "metrics")]
+        if let (Some(t), Some(key)) = (started, &self.keys.1) {
+            let secs = t.elapsed().as_secs_f64();
+            metrics::with_recorder(|r| r.register_histogram(key, &METADATA).record(secs));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = started;
     }
 
     pub(crate) fn invalidation_sent(&self) {
         self.invalidations_sent.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("floodwall_cache_invalidations_sent_total").increment(1);
+        count(&self.keys.0[10]);
     }
 
     /// The counters now.

@@ -189,7 +189,10 @@ where
 {
     /// Starts a builder: 10,000 entries, a 5-minute TTL, no stale phase, no fail-safe.
     pub fn builder() -> TieredCacheBuilder<K, V> {
+        static CACHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = CACHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         TieredCacheBuilder {
+            name: format!("cache-{n}"),
             max_capacity: 10_000,
             weigher: None,
             options: Options {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use floodwall_core::StoreError;
 use tokio::time::Instant;
 
+use crate::metrics::Op;
 use crate::record::{Abort, Finish, Token};
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ use crate::store::Store;
 #[derive(Debug)]
 pub(crate) struct Claim<'a, S> {
     pub(crate) store: &'a S,
+    /// The counters of the instance that claimed.
+    pub(crate) metrics: &'a crate::metrics::Counters,
     pub(crate) key: &'a str,
     pub(crate) token: Token,
     /// The lease the claim was taken with, renewed by the heartbeat.
@@ -89,7 +92,8 @@ impl<S: Store> Claim<'_, S> {
                 next = floodwall_core::clock::deadline_after_from(next, interval);
                 tokio::time::sleep_until(next).await;
                 let asked = Instant::now();
-                match self.store.extend(self.key, self.token, self.lease).await {
+                let renew = self.store.extend(self.key, self.token, self.lease);
+                match self.metrics.timed(Op::Extend, renew).await {
                     Ok(Finish::Done) => {
                         *lease_end.lock().unwrap_or_else(|e| e.into_inner()) =
                             floodwall_core::clock::deadline_after_from(asked, self.lease);
@@ -127,8 +131,10 @@ impl<S: Store> Claim<'_, S> {
     /// Stores the record, retrying a failed attempt until the lease ends.
     async fn complete(&self, record: &[u8], lease_end: Instant) -> Fate {
         let attempt = || {
-            self.store
-                .complete(self.key, self.token, record, self.retention)
+            let call = self
+                .store
+                .complete(self.key, self.token, record, self.retention);
+            self.metrics.timed(Op::Complete, call)
         };
         match retry_until(lease_end, attempt).await {
             Ok(Finish::Done) => Fate::Recorded,
@@ -137,12 +143,12 @@ impl<S: Store> Claim<'_, S> {
                     key = self.key,
                     "idempotency claim was lost before completion; result not stored"
                 );
-                crate::metrics::unrecorded();
+                self.metrics.unrecorded();
                 Fate::Unrecorded
             }
             Err(e) => {
                 tracing::warn!(key = self.key, error = %e, "could not store an idempotent result");
-                crate::metrics::unrecorded();
+                self.metrics.unrecorded();
                 Fate::Unrecorded
             }
         }
@@ -150,13 +156,16 @@ impl<S: Store> Claim<'_, S> {
 
     /// Releases the claim, retrying a failed attempt until the lease ends.
     pub(crate) async fn release(&self, lease_end: Instant) -> Fate {
-        let attempt = || self.store.abort(self.key, self.token, Abort::Release);
+        let attempt = || {
+            let call = self.store.abort(self.key, self.token, Abort::Release);
+            self.metrics.timed(Op::Abort, call)
+        };
         match retry_until(lease_end, attempt).await {
             // Fenced: the lease ran out and the key is free already, or another caller has it.
             Ok(_) => Fate::Released,
             Err(e) => {
                 tracing::warn!(key = self.key, error = %e, "could not release an idempotency claim");
-                crate::metrics::unreleased();
+                self.metrics.unreleased();
                 Fate::Unreleased(e)
             }
         }

@@ -44,6 +44,8 @@ pub struct Deduplicator<S> {
     store: S,
     window: Duration,
     lease: Duration,
+    name: std::sync::Arc<str>,
+    metrics: std::sync::Arc<crate::metrics::Counters>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Deduplicator<S> {
@@ -52,6 +54,7 @@ impl<S: fmt::Debug> fmt::Debug for Deduplicator<S> {
             .field("store", &self.store)
             .field("window", &self.window)
             .field("lease", &self.lease)
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -59,13 +62,22 @@ impl<S: fmt::Debug> fmt::Debug for Deduplicator<S> {
 impl<S: Store> Deduplicator<S> {
     /// Remembers processed ids for `window`; a processing claim lasts 60 s.
     pub fn new(store: S, window: Duration) -> Self {
-        #[cfg(feature = "metrics")]
-        crate::describe_metrics();
+        let name: std::sync::Arc<str> = crate::metrics::default_name("dedup").into();
         Deduplicator {
             store,
             window,
             lease: crate::run::DEFAULT_LEASE,
+            metrics: std::sync::Arc::new(crate::metrics::Counters::named(&name)),
+            name,
         }
+    }
+
+    /// The instance's name: the `idempotency` label of its metrics. Default `dedup-<n>`,
+    /// unique in the process.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self.metrics = std::sync::Arc::new(crate::metrics::Counters::named(name));
+        self
     }
 
     /// How long a processing claim blocks redeliveries once the consumer stops renewing it
@@ -82,16 +94,17 @@ impl<S: Store> Deduplicator<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let begin = self.store.begin(id, &Fingerprint::NONE, self.lease);
         let token = match self
-            .store
-            .begin(id, &Fingerprint::NONE, self.lease)
+            .metrics
+            .timed(crate::metrics::Op::Begin, begin)
             .await
             .map_err(RunError::Store)?
         {
             Begin::Claimed(token) => token,
             Begin::Completed(record) => {
                 open(&record).map_err(RunError::Store)?;
-                crate::metrics::duplicate();
+                self.metrics.duplicate();
                 return Ok(Processed::Duplicate);
             }
             Begin::InProgress { retry_after } => return Err(RunError::InProgress { retry_after }),
@@ -99,6 +112,7 @@ impl<S: Store> Deduplicator<S> {
         };
         let claim = Claim {
             store: &self.store,
+            metrics: &self.metrics,
             key: id,
             token,
             lease: self.lease,

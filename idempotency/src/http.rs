@@ -50,6 +50,7 @@ mod stored;
 use key::read_key;
 use stored::{decode_response, encode_response};
 
+use crate::metrics::Counters;
 use crate::record::{Begin, Fingerprint};
 use crate::run::Idempotency;
 use crate::store::Store;
@@ -334,7 +335,7 @@ where
             let request = Request::from_parts(parts, ReqBody::from(body));
             let token = match idem.begin_waiting(&scoped, &fingerprint).await {
                 Ok(Begin::Claimed(token)) => token,
-                Ok(other) => return Ok(answer_unclaimed(other)),
+                Ok(other) => return Ok(answer_unclaimed(other, idem.counters())),
                 Err(e) if config.fail_open => {
                     tracing::warn!(error = %e, "idempotency store unavailable; running unprotected");
                     return inner.call(request).await;
@@ -355,7 +356,7 @@ where
                     return Ok(r);
                 }
             };
-            crate::metrics::executed();
+            idem.counters().executed();
             // Once claimed, the handler and the storing of its response run to completion on
             // their own task, even if the client goes away and this future is dropped: a
             // retry then replays instead of finding the key stuck until the lease ends.
@@ -380,7 +381,7 @@ where
 }
 
 /// The answer to a request whose key was not claimed: the replay, a 409 or a 422.
-fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
+fn answer_unclaimed<B: From<Bytes>>(begin: Begin, counters: &Counters) -> Response<B> {
     match begin {
         Begin::Completed(record) => {
             let Some((status, headers, body, omitted)) = decode_response(&record) else {
@@ -392,7 +393,7 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
                     "The stored response for this key could not be read.",
                 );
             };
-            crate::metrics::replayed();
+            counters.replayed();
             let mut r = Response::new(B::from(body));
             *r.status_mut() = status;
             for (n, v) in headers {
@@ -411,7 +412,7 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
             r
         }
         Begin::InProgress { retry_after } => {
-            crate::metrics::conflict();
+            counters.conflict();
             let mut r = problem(
                 StatusCode::CONFLICT,
                 "in-progress",
@@ -425,7 +426,7 @@ fn answer_unclaimed<B: From<Bytes>>(begin: Begin) -> Response<B> {
             r
         }
         Begin::Mismatch | Begin::Claimed(_) => {
-            crate::metrics::mismatch();
+            counters.mismatch();
             problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "key-reused",
@@ -468,6 +469,7 @@ impl<S: Store> HttpClaim<S> {
     {
         let claim = crate::claim::Claim {
             store: self.idem.store(),
+            metrics: self.idem.counters(),
             key: &self.key,
             token: self.token,
             lease: self.idem.lease_duration(),

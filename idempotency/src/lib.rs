@@ -99,7 +99,12 @@ pub use store::{COMPLETION_GRACE, DEFAULT_MAX_RECORDS, MemoryStore, Store};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
-    use ::metrics::{Unit, describe_counter};
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+    describe_histogram!(
+        "floodwall_idempotency_store_call_duration_seconds",
+        Unit::Seconds,
+        "How long each idempotency store call took, by op (begin, complete, abort, extend)"
+    );
     for (name, help) in [
         (
             "floodwall_idempotency_executions_total",

@@ -1,4 +1,6 @@
-//! Metrics (feature `metrics`), all counters:
+//! Metrics (feature `metrics`), all counters, labelled with the instance's name
+//! (`idempotency="<name>"`: an [`Idempotency`](crate::Idempotency)'s, or a
+//! [`Deduplicator`](crate::Deduplicator)'s):
 //!
 //! - `floodwall_idempotency_executions_total`: operations run (claims won);
 //! - `floodwall_idempotency_replays_total`: results replayed;
@@ -9,23 +11,134 @@
 //!   not be stored (a retry may run them again);
 //! - `floodwall_idempotency_unreleased_total`: claims that could not be released (their key
 //!   answers "in progress" until the lease ends).
+//!
+//! And the histogram `floodwall_idempotency_store_call_duration_seconds{idempotency, op}`:
+//! each store call (`op`: `begin`, `complete`, `abort`, `extend`), retries counted apart.
+//!
+//! Each counter exists from the instance's construction (at zero) when a recorder is
+//! installed by then; counting allocates nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A unique default name: `<prefix>-<n>`.
+pub(crate) fn default_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(feature = "metrics")]
+const NAMES: [&str; 7] = [
+    "floodwall_idempotency_executions_total",
+    "floodwall_idempotency_replays_total",
+    "floodwall_idempotency_conflicts_total",
+    "floodwall_idempotency_mismatches_total",
+    "floodwall_idempotency_duplicates_total",
+    "floodwall_idempotency_unrecorded_total",
+    "floodwall_idempotency_unreleased_total",
+];
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// A store call, as the `op` label of the store-call histogram.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Begin = 0,
+    Complete = 1,
+    Abort = 2,
+    Extend = 3,
+}
+
+/// An instance's counters: each metric's key with the instance's label, built once.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    #[cfg(feature = "metrics")]
+    keys: Vec<metrics::Key>,
+    /// `floodwall_idempotency_store_call_duration_seconds`, by [`Op`].
+    #[cfg(feature = "metrics")]
+    timings: Vec<metrics::Key>,
+}
 
 macro_rules! counter_fn {
-    ($f:ident, $name:literal) => {
-        #[cfg(feature = "metrics")]
-        pub(crate) fn $f() {
-            metrics::counter!($name).increment(1);
+    ($f:ident, $index:literal) => {
+        #[inline]
+        pub(crate) fn $f(&self) {
+            #[cfg(feature = "metrics")]
+            {
+                let key = &self.keys[$index];
+                metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+            }
         }
-        #[cfg(not(feature = "metrics"))]
-        #[inline(always)]
-        pub(crate) fn $f() {}
     };
 }
 
-counter_fn!(executed, "floodwall_idempotency_executions_total");
-counter_fn!(replayed, "floodwall_idempotency_replays_total");
-counter_fn!(conflict, "floodwall_idempotency_conflicts_total");
-counter_fn!(mismatch, "floodwall_idempotency_mismatches_total");
-counter_fn!(duplicate, "floodwall_idempotency_duplicates_total");
-counter_fn!(unrecorded, "floodwall_idempotency_unrecorded_total");
-counter_fn!(unreleased, "floodwall_idempotency_unreleased_total");
+impl Counters {
+    /// The counters of the instance named `name`.
+    pub(crate) fn named(name: &str) -> Counters {
+        #[cfg(feature = "metrics")]
+        {
+            crate::describe_metrics();
+            let keys: Vec<metrics::Key> = NAMES
+                .iter()
+                .map(|n| {
+                    let label = metrics::Label::new("idempotency", name.to_owned());
+                    metrics::Key::from_parts(*n, vec![label])
+                })
+                .collect();
+            metrics::with_recorder(|r| {
+                for k in &keys {
+                    r.register_counter(k, &METADATA).increment(0);
+                }
+            });
+            let timings = ["begin", "complete", "abort", "extend"]
+                .iter()
+                .map(|op| {
+                    let labels = vec![
+                        metrics::Label::new("idempotency", name.to_owned()),
+                        metrics::Label::from_static_parts("op", op),
+                    ];
+                    metrics::Key::from_parts(
+                        "floodwall_idempotency_store_call_duration_seconds",
+                        labels,
+                    )
+                })
+                .collect();
+            Counters { keys, timings }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = name;
+            Counters {}
+        }
+    }
+
+    /// Runs the store call `call`, recording how long it took as `op`.
+    pub(crate) async fn timed<T>(&self, op: Op, call: impl std::future::Future<Output = T>) -> T {
+        #[cfg(feature = "metrics")]
+        {
+            let started = metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
+                .then(std::time::Instant::now);
+            let out = call.await;
+            if let Some(t) = started {
+                let key = &self.timings[op as usize];
+                let secs = t.elapsed().as_secs_f64();
+                metrics::with_recorder(|r| r.register_histogram(key, &METADATA).record(secs));
+            }
+            out
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = op;
+            call.await
+        }
+    }
+
+    counter_fn!(executed, 0);
+    counter_fn!(replayed, 1);
+    counter_fn!(conflict, 2);
+    counter_fn!(mismatch, 3);
+    counter_fn!(duplicate, 4);
+    counter_fn!(unrecorded, 5);
+    counter_fn!(unreleased, 6);
+}

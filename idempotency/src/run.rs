@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::StoreError;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::claim::{Claim, Fate};
+use crate::metrics::{Counters, Op};
 use crate::record::{Begin, Fingerprint, Kind, open, seal};
 use crate::store::Store;
 
@@ -113,6 +115,8 @@ pub struct Idempotency<S> {
     lease: Duration,
     retention: Duration,
     on_conflict: OnConflict,
+    name: Arc<str>,
+    metrics: Arc<Counters>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
@@ -122,6 +126,7 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
             .field("lease", &self.lease)
             .field("retention", &self.retention)
             .field("on_conflict", &self.on_conflict)
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -160,6 +165,13 @@ impl<S: Store> IdempotencyBuilder<S> {
         self
     }
 
+    /// The instance's name: the `idempotency` label of its metrics. Default
+    /// `idempotency-<n>`, unique in the process.
+    pub fn name(mut self, name: &str) -> Self {
+        self.inner.name = name.into();
+        self
+    }
+
     /// What a concurrent duplicate gets. Default [`OnConflict::Reject`].
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
         self.inner.on_conflict = on_conflict;
@@ -182,7 +194,9 @@ impl<S: Store> IdempotencyBuilder<S> {
                 reason: "must be more than zero",
             });
         }
-        Ok(self.inner)
+        let mut built = self.inner;
+        built.metrics = Arc::new(Counters::named(&built.name));
+        Ok(built)
     }
 }
 
@@ -196,11 +210,14 @@ impl<S: Store> Idempotency<S> {
     pub fn new(store: S) -> Self {
         #[cfg(feature = "metrics")]
         crate::describe_metrics();
+        let name: Arc<str> = crate::metrics::default_name("idempotency").into();
         Idempotency {
             store,
             lease: DEFAULT_LEASE,
             retention: Duration::from_secs(24 * 3600),
             on_conflict: OnConflict::Reject,
+            metrics: Arc::new(Counters::named(&name)),
+            name,
         }
     }
 
@@ -214,6 +231,16 @@ impl<S: Store> Idempotency<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The instance's name (its metrics' `idempotency` label).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[cfg(any(feature = "http", feature = "postgres"))]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.metrics
     }
 
     #[cfg(feature = "http")]
@@ -238,7 +265,8 @@ impl<S: Store> Idempotency<S> {
         };
         let mut pause = Duration::from_millis(5);
         loop {
-            let begin = self.store.begin(key, fingerprint, self.lease).await?;
+            let call = self.store.begin(key, fingerprint, self.lease);
+            let begin = self.metrics.timed(Op::Begin, call).await?;
             let Begin::InProgress { retry_after } = begin else {
                 return Ok(begin);
             };
@@ -271,21 +299,22 @@ impl<S: Store> Idempotency<S> {
             Begin::Claimed(token) => token,
             Begin::Completed(record) => {
                 let value = decode::<T>(&record).map_err(RunError::Store)?;
-                crate::metrics::replayed();
+                self.metrics.replayed();
                 return Ok(Err(Outcome::Replayed(value)));
             }
             Begin::InProgress { retry_after } => {
-                crate::metrics::conflict();
+                self.metrics.conflict();
                 return Err(RunError::InProgress { retry_after });
             }
             Begin::Mismatch => {
-                crate::metrics::mismatch();
+                self.metrics.mismatch();
                 return Err(RunError::FingerprintMismatch);
             }
         };
-        crate::metrics::executed();
+        self.metrics.executed();
         Ok(Ok(Claim {
             store: &self.store,
+            metrics: &self.metrics,
             key,
             token,
             lease: self.lease,

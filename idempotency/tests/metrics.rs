@@ -1,5 +1,5 @@
 //! With the `metrics` feature, executions, replays, conflicts, mismatches and duplicates are
-//! counted under the documented names.
+//! counted under the documented names, each instance under its own `idempotency` label.
 
 use std::time::Duration;
 
@@ -32,22 +32,39 @@ async fn every_path_is_counted() {
         idem.run("held", &Fingerprint::NONE, ok).await,
         Err(RunError::InProgress { .. })
     ));
-    let dedup = Deduplicator::new(store, Duration::from_secs(60));
+    let dedup = Deduplicator::new(store, Duration::from_secs(60)).name("queue");
     dedup.process("m", ok).await.unwrap();
     dedup.process("m", ok).await.unwrap();
 
     let snap = snapshotter.snapshot().into_vec();
-    let count = |name: &str| {
-        snap.iter()
-            .find_map(|(k, _, _, v)| match v {
-                DebugValue::Counter(c) if k.key().name() == name => Some(*c),
-                _ => None,
-            })
-            .unwrap_or(0)
+    // Each instance counts under its own name.
+    let count = |name: &str, instance: &str| {
+        snap.iter().find_map(|(k, _, _, v)| match v {
+            DebugValue::Counter(c)
+                if k.key().name() == name
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "idempotency" && l.value() == instance) =>
+            {
+                Some(*c)
+            }
+            _ => None,
+        })
     };
-    assert_eq!(count("floodwall_idempotency_executions_total"), 1);
-    assert_eq!(count("floodwall_idempotency_replays_total"), 1);
-    assert_eq!(count("floodwall_idempotency_mismatches_total"), 1);
-    assert_eq!(count("floodwall_idempotency_conflicts_total"), 1);
-    assert_eq!(count("floodwall_idempotency_duplicates_total"), 1);
+    let me = idem.name();
+    assert!(me.starts_with("idempotency-"), "{me}");
+    assert_eq!(count("floodwall_idempotency_executions_total", me), Some(1));
+    assert_eq!(count("floodwall_idempotency_replays_total", me), Some(1));
+    assert_eq!(count("floodwall_idempotency_mismatches_total", me), Some(1));
+    assert_eq!(count("floodwall_idempotency_conflicts_total", me), Some(1));
+    assert_eq!(
+        count("floodwall_idempotency_duplicates_total", "queue"),
+        Some(1)
+    );
+    // Series that saw nothing exist, at zero.
+    assert_eq!(count("floodwall_idempotency_duplicates_total", me), Some(0));
+    assert_eq!(
+        count("floodwall_idempotency_unrecorded_total", "queue"),
+        Some(0)
+    );
 }

@@ -83,7 +83,13 @@ impl RateLimiterBuilder {
     /// Builds the limiter.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         #[cfg(feature = "metrics")]
-        crate::describe_metrics();
+        {
+            crate::describe_metrics();
+            // Every limit's series exist from now on, at zero.
+            for limit in &self.limits {
+                limit.counters.register(limit.shadow);
+            }
+        }
         if self.limits.len() > MAX_LIMITS {
             return Err(ConfigError(format!(
                 "{} limits; at most {MAX_LIMITS}",

@@ -61,8 +61,9 @@
 //!   failing closed, and `ClientIp`, which believes `Forwarded` / `X-Forwarded-For` only
 //!   from configured proxies.
 //! - **Metrics** (feature `metrics`): `floodwall_limiter_allowed_total{limit, shadow}`,
-//!   `floodwall_limiter_denied_total{limit, shadow}` and
-//!   `floodwall_limiter_store_failures_total{policy}`.
+//!   `floodwall_limiter_denied_total{limit, shadow}`,
+//!   `floodwall_limiter_store_failures_total{policy}` and the histogram
+//!   `floodwall_limiter_decision_duration_seconds{store}`.
 //!
 //! Every limiter reads time through a [`Clock`], so tests drive it with [`ManualClock`]
 //! instead of sleeping.
@@ -109,7 +110,12 @@ pub use name::LimitName;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
-    use ::metrics::{Unit, describe_counter};
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+    describe_histogram!(
+        "floodwall_limiter_decision_duration_seconds",
+        Unit::Seconds,
+        "How long a rate-limit decision took, by store (memory, redis)"
+    );
     describe_counter!(
         "floodwall_limiter_allowed_total",
         Unit::Count,

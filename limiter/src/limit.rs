@@ -36,6 +36,9 @@ pub struct Limit {
     pub(crate) shadow: bool,
     /// GCRA's constants, worked out once when the quota is fixed.
     pub(crate) params: Option<crate::gcra::Params>,
+    /// The limit's metric keys, built once: counting a decision allocates nothing.
+    #[cfg(feature = "metrics")]
+    pub(crate) counters: Arc<crate::metrics::LimitCounters>,
 }
 
 impl Limit {
@@ -53,6 +56,8 @@ impl Limit {
             keyed_by: None,
             shadow: false,
             params,
+            #[cfg(feature = "metrics")]
+            counters: Arc::new(crate::metrics::LimitCounters::new(name)),
         }
     }
 

@@ -192,13 +192,17 @@ impl RateLimiter {
         cost: u32,
         consume: bool,
     ) -> Result<Verdict, LimitError> {
-        match &self.inner.store {
-            Store::Memory => self.decide_in_memory(descriptor, cost, consume),
+        let started = crate::metrics::start();
+        let (verdict, on_redis) = match &self.inner.store {
+            Store::Memory => (self.decide_in_memory(descriptor, cost, consume), false),
             #[cfg(feature = "redis")]
-            Store::Redis(redis) => {
-                Box::pin(self.decide_on_redis(redis, descriptor, cost, consume)).await
-            }
-        }
+            Store::Redis(redis) => (
+                Box::pin(self.decide_on_redis(redis, descriptor, cost, consume)).await,
+                true,
+            ),
+        };
+        crate::metrics::decision_time(on_redis, started);
+        verdict
     }
 
     #[inline]
@@ -467,7 +471,7 @@ struct Accumulator {
 
 impl Accumulator {
     fn add(&mut self, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
-        crate::metrics::decided(&limit.name, d.allowed, !enforced);
+        crate::metrics::decided(limit, d.allowed, !enforced);
         if !d.allowed && !enforced {
             if self.shadow_denied.is_none() {
                 tracing::info!(limit = %limit.name, "shadow limit would have denied the request");

@@ -12,8 +12,15 @@
 //!   that are buffered and `Clone` (`Full<Bytes>`, `String`, `Vec<u8>`, `Bytes`); a `POST` is
 //!   sent once. Extensions are not copied. For a body type that may stream, give
 //!   [`RetryLayer::clone_requests_with`](crate::retry::RetryLayer::clone_requests_with) a
-//!   closure that returns `None` when the body cannot be replayed (with reqwest:
-//!   `|r: &reqwest::Request| r.try_clone()`): such a request is passed through once.
+//!   closure that returns `None` when the body cannot be replayed, keeping the method check
+//!   (with reqwest: `|r: &reqwest::Request| if is_idempotent(r.method()) { r.try_clone() }
+//!   else { None }` — `try_clone` alone would retry a `POST`): such a request is passed
+//!   through once.
+//!
+//! The helpers read responses through [`HttpResponse`] and copy requests through
+//! [`HttpRequest`], implemented for `http`'s types; implement them for another client's types
+//! to use the helpers with it. A call whose result is not a response is a compile error that
+//! names the missing trait.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -77,12 +84,64 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// An HTTP response as the helpers read it: its status and headers. Implemented for
+/// `http::Response<B>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an HTTP response the floodwall HTTP helpers can read",
+    label = "`HttpClassifier` / `HttpRetryPolicy` need calls that return an HTTP response, not `{Self}`",
+    note = "the helpers judge a response by its status and `Retry-After`: return `http::Response<B>` from the call, or implement `floodwall_resilience::http::HttpResponse` (status and headers) for your client's response type"
+)]
+pub trait HttpResponse {
+    /// The status.
+    fn status(&self) -> StatusCode;
+    /// The headers.
+    fn headers(&self) -> &HeaderMap;
+}
+
+impl<B> HttpResponse for Response<B> {
+    fn status(&self) -> StatusCode {
+        Response::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        Response::headers(self)
+    }
+}
+
+/// An HTTP request as [`IdempotentRequests`] copies it: its method, and a copy for another
+/// attempt when its body can be replayed. Implemented for `http::Request<B>` with a `Clone`
+/// body.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an HTTP request `IdempotentRequests` can copy",
+    label = "`IdempotentRequests` copies HTTP requests with a replayable body, not `{Self}`",
+    note = "use `http::Request<B>` with a `Clone` body (`Full<Bytes>`, `String`, `Vec<u8>`, `Bytes`), or implement `floodwall_resilience::http::HttpRequest` (method and copy) for your client's request type"
+)]
+pub trait HttpRequest: Sized {
+    /// The method.
+    fn method(&self) -> &Method;
+    /// A copy for another attempt, or `None` when the body cannot be replayed.
+    fn copy(&self) -> Option<Self>;
+}
+
+impl<B: Clone> HttpRequest for Request<B> {
+    fn method(&self) -> &Method {
+        Request::method(self)
+    }
+    fn copy(&self) -> Option<Self> {
+        let mut copy = Request::new(self.body().clone());
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        Some(copy)
+    }
+}
+
 /// Classifies responses by status ([`breaker_outcome`]) and every error as a failure.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassifier;
 
-impl<B, E> Classify<Response<B>, E> for HttpClassifier {
-    fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
+impl<R: HttpResponse, E> Classify<R, E> for HttpClassifier {
+    fn classify(&self, result: &Result<R, E>) -> Outcome {
         match result {
             Ok(resp) => breaker_outcome(resp.status()),
             Err(_) => Outcome::Failure,
@@ -95,8 +154,8 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpRetryPolicy;
 
-impl<B, E> RetryPolicy<Response<B>, Error<E>> for HttpRetryPolicy {
-    fn decide(&self, result: &Result<Response<B>, Error<E>>) -> Decision {
+impl<R: HttpResponse, E> RetryPolicy<R, Error<E>> for HttpRetryPolicy {
+    fn decide(&self, result: &Result<R, Error<E>>) -> Decision {
         match result {
             Ok(resp) if is_retryable_status(resp.status()) => {
                 match retry_after(resp.headers(), SystemTime::now()) {
@@ -131,17 +190,12 @@ impl IdempotentRequests {
     }
 }
 
-impl<B: Clone> RetryRequest<Request<B>> for IdempotentRequests {
-    fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
+impl<R: HttpRequest> RetryRequest<R> for IdempotentRequests {
+    fn clone_request(&self, req: &R) -> Option<R> {
         if !self.all_methods && !is_idempotent(req.method()) {
             return None;
         }
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        Some(copy)
+        req.copy()
     }
 }
 

@@ -113,7 +113,17 @@ pub use pipeline::Pipeline;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
-    use ::metrics::{Unit, describe_counter, describe_gauge};
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "floodwall_circuit_breaker_call_duration_seconds",
+        Unit::Seconds,
+        "How long calls admitted by a circuit breaker took (call and call_classified)"
+    );
+    describe_histogram!(
+        "floodwall_retry_call_duration_seconds",
+        Unit::Seconds,
+        "How long calls through a retry took, every attempt and wait included"
+    );
     describe_gauge!(
         "floodwall_circuit_breaker_state",
         "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only"

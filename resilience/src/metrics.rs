@@ -12,7 +12,9 @@ mod imp {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
-    use metrics::{Counter, Gauge, counter, gauge};
+    use std::time::Instant;
+
+    use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
     use super::{Outcome, RejectReason, State};
 
@@ -69,6 +71,7 @@ mod imp {
     }
 
     struct BreakerHandles {
+        duration: Histogram,
         state: Gauge,
         success: Counter,
         failure: Counter,
@@ -88,6 +91,7 @@ mod imp {
                 bound: Bound::new(name, |name| {
                     let calls = |outcome: &'static str| counter!("floodwall_circuit_breaker_calls_total", "breaker" => name.to_owned(), "outcome" => outcome);
                     BreakerHandles {
+                        duration: histogram!("floodwall_circuit_breaker_call_duration_seconds", "breaker" => name.to_owned()),
                         state: gauge!("floodwall_circuit_breaker_state", "breaker" => name.to_owned()),
                         success: calls("success"),
                         failure: calls("failure"),
@@ -123,6 +127,20 @@ mod imp {
             }
         }
 
+        /// When an admitted call starts, if anyone is recording.
+        #[inline]
+        pub(crate) fn start(&self) -> Option<Instant> {
+            self.handles().map(|_| Instant::now())
+        }
+
+        /// Records how long the call that started at `started` took.
+        #[inline]
+        pub(crate) fn finish(&self, started: Option<Instant>) {
+            if let (Some(t), Some(h)) = (started, self.handles()) {
+                h.duration.record(t.elapsed().as_secs_f64());
+            }
+        }
+
         pub(crate) fn state(&self, s: State) {
             self.state.store(s as u8, Ordering::Relaxed);
             if let Some(h) = self.handles() {
@@ -132,6 +150,7 @@ mod imp {
     }
 
     struct RetryHandles {
+        duration: Histogram,
         retries: Counter,
         exhausted: Counter,
     }
@@ -141,6 +160,7 @@ mod imp {
     impl RetryMetrics {
         pub(crate) fn new(name: &str) -> Self {
             RetryMetrics(Bound::new(name, |name| RetryHandles {
+                duration: histogram!("floodwall_retry_call_duration_seconds", "retry" => name.to_owned()),
                 retries: counter!("floodwall_retry_retries_total", "retry" => name.to_owned()),
                 exhausted: counter!("floodwall_retry_budget_exhausted_total", "retry" => name.to_owned()),
             }))
@@ -155,6 +175,21 @@ mod imp {
         pub(crate) fn budget_exhausted(&self) {
             if let Some(h) = self.0.get() {
                 h.exhausted.increment(1);
+            }
+        }
+
+        /// When a call (all its attempts) starts, if anyone is recording.
+        #[inline]
+        pub(crate) fn start(&self) -> Option<Instant> {
+            self.0.get().map(|_| Instant::now())
+        }
+
+        /// Records how long the call that started at `started` took, retries and waits
+        /// included.
+        #[inline]
+        pub(crate) fn finish(&self, started: Option<Instant>) {
+            if let (Some(t), Some(h)) = (started, self.0.get()) {
+                h.duration.record(t.elapsed().as_secs_f64());
             }
         }
     }
@@ -305,6 +340,12 @@ mod imp {
         pub(crate) fn new(_: &str) -> Self {
             BreakerMetrics
         }
+        #[inline(always)]
+        pub(crate) fn start(&self) -> Option<std::time::Instant> {
+            None
+        }
+        #[inline(always)]
+        pub(crate) fn finish(&self, _: Option<std::time::Instant>) {}
         #[inline]
         pub(crate) fn outcome(&self, _: Outcome) {}
         pub(crate) fn rejected(&self) {}
@@ -316,6 +357,12 @@ mod imp {
         pub(crate) fn new(_: &str) -> Self {
             RetryMetrics
         }
+        #[inline(always)]
+        pub(crate) fn start(&self) -> Option<std::time::Instant> {
+            None
+        }
+        #[inline(always)]
+        pub(crate) fn finish(&self, _: Option<std::time::Instant>) {}
         pub(crate) fn retry(&self) {}
         pub(crate) fn budget_exhausted(&self) {}
     }

@@ -100,7 +100,7 @@ impl Idempotency<PostgresStore> {
         match result {
             Ok(value) => Ok(Outcome::Fresh(value)),
             Err(TxFail::Fenced) => {
-                crate::metrics::unrecorded();
+                self.counters().unrecorded();
                 Err(RunError::Fenced)
             }
             Err(TxFail::Operation(error)) => match claim.release(lease_end).await {

@@ -259,7 +259,9 @@ impl CircuitBreaker {
         Fut: Future<Output = Result<T, E>>,
     {
         let permit = self.try_acquire().map_err(Error::CircuitOpen)?;
+        let started = self.inner.metrics.start();
         let result = f().await;
+        self.inner.metrics.finish(started);
         permit.record_with(classifier.classify(&result), || classifier.cause(&result));
         result.map_err(Error::Inner)
     }

@@ -115,6 +115,11 @@ impl std::error::Error for Rejected {
 }
 
 /// Decides the [`Outcome`] of a call from its result.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot classify a call whose result is `Result<{T}, {E}>`",
+    label = "this classifier does not take `Result<{T}, {E}>`",
+    note = "`HttpClassifier` classifies results whose `Ok` is an HTTP response (`http::Response<B>`, or a type implementing `floodwall_resilience::http::HttpResponse`); otherwise pass a closure `|r: &Result<{T}, {E}>| -> Outcome`, or implement `Classify<{T}, {E}>`"
+)]
 pub trait Classify<T, E> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;

@@ -107,6 +107,11 @@ impl<T, E> RetryError<T, E> {
 }
 
 /// Decides from an attempt's result whether to retry.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot decide retries for a call whose result is `Result<{T}, {E}>`",
+    label = "this retry policy does not take `Result<{T}, {E}>`",
+    note = "`HttpRetryPolicy` decides on results `Result<R, floodwall_resilience::Error<E>>` whose `R` is an HTTP response (`http::Response<B>`, or a type implementing `floodwall_resilience::http::HttpResponse`); otherwise pass a closure `|r: &Result<{T}, {E}>| -> Decision`, or implement `RetryPolicy<{T}, {E}>`"
+)]
 pub trait RetryPolicy<T, E> {
     /// The decision for `result`.
     fn decide(&self, result: &Result<T, E>) -> Decision;
@@ -138,6 +143,11 @@ where
 
 /// Copies a request for another attempt; `None` means "send it once, never retry" (a
 /// streaming body that cannot be replayed, or a method that must not be repeated).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot copy requests of type `{Req}` for a retry",
+    label = "this request cloner does not take `{Req}`",
+    note = "`IdempotentRequests` copies HTTP requests (`http::Request<B>` with a `Clone` body, or a type implementing `floodwall_resilience::http::HttpRequest`), idempotent methods only; otherwise pass a closure `|r: &{Req}| -> Option<{Req}>` that keeps the method check, or implement `RetryRequest<{Req}>`"
+)]
 pub trait RetryRequest<Req> {
     /// A copy of `req` for the next attempt, or `None`.
     fn clone_request(&self, req: &Req) -> Option<Req>;
@@ -395,12 +405,16 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut attempts = self.start();
+        let started = self.inner.metrics.start();
         loop {
             let result = f().await;
             let decision = policy.decide(&result);
             match self.next_delay(&mut attempts, decision) {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => return (result, decision, attempts.made),
+                None => {
+                    self.inner.metrics.finish(started);
+                    return (result, decision, attempts.made);
+                }
             }
         }
     }
