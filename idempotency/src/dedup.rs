@@ -72,8 +72,8 @@ impl<S: Store> Deduplicator<S> {
         }
     }
 
-    /// The instance's name: the `idempotency` label of its metrics. Default `dedup-<n>`,
-    /// unique in the process.
+    /// The instance's name: the `idempotency` label of its metrics (its series exist from
+    /// its first message on). Default `dedup-<n>`, unique in the process.
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.into();
         self.metrics = std::sync::Arc::new(crate::metrics::Counters::named(name));
@@ -94,6 +94,7 @@ impl<S: Store> Deduplicator<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.metrics.register();
         let begin = self.store.begin(id, &Fingerprint::NONE, self.lease);
         let token = match self
             .metrics

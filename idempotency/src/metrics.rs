@@ -53,6 +53,9 @@ pub(crate) enum Op {
 /// An instance's counters: each metric's key with the instance's label, built once.
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// Set once the series were registered with the recorder.
+    #[cfg(feature = "metrics")]
+    registered: std::sync::OnceLock<()>,
     #[cfg(feature = "metrics")]
     keys: Vec<metrics::Key>,
     /// `floodwall_idempotency_store_call_duration_seconds`, by [`Op`].
@@ -74,7 +77,20 @@ macro_rules! counter_fn {
 }
 
 impl Counters {
-    /// The counters of the instance named `name`.
+    /// Registers every counter with the installed recorder, at zero (once; later calls do
+    /// nothing), so the series exist before anything is counted.
+    pub(crate) fn register(&self) {
+        #[cfg(feature = "metrics")]
+        self.registered.get_or_init(|| {
+            metrics::with_recorder(|r| {
+                for k in &self.keys {
+                    r.register_counter(k, &METADATA).increment(0);
+                }
+            });
+        });
+    }
+
+    /// The counters of the instance named `name`, not yet registered.
     pub(crate) fn named(name: &str) -> Counters {
         #[cfg(feature = "metrics")]
         {
@@ -86,11 +102,6 @@ impl Counters {
                     metrics::Key::from_parts(*n, vec![label])
                 })
                 .collect();
-            metrics::with_recorder(|r| {
-                for k in &keys {
-                    r.register_counter(k, &METADATA).increment(0);
-                }
-            });
             let timings = ["begin", "complete", "abort", "extend"]
                 .iter()
                 .map(|op| {
@@ -104,7 +115,11 @@ impl Counters {
                     )
                 })
                 .collect();
-            Counters { keys, timings }
+            Counters {
+                registered: std::sync::OnceLock::new(),
+                keys,
+                timings,
+            }
         }
         #[cfg(not(feature = "metrics"))]
         {

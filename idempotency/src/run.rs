@@ -196,6 +196,7 @@ impl<S: Store> IdempotencyBuilder<S> {
         }
         let mut built = self.inner;
         built.metrics = Arc::new(Counters::named(&built.name));
+        built.metrics.register();
         Ok(built)
     }
 }
@@ -208,6 +209,14 @@ impl<S: Store> Idempotency<S> {
     /// Over `store`, with a [`DEFAULT_LEASE`] (5 s) lease renewed while the operation runs,
     /// 24 h retention and [`OnConflict::Reject`].
     pub fn new(store: S) -> Self {
+        let idem = Self::unregistered(store);
+        idem.metrics.register();
+        idem
+    }
+
+    /// [`new`](Self::new)'s defaults, its series not yet registered (the builder registers
+    /// them under the final name).
+    fn unregistered(store: S) -> Self {
         #[cfg(feature = "metrics")]
         crate::describe_metrics();
         let name: Arc<str> = crate::metrics::default_name("idempotency").into();
@@ -224,7 +233,7 @@ impl<S: Store> Idempotency<S> {
     /// A builder over `store`, starting from [`new`](Self::new)'s defaults.
     pub fn builder(store: S) -> IdempotencyBuilder<S> {
         IdempotencyBuilder {
-            inner: Self::new(store),
+            inner: Self::unregistered(store),
         }
     }
 

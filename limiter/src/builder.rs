@@ -109,7 +109,11 @@ impl RateLimiterBuilder {
         }
         #[cfg(feature = "redis")]
         let store = match self.redis {
-            Some(options) => Store::Redis(crate::redis::RedisStore::new(options, self.max_batch)),
+            Some(options) => {
+                // The failure policy's series exists from now on, at zero.
+                crate::metrics::store_failures(self.policy, 0);
+                Store::Redis(crate::redis::RedisStore::new(options, self.max_batch))
+            }
             None => Store::Memory,
         };
         #[cfg(not(feature = "redis"))]

@@ -434,7 +434,7 @@ impl RateLimiter {
     ) -> Result<Verdict, LimitError> {
         let inner = &*self.inner;
         tracing::warn!(error = %error, policy = ?inner.policy, "rate-limit store failed");
-        crate::metrics::store_failure(inner.policy);
+        crate::metrics::store_failures(inner.policy, 1);
         match inner.policy {
             FailurePolicy::FailOpen => Ok(Verdict::open(Some(Degraded::FailedOpen))),
             FailurePolicy::FailClosed => Err(LimitError::Unavailable(error)),

@@ -63,18 +63,18 @@ pub(crate) fn decided(limit: &Limit, allowed: bool, shadow: bool) {
 pub(crate) fn decided(_limit: &Limit, _allowed: bool, _shadow: bool) {}
 
 #[cfg(all(feature = "metrics", feature = "redis"))]
-pub(crate) fn store_failure(policy: crate::FailurePolicy) {
+pub(crate) fn store_failures(policy: crate::FailurePolicy, n: u64) {
     let policy = match policy {
         crate::FailurePolicy::FailOpen => "fail_open",
         crate::FailurePolicy::FailClosed => "fail_closed",
         crate::FailurePolicy::Insurance { .. } => "insurance",
     };
-    metrics::counter!("floodwall_limiter_store_failures_total", "policy" => policy).increment(1);
+    metrics::counter!("floodwall_limiter_store_failures_total", "policy" => policy).increment(n);
 }
 
 #[cfg(all(not(feature = "metrics"), feature = "redis"))]
 #[inline(always)]
-pub(crate) fn store_failure(_policy: crate::FailurePolicy) {}
+pub(crate) fn store_failures(_policy: crate::FailurePolicy, _n: u64) {}
 
 /// When a decision starts, if a recorder is installed (the facade's fallback no-op recorder
 /// is zero-sized).
