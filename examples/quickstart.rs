@@ -1,129 +1,145 @@
-//! floodwall in one page, with no server: run `cargo run --example quickstart`.
+//! floodwall in one screen, with no server: run `cargo run --example quickstart`.
 //!
-//! Shows what exists so far: injectable clocks, collision-free hash-tagged keys, the circuit
-//! breaker, and retry with jitter and a retry budget.
+//! A tour of the family, all in memory: a circuit breaker with retry around a failing
+//! payment API, a per-user rate limit, a cache stampede coalesced into one load, and an
+//! idempotent payment replayed instead of charged twice.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use floodwall::core::{Clock, Keyspace, ManualClock, SystemClock};
+use floodwall::cache::TieredCache;
+use floodwall::core::ManualClock;
+use floodwall::idempotency::{Fingerprint, Idempotency, MemoryStore};
+use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall::resilience::Error;
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
-use floodwall::resilience::retry::{Backoff, Decision, Jitter, Retry, RetryBudget};
+use floodwall::resilience::retry::{Backoff, Decision, Jitter, Retry};
+
+fn n(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).expect("non-zero")
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Time: production reads the system clock; tests move a manual clock by hand.
-    let system = SystemClock::new();
-    let t0 = system.now_nanos();
-    let manual = ManualClock::new();
-    let component_view = manual.clone(); // clones share one time
-    manual.advance(Duration::from_secs(30));
-    println!(
-        "manual clock after advance(30s): {:?} (system clock moved {:?} meanwhile)",
-        Duration::from_nanos(component_view.now_nanos()),
-        system.elapsed_since(t0)
-    );
-
-    // Keys: namespace + version + hash-tagged routing part + parts, safe for user input.
-    let users = Keyspace::new("user", 2)?;
-    let plain = users.key("42").part("profile").build();
-    let hostile = users.key("evil}{tag").part("a:b").build();
-    let huge = users.key("x".repeat(5000)).build();
-    println!(
-        "plain key:    {plain}   (Redis Cluster hash tag: {:?})",
-        plain.hash_tag()
-    );
-    println!(
-        "hostile key:  {hostile}   (hash tag: {:?})",
-        hostile.hash_tag()
-    );
-    println!("5 KB input:   {huge}   ({} bytes)", huge.as_str().len());
-    let v3 = users.with_version(3).key("42").part("profile").build();
-    println!("after a schema bump: {v3} (old keys are never read again)");
-
-    // Circuit breaker: a payment API that fails; after 5 calls at >= 50% failures it opens.
+    println!("1. circuit breaker + retry around a payment API");
     let clock = ManualClock::new();
     let breaker = CircuitBreaker::builder()
         .name("payments")
-        .sliding_window(SlidingWindow::Count(NonZeroU32::new(5).expect("non-zero")))
-        .minimum_calls(5)
+        .sliding_window(SlidingWindow::Count(n(4)))
+        .minimum_calls(4)
         .open_wait(OpenWait::Fixed(Duration::from_secs(30)))
-        .permitted_calls_in_half_open(NonZeroU32::new(1).expect("non-zero"))
+        .permitted_calls_in_half_open(n(1))
         .clock(clock.clone())
         .build()?;
-    for attempt in 1..=7 {
-        let result = breaker
-            .call(|| async move {
-                if attempt % 3 == 0 {
-                    Ok("charged")
-                } else {
-                    Err("503")
+    let retry = Retry::builder()
+        .max_attempts(n(3))
+        .backoff(Backoff::Exponential {
+            initial: Duration::from_millis(2),
+            multiplier: 2.0,
+        })
+        .jitter(Jitter::Full)
+        .build();
+    // A 503 is retried; a rejection by the open breaker is not (it says when to come back).
+    let retry_503s = |r: &Result<&str, Error<&str>>| match r {
+        Err(Error::Inner(_)) => Decision::Retry,
+        _ => Decision::Done,
+    };
+    let api_calls = Arc::new(AtomicU32::new(0));
+    for request in 1..=4 {
+        let r = retry
+            .call_with(&retry_503s, || {
+                let (b, calls) = (breaker.clone(), api_calls.clone());
+                async move {
+                    b.call(|| async move {
+                        // The API answers its 2nd call, then goes down.
+                        let n = calls.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n == 2 { Ok("charged") } else { Err("503") }
+                    })
+                    .await
                 }
             })
             .await;
-        match result {
-            Ok(v) => println!("call {attempt}: {v}"),
-            Err(Error::Inner(e)) => println!("call {attempt}: downstream failed ({e})"),
-            Err(Error::CircuitOpen(r)) => println!(
-                "call {attempt}: rejected, breaker {:?}, retry after {:?}",
-                r.state, r.retry_after
-            ),
-            Err(other) => println!("call {attempt}: {other}"),
-        }
+        let shown = match &r {
+            Ok(v) => v.to_string(),
+            Err(Error::CircuitOpen(rej)) => format!("shed by the open breaker ({:?})", rej.state),
+            Err(e) => format!("failed: {e}"),
+        };
+        let calls = api_calls.load(Ordering::Relaxed);
+        println!("   request {request}: {shown}; API calls so far: {calls}");
     }
     clock.advance(Duration::from_secs(30));
     let probe = breaker.call(|| async { Ok::<_, &str>("charged") }).await;
     println!(
-        "after 30 s, one probe: {probe:?}; breaker is now {:?}",
+        "   30 s later one probe: {probe:?}; breaker {:?}",
         breaker.state()
     );
 
-    // Retry: exponential backoff with full jitter, 4 attempts, behind a shared 20% budget.
-    let budget = RetryBudget::builder().min_per_sec(1).build()?;
-    let retry = Retry::builder()
-        .max_attempts(NonZeroU32::new(4).expect("non-zero"))
-        .backoff(Backoff::Exponential {
-            initial: Duration::from_millis(5),
-            multiplier: 2.0,
-        })
-        .jitter(Jitter::Full)
-        .budget(budget.clone())
-        .on_retry(|e| println!("  attempt {} failed; retrying in {:?}", e.attempt, e.delay))
-        .build();
-    let mut attempts = 0;
-    let flaky = retry
-        .call(|| {
-            attempts += 1;
-            let n = attempts;
-            async move { if n < 3 { Err("503") } else { Ok("charged") } }
-        })
-        .await;
-    println!("flaky payment API: {flaky:?} after {attempts} attempts");
-
-    // Retry around the breaker, against a dead API: a 503 is retried, a rejection from the
-    // open breaker is not (it says when to come back); the budget caps retries overall.
-    let dont_retry_rejections = |r: &Result<(), Error<&str>>| match r {
-        Err(Error::Inner(_)) => Decision::Retry,
-        _ => Decision::Done,
-    };
-    let mut reached = 0;
-    for i in 1..=4 {
-        let r = retry
-            .call_with(&dont_retry_rejections, || {
-                let b = breaker.clone();
-                async move { b.call(|| async { Err::<(), _>("503") }).await }
-            })
-            .await;
-        if let Err(Error::Inner(_)) = r {
-            reached += 1;
+    println!("2. a rate limit: 3 requests per minute per user (GCRA)");
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("per-user", Algorithm::Gcra, Quota::per_minute(n(3))).keyed_by("user"))
+        .build()?;
+    for (user, tries) in [("ann", 4), ("bob", 1)] {
+        let mut answers = Vec::new();
+        for _ in 0..tries {
+            let v = limiter.check(&[("user", user)]).await?;
+            answers.push(if v.allowed {
+                "allowed".to_string()
+            } else {
+                format!(
+                    "denied (retry in {:.0?})",
+                    v.retry_after().unwrap_or_default()
+                )
+            });
         }
-        println!("dead API, request {i}: {r:?}");
+        println!("   {user}: {}", answers.join(", "));
     }
+
+    println!("3. a cache stampede: 100 concurrent misses on one key");
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .name("profiles")
+        .ttl(Duration::from_secs(60))
+        .build();
+    let loads = Arc::new(AtomicU32::new(0));
+    let gets = (0..100).map(|_| {
+        let (cache, loads) = (cache.clone(), loads.clone());
+        async move {
+            let load = || async move {
+                loads.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await; // the slow database
+                Ok::<_, String>(Some("Ann, Berlin".to_string()))
+            };
+            cache.get_or_load("user:42".to_string(), load).await
+        }
+    });
+    let answers = futures::future::join_all(gets).await;
+    let stats = cache.stats();
     println!(
-        "breaker is {:?}; {reached} requests ended on a real 503, the rest were shed; {} retries left in the budget",
-        breaker.state(),
-        budget.available()
+        "   {} answers, {} load(s); {} callers joined the load in flight",
+        answers.iter().filter(|a| a.is_ok()).count(),
+        loads.load(Ordering::Relaxed),
+        stats.coalesced
     );
+
+    println!("4. an idempotent payment: the client retries after a lost response");
+    let payments = Idempotency::new(MemoryStore::new());
+    let charged = AtomicU32::new(0);
+    let fp = Fingerprint::of(br#"{"amount":4200}"#);
+    for attempt in ["first try", "retry"] {
+        let outcome = payments
+            .run("ann:order-7", &fp, || async {
+                let id = charged.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok::<_, String>(format!("ch_{id}"))
+            })
+            .await?;
+        let how = if outcome.is_replayed() {
+            "replayed"
+        } else {
+            "ran"
+        };
+        println!("   {attempt}: {how}, {}", outcome.into_inner());
+    }
+    println!("   cards charged: {}", charged.load(Ordering::Relaxed));
     Ok(())
 }

@@ -14,10 +14,19 @@
 //! | `cache` | floodwall-cache | `cache` (default) |
 //! | `idempotency` | floodwall-idempotency | `idempotency` (default) |
 //!
-//! Other features: `redis` (Redis / Redis Cluster / Sentinel stores), `redis-tls`
-//! (`rediss://`), `tower` (layers), `http` (HTTP-aware layers), `metrics` (the `metrics`
-//! facade), `full` (all of them). The default build needs no server and pulls in no Redis
-//! client.
+//! Other features:
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `redis` | Redis / Redis Cluster / Sentinel stores for the limiter, the cache and idempotency |
+//! | `redis-tls` | `rediss://` connections (rustls) on every topology |
+//! | `postgres` | the idempotency store on PostgreSQL (sqlx), transactional and phased runs |
+//! | `tower` | `tower::Layer`s for every primitive |
+//! | `http` | HTTP-aware layers (status classification, `Retry-After`, 429, `Idempotency-Key`) |
+//! | `metrics` | metrics through the `metrics` facade (see `dashboards/floodwall.json`) |
+//! | `full` | all of the above |
+//!
+//! The default build needs no server and pulls in no Redis client.
 //!
 //! # One API grammar
 //!

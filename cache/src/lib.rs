@@ -143,3 +143,8 @@ pub fn describe_metrics() {
     }
 }
 pub use tiered::{CacheError, Fetched, TieredCache};
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

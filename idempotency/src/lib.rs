@@ -138,3 +138,8 @@ pub fn describe_metrics() {
         describe_counter!(name, Unit::Count, help);
     }
 }
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

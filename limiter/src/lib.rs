@@ -134,3 +134,8 @@ pub fn describe_metrics() {
 }
 pub use quota::Quota;
 pub use tiers::{QuotaResolver, Tiers};
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -174,3 +174,8 @@ pub fn describe_metrics() {
         "Calls over the adaptive concurrency limit"
     );
 }
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
