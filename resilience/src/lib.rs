@@ -96,6 +96,7 @@ pub mod hedge;
 pub mod http;
 mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod retry;
 pub mod timeout;
 

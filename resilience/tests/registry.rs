@@ -1,0 +1,157 @@
+//! `Registry`: one breaker (or bulkhead) per host, made once even under concurrency, shared
+//! by every user of the key, bounded with least-recently-used eviction, and safe with
+//! hostile keys.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use floodwall_resilience::Error;
+use floodwall_resilience::bulkhead::Bulkhead;
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow, State};
+use floodwall_resilience::registry::{KeyTooLong, MAX_KEY_LEN, Registry};
+use proptest::prelude::*;
+
+fn breakers(max: usize, made: Arc<AtomicU32>) -> Registry<CircuitBreaker> {
+    Registry::new(NonZeroUsize::new(max).unwrap(), move |host: &str| {
+        made.fetch_add(1, Ordering::SeqCst);
+        CircuitBreaker::builder()
+            .name(format!("api:{host}"))
+            .sliding_window(SlidingWindow::Count(NonZeroU32::new(4).unwrap()))
+            .minimum_calls(4)
+            .build()
+            .unwrap()
+    })
+}
+
+/// A dead host opens its own breaker; calls to another host go through.
+#[tokio::test]
+async fn a_dead_hosts_open_breaker_leaves_other_hosts_alone() {
+    let registry = breakers(64, Arc::new(AtomicU32::new(0)));
+    for _ in 0..4 {
+        let dead = registry.get("dead.example.com");
+        let _ = dead.call(|| async { Err::<(), _>("503") }).await;
+    }
+    assert_eq!(registry.get("dead.example.com").state(), State::Open);
+    let shed = registry
+        .get("dead.example.com")
+        .call(|| async { Ok::<_, &str>(()) })
+        .await;
+    assert!(matches!(shed, Err(Error::CircuitOpen(_))));
+    let healthy = registry
+        .get("live.example.com")
+        .call(|| async { Ok::<_, &str>("ok") })
+        .await;
+    assert_eq!(healthy.unwrap(), "ok");
+    assert_eq!(registry.get("live.example.com").state(), State::Closed);
+    println!(
+        "dead host: {:?}; live host: {:?}",
+        registry.get("dead.example.com").state(),
+        registry.get("live.example.com").state()
+    );
+}
+
+/// 8 tasks × 1000 lookups over 50 hosts: the factory ran exactly 50 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_is_made_once_under_concurrency() {
+    let made = Arc::new(AtomicU32::new(0));
+    let registry = breakers(1024, made.clone());
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                for i in 0..1000 {
+                    let b = registry.get(&format!("host-{}", (i * 7 + t) % 50));
+                    assert!(b.name().starts_with("api:host-"));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "8000 lookups over 50 hosts: factory ran {} times",
+        made.load(Ordering::SeqCst)
+    );
+    assert_eq!(made.load(Ordering::SeqCst), 50);
+    assert_eq!(registry.len(), 50);
+}
+
+/// With room for 32 keys, 1000 distinct hosts leave at most 32 held, and a host used all
+/// along keeps its breaker (its state survives).
+#[tokio::test]
+async fn the_registry_is_bounded_and_keeps_what_is_used() {
+    let registry = breakers(32, Arc::new(AtomicU32::new(0)));
+    registry.get("hot").force_open();
+    for i in 0..1000 {
+        registry.get(&format!("cold-{i}"));
+        assert_eq!(
+            registry.get("hot").state(),
+            State::ForcedOpen,
+            "after {i} cold hosts"
+        );
+    }
+    println!(
+        "1000 hosts through a 32-entry registry: {} held",
+        registry.len()
+    );
+    assert!(registry.len() <= 32);
+    assert!(registry.keys().iter().any(|k| k == "hot"));
+}
+
+/// Over-long keys: refused by `try_get`, digested by `get` (same key, same value; another
+/// key, another value).
+#[tokio::test]
+async fn long_keys_are_refused_or_digested() {
+    let made = Arc::new(AtomicU32::new(0));
+    let registry = breakers(64, made.clone());
+    let long = "x".repeat(10_000);
+    assert_eq!(
+        registry.try_get(&long).map(|_| ()),
+        Err(KeyTooLong { len: 10_000 })
+    );
+    assert!(registry.try_get(&"y".repeat(MAX_KEY_LEN)).is_ok());
+    registry.get(&long).force_open();
+    assert_eq!(registry.get(&long).state(), State::ForcedOpen);
+    let other = format!("{}z", "x".repeat(9_999));
+    assert_eq!(registry.get(&other).state(), State::Closed);
+    assert!(registry.keys().iter().all(|k| k.len() <= MAX_KEY_LEN));
+    assert_eq!(made.load(Ordering::SeqCst), 3);
+}
+
+/// A bulkhead per host: a full host rejects, another admits.
+#[tokio::test]
+async fn a_bulkhead_per_host() {
+    let registry = Registry::new(NonZeroUsize::new(16).unwrap(), |host: &str| {
+        Bulkhead::builder()
+            .name(format!("api:{host}"))
+            .max_concurrent(NonZeroUsize::new(1).unwrap())
+            .build()
+    });
+    let slow = registry.get("slow.example.com");
+    let held = slow.try_acquire().unwrap();
+    assert!(registry.get("slow.example.com").try_acquire().is_err());
+    assert!(registry.get("fast.example.com").try_acquire().is_ok());
+    drop(held);
+    assert!(registry.get("slow.example.com").try_acquire().is_ok());
+}
+
+proptest! {
+    /// Any sequence of lookups: never more than the bound, and a key looked up twice in a row
+    /// gets the same value (a counter its factory numbered).
+    #[test]
+    fn bounded_and_stable(keys in prop::collection::vec(0u16..200, 1..400)) {
+        let next = Arc::new(AtomicU32::new(0));
+        let n = next.clone();
+        let registry = Registry::new(NonZeroUsize::new(32).unwrap(), move |_: &str| {
+            n.fetch_add(1, Ordering::SeqCst)
+        });
+        for k in keys {
+            let key = format!("k{k}");
+            let first = registry.get(&key);
+            prop_assert_eq!(registry.get(&key), first);
+            prop_assert!(registry.len() <= 32);
+        }
+    }
+}
