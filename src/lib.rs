@@ -21,6 +21,7 @@
 //! | `redis` | Redis / Redis Cluster / Sentinel stores for the limiter, the cache and idempotency |
 //! | `redis-tls` | `rediss://` connections (rustls) on every topology |
 //! | `postgres` | the idempotency store on PostgreSQL (sqlx), transactional and phased runs |
+//! | `reqwest` | `reqwest` module: reqwest-middleware for timeouts, retry, a breaker and a bulkhead per host, a client rate limit, keyed `POST` retries |
 //! | `tower` | `tower::Layer`s for every primitive |
 //! | `http` | HTTP-aware layers (status classification, `Retry-After`, 429, `Idempotency-Key`) |
 //! | `metrics` | metrics through the `metrics` facade (see `dashboards/floodwall.json`) |
@@ -86,6 +87,10 @@ pub use floodwall_cache as cache;
 #[cfg(feature = "idempotency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
 pub use floodwall_idempotency as idempotency;
+
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use floodwall_reqwest as reqwest;
 
 /// Registers the description and unit of every metric the enabled floodwall crates emit with
 /// the installed `metrics` recorder, so an exporter shows them (`# HELP` in Prometheus). Each

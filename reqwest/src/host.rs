@@ -1,0 +1,179 @@
+//! Per-host middleware: [`HostBreaker`], [`HostBulkhead`], [`RateLimit`].
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use floodwall_limiter::RateLimiter;
+use floodwall_resilience::bulkhead::Bulkhead;
+use floodwall_resilience::circuit_breaker::{CircuitBreaker, Outcome};
+use floodwall_resilience::http::breaker_outcome;
+use floodwall_resilience::registry::Registry;
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::FloodwallError;
+
+/// The key a request's host is known by: `host:port` (the port the scheme implies when the URL
+/// names none).
+pub fn host_key(req: &Request) -> String {
+    let url = req.url();
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// A circuit breaker per host, from a bounded registry: a host answering `5xx` or `408`, or
+/// not answering, opens its own breaker, and its requests fail fast
+/// ([`FloodwallError::CircuitOpen`]) while other hosts are untouched. Responses are judged by
+/// [`breaker_outcome`]; every transport error is a failure.
+#[derive(Debug, Clone)]
+pub struct HostBreaker {
+    breakers: Registry<CircuitBreaker>,
+}
+
+impl HostBreaker {
+    /// At most `max_hosts` breakers, each made by `make(host_key)` on the host's first request.
+    pub fn new(
+        max_hosts: NonZeroUsize,
+        make: impl Fn(&str) -> CircuitBreaker + Send + Sync + 'static,
+    ) -> Self {
+        HostBreaker {
+            breakers: Registry::new(max_hosts, make),
+        }
+    }
+
+    /// The registry, to look at a host's breaker (`registry().get("host:443").state()`).
+    pub fn registry(&self) -> &Registry<CircuitBreaker> {
+        &self.breakers
+    }
+}
+
+fn classify(result: &reqwest_middleware::Result<Response>) -> Outcome {
+    match result {
+        Ok(resp) => breaker_outcome(resp.status()),
+        Err(_) => Outcome::Failure,
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for HostBreaker {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let breaker = self.breakers.get(&host_key(&req));
+        let permit = breaker
+            .try_acquire()
+            .map_err(|r| FloodwallError::CircuitOpen(r).into_middleware())?;
+        let result = next.run(req, extensions).await;
+        permit.record(classify(&result));
+        result
+    }
+}
+
+/// A bulkhead per host, from a bounded registry: at most so many requests in flight to one
+/// host; beyond that a request waits (up to the bulkhead's `max_wait`) or fails
+/// ([`FloodwallError::BulkheadFull`]). A slow host cannot take every connection.
+#[derive(Debug, Clone)]
+pub struct HostBulkhead {
+    bulkheads: Registry<Bulkhead>,
+}
+
+impl HostBulkhead {
+    /// At most `max_hosts` bulkheads, each made by `make(host_key)`.
+    pub fn new(
+        max_hosts: NonZeroUsize,
+        make: impl Fn(&str) -> Bulkhead + Send + Sync + 'static,
+    ) -> Self {
+        HostBulkhead {
+            bulkheads: Registry::new(max_hosts, make),
+        }
+    }
+
+    /// At most `max_hosts` bulkheads of `per_host` concurrent requests, refusing at once when
+    /// full.
+    pub fn per_host(max_hosts: NonZeroUsize, per_host: NonZeroUsize) -> Self {
+        Self::new(max_hosts, move |host| {
+            Bulkhead::builder()
+                .name(format!("host:{host}"))
+                .max_concurrent(per_host)
+                .build()
+        })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry<Bulkhead> {
+        &self.bulkheads
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for HostBulkhead {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let bulkhead = self.bulkheads.get(&host_key(&req));
+        let _permit = bulkhead
+            .acquire()
+            .await
+            .map_err(|r| FloodwallError::BulkheadFull(r).into_middleware())?;
+        next.run(req, extensions).await
+    }
+}
+
+/// A client-side rate limit toward each host: before sending, the request takes one unit of
+/// the host's quota from `limiter` (its limits keyed by `"host"`), waiting until the quota
+/// allows it — up to `max_wait`, else [`FloodwallError::RateLimited`]. With a Redis-backed
+/// limiter every instance of the client shares the quota.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    limiter: RateLimiter,
+    max_wait: Duration,
+}
+
+impl RateLimit {
+    /// Waits up to `max_wait` for `limiter`'s quota; the descriptor is `[("host", host_key)]`.
+    pub fn new(limiter: RateLimiter, max_wait: Duration) -> Self {
+        RateLimit { limiter, max_wait }
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for RateLimit {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let host = host_key(&req);
+        let started = tokio::time::Instant::now();
+        loop {
+            let verdict =
+                self.limiter.check(&[("host", &host)]).await.map_err(|e| {
+                    FloodwallError::LimiterUnavailable(e.to_string()).into_middleware()
+                })?;
+            if verdict.allowed {
+                break;
+            }
+            let wait = verdict.retry_after().unwrap_or(Duration::from_millis(1));
+            if started.elapsed() + wait > self.max_wait {
+                return Err(FloodwallError::RateLimited {
+                    retry_after: wait,
+                    max_wait: self.max_wait,
+                }
+                .into_middleware());
+            }
+            tokio::time::sleep(wait).await;
+        }
+        next.run(req, extensions).await
+    }
+}

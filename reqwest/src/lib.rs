@@ -1,0 +1,62 @@
+//! # floodwall-reqwest
+//!
+//! floodwall's resilience for [reqwest](https://docs.rs/reqwest) clients, as
+//! [`reqwest-middleware`](https://docs.rs/reqwest-middleware) middleware:
+//!
+//! - [`Timeout`]: a bound on each attempt (put it after [`Retry`]) or on the whole call
+//!   (before it);
+//! - [`Retry`]: floodwall's retry (backoff, jitter, retry budget) on `408`, `429`, `5xx`,
+//!   connection errors and attempt timeouts, honouring `Retry-After`; idempotent methods
+//!   only — and a `POST`/`PATCH` only when it carries an `Idempotency-Key`;
+//! - [`IdempotencyKey`]: gives each logical `POST`/`PATCH` one generated `Idempotency-Key`,
+//!   reused by all its retries (as payment SDKs do), so a server that honours the header
+//!   charges once;
+//! - [`HostBreaker`] and [`HostBulkhead`]: a circuit breaker and a bulkhead per host, from a
+//!   bounded [`Registry`](floodwall_resilience::registry::Registry) — a dead host is shed
+//!   without touching the others;
+//! - [`RateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
+//!   or shared by every instance through a Redis-backed `RateLimiter`).
+//!
+//! ```no_run
+//! use std::num::{NonZeroU32, NonZeroUsize};
+//! use std::time::Duration;
+//! use floodwall_reqwest::{HostBreaker, HostBulkhead, IdempotencyKey, Retry, Timeout};
+//! use floodwall_resilience::circuit_breaker::CircuitBreaker;
+//! use floodwall_resilience::retry::{Backoff, Jitter};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let retry = floodwall_resilience::retry::Retry::builder()
+//!     .max_attempts(NonZeroU32::new(3).unwrap())
+//!     .backoff(Backoff::Exponential { initial: Duration::from_millis(50), multiplier: 2.0 })
+//!     .jitter(Jitter::Full)
+//!     .build();
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(IdempotencyKey::new())
+//!     .with(Retry::new(retry))
+//!     .with(HostBreaker::new(NonZeroUsize::new(1000).unwrap(), |host| {
+//!         CircuitBreaker::builder().name(format!("api:{host}")).build().expect("valid")
+//!     }))
+//!     .with(HostBulkhead::per_host(NonZeroUsize::new(1000).unwrap(), NonZeroUsize::new(32).unwrap()))
+//!     .with(Timeout::new(Duration::from_secs(2)))
+//!     .build();
+//! let resp = client.post("http://127.0.0.1:8080/charges").body("{}").send().await?;
+//! # let _ = resp; Ok(()) }
+//! ```
+//!
+//! Order matters: middleware runs in the order added. [`IdempotencyKey`] before [`Retry`]
+//! (one key per logical request), [`Retry`] before the breaker, the bulkhead and the attempt
+//! [`Timeout`] (each attempt passes them).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod host;
+mod retry;
+
+pub use error::FloodwallError;
+pub use host::{HostBreaker, HostBulkhead, RateLimit, host_key};
+pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
+
+/// The README's example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
