@@ -1,0 +1,153 @@
+//! A reqwest client with floodwall's middleware stack against a local flaky axum server:
+//!
+//! 1. a `GET` answered `503` + `Retry-After: 1` once is retried after a second;
+//! 2. a payment `POST` whose first response is lost (the attempt times out while the server
+//!    still charges) is retried with the same generated `Idempotency-Key` against a server
+//!    behind floodwall's `IdempotencyLayer`: it gets the stored response, one charge;
+//! 3. a dead host opens its own breaker and is shed, while the payments host keeps answering.
+//!
+//! It prints each outcome and ends on its own.
+//!
+//! ```text
+//! cargo run --example reqwest_client --features reqwest,http
+//! ```
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use floodwall::idempotency::http::IdempotencyLayer;
+use floodwall::idempotency::{Idempotency, MemoryStore};
+use floodwall::reqwest::{HostBreaker, HostBulkhead, IdempotencyKey, Retry, Timeout};
+use floodwall::resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
+use floodwall::resilience::retry::{Backoff, Jitter};
+
+fn n(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).expect("non-zero")
+}
+
+async fn serve(app: Router) -> Result<String, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(base)
+}
+
+/// The payments server: `GET /status` is busy once, `POST /charges` takes 300 ms per charge,
+/// behind the `Idempotency-Key` layer.
+async fn payments(charges: Arc<AtomicU32>) -> Result<String, Box<dyn std::error::Error>> {
+    let busy_once = Arc::new(AtomicU32::new(0));
+    let idem = Idempotency::builder(MemoryStore::new())
+        .lease(Duration::from_secs(1))
+        .build()?;
+    let charge = post(move || {
+        let charges = charges.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await; // the card network
+            let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+            (StatusCode::CREATED, format!("ch_{n}"))
+        }
+    })
+    .layer(IdempotencyLayer::new(idem, |_| Some("shop-1".to_string())));
+    let status = get(move || {
+        let first = busy_once.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            match first {
+                true => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "1")],
+                    "busy",
+                ),
+                false => (StatusCode::OK, [("retry-after", "0")], "up"),
+            }
+        }
+    });
+    Ok(serve(
+        Router::new()
+            .route("/charges", charge)
+            .route("/status", status),
+    )
+    .await?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let charges = Arc::new(AtomicU32::new(0));
+    let shop = payments(charges.clone()).await?;
+    let dead = serve(Router::new().route("/", get(|| async { StatusCode::BAD_GATEWAY }))).await?;
+
+    let retry = floodwall::resilience::retry::Retry::builder()
+        .max_attempts(n(5))
+        .backoff(Backoff::Exponential {
+            initial: Duration::from_millis(20),
+            multiplier: 2.0,
+        })
+        .jitter(Jitter::Full)
+        .build();
+    let breakers = HostBreaker::new(NonZeroUsize::new(100).expect("non-zero"), |host| {
+        CircuitBreaker::builder()
+            .name(format!("api:{host}"))
+            .sliding_window(SlidingWindow::Count(n(8)))
+            .minimum_calls(8)
+            .build()
+            .expect("a valid breaker")
+    });
+    let registry = breakers.registry().clone();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(IdempotencyKey::new())
+        .with(Retry::new(retry))
+        .with(breakers)
+        .with(HostBulkhead::per_host(
+            NonZeroUsize::new(100).expect("non-zero"),
+            NonZeroUsize::new(16).expect("non-zero"),
+        ))
+        .with(Timeout::new(Duration::from_millis(100)))
+        .build();
+
+    println!("1. GET /status, busy once with Retry-After: 1");
+    let started = Instant::now();
+    let resp = client.get(format!("{shop}/status")).send().await?;
+    println!("   {} after {:.1?}", resp.status(), started.elapsed());
+
+    println!(
+        "2. POST /charges; the first attempt's response is lost (100 ms timeout, 300 ms charge)"
+    );
+    let resp = client
+        .post(format!("{shop}/charges"))
+        .body("{\"amount\":42}")
+        .send()
+        .await?;
+    let replayed = resp.headers().contains_key("idempotent-replayed");
+    println!(
+        "   {} {} (replayed: {replayed})",
+        resp.status(),
+        resp.text().await?
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let charged = charges.load(Ordering::SeqCst);
+    println!("   cards charged: {charged}");
+
+    println!("3. a dead host, and the payments host beside it");
+    for i in 1..=10 {
+        let answer = match client.get(format!("{dead}/")).send().await {
+            Ok(resp) => resp.status().to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let other = client.get(format!("{shop}/status")).send().await?.status();
+        println!("   dead host request {i}: {answer}; payments host: {other}");
+    }
+    let dead_host = dead.trim_start_matches("http://");
+    println!(
+        "   dead host's breaker: {:?}",
+        registry.get(dead_host).state()
+    );
+
+    if charged != 1 {
+        return Err(format!("{charged} cards charged, expected 1").into());
+    }
+    Ok(())
+}
