@@ -353,9 +353,20 @@ impl<S: Store> Idempotency<S> {
             Ok(claim) => claim,
             Err(replayed) => return Ok(replayed),
         };
+        claim.run_recorded(op()).await
+    }
+}
+
+impl<S: Store> Claim<'_, S> {
+    /// Runs `op` under this claim and stores its `Ok` value (JSON, in the envelope): the
+    /// value, fresh or unrecorded, or why there is none.
+    pub(crate) async fn run_recorded<T: Serialize, E>(
+        self,
+        op: impl Future<Output = Result<T, E>>,
+    ) -> Result<Outcome<T>, RunError<E>> {
         let mut encoded = None;
-        let (result, fate) = claim
-            .run(op(), |value| match encode(value) {
+        let (result, fate) = self
+            .run(op, |value| match encode(value) {
                 Ok(record) => Some(record),
                 Err(e) => {
                     encoded = Some(e);

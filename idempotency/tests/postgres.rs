@@ -20,8 +20,7 @@ use floodwall_idempotency::{
 use floodwall_testkit::PostgresServer;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use model::{drive, ops};
-use proptest::prelude::*;
+use model::agrees_with_the_model;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -71,24 +70,7 @@ fn postgres_store_agrees_with_the_model() {
         .build()
         .unwrap();
     let store = rt.block_on(instance(&server, 4));
-    let case = AtomicU32::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 96,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
-        .run(&ops(false), |ops| {
-            let c = case.fetch_add(1, Ordering::SeqCst);
-            rt.block_on(drive(
-                &store,
-                ops,
-                |k| format!("c{c}-k{k}"),
-                |_| {},
-                Duration::from_secs(5),
-            ))
-        })
-        .unwrap();
+    agrees_with_the_model(&rt, &store, 96);
 }
 
 /// A `POST /charges` with `Idempotency-Key: "order-1"`.

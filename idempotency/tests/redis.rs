@@ -20,8 +20,7 @@ use floodwall_idempotency::{Abort, Begin, Fingerprint, Finish, Idempotency, Stor
 use floodwall_testkit::{FaultProxy, RedisServer, on_each_topology};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use model::{drive, ops};
-use proptest::prelude::*;
+use model::agrees_with_the_model;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
@@ -222,24 +221,7 @@ fn redis_store_agrees_with_the_model() {
         .build()
         .unwrap();
     let store = rt.block_on(async { store(connect(&[server.url()], false).await, "idem-model") });
-    let case = AtomicU32::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 96,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
-        .run(&ops(false), |ops| {
-            let c = case.fetch_add(1, Ordering::SeqCst);
-            rt.block_on(drive(
-                &store,
-                ops,
-                |k| format!("c{c}-k{k}"),
-                |_| {},
-                Duration::from_secs(5),
-            ))
-        })
-        .unwrap();
+    agrees_with_the_model(&rt, &store, 96);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,12 +174,14 @@ async fn a_dead_hosts_open_breaker_does_not_affect_another_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulkhead_per_host() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = gate.clone();
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    let (held, arriving) = (gate.clone(), arrived.clone());
     let slow = serve(Router::new().route(
         "/",
         get(move || {
-            let held = held.clone();
+            let (held, arriving) = (held.clone(), arriving.clone());
             async move {
+                arriving.add_permits(1);
                 let _ = held.acquire().await;
                 "slow"
             }
@@ -199,7 +201,8 @@ async fn a_bulkhead_per_host() {
             tokio::spawn(async move { client.get(url).send().await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await; // both reach the server
+    // Both reached the server (and hold their bulkhead slots).
+    let _ = arrived.acquire_many(2).await.unwrap();
     let third = client.get(format!("{slow}/")).send().await;
     let refused = matches!(
         third.as_ref().map_err(floodwall_error),

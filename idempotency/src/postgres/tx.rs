@@ -195,25 +195,7 @@ impl Idempotency<PostgresStore> {
             retention: claim.retention,
             reached,
         };
-        let mut encoded = None;
-        let (result, fate) = claim
-            .run(op(phases), |value| match encode(value) {
-                Ok(record) => Some(record),
-                Err(e) => {
-                    encoded = Some(e);
-                    None
-                }
-            })
-            .await;
-        match (result, fate) {
-            (Err(error), Fate::Unreleased(store)) => Err(RunError::Unreleased { error, store }),
-            (Err(e), _) => Err(RunError::Operation(e)),
-            (Ok(_), _) if encoded.is_some() => {
-                Err(RunError::Store(encoded.expect("checked just now")))
-            }
-            (Ok(value), Fate::Recorded) => Ok(Outcome::Fresh(value)),
-            (Ok(value), _) => Ok(Outcome::Unrecorded(value)),
-        }
+        claim.run_recorded(op(phases)).await
     }
 }
 

@@ -288,3 +288,30 @@ pub async fn drive<S: floodwall_idempotency::Store>(
     }
     Ok(())
 }
+
+/// Runs `cases` random interleavings against `store` on `rt`, each case on keys of its own,
+/// with leases and retentions of 10 minutes (a store whose clock the test cannot move).
+pub fn agrees_with_the_model<S: floodwall_idempotency::Store>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    cases: u32,
+) {
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&ops(false), |ops| {
+            let c = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            rt.block_on(drive(
+                store,
+                ops,
+                |k| format!("c{c}-k{k}"),
+                |_| {},
+                Duration::from_secs(5),
+            ))
+        })
+        .unwrap();
+}
