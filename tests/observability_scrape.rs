@@ -83,6 +83,7 @@ async fn the_example_scrape_has_help_histograms_labels_and_every_dashboard_metri
         "floodwall_cache_load_duration_seconds_bucket{",
         "floodwall_circuit_breaker_call_duration_seconds_bucket{",
         "floodwall_retry_call_duration_seconds_bucket{",
+        "floodwall_timeout_call_duration_seconds_bucket{",
         "floodwall_idempotency_store_call_duration_seconds_bucket{",
     ] {
         assert!(scrape.contains(histogram), "no {histogram}");
@@ -91,6 +92,7 @@ async fn the_example_scrape_has_help_histograms_labels_and_every_dashboard_metri
         "cache=\"prices\"",
         "breaker=\"upstream\"",
         "retry=\"upstream\"",
+        "timeout=\"upstream\"",
         "bulkhead=\"upstream\"",
         "idempotency=\"orders\"",
         "limit=\"per-user\"",

@@ -1,5 +1,5 @@
 //! The observability example's service, shared with `tests/observability_scrape.rs`: an axum
-//! app using a rate limiter, a tiered cache, a circuit breaker with retry behind a bulkhead,
+//! app using a rate limiter, a tiered cache, a circuit breaker with retry and an attempt timeout behind a bulkhead,
 //! and the `Idempotency-Key` layer — in memory, or the limiter and the cache's second tier on
 //! Redis when given a connection — all reporting to a Prometheus recorder served at
 //! `/metrics`.
@@ -23,6 +23,7 @@ use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall::resilience::bulkhead::Bulkhead;
 use floodwall::resilience::circuit_breaker::CircuitBreaker;
 use floodwall::resilience::retry::{Backoff, Retry};
+use floodwall::resilience::timeout::Timeout;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
 
@@ -43,6 +44,7 @@ struct Shop {
     prices: TieredCache<String, u64>,
     breaker: CircuitBreaker,
     retry: Retry,
+    attempt: Timeout,
     bulkhead: Bulkhead,
     upstream_calls: Arc<AtomicU64>,
     metrics: PrometheusHandle,
@@ -89,6 +91,7 @@ pub(crate) fn app(metrics: PrometheusHandle, redis: Option<RedisConnection>) -> 
             .max_attempts(n(3))
             .backoff(Backoff::Constant(Duration::from_millis(1)))
             .build(),
+        attempt: Timeout::new(Duration::from_millis(200)).name("upstream"),
         bulkhead: Bulkhead::builder()
             .name("upstream")
             .max_concurrent(std::num::NonZeroUsize::new(4).expect("non-zero"))
@@ -134,12 +137,13 @@ async fn price(State(shop): State<Shop>, Path(sku): Path<String>, headers: Heade
             return StatusCode::TOO_MANY_REQUESTS.into_response();
         }
         let (breaker, retry) = (shop.breaker.clone(), shop.retry.clone());
+        let attempt = shop.attempt.clone();
         let (bulkhead, calls) = (shop.bulkhead.clone(), shop.upstream_calls.clone());
         let key = sku.clone();
         let loaded = shop
             .prices
             .get_or_load(sku, move || async move {
-                let fetch = || breaker.call(|| upstream_price(&calls, &key));
+                let fetch = || breaker.call(|| attempt.call(|| upstream_price(&calls, &key)));
                 let guarded = bulkhead.call(|| retry.call(fetch)).await;
                 guarded.map(Some).map_err(|e| e.to_string())
             })

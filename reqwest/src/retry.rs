@@ -106,15 +106,26 @@ impl Middleware for Retry {
 /// Bounds the rest of the stack: each attempt when added after [`Retry`], the whole call
 /// when added before it. Past the bound the request fails with
 /// [`FloodwallError::TimedOut`] (which [`Retry`] retries).
-#[derive(Debug, Clone, Copy)]
+///
+/// Built from floodwall's [`Timeout`](floodwall_resilience::timeout::Timeout): name it
+/// ([`name`](Self::name)) and its calls are measured (`floodwall_timeout_*{timeout}`).
+#[derive(Debug, Clone)]
 pub struct Timeout {
-    after: Duration,
+    timeout: floodwall_resilience::timeout::Timeout,
 }
 
 impl Timeout {
     /// Bounds what follows by `after`.
     pub fn new(after: Duration) -> Self {
-        Timeout { after }
+        Timeout {
+            timeout: floodwall_resilience::timeout::Timeout::new(after),
+        }
+    }
+
+    /// Names this timeout, as the `timeout` label of its metrics.
+    pub fn name(mut self, name: &str) -> Self {
+        self.timeout = self.timeout.name(name);
+        self
     }
 }
 
@@ -126,19 +137,15 @@ impl Middleware for Timeout {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let deadline = floodwall_deadline(self.after);
-        match tokio::time::timeout_at(deadline, next.run(req, extensions)).await {
-            Ok(result) => result,
-            Err(_) => Err(FloodwallError::TimedOut(self.after).into_middleware()),
+        match self.timeout.call(|| next.run(req, extensions)).await {
+            Ok(resp) => Ok(resp),
+            Err(floodwall_resilience::Error::Inner(e)) => Err(e),
+            Err(floodwall_resilience::Error::Timeout(e)) => {
+                Err(FloodwallError::TimedOut(e.after).into_middleware())
+            }
+            Err(other) => Err(reqwest_middleware::Error::middleware(other)),
         }
     }
-}
-
-/// `after` from now, or far in the future when `after` is too large to add.
-fn floodwall_deadline(after: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// Gives each `POST` and `PATCH` without one an `Idempotency-Key` (a random 128-bit value,

@@ -72,8 +72,12 @@
 //! |---|---|---|---|
 //! | `floodwall_circuit_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only |
 //! | `floodwall_circuit_breaker_calls_total` | counter | `breaker`, `outcome` = `success` / `failure` / `ignored` / `rejected` | calls by outcome |
+//! | `floodwall_circuit_breaker_call_duration_seconds` | histogram | `breaker` | calls the breaker admitted |
+//! | `floodwall_retry_call_duration_seconds` | histogram | `retry` | calls through a retry, every attempt and wait included |
 //! | `floodwall_retry_retries_total` | counter | `retry` | retries made (first attempts not counted) |
 //! | `floodwall_retry_budget_exhausted_total` | counter | `retry` | retries refused by the budget |
+//! | `floodwall_timeout_call_duration_seconds` | histogram | `timeout` | calls through a named timeout that finished in time |
+//! | `floodwall_timeout_timeouts_total` | counter | `timeout` | calls a named timeout cut |
 //! | `floodwall_bulkhead_in_flight` | gauge | `bulkhead` | calls holding a slot |
 //! | `floodwall_bulkhead_queue_depth` | gauge | `bulkhead` | callers waiting for a slot |
 //! | `floodwall_bulkhead_rejected_total` | counter | `bulkhead`, `reason` = `full` / `queue_full` / `wait_timed_out` | rejections |
@@ -124,6 +128,16 @@ pub fn describe_metrics() {
         "floodwall_retry_call_duration_seconds",
         Unit::Seconds,
         "How long calls through a retry took, every attempt and wait included"
+    );
+    describe_histogram!(
+        "floodwall_timeout_call_duration_seconds",
+        Unit::Seconds,
+        "How long calls through a named timeout took, when they finished in time"
+    );
+    describe_counter!(
+        "floodwall_timeout_timeouts_total",
+        Unit::Count,
+        "Calls a named timeout cut"
     );
     describe_gauge!(
         "floodwall_circuit_breaker_state",

@@ -194,6 +194,42 @@ mod imp {
         }
     }
 
+    struct TimeoutHandles {
+        duration: Histogram,
+        timed_out: Counter,
+    }
+
+    pub(crate) struct TimeoutMetrics(Bound<TimeoutHandles>);
+
+    impl TimeoutMetrics {
+        pub(crate) fn new(name: &str) -> Self {
+            TimeoutMetrics(Bound::new(name, |name| TimeoutHandles {
+                duration: histogram!("floodwall_timeout_call_duration_seconds", "timeout" => name.to_owned()),
+                timed_out: counter!("floodwall_timeout_timeouts_total", "timeout" => name.to_owned()),
+            }))
+        }
+
+        /// When a timed call starts, if anyone is recording.
+        #[inline]
+        pub(crate) fn start(&self) -> Option<Instant> {
+            self.0.get().map(|_| Instant::now())
+        }
+
+        /// Records how long a call that finished in time took.
+        #[inline]
+        pub(crate) fn finish(&self, started: Option<Instant>) {
+            if let (Some(t), Some(h)) = (started, self.0.get()) {
+                h.duration.record(t.elapsed().as_secs_f64());
+            }
+        }
+
+        pub(crate) fn timed_out(&self) {
+            if let Some(h) = self.0.get() {
+                h.timed_out.increment(1);
+            }
+        }
+    }
+
     struct BulkheadHandles {
         in_flight: Gauge,
         queue: Gauge,
@@ -365,6 +401,20 @@ mod imp {
         pub(crate) fn finish(&self, _: Option<std::time::Instant>) {}
         pub(crate) fn retry(&self) {}
         pub(crate) fn budget_exhausted(&self) {}
+    }
+
+    pub(crate) struct TimeoutMetrics;
+    impl TimeoutMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            TimeoutMetrics
+        }
+        #[inline(always)]
+        pub(crate) fn start(&self) -> Option<std::time::Instant> {
+            None
+        }
+        #[inline(always)]
+        pub(crate) fn finish(&self, _: Option<std::time::Instant>) {}
+        pub(crate) fn timed_out(&self) {}
     }
 
     pub(crate) struct BulkheadMetrics;

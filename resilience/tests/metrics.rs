@@ -216,3 +216,44 @@ async fn a_disabled_breaker_counts_no_outcomes() {
         assert!(counted.is_none_or(|n| n == 0.0), "{outcome}: {counted:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_named_timeout_measures_calls_in_time_and_counts_calls_cut() {
+    use floodwall_resilience::timeout::{Timeout, TimeoutLayer};
+    use tower::{Layer, ServiceExt};
+
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let (named, unnamed) = metrics::with_local_recorder(&recorder, || {
+        (
+            Timeout::new(Duration::from_millis(100)).name("upstream"),
+            Timeout::new(Duration::from_millis(100)),
+        )
+    });
+    let slow = || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, ()>(0)
+    };
+    assert!(named.call(|| async { Ok::<_, ()>(1) }).await.is_ok());
+    assert!(named.call(slow).await.is_err());
+    assert!(unnamed.call(slow).await.is_err());
+    let svc = TimeoutLayer::new(named.clone()).layer(tower::service_fn(|ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, floodwall_resilience::Error<()>>(ms)
+    }));
+    assert_eq!(svc.clone().oneshot(10).await, Ok(10));
+    assert!(svc.oneshot(500).await.is_err());
+
+    let s = take(&snap);
+    let labels = [("timeout", "upstream")];
+    let in_time = value(&s, "floodwall_timeout_call_duration_seconds", &labels);
+    let cut = value(&s, "floodwall_timeout_timeouts_total", &labels);
+    println!("timeout=upstream: {in_time:?} calls in time, {cut:?} cut");
+    assert_eq!(in_time, Some(2.0), "two calls finished in time");
+    assert_eq!(cut, Some(2.0), "two calls were cut");
+    let series = s
+        .iter()
+        .filter(|(k, ..)| k.key().name().starts_with("floodwall_timeout_"))
+        .count();
+    assert_eq!(series, 2, "the unnamed timeout adds no series");
+}

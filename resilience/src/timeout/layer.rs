@@ -6,7 +6,7 @@ use super::future::ResponseFuture;
 use super::{Elapsed, Timeout};
 
 /// Wraps a service in a [`TimeoutService`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     timeout: Timeout,
 }
@@ -24,7 +24,7 @@ impl<S> tower::Layer<S> for TimeoutLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TimeoutService {
             inner,
-            timeout: self.timeout,
+            timeout: self.timeout.clone(),
         }
     }
 }
@@ -70,6 +70,6 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout.duration())
+        ResponseFuture::new(self.inner.call(req), &self.timeout)
     }
 }

@@ -35,10 +35,13 @@ mod future;
 #[cfg(feature = "tower")]
 mod layer;
 
+use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::Error;
+use crate::metrics::TimeoutMetrics;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -55,21 +58,63 @@ pub struct Elapsed {
     pub after: Duration,
 }
 
-/// A fixed time bound. `Copy`; share it freely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A fixed time bound. Cheap to clone; clones share the name and its metrics.
+///
+/// Named with [`name`](Self::name), a timeout reports (feature `metrics`)
+/// `floodwall_timeout_call_duration_seconds{timeout}` for calls that finished in time and
+/// `floodwall_timeout_timeouts_total{timeout}` for calls it cut; an unnamed one reports
+/// nothing, so an ad-hoc bound costs only its timer.
+#[derive(Clone)]
 pub struct Timeout {
     after: Duration,
+    metrics: Option<Arc<TimeoutMetrics>>,
+}
+
+impl fmt::Debug for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeout")
+            .field("after", &self.after)
+            .field("named", &self.metrics.is_some())
+            .finish()
+    }
 }
 
 impl Timeout {
     /// Gives up after `after`.
     pub const fn new(after: Duration) -> Self {
-        Timeout { after }
+        Timeout {
+            after,
+            metrics: None,
+        }
+    }
+
+    /// Names this timeout: its calls are measured under the label `timeout=name`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.metrics = Some(Arc::new(TimeoutMetrics::new(name)));
+        self
     }
 
     /// The bound.
     pub const fn duration(&self) -> Duration {
         self.after
+    }
+
+    /// When a call starts, if this timeout is measured.
+    #[inline]
+    pub(crate) fn start(&self) -> Option<Instant> {
+        self.metrics.as_ref().and_then(|m| m.start())
+    }
+
+    /// Records the end of a call that started at `started`: in time, or cut.
+    #[inline]
+    pub(crate) fn record(&self, started: Option<Instant>, in_time: bool) {
+        if let Some(m) = &self.metrics {
+            if in_time {
+                m.finish(started);
+            } else {
+                m.timed_out();
+            }
+        }
     }
 
     /// Runs `f`, cancelling it after the bound.
@@ -78,9 +123,14 @@ impl Timeout {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let started = self.start();
         match tokio::time::timeout(self.after, f()).await {
-            Ok(r) => r.map_err(Error::Inner),
+            Ok(r) => {
+                self.record(started, true);
+                r.map_err(Error::Inner)
+            }
             Err(_) => {
+                self.record(started, false);
                 tracing::debug!(after = ?self.after, "call timed out");
                 Err(Error::Timeout(Elapsed { after: self.after }))
             }
