@@ -21,7 +21,7 @@
 //! | `redis` | Redis / Redis Cluster / Sentinel stores for the limiter, the cache and idempotency |
 //! | `redis-tls` | `rediss://` connections (rustls) on every topology |
 //! | `postgres` | the idempotency store on PostgreSQL (sqlx), transactional and phased runs |
-//! | `reqwest` | `reqwest` module: reqwest-middleware for timeouts, retry, a breaker and a bulkhead per host, a client rate limit, keyed `POST` retries |
+//! | `reqwest` | `reqwest` module: reqwest-middleware for timeouts, retry, a breaker and a bulkhead per host, a client rate limit, keyed `POST` retries, a `GET` response cache (shared through Redis with `redis`) |
 //! | `tower` | `tower::Layer`s for every primitive |
 //! | `http` | HTTP-aware layers (status classification, `Retry-After`, 429, `Idempotency-Key`) |
 //! | `metrics` | metrics through the `metrics` facade (see `dashboards/floodwall.json`) |

@@ -15,7 +15,12 @@
 //!   bounded [`Registry`](floodwall_resilience::registry::Registry) — a dead host is shed
 //!   without touching the others;
 //! - [`RateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
-//!   or shared by every instance through a Redis-backed `RateLimiter`).
+//!   or shared by every instance through a Redis-backed `RateLimiter`);
+//! - [`HttpCache`]: a `GET` response cache in a floodwall `TieredCache` that honours
+//!   `Cache-Control` (`max-age`, `s-maxage`, `no-store`, `private`, `no-cache`,
+//!   `stale-while-revalidate`, `stale-if-error`), revalidates with `ETag` / `Last-Modified`,
+//!   coalesces concurrent misses — and, with the cache's Redis tier, is shared by every
+//!   instance.
 //!
 //! ```no_run
 //! use std::num::{NonZeroU32, NonZeroUsize};
@@ -43,15 +48,18 @@
 //! # let _ = resp; Ok(()) }
 //! ```
 //!
-//! Order matters: middleware runs in the order added. [`IdempotencyKey`] before [`Retry`]
+//! Order matters: middleware runs in the order added. [`HttpCache`] first (a hit sends
+//! nothing), [`IdempotencyKey`] before [`Retry`]
 //! (one key per logical request), [`Retry`] before the breaker, the bulkhead and the attempt
 //! [`Timeout`] (each attempt passes them).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cache;
 mod error;
 mod host;
 mod retry;
 
+pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::FloodwallError;
 pub use host::{HostBreaker, HostBulkhead, RateLimit, host_key};
 pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
