@@ -17,11 +17,39 @@ use crate::FloodwallError;
 /// The key a request's host is known by: `host:port` (the port the scheme implies when the URL
 /// names none).
 pub fn host_key(req: &Request) -> String {
+    with_host_key(req, str::to_owned)
+}
+
+/// Runs `f` with `req`'s [`host_key`], built on the stack (a heap string only for a host
+/// longer than 250 bytes).
+pub(crate) fn with_host_key<R>(req: &Request, f: impl FnOnce(&str) -> R) -> R {
     let url = req.url();
     let host = url.host_str().unwrap_or("");
-    match url.port_or_known_default() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
+    let Some(port) = url.port_or_known_default() else {
+        return f(host);
+    };
+    let mut buf = [0u8; 256];
+    let Some(digits_at) = host.len().checked_add(1).filter(|&at| at + 5 <= buf.len()) else {
+        return f(&format!("{host}:{port}"));
+    };
+    buf[..host.len()].copy_from_slice(host.as_bytes());
+    buf[host.len()] = b':';
+    // The port's decimal digits, most significant first.
+    let mut digits = [0u8; 5];
+    let (mut n, mut len) = (port, 0);
+    loop {
+        digits[4 - len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let end = digits_at + len;
+    buf[digits_at..end].copy_from_slice(&digits[5 - len..]);
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(key) => f(key),
+        Err(_) => f(&format!("{host}:{port}")),
     }
 }
 
@@ -51,7 +79,7 @@ impl HostBreaker {
     }
 }
 
-fn classify(result: &reqwest_middleware::Result<Response>) -> Outcome {
+pub(crate) fn classify(result: &reqwest_middleware::Result<Response>) -> Outcome {
     match result {
         Ok(resp) => breaker_outcome(resp.status()),
         Err(_) => Outcome::Failure,
@@ -66,7 +94,7 @@ impl Middleware for HostBreaker {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let breaker = self.breakers.get(&host_key(&req));
+        let breaker = with_host_key(&req, |host| self.breakers.get(host));
         let permit = breaker
             .try_acquire()
             .map_err(|r| FloodwallError::CircuitOpen(r).into_middleware())?;
@@ -120,7 +148,7 @@ impl Middleware for HostBulkhead {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let bulkhead = self.bulkheads.get(&host_key(&req));
+        let bulkhead = with_host_key(&req, |host| self.bulkheads.get(host));
         let _permit = bulkhead
             .acquire()
             .await
@@ -175,5 +203,28 @@ impl Middleware for RateLimit {
             tokio::time::sleep(wait).await;
         }
         next.run(req, extensions).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_name_host_and_port() {
+        for (url, key) in [
+            ("http://127.0.0.1:8080/a", "127.0.0.1:8080"),
+            ("https://api.example.com/x", "api.example.com:443"),
+            ("http://example.com/", "example.com:80"),
+            ("http://h:1/", "h:1"),
+            ("http://h:65535/", "h:65535"),
+            ("http://[::1]:9/", "[::1]:9"),
+        ] {
+            let req = Request::new(http::Method::GET, url.parse().unwrap());
+            assert_eq!(host_key(&req), key);
+        }
+        let long = format!("http://{}.example:81/", "a".repeat(250));
+        let req = Request::new(http::Method::GET, long.parse().unwrap());
+        assert_eq!(host_key(&req), format!("{}.example:81", "a".repeat(250)));
     }
 }

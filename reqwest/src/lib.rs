@@ -16,6 +16,8 @@
 //!   without touching the others;
 //! - [`RateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
 //!   or shared by every instance through a Redis-backed `RateLimiter`);
+//! - [`HostPipeline`]: all of the above but the rate limit — retry, breaker, bulkhead and
+//!   timeouts, per host — as one middleware, the cheapest way to the whole stack;
 //! - [`HttpCache`]: a `GET` response cache in a floodwall `TieredCache` that honours
 //!   `Cache-Control` (`max-age`, `s-maxage`, `no-store`, `private`, `no-cache`,
 //!   `stale-while-revalidate`, `stale-if-error`), revalidates with `ETag` / `Last-Modified`,
@@ -57,11 +59,13 @@
 mod cache;
 mod error;
 mod host;
+mod pipeline;
 mod retry;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::FloodwallError;
 pub use host::{HostBreaker, HostBulkhead, RateLimit, host_key};
+pub use pipeline::HostPipeline;
 pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
 
 /// The README's example, compiled as a doctest so it stays true.

@@ -20,28 +20,52 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// bulkhead or a rate limit is not retried (it says when to come back).
 pub fn is_retryable(result: &reqwest_middleware::Result<Response>) -> Decision {
     match result {
-        Ok(resp) if resp.status() == http::StatusCode::CONFLICT => {
-            match retry_after(resp.headers(), SystemTime::now()) {
-                Some(d) => Decision::RetryAfter(d),
-                None => Decision::Done,
-            }
-        }
-        Ok(resp) if is_retryable_status(resp.status()) => {
-            match retry_after(resp.headers(), SystemTime::now()) {
-                Some(d) => Decision::RetryAfter(d),
-                None => Decision::Retry,
-            }
-        }
-        Ok(_) => Decision::Done,
-        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() || e.is_timeout() => {
+        Ok(resp) => response_decision(resp),
+        Err(e) => error_decision(e),
+    }
+}
+
+/// [`is_retryable`] for a response.
+pub(crate) fn response_decision(resp: &Response) -> Decision {
+    let status = resp.status();
+    if status == http::StatusCode::CONFLICT {
+        return match retry_after(resp.headers(), SystemTime::now()) {
+            Some(d) => Decision::RetryAfter(d),
+            None => Decision::Done,
+        };
+    }
+    if !is_retryable_status(status) {
+        return Decision::Done;
+    }
+    match retry_after(resp.headers(), SystemTime::now()) {
+        Some(d) => Decision::RetryAfter(d),
+        None => Decision::Retry,
+    }
+}
+
+/// [`is_retryable`] for an error.
+pub(crate) fn error_decision(e: &reqwest_middleware::Error) -> Decision {
+    match e {
+        reqwest_middleware::Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
             Decision::Retry
         }
-        Err(reqwest_middleware::Error::Middleware(e)) => match e.downcast_ref::<FloodwallError>() {
+        reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
             Some(FloodwallError::TimedOut(_)) => Decision::Retry,
             _ => Decision::Done,
         },
-        Err(_) => Decision::Done,
+        _ => Decision::Done,
     }
+}
+
+/// Whether `req` may be sent more than once: its body can be copied (none, or in memory), and
+/// it is idempotent, carries an `Idempotency-Key` (`POST`/`PATCH`), or `all_methods` says so.
+pub(crate) fn may_repeat(req: &Request, all_methods: bool) -> bool {
+    let copyable = req.body().is_none_or(|b| b.as_bytes().is_some());
+    copyable
+        && (all_methods
+            || is_idempotent(req.method())
+            || (matches!(*req.method(), Method::POST | Method::PATCH)
+                && req.headers().contains_key(IDEMPOTENCY_KEY)))
 }
 
 /// Retries requests through floodwall's [`Retry`](floodwall_resilience::retry::Retry)
@@ -74,10 +98,7 @@ impl Retry {
     }
 
     fn may_repeat(&self, req: &Request) -> bool {
-        self.all_methods
-            || is_idempotent(req.method())
-            || (matches!(*req.method(), Method::POST | Method::PATCH)
-                && req.headers().contains_key(IDEMPOTENCY_KEY))
+        may_repeat(req, self.all_methods)
     }
 }
 
@@ -89,7 +110,7 @@ impl Middleware for Retry {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if !self.may_repeat(&req) || req.try_clone().is_none() {
+        if !self.may_repeat(&req) {
             return next.run(req, extensions).await;
         }
         // Each attempt gets its own copy of the request and of the extensions.

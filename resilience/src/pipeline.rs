@@ -49,6 +49,7 @@ use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::{CircuitBreaker, Outcome};
 use crate::retry::{Decision, Retry, RetryPolicy};
 use crate::timeout::Elapsed;
+use crate::timeout::deadline::Deadline;
 
 /// The stages of a [`Pipeline`]; each is optional.
 #[derive(Debug, Clone, Default)]
@@ -209,7 +210,7 @@ impl Pipeline {
                     None => None,
                 };
                 let ran = match s.attempt_timeout {
-                    Some(d) => tokio::time::timeout(d, fut).await.ok(),
+                    Some(d) => Deadline::new(fut, d).await.ok(),
                     None => Some(fut.await),
                 };
                 let (result, outcome) = match ran {
@@ -241,7 +242,7 @@ impl Pipeline {
             }
         };
         match s.timeout {
-            Some(d) => match tokio::time::timeout(d, run).await {
+            Some(d) => match Deadline::new(run, d).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout(Elapsed { after: d })),
             },

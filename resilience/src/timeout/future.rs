@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 
+use super::deadline::Deadline;
 use super::{Elapsed, Timeout};
 
 pin_project! {
@@ -15,9 +15,7 @@ pin_project! {
     /// passes.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        #[pin]
-        sleep: Sleep,
+        inner: Deadline<F>,
         after: Duration,
         // Only a named timeout carries itself here, to record the call's end.
         measured: Option<(Timeout, Option<Instant>)>,
@@ -29,8 +27,7 @@ impl<F> ResponseFuture<F> {
         let after = timeout.duration();
         let started = timeout.start();
         ResponseFuture {
-            inner,
-            sleep: tokio::time::sleep(after),
+            inner: Deadline::new(inner, after),
             after,
             measured: started.map(|t| (timeout.clone(), Some(t))),
         }
@@ -46,22 +43,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(r) = this.inner.poll(cx) {
-            if let Some((t, started)) = this.measured.take() {
-                t.record(started, true);
-            }
-            return Poll::Ready(r);
+        let ended = std::task::ready!(this.inner.poll(cx));
+        if let Some((t, started)) = this.measured.take() {
+            t.record(started, ended.is_ok());
         }
-        match this.sleep.poll(cx) {
-            Poll::Ready(()) => {
-                if let Some((t, started)) = this.measured.take() {
-                    t.record(started, false);
-                }
+        Poll::Ready(match ended {
+            Ok(r) => r,
+            Err(elapsed) => {
                 tracing::debug!(after = ?this.after, "call timed out");
-                Poll::Ready(Err(E::from(Elapsed { after: *this.after })))
+                Err(E::from(elapsed))
             }
-            Poll::Pending => Poll::Pending,
-        }
+        })
     }
 }
 

@@ -11,8 +11,9 @@
 //!     .service(client)
 //! ```
 //!
-//! The inner future is dropped (cancelled) when the time is up. Time is Tokio's, so paused
-//! tests run instantly.
+//! The inner future is dropped (cancelled) when the time is up. The timer is armed only when
+//! the call first waits, so a call that answers at once costs no timer. Time is Tokio's, so
+//! paused tests run instantly.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -30,6 +31,7 @@
 //! # }
 //! ```
 
+pub(crate) mod deadline;
 #[cfg(feature = "tower")]
 mod future;
 #[cfg(feature = "tower")]
@@ -117,14 +119,14 @@ impl Timeout {
         }
     }
 
-    /// Runs `f`, cancelling it after the bound.
+    /// Runs `f`, cancelling it after the bound (counted from its first wait).
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let started = self.start();
-        match tokio::time::timeout(self.after, f()).await {
+        match deadline::Deadline::new(f(), self.after).await {
             Ok(r) => {
                 self.record(started, true);
                 r.map_err(Error::Inner)
