@@ -4,7 +4,9 @@
 //! 2. a payment `POST` whose first response is lost (the attempt times out while the server
 //!    still charges) is retried with the same generated `Idempotency-Key` against a server
 //!    behind floodwall's `IdempotencyLayer`: it gets the stored response, one charge;
-//! 3. a dead host opens its own breaker and is shed, while the payments host keeps answering.
+//! 3. a dead host opens its own breaker and is shed, while the payments host keeps answering;
+//! 4. a price list behind the `GET` cache: stored, revalidated with its `ETag` (a `304`), and
+//!    served stale while the origin is down (`stale-if-error`).
 //!
 //! It prints each outcome and ends on its own.
 //!
@@ -14,15 +16,18 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use floodwall::cache::TieredCache;
 use floodwall::idempotency::http::IdempotencyLayer;
 use floodwall::idempotency::{Idempotency, MemoryStore};
-use floodwall::reqwest::{HostBreaker, HostBulkhead, IdempotencyKey, Retry, Timeout};
+use floodwall::reqwest::{
+    HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, Retry, StoredResponse, Timeout,
+};
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Jitter};
 
@@ -72,6 +77,67 @@ async fn payments(charges: Arc<AtomicU32>) -> Result<String, Box<dyn std::error:
             .route("/status", status),
     )
     .await?)
+}
+
+/// The price list: stale at once (`max-age=0`), with an `ETag` and a minute of
+/// `stale-if-error`; answers `304` to a matching `If-None-Match`, `503` while `down`.
+async fn prices(down: Arc<AtomicBool>) -> Result<String, std::io::Error> {
+    let list = get(move |headers: axum::http::HeaderMap| {
+        let down = down.load(Ordering::SeqCst);
+        async move {
+            let cached = headers.get("if-none-match").is_some_and(|v| v == "\"v7\"");
+            let status = match (down, cached) {
+                (true, _) => StatusCode::SERVICE_UNAVAILABLE,
+                (false, true) => StatusCode::NOT_MODIFIED,
+                (false, false) => StatusCode::OK,
+            };
+            let headers = [
+                ("cache-control", "max-age=0, stale-if-error=60"),
+                ("etag", "\"v7\""),
+            ];
+            (
+                status,
+                headers,
+                if status == StatusCode::OK {
+                    "espresso 2.40"
+                } else {
+                    ""
+                },
+            )
+        }
+    });
+    serve(Router::new().route("/prices", list)).await
+}
+
+/// Part 4: the `GET` cache in front of a price list.
+async fn cached_prices() -> Result<(), Box<dyn std::error::Error>> {
+    let down = Arc::new(AtomicBool::new(false));
+    let origin = prices(down.clone()).await?;
+    let responses: TieredCache<String, StoredResponse> = TieredCache::builder()
+        .name("http")
+        .ttl(Duration::from_secs(3600))
+        .build();
+    let cache = HttpCache::new(responses);
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(cache.clone())
+        .build();
+    println!("4. GET /prices through the cache (max-age=0, ETag, stale-if-error=60)");
+    for step in ["first", "again", "origin down"] {
+        if step == "origin down" {
+            down.store(true, Ordering::SeqCst);
+        }
+        let resp = client.get(format!("{origin}/prices")).send().await?;
+        println!("   {step}: {} {:?}", resp.status(), resp.text().await?);
+    }
+    let stats = cache.stats();
+    println!(
+        "   requests to the origin: {}; 304s: {}; served stale for an error: {}",
+        stats.fetched, stats.revalidated, stats.stale_if_error
+    );
+    if (stats.revalidated, stats.stale_if_error) != (1, 1) {
+        return Err("expected one revalidation and one stale answer".into());
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -149,5 +215,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if charged != 1 {
         return Err(format!("{charged} cards charged, expected 1").into());
     }
-    Ok(())
+    cached_prices().await
 }

@@ -155,3 +155,56 @@ proptest! {
         }
     }
 }
+
+/// With tower: each request goes through its host's breaker; a dead host's open breaker
+/// sheds only that host's requests.
+#[tokio::test]
+async fn a_keyed_layer_gives_each_host_its_own_breaker() {
+    use floodwall_resilience::circuit_breaker::CircuitBreakerLayer;
+    use floodwall_resilience::registry::KeyedLayer;
+    use tower::{Layer, ServiceExt};
+
+    let made = Arc::new(AtomicU32::new(0));
+    let layers = breakers(64, made.clone());
+    let per_host = Registry::new(NonZeroUsize::new(64).unwrap(), move |host: &str| {
+        CircuitBreakerLayer::new(layers.get(host))
+    });
+    let reached = Arc::new(AtomicU32::new(0));
+    let counter = reached.clone();
+    let svc = KeyedLayer::new(per_host, |req: &&'static str| *req).layer(tower::service_fn(
+        move |host: &'static str| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match host {
+                    "dead" => Err(Error::Inner("503")),
+                    _ => Ok(host),
+                }
+            }
+        },
+    ));
+    let mut dead = Vec::new();
+    for _ in 0..6 {
+        dead.push(match svc.clone().oneshot("dead").await {
+            Err(Error::CircuitOpen(_)) => "shed",
+            Err(_) => "failed",
+            Ok(_) => "ok",
+        });
+    }
+    let live = svc.clone().oneshot("live").await;
+    println!(
+        "dead host: {dead:?}; live host: {live:?}; {} requests reached the service, {} breakers made",
+        reached.load(Ordering::SeqCst),
+        made.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        dead,
+        ["failed", "failed", "failed", "failed", "shed", "shed"]
+    );
+    assert_eq!(live, Ok("live"));
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        5,
+        "shed requests never reach the service"
+    );
+    assert_eq!(made.load(Ordering::SeqCst), 2, "one breaker per host");
+}

@@ -371,8 +371,9 @@ where
     {
         let e = e.revalidated(resp.headers(), now, shared.defaults);
         if let Some(answer) = e.to_response(&url, now) {
-            bump(&shared.stats.revalidated);
             shared.cache.set(key, e).await;
+            // Counted once stored, so whoever reads the count finds the entry.
+            bump(&shared.stats.revalidated);
             return Ok(answer);
         }
     }
@@ -409,8 +410,8 @@ async fn store(
     );
     let answer = stored.to_response(url, now);
     if fits && stored.worth_keeping() {
-        bump(&shared.stats.stored);
         shared.cache.set(key, stored).await;
+        bump(&shared.stats.stored);
     }
     answer.ok_or_else(|| {
         reqwest_middleware::Error::middleware(std::io::Error::other(

@@ -23,6 +23,9 @@
 //! # }
 //! ```
 //!
+//! With the `tower` feature, [`KeyedLayer`] puts a registry of layers in a tower stack: each
+//! request goes through the layer its key picks.
+//!
 //! # Bound
 //!
 //! At most `max_entries` keys are held (rounded up to a multiple of 16: the map has 16
@@ -36,6 +39,13 @@
 //!
 //! A hit takes a read lock on a sharded map and bumps the entry's use stamp (an atomic); a
 //! miss takes its shard's write lock to insert (and, when full, to evict).
+
+#[cfg(feature = "tower")]
+mod layer;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{Keyed, KeyedLayer};
 
 use std::collections::HashMap;
 use std::fmt;
