@@ -16,15 +16,8 @@ use floodwall_cache::TieredCache;
 use floodwall_reqwest::{HttpCache, HttpCacheStats, StoredResponse};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
-/// Serves `app` on a free loopback port; returns its base URL and the server task.
-async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (base, task)
-}
+mod common;
+use common::serve_task as serve;
 
 fn memory_cache() -> TieredCache<String, StoredResponse> {
     TieredCache::builder()

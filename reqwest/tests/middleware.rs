@@ -23,13 +23,8 @@ fn n(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap()
 }
 
-/// Serves `app` on a free loopback port; returns its base URL.
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
-}
+mod common;
+use common::{dead_host, live_host, serve};
 
 fn retry(attempts: u32) -> floodwall_resilience::retry::Retry {
     floodwall_resilience::retry::Retry::builder()
@@ -118,16 +113,8 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_post_only_with_a_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_open_breaker_does_not_affect_another_host() {
     let dead_calls = Arc::new(AtomicU32::new(0));
-    let counted = dead_calls.clone();
-    let dead = serve(Router::new().route(
-        "/",
-        get(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { StatusCode::SERVICE_UNAVAILABLE }
-        }),
-    ))
-    .await;
-    let live = serve(Router::new().route("/", get(|| async { "ok" }))).await;
+    let dead = serve(dead_host(dead_calls.clone())).await;
+    let live = serve(live_host()).await;
     let breakers = HostBreaker::new(NonZeroUsize::new(64).unwrap(), |host| {
         CircuitBreaker::builder()
             .name(format!("api:{host}"))

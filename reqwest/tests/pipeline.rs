@@ -17,12 +17,8 @@ use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
 use floodwall_resilience::retry::{Backoff, Retry};
 use reqwest_middleware::ClientBuilder;
 
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
-}
+mod common;
+use common::{dead_host, live_host, serve};
 
 /// Retry (3 attempts), a breaker judging the last `window` calls, a bulkhead of 8 and an
 /// attempt timeout, per host.
@@ -114,16 +110,8 @@ async fn host_pipeline_retries_idempotent_and_keyed_requests_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_pipeline_sheds_it_while_another_host_answers() {
     let dead_calls = Arc::new(AtomicU32::new(0));
-    let counted = dead_calls.clone();
-    let dead = serve(Router::new().route(
-        "/",
-        get(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { StatusCode::SERVICE_UNAVAILABLE }
-        }),
-    ))
-    .await;
-    let live = serve(Router::new().route("/", get(|| async { "ok" }))).await;
+    let dead = serve(dead_host(dead_calls.clone())).await;
+    let live = serve(live_host()).await;
     let pipelines = pipelines(4);
     let registry = pipelines.registry().clone();
     let client = ClientBuilder::new(reqwest::Client::new())

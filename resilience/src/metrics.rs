@@ -70,6 +70,33 @@ mod imp {
         }
     }
 
+    /// Handles that include a call-duration histogram.
+    pub(crate) trait Timed {
+        fn duration(&self) -> &Histogram;
+    }
+
+    impl<H: Timed> Bound<H> {
+        /// When a measured call starts, if anyone is recording.
+        #[inline]
+        fn start(&self) -> Option<Instant> {
+            self.get().map(|_| Instant::now())
+        }
+
+        /// Records how long the call that started at `started` took.
+        #[inline]
+        fn finish(&self, started: Option<Instant>) {
+            if let (Some(t), Some(h)) = (started, self.get()) {
+                h.duration().record(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    impl Timed for BreakerHandles {
+        fn duration(&self) -> &Histogram {
+            &self.duration
+        }
+    }
+
     struct BreakerHandles {
         duration: Histogram,
         state: Gauge,
@@ -136,9 +163,7 @@ mod imp {
         /// Records how long the call that started at `started` took.
         #[inline]
         pub(crate) fn finish(&self, started: Option<Instant>) {
-            if let (Some(t), Some(h)) = (started, self.handles()) {
-                h.duration.record(t.elapsed().as_secs_f64());
-            }
+            self.bound.finish(started);
         }
 
         pub(crate) fn state(&self, s: State) {
@@ -146,6 +171,12 @@ mod imp {
             if let Some(h) = self.handles() {
                 h.state.set(f64::from(s as u8));
             }
+        }
+    }
+
+    impl Timed for RetryHandles {
+        fn duration(&self) -> &Histogram {
+            &self.duration
         }
     }
 
@@ -181,16 +212,20 @@ mod imp {
         /// When a call (all its attempts) starts, if anyone is recording.
         #[inline]
         pub(crate) fn start(&self) -> Option<Instant> {
-            self.0.get().map(|_| Instant::now())
+            self.0.start()
         }
 
         /// Records how long the call that started at `started` took, retries and waits
         /// included.
         #[inline]
         pub(crate) fn finish(&self, started: Option<Instant>) {
-            if let (Some(t), Some(h)) = (started, self.0.get()) {
-                h.duration.record(t.elapsed().as_secs_f64());
-            }
+            self.0.finish(started);
+        }
+    }
+
+    impl Timed for TimeoutHandles {
+        fn duration(&self) -> &Histogram {
+            &self.duration
         }
     }
 
@@ -212,15 +247,13 @@ mod imp {
         /// When a timed call starts, if anyone is recording.
         #[inline]
         pub(crate) fn start(&self) -> Option<Instant> {
-            self.0.get().map(|_| Instant::now())
+            self.0.start()
         }
 
         /// Records how long a call that finished in time took.
         #[inline]
         pub(crate) fn finish(&self, started: Option<Instant>) {
-            if let (Some(t), Some(h)) = (started, self.0.get()) {
-                h.duration.record(t.elapsed().as_secs_f64());
-            }
+            self.0.finish(started);
         }
 
         pub(crate) fn timed_out(&self) {
