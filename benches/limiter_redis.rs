@@ -1,10 +1,11 @@
 //! Redis-backed decisions, ours beside the floor.
 //!
-//! Three targets run the same decisions: a `RateLimiter` with one GCRA limit on Redis with its
+//! Four targets run the same decisions: a `RateLimiter` with one GCRA limit on Redis with its
 //! default exact batching (decisions waiting while calls are in flight go together as one
 //! script call), the same with batching off (`redis_max_batch(1)`: one script call per
-//! decision) — both with keys built and replies parsed into a `Decision`, through floodwall's
-//! store path — and the floor: a bare `EVALSHA` of a minimal GCRA script (no key building, a
+//! decision), the same with token leases (`Lease` of up to 256 tokens for 20 ms: an instance
+//! admits from a block of a key's tokens taken in one call) — each with keys built and
+//! replies parsed into a `Decision`, through floodwall's store path — and the floor: a bare `EVALSHA` of a minimal GCRA script (no key building, a
 //! 0/1 reply) sent over a plain redis-rs connection (multiplexed, or the redis-rs Cluster
 //! connection), with nothing of floodwall's in the way.
 //!
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floodwall::core::redis::{RedisConnection, Script, StoreOptions};
+use floodwall::limiter::redis::Lease;
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall_testkit::{RedisCluster, RedisServer};
 
@@ -126,16 +128,18 @@ async fn run(
     (started.elapsed(), all)
 }
 
-fn limiter(conn: &RedisConnection, max_batch: usize) -> RateLimiter {
+fn limiter(conn: &RedisConnection, max_batch: usize, lease: Option<Lease>) -> RateLimiter {
+    let mut limit = Limit::new(
+        "api",
+        Algorithm::Gcra,
+        Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
+    )
+    .keyed_by("user");
+    if let Some(lease) = lease {
+        limit = limit.lease(lease);
+    }
     RateLimiter::builder()
-        .limit(
-            Limit::new(
-                "api",
-                Algorithm::Gcra,
-                Quota::per_second(NonZeroU32::new(1_000_000).unwrap()),
-            )
-            .keyed_by("user"),
-        )
+        .limit(limit)
         .redis(StoreOptions::new(conn.clone()))
         .redis_max_batch(max_batch)
         .build()
@@ -148,6 +152,8 @@ fn targets(
     urls: &[String],
     cluster: bool,
 ) -> Vec<(&'static str, Target)> {
+    // Leases of up to 256 tokens for 20 ms (the burst shrinks by the 20,000 tokens 20 ms earn).
+    let lease = Lease::new(NonZeroU32::new(256).unwrap(), Duration::from_millis(20));
     rt.block_on(async {
         let conn = if cluster {
             RedisConnection::cluster(urls.iter().cloned())
@@ -174,8 +180,12 @@ fn targets(
             Target::Raw(c, sha.into())
         };
         vec![
-            ("floodwall batched", Target::Ours(limiter(&conn, 128))),
-            ("floodwall unbatched", Target::Ours(limiter(&conn, 1))),
+            ("floodwall batched", Target::Ours(limiter(&conn, 128, None))),
+            ("floodwall unbatched", Target::Ours(limiter(&conn, 1, None))),
+            (
+                "floodwall leased",
+                Target::Ours(limiter(&conn, 128, Some(lease))),
+            ),
             ("raw EVALSHA floor", floor),
         ]
     })

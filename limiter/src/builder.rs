@@ -108,6 +108,8 @@ impl RateLimiterBuilder {
             ));
         }
         #[cfg(feature = "redis")]
+        let leases = self.leases()?;
+        #[cfg(feature = "redis")]
         let store = match self.redis {
             Some(options) => {
                 // The failure policy's series exists from now on, at zero.
@@ -125,8 +127,50 @@ impl RateLimiterBuilder {
                 store,
                 policy: self.policy,
                 shadow_all: self.shadow_all,
+                #[cfg(feature = "redis")]
+                leases,
             }),
         })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RateLimiterBuilder {
+    /// Each limit's lease table; leases need GCRA, a fixed quota, the Redis store and a
+    /// lifetime the burst can pay for.
+    fn leases(&self) -> Result<Vec<Option<crate::redis::Leases>>, ConfigError> {
+        self.limits
+            .iter()
+            .map(|limit| {
+                let Some(lease) = limit.lease else {
+                    return Ok(None);
+                };
+                let name = &limit.name;
+                if limit.algorithm != crate::Algorithm::Gcra {
+                    return Err(ConfigError(format!("limit {name:?}: leases need GCRA")));
+                }
+                if self.redis.is_none() {
+                    return Err(ConfigError(format!(
+                        "limit {name:?}: leases need the Redis store"
+                    )));
+                }
+                let Some(quota) = limit.quota.fixed() else {
+                    return Err(ConfigError(format!(
+                        "limit {name:?}: leases need a fixed quota, not tiers"
+                    )));
+                };
+                if lease.quota(quota).is_none() {
+                    return Err(ConfigError(format!(
+                        "limit {name:?}: a lease lifetime of {:?} earns the whole burst of {} \
+                         (T = {:?}); shorten it or raise the burst",
+                        lease.lifetime(),
+                        quota.burst(),
+                        quota.emission_interval()
+                    )));
+                }
+                Ok(Some(crate::redis::Leases::new(lease)))
+            })
+            .collect()
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Limit {
     pub(crate) shadow: bool,
     /// GCRA's constants, worked out once when the quota is fixed.
     pub(crate) params: Option<crate::gcra::Params>,
+    /// Token leases on Redis, if asked for.
+    #[cfg(feature = "redis")]
+    pub(crate) lease: Option<crate::redis::Lease>,
     /// The limit's metric keys, built once: counting a decision allocates nothing.
     #[cfg(feature = "metrics")]
     pub(crate) counters: Arc<crate::metrics::LimitCounters>,
@@ -56,6 +59,8 @@ impl Limit {
             keyed_by: None,
             shadow: false,
             params,
+            #[cfg(feature = "redis")]
+            lease: None,
             #[cfg(feature = "metrics")]
             counters: Arc::new(crate::metrics::LimitCounters::new(name)),
         }
@@ -72,6 +77,17 @@ impl Limit {
     /// rolling out a new limit and watching what it would do.
     pub fn shadow(mut self, on: bool) -> Limit {
         self.shadow = on;
+        self
+    }
+
+    /// Token leases for this limit's hot keys on Redis (GCRA with a fixed quota only; see
+    /// [`Lease`](crate::redis::Lease)): an instance takes a block of a key's tokens at once and
+    /// admits from it locally. Every decision on the limit then uses the burst
+    /// `b − ⌈lifetime / T⌉`, so no window ever admits more than the limit.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn lease(mut self, lease: crate::redis::Lease) -> Limit {
+        self.lease = Some(lease);
         self
     }
 
@@ -176,6 +192,9 @@ pub struct Verdict {
     pub shadow_denied: Option<LimitName>,
     /// Set when the store failed and the failure policy decided.
     pub degraded: Option<Degraded>,
+    /// Whether the request was admitted from this instance's token lease, without a round
+    /// trip (see [`Limit::lease`]).
+    pub leased: bool,
 }
 
 impl Verdict {
@@ -193,6 +212,7 @@ impl Verdict {
             binding: None,
             shadow_denied: None,
             degraded,
+            leased: false,
         }
     }
 }

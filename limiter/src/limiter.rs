@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) policy: FailurePolicy,
     pub(crate) shadow_all: bool,
+    /// Per limit, its token leases (leased limits on Redis only).
+    #[cfg(feature = "redis")]
+    pub(crate) leases: Vec<Option<crate::redis::Leases>>,
 }
 
 impl RateLimiter {
@@ -167,6 +170,12 @@ impl RateLimiter {
             let Some(quota) = limit.quota.quota(key) else {
                 continue;
             };
+            // A leased limit decides every request with its reduced burst (checked at build).
+            #[cfg(feature = "redis")]
+            let quota = match &limit.lease {
+                Some(lease) => lease.quota(quota).unwrap_or(quota),
+                None => quota,
+            };
             let capacity = match limit.algorithm {
                 Algorithm::Gcra => quota.burst().get(),
                 _ => quota.limit().get(),
@@ -237,6 +246,15 @@ impl RateLimiter {
         }
         let applicable = &applicable[..count];
         let deadline = redis.deadline();
+        if let [Some((idx, key, quota))] = applicable
+            && cost == 1
+            && consume
+            && let Some(leases) = &self.inner.leases[*idx as usize]
+        {
+            return self
+                .decide_leased(redis, leases, applicable, (*idx, key, *quota), deadline)
+                .await;
+        }
         match redis
             .decide(&self.inner.limits, applicable, cost, consume, deadline)
             .await
@@ -245,6 +263,35 @@ impl RateLimiter {
                 .combine_remote(redis, applicable, results, deadline)
                 .await),
             Err(e) => self.on_store_failure(e, applicable, cost, consume),
+        }
+    }
+
+    /// A cost-1 decision on a leased limit (see [`Lease`](crate::redis::Lease)).
+    #[cfg(feature = "redis")]
+    async fn decide_leased(
+        &self,
+        redis: &crate::redis::RedisStore,
+        leases: &crate::redis::Leases,
+        applicable: &[Option<(u32, &str, Quota)>],
+        (idx, key, quota): (u32, &str, Quota),
+        deadline: tokio::time::Instant,
+    ) -> Result<Verdict, LimitError> {
+        if leases.start_sweeping() {
+            tokio::spawn(crate::redis::sweep(Arc::downgrade(&self.inner)));
+        }
+        let limit = &self.inner.limits[idx as usize];
+        match redis
+            .decide_leased(leases, limit, key, quota, deadline)
+            .await
+        {
+            Ok((decision, leased)) => {
+                let mut acc = Accumulator::default();
+                acc.add(quota, decision, self.is_enforced(idx), limit);
+                let mut verdict = acc.finish(None);
+                verdict.leased = leased;
+                Ok(verdict)
+            }
+            Err(e) => self.on_store_failure(e, applicable, 1, true),
         }
     }
 
@@ -509,6 +556,7 @@ impl Accumulator {
             binding: self.binding,
             shadow_denied: self.shadow_denied,
             degraded,
+            leased: false,
         }
     }
 }

@@ -26,6 +26,10 @@
 //! runs one script per batch instead of one per decision (`benches/limiter_redis.rs`);
 //! `redis_max_batch(1)` sends every decision alone.
 //!
+//! **Token leases** (opt-in, GCRA, [`Limit::lease`](crate::Limit::lease)): for hot keys, an
+//! instance takes a block of a key's tokens in one call and admits from it locally, never
+//! more than the limit in any window; see [`Lease`].
+//!
 //! Keys are versioned and hash-tagged by the limited key:
 //! `fw-rl:v1:{<key>}:<limit>` (a global limit is tagged by its name), so one key's state lives
 //! on one Cluster node and different keys spread over the cluster.
@@ -60,6 +64,10 @@
 //! error about one key (a key of the wrong type) is that request's failure alone.
 
 mod batch;
+mod lease;
+
+pub use lease::Lease;
+pub(crate) use lease::{Leases, sweep};
 
 use std::sync::Arc;
 use std::time::Duration;

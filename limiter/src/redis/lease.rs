@@ -1,0 +1,382 @@
+//! Token leases for hot keys: see [`Lease`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use floodwall_core::StoreError;
+
+use super::{RedisStore, remote_decision};
+use crate::{Decision, Limit, Quota};
+
+const SHARDS: usize = 16;
+
+/// Token leases (opt-in, GCRA on Redis): an instance takes a block of a hot key's tokens in
+/// one script call and admits from that block locally, without a round trip.
+///
+/// # How
+///
+/// A lease of `k` tokens is one ordinary GCRA decision of cost `k` in the decision script
+/// (`TAT' = max(TAT, now) + k·T`, granted iff `TAT' − now ≤ b'·T`): the tokens are taken in
+/// Redis before any is admitted, so leasing never admits more than Redis granted. The
+/// instance then admits up to `k − 1` more requests locally until the lease's lifetime `L`
+/// has passed (counted from when the lease request was sent, so always within `L` of the
+/// moment Redis took the tokens). Tokens unused when the lease expires are given back to
+/// Redis (`TAT −= r·T`) by the next refill or by a sweep every `L/2`.
+///
+/// # Invariant: no window admits more than the limit
+///
+/// GCRA with burst `b` admits at most `b + ⌊W/T⌋` requests in any window of length `W`. A
+/// leased token is admitted within `L` of being taken, so the requests admitted in
+/// `[a, a + W]` were all taken in `[a − L, a + W]`, a window of length `W + L`. Every decision
+/// on a leased limit therefore uses the burst `b' = b − ⌈L/T⌉`: what Redis grants in
+/// `W + L` is at most `b' + ⌊(W + L)/T⌋ ≤ b + ⌊W/T⌋`. The sustained rate is unchanged; only
+/// the burst shrinks, by the tokens one lifetime earns. Every instance must lease a limit
+/// alike (as every instance must give it the same quota).
+///
+/// # What leasing costs
+///
+/// Capacity can be stranded in an instance that stops asking: at most its current lease
+/// (`≤ max_tokens`) per key, for at most a lifetime and a half (expiry, then the sweep every
+/// half lifetime that gives it back); across instances, `max_tokens × instances` per key.
+/// The lease size adapts to each key's local rate: it doubles when a lease is used up before
+/// it expires and halves when one expires with tokens left or Redis cannot grant it (then
+/// the request is decided alone, as without leases). Near the limit leases shrink to single
+/// decisions, exact as always. Which to pick: exact batching (the default) unless a few keys
+/// take most of the traffic at rates far below their limit; leases for those.
+///
+/// The leases of one limit are held in a sharded table (a read lock and an atomic decrement
+/// per leased admission), at most 16,384 keys; a key beyond that is decided without a lease.
+///
+/// Decisions admitted from a lease say so ([`Verdict::leased`](crate::Verdict::leased)); their
+/// `remaining` is what is left of this instance's lease.
+///
+/// A `Lease` says how a limit leases: at most `max_tokens` per lease, each usable for
+/// `lifetime`. Give it to [`Limit::lease`](crate::Limit::lease).
+///
+/// ```no_run
+/// # async fn demo(conn: floodwall_core::redis::RedisConnection) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use floodwall_core::redis::StoreOptions;
+/// use floodwall_limiter::redis::Lease;
+/// use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
+///
+/// let n = |v| NonZeroU32::new(v).unwrap();
+/// let limiter = RateLimiter::builder()
+///     .limit(
+///         Limit::new("tenant", Algorithm::Gcra, Quota::per_second(n(100_000)))
+///             .keyed_by("tenant")
+///             .lease(Lease::new(n(256), Duration::from_millis(20))),
+///     )
+///     .redis(StoreOptions::new(conn))
+///     .build()?;
+/// let verdict = limiter.check(&[("tenant", "acme")]).await?;
+/// println!("allowed: {}, from a lease: {}", verdict.allowed, verdict.leased);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    max_tokens: NonZeroU32,
+    lifetime: Duration,
+}
+
+impl Lease {
+    /// Leases of up to `max_tokens`, each usable for `lifetime` (at least 1 ms).
+    pub fn new(max_tokens: NonZeroU32, lifetime: Duration) -> Lease {
+        Lease {
+            max_tokens,
+            lifetime: lifetime.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// The most tokens one lease takes.
+    pub fn max_tokens(&self) -> NonZeroU32 {
+        self.max_tokens
+    }
+
+    /// How long a lease's tokens may be admitted.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// `quota` with the burst every decision on a leased limit uses, `b − ⌈L/T⌉`; `None` when
+    /// nothing is left of the burst (the lifetime is too long for this quota).
+    pub(crate) fn quota(&self, quota: Quota) -> Option<Quota> {
+        let t = u128::from(quota.emission_interval_nanos());
+        let earned = self.lifetime.as_nanos().div_ceil(t);
+        let burst = u128::from(quota.burst().get()).checked_sub(earned)?;
+        let burst = NonZeroU32::new(u32::try_from(burst).ok()?)?;
+        Some(quota.allow_burst(burst))
+    }
+}
+
+/// One key's lease on this instance.
+struct Slot {
+    /// Tokens left to admit locally.
+    left: AtomicU32,
+    /// Until when (ns on the table's clock) they may be admitted.
+    until: AtomicU64,
+    /// When the lease's reset falls (ns on the table's clock), for reporting.
+    reset_at: AtomicU64,
+    /// The size of the next lease.
+    size: AtomicU32,
+    /// Held by the one caller refilling the lease.
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// Takes one token if the lease is live: the tokens left after it.
+    #[inline]
+    fn take(&self, now: u64) -> Option<u32> {
+        if now >= self.until.load(Ordering::Acquire) {
+            return None;
+        }
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(1))
+            .ok()
+            .map(|l| l - 1)
+    }
+}
+
+/// A leased limit's leases on this instance, one per key, bounded.
+pub(crate) struct Leases {
+    lease: Lease,
+    shards: Vec<RwLock<HashMap<Box<str>, Arc<Slot>>>>,
+    hasher: RandomState,
+    per_shard: usize,
+    epoch: Instant,
+    sweeping: AtomicBool,
+}
+
+/// Keys one leased limit holds leases for, at most.
+const MAX_LEASED_KEYS: usize = 16_384;
+
+impl Leases {
+    pub(crate) fn new(lease: Lease) -> Leases {
+        Leases {
+            lease,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: MAX_LEASED_KEYS / SHARDS,
+            epoch: Instant::now(),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<HashMap<Box<str>, Arc<Slot>>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// A token from `key`'s live lease, without a round trip: the tokens left after it, and
+    /// the time to the lease's reset.
+    #[inline]
+    fn take(&self, key: &str) -> Option<(u32, Duration)> {
+        let now = self.now();
+        let held = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
+        let slot = held.get(key)?;
+        let left = slot.take(now)?;
+        let reset = slot.reset_at.load(Ordering::Relaxed).saturating_sub(now);
+        Some((left, Duration::from_nanos(reset)))
+    }
+
+    /// `key`'s slot, made on first use; `None` when the table is full.
+    fn slot(&self, key: &str) -> Option<Arc<Slot>> {
+        let shard = self.shard(key);
+        if let Some(s) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Some(s.clone());
+        }
+        let mut held = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = held.get(key) {
+            return Some(s.clone());
+        }
+        if held.len() >= self.per_shard {
+            return None;
+        }
+        let slot = Arc::new(Slot {
+            left: AtomicU32::new(0),
+            until: AtomicU64::new(0),
+            reset_at: AtomicU64::new(0),
+            size: AtomicU32::new(1),
+            refill: tokio::sync::Mutex::new(()),
+        });
+        held.insert(key.into(), slot.clone());
+        Some(slot)
+    }
+
+    /// Takes every expired lease's unused tokens (to give back) and forgets keys whose lease
+    /// is over and empty.
+    fn expired(&self) -> Vec<(Box<str>, u32)> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut held = shard.write().unwrap_or_else(|e| e.into_inner());
+            held.retain(|key, slot| {
+                if now < slot.until.load(Ordering::Acquire) {
+                    return true;
+                }
+                let left = slot.left.swap(0, Ordering::AcqRel);
+                if left > 0 {
+                    out.push((key.clone(), left));
+                }
+                // A slot being refilled stays; an idle, empty one goes.
+                slot.refill.try_lock().is_err()
+            });
+        }
+        out
+    }
+
+    /// Whether the caller should start the sweeper (the first time only).
+    pub(crate) fn start_sweeping(&self) -> bool {
+        !self.sweeping.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lease.lifetime
+    }
+}
+
+/// A decision admitted from a lease.
+fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
+    Decision {
+        allowed: true,
+        limit: quota.burst().get(),
+        remaining: left,
+        reset_after: reset,
+        retry_after: None,
+    }
+}
+
+impl RedisStore {
+    /// Decides one cost-1 request on a leased limit: from this instance's lease when it has
+    /// tokens, else by refilling the lease (one caller at a time per key), else alone. The
+    /// `bool` says whether the admission came from a lease. `quota` is the leased quota (its
+    /// burst already reduced).
+    pub(crate) async fn decide_leased(
+        &self,
+        leases: &Leases,
+        limit: &Limit,
+        key: &str,
+        quota: Quota,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Decision, bool), StoreError> {
+        if let Some((left, reset)) = leases.take(key) {
+            return Ok((leased_decision(&quota, left, reset), true));
+        }
+        let Some(slot) = leases.slot(key) else {
+            return self.decide_alone(limit, key, quota, 1, deadline).await;
+        };
+        let Ok(_refilling) = tokio::time::timeout_at(deadline, slot.refill.lock()).await else {
+            return Err(StoreError::Timeout {
+                after: self.path.call_timeout(),
+            });
+        };
+        let now = leases.now();
+        if let Some(left) = slot.take(now) {
+            let reset = slot.reset_at.load(Ordering::Relaxed).saturating_sub(now);
+            return Ok((
+                leased_decision(&quota, left, Duration::from_nanos(reset)),
+                true,
+            ));
+        }
+        // The last lease is used up or over: size the next one, and give back what the last
+        // one left.
+        let max = leases.lease.max_tokens.get().min(quota.burst().get());
+        let live = now < slot.until.load(Ordering::Acquire);
+        let leftover = slot.left.swap(0, Ordering::AcqRel);
+        let size = slot.size.load(Ordering::Relaxed);
+        let size = match (live, leftover) {
+            (true, _) => size.saturating_mul(2),
+            (false, 0) => size,
+            (false, _) => size / 2,
+        }
+        .clamp(1, max);
+        let give_back = async {
+            if leftover > 0 {
+                let r = self
+                    .one(limit, key, quota, leftover, "r", 0, deadline)
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "could not give back a lease's unused tokens");
+                }
+            }
+        };
+        let lifetime = u64::try_from(leases.lease.lifetime.as_nanos()).unwrap_or(u64::MAX);
+        let sent = leases.now();
+        let (r, ()) = futures::future::join(
+            self.one(limit, key, quota, size, "c", 0, deadline),
+            give_back,
+        )
+        .await;
+        let r = r?;
+        if r[0] == 1 {
+            let (decision, _) = remote_decision(limit, quota, &r, true, size);
+            let reset = u64::try_from(decision.reset_after.as_nanos()).unwrap_or(u64::MAX);
+            slot.reset_at
+                .store(sent.saturating_add(reset), Ordering::Relaxed);
+            slot.size.store(size, Ordering::Relaxed);
+            slot.left.store(size - 1, Ordering::Release);
+            slot.until
+                .store(sent.saturating_add(lifetime), Ordering::Release);
+            return Ok((decision, false));
+        }
+        slot.size.store((size / 2).max(1), Ordering::Relaxed);
+        if size == 1 {
+            return Ok((remote_decision(limit, quota, &r, false, 1).0, false));
+        }
+        self.decide_alone(limit, key, quota, 1, deadline).await
+    }
+
+    async fn decide_alone(
+        &self,
+        limit: &Limit,
+        key: &str,
+        quota: Quota,
+        cost: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Decision, bool), StoreError> {
+        let r = self.one(limit, key, quota, cost, "c", 0, deadline).await?;
+        Ok((remote_decision(limit, quota, &r, r[0] == 1, cost).0, false))
+    }
+}
+
+/// Every half lifetime, gives back the unused tokens of this limiter's expired leases, until
+/// the limiter is dropped: a lease's leftovers are back in Redis at most a lifetime and a
+/// half after it was taken.
+pub(crate) async fn sweep(inner: Weak<crate::limiter::Inner>) {
+    let Some(every) = inner
+        .upgrade()
+        .and_then(|i| i.leases.iter().flatten().map(Leases::lifetime).min())
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let crate::limiter::Store::Redis(redis) = &inner.store else {
+            return;
+        };
+        for (idx, leases) in inner.leases.iter().enumerate() {
+            let Some(leases) = leases else { continue };
+            let limit = &inner.limits[idx];
+            let Some(quota) = limit.quota.fixed().and_then(|q| leases.lease.quota(q)) else {
+                continue;
+            };
+            for (key, left) in leases.expired() {
+                let deadline = redis.deadline();
+                if let Err(e) = redis.one(limit, &key, quota, left, "r", 0, deadline).await {
+                    tracing::debug!(error = %e, "could not give back a lease's unused tokens");
+                }
+            }
+        }
+    }
+}
