@@ -380,3 +380,38 @@ pub(crate) async fn sweep(inner: Weak<crate::limiter::Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The reduced burst pays for a lifetime: whatever Redis grants in any `W + L`
+        /// (at most `b' + ⌊(W + L)/T⌋`) never exceeds GCRA's bound for `W`, `b + ⌊W/T⌋`;
+        /// the rate is unchanged; a lifetime that earns the whole burst is refused.
+        #[test]
+        fn the_reduced_burst_keeps_every_window_within_the_limit(
+            limit in 1u32..100_000,
+            period_ms in 1u64..100_000,
+            burst in 1u32..200_000,
+            lifetime_us in 1_000u64..5_000_000,
+            w_us in 0u64..100_000_000,
+        ) {
+            let quota = Quota::new(NonZeroU32::new(limit).unwrap(), Duration::from_millis(period_ms))
+                .allow_burst(NonZeroU32::new(burst).unwrap());
+            let lease = Lease::new(NonZeroU32::new(8).unwrap(), Duration::from_micros(lifetime_us));
+            let t = u128::from(quota.emission_interval_nanos());
+            let (l, w) = (u128::from(lifetime_us) * 1000, u128::from(w_us) * 1000);
+            match lease.quota(quota) {
+                Some(leased) => {
+                    let b2 = u128::from(leased.burst().get());
+                    prop_assert!(b2 + (w + l) / t <= u128::from(burst) + w / t);
+                    prop_assert_eq!(b2, u128::from(burst) - l.div_ceil(t));
+                    prop_assert_eq!(leased.emission_interval_nanos(), quota.emission_interval_nanos());
+                }
+                None => prop_assert!(l.div_ceil(t) >= u128::from(burst)),
+            }
+        }
+    }
+}
