@@ -23,7 +23,7 @@ use common::{dead_host, live_host, serve};
 /// Retry (3 attempts), a breaker judging the last `window` calls, a bulkhead of 8 and an
 /// attempt timeout, per host.
 fn pipelines(window: u32) -> HostPipeline {
-    HostPipeline::new(NonZeroUsize::new(16).unwrap(), move |host| {
+    HostPipeline::new(NonZeroUsize::new(1024).unwrap(), move |host| {
         Pipeline::builder()
             .retry(
                 Retry::builder()

@@ -208,3 +208,25 @@ async fn a_keyed_layer_gives_each_host_its_own_breaker() {
     );
     assert_eq!(made.load(Ordering::SeqCst), 2, "one breaker per host");
 }
+
+/// A small registry is one exact LRU map: it holds `max_entries` keys whatever their hashes,
+/// and evicts the least recently used one.
+#[test]
+fn a_small_registry_holds_all_its_keys_and_evicts_the_least_recently_used() {
+    let registry = Registry::new(NonZeroUsize::new(16).unwrap(), |key: &str| key.to_owned());
+    for i in 0..16 {
+        registry.get(&format!("host-{i}"));
+    }
+    assert_eq!(registry.len(), 16);
+    registry.get("host-0"); // used again: host-1 is now the least recently used
+    registry.get("host-16");
+    let mut keys = registry.keys();
+    keys.sort();
+    println!("after 17 keys in a registry of 16: {} held", keys.len());
+    assert_eq!(keys.len(), 16);
+    assert!(keys.contains(&"host-0".to_string()));
+    assert!(
+        !keys.contains(&"host-1".to_string()),
+        "the least recently used went"
+    );
+}

@@ -40,8 +40,9 @@ const SHARDS: usize = 16;
 /// # What leasing costs
 ///
 /// Capacity can be stranded in an instance that stops asking: at most its current lease
-/// (`≤ max_tokens`) per key, for at most a lifetime and a half (expiry, then the sweep every
-/// half lifetime that gives it back); across instances, `max_tokens × instances` per key.
+/// (`≤ max_tokens`) per key, for a lifetime and a half (expiry, then the sweep every half
+/// lifetime that gives it back) plus the sweep's own round trip and any lateness of the
+/// runtime's timers; across instances, `max_tokens × instances` per key.
 /// The lease size adapts to each key's local rate: it doubles when a lease is used up before
 /// it expires and halves when one expires with tokens left or Redis cannot grant it (then
 /// the request is decided alone, as without leases). Near the limit leases shrink to single
@@ -51,8 +52,11 @@ const SHARDS: usize = 16;
 /// The leases of one limit are held in a sharded table (a read lock and an atomic decrement
 /// per leased admission), at most 16,384 keys; a key beyond that is decided without a lease.
 ///
-/// Decisions admitted from a lease say so ([`Verdict::leased`](crate::Verdict::leased)); their
-/// `remaining` is what is left of this instance's lease.
+/// Leases serve [`check`](crate::RateLimiter::check)s of cost 1 on requests this limit alone
+/// applies to; peeks, larger costs and requests under several limits are decided on Redis as
+/// usual (with the reduced burst). Decisions admitted from a lease say so
+/// ([`Verdict::leased`](crate::Verdict::leased)); their `remaining` is what is left of this
+/// instance's lease.
 ///
 /// A `Lease` says how a limit leases: at most `max_tokens` per lease, each usable for
 /// `lifetime`. Give it to [`Limit::lease`](crate::Limit::lease).
@@ -219,15 +223,16 @@ impl Leases {
         for shard in &self.shards {
             let mut held = shard.write().unwrap_or_else(|e| e.into_inner());
             held.retain(|key, slot| {
-                if now < slot.until.load(Ordering::Acquire) {
+                let until = slot.until.load(Ordering::Acquire);
+                if now < until {
                     return true;
                 }
                 let left = slot.left.swap(0, Ordering::AcqRel);
                 if left > 0 {
                     out.push((key.clone(), left));
                 }
-                // A slot being refilled stays; an idle, empty one goes.
-                slot.refill.try_lock().is_err()
+                // A slot idle for a whole lifetime past its lease goes, unless being refilled.
+                now < until.saturating_add(self.lifetime_nanos()) || slot.refill.try_lock().is_err()
             });
         }
         out
@@ -240,6 +245,10 @@ impl Leases {
 
     pub(crate) fn lifetime(&self) -> Duration {
         self.lease.lifetime
+    }
+
+    fn lifetime_nanos(&self) -> u64 {
+        u64::try_from(self.lease.lifetime.as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -308,7 +317,7 @@ impl RedisStore {
                 }
             }
         };
-        let lifetime = u64::try_from(leases.lease.lifetime.as_nanos()).unwrap_or(u64::MAX);
+        let lifetime = leases.lifetime_nanos();
         let sent = leases.now();
         let (r, ()) = futures::future::join(
             self.one(limit, key, quota, size, "c", 0, deadline),

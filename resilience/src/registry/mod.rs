@@ -28,9 +28,10 @@
 //!
 //! # Bound
 //!
-//! At most `max_entries` keys are held (rounded up to a multiple of 16: the map has 16
-//! shards). A new key in a full shard evicts that shard's least recently used key — an
-//! approximation of the least recently used overall; the evicted primitive lives on in
+//! At most `max_entries` keys are held (rounded up to a multiple of the shard count: one
+//! shard per 64 entries, from 1 to 16 — so a registry of up to 127 entries is one exact LRU
+//! map). A new key in a full shard evicts that shard's least recently used key — with several
+//! shards, an approximation of the least recently used overall; the evicted primitive lives on in
 //! whoever still holds a clone, and a later use of its key makes a fresh one. Keys longer than
 //! 256 bytes are refused by [`Registry::try_get`] (and [`Registry::get`] replaces them by a
 //! digest), so hostile keys cannot inflate memory.
@@ -57,7 +58,8 @@ use std::sync::{Arc, RwLock};
 /// Keys longer than this are refused by [`Registry::try_get`].
 pub const MAX_KEY_LEN: usize = 256;
 
-const SHARDS: usize = 16;
+/// The most shards; a registry has one per 64 entries, at least one.
+const MAX_SHARDS: usize = 16;
 
 struct Entry<V> {
     value: V,
@@ -92,7 +94,10 @@ impl<V> fmt::Debug for Registry<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("len", &self.len())
-            .field("max_entries", &(self.inner.per_shard * SHARDS))
+            .field(
+                "max_entries",
+                &(self.inner.per_shard * self.inner.shards.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -139,22 +144,23 @@ impl<V> Registry<V> {
     }
 
     fn shard(&self, key: &str) -> &Shard<V> {
-        let i = (self.inner.hasher.hash_one(key) as usize) % SHARDS;
+        let i = (self.inner.hasher.hash_one(key) as usize) % self.inner.shards.len();
         &self.inner.shards[i]
     }
 }
 
 impl<V: Clone> Registry<V> {
-    /// A registry holding at most `max_entries` keys (rounded up to a multiple of 16), each
-    /// value made by `make(key)` on the key's first use.
+    /// A registry holding at most `max_entries` keys (rounded up to a multiple of its shard
+    /// count, see [Bound](self#bound)), each value made by `make(key)` on the key's first use.
     pub fn new(
         max_entries: NonZeroUsize,
         make: impl Fn(&str) -> V + Send + Sync + 'static,
     ) -> Self {
+        let shards = (max_entries.get() / 64).clamp(1, MAX_SHARDS);
         Registry {
             inner: Arc::new(Inner {
-                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-                per_shard: max_entries.get().div_ceil(SHARDS),
+                shards: (0..shards).map(|_| RwLock::new(HashMap::new())).collect(),
+                per_shard: max_entries.get().div_ceil(shards),
                 make: Box::new(make),
                 clock: AtomicU64::new(0),
                 hasher: RandomState::new(),
