@@ -477,3 +477,21 @@ async fn two_client_instances_share_an_entry_through_redis() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!((a.fetched, b.fetched, b.hits), (1, 0, 1));
 }
+
+#[tokio::test]
+async fn configuring_a_clone_leaves_the_original_alone() {
+    let original = HttpCache::new(memory_cache());
+    let keep = original.clone();
+    let tuned = original.clone().max_body(16);
+    let calls = Arc::new(AtomicU32::new(0));
+    let (base, _server) = serve(counting("max-age=60", calls.clone())).await;
+    let url = format!("{base}/r");
+    fetch(&client(tuned.clone()), &url).await;
+    println!("original {:?}; tuned {:?}", keep.stats(), tuned.stats());
+    assert_eq!(
+        keep.stats(),
+        HttpCacheStats::default(),
+        "the original counts nothing"
+    );
+    assert_eq!(tuned.stats().stored, 1);
+}

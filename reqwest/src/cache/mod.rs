@@ -164,10 +164,23 @@ impl HttpCache {
         }
     }
 
+    /// Applies `f` to this middleware's settings. A clone being configured becomes a
+    /// middleware of its own (same cache, fresh counters), so its clones keep theirs.
     fn configure(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => f(shared),
-            None => unreachable!("configured before it is cloned: the builder methods take self"),
+        if Arc::get_mut(&mut self.shared).is_none() {
+            let s = &self.shared;
+            self.shared = Arc::new(Shared {
+                cache: s.cache.clone(),
+                refresh: s.refresh.clone(),
+                max_body: s.max_body,
+                defaults: s.defaults,
+                flights: Mutex::new(HashMap::new()),
+                refreshing: Mutex::new(HashSet::new()),
+                stats: Counters::default(),
+            });
+        }
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            f(shared);
         }
         self
     }
