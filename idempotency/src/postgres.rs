@@ -351,13 +351,30 @@ impl PostgresStore {
         record: &[u8],
         retention: Duration,
     ) -> Result<Finish, StoreError> {
+        let extra = Extra::Record(record, retention);
+        self.step_on(conn, key, token, Step::Complete, extra).await
+    }
+
+    /// One finishing step on `conn` for the caller's `key` (stored as
+    /// [`stored_key`](Self::stored_key)).
+    async fn step_on<'c, E>(
+        &self,
+        conn: E,
+        key: &str,
+        token: Token,
+        step: Step,
+        extra: Extra<'_>,
+    ) -> Result<Finish, StoreError>
+    where
+        E: sqlx::PgExecutor<'c>,
+    {
         let key = Self::stored_key(key);
         let args = Args {
             key: &key,
             token,
-            extra: Extra::Record(record, retention),
+            extra,
         };
-        self.finish_on(conn, Step::Complete, args).await
+        self.finish_on(conn, step, args).await
     }
 
     /// Whether the row of `key` is completed by `token` (after a commit whose reply was lost).
@@ -518,15 +535,8 @@ impl Store for PostgresStore {
         record: &[u8],
         retention: Duration,
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
-        let key = Self::stored_key(key);
-        async move {
-            let args = Args {
-                key: &key,
-                token,
-                extra: Extra::Record(record, retention),
-            };
-            self.finish_on(&self.inner.pool, Step::Complete, args).await
-        }
+        let extra = Extra::Record(record, retention);
+        self.step_on(&self.inner.pool, key, token, Step::Complete, extra)
     }
 
     fn abort(
@@ -535,21 +545,13 @@ impl Store for PostgresStore {
         token: Token,
         how: Abort<'_>,
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
-        let key = Self::stored_key(key);
-        async move {
-            let (step, extra) = match how {
-                Abort::Release => (Step::Release, Extra::Grace),
-                Abort::Record { record, retention } => {
-                    (Step::Complete, Extra::Record(record, retention))
-                }
-            };
-            let args = Args {
-                key: &key,
-                token,
-                extra,
-            };
-            self.finish_on(&self.inner.pool, step, args).await
-        }
+        let (step, extra) = match how {
+            Abort::Release => (Step::Release, Extra::Grace),
+            Abort::Record { record, retention } => {
+                (Step::Complete, Extra::Record(record, retention))
+            }
+        };
+        self.step_on(&self.inner.pool, key, token, step, extra)
     }
 
     fn extend(
@@ -558,14 +560,7 @@ impl Store for PostgresStore {
         token: Token,
         lease: Duration,
     ) -> impl Future<Output = Result<Finish, StoreError>> + Send {
-        let key = Self::stored_key(key);
-        async move {
-            let args = Args {
-                key: &key,
-                token,
-                extra: Extra::Lease(lease),
-            };
-            self.finish_on(&self.inner.pool, Step::Extend, args).await
-        }
+        let extra = Extra::Lease(lease);
+        self.step_on(&self.inner.pool, key, token, Step::Extend, extra)
     }
 }

@@ -609,17 +609,7 @@ async fn several_limits_in_one_slot_are_one_call_and_a_denial_takes_nothing() {
         before, after,
         "the denial took nothing from the per-minute limit"
     );
-    let stats = server.command(&["INFO", "commandstats"]).unwrap();
-    let calls = |cmd: &str| -> u64 {
-        stats
-            .lines()
-            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
-            .and_then(|l| l.split("calls=").nth(1))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let scripts = calls("evalsha") + calls("eval");
+    let scripts = server.command_calls(&["evalsha", "eval"]).unwrap();
     println!(
         "2 limits in one slot: {scripts} script calls for 6 decisions and 2 peeks ({:.2} per decision); the per-minute limit kept {after} of 10 after the hourly denial",
         scripts as f64 / 8.0

@@ -285,6 +285,22 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> Result<String, StartError> {
         resp::command(self.addr(), args).map_err(|e| StartError::Failed(format!("{args:?}: {e}")))
     }
+
+    /// How many times the server has run any of `commands` (lower case, e.g. `evalsha`), as
+    /// `INFO commandstats` counts them.
+    pub fn command_calls(&self, commands: &[&str]) -> Result<u64, StartError> {
+        let stats = self.command(&["INFO", "commandstats"])?;
+        Ok(commands
+            .iter()
+            .map(|cmd| {
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                    .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum())
+    }
 }
 
 impl Drop for RedisServer {
