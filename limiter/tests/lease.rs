@@ -49,19 +49,7 @@ fn max_in_window(times: &[Duration], w: Duration) -> usize {
 
 /// Script calls the server has run.
 fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.command(&["INFO", "commandstats"]).unwrap();
-    ["evalsha", "eval"]
-        .iter()
-        .map(|cmd| {
-            stats
-                .lines()
-                .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
-                .and_then(|l| l.split("calls=").nth(1))
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+    server.command_calls(&["evalsha", "eval"]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,4 +268,136 @@ async fn what_cannot_be_leased_is_refused_at_build() {
         .to_string();
     println!("{too_long}");
     assert!(too_long.contains("earns the whole burst"));
+}
+
+/// Redis blackholed under 64 callers on a leased key: a live lease keeps admitting locally
+/// (its tokens were taken before), and every decision that needs Redis — a refill, or the
+/// callers queued behind it on the key's refill lock — answers within the call bound, as the
+/// failure policy (fail closed) says. Healed, leases are granted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_redis_bounds_every_leased_decision() {
+    use floodwall_testkit::FaultProxy;
+    let Some(server) =
+        RedisServer::start_or_skip("a_blackholed_redis_bounds_every_leased_decision")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let bound = Duration::from_millis(100);
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::builder()
+        .limit(
+            Limit::new("hot", Algorithm::Gcra, Quota::per_second(n(100_000)))
+                .keyed_by("user")
+                .lease(Lease::new(n(64), Duration::from_millis(500))),
+        )
+        .redis(StoreOptions::new(conn).call_timeout(bound))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap();
+    // Grow a live lease, then cut Redis off.
+    for _ in 0..200 {
+        assert!(limiter.check(&[("user", "k")]).await.unwrap().allowed);
+    }
+    proxy.blackhole();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let limiter = limiter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..4 {
+                let asked = Instant::now();
+                // Fail closed: a decision Redis could not make is an error.
+                let (leased, refused) = match limiter.check(&[("user", "k")]).await {
+                    Ok(v) => (v.leased, v.degraded.is_some()),
+                    Err(_) => (false, true),
+                };
+                out.push((leased, refused, asked.elapsed()));
+            }
+            out
+        }));
+    }
+    let (mut leased, mut degraded, mut slowest) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        for (l, d, took) in t.await.unwrap() {
+            leased += usize::from(l);
+            degraded += usize::from(d);
+            slowest = slowest.max(took);
+        }
+    }
+    println!(
+        "Redis blackholed: 256 decisions, {leased} from the live lease, {degraded} decided by the failure policy; slowest {slowest:?} (bound {bound:?} per call)"
+    );
+    assert_eq!(
+        leased + degraded,
+        256,
+        "each decision came from the lease or the policy"
+    );
+    assert!(degraded > 0, "the lease ran out and Redis was needed");
+    // A caller waits at most for the refill ahead of it (one bound) and then its own call.
+    assert!(
+        slowest <= bound * 2 + Duration::from_millis(50),
+        "{slowest:?}"
+    );
+    proxy.heal();
+    let healed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(v) = limiter.check(&[("user", "k")]).await
+                && v.degraded.is_none()
+            {
+                return v.allowed;
+            }
+        }
+    })
+    .await
+    .expect("decided on Redis again after healing");
+    assert!(healed);
+}
+
+/// `FLUSHALL` under a leased key (Redis lost its data): the key starts afresh while the
+/// instances may still hold leased tokens, so for one lifetime at most `max_tokens` per
+/// instance can be admitted beyond the limit — the bound the docs give — and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_admits_at_most_the_leases_held_beyond_the_limit() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_flushall_admits_at_most_the_leases_held_beyond_the_limit")
+    else {
+        return;
+    };
+    // 100 per 10 s: nothing regenerates to speak of during the test; burst 100, leases of up
+    // to 8 for 50 ms take 1 token of burst: b' = 99.
+    let quota = Quota::new(n(100), Duration::from_secs(10));
+    let lease = Lease::new(n(8), Duration::from_millis(50));
+    let instances = [
+        leased_instance(&server.url(), quota, lease).await,
+        leased_instance(&server.url(), quota, lease).await,
+    ];
+    let mut admitted = 0u32;
+    for i in 0..60 {
+        admitted += u32::from(
+            instances[i % 2]
+                .check(&[("user", "f")])
+                .await
+                .unwrap()
+                .allowed,
+        );
+    }
+    server.command(&["FLUSHALL"]).unwrap();
+    let mut after = 0u32;
+    let mut failed = 0u32;
+    for i in 0..300 {
+        match instances[i % 2].check(&[("user", "f")]).await {
+            Ok(v) => after += u32::from(v.allowed),
+            Err(_) => failed += 1,
+        }
+    }
+    let extra = (admitted + after).saturating_sub(60 + 99);
+    println!(
+        "FLUSHALL: {admitted} admitted before, {after} after ({failed} errors); beyond a fresh key's 99: {extra} (bound: 2 instances × 8 tokens)"
+    );
+    assert_eq!(failed, 0);
+    assert!(extra <= 2 * 8, "{extra}");
 }

@@ -52,6 +52,14 @@ const SHARDS: usize = 16;
 /// The leases of one limit are held in a sharded table (a read lock and an atomic decrement
 /// per leased admission), at most 16,384 keys; a key beyond that is decided without a lease.
 ///
+/// When Redis is unreachable, a live lease keeps admitting (its tokens were taken before)
+/// and a refill follows the failure policy within the call bound — a caller queued behind a
+/// refill waits for it, so at most two bounds
+/// (`limiter/tests/lease.rs::a_blackholed_redis_bounds_every_leased_decision`). When Redis
+/// loses its data (a restart without persistence, `FLUSHALL`), the key starts afresh while
+/// instances may still hold leased tokens: for one lifetime, at most `max_tokens` per instance
+/// beyond the limit (`a_flushall_admits_at_most_the_leases_held_beyond_the_limit`).
+///
 /// Leases serve [`check`](crate::RateLimiter::check)s of cost 1 on requests this limit alone
 /// applies to; peeks, larger costs and requests under several limits are decided on Redis as
 /// usual (with the reduced burst). Decisions admitted from a lease say so
