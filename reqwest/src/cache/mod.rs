@@ -31,7 +31,7 @@ const BYPASS: [header::HeaderName; 6] = [
 
 /// Caches `GET` responses as HTTP says (RFC 9111 as a shared cache, RFC 5861), in a
 /// [`TieredCache`] keyed by URL — so with the cache's Redis tier every instance of a service
-/// shares one copy, and one instance's revalidation serves them all.
+/// shares one copy (`reqwest/tests/cache.rs::two_client_instances_share_an_entry_through_redis`).
 ///
 /// - **Stored:** `200` responses without `no-store`, `private`, `Set-Cookie` or `Vary: *`
 ///   (with `Authorization` on the request, only `public`, `s-maxage` or `must-revalidate`
@@ -284,24 +284,27 @@ impl Middleware for HttpCache {
         let key = req.url().as_str().to_owned();
         let mut waited = false;
         let guard = loop {
-            let stored = shared.lookup(&key, req.headers()).await;
+            let mut stored = shared.lookup(&key, req.headers()).await;
             let now = unix_ms(SystemTime::now());
-            if let Some(e) = stored.as_ref().filter(|_| !revalidate) {
-                if e.is_fresh(now)
-                    && let Some(resp) = e.to_response(req.url(), now)
-                {
-                    bump(&shared.stats.hits);
-                    if waited {
-                        bump(&shared.stats.coalesced);
-                    }
-                    return Ok(resp);
+            if !revalidate
+                && stored.as_ref().is_some_and(|e| e.is_fresh(now))
+                && let Some(resp) = stored.take().and_then(|e| e.into_response(req.url(), now))
+            {
+                bump(&shared.stats.hits);
+                if waited {
+                    bump(&shared.stats.coalesced);
                 }
-                if shared.refresh.is_some()
-                    && e.may_serve_while_revalidating(now)
-                    && let Some(resp) = e.to_response(req.url(), now)
-                {
+                return Ok(resp);
+            }
+            if shared.refresh.is_some()
+                && let Some(e) =
+                    stored.take_if(|e| !revalidate && e.may_serve_while_revalidating(now))
+            {
+                // One copy for the background refresh; the caller gets the stored one.
+                let refresh = e.clone();
+                if let Some(resp) = e.into_response(req.url(), now) {
                     bump(&shared.stats.stale_while_revalidate);
-                    spawn_refresh(shared, key, &req, e.clone());
+                    spawn_refresh(shared, key, &req, refresh);
                     return Ok(resp);
                 }
             }
@@ -366,24 +369,19 @@ where
     bump(&shared.stats.fetched);
     let result = send(req).await;
     let now = unix_ms(SystemTime::now());
-    let fallback = |shared: &Shared| {
-        let e = stored.as_ref().filter(|e| e.may_serve_on_error(now))?;
-        let resp = e.to_response(&url, now)?;
-        bump(&shared.stats.stale_if_error);
-        Some(resp)
-    };
     let resp = match result {
         Ok(resp) if resp.status().is_server_error() => {
-            return Ok(fallback(shared).unwrap_or(resp));
+            return Ok(stale_on_error(shared, stored, &url, now).unwrap_or(resp));
         }
-        Err(e) => return fallback(shared).ok_or(e),
+        Err(e) => return stale_on_error(shared, stored, &url, now).ok_or(e),
         Ok(resp) => resp,
     };
     if resp.status() == StatusCode::NOT_MODIFIED
-        && let Some(e) = stored.clone()
+        && let Some(e) = stored
     {
         let e = e.revalidated(resp.headers(), now, shared.defaults);
-        if let Some(answer) = e.to_response(&url, now) {
+        // One copy to answer with, the other stored.
+        if let Some(answer) = e.clone().into_response(&url, now) {
             shared.cache.set(key, e).await;
             // Counted once stored, so whoever reads the count finds the entry.
             bump(&shared.stats.revalidated);
@@ -391,6 +389,20 @@ where
         }
     }
     store(shared, key, resp, &request_headers, &url, now).await
+}
+
+/// `stored` in place of a failed origin, when its `stale-if-error` window allows.
+fn stale_on_error(
+    shared: &Shared,
+    stored: Option<StoredResponse>,
+    url: &Url,
+    now: u64,
+) -> Option<Response> {
+    let resp = stored
+        .filter(|e| e.may_serve_on_error(now))?
+        .into_response(url, now)?;
+    bump(&shared.stats.stale_if_error);
+    Some(resp)
 }
 
 /// Stores `resp` if HTTP allows and it fits; answers it either way.
@@ -421,7 +433,8 @@ async fn store(
         now,
         shared.defaults,
     );
-    let answer = stored.to_response(url, now);
+    // One copy to answer with, the other stored.
+    let answer = stored.clone().into_response(url, now);
     if fits && stored.worth_keeping() {
         shared.cache.set(key, stored).await;
         bump(&shared.stats.stored);

@@ -325,7 +325,11 @@ impl StoredResponse {
 
     /// The response to hand out at `now_ms` for `url`, with its `Age`; `None` when the stored
     /// status is not a valid one (bytes from Redis are not trusted).
-    pub(crate) fn to_response(&self, url: &reqwest::Url, now_ms: u64) -> Option<reqwest::Response> {
+    pub(crate) fn into_response(
+        self,
+        url: &reqwest::Url,
+        now_ms: u64,
+    ) -> Option<reqwest::Response> {
         let status = StatusCode::from_u16(self.status).ok()?;
         let mut headers = self.header_map();
         headers.insert(header::AGE, HeaderValue::from(self.age_ms(now_ms) / 1000));
@@ -333,10 +337,7 @@ impl StoredResponse {
         if let Some(h) = builder.headers_mut() {
             *h = headers;
         }
-        builder
-            .body(self.body.clone())
-            .ok()
-            .map(reqwest::Response::from)
+        builder.body(self.body).ok().map(reqwest::Response::from)
     }
 }
 
