@@ -48,13 +48,20 @@ fn op() -> impl Strategy<Value = Op> {
     })
 }
 
-/// Appends `op`'s keys and fields, as the limiter sends them (see `limit.lua`'s header).
-fn append(inv: &mut redis::ScriptInvocation<'_>, op: Op, prefix: &str) {
+/// Appends `op`'s keys and fields, as the limiter sends them (see `limit.lua`'s header): a
+/// GCRA decision right after another (`after_gcra`, updated here) leaves out the parameters
+/// they share.
+fn append(inv: &mut redis::ScriptInvocation<'_>, op: Op, prefix: &str, after_gcra: &mut bool) {
     let key = format!("{prefix}:{{u{}}}:{}", op.user, op.alg);
     inv.key(&key);
     let q = quota();
     let mode = if op.peek { "p" } else { "c" };
+    let gcra = ALGORITHMS[op.alg] == Algorithm::Gcra;
+    let shared = std::mem::replace(after_gcra, gcra);
     match ALGORITHMS[op.alg] {
+        Algorithm::Gcra if shared => {
+            inv.arg(format!("={mode}")).arg(op.cost);
+        }
         Algorithm::Gcra => {
             let t_nanos = q.emission_interval().as_nanos() as u64;
             inv.arg(format!("g{mode}"))
@@ -152,8 +159,9 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
         let c = case.fetch_add(1, Ordering::Relaxed);
         let (batch, single, expected) = rt.block_on(async {
             let mut inv = script.prepare_invoke();
+            let mut after_gcra = false;
             for op in &ops {
-                append(&mut inv, *op, &format!("b{c}"));
+                append(&mut inv, *op, &format!("b{c}"), &mut after_gcra);
             }
             let mut conn = conn.clone();
             let reply: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
@@ -167,7 +175,7 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
             let mut single = Vec::new();
             for op in &ops {
                 let mut inv = script.prepare_invoke();
-                append(&mut inv, *op, &format!("s{c}"));
+                append(&mut inv, *op, &format!("s{c}"), &mut false);
                 let v: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
                 single.push(verdict(*op, &v));
             }
@@ -181,5 +189,64 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
         "{} cases, {} decisions: every batch decided as one by one and as the memory model",
         case.load(Ordering::Relaxed),
         decisions.load(Ordering::Relaxed)
+    );
+}
+
+/// A batch reads its GCRA keys together (one `MGET`): a key of another type and a value that
+/// is not a number among them are each that decision's error alone, left untouched, and
+/// every other decision of the batch — the same key twice included — is decided.
+#[test]
+fn a_batch_with_a_wrong_type_and_a_corrupt_key_decides_the_others() {
+    let Some(server) = RedisServer::start_or_skip("a_batch_with_a_wrong_type_and_a_corrupt_key")
+    else {
+        return;
+    };
+    server.command(&["LPUSH", "w:{u}:list", "x"]).unwrap();
+    server.command(&["SET", "w:{u}:text", "abc"]).unwrap();
+    let keys = ["w:{u}:a", "w:{u}:list", "w:{u}:b", "w:{u}:text", "w:{u}:a"];
+    let script = redis::Script::new(SCRIPT);
+    let mut inv = script.prepare_invoke();
+    let mut after_gcra = false;
+    let q = quota();
+    for key in keys {
+        inv.key(key);
+        if std::mem::replace(&mut after_gcra, true) {
+            inv.arg("=c").arg(1);
+        } else {
+            inv.arg("gc")
+                .arg(1)
+                .arg(q.emission_interval().as_nanos() as u64)
+                .arg(q.burst().get());
+        }
+    }
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let reply: Vec<redis::Value> = inv.invoke(&mut conn).unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => panic!("expected an error text, got {other:?}"),
+    };
+    println!("replies: {reply:?}");
+    assert_eq!(reply.len(), 5);
+    let level = |v: &redis::Value| match v {
+        redis::Value::Int(i) => *i,
+        other => panic!("expected a verdict, got {other:?}"),
+    };
+    let t = q.emission_interval().as_micros() as i64;
+    // Admitted, one and two emission intervals of level on the key read twice.
+    assert!((level(&reply[0]) - t).abs() <= 1, "{reply:?}");
+    assert!(text(&reply[1]).contains("WRONGTYPE"), "{reply:?}");
+    assert!((level(&reply[2]) - t).abs() <= 1, "{reply:?}");
+    assert!(text(&reply[3]).contains("not a number"), "{reply:?}");
+    assert!((level(&reply[4]) - 2 * t).abs() <= 2, "{reply:?}");
+    // The bad keys are as they were; the good ones were written.
+    assert_eq!(server.command(&["TYPE", "w:{u}:list"]).unwrap(), "list");
+    assert_eq!(server.command(&["GET", "w:{u}:text"]).unwrap(), "abc");
+    assert_eq!(
+        server.command(&["EXISTS", "w:{u}:a", "w:{u}:b"]).unwrap(),
+        "2"
     );
 }

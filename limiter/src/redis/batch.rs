@@ -47,11 +47,28 @@ pub(super) enum Fields {
     },
 }
 
+/// The GCRA parameters of the call's previous top-level decision, if that was GCRA: a
+/// decision with the same ones is sent without them (`limit.lua`'s `=` ops).
+type Previous = Option<(u64, u32)>;
+
 impl Item {
     pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        self.append_after(call, &mut None)
+    }
+
+    /// Appends this decision, without its GCRA parameters when they are `previous`'s.
+    fn append_after<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
         let mut call = call.key(&self.key);
         if let Some(seq) = &self.seq {
             call = call.key(seq);
+        }
+        if let Fields::Gcra { t_nanos, burst } = self.fields {
+            if *previous == Some((t_nanos, burst)) {
+                return call.arg(same_params(self.op)).arg(self.cost);
+            }
+            *previous = Some((t_nanos, burst));
+        } else {
+            *previous = None;
         }
         let call = call.arg(self.op).arg(self.cost);
         match self.fields {
@@ -72,15 +89,34 @@ pub(super) enum Unit {
     Group(Vec<Item>),
 }
 
+/// A GCRA op sent without its parameters (see `limit.lua`).
+fn same_params(op: &'static str) -> &'static str {
+    match op {
+        "gc" => "=c",
+        "gp" => "=p",
+        _ => "=r",
+    }
+}
+
 impl Unit {
     pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        self.append_after(call, &mut None)
+    }
+
+    /// Appends this unit after others: a decision alone may leave out the GCRA parameters it
+    /// shares with the decision before it; a group's decisions always carry theirs, and the
+    /// decision after a group carries its own.
+    fn append_after<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
         match self {
-            Unit::One(item) => item.append(call),
-            Unit::Group(items) => items
-                .iter()
-                .fold(call.arg("G").arg(items.len()), |call, item| {
-                    item.append(call)
-                }),
+            Unit::One(item) => item.append_after(call, previous),
+            Unit::Group(items) => {
+                *previous = None;
+                items
+                    .iter()
+                    .fold(call.arg("G").arg(items.len()), |call, item| {
+                        item.append(call)
+                    })
+            }
         }
     }
 
@@ -198,9 +234,10 @@ impl Batcher {
         if let [item] = items {
             return Ok(vec![send_single(&self.path, item).await?]);
         }
-        let call = items
-            .iter()
-            .fold(LIMIT_SCRIPT.call(), |call, item| item.append(call));
+        let mut previous = None;
+        let call = items.iter().fold(LIMIT_SCRIPT.call(), |call, item| {
+            item.append_after(call, &mut previous)
+        });
         let replies: Vec<::redis::Value> = self.path.invoke(call).await?;
         if replies.len() != items.len() {
             return Err(StoreError::Protocol(format!(

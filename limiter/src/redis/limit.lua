@@ -7,7 +7,9 @@
 --   op: algorithm (g = GCRA, f = fixed window, s = sliding counter, l = sliding log) then
 --       mode (c = decide and consume, p = peek, r = refund);
 --   GCRA (4 fields): op, cost, emission interval T (ns, an integer), burst b (an integer);
---       the script works in us: T / 1000, capacity b * T.
+--       the script works in us: T / 1000, capacity b * T. A GCRA decision with the same T
+--       and b as the GCRA decision before it in the call may be sent as 2 fields: op with
+--       '=' for 'g' ('=c', '=p', '=r'), cost. Never inside a group, nor first after one.
 --   Others (5 fields): op, cost, limit, period (us), receipt (refunds only).
 -- A group (one request's limits, all or nothing): ARGV 'G', n, then its n decisions' fields
 -- (their keys in KEYS as usual). Each is first decided as a peek; only if every one admits
@@ -31,6 +33,26 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
+-- One GCRA decision alone, the call an idle connection sends: the general path below,
+-- step for step, without its tables.
+if #ARGV == 4 and ARGV[1] == 'gc' then
+  local key = KEYS[1]
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' then return v.err end
+  local tat = tonumber(v or 0)
+  if tat == nil then return 'floodwall: the value at ' .. key .. ' is not a number' end
+  local T = tonumber(ARGV[3]) / 1000
+  if tat < now then tat = now end
+  local new_tat = tat + tonumber(ARGV[2]) * T
+  if new_tat - now > T * tonumber(ARGV[4]) + 0.0005 then return -math.ceil(tat - now) - 1 end
+  if new_tat > now then
+    redis.call('SET', key, new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  else
+    redis.call('DEL', key)
+  end
+  return math.ceil(new_tat - now)
+end
+
 local tats = {}      -- GCRA: key -> TAT (us), as read or as the batch left it
 local counters = {}  -- fixed / sliding counter: key -> {w, c, p, ttl (ms) or false}
 local dirty = {}     -- keys to write at the end, in first-write order
@@ -38,6 +60,58 @@ local is_dirty = {}
 local replies = {}
 local nargs = #ARGV
 local k, a = 1, 1
+
+-- A batch reads its GCRA keys up front, with one MGET (and one EXISTS) per 256 keys instead
+-- of one GET per key: each command a script runs costs the server far more than the reply's
+-- bytes. MGET answers nil for a missing key and for a key of another type alike; EXISTS
+-- tells them apart by count. When every key MGET found nothing for is missing (the counts
+-- agree), those keys start empty; otherwise they are left to the decision's own GET, which
+-- reports the wrong type as that decision's error. A value that is not a number is left to
+-- the GET path too, which reports it.
+do
+  local seen, uniq = {}, {}
+  local pa, pk = 1, 1
+  while pa <= nargs do
+    local op = ARGV[pa]
+    if op == 'G' then
+      pa = pa + 2
+    else
+      local alg = string.sub(op, 1, 1)
+      if alg == 'g' or alg == '=' then
+        local key = KEYS[pk]
+        if not seen[key] then seen[key] = true; uniq[#uniq + 1] = key end
+        pk = pk + 1
+        if alg == 'g' then pa = pa + 4 else pa = pa + 2 end
+      elseif alg == 'l' then
+        pk, pa = pk + 2, pa + 5
+      else
+        pk, pa = pk + 1, pa + 5
+      end
+    end
+  end
+  if #uniq > 1 then
+    for from = 1, #uniq, 256 do
+      local to = math.min(from + 255, #uniq)
+      local vals = redis.call('MGET', unpack(uniq, from, to))
+      local found, absent = 0, {}
+      for i = from, to do
+        local v = vals[i - from + 1]
+        if v then
+          found = found + 1
+          tats[uniq[i]] = tonumber(v)
+        else
+          absent[#absent + 1] = uniq[i]
+        end
+      end
+      if #absent > 0 and redis.call('EXISTS', unpack(uniq, from, to)) == found then
+        for i = 1, #absent do tats[absent[i]] = 0 end
+      end
+    end
+  end
+end
+-- GCRA with the previous GCRA decision's T and burst: '=c', '=p', '=r' carry only op and cost.
+local same_params = {['=c'] = 'gc', ['=p'] = 'gp', ['=r'] = 'gr'}
+local last_T, last_cap = nil, nil
 -- A group being decided: decisions left in this pass, the pass (1: peeks, 2: as asked), where
 -- it starts, whether every peek admitted, its verdicts.
 local g_left, g_pass, g_a, g_k, g_all, g_out = 0, 0, 0, 0, true, nil
@@ -54,6 +128,8 @@ while a <= nargs do
   local key = KEYS[k]
   local cost = tonumber(ARGV[a + 1])
   local reply
+  local same = same_params[op]
+  if same ~= nil then op = same end
   if op == 'gc' or op == 'gp' or op == 'gr' then
     -- GCRA is the Lua twin of the Rust decision in src/gcra.rs (`Params::evaluate`), whose
     -- module docs state the formula and invariant: base = max(TAT, now);
@@ -61,9 +137,16 @@ while a <= nargs do
     -- earliest time). Only the units differ: Redis time is in microseconds, T kept
     -- fractional. Change one, change both: the test
     -- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
-    local T = tonumber(ARGV[a + 2]) / 1000
-    local cap = T * tonumber(ARGV[a + 3])
-    k, a = k + 1, a + 4
+    local T, cap
+    if same == nil then
+      T = tonumber(ARGV[a + 2]) / 1000
+      cap = T * tonumber(ARGV[a + 3])
+      last_T, last_cap = T, cap
+      k, a = k + 1, a + 4
+    else
+      T, cap = last_T, last_cap
+      k, a = k + 1, a + 2
+    end
     local tat = tats[key]
     if tat == nil then
       local v = redis.pcall('GET', key)
@@ -247,12 +330,18 @@ while a <= nargs do
   end
 end
 
+local ttl_text = {}
 for i = 1, #dirty do
   local key = dirty[i]
   local tat = tats[key]
   if tat ~= nil then
     if tat > now then
-      redis.call('SET', key, tat, 'PX', math.ceil((tat - now) / 1000) + 1)
+      -- The TTL as a string, formatted once per distinct value: a number argument is
+      -- formatted on every call.
+      local ms = math.ceil((tat - now) / 1000) + 1
+      local px = ttl_text[ms]
+      if px == nil then px = tostring(ms); ttl_text[ms] = px end
+      redis.call('SET', key, tat, 'PX', px)
     else
       redis.call('DEL', key)
     end

@@ -12,7 +12,9 @@
 //! one script call. The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
 //! same key read it once and write it once (the sliding log works on its sorted set step by
-//! step). An error about one key (a key of the wrong type) is that decision's reply alone; the
+//! step). A batch reads all its GCRA keys with one `MGET`, and a GCRA decision with the same
+//! quota as the one before it is sent without repeating it; a decision alone takes a short
+//! path that does only what the decision needs. An error about one key (a key of the wrong type) is that decision's reply alone; the
 //! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
 //! one slot's keys, so each batch is routed, like a single decision, by its slot.
 //! Waiting counts against the decision's call bound, like the call itself.
