@@ -5,8 +5,6 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-#[cfg(feature = "redis")]
-use floodwall_core::StoreError;
 use floodwall_core::SystemClock;
 
 use crate::algorithm::Receipt;
@@ -156,7 +154,7 @@ impl RateLimiter {
 
     /// The limits that apply to `descriptor`, with their keys and quotas (no allocation).
     #[allow(clippy::type_complexity)]
-    fn select<'d>(
+    pub(crate) fn select<'d>(
         &self,
         descriptor: Descriptor<'d, '_>,
         cost: u32,
@@ -193,8 +191,9 @@ impl RateLimiter {
     }
 
     /// Decides on the store. The memory store answers at once; a Redis decision (a future of
-    /// several kilobytes: batching, give-backs, insurance) is boxed, so the future `check`
-    /// returns stays small — moving it costs nothing on the memory path.
+    /// under a kilobyte for one limit, whose rarer paths are boxed further down) is boxed,
+    /// so the future `check` returns stays small — moving it costs nothing on the memory
+    /// path.
     async fn decide(
         &self,
         descriptor: Descriptor<'_, '_>,
@@ -230,69 +229,6 @@ impl RateLimiter {
         }
         let memory = &self.inner.memory;
         Ok(self.decide_memory(memory, &applicable[..count], cost, consume, None))
-    }
-
-    #[cfg(feature = "redis")]
-    async fn decide_on_redis(
-        &self,
-        redis: &crate::redis::RedisStore,
-        descriptor: Descriptor<'_, '_>,
-        cost: u32,
-        consume: bool,
-    ) -> Result<Verdict, LimitError> {
-        let (applicable, count) = self.select(descriptor, cost)?;
-        if count == 0 {
-            return Ok(Verdict::open(None));
-        }
-        let applicable = &applicable[..count];
-        let deadline = redis.deadline();
-        if let [Some((idx, key, quota))] = applicable
-            && cost == 1
-            && consume
-            && let Some(leases) = &self.inner.leases[*idx as usize]
-        {
-            return self
-                .decide_leased(redis, leases, applicable, (*idx, key, *quota), deadline)
-                .await;
-        }
-        match redis
-            .decide(&self.inner.limits, applicable, cost, consume, deadline)
-            .await
-        {
-            Ok(results) => Ok(self
-                .combine_remote(redis, applicable, results, deadline)
-                .await),
-            Err(e) => self.on_store_failure(e, applicable, cost, consume),
-        }
-    }
-
-    /// A cost-1 decision on a leased limit (see [`Lease`](crate::redis::Lease)).
-    #[cfg(feature = "redis")]
-    async fn decide_leased(
-        &self,
-        redis: &crate::redis::RedisStore,
-        leases: &crate::redis::Leases,
-        applicable: &[Option<(u32, &str, Quota)>],
-        (idx, key, quota): (u32, &str, Quota),
-        deadline: tokio::time::Instant,
-    ) -> Result<Verdict, LimitError> {
-        if leases.start_sweeping() {
-            tokio::spawn(crate::redis::sweep(Arc::downgrade(&self.inner)));
-        }
-        let limit = &self.inner.limits[idx as usize];
-        match redis
-            .decide_leased(leases, limit, key, quota, deadline)
-            .await
-        {
-            Ok((decision, leased)) => {
-                let mut acc = Accumulator::default();
-                acc.add(quota, decision, self.is_enforced(idx), limit);
-                let mut verdict = acc.finish(None);
-                verdict.leased = leased;
-                Ok(verdict)
-            }
-            Err(e) => self.on_store_failure(e, applicable, 1, true),
-        }
     }
 
     /// A cost-1 decision on the memory store, in one pass over the limits: a cost of 1 fits
@@ -360,7 +296,7 @@ impl RateLimiter {
         !(self.inner.shadow_all || self.inner.limits[idx as usize].shadow)
     }
 
-    fn decide_memory(
+    pub(crate) fn decide_memory(
         &self,
         memory: &Memory,
         applicable: &[Option<(u32, &str, Quota)>],
@@ -412,92 +348,10 @@ impl RateLimiter {
         }
         acc.finish(degraded)
     }
-
-    #[cfg(feature = "redis")]
-    async fn combine_remote(
-        &self,
-        redis: &crate::redis::RedisStore,
-        applicable: &[Option<(u32, &str, Quota)>],
-        results: Vec<(Decision, crate::redis::RemoteReceipt)>,
-        deadline: tokio::time::Instant,
-    ) -> Verdict {
-        let inner = &*self.inner;
-        self.seed_insurance(applicable, &results);
-        let mut acc = Accumulator::default();
-        for (entry, (decision, _)) in applicable.iter().zip(&results) {
-            let (idx, _, quota) = entry.expect("filled above");
-            acc.add(
-                quota,
-                *decision,
-                self.is_enforced(idx),
-                &inner.limits[idx as usize],
-            );
-        }
-        if acc.denied {
-            redis
-                .refund(&inner.limits, applicable, &results, deadline)
-                .await;
-        }
-        acc.finish(None)
-    }
-
-    /// Under the insurance policy, brings each key's insurance state to the verdict Redis just
-    /// gave: if Redis fails next, the insurance limiter starts from it — a key Redis had
-    /// exhausted is not handed a fresh quota. The insurance share's capacity minus what Redis
-    /// says remains is taken as used.
-    #[cfg(feature = "redis")]
-    fn seed_insurance(
-        &self,
-        applicable: &[Option<(u32, &str, Quota)>],
-        results: &[(Decision, crate::redis::RemoteReceipt)],
-    ) {
-        let inner = &*self.inner;
-        if !matches!(inner.policy, FailurePolicy::Insurance { .. }) {
-            return;
-        }
-        let now = inner.memory.now();
-        for (entry, (decision, _)) in applicable.iter().zip(results) {
-            let (idx, key, quota) = entry.expect("filled above");
-            let limit = &inner.limits[idx as usize];
-            let share = insurance_share(quota, inner.policy);
-            let capacity = match limit.algorithm {
-                Algorithm::Gcra => share.burst().get(),
-                _ => share.limit().get(),
-            };
-            let used = capacity.saturating_sub(decision.remaining.min(capacity));
-            inner
-                .memory
-                .seed(idx, limit.algorithm, &share, key, now, used);
-        }
-    }
-
-    #[cfg(feature = "redis")]
-    fn on_store_failure(
-        &self,
-        error: StoreError,
-        applicable: &[Option<(u32, &str, Quota)>],
-        cost: u32,
-        consume: bool,
-    ) -> Result<Verdict, LimitError> {
-        let inner = &*self.inner;
-        tracing::warn!(error = %error, policy = ?inner.policy, "rate-limit store failed");
-        crate::metrics::store_failures(inner.policy, 1);
-        match inner.policy {
-            FailurePolicy::FailOpen => Ok(Verdict::open(Some(Degraded::FailedOpen))),
-            FailurePolicy::FailClosed => Err(LimitError::Unavailable(error)),
-            FailurePolicy::Insurance { .. } => Ok(self.decide_memory(
-                &inner.memory,
-                applicable,
-                cost,
-                consume,
-                Some(Degraded::Insurance),
-            )),
-        }
-    }
 }
 
 /// `quota` divided among the instances of an insurance policy.
-fn insurance_share(quota: Quota, policy: FailurePolicy) -> Quota {
+pub(crate) fn insurance_share(quota: Quota, policy: FailurePolicy) -> Quota {
     let FailurePolicy::Insurance { instances } = policy else {
         return quota;
     };
@@ -510,14 +364,14 @@ fn insurance_share(quota: Quota, policy: FailurePolicy) -> Quota {
 /// Folds the limits' decisions into a verdict, building the binding in its final form (so
 /// nothing is reshaped at the end).
 #[derive(Default)]
-struct Accumulator {
-    denied: bool,
+pub(crate) struct Accumulator {
+    pub(crate) denied: bool,
     binding: Option<Binding>,
     shadow_denied: Option<LimitName>,
 }
 
 impl Accumulator {
-    fn add(&mut self, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
+    pub(crate) fn add(&mut self, quota: Quota, d: Decision, enforced: bool, limit: &Limit) {
         crate::metrics::decided(limit, d.allowed, !enforced);
         if !d.allowed && !enforced {
             if self.shadow_denied.is_none() {
@@ -550,7 +404,7 @@ impl Accumulator {
         }
     }
 
-    fn finish(self, degraded: Option<Degraded>) -> Verdict {
+    pub(crate) fn finish(self, degraded: Option<Degraded>) -> Verdict {
         Verdict {
             allowed: !self.denied,
             binding: self.binding,

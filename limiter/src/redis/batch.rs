@@ -135,6 +135,10 @@ pub(super) type Verdict = Result<::redis::Value, StoreError>;
 struct Waiting {
     item: Unit,
     reply: oneshot::Sender<Verdict>,
+    /// The decision's call bound: a batch carrying it is sent with no more time than is
+    /// left until then, and once it has passed the decision is answered with a timeout
+    /// instead of being sent.
+    deadline: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -200,6 +204,7 @@ impl Batcher {
                     g.queue.push(Waiting {
                         item: item.take().expect("not yet queued"),
                         reply: tx,
+                        deadline,
                     });
                     Some(rx)
                 }
@@ -212,33 +217,34 @@ impl Batcher {
                 batcher: self,
                 group,
             };
-            return self.send_one(item.expect("not queued")).await;
+            return send_single(&self.path, &item.expect("not queued"), deadline).await;
         };
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(_)) => Err(StoreError::unavailable(
+        // No timer of its own: the decision is answered by its deadline all the same. Every
+        // call in flight ends by the deadline of a decision that came before this one; then
+        // this one is sent with what is left of its bound, or answered with a timeout if
+        // nothing is (see `next_batch`).
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::unavailable(
                 "the rate-limit batch this decision waited for was abandoned",
-            )),
-            Err(_) => Err(StoreError::Timeout {
-                after: self.path.call_timeout(),
-            }),
-        }
+            ))
+        })
     }
 
-    async fn send_one(&self, item: Unit) -> Verdict {
-        send_single(&self.path, &item).await
-    }
-
-    /// One script call for `items` (at least two), all of one slot; one reply per item.
-    async fn call(&self, items: &[Unit]) -> Result<Vec<::redis::Value>, StoreError> {
+    /// One script call for `items`, all of one slot, ending by `deadline`; one reply per
+    /// item.
+    async fn call(
+        &self,
+        items: &[Unit],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<::redis::Value>, StoreError> {
         if let [item] = items {
-            return Ok(vec![send_single(&self.path, item).await?]);
+            return Ok(vec![send_single(&self.path, item, deadline).await?]);
         }
         let mut previous = None;
         let call = items.iter().fold(LIMIT_SCRIPT.call(), |call, item| {
             item.append_after(call, &mut previous)
         });
-        let replies: Vec<::redis::Value> = self.path.invoke(call).await?;
+        let replies: Vec<::redis::Value> = self.path.invoke_until(call, deadline).await?;
         if replies.len() != items.len() {
             return Err(StoreError::Protocol(format!(
                 "limit script replied {} verdicts for {} decisions",
@@ -249,14 +255,25 @@ impl Batcher {
         Ok(replies)
     }
 
-    /// The slot's call returned: takes the next batch, or marks the slot idle.
+    /// The slot's call returned: takes the next batch, or marks the slot idle. Decisions
+    /// whose callers gave up are dropped, and those whose deadline has passed are answered
+    /// with a timeout; neither is sent.
     fn next_batch(&self, group: u16) -> Vec<Waiting> {
         let mut groups = self.groups.lock().expect("not poisoned");
         let Some(g) = groups.get_mut(&group) else {
             return Vec::new();
         };
-        // Decisions whose callers gave up are not sent.
-        g.queue.retain(|w| !w.reply.is_closed());
+        let now = tokio::time::Instant::now();
+        let expired: Vec<Waiting> = g
+            .queue
+            .extract_if(.., |w| w.reply.is_closed() || w.deadline <= now)
+            .collect();
+        if !expired.is_empty() {
+            let after = self.path.call_timeout();
+            for w in expired {
+                let _ = w.reply.send(Err(StoreError::Timeout { after }));
+            }
+        }
         if g.queue.is_empty() {
             g.in_flight -= 1;
             if g.in_flight == 0 {
@@ -274,16 +291,17 @@ impl Batcher {
     /// Sends the slot's queued decisions batch after batch until the queue is empty.
     async fn drain(self: Arc<Self>, group: u16, mut batch: Vec<Waiting>) {
         while !batch.is_empty() {
+            let deadline = batch.iter().map(|w| w.deadline).min().expect("not empty");
             let (items, replies): (Vec<Unit>, Vec<oneshot::Sender<Verdict>>) =
                 batch.into_iter().map(|w| (w.item, w.reply)).unzip();
-            match self.call(&items).await {
+            match self.call(&items, deadline).await {
                 Ok(verdicts) => {
                     for ((item, reply), verdict) in items.iter().zip(replies).zip(verdicts) {
                         let verdict = if is_redirect(&verdict) {
                             // The slot is moving: this decision ran into a key that has left
                             // (it wrote nothing). Alone, its redirect is the call's own reply,
                             // which the Cluster client follows.
-                            send_single(&self.path, item).await
+                            send_single(&self.path, item, deadline).await
                         } else {
                             Ok(verdict)
                         };
@@ -312,10 +330,26 @@ fn is_redirect(v: &::redis::Value) -> bool {
 /// One decision alone: its verdict comes back bare (see `limit.lua`). A redirect the script
 /// met inside (a key of a slot being resharded, which it left untouched) is sent again, up
 /// to four times, 5, 10, 20 and 40 ms apart, while the slot moves on. The resends share the
-/// first call's bound: the whole decision ends within one `call_timeout`.
-pub(super) async fn send_single(path: &StorePath, item: &Unit) -> Verdict {
-    let bound = path.call_timeout();
-    let deadline = floodwall_core::clock::deadline_after(bound);
+/// first call's bound: the whole decision ends by `deadline` (the decision's own, at most
+/// one `call_timeout` from its start).
+///
+/// Boxed: the call's future (the connection's and the bound's state, about 2 KiB) lives on
+/// the heap only while a call is made, so every future that may make one — a decision
+/// that waits in a batch among them — stays a few hundred bytes, instead of carrying (and
+/// copying) room for it.
+pub(super) fn send_single<'a>(
+    path: &'a StorePath,
+    item: &'a Unit,
+    deadline: tokio::time::Instant,
+) -> futures::future::BoxFuture<'a, Verdict> {
+    Box::pin(send_single_unboxed(path, item, deadline))
+}
+
+async fn send_single_unboxed(
+    path: &StorePath,
+    item: &Unit,
+    deadline: tokio::time::Instant,
+) -> Verdict {
     let mut tries = 0;
     loop {
         // The first try has the whole bound; a resend has what is left of it. Either way the

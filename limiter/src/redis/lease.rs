@@ -287,6 +287,21 @@ impl RedisStore {
         if let Some((left, reset)) = leases.take(key) {
             return Ok((leased_decision(&quota, left, reset), true));
         }
+        // Boxed: the refill's future (two calls and a lock) is kilobytes, and a decision
+        // from a lease, the common case, should not carry room for it.
+        Box::pin(self.refill_lease(leases, limit, key, quota, deadline)).await
+    }
+
+    /// No token left here: refills the key's lease (one caller at a time per key), or
+    /// decides alone.
+    async fn refill_lease(
+        &self,
+        leases: &Leases,
+        limit: &Limit,
+        key: &str,
+        quota: Quota,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Decision, bool), StoreError> {
         let Some(slot) = leases.slot(key) else {
             return self.decide_alone(limit, key, quota, 1, deadline).await;
         };

@@ -17,7 +17,9 @@
 //! path that does only what the decision needs. An error about one key (a key of the wrong type) is that decision's reply alone; the
 //! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
 //! one slot's keys, so each batch is routed, like a single decision, by its slot.
-//! Waiting counts against the decision's call bound, like the call itself.
+//! Waiting counts against the decision's call bound, like the call itself: a batch is sent with
+//! what is left of its earliest decision's bound, and a decision whose bound passed while it
+//! waited is answered with a timeout instead of being sent.
 //!
 //! **Several limits, one call.** A request's limits whose keys share a slot — always on a
 //! standalone or Sentinel server; on Cluster, limits keyed by the same value, whose keys carry
@@ -66,6 +68,7 @@
 //! error about one key (a key of the wrong type) is that request's failure alone.
 
 mod batch;
+mod decide;
 mod lease;
 
 pub use lease::Lease;
@@ -262,7 +265,7 @@ impl RedisStore {
     ) -> Result<::redis::Value, StoreError> {
         match &self.batcher {
             Some(batcher) => batcher.submit(unit, deadline).await,
-            None => batch::send_single(&self.path, &unit).await,
+            None => batch::send_single(&self.path, &unit, deadline).await,
         }
     }
 
@@ -335,8 +338,35 @@ impl RedisStore {
         slots.all(|s| Some(s) == first)
     }
 
-    /// Decides every applicable limit concurrently. On any failure, whatever was consumed is
-    /// given back (best effort) and the error returned.
+    /// Decides one limit alone.
+    pub(crate) async fn decide_one(
+        &self,
+        limit: &Limit,
+        key: &str,
+        quota: Quota,
+        cost: u32,
+        consume: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Decision, RemoteReceipt), StoreError> {
+        // The item goes straight to `send` (not through `one`): each layer of future keeps its
+        // own copy of what it is handed, and this path's future is boxed per decision.
+        let mode = if consume { "c" } else { "p" };
+        let item = self.item(limit, key, quota, cost, mode, 0);
+        let fields = item.fields;
+        let verdict = self.send(Unit::One(item), deadline).await?;
+        let r = parse_verdict(verdict, fields, cost)?;
+        Ok(remote_decision(
+            limit,
+            quota,
+            &r,
+            r[0] == 1 && consume,
+            cost,
+        ))
+    }
+
+    /// Decides several limits: in one script when their keys share a slot, else
+    /// concurrently. On any failure, whatever was consumed is given back (best effort) and the
+    /// error returned.
     pub(crate) async fn decide(
         &self,
         limits: &[Limit],
@@ -347,32 +377,24 @@ impl RedisStore {
     ) -> Result<Vec<(Decision, RemoteReceipt)>, StoreError> {
         let mode = if consume { "c" } else { "p" };
         let mut grouped_denial = false;
-        let replies = if let [Some((idx, key, quota))] = applicable {
-            // One limit (the common case): no join.
-            vec![
-                self.one(&limits[*idx as usize], key, *quota, cost, mode, 0, deadline)
-                    .await,
-            ]
+        let items: Vec<Item> = applicable
+            .iter()
+            .map(|e| {
+                let (idx, key, quota) = e.expect("filled by the caller");
+                self.item(&limits[idx as usize], key, quota, cost, mode, 0)
+            })
+            .collect();
+        let replies: Vec<_> = if self.one_slot(&items) {
+            // All in one slot: one script decides them all or nothing; a denial consumed
+            // nothing, so nothing is to be given back.
+            let verdicts = self.group(items, cost, deadline).await?;
+            grouped_denial = verdicts.iter().any(|v| v[0] != 1);
+            verdicts.into_iter().map(Ok).collect()
         } else {
-            let items: Vec<Item> = applicable
-                .iter()
-                .map(|e| {
-                    let (idx, key, quota) = e.expect("filled by the caller");
-                    self.item(&limits[idx as usize], key, quota, cost, mode, 0)
-                })
-                .collect();
-            if self.one_slot(&items) {
-                // All in one slot: one script decides them all or nothing; a denial consumed
-                // nothing, so nothing is to be given back.
-                let verdicts = self.group(items, cost, deadline).await?;
-                grouped_denial = verdicts.iter().any(|v| v[0] != 1);
-                verdicts.into_iter().map(Ok).collect()
-            } else {
-                let calls = items
-                    .into_iter()
-                    .map(|item| self.send_item(item, cost, deadline));
-                futures::future::join_all(calls).await
-            }
+            let calls = items
+                .into_iter()
+                .map(|item| self.send_item(item, cost, deadline));
+            futures::future::join_all(calls).await
         };
         let mut out = Vec::with_capacity(replies.len());
         let mut failure = None;
