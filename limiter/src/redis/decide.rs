@@ -101,10 +101,13 @@ impl RateLimiter {
             tokio::spawn(super::sweep(Arc::downgrade(&self.inner)));
         }
         let limit = &self.inner.limits[idx as usize];
-        match redis
-            .decide_leased(leases, limit, key, quota, deadline)
-            .await
-        {
+        let decided = match leases.take(key) {
+            Some((left, reset)) => Ok((super::lease::leased_decision(&quota, left, reset), true)),
+            // Boxed: the refill's future (two calls and a lock) is kilobytes, and a decision
+            // from a lease, the common case, should not carry room for it.
+            None => Box::pin(redis.refill_lease(leases, limit, key, quota, deadline)).await,
+        };
+        match decided {
             Ok((decision, leased)) => {
                 let mut acc = Accumulator::default();
                 acc.add(quota, decision, self.is_enforced(idx), limit);
@@ -189,5 +192,45 @@ impl RateLimiter {
                 Some(Degraded::Insurance),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use floodwall_core::redis::{RedisConnection, StoreOptions};
+    use floodwall_testkit::RedisServer;
+
+    use crate::limiter::Store;
+    use crate::{Algorithm, Limit, Quota, RateLimiter};
+
+    /// `RateLimiter::decide` boxes a Redis decision's future once per decision: for one
+    /// limit it stays under a kilobyte (it was about 8 KB, allocated and copied each time,
+    /// before the rarer paths were boxed apart).
+    #[tokio::test]
+    async fn a_one_limit_decision_future_stays_under_a_kilobyte() {
+        let Some(server) = RedisServer::start_or_skip("a_one_limit_decision_future_stays_small")
+        else {
+            return;
+        };
+        let conn = RedisConnection::standalone(server.url())
+            .connect()
+            .await
+            .unwrap();
+        let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
+        let limiter = RateLimiter::builder()
+            .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
+            .redis(StoreOptions::new(conn))
+            .build()
+            .unwrap();
+        let Store::Redis(redis) = &limiter.inner.store else {
+            panic!("a Redis store");
+        };
+        let decision = limiter.decide_on_redis(redis, &[("user", "a")], 1, true);
+        let size = std::mem::size_of_val(&decision);
+        println!("a one-limit decision on Redis: a future of {size} bytes");
+        assert!(size <= 1024, "{size} bytes");
+        assert!(decision.await.unwrap().allowed);
     }
 }

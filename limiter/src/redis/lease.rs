@@ -190,7 +190,7 @@ impl Leases {
     /// A token from `key`'s live lease, without a round trip: the tokens left after it, and
     /// the time to the lease's reset.
     #[inline]
-    fn take(&self, key: &str) -> Option<(u32, Duration)> {
+    pub(super) fn take(&self, key: &str) -> Option<(u32, Duration)> {
         let now = self.now();
         let held = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
         let slot = held.get(key)?;
@@ -261,7 +261,7 @@ impl Leases {
 }
 
 /// A decision admitted from a lease.
-fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
+pub(super) fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
     Decision {
         allowed: true,
         limit: quota.burst().get(),
@@ -272,29 +272,11 @@ fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
 }
 
 impl RedisStore {
-    /// Decides one cost-1 request on a leased limit: from this instance's lease when it has
-    /// tokens, else by refilling the lease (one caller at a time per key), else alone. The
-    /// `bool` says whether the admission came from a lease. `quota` is the leased quota (its
-    /// burst already reduced).
-    pub(crate) async fn decide_leased(
-        &self,
-        leases: &Leases,
-        limit: &Limit,
-        key: &str,
-        quota: Quota,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Decision, bool), StoreError> {
-        if let Some((left, reset)) = leases.take(key) {
-            return Ok((leased_decision(&quota, left, reset), true));
-        }
-        // Boxed: the refill's future (two calls and a lock) is kilobytes, and a decision
-        // from a lease, the common case, should not carry room for it.
-        Box::pin(self.refill_lease(leases, limit, key, quota, deadline)).await
-    }
-
-    /// No token left here: refills the key's lease (one caller at a time per key), or
-    /// decides alone.
-    async fn refill_lease(
+    /// No token left in this instance's lease for the key: refills the lease (one caller at a
+    /// time per key) and decides from it, else decides alone. The `bool` says whether the
+    /// admission came from a lease. `quota` is the leased quota (its burst already reduced).
+    /// Taking a token from a live lease is [`Leases::take`], which the caller tries first.
+    pub(crate) async fn refill_lease(
         &self,
         leases: &Leases,
         limit: &Limit,
