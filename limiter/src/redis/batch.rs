@@ -135,9 +135,8 @@ pub(super) type Verdict = Result<::redis::Value, StoreError>;
 struct Waiting {
     item: Unit,
     reply: oneshot::Sender<Verdict>,
-    /// The decision's call bound: a batch carrying it is sent with no more time than is
-    /// left until then, and once it has passed the decision is answered with a timeout
-    /// instead of being sent.
+    /// The decision's call bound: it is answered by then — with a timeout if its batch has
+    /// not answered, and without being sent if the bound passed while it waited.
     deadline: tokio::time::Instant,
 }
 
@@ -221,8 +220,8 @@ impl Batcher {
         };
         // No timer of its own: the decision is answered by its deadline all the same. Every
         // call in flight ends by the deadline of a decision that came before this one; then
-        // this one is sent with what is left of its bound, or answered with a timeout if
-        // nothing is (see `next_batch`).
+        // this one is answered with a timeout if its bound has passed (`next_batch`), or sent
+        // in a batch that answers each decision by its own deadline (`call_within`).
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::unavailable(
                 "the rate-limit batch this decision waited for was abandoned",
@@ -291,17 +290,27 @@ impl Batcher {
     /// Sends the slot's queued decisions batch after batch until the queue is empty.
     async fn drain(self: Arc<Self>, group: u16, mut batch: Vec<Waiting>) {
         while !batch.is_empty() {
-            let deadline = batch.iter().map(|w| w.deadline).min().expect("not empty");
-            let (items, replies): (Vec<Unit>, Vec<oneshot::Sender<Verdict>>) =
-                batch.into_iter().map(|w| (w.item, w.reply)).unzip();
-            match self.call(&items, deadline).await {
+            let mut deadlines = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            let items: Vec<Unit> = batch
+                .into_iter()
+                .map(|w| {
+                    deadlines.push(w.deadline);
+                    replies.push(Some(w.reply));
+                    w.item
+                })
+                .collect();
+            match self.call_within(&items, &deadlines, &mut replies).await {
                 Ok(verdicts) => {
-                    for ((item, reply), verdict) in items.iter().zip(replies).zip(verdicts) {
+                    let answers = items.iter().zip(&deadlines).zip(replies).zip(verdicts);
+                    for (((item, deadline), reply), verdict) in answers {
+                        // A decision answered already (its deadline passed) is skipped.
+                        let Some(reply) = reply else { continue };
                         let verdict = if is_redirect(&verdict) {
                             // The slot is moving: this decision ran into a key that has left
                             // (it wrote nothing). Alone, its redirect is the call's own reply,
                             // which the Cluster client follows.
-                            send_single(&self.path, item, deadline).await
+                            send_single(&self.path, item, *deadline).await
                         } else {
                             Ok(verdict)
                         };
@@ -309,12 +318,59 @@ impl Batcher {
                     }
                 }
                 Err(e) => {
-                    for reply in replies {
+                    for reply in replies.into_iter().flatten() {
                         let _ = reply.send(Err(replicate(&e)));
                     }
                 }
             }
             batch = self.next_batch(group);
+        }
+    }
+
+    /// The batch's call, bounded by its latest decision's deadline; while it waits, each
+    /// decision whose own deadline comes is answered then with a timeout (its reply taken
+    /// from `replies`). One timer for the batch, set to the earliest deadline still waiting
+    /// and only when that is a timer tick or more before the latest.
+    async fn call_within(
+        &self,
+        items: &[Unit],
+        deadlines: &[tokio::time::Instant],
+        replies: &mut [Option<oneshot::Sender<Verdict>>],
+    ) -> Result<Vec<::redis::Value>, StoreError> {
+        const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+        let latest = deadlines
+            .iter()
+            .copied()
+            .max()
+            .expect("a batch is not empty");
+        let call = self.call(items, latest);
+        let mut call = std::pin::pin!(call);
+        loop {
+            let earliest = deadlines
+                .iter()
+                .zip(replies.iter())
+                .filter(|(_, r)| r.is_some())
+                .map(|(d, _)| *d)
+                .min()
+                .filter(|&d| d + TICK < latest);
+            let Some(at) = earliest else {
+                return call.await;
+            };
+            let timer = std::pin::pin!(tokio::time::sleep_until(at));
+            match futures::future::select(call.as_mut(), timer).await {
+                futures::future::Either::Left((result, _)) => return result,
+                futures::future::Either::Right(((), _)) => {
+                    let now = tokio::time::Instant::now();
+                    let after = self.path.call_timeout();
+                    for (d, reply) in deadlines.iter().zip(replies.iter_mut()) {
+                        if *d <= now
+                            && let Some(reply) = reply.take()
+                        {
+                            let _ = reply.send(Err(StoreError::Timeout { after }));
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -17,9 +17,9 @@
 //! path that does only what the decision needs. An error about one key (a key of the wrong type) is that decision's reply alone; the
 //! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
 //! one slot's keys, so each batch is routed, like a single decision, by its slot.
-//! Waiting counts against the decision's call bound, like the call itself: a batch is sent with
-//! what is left of its earliest decision's bound, and a decision whose bound passed while it
-//! waited is answered with a timeout instead of being sent.
+//! Waiting counts against the decision's call bound, like the call itself: every decision is
+//! answered by its own bound — with a timeout if its batch has not answered by then (one
+//! timer per batch, not per decision), unsent if the bound passed while it waited.
 //!
 //! **Several limits, one call.** A request's limits whose keys share a slot — always on a
 //! standalone or Sentinel server; on Cluster, limits keyed by the same value, whose keys carry
