@@ -7,12 +7,15 @@
 //! falls inside one (the next is in 2027, on Redis time).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use floodwall_core::ManualClock;
-use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
-use floodwall_testkit::RedisServer;
+use floodwall_core::health::{HealthGate, ManualGate};
+use floodwall_core::redis::{RedisConnection, StoreOptions};
+use floodwall_limiter::{Algorithm, Degraded, FailurePolicy, Limit, Quota, RateLimiter};
+use floodwall_testkit::{FaultProxy, RedisServer};
 use proptest::prelude::*;
 
 const SCRIPT: &str = include_str!("../src/redis/limit.lua");
@@ -249,4 +252,83 @@ fn a_batch_with_a_wrong_type_and_a_corrupt_key_decides_the_others() {
         server.command(&["EXISTS", "w:{u}:a", "w:{u}:b"]).unwrap(),
         "2"
     );
+}
+
+/// Redis blackholed, and one batch holding decisions that came 100 ms apart: each is answered
+/// by its own call bound — the early ones by the batch's timer, not held until the latest
+/// one's bound, and the late ones not cut short by the early ones' bound. (The health gate is
+/// kept shut by hand, so the batch is sent rather than refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_decision_by_its_own_bound() {
+    let Some(server) = RedisServer::start_or_skip("a_batch_answers_each_decision_by_its_own_bound")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let bound = Duration::from_millis(200);
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    let gate: Arc<dyn HealthGate> = Arc::new(ManualGate::default());
+    let limiter = RateLimiter::builder()
+        .limit(
+            Limit::new(
+                "api",
+                Algorithm::Gcra,
+                Quota::per_second(NonZeroU32::new(1000).unwrap()),
+            )
+            .keyed_by("user"),
+        )
+        .redis(
+            StoreOptions::new(conn)
+                .call_timeout(bound)
+                .health_gate(move |_: &str| gate.clone()),
+        )
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap();
+    assert!(
+        limiter
+            .check(&[("user", "warm")])
+            .await
+            .unwrap()
+            .degraded
+            .is_none()
+    );
+
+    proxy.blackhole();
+    let spawn = |group: &'static str, count: usize| {
+        (0..count)
+            .map(|i| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let v = limiter
+                        .check(&[("user", &format!("{group}-{i}"))])
+                        .await
+                        .unwrap();
+                    assert_eq!(v.degraded, Some(Degraded::FailedOpen));
+                    started.elapsed()
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    // Four calls in flight fill the slot; they end at their bound, and the decisions that
+    // queued behind them go as one batch: 16 queued at +50 ms, 16 at +150 ms.
+    let mut tasks = spawn("alone", 4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tasks.extend(spawn("early", 16));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tasks.extend(spawn("late", 16));
+    let mut took = Vec::new();
+    for t in tasks {
+        took.push(t.await.unwrap());
+    }
+    let (fastest, slowest) = (took.iter().min().unwrap(), took.iter().max().unwrap());
+    println!(
+        "36 decisions over 150 ms on a blackholed Redis, bound {bound:?}: each answered after {fastest:?} to {slowest:?}"
+    );
+    assert!(*fastest >= bound - Duration::from_millis(2), "{fastest:?}");
+    assert!(*slowest <= bound + Duration::from_millis(50), "{slowest:?}");
 }
