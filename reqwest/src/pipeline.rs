@@ -1,7 +1,9 @@
 //! [`HostPipeline`]: floodwall's whole client stack — retry, circuit breaker, bulkhead and
 //! timeouts — per host, as one middleware.
 
+use std::future::Future;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use floodwall_resilience::Pipeline;
@@ -80,7 +82,7 @@ impl HostPipeline {
     }
 }
 
-type Attempt = Result<Response, floodwall_resilience::Error<reqwest_middleware::Error>>;
+type AttemptResult = Result<Response, floodwall_resilience::Error<reqwest_middleware::Error>>;
 
 /// The retry decision inside the pipeline: [`is_retryable`](crate::is_retryable) on the
 /// request's own result, an attempt timeout retried, a rejection (breaker, bulkhead) not.
@@ -89,7 +91,7 @@ struct Retryable {
 }
 
 impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error>> for Retryable {
-    fn decide(&self, result: &Attempt) -> Decision {
+    fn decide(&self, result: &AttemptResult) -> Decision {
         if !self.repeatable {
             return Decision::Done;
         }
@@ -100,6 +102,72 @@ impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error
             Err(_) => Decision::Done,
         }
     }
+}
+
+/// The pipeline's attempts, driven here rather than through
+/// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
+/// own, borrowing this call's copy of the extensions. (A plain `fn` returning an `async`
+/// block: an `async fn` would hold its arguments twice.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice"
+)]
+fn attempts<'a>(
+    pipeline: &'a Pipeline,
+    policy: &'a Retryable,
+    mut owned: Option<Request>,
+    extensions: &'a Extensions,
+    next: Next<'a>,
+) -> impl Future<Output = AttemptResult> + Send + 'a {
+    async move {
+        let mut copy = Extensions::new();
+        let mut call = pipeline.start();
+        loop {
+            let result = 'attempt: {
+                let admitted = match call.admit().await {
+                    Ok(admitted) => admitted,
+                    Err(rejected) => break 'attempt Err(rejected),
+                };
+                match send(policy, &mut owned, extensions, &mut copy, &next) {
+                    Ok(fut) => admitted.run(fut, classify).await,
+                    Err(e) => Err(floodwall_resilience::Error::Inner(e)),
+                }
+            };
+            match call.next_delay(policy, &result) {
+                Some(delay) => {
+                    drop(result);
+                    tokio::time::sleep(delay).await;
+                }
+                None => return result,
+            }
+        }
+    }
+}
+
+/// Starts one attempt with its own copy of the request and of the extensions; a request that
+/// may not be repeated is sent as it is, once (the policy stops after it).
+fn send<'a>(
+    policy: &Retryable,
+    owned: &mut Option<Request>,
+    extensions: &Extensions,
+    copy: &'a mut Extensions,
+    next: &Next<'a>,
+) -> Result<
+    Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>,
+    reqwest_middleware::Error,
+> {
+    let request = if policy.repeatable {
+        owned.as_ref().and_then(Request::try_clone)
+    } else {
+        owned.take()
+    };
+    let request = request.ok_or_else(|| {
+        reqwest_middleware::Error::middleware(std::io::Error::other(
+            "the request could not be copied for another attempt",
+        ))
+    })?;
+    *copy = extensions.clone();
+    Ok(next.clone().run(request, copy))
 }
 
 #[async_trait::async_trait]
@@ -114,34 +182,12 @@ impl Middleware for HostPipeline {
         let policy = Retryable {
             repeatable: may_repeat(&req, self.all_methods),
         };
-        let repeatable = policy.repeatable;
-        // Each attempt gets its own copy of the request and of the extensions; a request
-        // that may not be repeated is sent as it is, once (the policy stops after it).
-        let base = extensions.clone();
-        let mut owned = Some(req);
-        let attempt = || {
-            let request = if repeatable {
-                owned.as_ref().and_then(Request::try_clone)
-            } else {
-                owned.take()
-            };
-            let (next, mut ext) = (next.clone(), base.clone());
-            async move {
-                match request {
-                    Some(r) => next.run(r, &mut ext).await,
-                    None => Err(reqwest_middleware::Error::middleware(
-                        std::io::Error::other(
-                            "the request could not be copied for another attempt",
-                        ),
-                    )),
-                }
-            }
-        };
+        // Each branch makes its own future: one held in a local would be held twice.
+        let result = pipeline
+            .bounded(attempts(&pipeline, &policy, Some(req), extensions, next))
+            .await;
         use floodwall_resilience::Error as E;
-        match pipeline
-            .call_with_classified(&policy, classify, attempt)
-            .await
-        {
+        match result {
             Ok(resp) => Ok(resp),
             Err(E::Inner(e)) => Err(e),
             Err(E::Timeout(e)) => Err(FloodwallError::TimedOut(e.after).into_middleware()),

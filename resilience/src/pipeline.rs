@@ -40,14 +40,19 @@
 //! # }
 //! ```
 
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use pin_project_lite::pin_project;
 
 use crate::Error;
 use crate::adaptive::AdaptiveLimit;
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::{CircuitBreaker, Outcome};
-use crate::retry::{Decision, Retry, RetryPolicy};
+use crate::retry::{Attempts, Decision, Retry, RetryPolicy};
 use crate::timeout::Elapsed;
 use crate::timeout::deadline::Deadline;
 
@@ -144,22 +149,26 @@ impl Pipeline {
     }
 
     /// Runs `f` (once per attempt) through the stages, retrying with [`RetryFailures`].
-    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
+    pub fn call<F, Fut, T, E>(&self, f: F) -> impl Future<Output = Result<T, Error<E>>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_with(&RetryFailures, f).await
+        self.call_with_classified(&RetryFailures, default_outcome, f)
     }
 
     /// Runs `f` through the stages, retrying as `policy` decides.
-    pub async fn call_with<P, F, Fut, T, E>(&self, policy: &P, f: F) -> Result<T, Error<E>>
+    pub fn call_with<P, F, Fut, T, E>(
+        &self,
+        policy: &P,
+        f: F,
+    ) -> impl Future<Output = Result<T, Error<E>>>
     where
         P: RetryPolicy<T, Error<E>> + ?Sized,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_with_classified(policy, default_outcome, f).await
+        self.call_with_classified(policy, default_outcome, f)
     }
 
     /// Runs `f` through the stages, retrying with [`RetryFailures`]; each attempt's result
@@ -168,85 +177,283 @@ impl Pipeline {
     /// that is a failure in disguise (an HTTP `503`) can be [`Outcome::Failure`], an `Err`
     /// that says nothing of the downstream's health [`Outcome::Ignored`]. An attempt cut by
     /// the attempt timeout is always a failure.
-    pub async fn call_classified<C, F, Fut, T, E>(&self, classify: C, f: F) -> Result<T, Error<E>>
+    pub fn call_classified<C, F, Fut, T, E>(
+        &self,
+        classify: C,
+        f: F,
+    ) -> impl Future<Output = Result<T, Error<E>>>
     where
         C: Fn(&Result<T, E>) -> Outcome,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_with_classified(&RetryFailures, classify, f).await
+        self.call_with_classified(&RetryFailures, classify, f)
     }
 
     /// [`call_with`](Self::call_with) with a classifier (see
     /// [`call_classified`](Self::call_classified)).
-    pub async fn call_with_classified<P, C, F, Fut, T, E>(
+    pub fn call_with_classified<P, C, F, Fut, T, E>(
         &self,
         policy: &P,
         classify: C,
-        mut f: F,
-    ) -> Result<T, Error<E>>
+        f: F,
+    ) -> impl Future<Output = Result<T, Error<E>>>
     where
         P: RetryPolicy<T, Error<E>> + ?Sized,
         C: Fn(&Result<T, E>) -> Outcome,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let classify = &classify;
-        let s = &self.stages;
-        let attempt = || {
-            // `f()` only builds the future; nothing runs before the stages admit it.
-            let fut = f();
-            async move {
-                let permit = match &s.breaker {
-                    Some(b) => Some(b.try_acquire().map_err(Error::CircuitOpen)?),
-                    None => None,
-                };
-                let _slot = match &s.bulkhead {
-                    Some(b) => Some(b.acquire().await.map_err(Error::BulkheadFull)?),
-                    None => None,
-                };
-                let limit_permit = match &s.limit {
-                    Some(l) => Some(l.try_acquire().map_err(Error::Limited)?),
-                    None => None,
-                };
-                let ran = match s.attempt_timeout {
-                    Some(d) => Deadline::new(fut, d).await.ok(),
-                    None => Some(fut.await),
-                };
-                let (result, outcome) = match ran {
-                    Some(r) => {
-                        let outcome = classify(&r);
-                        (r.map_err(Error::Inner), outcome)
-                    }
-                    None => {
-                        let after = s.attempt_timeout.unwrap_or_default();
-                        (Err(Error::Timeout(Elapsed { after })), Outcome::Failure)
-                    }
-                };
-                if let Some(p) = permit {
-                    p.record(outcome);
-                }
-                if let Some(p) = limit_permit {
-                    p.record(outcome);
-                }
-                result
-            }
-        };
-        let run = async {
-            match &s.retry {
-                Some(r) => r.call_with(policy, attempt).await,
-                None => {
-                    let mut attempt = attempt;
-                    attempt().await
-                }
-            }
-        };
-        match s.timeout {
-            Some(d) => match Deadline::new(run, d).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout(Elapsed { after: d })),
-            },
-            None => run.await,
+        self.bounded(self.attempts(policy, classify, f))
+    }
+
+    /// `fut` bounded by the overall [`timeout`](PipelineBuilder::timeout), if one was set
+    /// (from the first time `fut` waits): a call driven through [`start`](Self::start) gets
+    /// the same bound as [`call`](Self::call) this way.
+    pub fn bounded<F, T, E>(&self, fut: F) -> Bounded<F>
+    where
+        F: Future<Output = Result<T, Error<E>>>,
+    {
+        Bounded {
+            inner: Deadline::maybe(fut, self.stages.timeout),
         }
+    }
+
+    /// The retry loop, driven through [`start`](Self::start): one state machine, so a call
+    /// moves its futures once rather than once per stage.
+    ///
+    /// A plain `fn` returning an `async` block, here and below: an `async fn` would hold
+    /// its arguments twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would hold its arguments twice"
+    )]
+    fn attempts<P, C, F, Fut, T, E>(
+        &self,
+        policy: &P,
+        classify: C,
+        mut f: F,
+    ) -> impl Future<Output = Result<T, Error<E>>>
+    where
+        P: RetryPolicy<T, Error<E>> + ?Sized,
+        C: Fn(&Result<T, E>) -> Outcome,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        async move {
+            let mut call = self.start();
+            loop {
+                let result = 'attempt: {
+                    let admitted = match call.admit().await {
+                        Ok(admitted) => admitted,
+                        Err(rejected) => break 'attempt Err(rejected),
+                    };
+                    // The attempt's future is made only once the stages have admitted it.
+                    admitted.run(f(), &classify).await
+                };
+                match call.next_delay(policy, &result) {
+                    Some(delay) => {
+                        drop(result);
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return result,
+                }
+            }
+        }
+    }
+
+    /// Starts a call driven by the caller, for attempts a closure cannot make — an attempt
+    /// whose future borrows from the caller (a buffer, a map each attempt writes into). The
+    /// loop is [`call_with_classified`](Self::call_with_classified)'s, less the overall
+    /// [`timeout`](PipelineBuilder::timeout) (see [`overall_timeout`](Self::overall_timeout)):
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::num::NonZeroU32;
+    /// use floodwall_resilience::{Error, Pipeline};
+    /// use floodwall_resilience::circuit_breaker::Outcome;
+    /// use floodwall_resilience::pipeline::RetryFailures;
+    /// use floodwall_resilience::retry::Retry;
+    ///
+    /// async fn fill(buf: &mut Vec<u8>) -> Result<usize, &'static str> {
+    ///     buf.push(1);
+    ///     if buf.len() < 2 { Err("short") } else { Ok(buf.len()) }
+    /// }
+    ///
+    /// let pipeline = Pipeline::builder()
+    ///     .retry(Retry::builder().max_attempts(NonZeroU32::new(3).unwrap()).build())
+    ///     .build();
+    /// let mut buf = Vec::new();
+    /// let mut call = pipeline.start();
+    /// let result = loop {
+    ///     let result: Result<usize, Error<&str>> = match call.admit().await {
+    ///         Ok(admitted) => {
+    ///             admitted.run(fill(&mut buf), |r| if r.is_ok() { Outcome::Success } else { Outcome::Failure }).await
+    ///         }
+    ///         Err(rejected) => Err(rejected),
+    ///     };
+    ///     match call.next_delay(&RetryFailures, &result) {
+    ///         Some(delay) => tokio::time::sleep(delay).await,
+    ///         None => break result,
+    ///     }
+    /// };
+    /// assert_eq!(result, Ok(2));
+    /// # }
+    /// ```
+    pub fn start(&self) -> Call<'_> {
+        Call {
+            stages: &self.stages,
+            tries: self
+                .stages
+                .retry
+                .as_ref()
+                .map(|r| (r, r.start(), r.metrics_start())),
+        }
+    }
+
+    /// The deadline for a whole call, retries included, if one was set.
+    pub fn overall_timeout(&self) -> Option<Duration> {
+        self.stages.timeout
+    }
+}
+
+/// A call through a [`Pipeline`] driven by the caller (see [`Pipeline::start`]): it admits
+/// each attempt through the stages and decides whether to retry.
+#[derive(Debug)]
+pub struct Call<'p> {
+    stages: &'p PipelineBuilder,
+    tries: Option<(&'p Retry, Attempts, Option<std::time::Instant>)>,
+}
+
+impl<'p> Call<'p> {
+    /// Admits one attempt: a circuit-breaker permit, a bulkhead slot (waiting as the bulkhead
+    /// is configured) and an adaptive-limit slot, in that order; the first stage that refuses
+    /// is the error ([`Error::CircuitOpen`], [`Error::BulkheadFull`], [`Error::Limited`]).
+    pub fn admit<E>(&self) -> impl Future<Output = Result<Admitted<'p>, Error<E>>> + use<'p, E> {
+        let s = self.stages;
+        async move {
+            let permit = match &s.breaker {
+                Some(b) => Some(b.try_acquire().map_err(Error::CircuitOpen)?),
+                None => None,
+            };
+            let slot = match &s.bulkhead {
+                Some(b) => match b.take_now() {
+                    Some(p) => Some(p),
+                    // Waiting is the rare path: its future is boxed, so the common one stays small.
+                    None => Some(Box::pin(b.acquire()).await.map_err(Error::BulkheadFull)?),
+                },
+                None => None,
+            };
+            let limit = match &s.limit {
+                Some(l) => Some(l.try_acquire().map_err(Error::Limited)?),
+                None => None,
+            };
+            Ok(Admitted {
+                permit,
+                _slot: slot,
+                limit,
+                attempt_timeout: s.attempt_timeout,
+            })
+        }
+    }
+
+    /// After an attempt: `Some(delay)` to retry after `delay`, as `policy` decides within the
+    /// retry's attempts, budget and backoff; `None` to return `result` (the call's latency is
+    /// recorded then). Without a retry stage, always `None`.
+    pub fn next_delay<P, T, E>(
+        &mut self,
+        policy: &P,
+        result: &Result<T, Error<E>>,
+    ) -> Option<Duration>
+    where
+        P: RetryPolicy<T, Error<E>> + ?Sized,
+    {
+        let (retry, attempts, started) = self.tries.as_mut()?;
+        let delay = retry.next_delay(attempts, policy.decide(result));
+        if delay.is_none() {
+            retry.metrics_finish(*started);
+        }
+        delay
+    }
+}
+
+/// One admitted attempt (see [`Call::admit`]): it holds the stages' permits until
+/// [`run`](Self::run) has recorded its outcome; dropped unrun, it records nothing.
+#[derive(Debug)]
+#[must_use = "an admitted attempt holds its stages' permits until it is run"]
+pub struct Admitted<'p> {
+    permit: Option<crate::circuit_breaker::Permit<'p>>,
+    _slot: Option<crate::bulkhead::Permit<'p>>,
+    limit: Option<crate::adaptive::Permit<'p>>,
+    attempt_timeout: Option<Duration>,
+}
+
+impl Admitted<'_> {
+    /// Runs the attempt's future under the attempt timeout; its result counts for the
+    /// circuit breaker and the adaptive limit as `classify` says (an attempt cut by the
+    /// timeout is a failure).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would hold its arguments twice"
+    )]
+    pub fn run<Fut, T, E>(
+        self,
+        fut: Fut,
+        classify: impl Fn(&Result<T, E>) -> Outcome,
+    ) -> impl Future<Output = Result<T, Error<E>>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        async move {
+            let ran = Deadline::maybe(fut, self.attempt_timeout).await.ok();
+            let (result, outcome) = match ran {
+                Some(r) => {
+                    let outcome = classify(&r);
+                    (r.map_err(Error::Inner), outcome)
+                }
+                None => {
+                    let after = self.attempt_timeout.unwrap_or_default();
+                    (Err(Error::Timeout(Elapsed { after })), Outcome::Failure)
+                }
+            };
+            if let Some(p) = self.permit {
+                p.record(outcome);
+            }
+            if let Some(p) = self.limit {
+                p.record(outcome);
+            }
+            result
+        }
+    }
+}
+
+pin_project! {
+    /// A future bounded by a [`Pipeline`]'s overall timeout (see [`Pipeline::bounded`]): its
+    /// own result, or [`Error::Timeout`] once the bound has passed.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Bounded<F> {
+        #[pin]
+        inner: Deadline<F>,
+    }
+}
+
+impl<F, T, E> Future for Bounded<F>
+where
+    F: Future<Output = Result<T, Error<E>>>,
+{
+    type Output = Result<T, Error<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(elapsed)) => Poll::Ready(Err(Error::Timeout(elapsed))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F> fmt::Debug for Bounded<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bounded").finish_non_exhaustive()
     }
 }

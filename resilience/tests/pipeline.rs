@@ -175,3 +175,93 @@ fn map_inner_maps_the_calls_own_error_and_keeps_rejections() {
     assert!(matches!(mapped, Error::Timeout(e) if e.after == Duration::from_millis(5)));
     assert_eq!(t.inner(), None);
 }
+
+/// The same script through `call` and through a loop driven with `start`/`admit`/`run`/
+/// `next_delay` inside `bounded`: same results, same attempts, same time taken — a stall cut
+/// by the attempt timeout, a transient error retried, an open breaker refused — and the
+/// overall bound cuts the driven loop as it cuts `call`.
+#[tokio::test(start_paused = true)]
+async fn a_call_driven_step_by_step_behaves_as_call() {
+    use floodwall_resilience::pipeline::RetryFailures;
+    let script = || {
+        Flaky::scripted(
+            [
+                Step::ok().after(Duration::from_secs(60)),
+                Step::fail(FlakyErrorKind::Transient),
+            ],
+            Step::ok(),
+        )
+    };
+    let pipeline = |overall: u64| {
+        Pipeline::builder()
+            .timeout(Duration::from_millis(overall))
+            .retry(retry(3))
+            .circuit_breaker(breaker())
+            .bulkhead(
+                Bulkhead::builder()
+                    .max_concurrent(NonZeroUsize::new(1).unwrap())
+                    .build(),
+            )
+            .attempt_timeout(Duration::from_millis(200))
+            .build()
+    };
+    fn classify(r: &Result<u64, floodwall_testkit::FlakyError>) -> Outcome {
+        if r.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+    async fn driven(
+        p: &Pipeline,
+        downstream: &Flaky,
+    ) -> Result<u64, Error<floodwall_testkit::FlakyError>> {
+        p.bounded(async {
+            let mut call = p.start();
+            loop {
+                let result = match call.admit().await {
+                    Ok(admitted) => admitted.run(downstream.call(), classify).await,
+                    Err(rejected) => Err(rejected),
+                };
+                match call.next_delay(&RetryFailures, &result) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => break result,
+                }
+            }
+        })
+        .await
+    }
+    for overall in [5_000, 300] {
+        let (p, downstream) = (pipeline(overall), script());
+        let start = Instant::now();
+        let by_call = p.call(|| downstream.call()).await;
+        let (call_time, call_calls) = (start.elapsed(), downstream.calls());
+        let (p, downstream) = (pipeline(overall), script());
+        let start = Instant::now();
+        let by_steps = driven(&p, &downstream).await;
+        println!(
+            "overall {overall} ms: call {by_call:?} in {call_time:?} after {call_calls} calls; \
+             driven {by_steps:?} in {:?} after {} calls",
+            start.elapsed(),
+            downstream.calls()
+        );
+        assert_eq!(format!("{by_call:?}"), format!("{by_steps:?}"));
+        assert_eq!(
+            (start.elapsed(), downstream.calls()),
+            (call_time, call_calls)
+        );
+        if overall == 300 {
+            assert!(
+                matches!(by_steps, Err(Error::Timeout(e)) if e.after == Duration::from_millis(300))
+            );
+        } else {
+            assert_eq!(by_steps.unwrap(), 3);
+        }
+    }
+    // An open breaker refuses at `admit`, before the attempt is made.
+    let b = breaker();
+    b.force_open();
+    let p = Pipeline::builder().circuit_breaker(b).build();
+    let admitted = p.start().admit::<()>().await;
+    assert!(matches!(admitted, Err(Error::CircuitOpen(_))));
+}

@@ -334,6 +334,14 @@ impl Bulkhead {
         }
     }
 
+    /// Takes a slot if one is free now; `None` (nothing recorded) when the caller should
+    /// wait with [`acquire`](Self::acquire).
+    #[inline]
+    pub(crate) fn take_now(&self) -> Option<Permit<'_>> {
+        // `then`, not `then_some`: a permit made and dropped would give back a slot never taken.
+        self.inner.try_take().then(|| Permit { inner: &self.inner })
+    }
+
     /// Takes a slot, waiting as configured.
     pub async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
         if !self.inner.try_take() {

@@ -405,18 +405,30 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut attempts = self.start();
-        let started = self.inner.metrics.start();
+        let started = self.metrics_start();
         loop {
             let result = f().await;
             let decision = policy.decide(&result);
             match self.next_delay(&mut attempts, decision) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
-                    self.inner.metrics.finish(started);
+                    self.metrics_finish(started);
                     return (result, decision, attempts.made);
                 }
             }
         }
+    }
+
+    /// Starts a call's latency measurement (a clock read only when metrics are recorded).
+    #[inline]
+    pub(crate) fn metrics_start(&self) -> Option<std::time::Instant> {
+        self.inner.metrics.start()
+    }
+
+    /// Records the latency of a call started at `started`.
+    #[inline]
+    pub(crate) fn metrics_finish(&self, started: Option<std::time::Instant>) {
+        self.inner.metrics.finish(started);
     }
 
     /// Starts a call: deposits in the budget.

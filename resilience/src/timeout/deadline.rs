@@ -20,12 +20,17 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
-        after: Duration,
+        after: Option<Duration>,
     }
 }
 
 impl<F> Deadline<F> {
     pub(crate) fn new(inner: F, after: Duration) -> Self {
+        Self::maybe(inner, Some(after))
+    }
+
+    /// `inner` bounded by `after` if given, else `inner` as it is.
+    pub(crate) fn maybe(inner: F, after: Option<Duration>) -> Self {
         Deadline {
             inner,
             sleep: None,
@@ -42,11 +47,14 @@ impl<F: Future> Future for Deadline<F> {
         if let Poll::Ready(v) = this.inner.poll(cx) {
             return Poll::Ready(Ok(v));
         }
+        let Some(after) = *this.after else {
+            return Poll::Pending;
+        };
         if this.sleep.as_ref().as_pin_ref().is_none() {
-            this.sleep.set(Some(tokio::time::sleep(*this.after)));
+            this.sleep.set(Some(tokio::time::sleep(after)));
         }
         match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed { after: *this.after })),
+            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed { after })),
             _ => Poll::Pending,
         }
     }
