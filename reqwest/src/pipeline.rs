@@ -1,15 +1,20 @@
 //! [`HostPipeline`]: floodwall's whole client stack — retry, circuit breaker, bulkhead and
 //! timeouts — per host, as one middleware.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 
 use floodwall_resilience::Pipeline;
+use floodwall_resilience::pipeline::Bounded;
 use floodwall_resilience::registry::Registry;
 use floodwall_resilience::retry::{Decision, RetryPolicy};
 use http::Extensions;
+use pin_project_lite::pin_project;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
@@ -29,6 +34,11 @@ use crate::retry::{error_decision, may_repeat, response_decision};
 /// [`all_methods`](Self::all_methods)), same breaker outcomes — as one middleware: one host
 /// lookup and one boxed future per request instead of four, and one copy of the request per
 /// attempt.
+///
+/// Each thread keeps its last host's pipeline, so a run of requests to one host skips the
+/// registry; the cached pipeline is dropped as soon as any key is removed from the registry
+/// or evicted, and a busy host is looked up in the registry every 64 requests, which keeps
+/// it recent in the registry's least-recently-used order.
 ///
 /// ```no_run
 /// use std::num::{NonZeroU32, NonZeroUsize};
@@ -55,6 +65,26 @@ use crate::retry::{error_decision, may_repeat, response_decision};
 pub struct HostPipeline {
     pipelines: Registry<Arc<Pipeline>>,
     all_methods: bool,
+    /// Tells this registry's entries apart in the per-thread cache (clones share it).
+    id: u64,
+}
+
+/// Lookups a thread serves from its cache of the last host before asking the registry
+/// again, which keeps a busy host recent in the registry's least-recently-used order.
+const REFRESH_EVERY: u32 = 64;
+
+/// A thread's last host and its pipeline: most clients send run after run to one host, and
+/// this answers those without hashing the host or touching the registry's locks.
+struct LastHost {
+    owner: u64,
+    generation: u64,
+    uses: u32,
+    key: Box<str>,
+    pipeline: Arc<Pipeline>,
+}
+
+thread_local! {
+    static LAST_HOST: RefCell<Option<LastHost>> = const { RefCell::new(None) };
 }
 
 impl HostPipeline {
@@ -64,10 +94,52 @@ impl HostPipeline {
         max_hosts: NonZeroUsize,
         make: impl Fn(&str) -> Pipeline + Send + Sync + 'static,
     ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         HostPipeline {
             pipelines: Registry::new(max_hosts, move |host| Arc::new(make(host))),
             all_methods: false,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// `host`'s pipeline: from this thread's cache of the last host when it is this
+    /// registry's, for this host, and no key has been removed or evicted since (see
+    /// [`Registry::generation`]); else from the registry, refreshing the cache.
+    fn pipeline(&self, host: &str) -> Arc<Pipeline> {
+        let generation = self.pipelines.generation();
+        let cached = LAST_HOST.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return self.pipelines.get(host);
+            };
+            if let Some(l) = last.as_mut()
+                && l.owner == self.id
+                && l.generation == generation
+                && *l.key == *host
+                && l.uses < REFRESH_EVERY
+            {
+                l.uses += 1;
+                return l.pipeline.clone();
+            }
+            let pipeline = self.pipelines.get(host);
+            match last.as_mut() {
+                Some(l) if l.owner == self.id && *l.key == *host => {
+                    (l.generation, l.uses) = (generation, 0);
+                    l.pipeline = pipeline.clone();
+                }
+                _ => {
+                    *last = Some(LastHost {
+                        owner: self.id,
+                        generation,
+                        uses: 0,
+                        key: host.into(),
+                        pipeline: pipeline.clone(),
+                    });
+                }
+            }
+            pipeline
+        });
+        // A thread being torn down has no cache left: ask the registry.
+        cached.unwrap_or_else(|_| self.pipelines.get(host))
     }
 
     /// Retries every method, keyed or not — for APIs that deduplicate by other means.
@@ -76,7 +148,8 @@ impl HostPipeline {
         self
     }
 
-    /// The per-host pipelines, e.g. to look at a host's breaker.
+    /// The per-host pipelines, e.g. to look at a host's breaker. A key removed here gets a
+    /// fresh pipeline at its next request, on every thread.
     pub fn registry(&self) -> &Registry<Arc<Pipeline>> {
         &self.pipelines
     }
@@ -108,38 +181,46 @@ impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error
 /// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
 /// own, borrowing this call's copy of the extensions. (A plain `fn` returning an `async`
 /// block: an `async fn` would hold its arguments twice.)
+/// The pipeline's attempts, driven here rather than through
+/// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
+/// own, borrowing this call's copy of the extensions. It owns everything it uses — the
+/// request moved in once, the host's pipeline — so the middleware boxes this one state
+/// machine and nothing nested.
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its arguments twice"
 )]
 fn attempts<'a>(
-    pipeline: &'a Pipeline,
-    policy: &'a Retryable,
+    pipeline: Arc<Pipeline>,
+    repeatable: bool,
     mut owned: Option<Request>,
     extensions: &'a Extensions,
     next: Next<'a>,
 ) -> impl Future<Output = AttemptResult> + Send + 'a {
     async move {
+        let policy = Retryable { repeatable };
         let mut copy = Extensions::new();
         let mut call = pipeline.start();
         loop {
-            let result = 'attempt: {
-                let admitted = match call.admit().await {
-                    Ok(admitted) => admitted,
-                    Err(rejected) => break 'attempt Err(rejected),
+            // The result lives in this block only, so the backoff's wait does not hold it.
+            let delay = {
+                let result = 'attempt: {
+                    let admitted = match call.admit().await {
+                        Ok(admitted) => admitted,
+                        Err(rejected) => break 'attempt Err(rejected),
+                    };
+                    let fut = match send(&policy, &mut owned, extensions, &mut copy, &next) {
+                        Ok(fut) => fut,
+                        Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
+                    };
+                    admitted.run(fut, classify).await
                 };
-                match send(policy, &mut owned, extensions, &mut copy, &next) {
-                    Ok(fut) => admitted.run(fut, classify).await,
-                    Err(e) => Err(floodwall_resilience::Error::Inner(e)),
+                match call.next_delay(&policy, &result) {
+                    Some(delay) => delay,
+                    None => return result,
                 }
             };
-            match call.next_delay(policy, &result) {
-                Some(delay) => {
-                    drop(result);
-                    tokio::time::sleep(delay).await;
-                }
-                None => return result,
-            }
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -152,10 +233,7 @@ fn send<'a>(
     extensions: &Extensions,
     copy: &'a mut Extensions,
     next: &Next<'a>,
-) -> Result<
-    Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>,
-    reqwest_middleware::Error,
-> {
+) -> Result<Boxed<'a>, reqwest_middleware::Error> {
     let request = if policy.repeatable {
         owned.as_ref().and_then(Request::try_clone)
     } else {
@@ -170,30 +248,55 @@ fn send<'a>(
     Ok(next.clone().run(request, copy))
 }
 
-#[async_trait::async_trait]
+type Boxed<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
+
+/// `Middleware::handle` written out (the trait is an `async_trait`): the host's pipeline is
+/// looked up before the future is made, and the future boxed is the attempts' own, bounded
+/// by the overall timeout — one state machine, not the three an `async fn` here would nest.
 impl Middleware for HostPipeline {
-    async fn handle(
-        &self,
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
         req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let pipeline = with_host_key(&req, |host| self.pipelines.get(host));
-        let policy = Retryable {
-            repeatable: may_repeat(&req, self.all_methods),
-        };
-        // Each branch makes its own future: one held in a local would be held twice.
-        let result = pipeline
-            .bounded(attempts(&pipeline, &policy, Some(req), extensions, next))
-            .await;
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Boxed<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        let pipeline = with_host_key(&req, |host| self.pipeline(host));
+        let repeatable = may_repeat(&req, self.all_methods);
+        let bound = pipeline.overall_timeout();
+        let run = attempts(pipeline, repeatable, Some(req), extensions, next);
+        Box::pin(ToMiddleware {
+            inner: Bounded::new(run, bound),
+        })
+    }
+}
+
+pin_project! {
+    /// A pipeline's result as reqwest-middleware's.
+    struct ToMiddleware<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
+    type Output = reqwest_middleware::Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         use floodwall_resilience::Error as E;
-        match result {
+        let result = ready!(self.project().inner.poll(cx));
+        Poll::Ready(match result {
             Ok(resp) => Ok(resp),
             Err(E::Inner(e)) => Err(e),
             Err(E::Timeout(e)) => Err(FloodwallError::TimedOut(e.after).into_middleware()),
             Err(E::CircuitOpen(r)) => Err(FloodwallError::CircuitOpen(r).into_middleware()),
             Err(E::BulkheadFull(r)) => Err(FloodwallError::BulkheadFull(r).into_middleware()),
             Err(other) => Err(reqwest_middleware::Error::middleware(other)),
-        }
+        })
     }
 }

@@ -143,3 +143,79 @@ async fn a_dead_hosts_pipeline_sheds_it_while_another_host_answers() {
     assert_eq!(live_status, 200);
     assert_eq!(registry.len(), 2, "one pipeline per host");
 }
+
+/// Sends `GET url` through `client`: whether it was shed by an open breaker.
+async fn shed(client: &reqwest_middleware::ClientWithMiddleware, url: &str) -> bool {
+    match client.get(url).send().await {
+        Err(reqwest_middleware::Error::Middleware(e)) => matches!(
+            e.downcast_ref::<FloodwallError>(),
+            Some(FloodwallError::CircuitOpen(_))
+        ),
+        other => {
+            assert_eq!(other.unwrap().status(), 503);
+            false
+        }
+    }
+}
+
+/// The per-thread cache of the last host's pipeline (one thread here, so every request
+/// after the first would be served from it) never outlives the registry's entry: a removed
+/// host, an evicted host and another `HostPipeline` for the same host each get their own,
+/// fresh pipeline — seen as a closed breaker that lets the request reach the host again.
+#[tokio::test(flavor = "current_thread")]
+async fn the_last_hosts_pipeline_is_never_served_after_its_entry_is_gone() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let dead = serve(dead_host(calls.clone())).await;
+    let other = serve(live_host()).await;
+    let reached = || calls.swap(0, Ordering::SeqCst);
+    let one_host = HostPipeline::new(NonZeroUsize::new(1).unwrap(), |host| {
+        pipelines(4).registry().get(host).as_ref().clone()
+    });
+    let (a, b) = (pipelines(4), one_host);
+    let (reg_a, reg_b) = (a.registry().clone(), b.registry().clone());
+    let client_a = ClientBuilder::new(reqwest::Client::new()).with(a).build();
+    let client_b = ClientBuilder::new(reqwest::Client::new()).with(b).build();
+    let key = floodwall_reqwest::host_key(&client_a.get(&dead).build().unwrap());
+
+    // Open `a`'s breaker for the dead host: its 4-call window fills (the first request's 3
+    // attempts and one more), then calls are shed without reaching it.
+    let mut opened = 0;
+    for _ in 0..6 {
+        opened += usize::from(shed(&client_a, &dead).await);
+    }
+    assert_eq!((reached(), opened), (4, 5));
+    // Another `HostPipeline` on this thread has its own pipeline for the host.
+    assert!(!shed(&client_b, &dead).await, "b's breaker is its own");
+    assert!(reached() > 0);
+    // Removed from `a`'s registry: the next request gets a fresh pipeline.
+    assert!(
+        shed(&client_a, &dead).await,
+        "still open before the removal"
+    );
+    assert_eq!(reached(), 0);
+    assert!(reg_a.remove(&key));
+    assert!(
+        !shed(&client_a, &dead).await,
+        "a fresh pipeline after the removal"
+    );
+    assert!(reached() > 0);
+    // Evicted from `b`'s one-host registry by another host: fresh again afterwards.
+    for _ in 0..6 {
+        shed(&client_b, &dead).await;
+    }
+    reached();
+    assert!(shed(&client_b, &dead).await, "b's breaker is open now");
+    assert_eq!(reached(), 0);
+    assert_eq!(client_b.get(&other).send().await.unwrap().status(), 200);
+    assert_eq!(reg_b.keys().len(), 1, "the other host evicted the dead one");
+    assert!(
+        !shed(&client_b, &dead).await,
+        "a fresh pipeline after the eviction"
+    );
+    assert!(reached() > 0);
+    println!(
+        "a: {} pipelines, b: {} (the one-host registry), after removal and eviction",
+        reg_a.len(),
+        reg_b.len()
+    );
+}

@@ -214,9 +214,7 @@ impl Pipeline {
     where
         F: Future<Output = Result<T, Error<E>>>,
     {
-        Bounded {
-            inner: Deadline::maybe(fut, self.stages.timeout),
-        }
+        Bounded::new(fut, self.stages.timeout)
     }
 
     /// The retry loop, driven through [`start`](Self::start): one state machine, so a call
@@ -243,21 +241,22 @@ impl Pipeline {
         async move {
             let mut call = self.start();
             loop {
-                let result = 'attempt: {
-                    let admitted = match call.admit().await {
-                        Ok(admitted) => admitted,
-                        Err(rejected) => break 'attempt Err(rejected),
+                // The result lives in this block only, so the backoff's wait does not hold it.
+                let delay = {
+                    let result = 'attempt: {
+                        let admitted = match call.admit().await {
+                            Ok(admitted) => admitted,
+                            Err(rejected) => break 'attempt Err(rejected),
+                        };
+                        // The attempt's future is made only once the stages have admitted it.
+                        admitted.run(f(), &classify).await
                     };
-                    // The attempt's future is made only once the stages have admitted it.
-                    admitted.run(f(), &classify).await
-                };
-                match call.next_delay(policy, &result) {
-                    Some(delay) => {
-                        drop(result);
-                        tokio::time::sleep(delay).await;
+                    match call.next_delay(policy, &result) {
+                        Some(delay) => delay,
+                        None => return result,
                     }
-                    None => return result,
-                }
+                };
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -434,6 +433,16 @@ pin_project! {
     pub struct Bounded<F> {
         #[pin]
         inner: Deadline<F>,
+    }
+}
+
+impl<F> Bounded<F> {
+    /// `fut` bounded by `after` if given (from the first time `fut` waits), else `fut` as it
+    /// is — what [`Pipeline::bounded`] makes with the pipeline's overall timeout.
+    pub fn new(fut: F, after: Option<Duration>) -> Self {
+        Bounded {
+            inner: Deadline::maybe(fut, after),
+        }
     }
 }
 

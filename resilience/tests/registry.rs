@@ -230,3 +230,29 @@ fn a_small_registry_holds_all_its_keys_and_evicts_the_least_recently_used() {
         "the least recently used went"
     );
 }
+
+/// `generation` moves when a key is removed or evicted, and not when one is made or read:
+/// what a cache kept outside the registry checks before serving a value it copied.
+#[test]
+fn the_generation_moves_on_removal_and_eviction_only() {
+    let r = Registry::new(NonZeroUsize::new(2).unwrap(), |k: &str| k.len());
+    let g0 = r.generation();
+    r.get("a");
+    r.get("bb");
+    r.get("a");
+    assert_eq!(r.generation(), g0, "making and reading keys leaves it");
+    assert!(!r.remove("zz"));
+    assert_eq!(r.generation(), g0, "removing an absent key leaves it");
+    assert!(r.remove("a"));
+    let g1 = r.generation();
+    assert_ne!(g1, g0, "a removal moves it");
+    r.get("a");
+    assert_eq!(r.generation(), g1);
+    r.get("ccc");
+    let g2 = r.generation();
+    assert_ne!(g2, g1, "an eviction moves it");
+    println!(
+        "generations: {g0} -> {g1} (removal) -> {g2} (eviction); keys {:?}",
+        r.keys()
+    );
+}

@@ -79,6 +79,8 @@ struct Inner<V> {
     per_shard: usize,
     make: Box<dyn Fn(&str) -> V + Send + Sync>,
     clock: AtomicU64,
+    /// Bumped whenever a key is removed or evicted (see [`Registry::generation`]).
+    generation: AtomicU64,
     hasher: RandomState,
 }
 
@@ -140,7 +142,19 @@ impl<V> Registry<V> {
     /// Forgets `key`: its next use makes a fresh value. Returns whether it was held.
     pub fn remove(&self, key: &str) -> bool {
         let mut shard = self.shard(key).write().unwrap_or_else(|e| e.into_inner());
-        shard.remove(key).is_some()
+        let held = shard.remove(key).is_some();
+        if held {
+            self.inner.generation.fetch_add(1, Ordering::Release);
+        }
+        held
+    }
+
+    /// A number that changes whenever a key is removed or evicted, and only then: a value
+    /// kept outside the registry (a per-thread cache of the last key used) is still the
+    /// key's value while the generation it was read under is current.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     fn shard(&self, key: &str) -> &Shard<V> {
@@ -163,6 +177,7 @@ impl<V: Clone> Registry<V> {
                 per_shard: max_entries.get().div_ceil(shards),
                 make: Box::new(make),
                 clock: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
                 hasher: RandomState::new(),
             }),
         }
@@ -211,6 +226,7 @@ impl<V: Clone> Registry<V> {
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 held.remove(&k);
+                self.inner.generation.fetch_add(1, Ordering::Release);
             }
         }
         let value = (self.inner.make)(key);
