@@ -79,7 +79,8 @@ struct LastHost {
     owner: u64,
     generation: u64,
     uses: u32,
-    key: Box<str>,
+    host: Box<str>,
+    port: Option<u16>,
     pipeline: Arc<Pipeline>,
 }
 
@@ -102,27 +103,32 @@ impl HostPipeline {
         }
     }
 
-    /// `host`'s pipeline: from this thread's cache of the last host when it is this
-    /// registry's, for this host, and no key has been removed or evicted since (see
-    /// [`Registry::generation`]); else from the registry, refreshing the cache.
-    fn pipeline(&self, host: &str) -> Arc<Pipeline> {
+    /// The pipeline of `req`'s host: from this thread's cache of the last host when it is
+    /// this registry's, for this host and port, and no key has been removed or evicted since
+    /// (see [`Registry::generation`]); else from the registry (the host key is built only
+    /// then), refreshing the cache.
+    fn pipeline(&self, req: &Request) -> Arc<Pipeline> {
+        let url = req.url();
+        let (host, port) = (url.host_str().unwrap_or(""), url.port_or_known_default());
         let generation = self.pipelines.generation();
+        let lookup = || with_host_key(req, |key| self.pipelines.get(key));
         let cached = LAST_HOST.try_with(|last| {
             let Ok(mut last) = last.try_borrow_mut() else {
-                return self.pipelines.get(host);
+                return lookup();
             };
             if let Some(l) = last.as_mut()
                 && l.owner == self.id
                 && l.generation == generation
-                && *l.key == *host
+                && l.port == port
+                && *l.host == *host
                 && l.uses < REFRESH_EVERY
             {
                 l.uses += 1;
                 return l.pipeline.clone();
             }
-            let pipeline = self.pipelines.get(host);
+            let pipeline = lookup();
             match last.as_mut() {
-                Some(l) if l.owner == self.id && *l.key == *host => {
+                Some(l) if l.owner == self.id && l.port == port && *l.host == *host => {
                     (l.generation, l.uses) = (generation, 0);
                     l.pipeline = pipeline.clone();
                 }
@@ -131,7 +137,8 @@ impl HostPipeline {
                         owner: self.id,
                         generation,
                         uses: 0,
-                        key: host.into(),
+                        host: host.into(),
+                        port,
                         pipeline: pipeline.clone(),
                     });
                 }
@@ -139,7 +146,7 @@ impl HostPipeline {
             pipeline
         });
         // A thread being torn down has no cache left: ask the registry.
-        cached.unwrap_or_else(|_| self.pipelines.get(host))
+        cached.unwrap_or_else(|_| lookup())
     }
 
     /// Retries every method, keyed or not — for APIs that deduplicate by other means.
@@ -266,7 +273,7 @@ impl Middleware for HostPipeline {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        let pipeline = with_host_key(&req, |host| self.pipeline(host));
+        let pipeline = self.pipeline(&req);
         let repeatable = may_repeat(&req, self.all_methods);
         let bound = pipeline.overall_timeout();
         let run = attempts(pipeline, repeatable, Some(req), extensions, next);
