@@ -1,6 +1,6 @@
 //! A `GET` through reqwest-middleware: floodwall's stack beside reqwest-retry, same run.
 //!
-//! Three clients send the same `GET`:
+//! Six clients send the same `GET`:
 //! - `bare`: a `ClientWithMiddleware` with no middleware (the baseline);
 //! - `reqwest-retry`: reqwest-retry's `RetryTransientMiddleware` (exponential backoff, 2
 //!   retries) alone;
@@ -10,7 +10,9 @@
 //!   attempts, exponential backoff), a circuit breaker, a bulkhead (32) and an attempt
 //!   timeout (2 s) — one middleware;
 //! - `floodwall-stack`: the same four stages as four middlewares: `Retry`, `HostBreaker`,
-//!   `HostBulkhead`, `Timeout`.
+//!   `HostBulkhead`, `Timeout`;
+//! - `floodwall-pipeline-untimed`: `floodwall-pipeline` without its attempt timeout — what
+//!   the timeout's timer costs once a request waits.
 //!
 //! Two scenarios:
 //! - `reqwest/local_get`: to an axum server on loopback (on its own runtime thread);
@@ -53,7 +55,7 @@ impl Middleware for Canned {
     }
 }
 
-/// The three clients, each ending in `Canned` when `canned`.
+/// The six clients, each ending in `Canned` when `canned`.
 fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
     let plain = reqwest::Client::new();
     let end = |b: ClientBuilder| {
@@ -85,24 +87,27 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
     };
     let hosts = NonZeroUsize::new(1000).unwrap();
     let per_host = NonZeroUsize::new(32).unwrap();
-    let pipeline = end(ClientBuilder::new(plain.clone()).with(HostPipeline::new(
-        hosts,
-        move |host| {
-            Pipeline::builder()
-                .retry(retry())
-                .circuit_breaker(breaker(host))
-                .bulkhead(
-                    Bulkhead::builder()
-                        .name(format!("host:{host}"))
-                        .max_concurrent(per_host)
-                        .build(),
-                )
-                .attempt_timeout(Duration::from_secs(2))
-                .build()
-        },
-    )));
+    let pipeline = |timed: bool| {
+        end(
+            ClientBuilder::new(plain.clone()).with(HostPipeline::new(hosts, move |host| {
+                let stages = Pipeline::builder()
+                    .retry(retry())
+                    .circuit_breaker(breaker(host))
+                    .bulkhead(
+                        Bulkhead::builder()
+                            .name(format!("host:{host}"))
+                            .max_concurrent(per_host)
+                            .build(),
+                    );
+                match timed {
+                    true => stages.attempt_timeout(Duration::from_secs(2)).build(),
+                    false => stages.build(),
+                }
+            })),
+        )
+    };
     let retry_only = end(ClientBuilder::new(plain.clone()).with(Retry::new(retry())));
-    let stack = end(ClientBuilder::new(plain)
+    let stack = end(ClientBuilder::new(plain.clone())
         .with(Retry::new(retry()))
         .with(HostBreaker::new(hosts, breaker))
         .with(HostBulkhead::per_host(hosts, per_host))
@@ -111,8 +116,9 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
         ("bare", bare),
         ("reqwest-retry", peer),
         ("floodwall-retry", retry_only),
-        ("floodwall-pipeline", pipeline),
+        ("floodwall-pipeline", pipeline(true)),
         ("floodwall-stack", stack),
+        ("floodwall-pipeline-untimed", pipeline(false)),
     ]
 }
 
@@ -206,7 +212,7 @@ fn reqwest_stacks(c: &mut Criterion) {
     for (scenario, clients) in &scenarios {
         let (per_round, rounds) = match (full, *scenario) {
             (false, _) => (50, 1),
-            (true, "local_get") => (20, 3_000),
+            (true, "local_get") => (20, 4_000),
             (true, _) => (2_000, 400),
         };
         let times = alternate(&rt, clients, &url, per_round, rounds);
@@ -227,14 +233,16 @@ fn reqwest_stacks(c: &mut Criterion) {
         eprintln!(
             "{scenario}: added per request: reqwest-retry {:.0} ns; floodwall-retry {:.0} ns \
              ({:.2}x reqwest-retry's), floodwall-pipeline {:.0} ns ({:.2}x), floodwall-stack \
-             {:.0} ns ({:.2}x)",
+             {:.0} ns ({:.2}x), floodwall-pipeline-untimed {:.0} ns ({:.2}x)",
             added[1],
             added[2],
             vs(2),
             added[3],
             vs(3),
             added[4],
-            vs(4)
+            vs(4),
+            added[5],
+            vs(5)
         );
     }
 }
