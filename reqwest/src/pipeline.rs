@@ -186,13 +186,10 @@ impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error
 
 /// The pipeline's attempts, driven here rather than through
 /// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
-/// own, borrowing this call's copy of the extensions. (A plain `fn` returning an `async`
-/// block: an `async fn` would hold its arguments twice.)
-/// The pipeline's attempts, driven here rather than through
-/// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
 /// own, borrowing this call's copy of the extensions. It owns everything it uses — the
 /// request moved in once, the host's pipeline — so the middleware boxes this one state
-/// machine and nothing nested.
+/// machine and nothing nested. (A plain `fn` returning an `async` block: an `async fn` would
+/// hold its arguments twice.)
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its arguments twice"

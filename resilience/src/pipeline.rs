@@ -148,7 +148,8 @@ impl Pipeline {
         PipelineBuilder::default()
     }
 
-    /// Runs `f` (once per attempt) through the stages, retrying with [`RetryFailures`].
+    /// Runs `f` through the stages, retrying with [`RetryFailures`]; `f` makes each attempt's
+    /// future once the stages have admitted the attempt (a refused attempt does not call it).
     pub fn call<F, Fut, T, E>(&self, f: F) -> impl Future<Output = Result<T, Error<E>>>
     where
         F: FnMut() -> Fut,
@@ -377,7 +378,8 @@ impl<'p> Call<'p> {
 }
 
 /// One admitted attempt (see [`Call::admit`]): it holds the stages' permits until
-/// [`run`](Self::run) has recorded its outcome; dropped unrun, it records nothing.
+/// [`run`](Self::run) has recorded its outcome; dropped unrun, it gives its slots back and
+/// its breaker permit counts as [`Outcome::Ignored`].
 #[derive(Debug)]
 #[must_use = "an admitted attempt holds its stages' permits until it is run"]
 pub struct Admitted<'p> {
