@@ -9,20 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use floodwall_core::redis::{RedisConnection, StoreOptions};
+use floodwall_core::redis::StoreOptions;
 use floodwall_limiter::redis::Lease;
 use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
 use floodwall_testkit::RedisServer;
+
+mod common;
+use common::standalone;
 
 fn n(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap()
 }
 
 async fn leased_instance(url: &str, quota: Quota, lease: Lease) -> RateLimiter {
-    let conn = RedisConnection::standalone(url.to_owned())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(url).await;
     RateLimiter::builder()
         .limit(
             Limit::new("hot", Algorithm::Gcra, quota)
@@ -255,10 +255,7 @@ async fn what_cannot_be_leased_is_refused_at_build() {
     else {
         return;
     };
-    let conn = RedisConnection::standalone(server.url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(server.url()).await;
     // 10/s: T = 100 ms; a lifetime of 1 s earns the whole burst of 10.
     let too_long = RateLimiter::builder()
         .limit(Limit::new("l", Algorithm::Gcra, q).lease(Lease::new(n(8), Duration::from_secs(1))))
@@ -284,10 +281,7 @@ async fn a_blackholed_redis_bounds_every_leased_decision() {
     };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bound = Duration::from_millis(100);
-    let conn = RedisConnection::standalone(proxy.redis_url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(proxy.redis_url()).await;
     let limiter = RateLimiter::builder()
         .limit(
             Limit::new("hot", Algorithm::Gcra, Quota::per_second(n(100_000)))

@@ -15,6 +15,9 @@ use floodwall_limiter::{
 };
 use floodwall_testkit::{FaultProxy, RedisCluster, RedisServer, on_each_topology};
 
+mod common;
+use common::{assert_on_redis, connect, standalone};
+
 const INSTANCES: usize = 8;
 const TASKS: usize = 50;
 const LIMIT: u32 = 100;
@@ -29,20 +32,6 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingLog,
     Algorithm::SlidingCounter,
 ];
-
-async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
-    if cluster {
-        RedisConnection::cluster(urls.iter().cloned())
-            .connect()
-            .await
-            .unwrap()
-    } else {
-        RedisConnection::standalone(urls[0].clone())
-            .connect()
-            .await
-            .unwrap()
-    }
-}
 
 fn instance(
     conn: RedisConnection,
@@ -223,10 +212,7 @@ async fn blackholed_redis_follows_each_policy_within_the_bound() {
     ];
     for (p, policy) in policies.into_iter().enumerate() {
         let proxy = FaultProxy::start(server.addr()).await.unwrap();
-        let conn = RedisConnection::standalone(proxy.redis_url())
-            .connect()
-            .await
-            .unwrap();
+        let conn = standalone(proxy.redis_url()).await;
         let breaker_clock = ManualClock::new();
         let gate_clock = breaker_clock.clone();
         let gates = move |_: &str| -> Arc<dyn HealthGate> {
@@ -250,14 +236,7 @@ async fn blackholed_redis_follows_each_policy_within_the_bound() {
             .build()
             .unwrap();
         let user = format!("policy-{p}");
-        assert!(
-            limiter
-                .check(&[("user", &user)])
-                .await
-                .unwrap()
-                .degraded
-                .is_none()
-        );
+        assert_on_redis(&limiter, &user).await;
 
         proxy.blackhole();
         let mut admitted = 0;
@@ -383,10 +362,7 @@ async fn a_wrong_type_key_degrades_only_its_own_tenant() {
     else {
         return;
     };
-    let conn = RedisConnection::standalone(server.url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(server.url()).await;
     let limiter = RateLimiter::builder()
         .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(1000))).keyed_by("user"))
         .redis(StoreOptions::new(conn))
@@ -451,10 +427,7 @@ async fn a_multi_limit_denial_stays_within_one_call_bound() {
         return;
     };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let conn = RedisConnection::standalone(proxy.redis_url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(proxy.redis_url()).await;
     proxy.set_latency(Duration::from_millis(40));
     let build = |bound: Duration| {
         RateLimiter::builder()
@@ -630,24 +603,14 @@ async fn blackholed_redis_under_concurrent_batched_load_answers_within_the_bound
     };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bound = Duration::from_millis(60);
-    let conn = RedisConnection::standalone(proxy.redis_url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(proxy.redis_url()).await;
     let limiter = RateLimiter::builder()
         .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(1_000_000))).keyed_by("user"))
         .redis(StoreOptions::new(conn).call_timeout(bound))
         .failure_policy(FailurePolicy::FailOpen)
         .build()
         .unwrap();
-    assert!(
-        limiter
-            .check(&[("user", "warm")])
-            .await
-            .unwrap()
-            .degraded
-            .is_none()
-    );
+    assert_on_redis(&limiter, "warm").await;
 
     proxy.blackhole();
     let mut callers = Vec::new();

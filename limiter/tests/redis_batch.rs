@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use floodwall_core::ManualClock;
 use floodwall_core::health::{HealthGate, ManualGate};
-use floodwall_core::redis::{RedisConnection, StoreOptions};
+use floodwall_core::redis::StoreOptions;
 use floodwall_limiter::{Algorithm, Degraded, FailurePolicy, Limit, Quota, RateLimiter};
 use floodwall_testkit::{FaultProxy, RedisServer};
 use proptest::prelude::*;
+
+mod common;
+use common::{assert_on_redis, standalone};
 
 const SCRIPT: &str = include_str!("../src/redis/limit.lua");
 const LIMIT: u32 = 5;
@@ -266,10 +269,7 @@ async fn a_batch_answers_each_decision_by_its_own_bound() {
     };
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bound = Duration::from_millis(200);
-    let conn = RedisConnection::standalone(proxy.redis_url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(proxy.redis_url()).await;
     let gate: Arc<dyn HealthGate> = Arc::new(ManualGate::default());
     let limiter = RateLimiter::builder()
         .limit(
@@ -288,14 +288,7 @@ async fn a_batch_answers_each_decision_by_its_own_bound() {
         .failure_policy(FailurePolicy::FailOpen)
         .build()
         .unwrap();
-    assert!(
-        limiter
-            .check(&[("user", "warm")])
-            .await
-            .unwrap()
-            .degraded
-            .is_none()
-    );
+    assert_on_redis(&limiter, "warm").await;
 
     proxy.blackhole();
     let spawn = |group: &'static str, count: usize| {
