@@ -79,7 +79,9 @@ struct LastHost {
     owner: u64,
     generation: u64,
     uses: u32,
-    host: Box<str>,
+    /// Rewritten in place when the thread moves to another host, so alternating hosts
+    /// allocate nothing once it has grown to the longest.
+    host: String,
     port: Option<u16>,
     pipeline: Arc<Pipeline>,
 }
@@ -128,16 +130,20 @@ impl HostPipeline {
             }
             let pipeline = lookup();
             match last.as_mut() {
-                Some(l) if l.owner == self.id && l.port == port && *l.host == *host => {
-                    (l.generation, l.uses) = (generation, 0);
+                Some(l) => {
+                    if *l.host != *host {
+                        l.host.clear();
+                        l.host.push_str(host);
+                    }
+                    (l.owner, l.generation, l.uses, l.port) = (self.id, generation, 0, port);
                     l.pipeline = pipeline.clone();
                 }
-                _ => {
+                None => {
                     *last = Some(LastHost {
                         owner: self.id,
                         generation,
                         uses: 0,
-                        host: host.into(),
+                        host: host.to_owned(),
                         port,
                         pipeline: pipeline.clone(),
                     });

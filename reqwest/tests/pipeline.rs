@@ -252,3 +252,78 @@ async fn a_requests_boxed_future_stays_under_a_kilobyte() {
     println!("HostPipeline boxes a future of {bytes} bytes per request");
     assert!(bytes > 0 && bytes <= 1024, "{bytes} bytes");
 }
+
+/// A thread with its own runtime that sends the `GET`s it is told to, through `client`, and
+/// answers when done — so a test can order requests across threads, each with its own
+/// per-thread host cache.
+fn client_thread(
+    client: reqwest_middleware::ClientWithMiddleware,
+) -> std::sync::mpsc::SyncSender<(String, u32, std::sync::mpsc::SyncSender<()>)> {
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<(String, u32, std::sync::mpsc::SyncSender<()>)>(0);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (url, times, done) in rx {
+            rt.block_on(async {
+                for _ in 0..times {
+                    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+                }
+            });
+            done.send(()).unwrap();
+        }
+    });
+    tx
+}
+
+/// A host one thread keeps busy is served from that thread's cache, yet stays recent in the
+/// registry: the cache looks it up again every 64 requests. In a two-host registry, a host
+/// used once by another thread after the busy host's first request is the one a third host
+/// evicts — as an exact LRU would choose — not the busy host.
+#[test]
+fn a_busy_host_stays_recent_in_the_registry() {
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (busy, once, third) = servers.block_on(async {
+        (
+            serve(live_host()).await,
+            serve(live_host()).await,
+            serve(live_host()).await,
+        )
+    });
+    let pipelines = HostPipeline::new(NonZeroUsize::new(2).unwrap(), |_| {
+        Pipeline::builder().build()
+    });
+    let registry = pipelines.registry().clone();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(pipelines)
+        .build();
+    let (one, two) = (client_thread(client.clone()), client_thread(client));
+    let run = |thread: &std::sync::mpsc::SyncSender<_>, url: &str, times: u32| {
+        let (done, wait) = std::sync::mpsc::sync_channel(0);
+        thread.send((url.to_owned(), times, done)).unwrap();
+        wait.recv().unwrap();
+    };
+    let key = |url: &str| url.trim_start_matches("http://").to_owned();
+    run(&one, &busy, 1); // the busy host, from the registry
+    run(&two, &once, 1); // another host, once, from another thread
+    run(&one, &busy, 100); // the busy host, from thread one's cache
+    run(&two, &third, 1); // a third host: the registry evicts its least recently used
+    let mut held = registry.keys();
+    held.sort();
+    println!(
+        "held after the third host: {held:?} (busy {}, once {})",
+        key(&busy),
+        key(&once)
+    );
+    assert!(held.contains(&key(&busy)), "the busy host was kept");
+    assert!(
+        !held.contains(&key(&once)),
+        "the host used once was evicted"
+    );
+}
