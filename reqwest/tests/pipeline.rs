@@ -327,3 +327,56 @@ fn a_busy_host_stays_recent_in_the_registry() {
         "the host used once was evicted"
     );
 }
+
+/// A host that accepts connections and never answers (a blackholed upstream): each attempt
+/// is cut by the attempt timeout and retried, and the overall timeout — now the bound of the
+/// one state machine `HostPipeline` boxes — ends the call at its bound, reported as
+/// `TimedOut`. Paused clock: the bounds are exact.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_silent_host_is_cut_per_attempt_and_overall() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU32::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    let pipelines = HostPipeline::new(NonZeroUsize::new(8).unwrap(), |_| {
+        Pipeline::builder()
+            .timeout(Duration::from_millis(500))
+            .retry(
+                Retry::builder()
+                    .max_attempts(NonZeroU32::new(10).unwrap())
+                    .backoff(Backoff::Constant(Duration::from_millis(10)))
+                    .build(),
+            )
+            .attempt_timeout(Duration::from_millis(200))
+            .build()
+    });
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(pipelines)
+        .build();
+    let start = tokio::time::Instant::now();
+    let err = client.get(&url).send().await.unwrap_err();
+    let took = start.elapsed();
+    let timed_out = match &err {
+        reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
+            Some(FloodwallError::TimedOut(after)) => Some(*after),
+            _ => None,
+        },
+        _ => None,
+    };
+    println!(
+        "silent host: {err} after {took:?}; {} connections accepted",
+        accepted.load(Ordering::SeqCst)
+    );
+    assert_eq!(timed_out, Some(Duration::from_millis(500)), "{err}");
+    assert_eq!(took, Duration::from_millis(500));
+    // Attempts at 0, 210 and 420 ms, each on a fresh connection: the first two cut at
+    // 200 ms, the third by the overall bound.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
