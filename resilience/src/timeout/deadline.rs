@@ -1,4 +1,5 @@
-//! [`Deadline`]: a future bounded in time, with its timer armed only when needed.
+//! [`Deadline`]: a future bounded in time, with its timer armed only when needed — in a
+//! [lane](super::lane) it shares with the other calls of its thread and bound.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,9 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 
 use super::Elapsed;
+use super::lane::Ticket;
 
 pin_project! {
     /// `inner`, given up `after` its first wait. The timer is armed at the first poll that
@@ -18,8 +19,7 @@ pin_project! {
     pub(crate) struct Deadline<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        ticket: Option<Ticket>,
         after: Option<Duration>,
     }
 }
@@ -33,7 +33,7 @@ impl<F> Deadline<F> {
     pub(crate) fn maybe(inner: F, after: Option<Duration>) -> Self {
         Deadline {
             inner,
-            sleep: None,
+            ticket: None,
             after,
         }
     }
@@ -43,19 +43,30 @@ impl<F: Future> Future for Deadline<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(v) = this.inner.poll(cx) {
+            // Out of the lane now, not when this future is dropped.
+            *this.ticket = None;
             return Poll::Ready(Ok(v));
         }
         let Some(after) = *this.after else {
             return Poll::Pending;
         };
-        if this.sleep.as_ref().as_pin_ref().is_none() {
-            this.sleep.set(Some(tokio::time::sleep(after)));
-        }
-        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed { after })),
-            _ => Poll::Pending,
+        let up = match this.ticket.as_mut() {
+            Some(ticket) => ticket.poll(cx.waker()).is_ready(),
+            // A zero bound is up at the first wait.
+            None if after.is_zero() => true,
+            None => {
+                *this.ticket = Some(Ticket::new(after, cx.waker()));
+                false
+            }
+        };
+        match up {
+            true => {
+                *this.ticket = None;
+                Poll::Ready(Err(Elapsed { after }))
+            }
+            false => Poll::Pending,
         }
     }
 }

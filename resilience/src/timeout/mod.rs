@@ -12,8 +12,11 @@
 //! ```
 //!
 //! The inner future is dropped (cancelled) when the time is up. The timer is armed only when
-//! the call first waits, so a call that answers at once costs no timer. Time is Tokio's, so
-//! paused tests run instantly.
+//! the call first waits, so a call that answers at once costs no timer. The calls waiting on
+//! one thread of one runtime with the same bound share one timer task, armed at the earliest
+//! of their deadlines (each still ends at its own), so a call that waits takes a lock and a
+//! push, not a registration in Tokio's timer wheel. Time is Tokio's, so paused tests run
+//! instantly.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -34,6 +37,7 @@
 pub(crate) mod deadline;
 #[cfg(feature = "tower")]
 mod future;
+mod lane;
 #[cfg(feature = "tower")]
 mod layer;
 

@@ -1,0 +1,131 @@
+//! The timers behind every timeout: the waiting calls of a thread, a runtime and a bound
+//! share one timer task (a lane). Each call is still cut at its own bound; a runtime never
+//! waits on another runtime's timer; the timer task ends once nothing waits.
+
+use std::time::Duration;
+
+use floodwall_resilience::Error;
+use floodwall_resilience::timeout::Timeout;
+use tokio::time::Instant;
+
+/// Waits forever (a hung call).
+async fn hang() -> Result<u32, ()> {
+    std::future::pending().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_sharing_a_timer_are_each_cut_at_their_own_bound() {
+    let bound = Duration::from_millis(100);
+    let t = Timeout::new(bound);
+    let origin = Instant::now();
+    // 60 calls, one starting every 3 ms: every third hangs, the others answer after
+    // 10..=180 ms (those past the bound are cut too).
+    let calls: Vec<_> = (0..60u64)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(3 * i)).await;
+                let start = Instant::now();
+                let answer_after = Duration::from_millis(10 + 17 * (i % 11));
+                let r = match i % 3 {
+                    0 => t.call(hang).await,
+                    _ => {
+                        t.call(|| async move {
+                            tokio::time::sleep(answer_after).await;
+                            Ok(1)
+                        })
+                        .await
+                    }
+                };
+                (i, start - origin, start.elapsed(), answer_after, r)
+            })
+        })
+        .collect();
+    let (mut cut, mut answered) = (0, 0);
+    for call in calls {
+        let (i, started, took, answer_after, r) = call.await.unwrap();
+        assert_eq!(started, Duration::from_millis(3 * i));
+        let hung = i % 3 == 0 || answer_after >= bound;
+        match r {
+            Err(Error::Timeout(e)) if hung => {
+                assert_eq!(e.after, bound);
+                assert_eq!(took, bound, "call {i} cut at its own bound");
+                cut += 1;
+            }
+            Ok(1) if !hung => {
+                assert_eq!(took, answer_after, "call {i} answered in time");
+                answered += 1;
+            }
+            other => panic!("call {i} (answers after {answer_after:?}): {other:?}"),
+        }
+    }
+    println!("60 calls on one timer: {cut} cut at exactly 100ms, {answered} answered in time");
+    assert_eq!(cut + answered, 60);
+    assert!(cut >= 20 && answered >= 20);
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_threads_second_runtime_does_not_wait_on_the_firsts_timer() {
+    let bound = Duration::from_millis(200);
+    let t = Timeout::new(bound);
+    let first = paused_runtime();
+    // A call waits on `first`, so this thread's timer for `bound` runs there; `first` is
+    // then not driven while `second` runs.
+    first.block_on(async {
+        let r = tokio::time::timeout(Duration::from_millis(50), t.call(hang)).await;
+        assert!(r.is_err(), "still waiting when dropped");
+    });
+    let second = paused_runtime();
+    let (r, took) = second.block_on(async {
+        let start = Instant::now();
+        // The outer bound is a plain Tokio timer on `second`, in case ours never fires.
+        let r = tokio::time::timeout(Duration::from_secs(10), t.call(hang)).await;
+        (r, start.elapsed())
+    });
+    println!("second runtime: {r:?} after {took:?}");
+    assert!(matches!(r, Ok(Err(Error::Timeout(_)))), "{r:?}");
+    assert_eq!(took, bound);
+    drop(first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timer_task_ends_once_nothing_waits() {
+    let bound = Duration::from_millis(100);
+    let t = Timeout::new(bound);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert_eq!(metrics.num_alive_tasks(), 0);
+    // Answers at once: never waits, so no timer at all.
+    assert_eq!(t.call(|| async { Ok::<_, ()>(1) }).await, Ok(1));
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        0,
+        "a call that never waited started a timer"
+    );
+
+    let quick = t.call(|| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok::<_, ()>(2)
+    });
+    assert_eq!(quick.await, Ok(2));
+    let after_wait = metrics.num_alive_tasks();
+    // Armed at the call's deadline, the timer task finds nothing waiting then, and ends.
+    tokio::time::sleep(bound).await;
+    tokio::task::yield_now().await;
+    let after_bound = metrics.num_alive_tasks();
+    println!("timer tasks: {after_wait} after a call waited, {after_bound} one bound later");
+    assert_eq!(after_wait, 1);
+    assert_eq!(after_bound, 0);
+
+    // The next waiting call starts a timer again, and is cut on time.
+    let start = Instant::now();
+    assert!(matches!(t.call(hang).await, Err(Error::Timeout(_))));
+    assert_eq!(start.elapsed(), bound);
+}
