@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodwall_core::{Clock, SystemClock};
+use floodwall_core::Clock;
 
 use super::window::FIELD_MAX;
 use super::{BreakInfo, State, Transition};
@@ -88,7 +88,8 @@ pub(crate) struct Config {
     pub(crate) break_duration: Option<BreakDurationFn>,
     pub(crate) automatic_half_open: bool,
     pub(crate) initial_state: State,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// `None`: the system clock.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) on_transition: Option<TransitionHook>,
 }
 
@@ -118,7 +119,7 @@ impl Default for CircuitBreakerBuilder {
                 break_duration: None,
                 automatic_half_open: false,
                 initial_state: State::Closed,
-                clock: Arc::new(SystemClock::new()),
+                clock: None,
                 on_transition: None,
             },
             failure_rate_threshold: 50.0,
@@ -223,9 +224,9 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// The time source. Default: [`SystemClock`].
+    /// The time source. Default: [`SystemClock`](floodwall_core::SystemClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.cfg.clock = Arc::new(clock);
+        self.cfg.clock = Some(Arc::new(clock));
         self
     }
 

@@ -35,7 +35,7 @@ impl CircuitBreaker {
     /// Half-opens now, as if the open wait were over. Only an OPEN breaker can half-open, as
     /// in resilience4j; from any other state this is refused with [`IllegalTransition`].
     pub fn half_open(&self) -> Result<(), IllegalTransition> {
-        let now = self.inner.cfg.clock.now_nanos();
+        let now = self.inner.clock.now_nanos();
         let from = kind_of(self.inner.settle(now));
         if from != State::Open && from != State::HalfOpen {
             return Err(IllegalTransition {
@@ -59,7 +59,7 @@ impl CircuitBreaker {
     /// On a breaker already open, only the wait changes (no event).
     pub fn open_for(&self, wait: Duration) {
         let inner = &*self.inner;
-        let now = inner.cfg.clock.now_nanos();
+        let now = inner.clock.now_nanos();
         let w = inner.settle(now);
         let until = now.saturating_add(duration_to_nanos(wait));
         if kind_of(w) == State::Open {
@@ -86,7 +86,7 @@ impl CircuitBreaker {
     /// already. A transition that races an automatic one loses to it.
     fn manual(&self, to: State) {
         let inner = &*self.inner;
-        let now = inner.cfg.clock.now_nanos();
+        let now = inner.clock.now_nanos();
         let w = inner.settle(now);
         if kind_of(w) != to {
             inner.transition_to(to, Some((w, now)), Opening::default());

@@ -95,6 +95,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use floodwall_core::clock::duration_to_nanos;
+use floodwall_core::{Clock, SystemClock};
 
 use crate::Error;
 use crate::events::Events;
@@ -125,14 +126,39 @@ use config::Config;
 use transition::wait_nanos;
 use window::{CountWindow, TimeWindow, Totals};
 
+/// The breaker's clock: the system clock inline (no pointer to chase on the hot path), or
+/// one given to the builder.
+enum TimeSource {
+    System(SystemClock),
+    Given(Arc<dyn Clock>),
+}
+
+impl TimeSource {
+    #[inline(always)]
+    fn now_nanos(&self) -> u64 {
+        match self {
+            TimeSource::System(c) => c.now_nanos(),
+            TimeSource::Given(c) => c.now_nanos(),
+        }
+    }
+}
+
+/// `repr(C)`, on a cache line's start: what every call reads — the state word, the slow-call
+/// bound, the clock and the window — fills the first two lines, the events' flag and the
+/// metric handles follow, so a call that waited on the network (and finds the breaker cold
+/// in the cache) misses on a few lines rather than one per field.
+#[repr(C, align(64))]
 struct Inner {
+    state: AtomicU64,
+    /// `None`: slow-call detection off.
+    slow_nanos: Option<u64>,
+    clock: TimeSource,
+    window: Window,
+    events: Events<BreakerEvent>,
+    metrics: crate::metrics::BreakerMetrics,
     /// Itself, for the automatic half-open task.
     me: Weak<Inner>,
     cfg: Config,
-    /// `None`: slow-call detection off.
-    slow_nanos: Option<u64>,
-    state: AtomicU64,
-    window: Window,
     /// Valid while open: the clock reading at which the breaker turns half-open.
     open_until: AtomicU64,
     /// Valid while half-open: when it became half-open.
@@ -146,9 +172,7 @@ struct Inner {
     /// rejection skip the lock when none was.
     cause: Mutex<Option<Cause>>,
     has_cause: AtomicBool,
-    events: Events<BreakerEvent>,
     transition: Mutex<()>,
-    metrics: crate::metrics::BreakerMetrics,
 }
 
 /// What a transition into OPEN carries: a manual wait, and the error that tripped it.
@@ -187,6 +211,10 @@ impl CircuitBreaker {
         };
         let probes = CountWindow::new(cfg.permitted_in_half_open as usize);
         let initial = cfg.initial_state;
+        let clock = match &cfg.clock {
+            Some(c) => TimeSource::Given(Arc::clone(c)),
+            None => TimeSource::System(SystemClock::new()),
+        };
         CircuitBreaker {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
@@ -199,9 +227,7 @@ impl CircuitBreaker {
                         failures: 0,
                         failure_rate: 0.0,
                     };
-                    cfg.clock
-                        .now_nanos()
-                        .saturating_add(wait_nanos(&cfg, &first))
+                    clock.now_nanos().saturating_add(wait_nanos(&cfg, &first))
                 } else {
                     0
                 }),
@@ -220,6 +246,7 @@ impl CircuitBreaker {
                     m
                 },
                 cfg,
+                clock,
             }),
         }
     }
@@ -275,14 +302,14 @@ impl CircuitBreaker {
     /// The current state, applying a transition that is due (open wait or half-open max wait
     /// over).
     pub fn state(&self) -> State {
-        let now = self.inner.cfg.clock.now_nanos();
+        let now = self.inner.clock.now_nanos();
         kind_of(self.inner.settle(now))
     }
 
     /// State, window counts and rates.
     pub fn snapshot(&self) -> Snapshot {
         let inner = &self.inner;
-        let now = inner.cfg.clock.now_nanos();
+        let now = inner.clock.now_nanos();
         let w = inner.settle(now);
         let state = kind_of(w);
         let (t, judged) = if state == State::HalfOpen {
@@ -313,7 +340,7 @@ impl CircuitBreaker {
         ) {
             // The hot path: the clock is read only when slow calls are detected.
             let started = if inner.slow_nanos.is_some() {
-                inner.cfg.clock.now_nanos()
+                inner.clock.now_nanos()
             } else {
                 0
             };
@@ -323,7 +350,7 @@ impl CircuitBreaker {
                 probe: false,
             });
         }
-        let now = inner.cfg.clock.now_nanos();
+        let now = inner.clock.now_nanos();
         loop {
             match kind_of(w) {
                 State::Closed | State::MetricsOnly | State::Disabled => {
@@ -413,8 +440,8 @@ impl CircuitBreaker {
         // Read the clock only if something needs it: slow-call detection, a time window, or
         // a transition (read then).
         let known_now = (inner.slow_nanos.is_some() || inner.window.is_timed())
-            .then(|| inner.cfg.clock.now_nanos());
-        let now = || known_now.unwrap_or_else(|| inner.cfg.clock.now_nanos());
+            .then(|| inner.clock.now_nanos());
+        let now = || known_now.unwrap_or_else(|| inner.clock.now_nanos());
         let slow = match (inner.slow_nanos, known_now) {
             (Some(limit), Some(now)) => now.saturating_sub(permit.started) >= limit,
             _ => false,
@@ -535,5 +562,34 @@ impl fmt::Debug for CircuitBreaker {
             .field("name", &self.name())
             .field("state", &kind_of(self.inner.state.load(Ordering::Acquire)))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{align_of, offset_of, size_of};
+
+    use super::{Inner, Window};
+
+    /// What a closed breaker reads on every call — the state word, the slow-call bound, the
+    /// clock, the window — lies in the first two cache lines of `Inner`, which starts one.
+    #[test]
+    fn the_fields_every_call_reads_lie_in_two_cache_lines() {
+        let order = [
+            offset_of!(Inner, state),
+            offset_of!(Inner, slow_nanos),
+            offset_of!(Inner, clock),
+            offset_of!(Inner, window),
+            offset_of!(Inner, events),
+            offset_of!(Inner, metrics),
+        ];
+        let hot_end = offset_of!(Inner, window) + size_of::<Window>();
+        println!("breaker field offsets {order:?}; every call's fields end at byte {hot_end}");
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "declared order kept: {order:?}"
+        );
+        assert_eq!(align_of::<Inner>(), 64);
+        assert!(hot_end <= 128, "{hot_end}");
     }
 }

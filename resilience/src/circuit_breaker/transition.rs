@@ -46,7 +46,7 @@ impl Inner {
         runtime.spawn(async move {
             tokio::time::sleep(wait).await;
             if let Some(inner) = me.upgrade() {
-                inner.settle(inner.cfg.clock.now_nanos());
+                inner.settle(inner.clock.now_nanos());
             }
         });
     }
@@ -67,7 +67,7 @@ impl Inner {
         expected: Option<(u64, u64)>,
         opening: Opening,
     ) -> u64 {
-        let now = expected.map_or_else(|| self.cfg.clock.now_nanos(), |(_, now)| now);
+        let now = expected.map_or_else(|| self.clock.now_nanos(), |(_, now)| now);
         let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.state.load(Ordering::Acquire);
         if let Some((expected, _)) = expected
