@@ -22,7 +22,7 @@
 //! Then a table from short rounds, the clients in a fresh random order each round: each
 //! client's median time per request, and the cost it adds over `bare` — the median over
 //! rounds of its difference with `bare` in the same round, so a machine that drifts affects
-//! both sides of each difference alike. On a loopback `GET` (~85 µs) the round-to-round noise
+//! both sides of each difference alike. On a loopback `GET` (50–100 µs) the round-to-round noise
 //! is about a microsecond, larger than any middleware's cost; `stack_only` resolves them.
 
 use std::hint::black_box;
