@@ -129,3 +129,18 @@ async fn the_timer_task_ends_once_nothing_waits() {
     assert!(matches!(t.call(hang).await, Err(Error::Timeout(_))));
     assert_eq!(start.elapsed(), bound);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bound_too_long_for_the_clock_never_cuts_the_call() {
+    let t = Timeout::new(Duration::MAX);
+    let start = Instant::now();
+    let r = t
+        .call(|| async {
+            tokio::time::sleep(Duration::from_secs(86_400)).await;
+            Ok::<_, ()>(7)
+        })
+        .await;
+    println!("Duration::MAX bound: {r:?} after {:?}", start.elapsed());
+    assert_eq!(r, Ok(7));
+    assert_eq!(start.elapsed(), Duration::from_secs(86_400));
+}

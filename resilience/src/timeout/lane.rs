@@ -29,6 +29,9 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
+/// Where a bound too long to add to the clock puts the deadline.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Lanes a thread keeps for reuse; a thread seldom sees more bounds than this.
 const LANES_PER_THREAD: usize = 8;
 
@@ -218,7 +221,10 @@ impl State {
     /// Adds a call waiting from `now`: its number, and — if no driver runs — the number of the
     /// driver to start and the time to arm it at.
     pub(crate) fn push(&mut self, now: Instant, waker: Waker) -> (u64, Option<(u64, Instant)>) {
-        let mut deadline = now + self.after;
+        // A bound too far to represent waits thirty years, as Tokio's own far future does.
+        let mut deadline = now
+            .checked_add(self.after)
+            .unwrap_or_else(|| now + FAR_FUTURE);
         if let Some(last) = self.entries.back() {
             deadline = deadline.max(last.deadline);
         }
