@@ -27,7 +27,7 @@
 //!   no clock at all). The breaker trips when
 //!   `calls >= minimum_calls` and either rate is **at or above** its threshold.
 //! - Count window: the last `n` outcomes. Time window: the outcomes of the last `n` whole
-//!   clock seconds (aligned to the [`Clock`](floodwall_core::Clock)'s seconds).
+//!   clock seconds (aligned to the [`Clock`]'s seconds).
 //! - Open wait: fixed, or backoff `initial * multiplier^(k-1)` capped at `max` for the k-th
 //!   opening without a close in between. At `now >= opened_at + wait` the breaker is half-open.
 //! - Half-open admits exactly `permitted_calls_in_half_open` probes; once all of them have
