@@ -15,7 +15,9 @@
 //! the call first waits, so a call that answers at once costs no timer. The calls waiting on
 //! one thread of one runtime with the same bound share one timer task, armed at the earliest
 //! of their deadlines (each still ends at its own), so a call that waits takes a lock and a
-//! push, not a registration in Tokio's timer wheel. Time is Tokio's, so paused tests run
+//! push, not a registration in Tokio's timer wheel. That timer task stays armed until the
+//! deadline of the call it was last armed for, and ends then if nothing waits; under a paused
+//! clock an idle runtime may advance to that deadline. Time is Tokio's, so paused tests run
 //! instantly.
 //!
 //! ```
