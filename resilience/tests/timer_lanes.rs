@@ -144,3 +144,68 @@ async fn a_bound_too_long_for_the_clock_never_cuts_the_call() {
     assert_eq!(r, Ok(7));
     assert_eq!(start.elapsed(), Duration::from_secs(86_400));
 }
+
+/// Real time, two worker threads: calls start, wait and end on whichever worker runs them,
+/// so lanes are shared and left across threads. Every hung call ends by its bound, never
+/// before it; every answered call gets its answer; no call is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_worker_threads_each_call_ends_by_its_bound_or_its_answer() {
+    let short = Duration::from_millis(20);
+    let cut = Timeout::new(short);
+    let answered = Timeout::new(Duration::from_secs(60));
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..400u32 {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (cut, answered) = (cut.clone(), answered.clone());
+        senders.push(tx);
+        calls.push(tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let r = match i % 2 {
+                0 => cut.call(hang).await,
+                _ => {
+                    answered
+                        .call(|| async move { rx.await.map_err(|_| ()) })
+                        .await
+                }
+            };
+            (i, start.elapsed(), r)
+        }));
+    }
+    // Answered from another task, once the calls have had a chance to start waiting.
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        for (i, tx) in senders.into_iter().enumerate() {
+            let _ = tx.send(i as u32);
+        }
+    });
+    let all = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("a call was left waiting");
+    let (mut cuts, mut answers, mut slowest_cut) = (0, 0, Duration::ZERO);
+    for joined in all {
+        let (i, took, r) = joined.unwrap();
+        match (i % 2, r) {
+            (0, Err(Error::Timeout(e))) => {
+                assert_eq!(e.after, short);
+                assert!(
+                    took >= short,
+                    "call {i} cut after {took:?}, before its bound"
+                );
+                slowest_cut = slowest_cut.max(took);
+                cuts += 1;
+            }
+            (1, Ok(v)) => {
+                assert_eq!(v, i);
+                answers += 1;
+            }
+            (_, other) => panic!("call {i}: {other:?}"),
+        }
+    }
+    println!(
+        "two workers: {cuts} calls cut at or after 20ms (slowest {slowest_cut:?}), {answers} answered"
+    );
+    assert_eq!((cuts, answers), (200, 200));
+}
