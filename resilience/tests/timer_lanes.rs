@@ -147,7 +147,9 @@ async fn a_bound_too_long_for_the_clock_never_cuts_the_call() {
 
 /// Real time, two worker threads: calls start, wait and end on whichever worker runs them,
 /// so lanes are shared and left across threads. Every hung call ends by its bound, never
-/// before it; every answered call gets its answer; no call is left waiting.
+/// before it; every answered call gets its answer; no call is left waiting. (A paused clock
+/// needs a current-thread runtime; nothing here depends on how long the machine takes — the
+/// bound is checked from below only, and the outer 30 s only catches a call left waiting.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_worker_threads_each_call_ends_by_its_bound_or_its_answer() {
     let short = Duration::from_millis(20);
@@ -208,4 +210,20 @@ async fn across_worker_threads_each_call_ends_by_its_bound_or_its_answer() {
         "two workers: {cuts} calls cut at or after 20ms (slowest {slowest_cut:?}), {answers} answered"
     );
     assert_eq!((cuts, answers), (200, 200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_bound_is_up_at_the_first_wait() {
+    let t = Timeout::new(Duration::ZERO);
+    let start = Instant::now();
+    let r = t.call(hang).await;
+    assert!(
+        matches!(r, Err(Error::Timeout(e)) if e.after == Duration::ZERO),
+        "{r:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // A call that answers without waiting is not cut.
+    assert_eq!(t.call(|| async { Ok::<_, ()>(3) }).await, Ok(3));
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert_eq!(metrics.num_alive_tasks(), 0, "a zero bound started a timer");
 }

