@@ -62,8 +62,9 @@ impl Lane {
 pub(crate) struct Ticket {
     lane: Arc<Lane>,
     seq: u64,
-    /// Which waker the lane holds for this call (its data and vtable addresses, as
-    /// `Waker::will_wake` compares them), so a poll by the same task takes no lock.
+    /// The waker this call was last polled with (its data and vtable addresses, as
+    /// `Waker::will_wake` compares them) — the lane holds its clone — so a poll by the same
+    /// task takes no lock.
     waker: (usize, usize),
 }
 
@@ -78,8 +79,10 @@ impl Ticket {
     pub(crate) fn new(after: Duration, waker: &Waker) -> Self {
         let handle = Handle::current();
         let lane = lane_for(handle.id(), after);
+        // The id of the waker as given, which later polls pass again: a clone may carry
+        // another vtable (Tokio's borrowed wakers clone into owned ones).
+        let id = waker_id(waker);
         let waker = waker.clone(); // before the lock: it is held for the push alone
-        let id = waker_id(&waker);
         let (seq, start) = lane.lock().push(Instant::now(), waker);
         if let Some((no, at)) = start {
             // Built before the timer, so a runtime without timers (the timer panics) leaves no
@@ -104,7 +107,7 @@ impl Ticket {
             return Poll::Ready(());
         }
         if waker_id(waker) == self.waker {
-            return Poll::Pending; // the lane holds this very waker
+            return Poll::Pending; // the lane holds a clone of this very waker
         }
         let (poll, old) = self.lane.lock().poll(self.seq, waker);
         self.waker = waker_id(waker);
@@ -198,6 +201,9 @@ pub(crate) struct State {
     driver: Option<u64>,
     /// Drivers started so far.
     drivers: u64,
+    /// Polls that took the lock (a ticket's own waker takes none).
+    #[cfg(test)]
+    locked_polls: u64,
 }
 
 #[derive(Debug)]
@@ -216,6 +222,8 @@ impl State {
             fired: 0,
             driver: None,
             drivers: 0,
+            #[cfg(test)]
+            locked_polls: 0,
         }
     }
 
@@ -254,6 +262,10 @@ impl State {
     /// Whether call `seq` has fired; if not, keeps `waker` for it (returning the one it
     /// replaces, to be dropped outside the lock).
     pub(crate) fn poll(&mut self, seq: u64, waker: &Waker) -> (Poll<()>, Option<Waker>) {
+        #[cfg(test)]
+        {
+            self.locked_polls += 1;
+        }
         if seq < self.fired {
             return (Poll::Ready(()), None);
         }
@@ -499,6 +511,41 @@ mod tests {
             );
             Ok(())
         }
+    }
+
+    /// A task polled again with the waker it was first polled with takes no lock. In an
+    /// optimized build, the waker of Tokio's `block_on` clones into one with another vtable
+    /// address, so a ticket that kept its clone's id took the lock at its second poll (1 of 5
+    /// here); `.ci/run` runs this test with `--release` for that reason — in a debug build
+    /// both addresses are alike.
+    #[test]
+    fn a_task_polled_again_with_its_own_waker_takes_no_lock() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // A bound no other test uses: a lane of its own.
+        let after = Duration::from_millis(3_517_003);
+        let (locked, polls) = rt.block_on(async {
+            let mut ticket = None;
+            let mut polls = 0;
+            std::future::poll_fn(|cx| {
+                let t = ticket.get_or_insert_with(|| Ticket::new(after, cx.waker()));
+                assert!(t.poll(cx.waker()).is_pending());
+                polls += 1;
+                if polls == 5 {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            let lane = lane_for(Handle::current().id(), after);
+            let locked = lane.lock().locked_polls;
+            (locked, polls)
+        });
+        println!("{polls} polls of one task's ticket, {locked} of them under the lane's lock");
+        assert_eq!(locked, 0);
     }
 
     proptest! {
