@@ -88,8 +88,17 @@ impl CountWindow {
 
     /// Records one outcome. Returns whether the totals changed (they do not when the outcome
     /// replaces an identical one in a full window, the steady state of a healthy service).
+    ///
+    /// A success in a full window of successes (totals `size` calls, no failure, no slow
+    /// call) writes nothing, not even the cursor: every slot holds a success, so the ring
+    /// reads the same whichever slot it replaces, and a later outcome still leaves the window
+    /// exactly `size` calls after it came in. A healthy service's calls then only read the
+    /// window, and threads sharing a breaker do not contend on its cursor.
     #[inline(always)]
     pub(crate) fn record(&self, failure: bool, slow: bool) -> bool {
+        if !failure && !slow && self.totals.load(Ordering::Acquire) == self.slots.len() as u64 {
+            return false;
+        }
         // The cursor wraps at 2^32; when size does not divide 2^32 the ring skips ahead once
         // every 4 billion calls, replacing a few outcomes early. Totals stay exact.
         let i = self.slot_of(self.cursor.fetch_add(1, Ordering::Relaxed));
@@ -220,6 +229,58 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.totals(), Totals::default());
+    }
+
+    /// A success in a full window of successes leaves the cursor where it is, and an outcome
+    /// after it still leaves the window `size` calls later.
+    #[test]
+    fn a_success_among_successes_writes_nothing() {
+        let w = CountWindow::new(4);
+        for _ in 0..4 {
+            assert!(w.record(false, false));
+        }
+        for _ in 0..10 {
+            assert!(!w.record(false, false));
+        }
+        let cursor = w.cursor.load(Ordering::Relaxed);
+        println!("cursor after 4 + 10 successes in a window of 4: {cursor}");
+        assert_eq!(cursor, 4);
+        assert!(w.record(true, false));
+        for _ in 0..3 {
+            w.record(false, false);
+            assert_eq!(w.totals().failures, 1, "the failure is among the last 4");
+        }
+        w.record(false, false);
+        assert_eq!(w.totals().failures, 0, "the failure has left the last 4");
+    }
+
+    proptest::proptest! {
+        /// The count window against a model — the last `size` outcomes — on runs of mostly
+        /// successes, so the write-nothing path is taken often.
+        #[test]
+        fn count_window_totals_are_those_of_the_last_n(
+            size in 1usize..12,
+            outcomes in proptest::collection::vec((0u8..10, proptest::bool::ANY), 0..200),
+        ) {
+            let w = CountWindow::new(size);
+            let mut last = std::collections::VecDeque::new();
+            for (roll, slow) in outcomes {
+                let (failure, slow) = (roll == 0, roll == 1 && slow);
+                let before = w.totals();
+                let changed = w.record(failure, slow);
+                last.push_back((failure, slow));
+                if last.len() > size {
+                    last.pop_front();
+                }
+                let want = Totals {
+                    calls: last.len() as u64,
+                    failures: last.iter().filter(|o| o.0).count() as u64,
+                    slow: last.iter().filter(|o| o.1).count() as u64,
+                };
+                proptest::prop_assert_eq!(w.totals(), want);
+                proptest::prop_assert_eq!(changed, before != want);
+            }
+        }
     }
 
     #[test]
