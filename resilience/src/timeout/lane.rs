@@ -9,7 +9,7 @@
 //! call costs a registration and a removal in the runtime's timer wheel instead: in
 //! `benches/reqwest.rs`, the timed pipeline's cost over the untimed one on a loopback `GET`
 //! fell from a median of about 440 ns with a `Sleep` per attempt to about 330 ns with lanes
-//! (runs of one session, both builds; the figure itself moves from session to session).
+//! (runs made on one day with both builds; the figure itself moves from day to day).
 //!
 //! Invariants (checked against a model by this module's property test):
 //! - deadlines are non-decreasing along a lane (`deadline = max(now + after, last deadline)`);
