@@ -3,6 +3,10 @@
 //! Random durations from zero to `Duration::MAX` drive every primitive that takes one, on
 //! Tokio's paused clock (a wait of centuries passes at once).
 
+mod common;
+
+use common::paused_runtime;
+
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -26,14 +30,6 @@ fn duration() -> impl Strategy<Value = Duration> {
     ]
 }
 
-fn paused() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -44,7 +40,7 @@ proptest! {
         c in duration(),
         fail_first in any::<bool>(),
     ) {
-        paused().block_on(async move {
+        paused_runtime().block_on(async move {
             // Timeout: any bound, a call that answers at once.
             let r = Timeout::new(a).call(|| async { Ok::<_, ()>(1) }).await;
             assert!(r.is_ok() || a.is_zero());

@@ -2,6 +2,10 @@
 //! share one timer task (a lane). Each call is still cut at its own bound; a runtime never
 //! waits on another runtime's timer; the timer task ends once nothing waits.
 
+mod common;
+
+use common::paused_runtime;
+
 use std::time::Duration;
 
 use floodwall_resilience::Error;
@@ -62,14 +66,6 @@ async fn calls_sharing_a_timer_are_each_cut_at_their_own_bound() {
     println!("60 calls on one timer: {cut} cut at exactly 100ms, {answered} answered in time");
     assert_eq!(cut + answered, 60);
     assert!(cut >= 20 && answered >= 20);
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
 }
 
 #[test]
