@@ -204,15 +204,16 @@ impl CircuitBreaker {
         CircuitBreakerBuilder::default()
     }
 
-    fn from_config(cfg: Config) -> CircuitBreaker {
+    fn from_config(mut cfg: Config) -> CircuitBreaker {
         let window = match cfg.window {
             SlidingWindow::Count(n) => Window::Count(CountWindow::new(n.get() as usize)),
             SlidingWindow::Time(n) => Window::Time(TimeWindow::new(n.get() as usize)),
         };
         let probes = CountWindow::new(cfg.permitted_in_half_open as usize);
         let initial = cfg.initial_state;
-        let clock = match &cfg.clock {
-            Some(c) => TimeSource::Given(Arc::clone(c)),
+        // Moved out of the config: the breaker reads its clock only through `Inner::clock`.
+        let clock = match cfg.clock.take() {
+            Some(c) => TimeSource::Given(c),
             None => TimeSource::System(SystemClock::new()),
         };
         CircuitBreaker {

@@ -47,7 +47,8 @@ thread_local! {
 struct Lane {
     runtime: Id,
     after: Duration,
-    /// `State::fired`, readable without the lock: a waiting call polls with a load.
+    /// `State::first` as the driver last left it, readable without the lock: a waiting call
+    /// polls with a load (its entry is below it only once it has fired).
     fired: AtomicU64,
     state: Mutex<State>,
 }
@@ -177,7 +178,7 @@ async fn drive(driver: Driver, mut sleep: Pin<Box<Sleep>>) {
             let mut state = driver.lane.lock();
             let next = state.fire(Instant::now(), &mut due);
             // Published before any due call is woken.
-            driver.lane.fired.store(state.fired, Ordering::Release);
+            driver.lane.fired.store(state.first, Ordering::Release);
             next
         };
         due.drain(..).for_each(Waker::wake);
@@ -194,10 +195,10 @@ async fn drive(driver: Driver, mut sleep: Pin<Box<Sleep>>) {
 pub(crate) struct State {
     after: Duration,
     entries: VecDeque<Entry>,
-    /// The sequence number of `entries[0]`.
+    /// The sequence number of `entries[0]`. Entries numbered below it have left the lane:
+    /// fired, or ended with nothing older waiting — so a call that has not ended is below it
+    /// only once it has fired.
     first: u64,
-    /// Entries numbered below this have fired.
-    fired: u64,
     /// The running driver's number, if one runs.
     driver: Option<u64>,
     /// Drivers started so far.
@@ -220,7 +221,6 @@ impl State {
             after,
             entries: VecDeque::new(),
             first: 0,
-            fired: 0,
             driver: None,
             drivers: 0,
             #[cfg(test)]
@@ -267,8 +267,8 @@ impl State {
         {
             self.locked_polls += 1;
         }
-        if seq < self.fired {
-            return (Poll::Ready(()), None);
+        if seq < self.first {
+            return (Poll::Ready(()), None); // fired: a call that polls has not ended
         }
         let entry = &mut self.entries[(seq - self.first) as usize];
         match &entry.waker {
@@ -290,12 +290,11 @@ impl State {
             self.entries.pop_front();
             self.first += 1;
         }
-        self.fired = self.fired.max(self.first);
         waker
     }
 
     /// The driver's clock reads `now`: moves every due call's waker into `due`, lets the
-    /// fired entries go (their calls read `fired`), and returns when to wake next — or `None`,
+    /// fired entries go (their calls read `first`), and returns when to wake next — or `None`,
     /// and the driver ends, when nothing is left to fire.
     pub(crate) fn fire(&mut self, now: Instant, due: &mut Vec<Waker>) -> Option<Instant> {
         while let Some(entry) = self.entries.front_mut() {
@@ -306,7 +305,6 @@ impl State {
             self.entries.pop_front();
             self.first += 1;
         }
-        self.fired = self.fired.max(self.first);
         if let Some(entry) = self.entries.front() {
             return Some(entry.deadline);
         }
