@@ -24,6 +24,11 @@
 //! rounds of its difference with `bare` in the same round, so a machine that drifts affects
 //! both sides of each difference alike. On a loopback `GET` (50–100 µs) the round-to-round noise
 //! is about a microsecond, larger than any middleware's cost; `stack_only` resolves them.
+//!
+//! A last table, `local_get_stages`, builds `HostPipeline` up one stage at a time on loopback —
+//! retry only, then with the bulkhead, the breaker, both, and the attempt timeout — in a run of
+//! its own, so what each stage adds is measured, and so is how a client's figure moves with
+//! the clients that share its run.
 
 use std::hint::black_box;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -55,6 +60,82 @@ impl Middleware for Canned {
     }
 }
 
+/// floodwall's retry in every floodwall client: 3 attempts, exponential backoff.
+fn retry() -> floodwall::resilience::retry::Retry {
+    floodwall::resilience::retry::Retry::builder()
+        .max_attempts(NonZeroU32::new(3).unwrap())
+        .backoff(Backoff::Exponential {
+            initial: Duration::from_millis(50),
+            multiplier: 2.0,
+        })
+        .build()
+}
+
+/// A host's breaker, with the defaults.
+fn breaker(host: &str) -> CircuitBreaker {
+    CircuitBreaker::builder()
+        .name(format!("api:{host}"))
+        .build()
+        .expect("a valid breaker")
+}
+
+const HOSTS: NonZeroUsize = NonZeroUsize::new(1000).unwrap();
+const PER_HOST: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+
+/// Which of its stages a `HostPipeline` has besides its retry.
+#[derive(Clone, Copy)]
+struct Stages {
+    breaker: bool,
+    bulkhead: bool,
+    /// The attempt timeout (2 s).
+    timed: bool,
+}
+
+impl Stages {
+    const ALL: Stages = Stages {
+        breaker: true,
+        bulkhead: true,
+        timed: true,
+    };
+}
+
+/// A `HostPipeline` of floodwall's retry and `stages`.
+fn host_pipeline(stages: Stages) -> HostPipeline {
+    HostPipeline::new(HOSTS, move |host| {
+        let mut pipeline = Pipeline::builder().retry(retry());
+        if stages.breaker {
+            pipeline = pipeline.circuit_breaker(breaker(host));
+        }
+        if stages.bulkhead {
+            let bulkhead = Bulkhead::builder()
+                .name(format!("host:{host}"))
+                .max_concurrent(PER_HOST)
+                .build();
+            pipeline = pipeline.bulkhead(bulkhead);
+        }
+        if stages.timed {
+            pipeline = pipeline.attempt_timeout(Duration::from_secs(2));
+        }
+        pipeline.build()
+    })
+}
+
+/// A bare client and one with reqwest-retry's `RetryTransientMiddleware` (2 retries), each
+/// finished by `end`: every table's first two clients.
+fn baseline(
+    plain: &reqwest::Client,
+    end: impl Fn(ClientBuilder) -> ClientWithMiddleware,
+) -> Vec<(&'static str, ClientWithMiddleware)> {
+    let policy = reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(2);
+    let peer = ClientBuilder::new(plain.clone()).with(
+        reqwest_retry::RetryTransientMiddleware::new_with_policy(policy),
+    );
+    vec![
+        ("bare", end(ClientBuilder::new(plain.clone()))),
+        ("reqwest-retry", end(peer)),
+    ]
+}
+
 /// The six clients, each ending in `Canned` when `canned`.
 fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
     let plain = reqwest::Client::new();
@@ -65,61 +146,71 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
             b.build()
         }
     };
-    let bare = end(ClientBuilder::new(plain.clone()));
-    let policy = reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(2);
-    let peer = end(ClientBuilder::new(plain.clone()).with(
-        reqwest_retry::RetryTransientMiddleware::new_with_policy(policy),
-    ));
-    let retry = || {
-        floodwall::resilience::retry::Retry::builder()
-            .max_attempts(NonZeroU32::new(3).unwrap())
-            .backoff(Backoff::Exponential {
-                initial: Duration::from_millis(50),
-                multiplier: 2.0,
-            })
-            .build()
-    };
-    let breaker = |host: &str| {
-        CircuitBreaker::builder()
-            .name(format!("api:{host}"))
-            .build()
-            .expect("a valid breaker")
-    };
-    let hosts = NonZeroUsize::new(1000).unwrap();
-    let per_host = NonZeroUsize::new(32).unwrap();
-    let pipeline = |timed: bool| {
-        end(
-            ClientBuilder::new(plain.clone()).with(HostPipeline::new(hosts, move |host| {
-                let stages = Pipeline::builder()
-                    .retry(retry())
-                    .circuit_breaker(breaker(host))
-                    .bulkhead(
-                        Bulkhead::builder()
-                            .name(format!("host:{host}"))
-                            .max_concurrent(per_host)
-                            .build(),
-                    );
-                match timed {
-                    true => stages.attempt_timeout(Duration::from_secs(2)).build(),
-                    false => stages.build(),
-                }
-            })),
-        )
-    };
-    let retry_only = end(ClientBuilder::new(plain.clone()).with(Retry::new(retry())));
+    let with = |m: HostPipeline| end(ClientBuilder::new(plain.clone()).with(m));
     let stack = end(ClientBuilder::new(plain.clone())
         .with(Retry::new(retry()))
-        .with(HostBreaker::new(hosts, breaker))
-        .with(HostBulkhead::per_host(hosts, per_host))
+        .with(HostBreaker::new(HOSTS, breaker))
+        .with(HostBulkhead::per_host(HOSTS, PER_HOST))
         .with(Timeout::new(Duration::from_secs(2))));
-    vec![
-        ("bare", bare),
-        ("reqwest-retry", peer),
-        ("floodwall-retry", retry_only),
-        ("floodwall-pipeline", pipeline(true)),
+    let untimed = Stages {
+        timed: false,
+        ..Stages::ALL
+    };
+    let mut all = baseline(&plain, end);
+    all.extend([
+        (
+            "floodwall-retry",
+            end(ClientBuilder::new(plain.clone()).with(Retry::new(retry()))),
+        ),
+        ("floodwall-pipeline", with(host_pipeline(Stages::ALL))),
         ("floodwall-stack", stack),
-        ("floodwall-pipeline-untimed", pipeline(false)),
-    ]
+        ("floodwall-pipeline-untimed", with(host_pipeline(untimed))),
+    ]);
+    all
+}
+
+/// The loopback clients of the stage-by-stage table: `HostPipeline` built up one stage at a
+/// time beside floodwall's `Retry` and the two baseline clients.
+fn stage_clients() -> Vec<(&'static str, ClientWithMiddleware)> {
+    let plain = reqwest::Client::new();
+    let end = |b: ClientBuilder| b.build();
+    let with = |stages: Stages| end(ClientBuilder::new(plain.clone()).with(host_pipeline(stages)));
+    let none = Stages {
+        breaker: false,
+        bulkhead: false,
+        timed: false,
+    };
+    let mut all = baseline(&plain, end);
+    all.extend([
+        (
+            "floodwall-retry",
+            end(ClientBuilder::new(plain.clone()).with(Retry::new(retry()))),
+        ),
+        ("pipeline: retry", with(none)),
+        (
+            "pipeline: retry, bulkhead",
+            with(Stages {
+                bulkhead: true,
+                ..none
+            }),
+        ),
+        (
+            "pipeline: retry, breaker",
+            with(Stages {
+                breaker: true,
+                ..none
+            }),
+        ),
+        (
+            "pipeline: retry, breaker, bulkhead",
+            with(Stages {
+                timed: false,
+                ..Stages::ALL
+            }),
+        ),
+        ("pipeline: all four", with(Stages::ALL)),
+    ]);
+    all
 }
 
 /// Starts the origin on its own runtime thread; returns its URL and the runtime.
@@ -209,42 +300,52 @@ fn reqwest_stacks(c: &mut Criterion) {
         "\n| scenario | client | per request (median) | added over bare (median of paired rounds) |"
     );
     eprintln!("|---|---|---|---|");
-    for (scenario, clients) in &scenarios {
+    let stages = ("local_get_stages", stage_clients());
+    for (scenario, clients) in scenarios.iter().chain([&stages]) {
         let (per_round, rounds) = match (full, *scenario) {
             (false, _) => (50, 1),
-            (true, "local_get") => (20, 4_000),
-            (true, _) => (2_000, 400),
+            (true, "stack_only") => (2_000, 400),
+            (true, _) => (20, 4_000),
         };
-        let times = alternate(&rt, clients, &url, per_round, rounds);
-        let ns = |d: Duration| d.as_nanos() as f64;
-        // Each round's client against the bare client of the same round, so a machine that
-        // drifts affects both sides of every difference alike.
-        let added: Vec<f64> = (0..clients.len())
-            .map(|i| median(times.iter().map(|t| ns(t[i]) - ns(t[0])).collect()))
-            .collect();
-        for (i, (name, _)) in clients.iter().enumerate() {
-            let per = median(times.iter().map(|t| ns(t[i])).collect());
-            eprintln!(
-                "| {scenario} | {name} | {:.0} ns | {:.0} ns |",
-                per, added[i]
-            );
-        }
-        let vs = |i: usize| added[i] / added[1];
+        table(&rt, scenario, clients, &url, per_round, rounds);
+    }
+}
+
+/// Prints `clients`' rows of the table from `rounds` rounds of `per_round` requests, then a
+/// line of what each adds per request beside reqwest-retry (the second client).
+fn table(
+    rt: &tokio::runtime::Runtime,
+    scenario: &str,
+    clients: &[(&'static str, ClientWithMiddleware)],
+    url: &str,
+    per_round: u32,
+    rounds: usize,
+) {
+    let times = alternate(rt, clients, url, per_round, rounds);
+    let ns = |d: Duration| d.as_nanos() as f64;
+    // Each round's client against the bare client of the same round, so a machine that
+    // drifts affects both sides of every difference alike.
+    let added: Vec<f64> = (0..clients.len())
+        .map(|i| median(times.iter().map(|t| ns(t[i]) - ns(t[0])).collect()))
+        .collect();
+    for (i, (name, _)) in clients.iter().enumerate() {
+        let per = median(times.iter().map(|t| ns(t[i])).collect());
         eprintln!(
-            "{scenario}: added per request: reqwest-retry {:.0} ns; floodwall-retry {:.0} ns \
-             ({:.2}x reqwest-retry's), floodwall-pipeline {:.0} ns ({:.2}x), floodwall-stack \
-             {:.0} ns ({:.2}x), floodwall-pipeline-untimed {:.0} ns ({:.2}x)",
-            added[1],
-            added[2],
-            vs(2),
-            added[3],
-            vs(3),
-            added[4],
-            vs(4),
-            added[5],
-            vs(5)
+            "| {scenario} | {name} | {:.0} ns | {:.0} ns |",
+            per, added[i]
         );
     }
+    let others: Vec<String> = (2..clients.len())
+        .map(|i| {
+            let ratio = added[i] / added[1];
+            format!("{} {:.0} ns ({ratio:.2}x)", clients[i].0, added[i])
+        })
+        .collect();
+    eprintln!(
+        "{scenario}: added per request: reqwest-retry {:.0} ns; {}",
+        added[1],
+        others.join(", ")
+    );
 }
 
 criterion_group!(benches, reqwest_stacks);
