@@ -1,8 +1,12 @@
 //! The cross-instance load lease: one instance loads a missing key while the others wait for
 //! its value in Redis.
 //!
-//! The lease is a key beside the value (`…:{key}:GENERATION:lease`, `SET NX PX` with this
-//! instance's owner id, released only by its owner). An instance that finds the lease taken
+//! The lease is a key beside the value (`…:{key}:GENERATION:lease`, set with a `PX` by
+//! `redis/take_lease.lua` to this instance's owner id, released only by its owner). A lease
+//! that already holds this instance's id is this instance's: a take whose reply was lost (the
+//! call timed out on the client and Redis applied it afterwards) leaves such a lease behind,
+//! and the next load takes it again at once instead of waiting on itself (a cache coalesces
+//! its own loads, so it runs at most one per key). An instance that finds the lease taken
 //! polls Redis for the value every `lease / 20` (5–50 ms) and takes the lease itself once the
 //! holder's lease has expired (the holder died or its load outlived the lease).
 //!

@@ -224,6 +224,8 @@ pub(crate) struct RedisStoreInner {
     channel: String,
 }
 
+/// Takes the lease unless another instance holds it (one this instance holds is its own).
+static TAKE_LEASE: Script = Script::new(include_str!("redis/take_lease.lua"));
 /// Deletes the lease only if this instance still holds it.
 static RELEASE_LEASE: Script = Script::new(include_str!("redis/release_lease.lua"));
 /// Bumps the namespace generation past the stored one, the caller's and Redis's time in ms.
@@ -465,22 +467,16 @@ impl RedisStoreInner {
         self.path.query::<()>(::redis::cmd("DEL").arg(&k)).await
     }
 
-    /// Takes the load lease of `key` for `ttl`; `true` if this instance now holds it.
+    /// Takes the load lease of `key` for `ttl`; `true` if this instance now holds it (also
+    /// when an earlier take whose reply was lost left it this instance's).
     pub(crate) async fn take_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let k = self.lease_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let got: Option<String> = self
+        let held: i64 = self
             .path
-            .query(
-                ::redis::cmd("SET")
-                    .arg(&k)
-                    .arg(&self.owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms),
-            )
+            .invoke(TAKE_LEASE.call().key(&k).arg(&self.owner).arg(ms))
             .await?;
-        Ok(got.is_some())
+        Ok(held == 1)
     }
 
     pub(crate) async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
