@@ -30,6 +30,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cluster;
 mod flaky;
 mod postgres;
 mod proxy;
@@ -39,12 +40,11 @@ mod sentinel;
 mod server;
 mod tls;
 
+pub use cluster::RedisCluster;
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
 pub use postgres::{PostgresServer, REQUIRE_POSTGRES_ENV};
 pub use proxy::FaultProxy;
 pub use reshard::SlotMove;
 pub use sentinel::RedisSentinel;
-pub use server::{
-    REQUIRE_REDIS_ENV, RedisCluster, RedisServer, StartError, Target, on_each_topology,
-};
+pub use server::{REQUIRE_REDIS_ENV, RedisServer, StartError, Target, on_each_topology};
 pub use tls::TlsFiles;

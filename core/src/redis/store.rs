@@ -183,17 +183,39 @@ impl StorePath {
     }
 
     /// Runs a script like [`invoke`](Self::invoke), bounded by `deadline` when it comes before
-    /// the call's own timeout. The bound is the call's timeout, so a call cut short at the
-    /// deadline is still reported to the node's gate as a timeout.
+    /// the call's own timeout. A call cut short at the deadline is reported to the node's gate
+    /// as a timeout only when the node had at least half the call's own bound to answer: a
+    /// caller whose deadline was spent elsewhere (on another node, in a queue) says nothing
+    /// about this node.
     pub async fn invoke_until<T: FromRedisValue>(
         &self,
         call: ScriptCall<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<T, StoreError> {
+        self.invoke_until_as(call, deadline, Gating::Gated).await
+    }
+
+    /// Runs a script that finishes what the caller holds (a give-back of what it consumed),
+    /// like [`invoke_held`](Self::invoke_held), bounded by `deadline` when it comes before the
+    /// call's own timeout.
+    pub async fn invoke_held_until<T: FromRedisValue>(
+        &self,
+        call: ScriptCall<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, StoreError> {
+        self.invoke_until_as(call, deadline, Gating::Bypass).await
+    }
+
+    async fn invoke_until_as<T: FromRedisValue>(
+        &self,
+        call: ScriptCall<'_>,
+        deadline: tokio::time::Instant,
+        gating: Gating,
+    ) -> Result<T, StoreError> {
         let node = self.node_for(call.first_key());
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let bound = left.min(self.call_timeout());
-        self.run_within(node, Gating::Gated, bound, |conn, t| async move {
+        self.run_within(node, gating, bound, |conn, t| async move {
             conn.invoke_raw(&call, t).await
         })
         .await
@@ -289,7 +311,12 @@ impl StorePath {
                 Ok(v)
             }
             Err(e) => {
-                let health = e.health();
+                let health = match e {
+                    // Less than half the node's own bound: the caller's deadline ran out, not
+                    // (as far as anyone knows) the node's time to answer.
+                    CallError::Timeout if timeout < conn.call_timeout() / 2 => Health::Neutral,
+                    _ => e.health(),
+                };
                 if let Some(t) = ticket {
                     gate.report(t, health);
                 }

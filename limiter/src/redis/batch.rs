@@ -398,21 +398,34 @@ pub(super) fn send_single<'a>(
     item: &'a Unit,
     deadline: tokio::time::Instant,
 ) -> futures::future::BoxFuture<'a, Verdict> {
-    Box::pin(send_single_unboxed(path, item, deadline))
+    Box::pin(send_single_unboxed(path, item, deadline, false))
+}
+
+/// A give-back of what a decision consumed, sent alone like
+/// [`send_single`](send_single): finishing what the caller holds, it bypasses the node's gate
+/// and is not counted against the node's health.
+pub(super) async fn send_held(
+    path: &StorePath,
+    item: &Unit,
+    deadline: tokio::time::Instant,
+) -> Verdict {
+    send_single_unboxed(path, item, deadline, true).await
 }
 
 async fn send_single_unboxed(
     path: &StorePath,
     item: &Unit,
     deadline: tokio::time::Instant,
+    held: bool,
 ) -> Verdict {
     let mut tries = 0;
     loop {
-        // The first try has the whole bound; a resend has what is left of it. Either way the
-        // bound is the call's own timeout, so the node's gate hears of a timeout.
-        let verdict = path
-            .invoke_until(item.append(LIMIT_SCRIPT.call()), deadline)
-            .await;
+        // The first try has the whole bound; a resend has what is left of it.
+        let call = item.append(LIMIT_SCRIPT.call());
+        let verdict = match held {
+            true => path.invoke_held_until(call, deadline).await,
+            false => path.invoke_until(call, deadline).await,
+        };
         tries += 1;
         match &verdict {
             Ok(v) if is_redirect(v) && tries < 5 => {

@@ -443,10 +443,14 @@ impl RedisStore {
         floodwall_core::clock::deadline_after(self.path.call_timeout())
     }
 
-    /// Gives back every consumed decision, concurrently, until `deadline` (the decision's own
-    /// bound): a give-back still under way then is abandoned, so a denial never takes longer
-    /// than one call bound. What was not given back stays consumed until it expires — the
-    /// limiter may then under-admit, never over-admit. Failures are logged.
+    /// Gives back every consumed decision, concurrently. A give-back returns what the caller
+    /// holds: it is never refused by a node's gate nor counted against a node's health, and it
+    /// has a call bound of its own from when it starts — a decision whose deadline was spent
+    /// waiting on a failing node still gives back what a healthy node consumed. The caller
+    /// waits for the give-backs until `deadline` (the decision's own bound, so a denial never
+    /// takes longer than one call bound); those still under way then finish on their own
+    /// task. What could not be given back stays consumed until it expires — the limiter may
+    /// then under-admit, never over-admit. Failures are logged.
     pub(crate) async fn refund(
         &self,
         limits: &[Limit],
@@ -454,32 +458,38 @@ impl RedisStore {
         results: &[(Decision, RemoteReceipt)],
         deadline: tokio::time::Instant,
     ) {
-        let calls = applicable
+        let items: Vec<(String, Unit)> = applicable
             .iter()
             .zip(results)
             .filter(|(_, (_, r))| r.consumed)
             .map(|(e, (_, r))| {
                 let (idx, key, quota) = e.expect("filled by the caller");
                 let limit = &limits[idx as usize];
-                async move {
-                    (
-                        limit.name(),
-                        self.one(limit, key, quota, r.cost, "r", r.receipt, deadline)
-                            .await,
-                    )
-                }
-            });
-        let Ok(done) = tokio::time::timeout_at(deadline, futures::future::join_all(calls)).await
-        else {
-            tracing::warn!(
-                "a rate-limit give-back did not finish within the call bound; abandoned"
-            );
+                let item = self.item(limit, key, quota, r.cost, "r", r.receipt);
+                (limit.name().to_owned(), Unit::One(item))
+            })
+            .collect();
+        if items.is_empty() {
             return;
-        };
-        for (name, result) in done {
-            if let Err(e) = result {
-                tracing::warn!(limit = name, error = %e, "could not give back a rate-limit decision");
+        }
+        let path = self.path.clone();
+        let own_bound = self.deadline();
+        let giving_back = tokio::spawn(async move {
+            let calls = items.iter().map(|(name, item)| {
+                let path = &path;
+                async move { (name, batch::send_held(path, item, own_bound).await) }
+            });
+            for (name, result) in futures::future::join_all(calls).await {
+                if let Err(e) = result {
+                    tracing::warn!(limit = %name, error = %e, "could not give back a rate-limit decision");
+                }
             }
+        });
+        if tokio::time::timeout_at(deadline, giving_back)
+            .await
+            .is_err()
+        {
+            tracing::debug!("a rate-limit give-back goes on past the decision's bound");
         }
     }
 }
