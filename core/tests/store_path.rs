@@ -1,7 +1,6 @@
-//! The store path every Redis-backed store takes: its call bound, per-node health, error
-//! mapping and secret hygiene, against servers these tests start themselves.
+//! The store path every Redis-backed store takes: its call bound, per-node health and error
+//! mapping, against servers these tests start themselves (secret hygiene: `credentials.rs`).
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,101 +66,6 @@ async fn a_store_uses_the_connections_call_timeout_unless_it_overrides_it() {
         );
         assert!(took >= Duration::from_millis(want) && took < Duration::from_millis(want + 150));
     }
-}
-
-/// Collects every tracing event's fields as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut text = self.0.lock().unwrap();
-        event.record(&mut Fields(&mut text));
-        text.push('\n');
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-/// The password in a URL appears in no `Debug` output and no log line.
-#[tokio::test(flavor = "current_thread")]
-async fn debug_output_and_the_connect_log_line_contain_no_password() {
-    let Some(server) =
-        RedisServer::start_or_skip("debug_output_and_the_connect_log_line_contain_no_password")
-    else {
-        return;
-    };
-    server
-        .command(&["CONFIG", "SET", "requirepass", "s3cret-pw"])
-        .unwrap();
-    let url = format!("redis://:s3cret-pw@127.0.0.1:{}", server.port());
-    let connector = RedisConnection::standalone(url.clone());
-    let debug = format!("{connector:?}");
-    println!("{debug}");
-    assert!(!debug.contains("s3cret-pw"), "{debug}");
-    assert!(debug.contains(":***@127.0.0.1"), "{debug}");
-
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
-    let conn = connector.connect().await.unwrap();
-    let sentinel_debug = format!(
-        "{:?}",
-        RedisConnection::sentinel("m", [url.clone()]).master_auth(None, "s3cret-pw")
-    );
-    let conn_debug = format!("{conn:?}");
-    let options_debug = format!("{:?}", StoreOptions::new(conn.clone()));
-    let logged = capture.0.lock().unwrap().clone();
-    println!("log: {logged}");
-    assert!(
-        logged.contains("connected to Redis"),
-        "the connect line was logged: {logged}"
-    );
-    for text in [&logged, &conn_debug, &options_debug, &sentinel_debug] {
-        assert!(!text.contains("s3cret-pw"), "{text}");
-    }
-}
-
-/// Credentials the server refuses are a configuration error, with a message that says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_is_a_config_error() {
-    let Some(server) = RedisServer::start_or_skip("a_wrong_password_is_a_config_error") else {
-        return;
-    };
-    server
-        .command(&["CONFIG", "SET", "requirepass", "right-one"])
-        .unwrap();
-    let err =
-        RedisConnection::standalone(format!("redis://:wrong-one@127.0.0.1:{}", server.port()))
-            .connect()
-            .await
-            .unwrap_err();
-    println!("wrong password: {err}");
-    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
-    assert!(err.to_string().contains("credentials"), "{err}");
-    assert!(!err.to_string().contains("wrong-one"));
-    // No password at all, against a server that needs one: also a configuration error.
-    let err = RedisConnection::standalone(server.url())
-        .connect()
-        .await
-        .unwrap_err();
-    println!("no password: {err}");
-    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
 }
 
 /// Records every report, to see what the store path says about a node.

@@ -155,28 +155,67 @@ pub(crate) fn map_error(err: RedisError, timeout: Duration) -> StoreError {
     }
 }
 
-/// `url` with its password (and a user name given without one) replaced by `***`, for
-/// `Debug` output and logs.
+/// `url` with every credential the redis crate accepts replaced by `***`, for `Debug` output,
+/// errors and logs: the userinfo's password (and a user name given without one, which may be
+/// a token), and the values of query parameters that carry one (`pass`, `password` and the
+/// like, as `redis+unix://` and `unix://` URLs take them). A text that is not a URL is shown
+/// as it is.
 pub(crate) fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
+    let (head, rest) = url.split_at(scheme_end + 3);
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(head);
+    match authority.rfind('@') {
+        Some(at) => {
+            match authority[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str("***"),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let Some(q) = tail.find('?') else {
+        out.push_str(tail);
+        return out;
     };
-    let userinfo = &authority[..at];
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
+    out.push_str(&tail[..=q]);
+    let (query, fragment) = match tail[q + 1..].find('#') {
+        Some(f) => tail[q + 1..].split_at(f),
+        None => (&tail[q + 1..], ""),
     };
-    format!(
-        "{}{shown}{}",
-        &url[..scheme_end + 3],
-        &url[scheme_end + 3 + at..]
-    )
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => {
+                out.push_str(name);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// Whether a URL query parameter named `name` carries a credential.
+fn is_secret_param(name: &str) -> bool {
+    const SECRET: [&str; 7] = [
+        "pass", "password", "passwd", "pwd", "auth", "token", "secret",
+    ];
+    let name = name.to_ascii_lowercase();
+    SECRET
+        .iter()
+        .any(|s| name == *s || name.ends_with(&format!("_{s}")))
 }
 
 fn unavailable(err: RedisError) -> StoreError {
@@ -213,5 +252,17 @@ mod tests {
         assert_eq!(redact("redis://h:6379/1"), "redis://h:6379/1");
         assert_eq!(redact("redis://u:p@ss@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact("unix:///tmp/r.sock?user=u&PASSWORD=s3cret#x"),
+            "unix:///tmp/r.sock?user=u&PASSWORD=***#x"
+        );
+        assert_eq!(
+            redact("redis://u:s3cret@h:1/0?protocol=resp3&auth_token=t0k"),
+            "redis://u:***@h:1/0?protocol=resp3&auth_token=***"
+        );
     }
 }
