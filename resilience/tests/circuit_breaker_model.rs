@@ -118,12 +118,16 @@ impl Model {
                 self.probes.clear();
                 self.half_open_since = now;
             }
-            // Only a close ends a run of consecutive openings.
-            State::Closed => {
+            // A forced opening counts as the next consecutive opening (resilience4j's
+            // attempts); closed, disabled and metrics-only end the run.
+            State::ForcedOpen => {
+                self.opens += 1;
+                self.window.clear();
+            }
+            _ => {
                 self.opens = 0;
                 self.window.clear();
             }
-            _ => self.window.clear(),
         }
         self.state = to;
         self.generation += 1;
@@ -413,9 +417,12 @@ proptest! {
                 Op::State => prop_assert_eq!(breaker.state(), model.settle(now), "step {}", step),
                 Op::Manual(s) => {
                     manual(&breaker, s);
-                    // A transition to the current state is a no-op; only OPEN half-opens.
+                    // A transition to the current state is a no-op, but a reset always starts a
+                    // fresh CLOSED state; only OPEN half-opens.
                     let current = model.settle(now);
-                    if current != s && (s != State::HalfOpen || current == State::Open) {
+                    if (current != s || s == State::Closed)
+                        && (s != State::HalfOpen || current == State::Open)
+                    {
                         model.go(s, now);
                     }
                 }

@@ -9,8 +9,13 @@ use super::{BreakerEvent, CircuitBreaker, IllegalTransition, Opening, State};
 
 impl CircuitBreaker {
     /// Manual: reject every call until another manual transition. A manual transition to
-    /// the state the breaker is in is a no-op (no event, no restarted wait); none resets the
-    /// open-wait backoff except a close ([`reset`](Self::reset)).
+    /// the state the breaker is in is a no-op (no event, no restarted wait).
+    ///
+    /// Like resilience4j's attempts, a forced opening counts as the next consecutive opening
+    /// for the open-wait backoff: open (wait 1) → forced open → open waits the third wait
+    /// (5 s × 1.5² = 11.25 s with a 5 s, ×1.5 backoff). A close ([`reset`](Self::reset) or
+    /// the probes passing), [`disable`](Self::disable) and
+    /// [`metrics_only`](Self::metrics_only) end the run.
     pub fn force_open(&self) {
         self.manual(State::ForcedOpen);
     }
@@ -20,7 +25,10 @@ impl CircuitBreaker {
         self.manual(State::Disabled);
     }
 
-    /// Manual: record and report, never reject.
+    /// Manual: record and report, never reject. Crossing the failure-rate or slow-call-rate
+    /// threshold publishes [`BreakerEvent::FailureRateExceeded`] /
+    /// [`BreakerEvent::SlowCallRateExceeded`] once per stay in this state, as resilience4j
+    /// does.
     pub fn metrics_only(&self) {
         self.manual(State::MetricsOnly);
     }
@@ -47,11 +55,24 @@ impl CircuitBreaker {
         Ok(())
     }
 
-    /// Back to closed with an empty window and the backoff reset; publishes
-    /// [`BreakerEvent::Reset`].
+    /// Back to closed with an empty window and the backoff reset, from any state — a CLOSED
+    /// breaker too, which starts a fresh window in place (resilience4j's `reset`, which always
+    /// starts a new CLOSED state); publishes a state transition when the breaker was not
+    /// closed, then [`BreakerEvent::Reset`].
     pub fn reset(&self) {
-        self.manual(State::Closed);
-        self.inner.events.emit(|| BreakerEvent::Reset);
+        let inner = &*self.inner;
+        loop {
+            let now = inner.clock.now_nanos();
+            let w = inner.settle(now);
+            if kind_of(w) != State::Closed {
+                self.manual(State::Closed);
+                break;
+            }
+            if inner.restart_closed(w, now) {
+                break;
+            }
+        }
+        inner.events.emit(|| BreakerEvent::Reset);
     }
 
     /// Opens now for exactly `wait`, then half-opens as after any opening (resilience4j's

@@ -29,7 +29,9 @@
 //! - Count window: the last `n` outcomes. Time window: the outcomes of the last `n` whole
 //!   clock seconds (aligned to the [`Clock`]'s seconds).
 //! - Open wait: fixed, or backoff `initial * multiplier^(k-1)` capped at `max` for the k-th
-//!   opening without a close in between. At `now >= opened_at + wait` the breaker is half-open.
+//!   opening without a close in between (a forced opening counts as one, as resilience4j's
+//!   attempts do; disabled and metrics-only end the run as a close does). At
+//!   `now >= opened_at + wait` the breaker is half-open.
 //! - Half-open admits exactly `permitted_calls_in_half_open` probes; once all of them have
 //!   recorded an outcome, their own rates decide close or re-open.
 //! - Transitions are made lazily, by the first [`try_acquire`](CircuitBreaker::try_acquire)
@@ -172,6 +174,8 @@ struct Inner {
     /// rejection skip the lock when none was.
     cause: Mutex<Option<Cause>>,
     has_cause: AtomicBool,
+    /// In METRICS_ONLY: the threshold events were published once since it was entered.
+    thresholds_reported: AtomicBool,
     transition: Mutex<()>,
 }
 
@@ -239,6 +243,7 @@ impl CircuitBreaker {
                 not_permitted: AtomicU64::new(0),
                 cause: Mutex::new(None),
                 has_cause: AtomicBool::new(false),
+                thresholds_reported: AtomicBool::new(false),
                 events: Events::default(),
                 transition: Mutex::new(()),
                 metrics: {
@@ -455,8 +460,11 @@ impl CircuitBreaker {
                     return;
                 }
                 let t = inner.window.totals(at);
-                if kind_of(w) == State::Closed && inner.exceeds(t, inner.cfg.minimum_calls) {
-                    inner.trip(w, t, now(), cause());
+                if inner.exceeds(t, inner.cfg.minimum_calls) {
+                    match kind_of(w) {
+                        State::Closed => inner.trip(w, t, now(), cause()),
+                        _ => inner.report_thresholds_once(t),
+                    }
                 }
             }
             State::HalfOpen if permit.probe => {

@@ -16,6 +16,27 @@ impl Inner {
     #[cold]
     #[inline(never)]
     pub(super) fn trip(&self, w: u64, t: Totals, now: u64, cause: Option<Cause>) {
+        self.report_thresholds(t);
+        let opening = Opening {
+            wait_nanos: None,
+            cause,
+        };
+        self.transition_to(State::Open, Some((w, now)), opening);
+    }
+
+    /// In METRICS_ONLY the window `t` crossed a threshold: publishes which, once per stay in
+    /// that state (resilience4j's `MetricsOnlyState` does the same); the breaker stays
+    /// as it is.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn report_thresholds_once(&self, t: Totals) {
+        if !self.thresholds_reported.swap(true, Ordering::AcqRel) {
+            self.report_thresholds(t);
+        }
+    }
+
+    /// Publishes which thresholds the window `t` crossed.
+    fn report_thresholds(&self, t: Totals) {
         if self.events.has_listeners() && t.calls > 0 {
             let rate = |n: u64| 100.0 * n as f64 / t.calls as f64;
             if rate(t.failures) >= self.cfg.failure_rate_threshold {
@@ -27,11 +48,6 @@ impl Inner {
                     .emit(|| BreakerEvent::SlowCallRateExceeded(rate(t.slow)));
             }
         }
-        let opening = Opening {
-            wait_nanos: None,
-            cause,
-        };
-        self.transition_to(State::Open, Some((w, now)), opening);
     }
 
     /// With `automatic_half_open`, a Tokio task applies the half-open transition when the
@@ -133,17 +149,37 @@ impl Inner {
                 self.probes.reset();
                 self.half_open_since.store(now, Ordering::Release);
             }
-            // Only a close ends a run of consecutive openings (the backoff's `k`).
-            State::Closed => {
-                self.consecutive_opens.store(0, Ordering::Relaxed);
+            // A forced opening counts as the next consecutive opening (the backoff's `k`), as
+            // resilience4j's attempts do: open → forced open → open waits the third wait.
+            State::ForcedOpen => {
+                let k = self.consecutive_opens.load(Ordering::Relaxed);
+                self.consecutive_opens
+                    .store(k.saturating_add(1), Ordering::Relaxed);
                 self.window.reset();
                 self.set_cause(None);
             }
-            State::Disabled | State::ForcedOpen | State::MetricsOnly => {
+            // Closed, disabled and metrics-only end a run of consecutive openings.
+            State::Closed | State::Disabled | State::MetricsOnly => {
+                self.consecutive_opens.store(0, Ordering::Relaxed);
+                self.thresholds_reported.store(false, Ordering::Relaxed);
                 self.window.reset();
                 self.set_cause(None);
             }
         }
+    }
+
+    /// A CLOSED breaker starts afresh in place: an empty window, the backoff reset, no
+    /// cause; permits issued before count for nothing. No state transition is published.
+    pub(super) fn restart_closed(&self, w: u64, now: u64) -> bool {
+        let guard = self.transition.lock().unwrap_or_else(|e| e.into_inner());
+        if self.state.load(Ordering::Acquire) != w {
+            return false;
+        }
+        self.enter(State::Closed, State::Closed, now, Opening::default());
+        self.state
+            .store(word(State::Closed, gen_of(w) + 1, 0), Ordering::Release);
+        drop(guard);
+        true
     }
 
     fn set_cause(&self, cause: Option<Cause>) {

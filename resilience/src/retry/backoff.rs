@@ -68,7 +68,7 @@ impl Backoff {
 /// | `Full` | `rand(0, b)` | `[0, b]` |
 /// | `Equal` | `b/2 + rand(0, b/2)` | `[b/2, b]` |
 /// | `Decorrelated` | `min(cap, rand(initial, 3 * prev))`, `prev` = the previous delay, `initial` at first | `[min(initial, cap), cap]` |
-/// | `Randomized { factor: f }` | `min(cap, rand(b·(1−f), b·(1+f)))` | `[b·(1−f), min(cap, b·(1+f))]` |
+/// | `Randomized { factor: f }` | `min(cap, rand(b·(1−f), b·(1+f)))` (near the cap, every draw above it is the cap) | `[b·(1−f), min(cap, b·(1+f))]` |
 /// | `DecorrelatedV2` | `min(cap, (f(t_n) − f(t_{n−1})) / 1.4 · initial)`, `t_n = n + rand(0, 1)`, `f(t) = 2^t·tanh(√(4t))`, `f(t_{−1}) = 0` | `[0, cap]`; the uncapped delays up to `n` sum to `f(t_n) / 1.4 · initial` |
 ///
 /// The cap bounds the final delay in every kind. `Randomized` is resilience4j's
@@ -167,11 +167,12 @@ impl Schedule {
                 } else {
                     factor.clamp(0.0, 1.0)
                 };
+                // The draw spans the whole ±f band and the cap applies after it, as the
+                // formula says: near the cap, the draws above it all become the cap.
                 let base = duration_to_nanos(b) as f64;
                 let lo = (base * (1.0 - f)) as u64;
-                let hi = ((base * (1.0 + f)).min(u64::MAX as f64) as u64)
-                    .min(duration_to_nanos(self.cap));
-                Duration::from_nanos(uniform(random, lo.min(hi), hi))
+                let hi = (base * (1.0 + f)).min(u64::MAX as f64) as u64;
+                Duration::from_nanos(uniform(random, lo, hi).min(duration_to_nanos(self.cap)))
             }
             Jitter::Decorrelated => {
                 let cap = duration_to_nanos(self.cap);
