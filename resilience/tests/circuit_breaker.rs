@@ -404,9 +404,9 @@ fn zero_thresholds_that_make_no_sense_are_build_errors() {
 }
 
 /// Manual transitions: one to the current state is a no-op (no event, the wait not
-/// restarted, the backoff not raised); none but a close resets the backoff's count of
-/// consecutive openings (resilience4j's `transitionTo…State`); only OPEN half-opens
-/// (resilience4j's `IllegalStateTransitionException`).
+/// restarted, the backoff not raised); a forced opening counts as a consecutive opening and a
+/// close resets the count (resilience4j's attempts in `transitionTo…State`); only OPEN
+/// half-opens (resilience4j's `IllegalStateTransitionException`).
 #[test]
 fn manual_transitions_follow_the_state_machine() {
     let clock = ManualClock::new();
@@ -440,13 +440,13 @@ fn manual_transitions_follow_the_state_machine() {
         Some(Duration::from_millis(600)),
         "not restarted"
     );
-    breaker.force_open();
-    breaker.force_open();
-    breaker.open(); // the second consecutive opening: 2 s
+    breaker.force_open(); // counts as the second consecutive opening (resilience4j)
+    breaker.force_open(); // already forced open: nothing happens
+    breaker.open(); // the third consecutive opening: 4 s
     assert_eq!(
         wait(&breaker),
-        Some(Duration::from_secs(2)),
-        "force_open kept the count"
+        Some(Duration::from_secs(4)),
+        "force_open counted once"
     );
     breaker.reset();
     breaker.open(); // a close in between: the first opening again
