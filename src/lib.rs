@@ -99,6 +99,7 @@ pub use floodwall_reqwest as reqwest;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
+    floodwall_core::task::describe_metrics();
     #[cfg(feature = "resilience")]
     resilience::describe_metrics();
     #[cfg(feature = "limiter")]

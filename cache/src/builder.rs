@@ -7,9 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floodwall_core::Clock;
+use floodwall_core::clock::mul_f64_saturating;
 
 use crate::TieredCache;
 use crate::tiered::{Entry, Inner, Options, Subscribe, Tier2, Weigher};
+
+/// The longest time-to-live moka accepts.
+const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 86_400);
 
 /// Builds a [`TieredCache`].
 pub struct TieredCacheBuilder<K, V> {
@@ -148,11 +152,13 @@ where
         crate::describe_metrics();
         let o = &self.options;
         // moka drops entries once even fail-safe cannot use them (a backstop: freshness is
-        // decided on `clock`).
-        let longest = o.ttl.mul_f64(1.0 + o.jitter)
-            + o.max_stale.unwrap_or_default()
-            + o.negative_ttl.unwrap_or_default()
-            + Duration::from_secs(1);
+        // decided on `clock`). Saturating, and no longer than moka takes (1,000 years): a
+        // `Duration::MAX` TTL is "never expires".
+        let longest = mul_f64_saturating(o.ttl, 1.0 + o.jitter)
+            .saturating_add(o.max_stale.unwrap_or_default())
+            .saturating_add(o.negative_ttl.unwrap_or_default())
+            .saturating_add(Duration::from_secs(1))
+            .min(MOKA_MAX_TTL);
         let mut l1 = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .time_to_live(longest);

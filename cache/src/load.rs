@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use floodwall_core::BoxError;
-use floodwall_core::clock::duration_to_nanos;
+use floodwall_core::clock::{duration_to_nanos, mul_f64_saturating};
 use futures::FutureExt;
 
 use crate::tiered::{Entry, Load};
@@ -200,10 +200,10 @@ where
                 (n, n)
             }
         };
-        let hard_at = now.saturating_add(duration_to_nanos(hard.mul_f64(stretch)));
+        let hard_at = now.saturating_add(duration_to_nanos(mul_f64_saturating(hard, stretch)));
         Entry {
             value,
-            soft_at: now.saturating_add(duration_to_nanos(soft.mul_f64(stretch))),
+            soft_at: now.saturating_add(duration_to_nanos(mul_f64_saturating(soft, stretch))),
             hard_at,
             keep_until: hard_at.saturating_add(duration_to_nanos(o.max_stale.unwrap_or_default())),
             retry_at: 0,

@@ -162,9 +162,11 @@ impl<C: Codec> RedisTier<C> {
         self
     }
 
-    /// How often the invalidation bus publishes its heartbeat (default 1 s): a subscription
-    /// silent for 3 heartbeats is taken for down, so a blackholed subscription is detected
-    /// within 3 × this (plus one call bound).
+    /// How often the invalidation bus publishes its heartbeat (default 1 s; at least 1 ms, a
+    /// zero is taken as 1 ms): a subscription silent for 3 heartbeats is taken for down, so a
+    /// blackholed subscription is detected within 3 × this (plus one call bound).
+    /// With `Duration::MAX` a silent subscription is never taken for down (only a closed
+    /// connection is noticed).
     pub fn bus_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every.max(Duration::from_millis(1));
         self
@@ -456,7 +458,7 @@ impl RedisStoreInner {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let k = self.key(key);
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = floodwall_core::redis::ttl_millis(ttl);
         self.path
             .query::<()>(::redis::cmd("SET").arg(&k).arg(bytes).arg("PX").arg(ms))
             .await
@@ -471,7 +473,7 @@ impl RedisStoreInner {
     /// when an earlier take whose reply was lost left it this instance's).
     pub(crate) async fn take_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let k = self.lease_key(key);
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = floodwall_core::redis::ttl_millis(ttl);
         let held: i64 = self
             .path
             .invoke(TAKE_LEASE.call().key(&k).arg(&self.owner).arg(ms))

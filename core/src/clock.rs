@@ -65,6 +65,25 @@ pub const fn duration_to_nanos(d: Duration) -> u64 {
     }
 }
 
+/// `d` scaled by `factor` (a negative or NaN factor counts as zero), saturating at
+/// [`Duration::MAX`] where [`Duration::mul_f64`] would panic.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_core::clock::mul_f64_saturating;
+///
+/// assert_eq!(mul_f64_saturating(Duration::from_secs(2), 1.5), Duration::from_secs(3));
+/// assert_eq!(mul_f64_saturating(Duration::MAX, 1.5), Duration::MAX);
+/// ```
+pub fn mul_f64_saturating(d: Duration, factor: f64) -> Duration {
+    let factor = if factor.is_nan() {
+        0.0
+    } else {
+        factor.max(0.0)
+    };
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
 /// The real monotonic clock.
 ///
 /// Backed by quanta's clock: the CPU's invariant time-stamp counter calibrated against the

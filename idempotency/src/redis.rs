@@ -123,9 +123,9 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// The longest lease or retention kept in Redis (100 years): `Duration::MAX` ("until further
-/// notice") is capped here, since Redis expiries must fit its clock.
-const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The longest lease or retention kept in Redis: `Duration::MAX` ("until further notice") is
+/// capped here, since Redis expiries must fit its clock.
+use floodwall_core::redis::MAX_TTL;
 
 /// A finishing script's reply: 1 done, 0 fenced.
 fn finished(done: i64) -> Finish {
@@ -141,9 +141,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.min(MAX_TTL).as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    floodwall_core::redis::ttl_millis(d)
 }
 
 impl Store for RedisStore {

@@ -161,7 +161,7 @@ impl RateLimiterBuilder {
                 };
                 if lease.quota(quota).is_none() {
                     return Err(ConfigError(format!(
-                        "limit {name:?}: a lease lifetime of {:?} earns the whole burst of {} \
+                        "limit {name:?}: `lease` lifetime {:?} earns the whole burst of {} \
                          (T = {:?}); shorten it or raise the burst",
                         lease.lifetime(),
                         quota.burst(),

@@ -113,7 +113,10 @@ pub(crate) fn decide(
 ) -> Decision {
     let limit = u64::from(limit);
     // Entries at or before now - period have left the window.
-    while log.front().is_some_and(|&(t, _)| t + period <= now) {
+    while log
+        .front()
+        .is_some_and(|&(t, _)| t.saturating_add(period) <= now)
+    {
         log.pop_front();
     }
     let used: u64 = log.iter().map(|&(_, n)| u64::from(n)).sum();
@@ -125,7 +128,8 @@ pub(crate) fn decide(
     let reset_after = if allowed && !consume {
         period
     } else {
-        log.back().map_or(0, |&(t, _)| t + period - now)
+        log.back()
+            .map_or(0, |&(t, _)| t.saturating_add(period).saturating_sub(now))
     };
     let retry_after = (!allowed).then(|| {
         // Drop the oldest entries until `cost` fits; the last one dropped sets the wait.
@@ -134,7 +138,7 @@ pub(crate) fn decide(
         let mut wait = 0;
         for &(t, n) in log.iter() {
             freed += u64::from(n);
-            wait = t + period - now;
+            wait = t.saturating_add(period).saturating_sub(now);
             if freed >= need {
                 break;
             }

@@ -197,7 +197,7 @@ pub(crate) fn decide(
             // Full capacity returns once this window's count has aged out: the end of the
             // next window.
             let reset = if counts.current > 0 {
-                to_end + period
+                to_end.saturating_add(period)
             } else {
                 to_end
             };

@@ -136,7 +136,8 @@ pub struct Timeout {
 }
 
 impl Timeout {
-    /// Bounds what follows by `after`.
+    /// Bounds what follows by `after`: zero cuts every request at its first wait,
+    /// `Duration::MAX` waits without bound.
     pub fn new(after: Duration) -> Self {
         Timeout {
             timeout: floodwall_resilience::timeout::Timeout::new(after),

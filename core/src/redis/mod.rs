@@ -56,6 +56,26 @@ pub use connector::RedisConnector;
 pub use script::{Script, ScriptCall};
 pub use store::{StoreOptions, StorePath};
 
+/// The longest TTL a floodwall store gives a key: 100 years. Redis refuses an expiry past the
+/// end of its clock, so a longer one (`Duration::MAX` means "never expires") saturates here.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `ttl` as a `PX` argument: whole milliseconds, at least 1, at most [`MAX_TTL`].
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_core::redis::{MAX_TTL, ttl_millis};
+///
+/// assert_eq!(ttl_millis(Duration::from_secs(2)), 2_000);
+/// assert_eq!(ttl_millis(Duration::ZERO), 1);
+/// assert_eq!(ttl_millis(Duration::MAX), ttl_millis(MAX_TTL));
+/// ```
+pub fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.min(MAX_TTL).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 use std::time::Duration;
 
 use ::redis::{ErrorKind, RedisError, ServerErrorKind};

@@ -98,7 +98,13 @@ impl RateLimiter {
         deadline: tokio::time::Instant,
     ) -> Result<Verdict, LimitError> {
         if leases.start_sweeping() {
-            tokio::spawn(super::sweep(Arc::downgrade(&self.inner)));
+            // Supervised: a sweep that dies is started again, so idle leases are still
+            // given back.
+            let inner = Arc::downgrade(&self.inner);
+            tokio::spawn(floodwall_core::task::supervised(
+                floodwall_core::task::Task::LeaseSweep,
+                move || Some(super::sweep(inner.clone())),
+            ));
         }
         let limit = &self.inner.limits[idx as usize];
         let decided = match leases.take(key) {

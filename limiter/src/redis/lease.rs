@@ -364,20 +364,23 @@ impl RedisStore {
 /// Every half lifetime, gives back the unused tokens of this limiter's expired leases, until
 /// the limiter is dropped: a lease's leftovers are back in Redis at most a lifetime and a
 /// half after it was taken.
-pub(crate) async fn sweep(inner: Weak<crate::limiter::Inner>) {
+pub(crate) async fn sweep(inner: Weak<crate::limiter::Inner>) -> floodwall_core::task::Exit {
+    use floodwall_core::task::Exit;
     let Some(every) = inner
         .upgrade()
         .and_then(|i| i.leases.iter().flatten().map(Leases::lifetime).min())
     else {
-        return;
+        return Exit::Done;
     };
     let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = inner.upgrade() else {
+            return Exit::Done;
+        };
         let crate::limiter::Store::Redis(redis) = &inner.store else {
-            return;
+            return Exit::Done;
         };
         for (idx, leases) in inner.leases.iter().enumerate() {
             let Some(leases) = leases else { continue };

@@ -145,10 +145,9 @@ impl TimeSource {
     }
 }
 
-/// `repr(C)`, on a cache line's start: what every call reads — the state word, the slow-call
-/// bound, the clock and the window — fills the first two lines, the events' flag and the
-/// metric handles follow, so a call that waited on the network (and finds the breaker cold
-/// in the cache) misses on a few lines rather than one per field.
+/// `repr(C)`, on a cache line's start: what every call reads (state word, slow-call bound,
+/// clock, window) fills the first two lines, the events' flag and metric handles follow, so a
+/// call that waited on the network misses on a few lines rather than one per field.
 #[repr(C, align(64))]
 struct Inner {
     state: AtomicU64,
@@ -461,10 +460,7 @@ impl CircuitBreaker {
                 }
                 let t = inner.window.totals(at);
                 if inner.exceeds(t, inner.cfg.minimum_calls) {
-                    match kind_of(w) {
-                        State::Closed => inner.trip(w, t, now(), cause()),
-                        _ => inner.report_thresholds_once(t),
-                    }
+                    inner.crossed(w, t, now, cause);
                 }
             }
             State::HalfOpen if permit.probe => {

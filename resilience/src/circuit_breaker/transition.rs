@@ -24,6 +24,21 @@ impl Inner {
         self.transition_to(State::Open, Some((w, now)), opening);
     }
 
+    /// The window `t` of state word `w` (CLOSED or METRICS_ONLY) crossed a threshold: trips a
+    /// CLOSED breaker, reports once in METRICS_ONLY.
+    pub(super) fn crossed(
+        &self,
+        w: u64,
+        t: Totals,
+        now: impl FnOnce() -> u64,
+        cause: impl FnOnce() -> Option<Cause>,
+    ) {
+        match kind_of(w) {
+            State::Closed => self.trip(w, t, now(), cause()),
+            _ => self.report_thresholds_once(t),
+        }
+    }
+
     /// In METRICS_ONLY the window `t` crossed a threshold: publishes which, once per stay in
     /// that state (resilience4j's `MetricsOnlyState` does the same); the breaker stays
     /// as it is.
