@@ -30,7 +30,7 @@ echo "under load: $cores CPU-burning processes (${burners[*]})"
 
 failed=0
 for run in $(seq 1 "$runs"); do
-  log=$(mktemp)
+  log=target/under-load-run-$run.log
   started=$(date +%s)
   cargo test --workspace --all-features --locked --no-fail-fast >"$log" 2>&1
   code=$?
@@ -39,8 +39,8 @@ for run in $(seq 1 "$runs"); do
   echo "run $run: exit $code, $passed passed, $failing failed, $(( $(date +%s) - started )) s"
   if [ "$code" != 0 ]; then
     grep -E '^test .* FAILED$|panicked at' "$log" | head -20
+    echo "(the whole output: $log)"
     failed=1
   fi
-  rm -f "$log"
 done
 exit "$failed"

@@ -136,8 +136,8 @@ pub struct Timeout {
 }
 
 impl Timeout {
-    /// Bounds what follows by `after`: zero cuts every request at its first wait,
-    /// `Duration::MAX` waits without bound.
+    /// Bounds what follows by `after`: zero cuts a request at its first wait (one answered
+    /// without waiting passes), `Duration::MAX` waits without bound.
     pub fn new(after: Duration) -> Self {
         Timeout {
             timeout: floodwall_resilience::timeout::Timeout::new(after),

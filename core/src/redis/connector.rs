@@ -67,6 +67,7 @@ impl RedisConnector {
     /// `NOSCRIPT` resend. Default: [`RedisConnection::DEFAULT_CALL_TIMEOUT`] (100 ms). The
     /// stores built on the handle use it unless their
     /// [`StoreOptions::call_timeout`](super::StoreOptions::call_timeout) overrides it.
+    /// `Duration::MAX` waits without bound; zero is refused by [`connect`](Self::connect).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
@@ -74,6 +75,7 @@ impl RedisConnector {
 
     /// Bound on establishing a connection, both in [`connect`](Self::connect) and on each
     /// background reconnect attempt. Default: [`RedisConnection::DEFAULT_CONNECT_TIMEOUT`] (1 s).
+    /// Zero is refused by [`connect`](Self::connect).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -132,10 +134,20 @@ impl RedisConnector {
 
     /// Connects, waiting at most the connect timeout.
     ///
-    /// Errors: [`StoreError::Config`] for a bad URL, an empty node list, a `rediss://` URL
-    /// without the `tls` feature or credentials the server refuses; [`StoreError::Timeout`] or
-    /// [`StoreError::Unavailable`] when no server answers.
+    /// Errors: [`StoreError::Config`] for a zero call or connect timeout, a bad URL, an empty
+    /// node list, a `rediss://` URL without the `tls` feature or credentials the server
+    /// refuses; [`StoreError::Timeout`] or [`StoreError::Unavailable`] when no server answers.
     pub async fn connect(self) -> Result<RedisConnection, StoreError> {
+        for (field, value) in [
+            ("call_timeout", self.call_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(StoreError::Config(format!(
+                    "invalid RedisConnector `{field}`: must be more than zero"
+                )));
+            }
+        }
         let timeout = self.connect_timeout;
         let (inner, nodes) = match self.topology {
             Topology::Standalone => {
