@@ -73,9 +73,19 @@ pub enum RejectReason {
     WaitTimedOut,
 }
 
+impl RejectReason {
+    fn describe(self) -> &'static str {
+        match self {
+            RejectReason::Full => "every slot is taken and calls do not wait",
+            RejectReason::QueueFull => "every slot is taken and the wait queue is full",
+            RejectReason::WaitTimedOut => "no slot freed within the longest wait",
+        }
+    }
+}
+
 /// A call was not admitted by the bulkhead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("bulkhead rejected the call: {reason:?} (max {max_concurrent} concurrent)")]
+#[error("bulkhead full: {} (limit {max_concurrent} at once)", reason.describe())]
 pub struct Rejected {
     /// Why.
     pub reason: RejectReason,

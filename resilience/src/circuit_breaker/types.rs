@@ -96,13 +96,30 @@ impl PartialEq for Rejected {
 
 impl Eq for Rejected {}
 
-impl fmt::Display for Rejected {
+impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "circuit breaker is {:?}; retry after {:?}",
-            self.state, self.retry_after
-        )
+        f.write_str(match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+            State::Disabled => "disabled",
+            State::ForcedOpen => "forced open",
+            State::MetricsOnly => "metrics-only",
+        })
+    }
+}
+
+impl fmt::Display for Rejected {
+    /// `circuit breaker open: call not admitted; retry after 1.996s` (the wait rounded up to
+    /// the millisecond), or without the retry part when it is unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit breaker {}: call not admitted", self.state)?;
+        if let Some(wait) = self.retry_after {
+            let ms = wait.as_nanos().div_ceil(1_000_000);
+            let wait = Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
+            write!(f, "; retry after {wait:?}")?;
+        }
+        Ok(())
     }
 }
 
