@@ -37,6 +37,8 @@
 //!     .backoff(Backoff::Exponential { initial: Duration::from_millis(50), multiplier: 2.0 })
 //!     .jitter(Jitter::Full)
 //!     .build();
+//! // reqwest and reqwest-middleware are re-exported: their versions always match this crate's.
+//! use floodwall_reqwest::{reqwest, reqwest_middleware};
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(IdempotencyKey::new())
 //!     .with(Retry::new(retry))
@@ -67,6 +69,12 @@ pub use error::FloodwallError;
 pub use host::{HostBreaker, HostBulkhead, RateLimit, host_key};
 pub use pipeline::HostPipeline;
 pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
+
+/// The reqwest this crate builds on (0.13), so a client needs no version of its own.
+pub use reqwest;
+/// The reqwest-middleware this crate's middleware plugs into (0.5): build the client with
+/// [`reqwest_middleware::ClientBuilder`] from here, and its version always matches.
+pub use reqwest_middleware;
 
 /// The README's example, compiled as a doctest so it stays true.
 #[cfg(doctest)]
