@@ -611,7 +611,7 @@ fn redis_cases(url: String, http: std::net::SocketAddr) -> Vec<Case> {
                 .build()
                 .unwrap();
             let c = ClientBuilder::new(reqwest::Client::new())
-                .with(floodwall::reqwest::RateLimit::new(l, d))
+                .with(floodwall::reqwest::RateLimit::new(l, d).map_err(|e| e.to_string())?)
                 .build();
             http_get(c.clone(), http).await?;
             // The second waits for the limit (or is refused at once): cut at a second.

@@ -167,10 +167,36 @@ pub struct RateLimit {
     max_wait: Duration,
 }
 
+/// A [`RateLimit`] whose limiter has a limit the client's requests could never reach: one
+/// keyed by another descriptor entry than `host` (a typo would otherwise mean no limit).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid RateLimit: limit `{limit}` is keyed by `{key}`, but a client's requests carry only \
+     `host`; key it by \"host\" (or by nothing, for one quota across every host)"
+)]
+pub struct RateLimitConfigError {
+    /// The limit's name.
+    pub limit: String,
+    /// The descriptor entry it is keyed by.
+    pub key: String,
+}
+
 impl RateLimit {
     /// Waits up to `max_wait` for `limiter`'s quota; the descriptor is `[("host", host_key)]`.
-    pub fn new(limiter: RateLimiter, max_wait: Duration) -> Self {
-        RateLimit { limiter, max_wait }
+    /// Every limit of `limiter` must be keyed by `"host"` (a quota per host) or by nothing (one
+    /// quota for every host): a limit keyed by anything else would never apply, and is refused.
+    pub fn new(limiter: RateLimiter, max_wait: Duration) -> Result<Self, RateLimitConfigError> {
+        if let Some(limit) = limiter
+            .limits()
+            .iter()
+            .find(|l| l.key_name().is_some_and(|k| k != "host"))
+        {
+            return Err(RateLimitConfigError {
+                limit: limit.name().to_owned(),
+                key: limit.key_name().unwrap_or_default().to_owned(),
+            });
+        }
+        Ok(RateLimit { limiter, max_wait })
     }
 }
 

@@ -66,7 +66,7 @@ mod retry;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::FloodwallError;
-pub use host::{HostBreaker, HostBulkhead, RateLimit, host_key};
+pub use host::{HostBreaker, HostBulkhead, RateLimit, RateLimitConfigError, host_key};
 pub use pipeline::HostPipeline;
 pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
 

@@ -227,7 +227,7 @@ async fn the_client_rate_limit_waits_for_its_quota() {
             .unwrap()
     };
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(RateLimit::new(limiter(), Duration::from_secs(5)))
+        .with(RateLimit::new(limiter(), Duration::from_secs(5)).unwrap())
         .build();
     let started = Instant::now();
     for _ in 0..3 {
@@ -243,7 +243,7 @@ async fn the_client_rate_limit_waits_for_its_quota() {
     }
     let took = started.elapsed();
     let impatient = ClientBuilder::new(reqwest::Client::new())
-        .with(RateLimit::new(limiter(), Duration::from_millis(10)))
+        .with(RateLimit::new(limiter(), Duration::from_millis(10)).unwrap())
         .build();
     assert!(impatient.get(format!("{base}/")).send().await.is_ok());
     let refused = impatient.get(format!("{base}/")).send().await.unwrap_err();
@@ -307,4 +307,25 @@ async fn a_post_retried_through_a_lost_response_charges_once() {
     assert_eq!(body, "ch_1");
     assert!(replayed);
     assert_eq!(charges.load(Ordering::SeqCst), 1);
+}
+
+/// A limit keyed by anything but `host` would never see a client's request (a typo meant no
+/// limit at all): `RateLimit::new` refuses it, naming the limit and the key; a limit keyed by
+/// nothing is one quota across every host and is taken.
+#[test]
+fn a_limit_not_keyed_by_host_is_a_build_error() {
+    let limiter = |key: Option<&str>| {
+        let limit = Limit::new("api", Algorithm::Gcra, Quota::per_second(n(10)));
+        let limit = match key {
+            Some(k) => limit.keyed_by(k),
+            None => limit,
+        };
+        RateLimiter::builder().limit(limit).build().unwrap()
+    };
+    let err = RateLimit::new(limiter(Some("hots")), Duration::from_secs(1)).unwrap_err();
+    println!("{err}");
+    assert_eq!((err.limit.as_str(), err.key.as_str()), ("api", "hots"));
+    assert!(err.to_string().contains("`hots`"), "{err}");
+    assert!(RateLimit::new(limiter(Some("host")), Duration::from_secs(1)).is_ok());
+    assert!(RateLimit::new(limiter(None), Duration::from_secs(1)).is_ok());
 }
