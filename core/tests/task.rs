@@ -41,6 +41,31 @@ async fn panics_and_unexpected_ends_are_restarted_with_backoff_until_done_or_own
     let ms = |n| Duration::from_millis(n);
     assert_eq!(starts, vec![ms(0), ms(50), ms(150), ms(360)]);
 
+    // A run that lasted a minute resets the backoff: the next restart waits 50 ms again,
+    // not 200 ms.
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, n) = (starts.clone(), Arc::new(AtomicU32::new(0)));
+    let origin = Instant::now();
+    tokio::spawn(task::supervised(Task::Custom, move || {
+        let run = n.fetch_add(1, Ordering::SeqCst);
+        s.lock().unwrap().push(origin.elapsed());
+        Some(async move {
+            match run {
+                0 | 1 => Exit::Unexpected("quick failure"),
+                2 => {
+                    tokio::time::sleep(Duration::from_secs(61)).await;
+                    Exit::Unexpected("failure after a healthy minute")
+                }
+                _ => Exit::Done,
+            }
+        })
+    }))
+    .await
+    .unwrap();
+    let starts = starts.lock().unwrap().clone();
+    println!("with a healthy run: starts at {starts:?}");
+    assert_eq!(starts, vec![ms(0), ms(50), ms(150), ms(150 + 61_000 + 50)]);
+
     // An owner that is gone ends the supervisor (in the same test: the counts are the
     // process's).
     let owner = Arc::new(());

@@ -56,6 +56,13 @@ pub use connector::RedisConnector;
 pub use script::{Script, ScriptCall};
 pub use store::{StoreOptions, StorePath};
 
+use std::time::Duration;
+
+use ::redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::error::StoreError;
+use crate::health::Health;
+
 /// The longest TTL a floodwall store gives a key: 100 years. Redis refuses an expiry past the
 /// end of its clock, so a longer one (`Duration::MAX` means "never expires") saturates here.
 pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -75,13 +82,6 @@ pub fn ttl_millis(ttl: Duration) -> u64 {
         .unwrap_or(u64::MAX)
         .max(1)
 }
-
-use std::time::Duration;
-
-use ::redis::{ErrorKind, RedisError, ServerErrorKind};
-
-use crate::error::StoreError;
-use crate::health::Health;
 
 /// A call that did not produce a reply: the bound ran out, or redis-rs returned an error.
 #[derive(Debug)]

@@ -182,7 +182,7 @@ fn supervised_driver(
         let (driver, sleep) = match first.take() {
             Some(first) => first,
             None => {
-                let (no, at) = lane.lock().restart_driver()?;
+                let (no, at) = lane.lock().start_driver()?;
                 let driver = Driver {
                     lane: Arc::clone(&lane),
                     no,
@@ -273,16 +273,7 @@ impl State {
             waker: Some(waker),
             ended: false,
         });
-        let start = match (self.driver, self.entries.front()) {
-            (None, Some(front)) => {
-                self.drivers += 1;
-                self.driver = Some(self.drivers);
-                // The earliest entry: older ones are left only if a driver was lost with its
-                // runtime.
-                Some((self.drivers, front.deadline))
-            }
-            _ => None,
-        };
+        let start = self.start_driver();
         (self.end_seq() - 1, start)
     }
 
@@ -341,9 +332,11 @@ impl State {
         None
     }
 
-    /// A driver to replace one that died: its number and when to arm it — `None` when another
-    /// driver runs or nothing waits.
-    pub(crate) fn restart_driver(&mut self) -> Option<(u64, Instant)> {
+    /// A driver to start — for a call that found none running, or to replace one that died:
+    /// its number and when to arm it, at the earliest entry (older entries than the newest are
+    /// left only if a driver was lost with its runtime or died). `None` when a driver runs or
+    /// nothing waits.
+    pub(crate) fn start_driver(&mut self) -> Option<(u64, Instant)> {
         if self.driver.is_some() {
             return None;
         }
