@@ -1,13 +1,9 @@
 //! A limiter with one, two or three limits on a 3 + 3 Redis Cluster, batching on (the
-//! default), while one master is hung (`SIGSTOP`): every decision whose keys all live on the
-//! healthy masters is served (≥ 99 %) throughout the fault and the failover. A node's failure
-//! is its own: nothing on the several-limit path (the concurrent calls, the give-back after a
-//! denial or a failure) may charge it to a healthy node's gate.
-//!
-//! A killed master (`kill -9`) is not asserted here: while its connections are refused, the
-//! Cluster client rebuilds its slot table on every call that reaches it and holds every
-//! other node's calls meanwhile, so healthy masters' calls time out at their bound when the
-//! machine is busy (see `tests/fault_isolation.rs` for the paced fleet-wide figure).
+//! default), while one master is hung (`SIGSTOP`) or killed (`kill -9`): every decision whose
+//! keys all live on the healthy masters is served (≥ 99 %) throughout the fault and the
+//! failover. A node's failure is its own: nothing on the several-limit path (the concurrent
+//! calls, the give-back after a denial or a failure) may charge it to a healthy node's gate,
+//! and no call to a healthy master waits on the dead one's connection or on a slot-table read.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -59,8 +55,16 @@ impl Tally {
     }
 }
 
-async fn healthy_masters_keep_serving_through_a_hung_master() {
-    let test = "multi_limit_decisions_on_healthy_masters_survive_a_hung_master";
+/// What happens to the master the fault hits.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `SIGSTOP`: it keeps its connections and answers nothing.
+    Hung,
+    /// `kill -9`: its connections are reset, new ones refused.
+    Killed,
+}
+
+async fn healthy_masters_keep_serving_through(fault: Fault, test: &str) {
     let Some(mut cluster) = RedisCluster::start_with_replicas_or_skip(test, 3, false) else {
         return;
     };
@@ -120,9 +124,11 @@ async fn healthy_masters_keep_serving_through_a_hung_master() {
                     let request: Vec<(&str, &str)> =
                         FIELDS.iter().copied().zip(values.iter().copied()).collect();
                     let answer = limiter.check(&request).await;
-                    // Paced as the facade's other fault tests are (and so that a refusal
-                    // from an open gate, answered without waiting, does not hog the thread).
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    // Unpaced: each caller sends its next decision as soon as it has the
+                    // answer, so calls to healthy masters are in flight whenever the dead
+                    // one's calls fail. It yields, so that a refusal from an open gate,
+                    // answered without waiting, does not hog the thread.
+                    tokio::task::yield_now().await;
                     if on_victim {
                         continue;
                     }
@@ -141,7 +147,10 @@ async fn healthy_masters_keep_serving_through_a_hung_master() {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.suspend(victim).unwrap();
+    match fault {
+        Fault::Hung => cluster.suspend(victim).unwrap(),
+        Fault::Killed => cluster.kill(victim),
+    }
     let failover = tokio::task::block_in_place(|| {
         cluster
             .wait_for_failover(victim, Duration::from_secs(30))
@@ -152,7 +161,7 @@ async fn healthy_masters_keep_serving_through_a_hung_master() {
     for w in workers {
         w.await.unwrap();
     }
-    println!("master :{victim} hung (SIGSTOP): failed over after {failover:?}");
+    println!("master :{victim} {fault:?}: failed over after {failover:?}");
     for (n, tally) in (1..=3).zip(&tallies) {
         let (share, total) = tally.share();
         println!("  {n} limit(s), keys on healthy masters: {share:.2}% of {total} served");
@@ -169,7 +178,14 @@ async fn healthy_masters_keep_serving_through_a_hung_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_limit_decisions_on_healthy_masters_survive_a_hung_master() {
-    healthy_masters_keep_serving_through_a_hung_master().await;
+    let test = "multi_limit_decisions_on_healthy_masters_survive_a_hung_master";
+    healthy_masters_keep_serving_through(Fault::Hung, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_limit_decisions_on_healthy_masters_survive_a_killed_master() {
+    let test = "multi_limit_decisions_on_healthy_masters_survive_a_killed_master";
+    healthy_masters_keep_serving_through(Fault::Killed, test).await;
 }
 
 /// The give-back after a failure: 20 two-limit decisions at once, each with its first key on

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::PubSub;
-use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, ConnectionInfo, FromRedisValue, ServerErrorKind};
 
 use super::connector::{RedisConnector, TlsOptions};
@@ -183,14 +182,15 @@ impl RedisConnection {
             ))));
         }
         let run = async {
-            let mut conn = self.conn();
-            match conn.query::<T>(&call.command(false)).await {
+            let conn = self.conn();
+            let route = call.first_key();
+            match conn.query::<T>(&call.command(false), route).await {
                 Err(e) if e.kind() == ::redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
                     tracing::debug!(
                         sha1 = call.script.sha1(),
                         "script not cached on server; sending its source"
                     );
-                    conn.query::<T>(&call.command(true)).await
+                    conn.query::<T>(&call.command(true), route).await
                 }
                 other => other,
             }
@@ -210,20 +210,25 @@ impl RedisConnection {
         cmd: &Cmd,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let mut conn = self.conn();
+        let conn = self.conn();
+        // Routed as the store path gates it: by the first argument after the command name.
+        let route = match cmd.args_iter().nth(1) {
+            Some(::redis::Arg::Simple(b)) => Some(b),
+            _ => None,
+        };
         if timeout == Duration::MAX {
-            return conn.query::<T>(cmd).await.map_err(CallError::Redis);
+            return conn.query::<T>(cmd, route).await.map_err(CallError::Redis);
         }
-        match tokio::time::timeout(timeout, conn.query::<T>(cmd)).await {
+        match tokio::time::timeout(timeout, conn.query::<T>(cmd, route)).await {
             Ok(result) => result.map_err(CallError::Redis),
             Err(_) => Err(CallError::Timeout),
         }
     }
 
-    fn conn(&self) -> Conn {
+    fn conn(&self) -> Conn<'_> {
         match &self.inner {
             Inner::Standalone(c) => Conn::Manager(c.clone()),
-            Inner::Cluster(c) => Conn::Cluster(c.clone()),
+            Inner::Cluster(nodes) => Conn::Cluster(self, nodes),
             Inner::Sentinel(s) => Conn::Manager(s.current.read().expect("not poisoned").1.clone()),
         }
     }
@@ -239,20 +244,23 @@ impl RedisConnection {
     }
 }
 
-enum Conn {
+enum Conn<'a> {
     Manager(super::reconnect::Reconnecting),
-    Cluster(ClusterConnection),
+    Cluster(&'a RedisConnection, &'a super::cluster::ClusterNodes),
 }
 
-impl Conn {
-    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> ::redis::RedisResult<T> {
-        match self {
-            Conn::Manager(c) => {
-                let value = c.send(cmd).await?;
-                Ok(::redis::from_redis_value(value.extract_error()?)?)
-            }
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
+impl Conn<'_> {
+    /// Sends `cmd`; on a Cluster, to the master of `route`'s slot.
+    async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        route: Option<&[u8]>,
+    ) -> ::redis::RedisResult<T> {
+        let value = match self {
+            Conn::Manager(c) => c.send(cmd).await?.extract_error()?,
+            Conn::Cluster(conn, nodes) => conn.cluster_send(nodes, cmd, route).await?,
+        };
+        Ok(::redis::from_redis_value(value)?)
     }
 }
 

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ::redis::cluster::ClusterClient;
 use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 
+use super::cluster::ClusterNodes;
 use super::connection::{RedisConnection, Topology};
 use super::reconnect::Reconnecting;
 use super::topology::{Inner, Nodes, SentinelState, Shared, SlotMap};
@@ -148,7 +148,6 @@ impl RedisConnector {
                 )));
             }
         }
-        let timeout = self.connect_timeout;
         let (inner, nodes) = match self.topology {
             Topology::Standalone => {
                 let url = self
@@ -176,25 +175,11 @@ impl RedisConnector {
                 (Inner::Sentinel(Arc::new(state)), Nodes::Sentinel)
             }
             Topology::Cluster => {
-                if self.urls.is_empty() {
-                    return Err(StoreError::Config("no Redis Cluster node URL given".into()));
-                }
-                for url in &self.urls {
-                    self.connection_info(url)?;
-                }
-                let builder = ClusterClient::builder(self.urls.iter().map(String::as_str))
-                    .connection_timeout(timeout)
-                    .use_protocol(self.protocol());
-                #[cfg(feature = "tls")]
-                let builder = self.cluster_tls(builder);
-                let client = builder.build().map_err(|e| {
-                    StoreError::Config(format!("invalid Redis Cluster URLs: {}", redact_err(&e)))
-                })?;
-                let conn = tokio::time::timeout(timeout, client.get_async_connection())
-                    .await
-                    .map_err(|_| StoreError::Timeout { after: timeout })?
-                    .map_err(|e| map_error(e, timeout))?;
-                (Inner::Cluster(conn), Nodes::Slots(SlotMap::default()))
+                let (nodes, mut table) = ClusterNodes::connect(&self).await?;
+                table.sort_unstable_by_key(|(start, _, _)| *start);
+                let map = SlotMap::default();
+                *map.table.write().expect("not poisoned") = table;
+                (Inner::Cluster(Arc::new(nodes)), Nodes::Slots(map))
             }
         };
         let urls: Vec<String> = self.urls.iter().map(|u| redact(u)).collect();
@@ -209,10 +194,6 @@ impl RedisConnector {
                 connector: self,
             }),
         };
-        if conn.topology == Topology::Cluster {
-            // Best effort: until the slot table is known, every key maps to one node name.
-            let _ = conn.refresh_slots().await;
-        }
         Ok(conn)
     }
 
@@ -257,26 +238,6 @@ impl RedisConnector {
             .map_err(|e| map_error(e, self.connect_timeout));
         }
         Client::open(info).map_err(|e| map_error(e, self.connect_timeout))
-    }
-
-    #[cfg(feature = "tls")]
-    fn cluster_tls(
-        &self,
-        mut builder: ::redis::cluster::ClusterClientBuilder,
-    ) -> ::redis::cluster::ClusterClientBuilder {
-        if !self.urls.iter().any(|u| u.starts_with("rediss://")) {
-            return builder;
-        }
-        if self.tls.insecure {
-            builder = builder.tls(::redis::TlsMode::Insecure);
-        }
-        if let Some(ca) = &self.tls.ca_pem {
-            builder = builder.certs(::redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            });
-        }
-        builder
     }
 
     pub(super) async fn manager(&self, info: ConnectionInfo) -> Result<Reconnecting, StoreError> {

@@ -3,9 +3,11 @@
 //! [`RedisConnection`] is a cheap-to-clone handle. On a standalone server (and on a Sentinel
 //! group's master) it holds one redis-rs multiplexed connection that reconnects by itself
 //! (RESP3 by default, so a dropped connection is noticed and re-established even while idle);
-//! on a Cluster it wraps redis-rs's `cluster-async` connection, which follows slot moves. Every call is bounded by the handle's
-//! [`call_timeout`](RedisConnection::call_timeout) and every failure maps to a small
-//! [`StoreError`], so the stores built on top can follow a declared failure policy.
+//! on a Cluster it keeps one such connection per master and sends each call straight to the
+//! master of its key's slot, following `MOVED` and `ASK` and re-reading the slot table in the
+//! background, so one node's failure never holds another node's calls. Every call is bounded
+//! by the handle's [`call_timeout`](RedisConnection::call_timeout) and every failure maps to a
+//! small [`StoreError`], so the stores built on top can follow a declared failure policy.
 //!
 //! Distributed state changes go through [`Script`]: one `EVALSHA` round trip; when the server
 //! does not know the script yet (`NOSCRIPT`, e.g. after a restart or on a new cluster node) the
@@ -43,6 +45,7 @@
 //! # let _ = total; Ok(()) }
 //! ```
 
+mod cluster;
 mod connection;
 mod connector;
 mod reconnect;

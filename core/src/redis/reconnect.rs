@@ -66,14 +66,49 @@ impl Reconnecting {
         Ok(Reconnecting { state })
     }
 
+    /// A handle that connects on its first call (a Cluster node learnt from the slot table):
+    /// that call waits for the attempt, within its own bound.
+    pub(super) fn lazy(client: Client, connect_timeout: Duration) -> Reconnecting {
+        let state = Arc::new_cyclic(|me| State {
+            client,
+            connect_timeout,
+            current: RwLock::new(None),
+            reconnecting: AtomicBool::new(false),
+            attempted: Notify::new(),
+            me: me.clone(),
+        });
+        Reconnecting { state }
+    }
+
     /// Sends `cmd` on the current connection; an I/O failure starts a reconnect.
     pub(super) async fn send(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        let current = self.state.current.read().expect("not poisoned").clone();
-        let mut conn = match current {
-            Some(conn) => conn,
-            None => self.state.wait_for_attempt().await?,
-        };
+        let mut conn = self.current().await?;
         let result = conn.send_packed_command(cmd).await;
+        self.after(result)
+    }
+
+    /// Sends `ASKING` and `cmd` back to back on the current connection and answers `cmd`'s
+    /// reply: a Cluster slot being migrated serves the key here for this one command.
+    pub(super) async fn send_asking(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        let mut conn = self.current().await?;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ASKING").add_command(cmd.clone());
+        let result = conn
+            .send_packed_commands(&pipe, 1, 1)
+            .await
+            .map(|mut replies| replies.pop().unwrap_or(Value::Nil));
+        self.after(result)
+    }
+
+    async fn current(&self) -> Result<MultiplexedConnection, RedisError> {
+        let current = self.state.current.read().expect("not poisoned").clone();
+        match current {
+            Some(conn) => Ok(conn),
+            None => self.state.wait_for_attempt().await,
+        }
+    }
+
+    fn after(&self, result: Result<Value, RedisError>) -> Result<Value, RedisError> {
         if let Err(e) = &result
             && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
         {

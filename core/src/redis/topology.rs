@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ::redis::Value;
-use ::redis::cluster_async::ClusterConnection;
 
+use super::cluster::ClusterNodes;
 use super::connection::{RedisConnection, Topology};
 use super::connector::RedisConnector;
 use super::reconnect::Reconnecting;
@@ -17,7 +17,7 @@ use crate::error::StoreError;
 #[derive(Clone)]
 pub(super) enum Inner {
     Standalone(Reconnecting),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterNodes>),
     Sentinel(Arc<SentinelState>),
 }
 
@@ -51,6 +51,10 @@ pub(super) struct Shared {
     pub(super) connector: RedisConnector,
 }
 
+/// What [`RedisConnection::node_for`] names a key's node on a Cluster before any slot table
+/// was read.
+pub(super) const UNKNOWN_NODE: &str = "cluster";
+
 /// How often a handle may re-read the topology (slot table, Sentinel master) while calls fail.
 pub(super) const TOPOLOGY_RETRY: Duration = Duration::from_millis(200);
 /// How often a Cluster handle re-reads its slot table while all is well.
@@ -82,7 +86,7 @@ impl RedisConnection {
                 let i = table.partition_point(|(_, end, _)| *end < slot);
                 match table.get(i) {
                     Some((start, _, node)) if *start <= slot => node.clone(),
-                    _ => Arc::from("cluster"),
+                    _ => Arc::from(UNKNOWN_NODE),
                 }
             }
         }
@@ -135,28 +139,50 @@ impl RedisConnection {
         });
     }
 
-    /// Reads `CLUSTER SLOTS` (masters only) into the slot table.
+    /// Reads `CLUSTER SLOTS` (masters only) into the slot table: from the node that answered
+    /// last, else each master and seed in turn, each within the call bound. Connections to
+    /// nodes that left the table are dropped.
     pub(super) async fn refresh_slots(&self) -> Result<(), StoreError> {
-        let Nodes::Slots(map) = &self.shared.nodes else {
+        let (Nodes::Slots(map), Inner::Cluster(nodes)) = (&self.shared.nodes, &self.inner) else {
             return Ok(());
         };
         let mut last = StoreError::unavailable("no node answered CLUSTER SLOTS");
-        for _ in 0..3 {
-            match self
-                .query::<Value>(::redis::cmd("CLUSTER").arg("SLOTS"))
-                .await
-            {
-                Ok(reply) => {
-                    let mut table = parse_slots(&reply)?;
-                    table.sort_unstable_by_key(|(start, _, _)| *start);
-                    *map.table.write().expect("not poisoned") = table;
-                    map.last_refresh.store(self.millis(), Ordering::Relaxed);
-                    return Ok(());
+        let cmd = ::redis::cmd("CLUSTER").arg("SLOTS").clone();
+        for node in nodes.candidates(&self.slot_table()) {
+            let read = async {
+                let conn = nodes.connection(&node, &self.shared.connector)?;
+                conn.send(&cmd).await?.extract_error()
+            };
+            let reply = match tokio::time::timeout(self.call_timeout, read).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    last = super::map_error(e, self.call_timeout);
+                    continue;
                 }
-                Err(e) => last = e,
-            }
+                Err(_) => {
+                    last = StoreError::Timeout {
+                        after: self.call_timeout,
+                    };
+                    continue;
+                }
+            };
+            let mut table = parse_slots(&reply)?;
+            table.sort_unstable_by_key(|(start, _, _)| *start);
+            nodes.answered(&node);
+            nodes.retain(&table);
+            *map.table.write().expect("not poisoned") = table;
+            map.last_refresh.store(self.millis(), Ordering::Relaxed);
+            return Ok(());
         }
         Err(last)
+    }
+
+    /// The slot table as last read (empty before the first read, or when not a Cluster).
+    pub(super) fn slot_table(&self) -> SlotTable {
+        match &self.shared.nodes {
+            Nodes::Slots(map) => map.table.read().expect("not poisoned").clone(),
+            _ => Vec::new(),
+        }
     }
 
     /// Asks the sentinels for the master again; switches to it if it moved.
