@@ -20,6 +20,15 @@ pub fn host_key(req: &Request) -> String {
     with_host_key(req, str::to_owned)
 }
 
+/// [`host_key`] of a URL.
+pub(crate) fn url_host_key(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
 /// Runs `f` with `req`'s [`host_key`], built on the stack (a heap string only for a host
 /// longer than 250 bytes).
 pub(crate) fn with_host_key<R>(req: &Request, f: impl FnOnce(&str) -> R) -> R {
@@ -55,7 +64,7 @@ pub(crate) fn with_host_key<R>(req: &Request, f: impl FnOnce(&str) -> R) -> R {
 
 /// A circuit breaker per host, from a bounded registry: a host answering `5xx` or `408`, or
 /// not answering, opens its own breaker, and its requests fail fast
-/// ([`FloodwallError::CircuitOpen`]) while other hosts are untouched. Responses are judged by
+/// ([`RefusalKind::CircuitOpen`](crate::RefusalKind::CircuitOpen)) while other hosts are untouched. Responses are judged by
 /// [`breaker_outcome`]; every transport error is a failure.
 #[derive(Debug, Clone)]
 pub struct HostBreaker {
@@ -95,9 +104,12 @@ impl Middleware for HostBreaker {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let breaker = with_host_key(&req, |host| self.breakers.get(host));
-        let permit = breaker
-            .try_acquire()
-            .map_err(|r| FloodwallError::CircuitOpen(r).into_middleware())?;
+        let permit = breaker.try_acquire().map_err(|r| {
+            FloodwallError::circuit_open(r)
+                .host(host_key(&req))
+                .instance(breaker.name())
+                .into_middleware()
+        })?;
         let result = next.run(req, extensions).await;
         permit.record(classify(&result));
         result
@@ -106,7 +118,7 @@ impl Middleware for HostBreaker {
 
 /// A bulkhead per host, from a bounded registry: at most so many requests in flight to one
 /// host; beyond that a request waits (up to the bulkhead's `max_wait`) or fails
-/// ([`FloodwallError::BulkheadFull`]). A slow host cannot take every connection.
+/// ([`RefusalKind::BulkheadFull`](crate::RefusalKind::BulkheadFull)). A slow host cannot take every connection.
 #[derive(Debug, Clone)]
 pub struct HostBulkhead {
     bulkheads: Registry<Bulkhead>,
@@ -149,17 +161,19 @@ impl Middleware for HostBulkhead {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let bulkhead = with_host_key(&req, |host| self.bulkheads.get(host));
-        let _permit = bulkhead
-            .acquire()
-            .await
-            .map_err(|r| FloodwallError::BulkheadFull(r).into_middleware())?;
+        let _permit = bulkhead.acquire().await.map_err(|r| {
+            FloodwallError::bulkhead_full(r)
+                .host(host_key(&req))
+                .instance(bulkhead.name())
+                .into_middleware()
+        })?;
         next.run(req, extensions).await
     }
 }
 
 /// A client-side rate limit toward each host: before sending, the request takes one unit of
 /// the host's quota from `limiter` (its limits keyed by `"host"`), waiting until the quota
-/// allows it — up to `max_wait`, else [`FloodwallError::RateLimited`]. With a Redis-backed
+/// allows it — up to `max_wait`, else [`RefusalKind::RateLimited`](crate::RefusalKind::RateLimited). With a Redis-backed
 /// limiter every instance of the client shares the quota.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
@@ -211,20 +225,19 @@ impl Middleware for RateLimit {
         let host = host_key(&req);
         let started = tokio::time::Instant::now();
         loop {
-            let verdict =
-                self.limiter.check(&[("host", &host)]).await.map_err(|e| {
-                    FloodwallError::LimiterUnavailable(e.to_string()).into_middleware()
-                })?;
+            let verdict = self.limiter.check(&[("host", &host)]).await.map_err(|e| {
+                FloodwallError::limiter_unavailable(e.to_string())
+                    .host(host.clone())
+                    .into_middleware()
+            })?;
             if verdict.allowed {
                 break;
             }
             let wait = verdict.retry_after().unwrap_or(Duration::from_millis(1));
             if started.elapsed() + wait > self.max_wait {
-                return Err(FloodwallError::RateLimited {
-                    retry_after: wait,
-                    max_wait: self.max_wait,
-                }
-                .into_middleware());
+                return Err(FloodwallError::rate_limited(wait, self.max_wait)
+                    .host(host)
+                    .into_middleware());
             }
             tokio::time::sleep(wait).await;
         }

@@ -63,12 +63,14 @@ mod error;
 mod host;
 mod pipeline;
 mod retry;
+mod settings;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
-pub use error::FloodwallError;
+pub use error::{ErrorExt, FloodwallError, RefusalKind};
 pub use host::{HostBreaker, HostBulkhead, RateLimit, RateLimitConfigError, host_key};
-pub use pipeline::HostPipeline;
+pub use pipeline::{HostPipeline, HostStages};
 pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
+pub use settings::RequestSettings;
 
 /// The reqwest this crate builds on (0.13), so a client needs no version of its own.
 pub use reqwest;

@@ -3,10 +3,11 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use floodwall_resilience::Pipeline;
@@ -18,9 +19,10 @@ use pin_project_lite::pin_project;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::FloodwallError;
+use crate::error::set_attempts;
 use crate::host::{classify, with_host_key};
 use crate::retry::{error_decision, may_repeat, response_decision};
+use crate::{FloodwallError, RequestSettings};
 
 /// floodwall's [`Pipeline`] per host, as one middleware: the stages run in the recommended
 /// order (overall timeout → retry → circuit breaker → bulkhead → adaptive limit → attempt
@@ -63,7 +65,7 @@ use crate::retry::{error_decision, may_repeat, response_decision};
 /// ```
 #[derive(Debug, Clone)]
 pub struct HostPipeline {
-    pipelines: Registry<Arc<Pipeline>>,
+    pipelines: Registry<HostStages>,
     all_methods: bool,
     /// Tells this registry's entries apart in the per-thread cache (clones share it).
     id: u64,
@@ -83,7 +85,38 @@ struct LastHost {
     /// allocate nothing once it has grown to the longest.
     host: String,
     port: Option<u16>,
-    pipeline: Arc<Pipeline>,
+    pipeline: HostStages,
+}
+
+/// One host's [`Pipeline`] in a [`HostPipeline`], with the host it serves; derefs to the
+/// pipeline (its breaker's state, its bulkhead). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HostStages(Arc<HostEntry>);
+
+#[derive(Debug)]
+struct HostEntry {
+    host: Arc<str>,
+    pipeline: Pipeline,
+}
+
+impl HostStages {
+    /// The host key (`host:port`) these stages serve.
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.0.pipeline
+    }
+}
+
+impl Deref for HostStages {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        &self.0.pipeline
+    }
 }
 
 thread_local! {
@@ -99,7 +132,12 @@ impl HostPipeline {
     ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(0);
         HostPipeline {
-            pipelines: Registry::new(max_hosts, move |host| Arc::new(make(host))),
+            pipelines: Registry::new(max_hosts, move |host| {
+                HostStages(Arc::new(HostEntry {
+                    host: Arc::from(host),
+                    pipeline: make(host),
+                }))
+            }),
             all_methods: false,
             id: IDS.fetch_add(1, Ordering::Relaxed),
         }
@@ -109,7 +147,7 @@ impl HostPipeline {
     /// this registry's, for this host and port, and no key has been removed or evicted since
     /// (see [`Registry::generation`]); else from the registry (the host key is built only
     /// then), refreshing the cache.
-    fn pipeline(&self, req: &Request) -> Arc<Pipeline> {
+    fn stages_for(&self, req: &Request) -> HostStages {
         let url = req.url();
         let (host, port) = (url.host_str().unwrap_or(""), url.port_or_known_default());
         let generation = self.pipelines.generation();
@@ -161,10 +199,23 @@ impl HostPipeline {
         self
     }
 
-    /// The per-host pipelines, e.g. to look at a host's breaker. A key removed here gets a
-    /// fresh pipeline at its next request, on every thread.
-    pub fn registry(&self) -> &Registry<Arc<Pipeline>> {
+    /// The per-host pipelines. A key removed here gets a fresh pipeline at its next request,
+    /// on every thread.
+    pub fn registry(&self) -> &Registry<HostStages> {
         &self.pipelines
+    }
+
+    /// The stages of `host` (`host:port`, see [`host_key`](crate::host_key)), made now if it
+    /// has none — what its next request would use.
+    pub fn get(&self, host: &str) -> HostStages {
+        self.pipelines.get(host)
+    }
+
+    /// The stages of `host` if a request has made them, without making any: a look at a
+    /// host's breaker state (`peek(h).and_then(|s| s.circuit_breaker().map(|b| b.state()))`)
+    /// that adds no host to the registry.
+    pub fn peek(&self, host: &str) -> Option<HostStages> {
+        self.pipelines.peek(host)
     }
 }
 
@@ -201,22 +252,36 @@ impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error
     reason = "an `async fn` would hold its arguments twice"
 )]
 fn attempts<'a>(
-    pipeline: Arc<Pipeline>,
+    stages: HostStages,
     repeatable: bool,
     mut owned: Option<Request>,
     extensions: &'a Extensions,
     next: Next<'a>,
+    counter: Option<Arc<AtomicU32>>,
 ) -> impl Future<Output = AttemptResult> + Send + 'a {
     async move {
-        let policy = Retryable { repeatable };
+        let settings = RequestSettings::of(extensions);
+        let max = settings
+            .and_then(RequestSettings::max_attempts_value)
+            .map_or(u32::MAX, NonZeroU32::get);
+        let attempt_timeout = settings.and_then(RequestSettings::attempt_timeout_value);
         let mut copy = Extensions::new();
-        let mut call = pipeline.start();
+        let mut call = stages.start();
+        let mut tries = 0u32;
         loop {
+            tries += 1;
+            // The caller's attempt limit: the last allowed attempt's result is final.
+            let policy = Retryable {
+                repeatable: repeatable && tries < max,
+            };
+            if let Some(counter) = &counter {
+                counter.store(tries, Ordering::Relaxed);
+            }
             // The result lives in this block only, so the backoff's wait does not hold it.
             let delay = {
                 let result = 'attempt: {
                     let admitted = match call.admit().await {
-                        Ok(admitted) => admitted,
+                        Ok(admitted) => admitted.attempt_timeout(attempt_timeout),
                         Err(rejected) => break 'attempt Err(rejected),
                     };
                     let fut = match send(&policy, &mut owned, extensions, &mut copy, &next) {
@@ -227,12 +292,51 @@ fn attempts<'a>(
                 };
                 match call.next_delay(&policy, &result) {
                     Some(delay) => delay,
-                    None => return result,
+                    None => {
+                        return refusal(result, &stages, tries)
+                            .map_err(floodwall_resilience::Error::Inner);
+                    }
                 }
             };
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// The pipeline's last result with every refusal made a [`FloodwallError`] naming the host,
+/// the instance that refused and the attempts made.
+fn refusal(
+    result: AttemptResult,
+    stages: &HostStages,
+    tries: u32,
+) -> reqwest_middleware::Result<Response> {
+    use floodwall_resilience::Error as E;
+    let refusal = match result {
+        Ok(resp) => return Ok(resp),
+        Err(E::Inner(mut e)) => {
+            set_attempts(&mut e, tries);
+            return Err(e);
+        }
+        Err(E::Timeout(e)) => FloodwallError::timed_out(e.after),
+        Err(E::CircuitOpen(r)) => {
+            let refusal = FloodwallError::circuit_open(r);
+            match stages.circuit_breaker() {
+                Some(b) => refusal.instance(b.name()),
+                None => refusal,
+            }
+        }
+        Err(E::BulkheadFull(r)) => {
+            let refusal = FloodwallError::bulkhead_full(r);
+            match stages.bulkhead() {
+                Some(b) => refusal.instance(b.name()),
+                None => refusal,
+            }
+        }
+        Err(other) => return Err(reqwest_middleware::Error::middleware(other)),
+    };
+    let mut e = refusal.host(stages.host()).into_middleware();
+    set_attempts(&mut e, tries);
+    Err(e)
 }
 
 /// Starts one attempt with its own copy of the request and of the extensions; a request that
@@ -276,21 +380,37 @@ impl Middleware for HostPipeline {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        let pipeline = self.pipeline(&req);
+        let stages = self.stages_for(&req);
         let repeatable = may_repeat(&req, self.all_methods);
-        let bound = pipeline.overall_timeout();
-        let run = attempts(pipeline, repeatable, Some(req), extensions, next);
+        let bound = RequestSettings::of(extensions)
+            .and_then(RequestSettings::timeout_value)
+            .or_else(|| stages.overall_timeout());
+        // Counted outside the attempts only when an overall timeout may cut them.
+        let counter = bound.map(|_| Arc::new(AtomicU32::new(0)));
+        let run = attempts(
+            stages.clone(),
+            repeatable,
+            Some(req),
+            extensions,
+            next,
+            counter.clone(),
+        );
         Box::pin(ToMiddleware {
             inner: Bounded::new(run, bound),
+            stages,
+            counter,
         })
     }
 }
 
 pin_project! {
-    /// A pipeline's result as reqwest-middleware's.
+    /// A pipeline's result as reqwest-middleware's; an overall timeout named with the host
+    /// and the attempts it cut short.
     struct ToMiddleware<F> {
         #[pin]
         inner: F,
+        stages: HostStages,
+        counter: Option<Arc<AtomicU32>>,
     }
 }
 
@@ -299,13 +419,22 @@ impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         use floodwall_resilience::Error as E;
-        let result = ready!(self.project().inner.poll(cx));
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
         Poll::Ready(match result {
             Ok(resp) => Ok(resp),
             Err(E::Inner(e)) => Err(e),
-            Err(E::Timeout(e)) => Err(FloodwallError::TimedOut(e.after).into_middleware()),
-            Err(E::CircuitOpen(r)) => Err(FloodwallError::CircuitOpen(r).into_middleware()),
-            Err(E::BulkheadFull(r)) => Err(FloodwallError::BulkheadFull(r).into_middleware()),
+            Err(E::Timeout(e)) => {
+                let tries = this
+                    .counter
+                    .as_ref()
+                    .map_or(1, |c| c.load(Ordering::Relaxed));
+                let mut e = FloodwallError::timed_out(e.after)
+                    .host(this.stages.host())
+                    .into_middleware();
+                set_attempts(&mut e, tries);
+                Err(e)
+            }
             Err(other) => Err(reqwest_middleware::Error::middleware(other)),
         })
     }

@@ -1,5 +1,7 @@
 //! [`Retry`], [`Timeout`] and [`IdempotencyKey`].
 
+use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime};
 
 use floodwall_resilience::http::{is_idempotent, is_retryable_status, retry_after};
@@ -8,7 +10,9 @@ use http::{Extensions, HeaderValue, Method};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::FloodwallError;
+use crate::error::{set_attempts, set_host};
+use crate::host::{host_key, url_host_key};
+use crate::{FloodwallError, RefusalKind, RequestSettings};
 
 /// The header [`IdempotencyKey`] sets and [`Retry`] looks for.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -50,7 +54,7 @@ pub(crate) fn error_decision(e: &reqwest_middleware::Error) -> Decision {
             Decision::Retry
         }
         reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
-            Some(FloodwallError::TimedOut(_)) => Decision::Retry,
+            Some(refusal) if refusal.kind() == RefusalKind::TimedOut => Decision::Retry,
             _ => Decision::Done,
         },
         _ => Decision::Done,
@@ -110,29 +114,62 @@ impl Middleware for Retry {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if !self.may_repeat(&req) {
-            return next.run(req, extensions).await;
+        let settings = RequestSettings::of(extensions);
+        let max = settings
+            .and_then(RequestSettings::max_attempts_value)
+            .map_or(u32::MAX, NonZeroU32::get);
+        let overall = settings.and_then(RequestSettings::timeout_value);
+        if !self.may_repeat(&req) || max == 1 {
+            let host = req.url().clone();
+            let result = match overall {
+                Some(after) => bounded(after, next.run(req, extensions)).await,
+                None => next.run(req, extensions).await,
+            };
+            return result.map_err(|mut e| {
+                set_host(&mut e, || url_host_key(&host));
+                e
+            });
         }
         // Each attempt gets its own copy of the request and of the extensions.
         let base = extensions.clone();
+        let tries = std::sync::atomic::AtomicU32::new(0);
         let attempt = || {
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let copy = req.try_clone().expect("checked: the body can be copied");
             let (next, mut ext) = (next.clone(), base.clone());
             async move { next.run(copy, &mut ext).await }
         };
-        self.retry.call_with(&is_retryable, attempt).await
+        // The caller's attempt limit: after `max` attempts, the result is final.
+        let policy = |r: &reqwest_middleware::Result<Response>| {
+            if tries.load(std::sync::atomic::Ordering::Relaxed) >= max {
+                Decision::Done
+            } else {
+                is_retryable(r)
+            }
+        };
+        let run = self.retry.call_with(&policy, attempt);
+        let result = match overall {
+            Some(after) => bounded(after, run).await,
+            None => run.await,
+        };
+        result.map_err(|mut e| {
+            set_attempts(&mut e, tries.load(std::sync::atomic::Ordering::Relaxed));
+            set_host(&mut e, || host_key(&req));
+            e
+        })
     }
 }
 
 /// Bounds the rest of the stack: each attempt when added after [`Retry`], the whole call
 /// when added before it. Past the bound the request fails with
-/// [`FloodwallError::TimedOut`] (which [`Retry`] retries).
+/// [`RefusalKind::TimedOut`](crate::RefusalKind::TimedOut) (which [`Retry`] retries).
 ///
 /// Built from floodwall's [`Timeout`](floodwall_resilience::timeout::Timeout): name it
 /// ([`name`](Self::name)) and its calls are measured (`floodwall_timeout_*{timeout}`).
 #[derive(Debug, Clone)]
 pub struct Timeout {
     timeout: floodwall_resilience::timeout::Timeout,
+    name: Option<std::sync::Arc<str>>,
 }
 
 impl Timeout {
@@ -141,12 +178,15 @@ impl Timeout {
     pub fn new(after: Duration) -> Self {
         Timeout {
             timeout: floodwall_resilience::timeout::Timeout::new(after),
+            name: None,
         }
     }
 
-    /// Names this timeout, as the `timeout` label of its metrics.
+    /// Names this timeout, as the `timeout` label of its metrics and the
+    /// [`instance_name`](crate::FloodwallError::instance_name) of the requests it cuts.
     pub fn name(mut self, name: &str) -> Self {
         self.timeout = self.timeout.name(name);
+        self.name = Some(std::sync::Arc::from(name));
         self
     }
 }
@@ -159,20 +199,40 @@ impl Middleware for Timeout {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        match self.timeout.call(|| next.run(req, extensions)).await {
+        // The request's own bound, if it has one: floodwall's setting, else reqwest's.
+        let own = RequestSettings::of(extensions)
+            .and_then(RequestSettings::attempt_timeout_value)
+            .or_else(|| req.timeout().copied());
+        let timeout = match own {
+            Some(after) => std::borrow::Cow::Owned(self.timeout.with_duration(after)),
+            None => std::borrow::Cow::Borrowed(&self.timeout),
+        };
+        match timeout.call(|| next.run(req, extensions)).await {
             Ok(resp) => Ok(resp),
             Err(floodwall_resilience::Error::Inner(e)) => Err(e),
             Err(floodwall_resilience::Error::Timeout(e)) => {
-                Err(FloodwallError::TimedOut(e.after).into_middleware())
+                let refusal = FloodwallError::timed_out(e.after);
+                Err(match &self.name {
+                    Some(name) => refusal.instance(name.clone()),
+                    None => refusal,
+                }
+                .into_middleware())
             }
             Err(other) => Err(reqwest_middleware::Error::middleware(other)),
         }
     }
 }
 
-/// Gives each `POST` and `PATCH` without one an `Idempotency-Key` (a random 128-bit value,
-/// as an RFC 8941 string: `"…"`), set once before [`Retry`] so every retry of the logical
-/// request carries the same key. A request that already has the header keeps it.
+/// Gives each `POST` and `PATCH` without one an `Idempotency-Key`, set once before [`Retry`]
+/// so every retry of the logical request carries the same key: the caller's own
+/// ([`RequestSettings::idempotency_key`]) when the request carries one, else a random 128-bit
+/// value, as an RFC 8941 string (`"…"`). A request that already has the header keeps it.
+///
+/// When to turn it on: only against a server that honours the header (runs a keyed request
+/// once and answers its repeats from the first result, as floodwall's `IdempotencyLayer`,
+/// Stripe and Adyen do). Against a server that ignores it, a keyed `POST` is retried like any
+/// other and can run twice. A generated key protects one logical request's retries; the
+/// caller's own key also protects the caller's own repeats (after a `504`, a crash).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IdempotencyKey {
     _private: (),
@@ -195,11 +255,49 @@ impl Middleware for IdempotencyKey {
     ) -> reqwest_middleware::Result<Response> {
         let keyed = matches!(*req.method(), Method::POST | Method::PATCH);
         if keyed && !req.headers().contains_key(IDEMPOTENCY_KEY) {
-            let key: u128 = rand::random();
-            let value = HeaderValue::try_from(format!("\"{key:032x}\""))
-                .expect("hex digits and quotes are a valid header value");
+            let own =
+                RequestSettings::of(extensions).and_then(RequestSettings::idempotency_key_value);
+            let value = match own {
+                Some(key) => key_header(key)?,
+                None => {
+                    let key: u128 = rand::random();
+                    HeaderValue::try_from(format!("\"{key:032x}\""))
+                        .expect("hex digits and quotes are a valid header value")
+                }
+            };
             req.headers_mut().insert(IDEMPOTENCY_KEY, value);
         }
         next.run(req, extensions).await
     }
+}
+
+/// `fut` bounded by `after`; past it, [`RefusalKind::TimedOut`].
+async fn bounded(
+    after: Duration,
+    fut: impl Future<Output = reqwest_middleware::Result<Response>>,
+) -> reqwest_middleware::Result<Response> {
+    let timeout = floodwall_resilience::timeout::Timeout::new(after);
+    match timeout.call(|| fut).await {
+        Ok(resp) => Ok(resp),
+        Err(floodwall_resilience::Error::Inner(e)) => Err(e),
+        Err(floodwall_resilience::Error::Timeout(e)) => {
+            Err(FloodwallError::timed_out(e.after).into_middleware())
+        }
+        Err(other) => Err(reqwest_middleware::Error::middleware(other)),
+    }
+}
+
+/// The caller's key as a header value: quoted as an RFC 8941 string unless it is already.
+fn key_header(key: &str) -> reqwest_middleware::Result<HeaderValue> {
+    let quoted = if key.len() >= 2 && key.starts_with('"') && key.ends_with('"') {
+        key.to_owned()
+    } else {
+        format!("\"{key}\"")
+    };
+    HeaderValue::try_from(quoted).map_err(|_| {
+        reqwest_middleware::Error::middleware(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the idempotency key is not a valid header value (visible ASCII only)",
+        ))
+    })
 }

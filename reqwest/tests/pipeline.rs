@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use floodwall_reqwest::{FloodwallError, HostPipeline};
+use floodwall_reqwest::{ErrorExt, FloodwallError, HostPipeline, RefusalKind};
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::bulkhead::Bulkhead;
 use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
@@ -121,12 +121,7 @@ async fn a_dead_hosts_pipeline_sheds_it_while_another_host_answers() {
     let mut shed = 0;
     for _ in 0..5 {
         match client.get(&dead).send().await {
-            Err(reqwest_middleware::Error::Middleware(e))
-                if matches!(
-                    e.downcast_ref::<FloodwallError>(),
-                    Some(FloodwallError::CircuitOpen(_))
-                ) =>
-            {
+            Err(e) if e.floodwall().map(FloodwallError::kind) == Some(RefusalKind::CircuitOpen) => {
                 shed += 1
             }
             other => assert_eq!(other.unwrap().status(), 503),
@@ -147,10 +142,7 @@ async fn a_dead_hosts_pipeline_sheds_it_while_another_host_answers() {
 /// Sends `GET url` through `client`: whether it was shed by an open breaker.
 async fn shed(client: &reqwest_middleware::ClientWithMiddleware, url: &str) -> bool {
     match client.get(url).send().await {
-        Err(reqwest_middleware::Error::Middleware(e)) => matches!(
-            e.downcast_ref::<FloodwallError>(),
-            Some(FloodwallError::CircuitOpen(_))
-        ),
+        Err(e) => e.floodwall().map(FloodwallError::kind) == Some(RefusalKind::CircuitOpen),
         other => {
             assert_eq!(other.unwrap().status(), 503);
             false
@@ -169,7 +161,7 @@ async fn the_last_hosts_pipeline_is_never_served_after_its_entry_is_gone() {
     let other = serve(live_host()).await;
     let reached = || calls.swap(0, Ordering::SeqCst);
     let one_host = HostPipeline::new(NonZeroUsize::new(1).unwrap(), |host| {
-        pipelines(4).registry().get(host).as_ref().clone()
+        pipelines(4).get(host).pipeline().clone()
     });
     let (a, b) = (pipelines(4), one_host);
     let (reg_a, reg_b) = (a.registry().clone(), b.registry().clone());
@@ -363,13 +355,7 @@ async fn a_silent_host_is_cut_per_attempt_and_overall() {
     let start = tokio::time::Instant::now();
     let err = client.get(&url).send().await.unwrap_err();
     let took = start.elapsed();
-    let timed_out = match &err {
-        reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
-            Some(FloodwallError::TimedOut(after)) => Some(*after),
-            _ => None,
-        },
-        _ => None,
-    };
+    let timed_out = err.floodwall().and_then(FloodwallError::timed_out_after);
     println!(
         "silent host: {err} after {took:?}; {} connections accepted",
         accepted.load(Ordering::SeqCst)
@@ -379,4 +365,47 @@ async fn a_silent_host_is_cut_per_attempt_and_overall() {
     // Attempts at 0, 210 and 420 ms, each on a fresh connection: the first two cut at
     // 200 ms, the third by the overall bound.
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A host's stages are there to look at: `peek` finds none before the host's first request
+/// (and makes none), then the host's breaker, its state after the host failed, and the
+/// bulkhead; `get` makes a host's stages ahead of its first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_pipeline_exposes_a_hosts_stages_and_peeks_without_creating() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let dead = serve(dead_host(calls.clone())).await;
+    let host = dead.trim_start_matches("http://").to_owned();
+    let pipelines = pipelines(4);
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(pipelines.clone())
+        .build();
+    assert!(pipelines.peek(&host).is_none());
+    assert_eq!(pipelines.registry().len(), 0, "a peek makes nothing");
+    for _ in 0..2 {
+        let _ = client.get(&dead).send().await;
+    }
+    let stages = pipelines.peek(&host).expect("made by the first request");
+    let breaker = stages.circuit_breaker().expect("a breaker stage");
+    let bulkhead = stages.bulkhead().expect("a bulkhead stage");
+    println!(
+        "{}: breaker `{}` {}, bulkhead {} of {} in flight, attempt timeout {:?}",
+        stages.host(),
+        breaker.name(),
+        breaker.state(),
+        bulkhead.in_flight(),
+        bulkhead.max_concurrent(),
+        stages.attempt_timeout()
+    );
+    assert_eq!(stages.host(), host);
+    assert_eq!(breaker.name(), format!("api:{host}"));
+    assert_eq!(
+        breaker.state(),
+        floodwall_resilience::circuit_breaker::State::Open
+    );
+    assert_eq!(bulkhead.in_flight(), 0);
+    assert_eq!(stages.attempt_timeout(), Some(Duration::from_secs(5)));
+    assert!(pipelines.peek("elsewhere:443").is_none());
+    let ahead = pipelines.get("elsewhere:443");
+    assert_eq!(ahead.host(), "elsewhere:443");
+    assert_eq!(pipelines.registry().len(), 2);
 }

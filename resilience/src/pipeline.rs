@@ -315,6 +315,26 @@ impl Pipeline {
     pub fn overall_timeout(&self) -> Option<Duration> {
         self.stages.timeout
     }
+
+    /// The bound on each attempt, if one was set.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.stages.attempt_timeout
+    }
+
+    /// The retry stage, if any.
+    pub fn retry(&self) -> Option<&Retry> {
+        self.stages.retry.as_ref()
+    }
+
+    /// The circuit breaker stage, if any: its state, its metrics, `force_open`, `reset`.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        self.stages.breaker.as_ref()
+    }
+
+    /// The bulkhead stage, if any.
+    pub fn bulkhead(&self) -> Option<&Bulkhead> {
+        self.stages.bulkhead.as_ref()
+    }
 }
 
 /// A call through a [`Pipeline`] driven by the caller (see [`Pipeline::start`]): it admits
@@ -390,6 +410,15 @@ pub struct Admitted<'p> {
 }
 
 impl Admitted<'_> {
+    /// This attempt bounded by `after` instead of the pipeline's attempt timeout (a caller's
+    /// per-request setting); `None` keeps the pipeline's.
+    pub fn attempt_timeout(mut self, after: Option<Duration>) -> Self {
+        if after.is_some() {
+            self.attempt_timeout = after;
+        }
+        self
+    }
+
     /// Runs the attempt's future under the attempt timeout; its result counts for the
     /// circuit breaker and the adaptive limit as `classify` says (an attempt cut by the
     /// timeout is a failure).

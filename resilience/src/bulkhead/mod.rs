@@ -334,6 +334,11 @@ impl Bulkhead {
         BulkheadBuilder::default()
     }
 
+    /// The bulkhead's name (its metrics' `bulkhead` label; `"default"` unless named).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     /// Takes a slot if one is free now, without waiting.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {

@@ -204,6 +204,21 @@ impl<V: Clone> Registry<V> {
         self.lookup(&format!("#{a:016x}{b:016x}"))
     }
 
+    /// The value of `key` if it has one, without making one and without counting as a use
+    /// (the key's place in the least-recently-used order stays as it is).
+    pub fn peek(&self, key: &str) -> Option<V> {
+        let read = |key: &str| {
+            let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
+            shard.get(key).map(|e| e.value.clone())
+        };
+        if key.len() <= MAX_KEY_LEN {
+            return read(key);
+        }
+        let a = self.inner.hasher.hash_one((0u8, key));
+        let b = self.inner.hasher.hash_one((1u8, key));
+        read(&format!("#{a:016x}{b:016x}"))
+    }
+
     fn lookup(&self, key: &str) -> V {
         let now = self.inner.clock.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard(key);

@@ -107,6 +107,15 @@ impl Timeout {
         self.after
     }
 
+    /// This timeout with another bound, sharing its name and metrics (a caller's
+    /// per-request bound measured under the same label).
+    pub fn with_duration(&self, after: Duration) -> Timeout {
+        Timeout {
+            after,
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// When a call starts, if this timeout is measured.
     #[inline]
     pub(crate) fn start(&self) -> Option<Instant> {
