@@ -6,13 +6,14 @@ use std::time::Duration;
 use floodwall_limiter::RateLimiter;
 use floodwall_resilience::bulkhead::Bulkhead;
 use floodwall_resilience::circuit_breaker::{CircuitBreaker, Outcome};
-use floodwall_resilience::http::breaker_outcome;
 use floodwall_resilience::registry::Registry;
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::FloodwallError;
+use crate::rules::{ClassifyFn, Rule};
+use std::sync::Arc;
 
 /// The key a request's host is known by: `host:port` (the port the scheme implies when the URL
 /// names none).
@@ -64,11 +65,13 @@ pub(crate) fn with_host_key<R>(req: &Request, f: impl FnOnce(&str) -> R) -> R {
 
 /// A circuit breaker per host, from a bounded registry: a host answering `5xx` or `408`, or
 /// not answering, opens its own breaker, and its requests fail fast
-/// ([`RefusalKind::CircuitOpen`](crate::RefusalKind::CircuitOpen)) while other hosts are untouched. Responses are judged by
-/// [`breaker_outcome`]; every transport error is a failure.
+/// ([`RefusalKind::CircuitOpen`](crate::RefusalKind::CircuitOpen)) while other hosts are
+/// untouched. Results are judged by [`host_outcome`](crate::host_outcome) (a full bulkhead or
+/// a `429` is not the host's fault), or by the caller's own [`classify`](Self::classify).
 #[derive(Debug, Clone)]
 pub struct HostBreaker {
     breakers: Registry<CircuitBreaker>,
+    rule: Rule<ClassifyFn>,
 }
 
 impl HostBreaker {
@@ -79,19 +82,24 @@ impl HostBreaker {
     ) -> Self {
         HostBreaker {
             breakers: Registry::new(max_hosts, make),
+            rule: Rule::default(),
         }
+    }
+
+    /// Judges each result by `rule` instead of [`host_outcome`](crate::host_outcome) — e.g. to
+    /// count a `404` from an API that answers it only when broken, or to ignore a `503` that
+    /// means "this tenant is suspended".
+    pub fn classify(
+        mut self,
+        rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Outcome + Send + Sync + 'static,
+    ) -> Self {
+        self.rule = Rule(Some(Arc::new(rule)));
+        self
     }
 
     /// The registry, to look at a host's breaker (`registry().get("host:443").state()`).
     pub fn registry(&self) -> &Registry<CircuitBreaker> {
         &self.breakers
-    }
-}
-
-pub(crate) fn classify(result: &reqwest_middleware::Result<Response>) -> Outcome {
-    match result {
-        Ok(resp) => breaker_outcome(resp.status()),
-        Err(_) => Outcome::Failure,
     }
 }
 
@@ -111,7 +119,7 @@ impl Middleware for HostBreaker {
                 .into_middleware()
         })?;
         let result = next.run(req, extensions).await;
-        permit.record(classify(&result));
+        permit.record(self.rule.outcome(result.as_ref()));
         result
     }
 }

@@ -63,13 +63,17 @@ mod error;
 mod host;
 mod pipeline;
 mod retry;
+mod rules;
 mod settings;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
 pub use host::{HostBreaker, HostBulkhead, RateLimit, RateLimitConfigError, host_key};
 pub use pipeline::{HostPipeline, HostStages};
-pub use retry::{IdempotencyKey, Retry, Timeout, is_retryable};
+pub use retry::{
+    IdempotencyKey, Retry, Timeout, is_retryable, is_retryable_error, is_retryable_response,
+};
+pub use rules::{ClassifyFn, RetryFn, host_outcome};
 pub use settings::RequestSettings;
 
 /// The reqwest this crate builds on (0.13), so a client needs no version of its own.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use floodwall_resilience::Pipeline;
+use floodwall_resilience::circuit_breaker::Outcome;
 use floodwall_resilience::pipeline::Bounded;
 use floodwall_resilience::registry::Registry;
 use floodwall_resilience::retry::{Decision, RetryPolicy};
@@ -20,8 +21,9 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::error::set_attempts;
-use crate::host::{classify, with_host_key};
-use crate::retry::{error_decision, may_repeat, response_decision};
+use crate::host::with_host_key;
+use crate::retry::may_repeat;
+use crate::rules::{ClassifyFn, RetryFn, Rule};
 use crate::{FloodwallError, RequestSettings};
 
 /// floodwall's [`Pipeline`] per host, as one middleware: the stages run in the recommended
@@ -67,6 +69,7 @@ use crate::{FloodwallError, RequestSettings};
 pub struct HostPipeline {
     pipelines: Registry<HostStages>,
     all_methods: bool,
+    rules: Rules,
     /// Tells this registry's entries apart in the per-thread cache (clones share it).
     id: u64,
 }
@@ -139,6 +142,7 @@ impl HostPipeline {
                 }))
             }),
             all_methods: false,
+            rules: Rules::default(),
             id: IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -199,6 +203,28 @@ impl HostPipeline {
         self
     }
 
+    /// Judges what each attempt's result says about the host by `rule` instead of
+    /// [`host_outcome`](crate::host_outcome) (see [`HostBreaker::classify`](crate::HostBreaker::classify)).
+    pub fn classify(
+        mut self,
+        rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Outcome + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.classify = Rule(Some(Arc::new(rule)));
+        self
+    }
+
+    /// Decides by `rule` instead of [`is_retryable`](crate::is_retryable) whether an attempt's
+    /// result is worth another (see [`Retry::when`](crate::Retry::when)); an attempt cut by
+    /// the attempt timeout is retried and a refusal by the host's own stages is not, whatever
+    /// the rule says.
+    pub fn retry_when(
+        mut self,
+        rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Decision + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.retry = Rule(Some(Arc::new(rule)));
+        self
+    }
+
     /// The per-host pipelines. A key removed here gets a fresh pipeline at its next request,
     /// on every thread.
     pub fn registry(&self) -> &Registry<HostStages> {
@@ -219,22 +245,32 @@ impl HostPipeline {
     }
 }
 
+/// A `HostPipeline`'s own rules (clones share them).
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    classify: Rule<ClassifyFn>,
+    retry: Rule<RetryFn>,
+}
+
 type AttemptResult = Result<Response, floodwall_resilience::Error<reqwest_middleware::Error>>;
 
 /// The retry decision inside the pipeline: [`is_retryable`](crate::is_retryable) on the
 /// request's own result, an attempt timeout retried, a rejection (breaker, bulkhead) not.
-struct Retryable {
+struct Retryable<'r> {
     repeatable: bool,
+    rule: &'r Rule<RetryFn>,
 }
 
-impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error>> for Retryable {
+impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error>>
+    for Retryable<'_>
+{
     fn decide(&self, result: &AttemptResult) -> Decision {
         if !self.repeatable {
             return Decision::Done;
         }
         match result {
-            Ok(resp) => response_decision(resp),
-            Err(floodwall_resilience::Error::Inner(e)) => error_decision(e),
+            Ok(resp) => self.rule.decide(Ok(resp)),
+            Err(floodwall_resilience::Error::Inner(e)) => self.rule.decide(Err(e)),
             Err(floodwall_resilience::Error::Timeout(_)) => Decision::Retry,
             Err(_) => Decision::Done,
         }
@@ -258,6 +294,7 @@ fn attempts<'a>(
     extensions: &'a Extensions,
     next: Next<'a>,
     counter: Option<Arc<AtomicU32>>,
+    rules: Rules,
 ) -> impl Future<Output = AttemptResult> + Send + 'a {
     async move {
         let settings = RequestSettings::of(extensions);
@@ -273,6 +310,7 @@ fn attempts<'a>(
             // The caller's attempt limit: the last allowed attempt's result is final.
             let policy = Retryable {
                 repeatable: repeatable && tries < max,
+                rule: &rules.retry,
             };
             if let Some(counter) = &counter {
                 counter.store(tries, Ordering::Relaxed);
@@ -288,7 +326,11 @@ fn attempts<'a>(
                         Ok(fut) => fut,
                         Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
                     };
-                    admitted.run(fut, classify).await
+                    admitted
+                        .run(fut, |r: &reqwest_middleware::Result<Response>| {
+                            rules.classify.outcome(r.as_ref())
+                        })
+                        .await
                 };
                 match call.next_delay(&policy, &result) {
                     Some(delay) => delay,
@@ -342,7 +384,7 @@ fn refusal(
 /// Starts one attempt with its own copy of the request and of the extensions; a request that
 /// may not be repeated is sent as it is, once (the policy stops after it).
 fn send<'a>(
-    policy: &Retryable,
+    policy: &Retryable<'_>,
     owned: &mut Option<Request>,
     extensions: &Extensions,
     copy: &'a mut Extensions,
@@ -394,6 +436,7 @@ impl Middleware for HostPipeline {
             extensions,
             next,
             counter.clone(),
+            self.rules.clone(),
         );
         Box::pin(ToMiddleware {
             inner: Bounded::new(run, bound),

@@ -12,6 +12,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::error::{set_attempts, set_host};
 use crate::host::{host_key, url_host_key};
+use crate::rules::{RetryFn, Rule};
 use crate::{FloodwallError, RefusalKind, RequestSettings};
 
 /// The header [`IdempotencyKey`] sets and [`Retry`] looks for.
@@ -30,6 +31,15 @@ pub fn is_retryable(result: &reqwest_middleware::Result<Response>) -> Decision {
 }
 
 /// [`is_retryable`] for a response.
+pub fn is_retryable_response(resp: &Response) -> Decision {
+    response_decision(resp)
+}
+
+/// [`is_retryable`] for an error.
+pub fn is_retryable_error(e: &reqwest_middleware::Error) -> Decision {
+    error_decision(e)
+}
+
 pub(crate) fn response_decision(resp: &Response) -> Decision {
     let status = resp.status();
     if status == http::StatusCode::CONFLICT {
@@ -47,7 +57,6 @@ pub(crate) fn response_decision(resp: &Response) -> Decision {
     }
 }
 
-/// [`is_retryable`] for an error.
 pub(crate) fn error_decision(e: &reqwest_middleware::Error) -> Decision {
     match e {
         reqwest_middleware::Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
@@ -84,6 +93,7 @@ pub(crate) fn may_repeat(req: &Request, all_methods: bool) -> bool {
 pub struct Retry {
     retry: floodwall_resilience::retry::Retry,
     all_methods: bool,
+    rule: Rule<RetryFn>,
 }
 
 impl Retry {
@@ -92,7 +102,35 @@ impl Retry {
         Retry {
             retry,
             all_methods: false,
+            rule: Rule::default(),
         }
+    }
+
+    /// Decides by `rule` instead of [`is_retryable`] whether a result is worth another
+    /// attempt (which requests may be repeated at all is still decided by their method and
+    /// key). Call [`is_retryable_response`] and [`is_retryable_error`] inside it to extend the
+    /// default:
+    ///
+    /// ```
+    /// use floodwall_reqwest::{Retry, is_retryable_error, is_retryable_response};
+    /// use floodwall_resilience::retry::Decision;
+    ///
+    /// // Also retry this API's "425 Too Early".
+    /// let retry = Retry::new(floodwall_resilience::retry::Retry::builder().build()).when(|r| {
+    ///     match r {
+    ///         Ok(resp) if resp.status().as_u16() == 425 => Decision::Retry,
+    ///         Ok(resp) => is_retryable_response(resp),
+    ///         Err(e) => is_retryable_error(e),
+    ///     }
+    /// });
+    /// # let _ = retry;
+    /// ```
+    pub fn when(
+        mut self,
+        rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Decision + Send + Sync + 'static,
+    ) -> Self {
+        self.rule = Rule(Some(std::sync::Arc::new(rule)));
+        self
     }
 
     /// Retries every method, keyed or not — for APIs that deduplicate by other means.
@@ -144,7 +182,7 @@ impl Middleware for Retry {
             if tries.load(std::sync::atomic::Ordering::Relaxed) >= max {
                 Decision::Done
             } else {
-                is_retryable(r)
+                self.rule.decide(r.as_ref())
             }
         };
         let run = self.retry.call_with(&policy, attempt);
