@@ -186,3 +186,41 @@ fn randomized_jitter_at_its_cap_follows_the_documented_formula() {
     assert!((share - 0.5).abs() < 0.05, "{share}");
     assert!(d.iter().all(|x| *x >= Duration::from_millis(500)));
 }
+
+/// A transition says why: a trip carries the failure and slow-call rates of the window that
+/// tripped it (75 % of 4 calls failed here); a forced or timed transition carries none.
+#[test]
+fn a_trip_reports_the_rates_that_tripped_it() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let b = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(nz(4)))
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .slow_call_duration(None)
+        .open_wait(OpenWait::Fixed(Duration::from_secs(5)))
+        .clock(ManualClock::new())
+        .on_transition(move |t| {
+            s.lock()
+                .unwrap()
+                .push((t.from, t.to, t.failure_rate, t.slow_call_rate))
+        })
+        .build()
+        .unwrap();
+    b.try_acquire().unwrap().success();
+    for _ in 0..3 {
+        b.try_acquire().unwrap().failure();
+    }
+    b.reset();
+    b.force_open();
+    let seen = seen.lock().unwrap().clone();
+    println!("transitions (from, to, failure rate, slow-call rate): {seen:?}");
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::Open, Some(75.0), Some(0.0)),
+            (State::Open, State::Closed, None, None),
+            (State::Closed, State::ForcedOpen, None, None),
+        ]
+    );
+}

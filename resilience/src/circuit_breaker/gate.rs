@@ -42,6 +42,7 @@ impl floodwall_core::health::HealthGate for CircuitBreaker {
             generation: ticket.generation,
             started: ticket.started,
             probe: ticket.probe,
+            timer: None,
         };
         let outcome = match health {
             Health::Healthy => Outcome::Success,

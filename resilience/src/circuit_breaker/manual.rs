@@ -92,6 +92,7 @@ impl CircuitBreaker {
         let opening = Opening {
             wait_nanos: Some(duration_to_nanos(wait)),
             cause: None,
+            rates: None,
         };
         inner.transition_to(State::Open, Some((w, now)), opening);
     }

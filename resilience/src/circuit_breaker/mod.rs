@@ -183,6 +183,8 @@ struct Inner {
 struct Opening {
     wait_nanos: Option<u64>,
     cause: Option<Cause>,
+    /// `(failure rate, slow-call rate)` in percent of the window that tripped it.
+    rates: Option<(f64, f64)>,
 }
 
 /// A cheap-to-clone circuit breaker handle. See the [module docs](self).
@@ -191,13 +193,14 @@ pub struct CircuitBreaker {
     inner: Arc<Inner>,
 }
 
-/// What a permit remembers: the state generation it was issued in, when, and whether it is a
-/// half-open probe.
+/// What a permit remembers: the state generation it was issued in, when, whether it is a
+/// half-open probe, and (when metrics are recorded) when its call started.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawPermit {
     generation: u64,
     started: u64,
     probe: bool,
+    timer: Option<std::time::Instant>,
 }
 
 impl CircuitBreaker {
@@ -291,9 +294,7 @@ impl CircuitBreaker {
         Fut: Future<Output = Result<T, E>>,
     {
         let permit = self.try_acquire().map_err(Error::CircuitOpen)?;
-        let started = self.inner.metrics.start();
         let result = f().await;
-        self.inner.metrics.finish(started);
         permit.record_with(classifier.classify(&result), || classifier.cause(&result));
         result.map_err(Error::Inner)
     }
@@ -353,6 +354,7 @@ impl CircuitBreaker {
                 generation: gen_of(w),
                 started,
                 probe: false,
+                timer: inner.metrics.start(),
             });
         }
         let now = inner.clock.now_nanos();
@@ -363,6 +365,7 @@ impl CircuitBreaker {
                         generation: gen_of(w),
                         started: now,
                         probe: false,
+                        timer: inner.metrics.start(),
                     });
                 }
                 State::ForcedOpen => return Err(inner.reject(State::ForcedOpen, None)),
@@ -395,6 +398,7 @@ impl CircuitBreaker {
                                 generation: gen_of(w),
                                 started: now,
                                 probe: true,
+                                timer: inner.metrics.start(),
                             });
                         }
                         Err(actual) => w = actual,
@@ -423,6 +427,9 @@ impl CircuitBreaker {
         if kind_of(w) == State::Disabled {
             return; // disabled: records nothing, not even metrics or events
         }
+        // Every admitted call's duration, whichever way it was admitted (a call, a permit, a
+        // layer, a pipeline stage).
+        inner.metrics.finish(permit.timer);
         inner.metrics.outcome(outcome);
         inner.events.emit(|| match outcome {
             Outcome::Success => BreakerEvent::Success,

@@ -17,9 +17,11 @@ impl Inner {
     #[inline(never)]
     pub(super) fn trip(&self, w: u64, t: Totals, now: u64, cause: Option<Cause>) {
         self.report_thresholds(t);
+        let rate = |n: u64| 100.0 * n as f64 / t.calls.max(1) as f64;
         let opening = Opening {
             wait_nanos: None,
             cause,
+            rates: Some((rate(t.failures), rate(t.slow))),
         };
         self.transition_to(State::Open, Some((w, now)), opening);
     }
@@ -107,6 +109,7 @@ impl Inner {
             return current;
         }
         let from = kind_of(current);
+        let rates = opening.rates;
         self.enter(from, to, now, opening);
         let next = word(to, gen_of(current) + 1, 0);
         self.state.store(next, Ordering::Release);
@@ -119,8 +122,25 @@ impl Inner {
             from,
             to,
             at_nanos: now,
+            failure_rate: rates.map(|r| r.0),
+            slow_call_rate: rates.map(|r| r.1),
         };
-        tracing::info!(breaker = &*self.cfg.name, from = ?from, to = ?to, "circuit breaker state change");
+        match rates {
+            Some((failure_rate, slow_call_rate)) => tracing::info!(
+                breaker = &*self.cfg.name,
+                from = ?from,
+                to = ?to,
+                failure_rate,
+                slow_call_rate,
+                "circuit breaker state change"
+            ),
+            None => tracing::info!(
+                breaker = &*self.cfg.name,
+                from = ?from,
+                to = ?to,
+                "circuit breaker state change"
+            ),
+        }
         if let Some(hook) = &self.cfg.on_transition {
             hook(&t);
         }

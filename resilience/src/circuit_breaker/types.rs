@@ -53,7 +53,8 @@ pub enum Outcome {
 
 /// A state change, passed to the [`on_transition`](super::CircuitBreakerBuilder::on_transition)
 /// hook and emitted as a `tracing` event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Transition {
     /// State before.
     pub from: State,
@@ -61,6 +62,12 @@ pub struct Transition {
     pub to: State,
     /// Clock reading (ns) at the transition.
     pub at_nanos: u64,
+    /// For a trip (CLOSED or HALF_OPEN → OPEN on a threshold): the failure rate, in percent,
+    /// of the window (or the half-open probes) that tripped it. `None` for every other
+    /// transition (a manual one, an open wait ending, probes closing the breaker).
+    pub failure_rate: Option<f64>,
+    /// For a trip, as [`failure_rate`](Self::failure_rate): the slow-call rate in percent.
+    pub slow_call_rate: Option<f64>,
 }
 
 /// The error that tripped a breaker, as a [`Classify::cause`] gave it.

@@ -31,6 +31,8 @@ pin_project! {
         retry: Retry,
         policy: P,
         attempts: Attempts,
+        // When the call started, if its latency is measured.
+        started: Option<std::time::Instant>,
         #[pin]
         state: State<S::Future>,
     }
@@ -49,6 +51,7 @@ where
         policy: P,
     ) -> Self {
         let attempts = retry.start();
+        let started = retry.metrics_start();
         ResponseFuture {
             service,
             cloner,
@@ -56,6 +59,7 @@ where
             retry,
             policy,
             attempts,
+            started,
             state: State::Calling { fut: first },
         }
     }
@@ -76,11 +80,16 @@ where
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
                     if this.request.is_none() {
-                        return Poll::Ready(result); // not copyable: one attempt only
+                        // Not copyable: one attempt only.
+                        this.retry.metrics_finish(*this.started);
+                        return Poll::Ready(result);
                     }
                     let decision = this.policy.decide(&result);
                     match this.retry.next_delay(this.attempts, decision) {
-                        None => return Poll::Ready(result),
+                        None => {
+                            this.retry.metrics_finish(*this.started);
+                            return Poll::Ready(result);
+                        }
                         Some(delay) => this.state.set(State::Sleeping {
                             sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
@@ -91,7 +100,10 @@ where
                     this.state.set(State::Polling);
                 }
                 StateProj::Polling => {
-                    ready!(this.service.poll_ready(cx))?;
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        this.retry.metrics_finish(*this.started);
+                        return Poll::Ready(Err(e));
+                    }
                     let Some(req) = this.request.take() else {
                         unreachable!("a retry is only scheduled with a request copy");
                     };
