@@ -4,12 +4,15 @@
 //! `/metrics` and a `tracing` span per decision. It drives itself for a few seconds, then
 //! scrapes `/metrics` and prints an excerpt: `# HELP` lines, per-instance labels
 //! (`cache="prices"`, `breaker="upstream"`, `idempotency="orders"`), the limiter's allowed
-//! and denied counters, and latency histograms.
+//! and denied counters, and latency histograms. Last, three calls go through a
+//! `floodwall-reqwest` client (`HostPipeline`: retry and breaker) and their spans — one per
+//! logical request, one per attempt, with OpenTelemetry's HTTP client attributes — are
+//! printed as they close.
 //!
 //! Graph it with `dashboards/floodwall.json` (Grafana, Prometheus data source).
 //!
 //! ```text
-//! cargo run --example observability --features http,metrics,redis
+//! cargo run --example observability --features http,metrics,redis,reqwest
 //! ```
 
 #[path = "observability/app.rs"]
@@ -19,9 +22,23 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_target(false)
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::prelude::*;
+    // INFO events; of the spans, the client's are printed as they close (the service's own
+    // per-decision spans, thousands of them, are not).
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .with_target(false)
+                .with_span_events(FmtSpan::CLOSE)
+                .with_filter(
+                    Targets::new()
+                        .with_default(LevelFilter::INFO)
+                        .with_target("observability", LevelFilter::WARN),
+                ),
+        )
         .init();
     let handle = app::install_recorder();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -82,7 +99,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("the scrape lacks {needle:?}").into());
         }
     }
+    println!("\nthree calls through a floodwall-reqwest client; their spans:");
+    client_calls(&base).await?;
     server.abort();
+    Ok(())
+}
+
+/// Three `GET`s through `HostPipeline` (retry and breaker per host): each prints its
+/// `HTTP request` span and one `HTTP attempt` span per attempt as they close.
+async fn client_calls(base: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use floodwall::reqwest::{HostPipeline, reqwest, reqwest_middleware};
+    use floodwall::resilience::Pipeline;
+    use floodwall::resilience::circuit_breaker::CircuitBreaker;
+    use floodwall::resilience::retry::Retry;
+    use std::num::{NonZeroU32, NonZeroUsize};
+
+    let pipelines = HostPipeline::new(NonZeroUsize::new(64).unwrap(), |host| {
+        Pipeline::builder()
+            .retry(
+                Retry::builder()
+                    .max_attempts(NonZeroU32::new(3).unwrap())
+                    .build(),
+            )
+            .circuit_breaker(
+                CircuitBreaker::builder()
+                    .name(format!("api:{host}"))
+                    .build()
+                    .expect("valid"),
+            )
+            .build()
+    });
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(pipelines)
+        .build();
+    for sku in 0..3 {
+        let resp = client
+            .get(format!("{base}/price/sku-{sku}"))
+            .header("x-user", "span-demo")
+            .send()
+            .await?;
+        println!("  sku-{sku}: {}", resp.status());
+    }
     Ok(())
 }
 

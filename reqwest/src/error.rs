@@ -44,7 +44,7 @@ impl RefusalKind {
         }
     }
 
-    fn slug(self) -> &'static str {
+    pub(crate) fn slug(self) -> &'static str {
         match self {
             RefusalKind::CircuitOpen => "circuit-open",
             RefusalKind::BulkheadFull => "bulkhead-full",

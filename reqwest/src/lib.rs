@@ -65,6 +65,7 @@ mod pipeline;
 mod retry;
 mod rules;
 mod settings;
+pub mod span;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};

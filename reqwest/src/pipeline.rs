@@ -24,7 +24,9 @@ use crate::error::set_attempts;
 use crate::host::with_host_key;
 use crate::retry::may_repeat;
 use crate::rules::{ClassifyFn, RetryFn, Rule};
+use crate::span::{attempt_span, record_attempts, record_result, request_span};
 use crate::{FloodwallError, RequestSettings};
+use tracing::{Instrument, Span};
 
 /// floodwall's [`Pipeline`] per host, as one middleware: the stages run in the recommended
 /// order (overall timeout → retry → circuit breaker → bulkhead → adaptive limit → attempt
@@ -245,6 +247,13 @@ impl HostPipeline {
     }
 }
 
+/// What the attempts report outside: how many were made (only when an overall timeout may
+/// cut them), into the logical request's span.
+struct Progress {
+    counter: Option<Arc<AtomicU32>>,
+    span: Span,
+}
+
 /// A `HostPipeline`'s own rules (clones share them).
 #[derive(Debug, Clone, Default)]
 struct Rules {
@@ -293,7 +302,7 @@ fn attempts<'a>(
     mut owned: Option<Request>,
     extensions: &'a Extensions,
     next: Next<'a>,
-    counter: Option<Arc<AtomicU32>>,
+    progress: Progress,
     rules: Rules,
 ) -> impl Future<Output = AttemptResult> + Send + 'a {
     async move {
@@ -312,7 +321,7 @@ fn attempts<'a>(
                 repeatable: repeatable && tries < max,
                 rule: &rules.retry,
             };
-            if let Some(counter) = &counter {
+            if let Some(counter) = &progress.counter {
                 counter.store(tries, Ordering::Relaxed);
             }
             // The result lives in this block only, so the backoff's wait does not hold it.
@@ -322,19 +331,26 @@ fn attempts<'a>(
                         Ok(admitted) => admitted.attempt_timeout(attempt_timeout),
                         Err(rejected) => break 'attempt Err(rejected),
                     };
+                    let span = match &owned {
+                        Some(req) => attempt_span(req, tries),
+                        None => Span::none(),
+                    };
                     let fut = match send(&policy, &mut owned, extensions, &mut copy, &next) {
                         Ok(fut) => fut,
                         Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
                     };
-                    admitted
-                        .run(fut, |r: &reqwest_middleware::Result<Response>| {
+                    let result = admitted
+                        .run(fut.instrument(span.clone()), |r| {
                             rules.classify.outcome(r.as_ref())
                         })
-                        .await
+                        .await;
+                    record_attempt(&span, &result);
+                    result
                 };
                 match call.next_delay(&policy, &result) {
                     Some(delay) => delay,
                     None => {
+                        record_attempts(&progress.span, tries);
                         return refusal(result, &stages, tries)
                             .map_err(floodwall_resilience::Error::Inner);
                     }
@@ -423,6 +439,7 @@ impl Middleware for HostPipeline {
         Self: 'async_trait,
     {
         let stages = self.stages_for(&req);
+        let span = request_span(&req);
         let repeatable = may_repeat(&req, self.all_methods);
         let bound = RequestSettings::of(extensions)
             .and_then(RequestSettings::timeout_value)
@@ -435,13 +452,17 @@ impl Middleware for HostPipeline {
             Some(req),
             extensions,
             next,
-            counter.clone(),
+            Progress {
+                counter: counter.clone(),
+                span: span.clone(),
+            },
             self.rules.clone(),
         );
         Box::pin(ToMiddleware {
             inner: Bounded::new(run, bound),
             stages,
             counter,
+            span,
         })
     }
 }
@@ -454,6 +475,7 @@ pin_project! {
         inner: F,
         stages: HostStages,
         counter: Option<Arc<AtomicU32>>,
+        span: Span,
     }
 }
 
@@ -463,8 +485,11 @@ impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         use floodwall_resilience::Error as E;
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        Poll::Ready(match result {
+        let result = {
+            let _inside = this.span.enter();
+            ready!(this.inner.poll(cx))
+        };
+        let result = match result {
             Ok(resp) => Ok(resp),
             Err(E::Inner(e)) => Err(e),
             Err(E::Timeout(e)) => {
@@ -479,6 +504,24 @@ impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
                 Err(e)
             }
             Err(other) => Err(reqwest_middleware::Error::middleware(other)),
-        })
+        };
+        record_result(this.span, result.as_ref());
+        Poll::Ready(result)
+    }
+}
+
+/// Records an attempt's result in its span (an attempt timeout as `timeout`).
+fn record_attempt(span: &Span, result: &AttemptResult) {
+    use floodwall_resilience::Error as E;
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(resp) => record_result(span, Ok(resp)),
+        Err(E::Inner(e)) => record_result(span, Err(e)),
+        Err(E::Timeout(_)) => {
+            span.record("error.type", "timeout");
+        }
+        Err(_) => {}
     }
 }

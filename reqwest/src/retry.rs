@@ -13,7 +13,9 @@ use reqwest_middleware::{Middleware, Next};
 use crate::error::{set_attempts, set_host};
 use crate::host::{host_key, url_host_key};
 use crate::rules::{RetryFn, Rule};
+use crate::span::{attempt_span, record_attempts, record_result, request_span};
 use crate::{FloodwallError, RefusalKind, RequestSettings};
+use tracing::{Instrument, Span};
 
 /// The header [`IdempotencyKey`] sets and [`Retry`] looks for.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -152,6 +154,22 @@ impl Middleware for Retry {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        let span = request_span(&req);
+        let result = self.attempts(req, extensions, next, &span).await;
+        record_result(&span, result.as_ref());
+        result
+    }
+}
+
+impl Retry {
+    /// The logical request's attempts, inside its span `span`.
+    async fn attempts(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        span: &Span,
+    ) -> reqwest_middleware::Result<Response> {
         let settings = RequestSettings::of(extensions);
         let max = settings
             .and_then(RequestSettings::max_attempts_value)
@@ -159,10 +177,14 @@ impl Middleware for Retry {
         let overall = settings.and_then(RequestSettings::timeout_value);
         if !self.may_repeat(&req) || max == 1 {
             let host = req.url().clone();
+            let attempt = attempt_span(&req, 1);
+            let run = next.run(req, extensions).instrument(attempt.clone());
             let result = match overall {
-                Some(after) => bounded(after, next.run(req, extensions)).await,
-                None => next.run(req, extensions).await,
+                Some(after) => bounded(after, run).instrument(span.clone()).await,
+                None => run.instrument(span.clone()).await,
             };
+            record_result(&attempt, result.as_ref());
+            record_attempts(span, 1);
             return result.map_err(|mut e| {
                 set_host(&mut e, || url_host_key(&host));
                 e
@@ -172,10 +194,15 @@ impl Middleware for Retry {
         let base = extensions.clone();
         let tries = std::sync::atomic::AtomicU32::new(0);
         let attempt = || {
-            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let copy = req.try_clone().expect("checked: the body can be copied");
+            let attempt = attempt_span(&copy, n);
             let (next, mut ext) = (next.clone(), base.clone());
-            async move { next.run(copy, &mut ext).await }
+            async move {
+                let result = next.run(copy, &mut ext).instrument(attempt.clone()).await;
+                record_result(&attempt, result.as_ref());
+                result
+            }
         };
         // The caller's attempt limit: after `max` attempts, the result is final.
         let policy = |r: &reqwest_middleware::Result<Response>| {
@@ -187,11 +214,13 @@ impl Middleware for Retry {
         };
         let run = self.retry.call_with(&policy, attempt);
         let result = match overall {
-            Some(after) => bounded(after, run).await,
-            None => run.await,
+            Some(after) => bounded(after, run).instrument(span.clone()).await,
+            None => run.instrument(span.clone()).await,
         };
+        let made = tries.load(std::sync::atomic::Ordering::Relaxed);
+        record_attempts(span, made);
         result.map_err(|mut e| {
-            set_attempts(&mut e, tries.load(std::sync::atomic::Ordering::Relaxed));
+            set_attempts(&mut e, made);
             set_host(&mut e, || host_key(&req));
             e
         })

@@ -126,7 +126,7 @@ use word::{Window, gen_of, issued_of, kind_of, word};
 
 use config::Config;
 use transition::wait_nanos;
-use window::{CountWindow, TimeWindow, Totals};
+use window::{CountWindow, TimeWindow};
 
 /// The breaker's clock: the system clock inline (no pointer to chase on the hot path), or
 /// one given to the builder.
@@ -480,28 +480,6 @@ impl CircuitBreaker {
 
 impl Inner {
     #[cold]
-    #[inline(never)]
-    fn record_probe(
-        &self,
-        w: u64,
-        failure: bool,
-        slow: bool,
-        now: u64,
-        cause: impl FnOnce() -> Option<Cause>,
-    ) {
-        self.probes.record(failure, slow);
-        let t = self.probes.totals();
-        let all = u64::from(self.cfg.permitted_in_half_open);
-        if t.calls >= all {
-            if self.exceeds(t, all) {
-                self.trip(w, t, now, cause());
-            } else {
-                self.transition_from(w, State::Closed, now);
-            }
-        }
-    }
-
-    #[cold]
     fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         self.not_permitted.fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected();
@@ -515,40 +493,6 @@ impl Inner {
             state,
             retry_after,
             cause,
-        }
-    }
-
-    #[inline]
-    fn exceeds(&self, t: Totals, minimum: u64) -> bool {
-        if t.calls < minimum || t.calls == 0 {
-            return false;
-        }
-        let calls = t.calls as f64;
-        100.0 * t.failures as f64 / calls >= self.cfg.failure_rate_threshold
-            || 100.0 * t.slow as f64 / calls >= self.cfg.slow_call_rate_threshold
-    }
-
-    fn half_open_expired(&self, now: u64) -> bool {
-        self.cfg.max_wait_in_half_open.is_some_and(|max| {
-            now.saturating_sub(self.half_open_since.load(Ordering::Acquire))
-                >= duration_to_nanos(max)
-        })
-    }
-
-    /// Applies due time-driven transitions and returns the resulting state word.
-    fn settle(&self, now: u64) -> u64 {
-        let mut w = self.state.load(Ordering::Acquire);
-        loop {
-            let due = match kind_of(w) {
-                State::Open if now >= self.open_until.load(Ordering::Acquire) => State::HalfOpen,
-                State::HalfOpen if self.half_open_expired(now) => self.cfg.after_half_open_wait,
-                _ => return w,
-            };
-            let next = self.transition_from(w, due, now);
-            if next == w {
-                return w;
-            }
-            w = next;
         }
     }
 

@@ -1,5 +1,6 @@
-//! Transitions: the side effects of entering each state, the tripping error, the open
-//! wait, and the automatic half-open task.
+//! Transitions: when one is due (a window or the half-open probes over a threshold, a wait
+//! over), the side effects of entering each state, the tripping error, the open wait, and
+//! the automatic half-open task.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -233,4 +234,62 @@ pub(super) fn wait_nanos(cfg: &Config, info: &BreakInfo) -> u64 {
         Some(generator) => generator(info),
         None => cfg.open_wait.for_opening(info.opening),
     })
+}
+
+impl Inner {
+    #[cold]
+    #[inline(never)]
+    pub(super) fn record_probe(
+        &self,
+        w: u64,
+        failure: bool,
+        slow: bool,
+        now: u64,
+        cause: impl FnOnce() -> Option<Cause>,
+    ) {
+        self.probes.record(failure, slow);
+        let t = self.probes.totals();
+        let all = u64::from(self.cfg.permitted_in_half_open);
+        if t.calls >= all {
+            if self.exceeds(t, all) {
+                self.trip(w, t, now, cause());
+            } else {
+                self.transition_from(w, State::Closed, now);
+            }
+        }
+    }
+
+    #[inline]
+    pub(super) fn exceeds(&self, t: Totals, minimum: u64) -> bool {
+        if t.calls < minimum || t.calls == 0 {
+            return false;
+        }
+        let calls = t.calls as f64;
+        100.0 * t.failures as f64 / calls >= self.cfg.failure_rate_threshold
+            || 100.0 * t.slow as f64 / calls >= self.cfg.slow_call_rate_threshold
+    }
+
+    pub(super) fn half_open_expired(&self, now: u64) -> bool {
+        self.cfg.max_wait_in_half_open.is_some_and(|max| {
+            now.saturating_sub(self.half_open_since.load(Ordering::Acquire))
+                >= duration_to_nanos(max)
+        })
+    }
+
+    /// Applies due time-driven transitions and returns the resulting state word.
+    pub(super) fn settle(&self, now: u64) -> u64 {
+        let mut w = self.state.load(Ordering::Acquire);
+        loop {
+            let due = match kind_of(w) {
+                State::Open if now >= self.open_until.load(Ordering::Acquire) => State::HalfOpen,
+                State::HalfOpen if self.half_open_expired(now) => self.cfg.after_half_open_wait,
+                _ => return w,
+            };
+            let next = self.transition_from(w, due, now);
+            if next == w {
+                return w;
+            }
+            w = next;
+        }
+    }
 }
