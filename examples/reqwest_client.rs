@@ -4,8 +4,14 @@
 //! 2. a payment `POST` whose first response is lost (the attempt times out while the server
 //!    still charges) is retried with the same generated `Idempotency-Key` against a server
 //!    behind floodwall's `IdempotencyLayer`: it gets the stored response, one charge;
-//! 3. a dead host opens its own breaker and is shed, while the payments host keeps answering;
-//! 4. a price list behind the `GET` cache: stored, revalidated with its `ETag` (a `304`), and
+//! 3. one request's own settings: the same `POST` with 1.5 s per attempt needs no retry;
+//! 4. a shop service behind the `Idempotency-Key` layer forwards the key its client sent
+//!    (`RequestKey`, derived per call: `{key}:charge`) to the payments API, so the client's
+//!    retry that reaches another instance of the shop is still charged once;
+//! 5. a dead host opens its own breaker and is shed, while the payments host keeps
+//!    answering; the refusal is read as a typed error (what refused, host, breaker, attempts,
+//!    when to come back, the status a proxy answers);
+//! 6. a price list behind the `GET` cache: stored, revalidated with its `ETag` (a `304`), and
 //!    served stale while the origin is down (`stale-if-error`).
 //!
 //! It prints each outcome and ends on its own.
@@ -23,10 +29,12 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use floodwall::cache::TieredCache;
-use floodwall::idempotency::http::IdempotencyLayer;
+use floodwall::idempotency::http::{IdempotencyLayer, RequestKey};
 use floodwall::idempotency::{Idempotency, MemoryStore};
+use floodwall::reqwest::reqwest_middleware::ClientWithMiddleware;
 use floodwall::reqwest::{
-    HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, Retry, StoredResponse, Timeout,
+    ErrorExt, HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, RequestSettings, Retry,
+    StoredResponse, Timeout,
 };
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Jitter};
@@ -49,12 +57,12 @@ async fn payments(charges: Arc<AtomicU32>) -> Result<String, Box<dyn std::error:
     let idem = Idempotency::builder(MemoryStore::new())
         .lease(Duration::from_secs(1))
         .build()?;
-    let charge = post(move || {
+    let charge = post(move |axum::Extension(key): axum::Extension<RequestKey>| {
         let charges = charges.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(300)).await; // the card network
             let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
-            (StatusCode::CREATED, format!("ch_{n}"))
+            (StatusCode::CREATED, format!("ch_{n} (key {key})"))
         }
     })
     .layer(IdempotencyLayer::new(idem, |_| Some("shop-1".to_string())));
@@ -75,6 +83,42 @@ async fn payments(charges: Arc<AtomicU32>) -> Result<String, Box<dyn std::error:
         Router::new()
             .route("/charges", charge)
             .route("/status", status),
+    )
+    .await?)
+}
+
+/// One instance of the shop service (its own idempotency store): `POST /orders` charges the
+/// card through `client`, forwarding the key its client sent, derived per call.
+async fn shop_instance(
+    client: ClientWithMiddleware,
+    payments: String,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let order = post(move |axum::Extension(key): axum::Extension<RequestKey>| {
+        let (client, url) = (client.clone(), format!("{payments}/charges"));
+        async move {
+            let charge = client
+                .post(url)
+                .body("{\"amount\":42}")
+                .with_extension(
+                    RequestSettings::new()
+                        .attempt_timeout(Duration::from_millis(1500))
+                        .idempotency_key(format!("{}:charge", key.as_str())),
+                )
+                .send()
+                .await;
+            match charge {
+                Ok(resp) => (StatusCode::CREATED, resp.text().await.unwrap_or_default()),
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+            }
+        }
+    });
+    let idem = Idempotency::builder(MemoryStore::new()).build()?;
+    Ok(serve(
+        Router::new()
+            .route("/orders", order)
+            .layer(IdempotencyLayer::new(idem, |_| {
+                Some("client-1".to_string())
+            })),
     )
     .await?)
 }
@@ -121,7 +165,7 @@ async fn cached_prices() -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(cache.clone())
         .build();
-    println!("4. GET /prices through the cache (max-age=0, ETag, stale-if-error=60)");
+    println!("6. GET /prices through the cache (max-age=0, ETag, stale-if-error=60)");
     for step in ["first", "again", "origin down"] {
         if step == "origin down" {
             down.store(true, Ordering::SeqCst);
@@ -197,11 +241,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let charged = charges.load(Ordering::SeqCst);
     println!("   cards charged: {charged}");
 
-    println!("3. a dead host, and the payments host beside it");
+    println!("3. the same POST with its own setting: 1.5 s per attempt");
+    let resp = client
+        .post(format!("{shop}/charges"))
+        .body("{\"amount\":43}")
+        .with_extension(RequestSettings::new().attempt_timeout(Duration::from_millis(1500)))
+        .send()
+        .await?;
+    println!(
+        "   {} {} at the first attempt",
+        resp.status(),
+        resp.text().await?
+    );
+
+    println!("4. an order, retried by its client through another shop instance");
+    let before = charges.load(Ordering::SeqCst);
+    let caller = reqwest::Client::new();
+    for attempt in 1..=2 {
+        // Each instance has its own idempotency store: the retry runs the handler again.
+        let instance = shop_instance(client.clone(), shop.clone()).await?;
+        let resp = caller
+            .post(format!("{instance}/orders"))
+            .header("idempotency-key", "\"order-7\"")
+            .body("{\"sku\":7}")
+            .send()
+            .await?;
+        println!(
+            "   attempt {attempt}: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
+    }
+    let order_charges = charges.load(Ordering::SeqCst) - before;
+    println!("   cards charged for the order: {order_charges}");
+
+    println!("5. a dead host, and the payments host beside it");
     for i in 1..=10 {
         let answer = match client.get(format!("{dead}/")).send().await {
             Ok(resp) => resp.status().to_string(),
-            Err(e) => format!("refused: {e}"),
+            Err(e) => match e.floodwall() {
+                // Typed: refusal.kind(), .host_key(), .instance_name(), .attempts(),
+                // .retry_after(), .status(), .to_response() — no downcast.
+                Some(refusal) => format!("{refusal} [a proxy answers {}]", refusal.status()),
+                None => format!("failed: {e}"),
+            },
         };
         let other = client.get(format!("{shop}/status")).send().await?.status();
         println!("   dead host request {i}: {answer}; payments host: {other}");
@@ -212,8 +295,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry.get(dead_host).state()
     );
 
-    if charged != 1 {
-        return Err(format!("{charged} cards charged, expected 1").into());
+    if charged != 1 || order_charges != 1 {
+        return Err(format!(
+            "{charged} cards charged for the lost response, {order_charges} for the order; expected 1 and 1"
+        )
+        .into());
     }
     cached_prices().await
 }

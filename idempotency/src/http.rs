@@ -30,6 +30,14 @@
 //! Once a request has claimed its key, its handler and the storing of its response run to
 //! completion on a Tokio task of their own, even if the client disconnects: the retry that
 //! follows a dropped response then gets the replay.
+//!
+//! The handler finds the key the client sent as a [`RequestKey`] in the request's
+//! extensions, to hand on: a call the handler makes to an upstream API on the client's
+//! behalf should carry a key derived from it (`{key}:charge`), so that when the client's
+//! retry runs the handler again (its first attempt's response was lost, or another instance
+//! with another store took the retry) the upstream recognises the call and does not charge
+//! twice. With floodwall-reqwest: `RequestSettings::new().idempotency_key(format!("{}:charge",
+//! key.as_str()))`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -316,7 +324,8 @@ where
                 Ok(None) => return inner.call(req).await,
                 Err(problem) => return Ok(problem),
             };
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(RequestKey(Arc::from(key.as_str())));
             let Ok(body) = Limited::new(body, config.max_request_body).collect().await else {
                 return Ok(problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -377,6 +386,26 @@ where
                 )),
             }
         })
+    }
+}
+
+/// The `Idempotency-Key` a client sent, as the layer read it (unquoted; not scoped by the
+/// principal), in the extensions of every request the layer passes to its handler. Hand it
+/// on (derived per upstream call) to the APIs the handler calls on the client's behalf: see
+/// the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey(Arc<str>);
+
+impl RequestKey {
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -528,22 +557,7 @@ impl<S: Store> HttpClaim<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::key::parse_key;
     use super::*;
-
-    #[test]
-    fn keys_are_validated() {
-        let v = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert_eq!(
-            parse_key(&v("\"8e03978e\""), 255).as_deref(),
-            Some("8e03978e")
-        );
-        assert_eq!(parse_key(&v("abc-123"), 255).as_deref(), Some("abc-123"));
-        assert_eq!(parse_key(&v("\"\""), 255), None);
-        assert_eq!(parse_key(&v("a b"), 255), None);
-        assert_eq!(parse_key(&v("\"open"), 255), None);
-        assert_eq!(parse_key(&v(&"k".repeat(256)), 255), None);
-    }
 
     #[test]
     fn stored_responses_round_trip() {

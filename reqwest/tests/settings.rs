@@ -190,3 +190,84 @@ async fn an_explicit_key_reused_across_the_callers_own_retries_charges_once() {
     assert_eq!(keyed, 1);
     assert_eq!(generated, 2);
 }
+
+/// A service behind the `Idempotency-Key` layer charges a card through an upstream API.
+/// The client's retry of an order reaches another instance of the service (with its own
+/// idempotency store), which runs the handler again: forwarding a key derived from the
+/// client's (the layer's `RequestKey`) lets the upstream recognise the charge — once. A
+/// generated key per call charges twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_key_charges_once_when_another_instance_runs_the_retry() {
+    use axum::Extension;
+    use floodwall_idempotency::http::{IdempotencyLayer, RequestKey};
+    use floodwall_idempotency::{Idempotency, MemoryStore};
+
+    let charges = Arc::new(AtomicU32::new(0));
+    let counted = charges.clone();
+    let upstream = Router::new()
+        .route(
+            "/charges",
+            post(move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("ch_{n}")) }
+            }),
+        )
+        .layer(IdempotencyLayer::new(
+            Idempotency::builder(MemoryStore::new()).build().unwrap(),
+            |_| Some("shop".to_string()),
+        ));
+    let upstream = serve(upstream).await;
+    // One instance of the shop service, with its own store.
+    let instance = |forward: bool| {
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(IdempotencyKey::new())
+            .with(Retry::new(retry(3, Duration::from_millis(1))))
+            .build();
+        let url = format!("{upstream}/charges");
+        let app = Router::new()
+            .route(
+                "/orders",
+                post(move |Extension(key): Extension<RequestKey>| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let req = client.post(url).body("{\"amount\":42}");
+                        let req = match forward {
+                            true => req.with_extension(
+                                RequestSettings::new()
+                                    .idempotency_key(format!("{}:charge", key.as_str())),
+                            ),
+                            false => req,
+                        };
+                        let charge = req.send().await.unwrap().text().await.unwrap();
+                        (StatusCode::CREATED, charge)
+                    }
+                }),
+            )
+            .layer(IdempotencyLayer::new(
+                Idempotency::builder(MemoryStore::new()).build().unwrap(),
+                |_| Some("client-1".to_string()),
+            ));
+        serve(app)
+    };
+    let caller = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for forward in [true, false] {
+        charges.store(0, Ordering::SeqCst);
+        let (first, second) = (instance(forward).await, instance(forward).await);
+        let mut bodies = Vec::new();
+        for base in [&first, &second] {
+            let resp = caller
+                .post(format!("{base}/orders"))
+                .header("idempotency-key", "\"order-9\"")
+                .body("{\"sku\":7}")
+                .send()
+                .await
+                .unwrap();
+            bodies.push(resp.text().await.unwrap());
+        }
+        let charged = charges.load(Ordering::SeqCst);
+        println!("forwarding the key: {forward}; answers {bodies:?}; cards charged: {charged}");
+        seen.push((forward, charged));
+    }
+    assert_eq!(seen, [(true, 1), (false, 2)]);
+}

@@ -63,3 +63,22 @@ pub(super) fn parse_key(value: &HeaderValue, max: usize) -> Option<String> {
             .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
     ok.then(|| s.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            parse_key(&v("\"8e03978e\""), 255).as_deref(),
+            Some("8e03978e")
+        );
+        assert_eq!(parse_key(&v("abc-123"), 255).as_deref(), Some("abc-123"));
+        assert_eq!(parse_key(&v("\"\""), 255), None);
+        assert_eq!(parse_key(&v("a b"), 255), None);
+        assert_eq!(parse_key(&v("\"open"), 255), None);
+        assert_eq!(parse_key(&v(&"k".repeat(256)), 255), None);
+    }
+}
