@@ -12,7 +12,9 @@
 //! Redirections are followed per call, within the call's bound and at most [`MAX_HOPS`] hops:
 //! `MOVED` sends the call on to the node it names and has the slot table re-read; `ASK` sends
 //! `ASKING` and the call to the node it names; `TRYAGAIN` and `CLUSTERDOWN` try again after a
-//! short pause.
+//! short pause. A node that cannot be reached (refused, reset) has the failing call re-read
+//! the slot table (one read at a time, at most every 200 ms; calls meanwhile wait for it) and
+//! follow its slot to the node serving it now — after a failover, the promoted replica.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -182,6 +184,11 @@ fn invalid(message: String) -> RedisError {
     ))
 }
 
+/// Whether `e` says the node itself is unreachable (not an answer it gave).
+fn lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 /// Where a Cluster reply sends the call next.
 enum Next {
     /// `MOVED`: the slot lives on this node now.
@@ -229,9 +236,34 @@ impl RedisConnection {
         loop {
             hop += 1;
             let conn = nodes.connection(&node, connector)?;
-            let reply = match asking {
-                true => conn.send_asking(cmd).await?,
-                false => conn.send(cmd).await?,
+            // A node whose connection is lost: before waiting for it to come back, see
+            // whether its slot is served elsewhere now (a failover).
+            if conn.is_down() && hop < MAX_HOPS {
+                self.refresh_now().await;
+                let now_at = self.node_for(key);
+                if now_at != node && &*now_at != UNKNOWN_NODE {
+                    (node, asking) = (now_at, false);
+                    continue;
+                }
+            }
+            let sent = match asking {
+                true => conn.send_asking(cmd).await,
+                false => conn.send(cmd).await,
+            };
+            let reply = match sent {
+                Ok(reply) => reply,
+                // The node is gone (refused, reset): if the Cluster has failed over, its
+                // slot is served elsewhere now — re-read the table and follow it.
+                Err(e) if hop < MAX_HOPS && lost(&e) => {
+                    self.refresh_now().await;
+                    let now_at = self.node_for(key);
+                    if now_at == node || &*now_at == UNKNOWN_NODE {
+                        return Err(e);
+                    }
+                    (node, asking) = (now_at, false);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let e = match reply.extract_error() {
                 Ok(value) => return Ok(value),

@@ -28,6 +28,8 @@ struct State {
     connect_timeout: Duration,
     current: RwLock<Option<MultiplexedConnection>>,
     reconnecting: AtomicBool,
+    /// The last reconnect attempt failed (the server refused or did not answer).
+    down: AtomicBool,
     /// Woken after every reconnect attempt, successful or not.
     attempted: Notify,
     me: Weak<State>,
@@ -58,6 +60,7 @@ impl Reconnecting {
             connect_timeout,
             current: RwLock::new(None),
             reconnecting: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             attempted: Notify::new(),
             me: me.clone(),
         });
@@ -74,6 +77,7 @@ impl Reconnecting {
             connect_timeout,
             current: RwLock::new(None),
             reconnecting: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             attempted: Notify::new(),
             me: me.clone(),
         });
@@ -98,6 +102,12 @@ impl Reconnecting {
             .await
             .map(|mut replies| replies.pop().unwrap_or(Value::Nil));
         self.after(result)
+    }
+
+    /// Whether the connection is lost and the last attempt to re-establish it failed (a call
+    /// now would wait for the next attempt). A handle not connected yet is not down.
+    pub(super) fn is_down(&self) -> bool {
+        self.state.down.load(Ordering::Acquire)
     }
 
     async fn current(&self) -> Result<MultiplexedConnection, RedisError> {
@@ -181,12 +191,14 @@ impl State {
                 match state.open().await {
                     Ok(conn) => {
                         *state.current.write().expect("not poisoned") = Some(conn);
+                        state.down.store(false, Ordering::Release);
                         state.reconnecting.store(false, Ordering::Release);
                         state.attempted.notify_waiters();
                         tracing::debug!("reconnected to Redis");
                         return;
                     }
                     Err(e) => {
+                        state.down.store(true, Ordering::Release);
                         state.attempted.notify_waiters();
                         tracing::debug!(error = %e, ?delay, "Redis reconnect failed");
                     }

@@ -41,8 +41,23 @@ pub(super) type SlotTable = Vec<(u16, u16, Arc<str>)>;
 #[derive(Default)]
 pub(super) struct SlotMap {
     pub(super) table: RwLock<SlotTable>,
+    /// A read is under way (one at a time).
     pub(super) refreshing: AtomicBool,
+    /// When the last read started (ms since the handle's origin).
     pub(super) last_refresh: AtomicU64,
+    /// Woken when a read ends, successful or not.
+    pub(super) refreshed: tokio::sync::Notify,
+}
+
+/// Ends a slot-table read however it ends (a caller whose bound ran out drops it mid-way):
+/// the next read may start, and the calls waiting for this one go on.
+struct ReadDone<'a>(&'a SlotMap);
+
+impl Drop for ReadDone<'_> {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+        self.0.refreshed.notify_waiters();
+    }
 }
 
 pub(super) struct Shared {
@@ -132,7 +147,7 @@ impl RedisConnection {
                 }
             }
             match (&conn.shared.nodes, &conn.inner) {
-                (Nodes::Slots(map), _) => map.refreshing.store(false, Ordering::Release),
+                (Nodes::Slots(map), _) => drop(ReadDone(map)),
                 (_, Inner::Sentinel(s)) => s.resolving.store(false, Ordering::Release),
                 _ => {}
             }
@@ -175,6 +190,31 @@ impl RedisConnection {
             return Ok(());
         }
         Err(last)
+    }
+
+    /// Re-reads the slot table now, for a call whose node failed: unless one was read in the
+    /// last 200 ms (then that table stands); if a read is under way, waits for it instead of
+    /// starting another. The caller's own bound applies around the wait.
+    pub(super) async fn refresh_now(&self) {
+        let Nodes::Slots(map) = &self.shared.nodes else {
+            return;
+        };
+        let now = self.millis();
+        if now.saturating_sub(map.last_refresh.load(Ordering::Relaxed))
+            < TOPOLOGY_RETRY.as_millis() as u64
+        {
+            return;
+        }
+        let done = map.refreshed.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if map.refreshing.swap(true, Ordering::AcqRel) {
+            done.await;
+            return;
+        }
+        let _done = ReadDone(map);
+        map.last_refresh.store(now, Ordering::Relaxed);
+        let _ = self.refresh_slots().await;
     }
 
     /// The slot table as last read (empty before the first read, or when not a Cluster).
