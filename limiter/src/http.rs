@@ -14,8 +14,8 @@
 //! store fails and the policy is to fail closed, the answer is `503 Service Unavailable`. A
 //! request the key extractor [`reject`](crate::layer::Descriptor::reject)s (no API key) is
 //! answered with the extractor's status (`401`, `400`) and decided by no limit. Bodies are
-//! plain text, or with [`HttpRateLimitLayer::problem_json`] `application/problem+json`
-//! (RFC 9457), as the idempotency layer answers.
+//! `application/problem+json` (RFC 9457), as the idempotency layer and floodwall-reqwest's
+//! refusals answer, or plain text with [`HttpRateLimitLayer::plain_text`].
 //!
 //! [`ClientIp`] (module `client_ip`, re-exported here) finds the client's address, believing
 //! `Forwarded` / `X-Forwarded-For` only when they come from a configured proxy.
@@ -108,16 +108,23 @@ impl<X> HttpRateLimitLayer<X> {
         HttpRateLimitLayer {
             limiter,
             extractor,
-            answer: Answer429 { problem: false },
+            answer: Answer429 { problem: true },
         }
     }
 
     /// Answers refusals (429, 503, an extractor's 401/400) with an
-    /// `application/problem+json` body (RFC 9457) instead of plain text: `type`
+    /// `application/problem+json` body (RFC 9457) — the default: `type`
     /// `urn:floodwall:rate-limit:<kind>`, `title`, `status`, `detail`, and for a 429 the
     /// binding `limit` and `retry_after` seconds.
     pub fn problem_json(mut self) -> Self {
         self.answer.problem = true;
+        self
+    }
+
+    /// Answers refusals with a plain-text body (`text/plain`, the reason and a newline)
+    /// instead of problem+json.
+    pub fn plain_text(mut self) -> Self {
+        self.answer.problem = false;
         self
     }
 }

@@ -73,7 +73,9 @@ fn json(r: &Response<String>) -> serde_json::Value {
 #[tokio::test]
 async fn a_request_the_extractor_cannot_key_gets_its_status_not_the_global_limit() {
     let shared = limiter();
-    let mut svc = HttpRateLimitLayer::new(shared.clone(), by_api_key).layer(service_fn(ok));
+    let mut svc = HttpRateLimitLayer::new(shared.clone(), by_api_key)
+        .plain_text()
+        .layer(service_fn(ok));
     for _ in 0..5 {
         let r = send(&mut svc, req(None)).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -102,13 +104,11 @@ async fn a_request_the_extractor_cannot_key_gets_its_status_not_the_global_limit
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
-/// RFC 9457 problem details, as the idempotency layer answers: 429 with the binding limit
-/// and `retry_after`, and the extractor's refusal.
+/// RFC 9457 problem details by default, as the idempotency layer answers: 429 with the
+/// binding limit and `retry_after`, and the extractor's refusal.
 #[tokio::test]
-async fn refusals_can_be_problem_json() {
-    let mut svc = HttpRateLimitLayer::new(limiter(), by_api_key)
-        .problem_json()
-        .layer(service_fn(ok));
+async fn refusals_are_problem_json_by_default() {
+    let mut svc = HttpRateLimitLayer::new(limiter(), by_api_key).layer(service_fn(ok));
     for _ in 0..2 {
         let r = send(&mut svc, req(Some("k"))).await;
         assert_eq!(r.status(), StatusCode::OK);
