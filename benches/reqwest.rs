@@ -1,9 +1,12 @@
 //! A `GET` through reqwest-middleware: floodwall's stack beside reqwest-retry, same run.
 //!
-//! Six clients send the same `GET`:
+//! Seven clients send the same `GET`:
 //! - `bare`: a `ClientWithMiddleware` with no middleware (the baseline);
 //! - `reqwest-retry`: reqwest-retry's `RetryTransientMiddleware` (exponential backoff, 2
 //!   retries) alone;
+//! - `reqwest-retry+timeout`: the same, on a reqwest client with its own 2 s timeout per
+//!   request — what a reqwest user writes for retry plus an attempt bound, beside
+//!   `floodwall-pipeline`;
 //! - `floodwall-retry`: floodwall's `Retry` middleware alone (3 attempts, exponential
 //!   backoff) — like for like with reqwest-retry;
 //! - `floodwall-pipeline`: floodwall's `HostPipeline` — per host, a `Pipeline` with retry (3
@@ -24,6 +27,9 @@
 //! rounds of its difference with `bare` in the same round, so a machine that drifts affects
 //! both sides of each difference alike. On a loopback `GET` (50–100 µs) the round-to-round noise
 //! is about a microsecond, larger than any middleware's cost; `stack_only` resolves them.
+//!
+//! `REQWEST_BENCH_NO_TABLE=1` skips the tables (criterion's figures only);
+//! `REQWEST_BENCH_TABLE=stack_only` prints that table only.
 //!
 //! A last table, `local_get_stages`, builds `HostPipeline` up one stage at a time on loopback —
 //! retry only, then with the bulkhead, the breaker, both, and the attempt timeout — in a run of
@@ -136,7 +142,7 @@ fn baseline(
     ]
 }
 
-/// The six clients, each ending in `Canned` when `canned`.
+/// The seven clients, each ending in `Canned` when `canned`.
 fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
     let plain = reqwest::Client::new();
     let end = |b: ClientBuilder| {
@@ -157,7 +163,18 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
         ..Stages::ALL
     };
     let mut all = baseline(&plain, end);
+    let timed = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("a client");
+    let policy = reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(2);
     all.extend([
+        (
+            "reqwest-retry+timeout",
+            end(ClientBuilder::new(timed).with(
+                reqwest_retry::RetryTransientMiddleware::new_with_policy(policy),
+            )),
+        ),
         (
             "floodwall-retry",
             end(ClientBuilder::new(plain.clone()).with(Retry::new(retry()))),
@@ -296,12 +313,19 @@ fn reqwest_stacks(c: &mut Criterion) {
         g.finish();
     }
 
+    if std::env::var_os("REQWEST_BENCH_NO_TABLE").is_some() {
+        return; // criterion's figures only (e.g. to profile one client)
+    }
+    let only = std::env::var("REQWEST_BENCH_TABLE").ok();
     eprintln!(
         "\n| scenario | client | per request (median) | added over bare (median of paired rounds) |"
     );
     eprintln!("|---|---|---|---|");
     let stages = ("local_get_stages", stage_clients());
     for (scenario, clients) in scenarios.iter().chain([&stages]) {
+        if only.as_deref().is_some_and(|o| o != *scenario) {
+            continue;
+        }
         let (per_round, rounds) = match (full, *scenario) {
             (false, _) => (50, 1),
             (true, "stack_only") => (2_000, 400),
@@ -346,6 +370,24 @@ fn table(
         added[1],
         others.join(", ")
     );
+    // Like for like: floodwall's retry alone beside reqwest-retry, and the whole pipeline
+    // (retry, breaker, bulkhead, attempt timeout) beside reqwest-retry with reqwest's own
+    // per-request timeout.
+    let at = |name: &str| clients.iter().position(|(n, _)| *n == name);
+    for (ours, theirs) in [
+        ("floodwall-retry", "reqwest-retry"),
+        ("floodwall-pipeline", "reqwest-retry+timeout"),
+    ] {
+        if let (Some(o), Some(t)) = (at(ours), at(theirs)) {
+            eprintln!(
+                "{scenario}: {ours} {:.0} ns per request vs {theirs} {:.0} ns: {:.2}x",
+                median(times.iter().map(|r| ns(r[o])).collect()),
+                median(times.iter().map(|r| ns(r[t])).collect()),
+                median(times.iter().map(|r| ns(r[o])).collect())
+                    / median(times.iter().map(|r| ns(r[t])).collect()),
+            );
+        }
+    }
 }
 
 criterion_group!(benches, reqwest_stacks);

@@ -339,10 +339,13 @@ fn attempts<'a>(
                         Ok(fut) => fut,
                         Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
                     };
+                    // Wrapped in its span only when one is recorded.
+                    let fut: Boxed<'_> = match span.is_none() {
+                        true => fut,
+                        false => Box::pin(fut.instrument(span.clone())),
+                    };
                     let result = admitted
-                        .run(fut.instrument(span.clone()), |r| {
-                            rules.classify.outcome(r.as_ref())
-                        })
+                        .run(fut, |r| rules.classify.outcome(r.as_ref()))
                         .await;
                     record_attempt(&span, &result);
                     result
@@ -486,7 +489,7 @@ impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
         use floodwall_resilience::Error as E;
         let this = self.project();
         let result = {
-            let _inside = this.span.enter();
+            let _inside = (!this.span.is_none()).then(|| this.span.enter());
             ready!(this.inner.poll(cx))
         };
         let result = match result {

@@ -199,7 +199,10 @@ impl Retry {
             let attempt = attempt_span(&copy, n);
             let (next, mut ext) = (next.clone(), base.clone());
             async move {
-                let result = next.run(copy, &mut ext).instrument(attempt.clone()).await;
+                let result = match attempt.is_none() {
+                    true => next.run(copy, &mut ext).await,
+                    false => next.run(copy, &mut ext).instrument(attempt.clone()).await,
+                };
                 record_result(&attempt, result.as_ref());
                 result
             }
@@ -213,9 +216,10 @@ impl Retry {
             }
         };
         let run = self.retry.call_with(&policy, attempt);
-        let result = match overall {
-            Some(after) => bounded(after, run).instrument(span.clone()).await,
-            None => run.instrument(span.clone()).await,
+        let result = match (overall, span.is_none()) {
+            (Some(after), _) => bounded(after, run).instrument(span.clone()).await,
+            (None, true) => run.await,
+            (None, false) => run.instrument(span.clone()).await,
         };
         let made = tries.load(std::sync::atomic::Ordering::Relaxed);
         record_attempts(span, made);
