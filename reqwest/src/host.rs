@@ -1,5 +1,6 @@
 //! Per-host middleware: [`HostBreaker`], [`HostBulkhead`], [`RateLimit`].
 
+use std::fmt;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -97,10 +98,44 @@ impl HostBreaker {
         self
     }
 
+    /// [`new`](Self::new) with a factory that can fail. It is tried once now, for
+    /// [`PROBE_HOST`], so a configuration error is a build error, not a panic at a host's
+    /// first request. A later host whose breaker still cannot be built gets a forced-open
+    /// breaker named `invalid:<host>`: its requests are refused with that name, and the
+    /// factory's error is logged.
+    pub fn try_new<E: fmt::Display>(
+        max_hosts: NonZeroUsize,
+        make: impl Fn(&str) -> Result<CircuitBreaker, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
+        make(PROBE_HOST)?;
+        Ok(Self::new(max_hosts, move |host| {
+            make(host).unwrap_or_else(|e| refusing_breaker(host, &e))
+        }))
+    }
+
     /// The registry, to look at a host's breaker (`registry().get("host:443").state()`).
     pub fn registry(&self) -> &Registry<CircuitBreaker> {
         &self.breakers
     }
+}
+
+/// The host a fallible per-host factory is tried with when the middleware is built.
+pub const PROBE_HOST: &str = "example.invalid:443";
+
+/// A breaker for `host` whose factory failed with `e`: forced open, so its requests are
+/// refused (naming it `invalid:<host>`) instead of a panic; the error is logged.
+pub(crate) fn refusing_breaker(host: &str, e: &dyn fmt::Display) -> CircuitBreaker {
+    tracing::error!(
+        host,
+        error = %e,
+        "the host's circuit breaker could not be built; its requests are refused"
+    );
+    let breaker = CircuitBreaker::builder()
+        .name(format!("invalid:{host}"))
+        .build()
+        .expect("the defaults are a valid breaker");
+    breaker.force_open();
+    breaker
 }
 
 #[async_trait::async_trait]
@@ -150,6 +185,25 @@ impl HostBulkhead {
             Bulkhead::builder()
                 .name(format!("host:{host}"))
                 .max_concurrent(per_host)
+                .build()
+        })
+    }
+
+    /// At most `max_hosts` bulkheads of `per_host` concurrent requests; beyond that up to
+    /// `max_waiting` requests per host wait, each at most `max_wait`, for a slot (then
+    /// [`RefusalKind::BulkheadFull`](crate::RefusalKind::BulkheadFull)).
+    pub fn per_host_waiting(
+        max_hosts: NonZeroUsize,
+        per_host: NonZeroUsize,
+        max_waiting: usize,
+        max_wait: Duration,
+    ) -> Self {
+        Self::new(max_hosts, move |host| {
+            Bulkhead::builder()
+                .name(format!("host:{host}"))
+                .max_concurrent(per_host)
+                .max_waiting(max_waiting)
+                .max_wait(max_wait)
                 .build()
         })
     }
@@ -222,6 +276,28 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Takes one unit of `host`'s quota, waiting for it up to `max_wait`.
+    pub(crate) async fn take(&self, host: &str) -> Result<(), FloodwallError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let verdict = self
+                .limiter
+                .check(&[("host", host)])
+                .await
+                .map_err(|e| FloodwallError::limiter_unavailable(e.to_string()).host(host))?;
+            if verdict.allowed {
+                return Ok(());
+            }
+            let wait = verdict.retry_after().unwrap_or(Duration::from_millis(1));
+            if started.elapsed() + wait > self.max_wait {
+                return Err(FloodwallError::rate_limited(wait, self.max_wait).host(host));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Middleware for RateLimit {
     async fn handle(
@@ -231,24 +307,9 @@ impl Middleware for RateLimit {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let host = host_key(&req);
-        let started = tokio::time::Instant::now();
-        loop {
-            let verdict = self.limiter.check(&[("host", &host)]).await.map_err(|e| {
-                FloodwallError::limiter_unavailable(e.to_string())
-                    .host(host.clone())
-                    .into_middleware()
-            })?;
-            if verdict.allowed {
-                break;
-            }
-            let wait = verdict.retry_after().unwrap_or(Duration::from_millis(1));
-            if started.elapsed() + wait > self.max_wait {
-                return Err(FloodwallError::rate_limited(wait, self.max_wait)
-                    .host(host)
-                    .into_middleware());
-            }
-            tokio::time::sleep(wait).await;
-        }
+        self.take(&host)
+            .await
+            .map_err(FloodwallError::into_middleware)?;
         next.run(req, extensions).await
     }
 }

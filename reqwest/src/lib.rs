@@ -16,8 +16,9 @@
 //!   without touching the others;
 //! - [`RateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
 //!   or shared by every instance through a Redis-backed `RateLimiter`);
-//! - [`HostPipeline`]: all of the above but the rate limit — retry, breaker, bulkhead and
-//!   timeouts, per host — as one middleware, the cheapest way to the whole stack;
+//! - [`HostPipeline`]: all of the above — retry, breaker, bulkhead and timeouts per host,
+//!   plus a rate limit counted per attempt, hedging of idempotent requests and a fallback
+//!   answer — as one middleware, the cheapest way to the whole stack;
 //! - [`HttpCache`]: a `GET` response cache in a floodwall `TieredCache` that honours
 //!   `Cache-Control` (`max-age`, `s-maxage`, `no-store`, `private`, `no-cache`,
 //!   `stale-while-revalidate`, `stale-if-error`), revalidates with `ETag` / `Last-Modified`,
@@ -52,6 +53,12 @@
 //! # let _ = resp; Ok(()) }
 //! ```
 //!
+//! Each request can carry its own settings ([`RequestSettings`]: attempt and call bounds,
+//! attempt limit, its idempotency key); a refusal is a [`FloodwallError`] found with
+//! [`ErrorExt::floodwall`]; [`Retry`] and [`HostPipeline`] open a span per request and per
+//! attempt ([`span`]). Factories that can fail ([`HostBreaker::try_new`],
+//! [`HostPipeline::try_new`]) are tried when built.
+//!
 //! Order matters: middleware runs in the order added. [`HttpCache`] first (a hit sends
 //! nothing), [`IdempotencyKey`] before [`Retry`]
 //! (one key per logical request), [`Retry`] before the breaker, the bulkhead and the attempt
@@ -69,8 +76,8 @@ pub mod span;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
-pub use host::{HostBreaker, HostBulkhead, RateLimit, RateLimitConfigError, host_key};
-pub use pipeline::{HostPipeline, HostStages};
+pub use host::{HostBreaker, HostBulkhead, PROBE_HOST, RateLimit, RateLimitConfigError, host_key};
+pub use pipeline::{FallbackFn, HostPipeline, HostStages};
 pub use retry::{
     IdempotencyKey, Retry, Timeout, is_retryable, is_retryable_error, is_retryable_response,
 };

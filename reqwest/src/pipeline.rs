@@ -2,31 +2,23 @@
 //! timeouts — per host, as one middleware.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::circuit_breaker::Outcome;
-use floodwall_resilience::pipeline::Bounded;
+use floodwall_resilience::hedge::Hedge;
 use floodwall_resilience::registry::Registry;
-use floodwall_resilience::retry::{Decision, RetryPolicy};
-use http::Extensions;
-use pin_project_lite::pin_project;
+use floodwall_resilience::retry::Decision;
 use reqwest::{Request, Response};
-use reqwest_middleware::{Middleware, Next};
 
-use crate::error::set_attempts;
+use crate::RateLimit;
 use crate::host::with_host_key;
-use crate::retry::may_repeat;
 use crate::rules::{ClassifyFn, RetryFn, Rule};
-use crate::span::{attempt_span, record_attempts, record_result, request_span};
-use crate::{FloodwallError, RequestSettings};
-use tracing::{Instrument, Span};
+
+mod attempts;
 
 /// floodwall's [`Pipeline`] per host, as one middleware: the stages run in the recommended
 /// order (overall timeout → retry → circuit breaker → bulkhead → adaptive limit → attempt
@@ -149,6 +141,24 @@ impl HostPipeline {
         }
     }
 
+    /// [`new`](Self::new) with a factory that can fail (building a breaker can): it is tried
+    /// once now, for [`PROBE_HOST`](crate::PROBE_HOST), so a configuration error is a build
+    /// error. A later host whose pipeline still cannot be built gets one whose breaker is
+    /// forced open (`invalid:<host>`): its requests are refused, and the error is logged.
+    pub fn try_new<E: std::fmt::Display>(
+        max_hosts: NonZeroUsize,
+        make: impl Fn(&str) -> Result<Pipeline, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
+        make(crate::PROBE_HOST)?;
+        Ok(Self::new(max_hosts, move |host| {
+            make(host).unwrap_or_else(|e| {
+                Pipeline::builder()
+                    .circuit_breaker(crate::host::refusing_breaker(host, &e))
+                    .build()
+            })
+        }))
+    }
+
     /// The pipeline of `req`'s host: from this thread's cache of the last host when it is
     /// this registry's, for this host and port, and no key has been removed or evicted since
     /// (see [`Registry::generation`]); else from the registry (the host key is built only
@@ -215,6 +225,40 @@ impl HostPipeline {
         self
     }
 
+    /// Takes one unit of `limit`'s quota for every attempt — each retry and each hedged copy
+    /// of a request counts, as the host sees them — before the attempt passes the breaker;
+    /// waits up to the limit's `max_wait`, else the attempt is refused
+    /// ([`RefusalKind::RateLimited`](crate::RefusalKind::RateLimited)) and not retried. (A
+    /// [`RateLimit`] middleware in front counts logical requests instead.)
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rules.limit = Some(Arc::new(limit));
+        self
+    }
+
+    /// Hedges each attempt of an idempotent request (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+    /// `DELETE`) with `hedge`: when the host has not answered within the hedge's delay (or an
+    /// attempt failed: an error or a `5xx`), another copy is sent, and the first answer that
+    /// is not such a failure wins; the others are dropped. A hedged attempt counts once for
+    /// the breaker, the bulkhead and the retry. Other requests are sent once per attempt.
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.rules.hedge = Some(hedge);
+        self
+    }
+
+    /// Answers a request that failed — an error (a refusal, a timeout, a transport error) or
+    /// a `5xx` response, after every retry — with what `fallback` returns, when it returns
+    /// `Some` (a cached copy, a default); `None` keeps the failure.
+    pub fn fallback(
+        mut self,
+        fallback: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Option<Response>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.rules.fallback = Some(Arc::new(fallback));
+        self
+    }
+
     /// Decides by `rule` instead of [`is_retryable`](crate::is_retryable) whether an attempt's
     /// result is worth another (see [`Retry::when`](crate::Retry::when)); an attempt cut by
     /// the attempt timeout is retried and a refusal by the host's own stages is not, whatever
@@ -247,284 +291,32 @@ impl HostPipeline {
     }
 }
 
-/// What the attempts report outside: how many were made (only when an overall timeout may
-/// cut them), into the logical request's span.
-struct Progress {
-    counter: Option<Arc<AtomicU32>>,
-    span: Span,
-}
-
-/// A `HostPipeline`'s own rules (clones share them).
-#[derive(Debug, Clone, Default)]
+/// A `HostPipeline`'s own rules and stages beyond the host's `Pipeline` (clones share them).
+#[derive(Clone, Default)]
 struct Rules {
     classify: Rule<ClassifyFn>,
     retry: Rule<RetryFn>,
+    /// Taken per attempt, before the breaker.
+    limit: Option<Arc<RateLimit>>,
+    /// Hedges each attempt of an idempotent request.
+    hedge: Option<Hedge>,
+    /// Answers a failed request.
+    fallback: Option<Arc<FallbackFn>>,
 }
 
-type AttemptResult = Result<Response, floodwall_resilience::Error<reqwest_middleware::Error>>;
-
-/// The retry decision inside the pipeline: [`is_retryable`](crate::is_retryable) on the
-/// request's own result, an attempt timeout retried, a rejection (breaker, bulkhead) not.
-struct Retryable<'r> {
-    repeatable: bool,
-    rule: &'r Rule<RetryFn>,
-}
-
-impl RetryPolicy<Response, floodwall_resilience::Error<reqwest_middleware::Error>>
-    for Retryable<'_>
-{
-    fn decide(&self, result: &AttemptResult) -> Decision {
-        if !self.repeatable {
-            return Decision::Done;
-        }
-        match result {
-            Ok(resp) => self.rule.decide(Ok(resp)),
-            Err(floodwall_resilience::Error::Inner(e)) => self.rule.decide(Err(e)),
-            Err(floodwall_resilience::Error::Timeout(_)) => Decision::Retry,
-            Err(_) => Decision::Done,
-        }
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("classify", &self.classify)
+            .field("retry", &self.retry)
+            .field("rate_limit", &self.limit.is_some())
+            .field("hedge", &self.hedge.is_some())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
     }
 }
 
-/// The pipeline's attempts, driven here rather than through
-/// [`Pipeline::call_with_classified`] so that each attempt's future is the next middleware's
-/// own, borrowing this call's copy of the extensions. It owns everything it uses — the
-/// request moved in once, the host's pipeline — so the middleware boxes this one state
-/// machine and nothing nested. (A plain `fn` returning an `async` block: an `async fn` would
-/// hold its arguments twice.)
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an `async fn` would hold its arguments twice"
-)]
-fn attempts<'a>(
-    stages: HostStages,
-    repeatable: bool,
-    mut owned: Option<Request>,
-    extensions: &'a Extensions,
-    next: Next<'a>,
-    progress: Progress,
-    rules: Rules,
-) -> impl Future<Output = AttemptResult> + Send + 'a {
-    async move {
-        let settings = RequestSettings::of(extensions);
-        let max = settings
-            .and_then(RequestSettings::max_attempts_value)
-            .map_or(u32::MAX, NonZeroU32::get);
-        let attempt_timeout = settings.and_then(RequestSettings::attempt_timeout_value);
-        let mut copy = Extensions::new();
-        let mut call = stages.start();
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            // The caller's attempt limit: the last allowed attempt's result is final.
-            let policy = Retryable {
-                repeatable: repeatable && tries < max,
-                rule: &rules.retry,
-            };
-            if let Some(counter) = &progress.counter {
-                counter.store(tries, Ordering::Relaxed);
-            }
-            // The result lives in this block only, so the backoff's wait does not hold it.
-            let delay = {
-                let result = 'attempt: {
-                    let admitted = match call.admit().await {
-                        Ok(admitted) => admitted.attempt_timeout(attempt_timeout),
-                        Err(rejected) => break 'attempt Err(rejected),
-                    };
-                    let span = match &owned {
-                        Some(req) => attempt_span(req, tries),
-                        None => Span::none(),
-                    };
-                    let fut = match send(&policy, &mut owned, extensions, &mut copy, &next) {
-                        Ok(fut) => fut,
-                        Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
-                    };
-                    // Wrapped in its span only when one is recorded.
-                    let fut: Boxed<'_> = match span.is_none() {
-                        true => fut,
-                        false => Box::pin(fut.instrument(span.clone())),
-                    };
-                    let result = admitted
-                        .run(fut, |r| rules.classify.outcome(r.as_ref()))
-                        .await;
-                    record_attempt(&span, &result);
-                    result
-                };
-                match call.next_delay(&policy, &result) {
-                    Some(delay) => delay,
-                    None => {
-                        record_attempts(&progress.span, tries);
-                        return refusal(result, &stages, tries)
-                            .map_err(floodwall_resilience::Error::Inner);
-                    }
-                }
-            };
-            tokio::time::sleep(delay).await;
-        }
-    }
-}
-
-/// The pipeline's last result with every refusal made a [`FloodwallError`] naming the host,
-/// the instance that refused and the attempts made.
-fn refusal(
-    result: AttemptResult,
-    stages: &HostStages,
-    tries: u32,
-) -> reqwest_middleware::Result<Response> {
-    use floodwall_resilience::Error as E;
-    let refusal = match result {
-        Ok(resp) => return Ok(resp),
-        Err(E::Inner(mut e)) => {
-            set_attempts(&mut e, tries);
-            return Err(e);
-        }
-        Err(E::Timeout(e)) => FloodwallError::timed_out(e.after),
-        Err(E::CircuitOpen(r)) => {
-            let refusal = FloodwallError::circuit_open(r);
-            match stages.circuit_breaker() {
-                Some(b) => refusal.instance(b.name()),
-                None => refusal,
-            }
-        }
-        Err(E::BulkheadFull(r)) => {
-            let refusal = FloodwallError::bulkhead_full(r);
-            match stages.bulkhead() {
-                Some(b) => refusal.instance(b.name()),
-                None => refusal,
-            }
-        }
-        Err(other) => return Err(reqwest_middleware::Error::middleware(other)),
-    };
-    let mut e = refusal.host(stages.host()).into_middleware();
-    set_attempts(&mut e, tries);
-    Err(e)
-}
-
-/// Starts one attempt with its own copy of the request and of the extensions; a request that
-/// may not be repeated is sent as it is, once (the policy stops after it).
-fn send<'a>(
-    policy: &Retryable<'_>,
-    owned: &mut Option<Request>,
-    extensions: &Extensions,
-    copy: &'a mut Extensions,
-    next: &Next<'a>,
-) -> Result<Boxed<'a>, reqwest_middleware::Error> {
-    let request = if policy.repeatable {
-        owned.as_ref().and_then(Request::try_clone)
-    } else {
-        owned.take()
-    };
-    let request = request.ok_or_else(|| {
-        reqwest_middleware::Error::middleware(std::io::Error::other(
-            "the request could not be copied for another attempt",
-        ))
-    })?;
-    *copy = extensions.clone();
-    Ok(next.clone().run(request, copy))
-}
-
-type Boxed<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
-
-/// `Middleware::handle` written out (the trait is an `async_trait`): the host's pipeline is
-/// looked up before the future is made, and the future boxed is the attempts' own, bounded
-/// by the overall timeout — one state machine, not the three an `async fn` here would nest.
-impl Middleware for HostPipeline {
-    fn handle<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        req: Request,
-        extensions: &'life1 mut Extensions,
-        next: Next<'life2>,
-    ) -> Boxed<'async_trait>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        let stages = self.stages_for(&req);
-        let span = request_span(&req);
-        let repeatable = may_repeat(&req, self.all_methods);
-        let bound = RequestSettings::of(extensions)
-            .and_then(RequestSettings::timeout_value)
-            .or_else(|| stages.overall_timeout());
-        // Counted outside the attempts only when an overall timeout may cut them.
-        let counter = bound.map(|_| Arc::new(AtomicU32::new(0)));
-        let run = attempts(
-            stages.clone(),
-            repeatable,
-            Some(req),
-            extensions,
-            next,
-            Progress {
-                counter: counter.clone(),
-                span: span.clone(),
-            },
-            self.rules.clone(),
-        );
-        Box::pin(ToMiddleware {
-            inner: Bounded::new(run, bound),
-            stages,
-            counter,
-            span,
-        })
-    }
-}
-
-pin_project! {
-    /// A pipeline's result as reqwest-middleware's; an overall timeout named with the host
-    /// and the attempts it cut short.
-    struct ToMiddleware<F> {
-        #[pin]
-        inner: F,
-        stages: HostStages,
-        counter: Option<Arc<AtomicU32>>,
-        span: Span,
-    }
-}
-
-impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
-    type Output = reqwest_middleware::Result<Response>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        use floodwall_resilience::Error as E;
-        let this = self.project();
-        let result = {
-            let _inside = (!this.span.is_none()).then(|| this.span.enter());
-            ready!(this.inner.poll(cx))
-        };
-        let result = match result {
-            Ok(resp) => Ok(resp),
-            Err(E::Inner(e)) => Err(e),
-            Err(E::Timeout(e)) => {
-                let tries = this
-                    .counter
-                    .as_ref()
-                    .map_or(1, |c| c.load(Ordering::Relaxed));
-                let mut e = FloodwallError::timed_out(e.after)
-                    .host(this.stages.host())
-                    .into_middleware();
-                set_attempts(&mut e, tries);
-                Err(e)
-            }
-            Err(other) => Err(reqwest_middleware::Error::middleware(other)),
-        };
-        record_result(this.span, result.as_ref());
-        Poll::Ready(result)
-    }
-}
-
-/// Records an attempt's result in its span (an attempt timeout as `timeout`).
-fn record_attempt(span: &Span, result: &AttemptResult) {
-    use floodwall_resilience::Error as E;
-    if span.is_disabled() {
-        return;
-    }
-    match result {
-        Ok(resp) => record_result(span, Ok(resp)),
-        Err(E::Inner(e)) => record_result(span, Err(e)),
-        Err(E::Timeout(_)) => {
-            span.record("error.type", "timeout");
-        }
-        Err(_) => {}
-    }
-}
+/// A [`HostPipeline::fallback`]: the answer to a request that failed, or `None` to keep the
+/// failure.
+pub type FallbackFn =
+    dyn Fn(Result<&Response, &reqwest_middleware::Error>) -> Option<Response> + Send + Sync;
