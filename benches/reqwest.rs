@@ -7,13 +7,13 @@
 //! - `reqwest-retry+timeout`: the same, on a reqwest client with its own 2 s timeout per
 //!   request — what a reqwest user writes for retry plus an attempt bound, beside
 //!   `floodwall-pipeline`;
-//! - `floodwall-retry`: floodwall's `Retry` middleware alone (3 attempts, exponential
+//! - `floodwall-retry`: floodwall's `RetryMiddleware` middleware alone (3 attempts, exponential
 //!   backoff) — like for like with reqwest-retry;
 //! - `floodwall-pipeline`: floodwall's `HostPipeline` — per host, a `Pipeline` with retry (3
 //!   attempts, exponential backoff), a circuit breaker, a bulkhead (32) and an attempt
 //!   timeout (2 s) — one middleware;
-//! - `floodwall-stack`: the same four stages as four middlewares: `Retry`, `HostBreaker`,
-//!   `HostBulkhead`, `Timeout`;
+//! - `floodwall-stack`: the same four stages as four middlewares: `RetryMiddleware`, `HostBreaker`,
+//!   `HostBulkhead`, `TimeoutMiddleware`;
 //! - `floodwall-pipeline-untimed`: `floodwall-pipeline` without its attempt timeout — what
 //!   the timeout's timer costs once a request waits.
 //!
@@ -41,7 +41,9 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use floodwall::reqwest::{HostBreaker, HostBulkhead, HostPipeline, Retry, Timeout};
+use floodwall::reqwest::{
+    HostBreaker, HostBulkhead, HostPipeline, RetryMiddleware, TimeoutMiddleware,
+};
 use floodwall::resilience::Pipeline;
 use floodwall::resilience::bulkhead::Bulkhead;
 use floodwall::resilience::circuit_breaker::CircuitBreaker;
@@ -154,10 +156,10 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
     };
     let with = |m: HostPipeline| end(ClientBuilder::new(plain.clone()).with(m));
     let stack = end(ClientBuilder::new(plain.clone())
-        .with(Retry::new(retry()))
+        .with(RetryMiddleware::new(retry()))
         .with(HostBreaker::new(HOSTS, breaker))
         .with(HostBulkhead::per_host(HOSTS, PER_HOST))
-        .with(Timeout::new(Duration::from_secs(2))));
+        .with(TimeoutMiddleware::new(Duration::from_secs(2))));
     let untimed = Stages {
         timed: false,
         ..Stages::ALL
@@ -177,7 +179,7 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
         ),
         (
             "floodwall-retry",
-            end(ClientBuilder::new(plain.clone()).with(Retry::new(retry()))),
+            end(ClientBuilder::new(plain.clone()).with(RetryMiddleware::new(retry()))),
         ),
         ("floodwall-pipeline", with(host_pipeline(Stages::ALL))),
         ("floodwall-stack", stack),
@@ -187,7 +189,7 @@ fn clients(canned: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
 }
 
 /// The loopback clients of the stage-by-stage table: `HostPipeline` built up one stage at a
-/// time beside floodwall's `Retry` and the two baseline clients.
+/// time beside floodwall's `RetryMiddleware` and the two baseline clients.
 fn stage_clients() -> Vec<(&'static str, ClientWithMiddleware)> {
     let plain = reqwest::Client::new();
     let end = |b: ClientBuilder| b.build();
@@ -201,7 +203,7 @@ fn stage_clients() -> Vec<(&'static str, ClientWithMiddleware)> {
     all.extend([
         (
             "floodwall-retry",
-            end(ClientBuilder::new(plain.clone()).with(Retry::new(retry()))),
+            end(ClientBuilder::new(plain.clone()).with(RetryMiddleware::new(retry()))),
         ),
         ("pipeline: retry", with(none)),
         (

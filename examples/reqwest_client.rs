@@ -33,8 +33,8 @@ use floodwall::idempotency::http::{IdempotencyLayer, RequestKey};
 use floodwall::idempotency::{Idempotency, MemoryStore};
 use floodwall::reqwest::reqwest_middleware::ClientWithMiddleware;
 use floodwall::reqwest::{
-    ErrorExt, HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, RequestSettings, Retry,
-    StoredResponse, Timeout,
+    ErrorExt, HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, RequestSettings,
+    RetryMiddleware, StoredResponse, TimeoutMiddleware,
 };
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Jitter};
@@ -209,13 +209,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registry = breakers.registry().clone();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(IdempotencyKey::new())
-        .with(Retry::new(retry))
+        .with(RetryMiddleware::new(retry))
         .with(breakers)
         .with(HostBulkhead::per_host(
             NonZeroUsize::new(100).expect("non-zero"),
             NonZeroUsize::new(16).expect("non-zero"),
         ))
-        .with(Timeout::new(Duration::from_millis(100)))
+        .with(TimeoutMiddleware::new(Duration::from_millis(100)))
         .build();
 
     println!("1. GET /status, busy once with Retry-After: 1");

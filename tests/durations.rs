@@ -581,9 +581,9 @@ fn redis_cases(url: String, http: std::net::SocketAddr) -> Vec<Case> {
                 Ok(())
             }
         ),
-        case!("reqwest Timeout::new", |d| {
+        case!("reqwest TimeoutMiddleware::new", |d| {
             let c = ClientBuilder::new(reqwest::Client::new())
-                .with(floodwall::reqwest::Timeout::new(d))
+                .with(floodwall::reqwest::TimeoutMiddleware::new(d))
                 .build();
             // Zero cuts a request at its first wait, as the resilience `Timeout` does (one
             // answered without waiting passes).
@@ -605,13 +605,13 @@ fn redis_cases(url: String, http: std::net::SocketAddr) -> Vec<Case> {
             )
             .await
         }),
-        case!("reqwest RateLimit::new max_wait", |d| {
+        case!("reqwest HostRateLimit::new max_wait", |d| {
             let l = RateLimiter::builder()
                 .limit(Limit::new("l", Algorithm::Gcra, Quota::per_second(nz(1))))
                 .build()
                 .unwrap();
             let c = ClientBuilder::new(reqwest::Client::new())
-                .with(floodwall::reqwest::RateLimit::new(l, d).map_err(|e| e.to_string())?)
+                .with(floodwall::reqwest::HostRateLimit::new(l, d).map_err(|e| e.to_string())?)
                 .build();
             http_get(c.clone(), http).await?;
             // The second waits for the limit (or is refused at once): cut at a second.

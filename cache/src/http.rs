@@ -153,10 +153,10 @@ impl HttpCacheLayer {
 }
 
 impl<S> Layer<S> for HttpCacheLayer {
-    type Service = HttpCache<S>;
+    type Service = HttpCacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpCache {
+        HttpCacheService {
             inner,
             layer: self.clone(),
         }
@@ -165,12 +165,12 @@ impl<S> Layer<S> for HttpCacheLayer {
 
 /// The service [`HttpCacheLayer`] makes.
 #[derive(Clone)]
-pub struct HttpCache<S> {
+pub struct HttpCacheService<S> {
     inner: S,
     layer: HttpCacheLayer,
 }
 
-impl<S> HttpCache<S> {
+impl<S> HttpCacheService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -187,15 +187,15 @@ impl<S> HttpCache<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for HttpCache<S> {
+impl<S: fmt::Debug> fmt::Debug for HttpCacheService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpCache")
+        f.debug_struct("HttpCacheService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpCache<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpCacheService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,

@@ -194,7 +194,7 @@ async fn a_failing_upstream_gets_the_last_good_response_under_fail_safe() {
         .build();
     let mut svc = HttpCacheLayer::new(cache).layer(inner);
     let answer = |svc: &mut _, uri: &'static str| {
-        let svc: &mut floodwall_cache::http::HttpCache<_> = svc;
+        let svc: &mut floodwall_cache::http::HttpCacheService<_> = svc;
         let fut = svc.call(get(uri));
         async move {
             let r: Response<Full<Bytes>> = fut.await.unwrap();

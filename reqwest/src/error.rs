@@ -168,7 +168,7 @@ impl FloodwallError {
     }
 
     /// Attempts made for the logical request, the refused or cut one included: 1 without a
-    /// retry in front, more when a [`Retry`](crate::Retry) or [`HostPipeline`](crate::HostPipeline)
+    /// retry in front, more when a [`RetryMiddleware`](crate::RetryMiddleware) or [`HostPipeline`](crate::HostPipeline)
     /// tried again first.
     pub fn attempts(&self) -> u32 {
         self.attempts

@@ -1,4 +1,4 @@
-//! Per-host middleware: [`HostBreaker`], [`HostBulkhead`], [`RateLimit`].
+//! Per-host middleware: [`HostBreaker`], [`HostBulkhead`], [`HostRateLimit`].
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -238,16 +238,16 @@ impl Middleware for HostBulkhead {
 /// allows it — up to `max_wait`, else [`RefusalKind::RateLimited`](crate::RefusalKind::RateLimited). With a Redis-backed
 /// limiter every instance of the client shares the quota.
 #[derive(Debug, Clone)]
-pub struct RateLimit {
+pub struct HostRateLimit {
     limiter: RateLimiter,
     max_wait: Duration,
 }
 
-/// A [`RateLimit`] whose limiter has a limit the client's requests could never reach: one
+/// A [`HostRateLimit`] whose limiter has a limit the client's requests could never reach: one
 /// keyed by another descriptor entry than `host` (a typo would otherwise mean no limit).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid RateLimit: limit `{limit}` is keyed by `{key}`, but a client's requests carry only \
+    "invalid HostRateLimit: limit `{limit}` is keyed by `{key}`, but a client's requests carry only \
      `host`; key it by \"host\" (or by nothing, for one quota across every host)"
 )]
 pub struct RateLimitConfigError {
@@ -257,7 +257,7 @@ pub struct RateLimitConfigError {
     pub key: String,
 }
 
-impl RateLimit {
+impl HostRateLimit {
     /// Waits up to `max_wait` for `limiter`'s quota; the descriptor is `[("host", host_key)]`.
     /// Every limit of `limiter` must be keyed by `"host"` (a quota per host) or by nothing (one
     /// quota for every host): a limit keyed by anything else would never apply, and is refused.
@@ -272,11 +272,11 @@ impl RateLimit {
                 key: limit.key_name().unwrap_or_default().to_owned(),
             });
         }
-        Ok(RateLimit { limiter, max_wait })
+        Ok(HostRateLimit { limiter, max_wait })
     }
 }
 
-impl RateLimit {
+impl HostRateLimit {
     /// Takes one unit of `host`'s quota, waiting for it up to `max_wait`.
     pub(crate) async fn take(&self, host: &str) -> Result<(), FloodwallError> {
         let started = tokio::time::Instant::now();
@@ -299,7 +299,7 @@ impl RateLimit {
 }
 
 #[async_trait::async_trait]
-impl Middleware for RateLimit {
+impl Middleware for HostRateLimit {
     async fn handle(
         &self,
         req: Request,

@@ -3,9 +3,9 @@
 //! floodwall's resilience for [reqwest](https://docs.rs/reqwest) clients, as
 //! [`reqwest-middleware`](https://docs.rs/reqwest-middleware) middleware:
 //!
-//! - [`Timeout`]: a bound on each attempt (put it after [`Retry`]) or on the whole call
+//! - [`TimeoutMiddleware`]: a bound on each attempt (put it after [`RetryMiddleware`]) or on the whole call
 //!   (before it);
-//! - [`Retry`]: floodwall's retry (backoff, jitter, retry budget) on `408`, `429`, `5xx`,
+//! - [`RetryMiddleware`]: floodwall's retry (backoff, jitter, retry budget) on `408`, `429`, `5xx`,
 //!   connection errors and attempt timeouts, honouring `Retry-After`; idempotent methods
 //!   only — and a `POST`/`PATCH` only when it carries an `Idempotency-Key`;
 //! - [`IdempotencyKey`]: gives each logical `POST`/`PATCH` one generated `Idempotency-Key`,
@@ -14,7 +14,7 @@
 //! - [`HostBreaker`] and [`HostBulkhead`]: a circuit breaker and a bulkhead per host, from a
 //!   bounded [`Registry`](floodwall_resilience::registry::Registry) — a dead host is shed
 //!   without touching the others;
-//! - [`RateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
+//! - [`HostRateLimit`]: a client-side rate limit per host that waits for its own quota (in memory,
 //!   or shared by every instance through a Redis-backed `RateLimiter`);
 //! - [`HostPipeline`]: all of the above — retry, breaker, bulkhead and timeouts per host,
 //!   plus a rate limit counted per attempt, hedging of idempotent requests and a fallback
@@ -28,7 +28,7 @@
 //! ```no_run
 //! use std::num::{NonZeroU32, NonZeroUsize};
 //! use std::time::Duration;
-//! use floodwall_reqwest::{HostBreaker, HostBulkhead, IdempotencyKey, Retry, Timeout};
+//! use floodwall_reqwest::{HostBreaker, HostBulkhead, IdempotencyKey, RetryMiddleware, TimeoutMiddleware};
 //! use floodwall_resilience::circuit_breaker::CircuitBreaker;
 //! use floodwall_resilience::retry::{Backoff, Jitter};
 //!
@@ -42,12 +42,12 @@
 //! use floodwall_reqwest::{reqwest, reqwest_middleware};
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(IdempotencyKey::new())
-//!     .with(Retry::new(retry))
+//!     .with(RetryMiddleware::new(retry))
 //!     .with(HostBreaker::new(NonZeroUsize::new(1000).unwrap(), |host| {
 //!         CircuitBreaker::builder().name(format!("api:{host}")).build().expect("valid")
 //!     }))
 //!     .with(HostBulkhead::per_host(NonZeroUsize::new(1000).unwrap(), NonZeroUsize::new(32).unwrap()))
-//!     .with(Timeout::new(Duration::from_secs(2)))
+//!     .with(TimeoutMiddleware::new(Duration::from_secs(2)))
 //!     .build();
 //! let resp = client.post("http://127.0.0.1:8080/charges").body("{}").send().await?;
 //! # let _ = resp; Ok(()) }
@@ -55,14 +55,14 @@
 //!
 //! Each request can carry its own settings ([`RequestSettings`]: attempt and call bounds,
 //! attempt limit, its idempotency key); a refusal is a [`FloodwallError`] found with
-//! [`ErrorExt::floodwall`]; [`Retry`] and [`HostPipeline`] open a span per request and per
+//! [`ErrorExt::floodwall`]; [`RetryMiddleware`] and [`HostPipeline`] open a span per request and per
 //! attempt ([`span`]). Factories that can fail ([`HostBreaker::try_new`],
 //! [`HostPipeline::try_new`]) are tried when built.
 //!
 //! Order matters: middleware runs in the order added. [`HttpCache`] first (a hit sends
-//! nothing), [`IdempotencyKey`] before [`Retry`]
-//! (one key per logical request), [`Retry`] before the breaker, the bulkhead and the attempt
-//! [`Timeout`] (each attempt passes them).
+//! nothing), [`IdempotencyKey`] before [`RetryMiddleware`]
+//! (one key per logical request), [`RetryMiddleware`] before the breaker, the bulkhead and the attempt
+//! [`TimeoutMiddleware`] (each attempt passes them).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
@@ -76,10 +76,13 @@ pub mod span;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
-pub use host::{HostBreaker, HostBulkhead, PROBE_HOST, RateLimit, RateLimitConfigError, host_key};
+pub use host::{
+    HostBreaker, HostBulkhead, HostRateLimit, PROBE_HOST, RateLimitConfigError, host_key,
+};
 pub use pipeline::{FallbackFn, HostPipeline, HostStages};
 pub use retry::{
-    IdempotencyKey, Retry, Timeout, is_retryable, is_retryable_error, is_retryable_response,
+    IdempotencyKey, RetryMiddleware, TimeoutMiddleware, is_retryable, is_retryable_error,
+    is_retryable_response,
 };
 pub use rules::{ClassifyFn, RetryFn, host_outcome};
 pub use settings::RequestSettings;

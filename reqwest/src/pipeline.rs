@@ -14,7 +14,7 @@ use floodwall_resilience::registry::Registry;
 use floodwall_resilience::retry::Decision;
 use reqwest::{Request, Response};
 
-use crate::RateLimit;
+use crate::HostRateLimit;
 use crate::host::with_host_key;
 use crate::rules::{ClassifyFn, RetryFn, Rule};
 
@@ -25,8 +25,8 @@ mod attempts;
 /// timeout → the request), with each host's own breaker and bulkhead from a bounded
 /// [`Registry`], so a dead host is shed while the others answer.
 ///
-/// It does what [`Retry`](crate::Retry), [`HostBreaker`](crate::HostBreaker),
-/// [`HostBulkhead`](crate::HostBulkhead) and [`Timeout`](crate::Timeout) do stacked — same
+/// It does what [`RetryMiddleware`](crate::RetryMiddleware), [`HostBreaker`](crate::HostBreaker),
+/// [`HostBulkhead`](crate::HostBulkhead) and [`TimeoutMiddleware`](crate::TimeoutMiddleware) do stacked — same
 /// retry decisions ([`is_retryable`](crate::is_retryable): `Retry-After` honoured;
 /// idempotent or `Idempotency-Key`-carrying requests only, unless
 /// [`all_methods`](Self::all_methods)), same breaker outcomes — as one middleware: one host
@@ -49,7 +49,7 @@ mod attempts;
 ///
 /// let pipelines = HostPipeline::new(NonZeroUsize::new(1000).unwrap(), |host| {
 ///     Pipeline::builder()
-///         .retry(Retry::builder().max_attempts(NonZeroU32::new(3).unwrap()).build())
+///         .retry(RetryMiddleware::builder().max_attempts(NonZeroU32::new(3).unwrap()).build())
 ///         .circuit_breaker(CircuitBreaker::builder().name(format!("api:{host}")).build().unwrap())
 ///         .bulkhead(Bulkhead::builder().max_concurrent(NonZeroUsize::new(32).unwrap()).build())
 ///         .attempt_timeout(Duration::from_secs(2))
@@ -229,8 +229,8 @@ impl HostPipeline {
     /// of a request counts, as the host sees them — before the attempt passes the breaker;
     /// waits up to the limit's `max_wait`, else the attempt is refused
     /// ([`RefusalKind::RateLimited`](crate::RefusalKind::RateLimited)) and not retried. (A
-    /// [`RateLimit`] middleware in front counts logical requests instead.)
-    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+    /// [`HostRateLimit`] middleware in front counts logical requests instead.)
+    pub fn rate_limit(mut self, limit: HostRateLimit) -> Self {
         self.rules.limit = Some(Arc::new(limit));
         self
     }
@@ -260,7 +260,7 @@ impl HostPipeline {
     }
 
     /// Decides by `rule` instead of [`is_retryable`](crate::is_retryable) whether an attempt's
-    /// result is worth another (see [`Retry::when`](crate::Retry::when)); an attempt cut by
+    /// result is worth another (see [`RetryMiddleware::when`](crate::RetryMiddleware::when)); an attempt cut by
     /// the attempt timeout is retried and a refusal by the host's own stages is not, whatever
     /// the rule says.
     pub fn retry_when(
@@ -297,7 +297,7 @@ struct Rules {
     classify: Rule<ClassifyFn>,
     retry: Rule<RetryFn>,
     /// Taken per attempt, before the breaker.
-    limit: Option<Arc<RateLimit>>,
+    limit: Option<Arc<HostRateLimit>>,
     /// Hedges each attempt of an idempotent request.
     hedge: Option<Hedge>,
     /// Answers a failed request.

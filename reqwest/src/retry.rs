@@ -1,4 +1,4 @@
-//! [`Retry`], [`Timeout`] and [`IdempotencyKey`].
+//! [`RetryMiddleware`], [`TimeoutMiddleware`] and [`IdempotencyKey`].
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -17,13 +17,13 @@ use crate::span::{attempt_span, record_attempts, record_result, request_span};
 use crate::{FloodwallError, RefusalKind, RequestSettings};
 use tracing::{Instrument, Span};
 
-/// The header [`IdempotencyKey`] sets and [`Retry`] looks for.
+/// The header [`IdempotencyKey`] sets and [`RetryMiddleware`] looks for.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Whether `result` is worth another attempt, and when: `408`, `429` and `5xx` (after
 /// `Retry-After` when the response gives one), a `409` that gives a `Retry-After` (an
 /// `Idempotency-Key` server saying "the first request with this key is still running"),
-/// connection errors, request timeouts and attempt [`Timeout`]s. A refusal by a breaker, a
+/// connection errors, request timeouts and attempt [`TimeoutMiddleware`]s. A refusal by a breaker, a
 /// bulkhead or a rate limit is not retried (it says when to come back).
 pub fn is_retryable(result: &reqwest_middleware::Result<Response>) -> Decision {
     match result {
@@ -92,16 +92,16 @@ pub(crate) fn may_repeat(req: &Request, all_methods: bool) -> bool {
 /// once. [`all_methods`](Self::all_methods) retries every method. A request whose body cannot
 /// be copied (a stream) is sent once.
 #[derive(Debug, Clone)]
-pub struct Retry {
+pub struct RetryMiddleware {
     retry: floodwall_resilience::retry::Retry,
     all_methods: bool,
     rule: Rule<RetryFn>,
 }
 
-impl Retry {
+impl RetryMiddleware {
     /// Retries as `retry` says, idempotent (or keyed) requests only.
     pub fn new(retry: floodwall_resilience::retry::Retry) -> Self {
-        Retry {
+        RetryMiddleware {
             retry,
             all_methods: false,
             rule: Rule::default(),
@@ -114,11 +114,11 @@ impl Retry {
     /// default:
     ///
     /// ```
-    /// use floodwall_reqwest::{Retry, is_retryable_error, is_retryable_response};
+    /// use floodwall_reqwest::{RetryMiddleware, is_retryable_error, is_retryable_response};
     /// use floodwall_resilience::retry::Decision;
     ///
     /// // Also retry this API's "425 Too Early".
-    /// let retry = Retry::new(floodwall_resilience::retry::Retry::builder().build()).when(|r| {
+    /// let retry = RetryMiddleware::new(floodwall_resilience::retry::Retry::builder().build()).when(|r| {
     ///     match r {
     ///         Ok(resp) if resp.status().as_u16() == 425 => Decision::Retry,
     ///         Ok(resp) => is_retryable_response(resp),
@@ -147,7 +147,7 @@ impl Retry {
 }
 
 #[async_trait::async_trait]
-impl Middleware for Retry {
+impl Middleware for RetryMiddleware {
     async fn handle(
         &self,
         req: Request,
@@ -161,7 +161,7 @@ impl Middleware for Retry {
     }
 }
 
-impl Retry {
+impl RetryMiddleware {
     /// The logical request's attempts, inside its span `span`.
     async fn attempts(
         &self,
@@ -231,23 +231,23 @@ impl Retry {
     }
 }
 
-/// Bounds the rest of the stack: each attempt when added after [`Retry`], the whole call
+/// Bounds the rest of the stack: each attempt when added after [`RetryMiddleware`], the whole call
 /// when added before it. Past the bound the request fails with
-/// [`RefusalKind::TimedOut`](crate::RefusalKind::TimedOut) (which [`Retry`] retries).
+/// [`RefusalKind::TimedOut`](crate::RefusalKind::TimedOut) (which [`RetryMiddleware`] retries).
 ///
 /// Built from floodwall's [`Timeout`](floodwall_resilience::timeout::Timeout): name it
 /// ([`name`](Self::name)) and its calls are measured (`floodwall_timeout_*{timeout}`).
 #[derive(Debug, Clone)]
-pub struct Timeout {
+pub struct TimeoutMiddleware {
     timeout: floodwall_resilience::timeout::Timeout,
     name: Option<std::sync::Arc<str>>,
 }
 
-impl Timeout {
+impl TimeoutMiddleware {
     /// Bounds what follows by `after`: zero cuts a request at its first wait (one answered
     /// without waiting passes), `Duration::MAX` waits without bound.
     pub fn new(after: Duration) -> Self {
-        Timeout {
+        TimeoutMiddleware {
             timeout: floodwall_resilience::timeout::Timeout::new(after),
             name: None,
         }
@@ -263,7 +263,7 @@ impl Timeout {
 }
 
 #[async_trait::async_trait]
-impl Middleware for Timeout {
+impl Middleware for TimeoutMiddleware {
     async fn handle(
         &self,
         req: Request,
@@ -294,7 +294,7 @@ impl Middleware for Timeout {
     }
 }
 
-/// Gives each `POST` and `PATCH` without one an `Idempotency-Key`, set once before [`Retry`]
+/// Gives each `POST` and `PATCH` without one an `Idempotency-Key`, set once before [`RetryMiddleware`]
 /// so every retry of the logical request carries the same key: the caller's own
 /// ([`RequestSettings::idempotency_key`]) when the request carries one, else a random 128-bit
 /// value, as an RFC 8941 string (`"…"`). A request that already has the header keeps it.

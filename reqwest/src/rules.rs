@@ -18,7 +18,7 @@ pub type ClassifyFn =
     dyn Fn(Result<&Response, &reqwest_middleware::Error>) -> Outcome + Send + Sync;
 
 /// A caller's rule for whether a result is worth another attempt:
-/// [`Retry::when`](crate::Retry::when), [`HostPipeline::retry_when`](crate::HostPipeline::retry_when).
+/// [`RetryMiddleware::when`](crate::RetryMiddleware::when), [`HostPipeline::retry_when`](crate::HostPipeline::retry_when).
 pub type RetryFn = dyn Fn(Result<&Response, &reqwest_middleware::Error>) -> Decision + Send + Sync;
 
 /// The default breaker rule: what a result says about the host's health.
@@ -27,7 +27,7 @@ pub type RetryFn = dyn Fn(Result<&Response, &reqwest_middleware::Error>) -> Deci
 ///   client to slow down) are ignored, the rest are successes ([`breaker_outcome`]);
 /// - floodwall's own refusals further down the stack — a full bulkhead, a client-side rate
 ///   limit, another breaker — are ignored: the host was never asked;
-/// - an attempt [`Timeout`](crate::Timeout) and every transport error are failures.
+/// - an attempt [`TimeoutMiddleware`](crate::TimeoutMiddleware) and every transport error are failures.
 ///
 /// Takes the result as `result.as_ref()`.
 pub fn host_outcome(result: Result<&Response, &reqwest_middleware::Error>) -> Outcome {

@@ -41,13 +41,13 @@ use http::Extensions;
 ///
 /// | setting | read by |
 /// |---|---|
-/// | [`attempt_timeout`](Self::attempt_timeout) | [`Timeout`](crate::Timeout) (in place of its bound), [`HostPipeline`](crate::HostPipeline) (in place of the host's attempt timeout) |
-/// | [`timeout`](Self::timeout) | [`Retry`](crate::Retry) and [`HostPipeline`](crate::HostPipeline): a bound on the whole call, retries included |
-/// | [`max_attempts`](Self::max_attempts), [`no_retry`](Self::no_retry) | [`Retry`](crate::Retry), [`HostPipeline`](crate::HostPipeline): at most this many attempts (never more than the retry's own) |
+/// | [`attempt_timeout`](Self::attempt_timeout) | [`TimeoutMiddleware`](crate::TimeoutMiddleware) (in place of its bound), [`HostPipeline`](crate::HostPipeline) (in place of the host's attempt timeout) |
+/// | [`timeout`](Self::timeout) | [`RetryMiddleware`](crate::RetryMiddleware) and [`HostPipeline`](crate::HostPipeline): a bound on the whole call, retries included |
+/// | [`max_attempts`](Self::max_attempts), [`no_retry`](Self::no_retry) | [`RetryMiddleware`](crate::RetryMiddleware), [`HostPipeline`](crate::HostPipeline): at most this many attempts (never more than the retry's own) |
 /// | [`idempotency_key`](Self::idempotency_key) | [`IdempotencyKey`](crate::IdempotencyKey): this key rather than a generated one |
 ///
 /// reqwest's own per-request timeout (`RequestBuilder::timeout`) is honoured too: a
-/// [`Timeout`](crate::Timeout) bounds such a request by it when no `attempt_timeout` is set.
+/// [`TimeoutMiddleware`](crate::TimeoutMiddleware) bounds such a request by it when no `attempt_timeout` is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use = "settings do nothing until put in a request's extensions"]
 pub struct RequestSettings {
@@ -89,7 +89,7 @@ impl RequestSettings {
     /// The `Idempotency-Key` this request carries: the caller's own, so a caller that sends
     /// the same logical request again (after a `504`, a crash, a redeploy) is recognised by a
     /// server that honours the header. A `POST` or `PATCH` with a key is retried by
-    /// [`Retry`](crate::Retry). Sent as an RFC 8941 string (`"…"`) unless already quoted.
+    /// [`RetryMiddleware`](crate::RetryMiddleware). Sent as an RFC 8941 string (`"…"`) unless already quoted.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self

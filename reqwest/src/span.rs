@@ -1,6 +1,6 @@
 //! `tracing` spans for client requests, with OpenTelemetry's HTTP client attribute names: one
 //! span per logical request (`HTTP request`) and one per attempt (`HTTP attempt`), made by
-//! [`Retry`](crate::Retry) and [`HostPipeline`](crate::HostPipeline).
+//! [`RetryMiddleware`](crate::RetryMiddleware) and [`HostPipeline`](crate::HostPipeline).
 //!
 //! | field | on | value |
 //! |---|---|---|

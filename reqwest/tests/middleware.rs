@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall_reqwest::{
-    ErrorExt, FloodwallError, HostBreaker, HostBulkhead, IdempotencyKey, RateLimit, RefusalKind,
-    Retry, Timeout,
+    ErrorExt, FloodwallError, HostBreaker, HostBulkhead, HostRateLimit, IdempotencyKey,
+    RefusalKind, RetryMiddleware, TimeoutMiddleware,
 };
 use floodwall_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow, State};
 use floodwall_resilience::retry::Backoff;
@@ -65,7 +65,7 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_post_only_with_a_key()
     let calls = Arc::new(AtomicU32::new(0));
     let base = serve(flaky_once(calls.clone())).await;
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry(3)))
+        .with(RetryMiddleware::new(retry(3)))
         .build();
     let started = Instant::now();
     let resp = client.get(format!("{base}/get")).send().await.unwrap();
@@ -93,7 +93,7 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_post_only_with_a_key()
     calls.store(0, Ordering::SeqCst);
     let keyed = ClientBuilder::new(reqwest::Client::new())
         .with(IdempotencyKey::new())
-        .with(Retry::new(retry(3)))
+        .with(RetryMiddleware::new(retry(3)))
         .build();
     let resp = keyed.post(format!("{base}/post")).send().await.unwrap();
     println!(
@@ -225,7 +225,7 @@ async fn the_client_rate_limit_waits_for_its_quota() {
             .unwrap()
     };
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(RateLimit::new(limiter(), Duration::from_secs(5)).unwrap())
+        .with(HostRateLimit::new(limiter(), Duration::from_secs(5)).unwrap())
         .build();
     let started = Instant::now();
     for _ in 0..3 {
@@ -241,7 +241,7 @@ async fn the_client_rate_limit_waits_for_its_quota() {
     }
     let took = started.elapsed();
     let impatient = ClientBuilder::new(reqwest::Client::new())
-        .with(RateLimit::new(limiter(), Duration::from_millis(10)).unwrap())
+        .with(HostRateLimit::new(limiter(), Duration::from_millis(10)).unwrap())
         .build();
     assert!(impatient.get(format!("{base}/")).send().await.is_ok());
     let refused = impatient.get(format!("{base}/")).send().await.unwrap_err();
@@ -284,8 +284,8 @@ async fn a_post_retried_through_a_lost_response_charges_once() {
     let base = serve(app).await;
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(IdempotencyKey::new())
-        .with(Retry::new(retry(5)))
-        .with(Timeout::new(Duration::from_millis(100)))
+        .with(RetryMiddleware::new(retry(5)))
+        .with(TimeoutMiddleware::new(Duration::from_millis(100)))
         .build();
     let resp = client
         .post(format!("{base}/charges"))
@@ -308,7 +308,7 @@ async fn a_post_retried_through_a_lost_response_charges_once() {
 }
 
 /// A limit keyed by anything but `host` would never see a client's request (a typo meant no
-/// limit at all): `RateLimit::new` refuses it, naming the limit and the key; a limit keyed by
+/// limit at all): `HostRateLimit::new` refuses it, naming the limit and the key; a limit keyed by
 /// nothing is one quota across every host and is taken.
 #[test]
 fn a_limit_not_keyed_by_host_is_a_build_error() {
@@ -320,10 +320,10 @@ fn a_limit_not_keyed_by_host_is_a_build_error() {
         };
         RateLimiter::builder().limit(limit).build().unwrap()
     };
-    let err = RateLimit::new(limiter(Some("hots")), Duration::from_secs(1)).unwrap_err();
+    let err = HostRateLimit::new(limiter(Some("hots")), Duration::from_secs(1)).unwrap_err();
     println!("{err}");
     assert_eq!((err.limit.as_str(), err.key.as_str()), ("api", "hots"));
     assert!(err.to_string().contains("`hots`"), "{err}");
-    assert!(RateLimit::new(limiter(Some("host")), Duration::from_secs(1)).is_ok());
-    assert!(RateLimit::new(limiter(None), Duration::from_secs(1)).is_ok());
+    assert!(HostRateLimit::new(limiter(Some("host")), Duration::from_secs(1)).is_ok());
+    assert!(HostRateLimit::new(limiter(None), Duration::from_secs(1)).is_ok());
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use floodwall_reqwest::{ErrorExt, HostBreaker, HostPipeline, RefusalKind, Retry, Timeout};
+use floodwall_reqwest::{
+    ErrorExt, HostBreaker, HostPipeline, RefusalKind, RetryMiddleware, TimeoutMiddleware,
+};
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
 use floodwall_resilience::retry::Backoff;
@@ -94,7 +96,7 @@ async fn a_refused_calls_error_names_kind_host_instance_attempts_and_retry_after
 
     // The middleware stack: the same error, the same fields.
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry(3)))
+        .with(RetryMiddleware::new(retry(3)))
         .with(HostBreaker::new(NonZeroUsize::new(16).unwrap(), breaker))
         .build();
     let e = client.get(&base).send().await.unwrap_err();
@@ -114,8 +116,8 @@ async fn a_cut_request_is_a_504_naming_its_timeout_and_attempts() {
     let base = serve(app).await;
     let host = base.trim_start_matches("http://").to_owned();
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry(2)))
-        .with(Timeout::new(Duration::from_millis(50)).name("upstream"))
+        .with(RetryMiddleware::new(retry(2)))
+        .with(TimeoutMiddleware::new(Duration::from_millis(50)).name("upstream"))
         .build();
     let e = client.get(&base).send().await.unwrap_err();
     let refusal = e.floodwall().expect("a floodwall refusal");

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use floodwall_reqwest::{
-    ErrorExt, HostBreaker, HostBulkhead, HostPipeline, RefusalKind, Retry, host_outcome,
+    ErrorExt, HostBreaker, HostBulkhead, HostPipeline, RefusalKind, RetryMiddleware, host_outcome,
     is_retryable_error, is_retryable_response,
 };
 use floodwall_resilience::Pipeline;
@@ -163,10 +163,10 @@ async fn a_callers_retry_rule_retries_what_the_default_does_not() {
         Err(e) => is_retryable_error(e),
     };
     let plain = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry()))
+        .with(RetryMiddleware::new(retry()))
         .build();
     let stack = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry()).when(rule))
+        .with(RetryMiddleware::new(retry()).when(rule))
         .build();
     let pipeline = ClientBuilder::new(reqwest::Client::new())
         .with(

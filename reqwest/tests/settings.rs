@@ -1,6 +1,6 @@
 //! Per-request settings through one client: each request's own attempt bound, whole-call
 //! bound and attempt limit, through the middleware stack and through `HostPipeline`;
-//! reqwest's own per-request timeout honoured by floodwall's `Timeout`; and the caller's own
+//! reqwest's own per-request timeout honoured by floodwall's `TimeoutMiddleware`; and the caller's own
 //! `Idempotency-Key`, reused across the caller's own retries, charging once.
 
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -12,7 +12,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use floodwall_reqwest::{
-    ErrorExt, HostPipeline, IdempotencyKey, RefusalKind, RequestSettings, Retry, Timeout,
+    ErrorExt, HostPipeline, IdempotencyKey, RefusalKind, RequestSettings, RetryMiddleware,
+    TimeoutMiddleware,
 };
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::retry::{Backoff, Jitter};
@@ -35,8 +36,8 @@ fn retry(attempts: u32, backoff: Duration) -> floodwall_resilience::retry::Retry
 /// `backoff` and bounding each attempt by `attempt` unless a request says otherwise.
 fn clients(attempt: Duration, backoff: Duration) -> [(&'static str, ClientWithMiddleware); 2] {
     let stack = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry(5, backoff)))
-        .with(Timeout::new(attempt))
+        .with(RetryMiddleware::new(retry(5, backoff)))
+        .with(TimeoutMiddleware::new(attempt))
         .build();
     let pipeline = HostPipeline::new(NonZeroUsize::new(16).unwrap(), move |_| {
         Pipeline::builder()
@@ -91,7 +92,7 @@ async fn one_client_bounds_a_get_at_400ms_and_a_post_at_1500ms() {
 async fn reqwests_own_per_request_timeout_is_honoured_by_floodwalls_timeout() {
     let base = serve(slow()).await;
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Timeout::new(Duration::from_millis(100)))
+        .with(TimeoutMiddleware::new(Duration::from_millis(100)))
         .build();
     let resp = client
         .get(&base)
@@ -166,7 +167,7 @@ async fn an_explicit_key_reused_across_the_callers_own_retries_charges_once() {
     let base = serve(app).await;
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(IdempotencyKey::new())
-        .with(Retry::new(retry(3, Duration::from_millis(1))))
+        .with(RetryMiddleware::new(retry(3, Duration::from_millis(1))))
         .build();
     let charge = |settings: Option<RequestSettings>| {
         let req = client
@@ -227,7 +228,7 @@ async fn a_forwarded_key_charges_once_when_another_instance_runs_the_retry() {
     let instance = |forward: bool| {
         let client = ClientBuilder::new(reqwest::Client::new())
             .with(IdempotencyKey::new())
-            .with(Retry::new(retry(3, Duration::from_millis(1))))
+            .with(RetryMiddleware::new(retry(3, Duration::from_millis(1))))
             .build();
         let url = format!("{upstream}/charges");
         let app = Router::new()

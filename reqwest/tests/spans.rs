@@ -1,4 +1,4 @@
-//! Spans: one per logical request and one per attempt, through `Retry` and through
+//! Spans: one per logical request and one per attempt, through `RetryMiddleware` and through
 //! `HostPipeline`, carrying OpenTelemetry's HTTP client attribute names — captured here by a
 //! subscriber that keeps every span's fields.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use floodwall_reqwest::{HostPipeline, Retry};
+use floodwall_reqwest::{HostPipeline, RetryMiddleware};
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::retry::Backoff;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -158,9 +158,9 @@ async fn a_request_and_each_attempt_get_a_span_with_opentelemetry_http_client_at
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
     let stack = ClientBuilder::new(reqwest::Client::new())
-        .with(Retry::new(retry()))
+        .with(RetryMiddleware::new(retry()))
         .build();
-    check("Retry", stack, &serve(flaky()).await, &capture).await;
+    check("RetryMiddleware", stack, &serve(flaky()).await, &capture).await;
     let pipeline = ClientBuilder::new(reqwest::Client::new())
         .with(HostPipeline::new(NonZeroUsize::new(16).unwrap(), |_| {
             Pipeline::builder().retry(retry()).build()

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
-use floodwall_reqwest::{ErrorExt, HostPipeline, RateLimit};
+use floodwall_reqwest::{ErrorExt, HostPipeline, HostRateLimit};
 use floodwall_resilience::Pipeline;
 use floodwall_resilience::circuit_breaker::CircuitBreaker;
 use floodwall_resilience::hedge::{Hedge, HedgeDelay};
@@ -45,7 +45,7 @@ fn fails_first(failures: u32, calls: Arc<AtomicU32>) -> Router {
 }
 
 /// Three requests per minute to each host.
-fn three_a_minute() -> RateLimit {
+fn three_a_minute() -> HostRateLimit {
     let limit = Limit::new(
         "per-host",
         Algorithm::Gcra,
@@ -53,7 +53,7 @@ fn three_a_minute() -> RateLimit {
     )
     .keyed_by("host");
     let limiter = RateLimiter::builder().limit(limit).build().unwrap();
-    RateLimit::new(limiter, Duration::ZERO).unwrap()
+    HostRateLimit::new(limiter, Duration::ZERO).unwrap()
 }
 
 /// In the pipeline, the rate limit counts what the host sees: a request that took three

@@ -11,7 +11,7 @@ use super::BoxFuture;
 
 pin_project! {
     /// The future of a call through [`Cache`](super::Cache) or
-    /// [`HttpCache`](crate::http::HttpCache).
+    /// [`HttpCacheService`](crate::http::HttpCacheService).
     pub struct ResponseFuture<F, T, E> {
         #[pin]
         kind: Kind<F, T, E>,
