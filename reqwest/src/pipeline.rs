@@ -49,7 +49,7 @@ mod attempts;
 ///
 /// let pipelines = HostPipeline::new(NonZeroUsize::new(1000).unwrap(), |host| {
 ///     Pipeline::builder()
-///         .retry(RetryMiddleware::builder().max_attempts(NonZeroU32::new(3).unwrap()).build())
+///         .retry(Retry::builder().max_attempts(NonZeroU32::new(3).unwrap()).build())
 ///         .circuit_breaker(CircuitBreaker::builder().name(format!("api:{host}")).build().unwrap())
 ///         .bulkhead(Bulkhead::builder().max_concurrent(NonZeroUsize::new(32).unwrap()).build())
 ///         .attempt_timeout(Duration::from_secs(2))
