@@ -262,26 +262,29 @@ impl Middleware for HostPipeline {
         let bound = RequestSettings::of(extensions)
             .and_then(RequestSettings::timeout_value)
             .or_else(|| stages.overall_timeout());
-        // Counted outside the attempts only when an overall timeout may cut them.
-        let counter = bound.map(|_| Arc::new(AtomicU32::new(0)));
+        // What an overall timeout's error names — the host, the attempts made — kept outside
+        // the attempts only when such a timeout may cut them.
+        let cut = bound.map(|_| (stages.clone(), Arc::new(AtomicU32::new(0))));
+        let progress = Progress {
+            counter: cut.as_ref().map(|(_, counter)| counter.clone()),
+            span: span.clone(),
+        };
+        let rules = self.rules.clone();
+        let fallback = rules.fallback.clone();
         let run = attempts(
-            stages.clone(),
+            stages,
             repeatable,
             Some(req),
             extensions,
             next,
-            Progress {
-                counter: counter.clone(),
-                span: span.clone(),
-            },
-            self.rules.clone(),
+            progress,
+            rules,
         );
         Box::pin(ToMiddleware {
             inner: Bounded::new(run, bound),
-            stages,
-            counter,
+            cut,
             span,
-            fallback: self.rules.fallback.clone(),
+            fallback,
         })
     }
 }
@@ -292,8 +295,7 @@ pin_project! {
     struct ToMiddleware<F> {
         #[pin]
         inner: F,
-        stages: HostStages,
-        counter: Option<Arc<AtomicU32>>,
+        cut: Option<(HostStages, Arc<AtomicU32>)>,
         span: Span,
         fallback: Option<Arc<FallbackFn>>,
     }
@@ -313,13 +315,13 @@ impl<F: Future<Output = AttemptResult>> Future for ToMiddleware<F> {
             Ok(resp) => Ok(resp),
             Err(E::Inner(e)) => Err(e),
             Err(E::Timeout(e)) => {
-                let tries = this
-                    .counter
-                    .as_ref()
-                    .map_or(1, |c| c.load(Ordering::Relaxed));
-                let mut e = FloodwallError::timed_out(e.after)
-                    .host(this.stages.host())
-                    .into_middleware();
+                let mut refusal = FloodwallError::timed_out(e.after);
+                let mut tries = 1;
+                if let Some((stages, counter)) = this.cut {
+                    refusal = refusal.host(stages.host());
+                    tries = counter.load(Ordering::Relaxed);
+                }
+                let mut e = refusal.into_middleware();
                 set_attempts(&mut e, tries);
                 Err(e)
             }
