@@ -102,6 +102,7 @@ mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod retry;
+pub mod throttle;
 pub mod timeout;
 
 pub use clock::TokioClock;
