@@ -22,6 +22,9 @@ pub enum RefusalKind {
     LimiterUnavailable,
     /// An attempt (or the whole call) took longer than its bound.
     TimedOut,
+    /// Client-side adaptive throttling rejected the request locally: the host accepted too
+    /// few recent requests ([`HostThrottle`](crate::HostThrottle)). Not sent, not retried.
+    Throttled,
 }
 
 impl RefusalKind {
@@ -41,6 +44,7 @@ impl RefusalKind {
             RefusalKind::RateLimited => "client-side rate limit",
             RefusalKind::LimiterUnavailable => "rate limiter unavailable",
             RefusalKind::TimedOut => "timed out",
+            RefusalKind::Throttled => "throttled locally",
         }
     }
 
@@ -51,6 +55,7 @@ impl RefusalKind {
             RefusalKind::RateLimited => "rate-limited",
             RefusalKind::LimiterUnavailable => "limiter-unavailable",
             RefusalKind::TimedOut => "timed-out",
+            RefusalKind::Throttled => "throttled",
         }
     }
 }
@@ -90,6 +95,7 @@ enum Detail {
     Limited { max_wait: Duration },
     Unavailable(String),
     TimedOut(Duration),
+    Throttled(f64),
 }
 
 impl FloodwallError {
@@ -129,6 +135,15 @@ impl FloodwallError {
             RefusalKind::LimiterUnavailable,
             None,
             Detail::Unavailable(why),
+        )
+    }
+
+    /// A call client-side throttling rejected locally.
+    pub(crate) fn throttled(t: floodwall_resilience::throttle::Throttled) -> Self {
+        Self::new(
+            RefusalKind::Throttled,
+            None,
+            Detail::Throttled(t.probability),
         )
     }
 
@@ -274,6 +289,11 @@ impl fmt::Display for FloodwallError {
             )?,
             Detail::Unavailable(why) => write!(f, ": {why}")?,
             Detail::TimedOut(after) => write!(f, ": no answer within {}", millis(*after))?,
+            Detail::Throttled(p) => write!(
+                f,
+                ": request not sent, the host accepted too few recent requests (rejecting {:.0} % now)",
+                p * 100.0
+            )?,
         }
         if self.attempts > 1 {
             write!(f, " (after {} attempts)", self.attempts)?;

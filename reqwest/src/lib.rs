@@ -73,6 +73,7 @@ mod retry;
 mod rules;
 mod settings;
 pub mod span;
+mod throttle;
 
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
@@ -86,6 +87,7 @@ pub use retry::{
 };
 pub use rules::{ClassifyFn, RetryFn, host_outcome};
 pub use settings::RequestSettings;
+pub use throttle::HostThrottle;
 
 /// The reqwest this crate builds on (0.13), so a client needs no version of its own.
 pub use reqwest;
