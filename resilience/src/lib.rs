@@ -82,6 +82,7 @@
 //! | `floodwall_bulkhead_queue_depth` | gauge | `bulkhead` | callers waiting for a slot |
 //! | `floodwall_bulkhead_rejected_total` | counter | `bulkhead`, `reason` = `full` / `queue_full` / `wait_timed_out` | rejections |
 //! | `floodwall_hedge_attempts_total` | counter | `hedge` | hedged (extra) attempts started |
+//! | `floodwall_throttle_rejected_total` | counter | `throttle` | calls an adaptive throttle rejected locally |
 //! | `floodwall_adaptive_limit` | gauge | `limiter` | the current adaptive limit |
 //! | `floodwall_adaptive_rejected_total` | counter | `limiter` | calls over the adaptive limit |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -178,6 +179,11 @@ pub fn describe_metrics() {
         "floodwall_hedge_attempts_total",
         Unit::Count,
         "Hedged (extra) attempts started"
+    );
+    describe_counter!(
+        "floodwall_throttle_rejected_total",
+        Unit::Count,
+        "Calls an adaptive throttle rejected locally"
     );
     describe_gauge!(
         "floodwall_adaptive_limit",

@@ -339,6 +339,23 @@ mod imp {
         }
     }
 
+    pub(crate) struct ThrottleMetrics(Bound<Counter>);
+
+    impl ThrottleMetrics {
+        pub(crate) fn new(name: &str) -> Self {
+            ThrottleMetrics(Bound::new(
+                name,
+                |name| counter!("floodwall_throttle_rejected_total", "throttle" => name.to_owned()),
+            ))
+        }
+
+        pub(crate) fn rejected(&self) {
+            if let Some(h) = self.0.get() {
+                h.increment(1);
+            }
+        }
+    }
+
     pub(crate) struct HedgeMetrics(Bound<Counter>);
 
     impl HedgeMetrics {
@@ -461,6 +478,14 @@ mod imp {
         pub(crate) fn released(&self) {}
         pub(crate) fn queued(&self, _: f64) {}
         pub(crate) fn rejected(&self, _: RejectReason) {}
+    }
+
+    pub(crate) struct ThrottleMetrics;
+    impl ThrottleMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            ThrottleMetrics
+        }
+        pub(crate) fn rejected(&self) {}
     }
 
     pub(crate) struct HedgeMetrics;

@@ -63,6 +63,7 @@ pub struct ThrottleConfigError {
 /// Builds an [`AdaptiveThrottle`]; defaults follow the SRE book.
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct AdaptiveThrottleBuilder {
+    name: Arc<str>,
     k: f64,
     window: Duration,
     clock: Option<Arc<dyn Clock>>,
@@ -78,6 +79,13 @@ impl fmt::Debug for AdaptiveThrottleBuilder {
 }
 
 impl AdaptiveThrottleBuilder {
+    /// A name: the `throttle` label of `floodwall_throttle_rejected_total` (feature
+    /// `metrics`). Default: `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Requests the client may send per request the backend accepts, at least 1. Default: 2
     /// (lower rejects sooner; higher wastes more of the backend's work on rejections).
     pub fn k(mut self, k: f64) -> Self {
@@ -115,6 +123,7 @@ impl AdaptiveThrottleBuilder {
             (floodwall_core::clock::duration_to_nanos(self.window) / BUCKETS as u64).max(1);
         Ok(AdaptiveThrottle {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::ThrottleMetrics::new(&self.name),
                 k: self.k,
                 bucket_nanos,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
@@ -132,6 +141,7 @@ pub struct AdaptiveThrottle {
 }
 
 struct Inner {
+    metrics: crate::metrics::ThrottleMetrics,
     k: f64,
     bucket_nanos: u64,
     clock: Arc<dyn Clock>,
@@ -185,6 +195,7 @@ impl AdaptiveThrottle {
     /// A builder: `K` = 2, a 2-minute window, the system clock.
     pub fn builder() -> AdaptiveThrottleBuilder {
         AdaptiveThrottleBuilder {
+            name: Arc::from("default"),
             k: 2.0,
             window: Duration::from_secs(120),
             clock: None,
@@ -197,6 +208,7 @@ impl AdaptiveThrottle {
         let p = self.reject_probability();
         self.inner.bucket().requests.fetch_add(1, Ordering::Relaxed);
         if p > 0.0 && rand::random::<f64>() < p {
+            self.inner.metrics.rejected();
             return Err(Throttled { probability: p });
         }
         Ok(ThrottlePermit {

@@ -257,3 +257,34 @@ async fn a_named_timeout_measures_calls_in_time_and_counts_calls_cut() {
         .count();
     assert_eq!(series, 2, "the unnamed timeout adds no series");
 }
+
+/// A named adaptive throttle counts the calls it rejects locally.
+#[test]
+fn a_named_throttle_counts_its_local_rejections() {
+    use floodwall_resilience::throttle::AdaptiveThrottle;
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let throttle = metrics::with_local_recorder(&recorder, || {
+        AdaptiveThrottle::builder()
+            .name("upstream")
+            .build()
+            .unwrap()
+    });
+    // A backend that accepts nothing: after the first calls, nearly all are rejected.
+    let mut rejected = 0u64;
+    for _ in 0..200 {
+        match throttle.try_acquire() {
+            Ok(permit) => permit.rejected(),
+            Err(_) => rejected += 1,
+        }
+    }
+    let s = take(&snap);
+    let counted = value(
+        &s,
+        "floodwall_throttle_rejected_total",
+        &[("throttle", "upstream")],
+    );
+    println!("{rejected} of 200 calls rejected locally; the counter says {counted:?}");
+    assert!(rejected > 150, "{rejected}");
+    assert_eq!(counted, Some(rejected as f64));
+}
