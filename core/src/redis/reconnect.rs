@@ -55,18 +55,10 @@ impl Reconnecting {
         client: Client,
         connect_timeout: Duration,
     ) -> Result<Reconnecting, RedisError> {
-        let state = Arc::new_cyclic(|me| State {
-            client,
-            connect_timeout,
-            current: RwLock::new(None),
-            reconnecting: AtomicBool::new(false),
-            down: AtomicBool::new(false),
-            attempted: Notify::new(),
-            me: me.clone(),
-        });
-        let conn = state.open().await?;
-        *state.current.write().expect("not poisoned") = Some(conn);
-        Ok(Reconnecting { state })
+        let handle = Self::lazy(client, connect_timeout);
+        let conn = handle.state.open().await?;
+        *handle.state.current.write().expect("not poisoned") = Some(conn);
+        Ok(handle)
     }
 
     /// A handle that connects on its first call (a Cluster node learnt from the slot table):
