@@ -85,7 +85,9 @@ mod imp {
         /// Records how long the call that started at `started` took.
         #[inline]
         fn finish(&self, started: Option<Instant>) {
-            if let (Some(t), Some(h)) = (started, self.get()) {
+            if let Some(t) = started
+                && let Some(h) = self.get()
+            {
                 h.duration().record(t.elapsed().as_secs_f64());
             }
         }
@@ -209,17 +211,18 @@ mod imp {
             }
         }
 
-        /// When a call (all its attempts) starts, if anyone is recording.
+        /// Whether anyone is recording (binding the handles if a recorder came since).
         #[inline]
-        pub(crate) fn start(&self) -> Option<Instant> {
-            self.0.start()
+        pub(crate) fn recording(&self) -> bool {
+            self.0.get().is_some()
         }
 
-        /// Records how long the call that started at `started` took, retries and waits
-        /// included.
+        /// Records how long a call took, retries and waits included.
         #[inline]
-        pub(crate) fn finish(&self, started: Option<Instant>) {
-            self.0.finish(started);
+        pub(crate) fn record(&self, took: std::time::Duration) {
+            if let Some(h) = self.0.get() {
+                h.duration.record(took.as_secs_f64());
+            }
         }
     }
 
@@ -444,11 +447,11 @@ mod imp {
             RetryMetrics
         }
         #[inline(always)]
-        pub(crate) fn start(&self) -> Option<std::time::Instant> {
-            None
+        pub(crate) fn recording(&self) -> bool {
+            false
         }
         #[inline(always)]
-        pub(crate) fn finish(&self, _: Option<std::time::Instant>) {}
+        pub(crate) fn record(&self, _: std::time::Duration) {}
         pub(crate) fn retry(&self) {}
         pub(crate) fn budget_exhausted(&self) {}
     }

@@ -303,11 +303,7 @@ impl Pipeline {
     pub fn start(&self) -> Call<'_> {
         Call {
             stages: &self.stages,
-            tries: self
-                .stages
-                .retry
-                .as_ref()
-                .map(|r| (r, r.start(), r.metrics_start())),
+            tries: self.stages.retry.as_ref().map(|r| (r, r.start())),
         }
     }
 
@@ -342,7 +338,7 @@ impl Pipeline {
 #[derive(Debug)]
 pub struct Call<'p> {
     stages: &'p PipelineBuilder,
-    tries: Option<(&'p Retry, Attempts, Option<std::time::Instant>)>,
+    tries: Option<(&'p Retry, Attempts)>,
 }
 
 impl<'p> Call<'p> {
@@ -388,10 +384,10 @@ impl<'p> Call<'p> {
     where
         P: RetryPolicy<T, Error<E>> + ?Sized,
     {
-        let (retry, attempts, started) = self.tries.as_mut()?;
+        let (retry, attempts) = self.tries.as_mut()?;
         let delay = retry.next_delay(attempts, policy.decide(result));
         if delay.is_none() {
-            retry.metrics_finish(*started);
+            retry.finish(attempts);
         }
         delay
     }

@@ -102,10 +102,22 @@ pub enum Jitter {
 
 /// What one delay leaves for the next: the previous delay (decorrelated jitter) and the
 /// previous formula value (decorrelated jitter V2). Start each call with the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JitterState {
-    prev: Option<Duration>,
+    /// The previous delay in nanoseconds; `NO_PREV` before the first.
+    prev: u64,
     formula: f64,
+}
+
+const NO_PREV: u64 = u64::MAX;
+
+impl Default for JitterState {
+    fn default() -> Self {
+        JitterState {
+            prev: NO_PREV,
+            formula: 0.0,
+        }
+    }
 }
 
 /// A random source: each call returns a number uniform on `[0, 1)` (Polly's `Randomizer`).
@@ -177,13 +189,17 @@ impl Schedule {
             Jitter::Decorrelated => {
                 let cap = duration_to_nanos(self.cap);
                 let base = duration_to_nanos(self.backoff.initial()).min(cap);
-                let prev = state.prev.map_or(base, duration_to_nanos);
+                let prev = if state.prev == NO_PREV {
+                    base
+                } else {
+                    state.prev
+                };
                 let hi = prev.saturating_mul(3).min(cap).max(base);
                 Duration::from_nanos(uniform(random, base, hi))
             }
             Jitter::DecorrelatedV2 => self.decorrelated_v2(n, state, random),
         };
-        state.prev = Some(d);
+        state.prev = duration_to_nanos(d).min(NO_PREV - 1);
         d
     }
 

@@ -31,8 +31,6 @@ pin_project! {
         retry: Retry,
         policy: P,
         attempts: Attempts,
-        // When the call started, if its latency is measured.
-        started: Option<std::time::Instant>,
         #[pin]
         state: State<S::Future>,
     }
@@ -42,6 +40,7 @@ impl<S, Req, P, C> ResponseFuture<S, Req, P, C>
 where
     S: tower::Service<Req>,
 {
+    #[inline]
     pub(crate) fn new(
         service: S,
         cloner: C,
@@ -51,7 +50,6 @@ where
         policy: P,
     ) -> Self {
         let attempts = retry.start();
-        let started = retry.metrics_start();
         ResponseFuture {
             service,
             cloner,
@@ -59,7 +57,6 @@ where
             retry,
             policy,
             attempts,
-            started,
             state: State::Calling { fut: first },
         }
     }
@@ -73,6 +70,7 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -81,13 +79,13 @@ where
                     let result = ready!(fut.poll(cx));
                     if this.request.is_none() {
                         // Not copyable: one attempt only.
-                        this.retry.metrics_finish(*this.started);
+                        this.retry.finish(this.attempts);
                         return Poll::Ready(result);
                     }
                     let decision = this.policy.decide(&result);
                     match this.retry.next_delay(this.attempts, decision) {
                         None => {
-                            this.retry.metrics_finish(*this.started);
+                            this.retry.finish(this.attempts);
                             return Poll::Ready(result);
                         }
                         Some(delay) => this.state.set(State::Sleeping {
@@ -101,7 +99,7 @@ where
                 }
                 StateProj::Polling => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        this.retry.metrics_finish(*this.started);
+                        this.retry.finish(this.attempts);
                         return Poll::Ready(Err(e));
                     }
                     let Some(req) = this.request.take() else {

@@ -103,6 +103,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         // Keep the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();

@@ -49,6 +49,7 @@ mod budget;
 mod future;
 #[cfg(feature = "tower")]
 mod layer;
+mod plan;
 
 use std::fmt;
 use std::future::Future;
@@ -68,6 +69,7 @@ pub use future::ResponseFuture;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use layer::{RetryLayer, RetryService};
+use plan::Plan;
 
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,21 +186,36 @@ pub struct RetryEvent {
 
 type Hook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
 
-struct Inner {
+/// What the calls of one policy share. Only a policy with a name, a budget, a hook or its
+/// own random source has one; the others copy their [`Plan`] and nothing else, so a call that
+/// needs no retry touches no shared counter.
+struct Shared {
     name: Arc<str>,
-    max_attempts: u32,
-    max_elapsed: Option<Duration>,
-    schedule: Schedule,
     budget: Option<RetryBudget>,
-    random: Mutex<Box<RandomSource>>,
+    /// `None`: each thread's own generator.
+    random: Option<Mutex<Box<RandomSource>>>,
     on_retry: Option<Hook>,
     metrics: crate::metrics::RetryMetrics,
 }
 
+/// The name of a policy built without one; its metrics are one series for all of them.
+const DEFAULT_NAME: &str = "default";
+
+/// The metrics of every unnamed policy (`retry="default"`).
+fn default_metrics() -> &'static crate::metrics::RetryMetrics {
+    static METRICS: std::sync::LazyLock<crate::metrics::RetryMetrics> =
+        std::sync::LazyLock::new(|| crate::metrics::RetryMetrics::new(DEFAULT_NAME));
+    &METRICS
+}
+
 /// A cheap-to-clone retry policy. See the [module docs](self).
+///
+/// Cloning copies the limits and the schedule; what calls share (name, budget, hook, random
+/// source, metrics) sits behind one reference count, and only when the policy has any of it.
 #[derive(Clone)]
 pub struct Retry {
-    inner: Arc<Inner>,
+    plan: Plan,
+    shared: Option<Arc<Shared>>,
 }
 
 /// Builds a [`Retry`].
@@ -217,7 +234,7 @@ pub struct RetryBuilder {
 impl Default for RetryBuilder {
     fn default() -> Self {
         RetryBuilder {
-            name: Arc::from("default"),
+            name: Arc::from(DEFAULT_NAME),
             max_attempts: 3,
             max_elapsed: None,
             schedule: Schedule {
@@ -302,25 +319,29 @@ impl RetryBuilder {
 
     /// Builds the policy.
     pub fn build(self) -> Retry {
-        let random = self.random.unwrap_or_else(|| {
-            let mut rng = match self.seed {
-                Some(seed) => SmallRng::seed_from_u64(seed),
-                None => SmallRng::from_rng(&mut rand::rng()),
-            };
-            Box::new(move || rng.random::<f64>())
-        });
-        Retry {
-            inner: Arc::new(Inner {
+        let random = match (self.random, self.seed) {
+            (Some(random), _) => Some(random),
+            (None, Some(seed)) => {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                Some(Box::new(move || rng.random::<f64>()) as Box<RandomSource>)
+            }
+            (None, None) => None,
+        };
+        let plan = Plan::new(self.max_attempts, self.max_elapsed, self.schedule);
+        let unshared = &*self.name == DEFAULT_NAME
+            && self.budget.is_none()
+            && random.is_none()
+            && self.on_retry.is_none();
+        let shared = (!unshared).then(|| {
+            Arc::new(Shared {
                 metrics: crate::metrics::RetryMetrics::new(&self.name),
                 name: self.name,
-                max_attempts: self.max_attempts,
-                max_elapsed: self.max_elapsed,
-                schedule: self.schedule,
                 budget: self.budget,
-                random: Mutex::new(random),
+                random: random.map(Mutex::new),
                 on_retry: self.on_retry,
-            }),
-        }
+            })
+        });
+        Retry { plan, shared }
     }
 }
 
@@ -352,7 +373,20 @@ impl Retry {
 
     /// The budget, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.inner.budget.as_ref()
+        self.shared.as_ref().and_then(|s| s.budget.as_ref())
+    }
+
+    /// The name given to the builder (`"default"` if none).
+    pub fn name(&self) -> &str {
+        self.shared.as_ref().map_or(DEFAULT_NAME, |s| &s.name)
+    }
+
+    #[inline]
+    fn metrics(&self) -> &crate::metrics::RetryMetrics {
+        match &self.shared {
+            Some(s) => &s.metrics,
+            None => default_metrics(),
+        }
     }
 
     /// Runs `f` until it succeeds, retrying every `Err` per the schedule.
@@ -405,42 +439,38 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut attempts = self.start();
-        let started = self.metrics_start();
         loop {
             let result = f().await;
             let decision = policy.decide(&result);
             match self.next_delay(&mut attempts, decision) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
-                    self.metrics_finish(started);
+                    self.finish(&attempts);
                     return (result, decision, attempts.made);
                 }
             }
         }
     }
 
-    /// Starts a call's latency measurement (a clock read only when metrics are recorded).
+    /// Records the latency of a call (when metrics are recorded, its start was read).
     #[inline]
-    pub(crate) fn metrics_start(&self) -> Option<std::time::Instant> {
-        self.inner.metrics.start()
-    }
-
-    /// Records the latency of a call started at `started`.
-    #[inline]
-    pub(crate) fn metrics_finish(&self, started: Option<std::time::Instant>) {
-        self.inner.metrics.finish(started);
+    pub(crate) fn finish(&self, a: &Attempts) {
+        if let Some(started) = a.started {
+            self.metrics().record(started.elapsed());
+        }
     }
 
     /// Starts a call: deposits in the budget.
     #[inline]
     pub(crate) fn start(&self) -> Attempts {
-        if let Some(b) = &self.inner.budget {
+        if let Some(b) = self.budget() {
             b.deposit();
         }
         Attempts {
             made: 0,
             jitter: JitterState::default(),
-            started: self.inner.max_elapsed.map(|_| Instant::now()),
+            started: (self.plan.max_elapsed != u64::MAX || self.metrics().recording())
+                .then(Instant::now),
         }
     }
 
@@ -458,34 +488,41 @@ impl Retry {
 
     #[cold]
     fn retry_delay(&self, a: &mut Attempts, at_least: Duration) -> Option<Duration> {
-        let inner = &*self.inner;
-        if a.made >= inner.max_attempts {
+        let plan = &self.plan;
+        if a.made >= plan.max_attempts {
             return None;
         }
-        if at_least > inner.schedule.cap {
+        let schedule = plan.schedule();
+        if at_least > schedule.cap {
             tracing::debug!(
-                retry = &*inner.name,
+                retry = self.name(),
                 ?at_least,
                 "Retry-After beyond max_delay; giving up"
             );
             return None;
         }
         let mut jitter = a.jitter;
-        let jittered = {
-            let mut random = inner.random.lock().unwrap_or_else(|e| e.into_inner());
-            inner.schedule.delay(a.made - 1, &mut jitter, &mut **random)
+        let jittered = match self.shared.as_ref().and_then(|s| s.random.as_ref()) {
+            Some(random) => {
+                let mut random = random.lock().unwrap_or_else(|e| e.into_inner());
+                schedule.delay(a.made - 1, &mut jitter, &mut **random)
+            }
+            None => {
+                let mut rng = rand::rng();
+                schedule.delay(a.made - 1, &mut jitter, &mut || rng.random::<f64>())
+            }
         };
         let delay = jittered.max(at_least);
-        if let (Some(max), Some(started)) = (inner.max_elapsed, a.started)
+        if let (Some(max), Some(started)) = (plan.max_elapsed(), a.started)
             && started.elapsed().saturating_add(delay) > max
         {
             return None;
         }
-        if let Some(b) = &inner.budget
+        if let Some(b) = self.budget()
             && !b.try_withdraw()
         {
-            tracing::warn!(retry = &*inner.name, "retry budget exhausted; not retrying");
-            inner.metrics.budget_exhausted();
+            tracing::warn!(retry = self.name(), "retry budget exhausted; not retrying");
+            self.metrics().budget_exhausted();
             return None;
         }
         a.jitter = jitter;
@@ -493,9 +530,9 @@ impl Retry {
             attempt: a.made,
             delay,
         };
-        tracing::debug!(retry = &*inner.name, attempt = a.made, ?delay, "retrying");
-        inner.metrics.retry();
-        if let Some(hook) = &inner.on_retry {
+        tracing::debug!(retry = self.name(), attempt = a.made, ?delay, "retrying");
+        self.metrics().retry();
+        if let Some(hook) = self.shared.as_ref().and_then(|s| s.on_retry.as_ref()) {
             hook(&event);
         }
         Some(delay)
@@ -505,10 +542,10 @@ impl Retry {
 impl fmt::Debug for Retry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
-            .field("name", &self.inner.name)
-            .field("max_attempts", &self.inner.max_attempts)
-            .field("schedule", &self.inner.schedule)
-            .field("budget", &self.inner.budget)
+            .field("name", &self.name())
+            .field("max_attempts", &self.plan.max_attempts)
+            .field("schedule", &self.plan.schedule())
+            .field("budget", &self.budget())
             .finish_non_exhaustive()
     }
 }
