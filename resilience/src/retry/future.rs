@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Attempts, Retry, RetryPolicy, RetryRequest};
+use super::{Attempts, Decision, Retry, RetryPolicy, RetryRequest};
 
 pin_project! {
     #[project = StateProj]
@@ -74,42 +74,68 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Calling { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    if this.request.is_none() {
-                        // Not copyable: one attempt only.
+            if let StateProj::Calling { fut } = this.state.as_mut().project() {
+                let result = ready!(fut.poll(cx));
+                // A request that could not be copied is sent once.
+                let decision = match this.request {
+                    None => Decision::Done,
+                    Some(_) => this.policy.decide(&result),
+                };
+                match this.retry.next_delay(this.attempts, decision) {
+                    None => {
                         this.retry.finish(this.attempts);
                         return Poll::Ready(result);
                     }
-                    let decision = this.policy.decide(&result);
-                    match this.retry.next_delay(this.attempts, decision) {
-                        None => {
-                            this.retry.finish(this.attempts);
-                            return Poll::Ready(result);
-                        }
-                        Some(delay) => this.state.set(State::Sleeping {
-                            sleep: Box::pin(tokio::time::sleep(delay)),
-                        }),
-                    }
+                    Some(delay) => this.state.set(State::Sleeping {
+                        sleep: Box::pin(tokio::time::sleep(delay)),
+                    }),
                 }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Polling);
-                }
-                StateProj::Polling => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        this.retry.finish(this.attempts);
-                        return Poll::Ready(Err(e));
-                    }
-                    let Some(req) = this.request.take() else {
-                        unreachable!("a retry is only scheduled with a request copy");
-                    };
-                    // Keep a copy for the attempt after this one, if the cloner allows.
-                    *this.request = this.cloner.clone_request(&req);
-                    let fut = this.service.call(req);
-                    this.state.set(State::Calling { fut });
-                }
+            }
+            // Between attempts: out of line, so the first attempt's path stays small.
+            if let Err(e) = ready!(between(
+                this.state.as_mut(),
+                this.service,
+                this.cloner,
+                this.request,
+                cx
+            )) {
+                this.retry.finish(this.attempts);
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+}
+
+/// Waits out the delay, then the service's readiness, then sends the next attempt (the
+/// state is `Calling` again when this returns `Ready(Ok)`).
+#[inline(never)]
+fn between<S, Req, C>(
+    mut state: Pin<&mut State<S::Future>>,
+    service: &mut S,
+    cloner: &mut C,
+    request: &mut Option<Req>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), S::Error>>
+where
+    S: tower::Service<Req>,
+    C: RetryRequest<Req>,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Calling { .. } => return Poll::Ready(Ok(())),
+            StateProj::Sleeping { sleep } => {
+                ready!(sleep.as_mut().poll(cx));
+                state.set(State::Polling);
+            }
+            StateProj::Polling => {
+                ready!(service.poll_ready(cx))?;
+                let Some(req) = request.take() else {
+                    unreachable!("a retry is only scheduled with a request copy");
+                };
+                // Keep a copy for the attempt after this one, if the cloner allows.
+                *request = cloner.clone_request(&req);
+                let fut = service.call(req);
+                state.set(State::Calling { fut });
             }
         }
     }
