@@ -2,8 +2,9 @@
 //!
 //! The server keeps idempotency records in memory, or in Redis when `REDIS_URL` is set (run
 //! with `--features http,redis` then), or — when `DATABASE_URL` is set (`--features
-//! http,postgres`) — in PostgreSQL, where each charge row and its idempotency record commit
-//! in one transaction (`Idempotency::run_in_transaction`). It drives itself with a client:
+//! http,postgres`) — in PostgreSQL, where the layer runs the handler in a transaction
+//! (`IdempotencyLayer::in_transaction`): each charge row and its stored response commit
+//! together. It drives itself with a client:
 //!
 //! 1. the client sends a payment and gives up after 100 ms (the response is "dropped"),
 //!    while the server takes 300 ms to charge the card and still finishes;
@@ -294,21 +295,15 @@ async fn soak(addr: SocketAddr, charges: Arc<AtomicU32>, length: Duration) {
     );
 }
 
-/// The PostgreSQL mode: the handler charges inside `run_in_transaction`, so the charge row
-/// and the idempotency record commit together — or neither does.
+/// The PostgreSQL mode: the same layer, `in_transaction()`: the handler writes the charge row
+/// in the request's transaction, and the layer stores the response in it before committing —
+/// the charge and its idempotency record commit together, or neither does.
 #[cfg(feature = "postgres")]
 mod pg {
     use super::*;
-    use axum::http::HeaderMap;
-    use axum::response::{IntoResponse, Response};
+    use axum::Extension;
+    use floodwall::idempotency::http::RequestTransaction;
     use floodwall::idempotency::postgres::PostgresStore;
-    use floodwall::idempotency::{Fingerprint, Outcome, RunError};
-
-    #[derive(Clone)]
-    struct Shop {
-        idem: Idempotency<PostgresStore>,
-        charges: Arc<AtomicU32>,
-    }
 
     pub(super) async fn app(
         url: &str,
@@ -329,69 +324,54 @@ mod pg {
         )
         .execute(&pool)
         .await?;
-        let shop = Shop {
-            idem: Idempotency::new(store),
-            charges,
-        };
+        let layer = IdempotencyLayer::new(Idempotency::new(store), |parts| {
+            parts
+                .headers
+                .get("x-user")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .require_key(true)
+        .in_transaction();
         Ok(Router::new()
             .route("/payments", post(charge))
-            .with_state(shop))
+            .with_state(charges)
+            .layer(layer))
     }
 
-    async fn charge(State(shop): State<Shop>, headers: HeaderMap, body: Bytes) -> Response {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let (Some(user), Some(key)) = (header("x-user"), header("idempotency-key")) else {
-            return (StatusCode::BAD_REQUEST, "an Idempotency-Key is required").into_response();
+    async fn charge(
+        State(charges): State<Arc<AtomicU32>>,
+        Extension(tx): Extension<RequestTransaction>,
+        headers: axum::http::HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, String) {
+        tokio::time::sleep(Duration::from_millis(300)).await; // the card network
+        let payer = headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let amount = String::from_utf8_lossy(&body).into_owned();
+        let Some(mut conn) = tx.lock().await else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "no transaction".into());
         };
-        let scoped = format!("{user}:{}", key.trim_matches('"'));
-        let fp = Fingerprint::of_parts([b"POST /payments".as_slice(), &body]);
-        let user = user.to_owned();
-        // Spawned: a client that goes away does not cancel the charge.
-        let run = tokio::spawn(async move {
-            let charges = shop.charges.clone();
-            shop.idem
-                .run_in_transaction(&scoped, &fp, move |tx| {
-                    Box::pin(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await; // the card network
-                        let amount = String::from_utf8_lossy(&body).into_owned();
-                        let id: i64 = sqlx::query_scalar(
-                            "INSERT INTO example_charges (payer, amount) VALUES ($1, $2) RETURNING id",
-                        )
-                        .bind(&user)
-                        .bind(&amount)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        charges.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, sqlx::Error>(format!("{{\"charge\":\"ch_{id}\",\"request\":{amount}}}"))
-                    })
-                })
-                .await
-        });
-        match run.await {
-            Ok(Ok(Outcome::Fresh(body) | Outcome::Unrecorded(body))) => {
-                (StatusCode::CREATED, body).into_response()
+        let inserted: Result<i64, _> = sqlx::query_scalar(
+            "INSERT INTO example_charges (payer, amount) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(payer)
+        .bind(&amount)
+        .fetch_one(&mut *conn)
+        .await;
+        match inserted {
+            Ok(id) => {
+                charges.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::CREATED,
+                    format!("{{\"charge\":\"ch_{id}\",\"request\":{amount}}}"),
+                )
             }
-            Ok(Ok(Outcome::Replayed(body))) => {
-                (StatusCode::CREATED, [("idempotent-replayed", "true")], body).into_response()
-            }
-            Ok(Err(RunError::InProgress { retry_after })) => (
-                StatusCode::CONFLICT,
-                [("retry-after", retry_after.as_secs().max(1).to_string())],
-                "a request with this key is in progress",
-            )
-                .into_response(),
-            Ok(Err(RunError::FingerprintMismatch)) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "this key was used with another request",
-            )
-                .into_response(),
-            Ok(Err(RunError::Store(_))) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "retry later with the same key",
-            )
-                .into_response(),
-            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            // A 5xx is not stored: the transaction rolls back and a retry charges afresh.
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 }

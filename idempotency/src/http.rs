@@ -38,8 +38,14 @@
 //! with another store took the retry) the upstream recognises the call and does not charge
 //! twice. With floodwall-reqwest: `RequestSettings::new().idempotency_key(format!("{}:charge",
 //! key.as_str()))`.
+//!
+//! Over PostgreSQL (feature `postgres`), [`IdempotencyLayer::in_transaction`] runs the
+//! handler in a transaction it finds as a [`RequestTransaction`] extension and stores the
+//! response in that transaction: the handler's writes commit exactly when its response is
+//! stored, with the answers above.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,11 +58,17 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service};
 
+mod claimed;
 mod key;
 mod stored;
+#[cfg(feature = "postgres")]
+mod transaction;
 
+use claimed::{HttpClaim, Mode};
 use key::read_key;
-use stored::{decode_response, encode_response};
+use stored::decode_response;
+#[cfg(feature = "postgres")]
+pub use transaction::{InTransaction, RequestTransaction};
 
 use crate::metrics::Counters;
 use crate::record::{Begin, Fingerprint};
@@ -104,21 +116,28 @@ struct Config {
 /// .require_key(true);
 /// # let _ = layer;
 /// ```
-pub struct IdempotencyLayer<S> {
+pub struct IdempotencyLayer<S, M = Stored> {
     idem: Idempotency<S>,
     config: Arc<Config>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone> Clone for IdempotencyLayer<S> {
+/// The layer's default mode: the handler runs, then its response is stored in the store (any
+/// store); see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stored;
+
+impl<S: Clone, M> Clone for IdempotencyLayer<S, M> {
     fn clone(&self) -> Self {
         IdempotencyLayer {
             idem: self.idem.clone(),
             config: self.config.clone(),
+            mode: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for IdempotencyLayer<S> {
+impl<S: fmt::Debug, M> fmt::Debug for IdempotencyLayer<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
             .field("idem", &self.idem)
@@ -130,7 +149,10 @@ impl<S: fmt::Debug> fmt::Debug for IdempotencyLayer<S> {
 
 impl<S> IdempotencyLayer<S> {
     /// Over `idem`'s store, lease, retention and conflict policy, with keys scoped by
-    /// `principal` (a request without one shares the anonymous scope).
+    /// `principal` (a request without one shares the anonymous scope). Responses are stored
+    /// in the store ([`Stored`]); over PostgreSQL,
+    /// [`in_transaction`](IdempotencyLayer::in_transaction) commits them with the handler's
+    /// own writes.
     pub fn new(
         idem: Idempotency<S>,
         principal: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
@@ -147,9 +169,12 @@ impl<S> IdempotencyLayer<S> {
                 fail_open: false,
                 principal: Arc::new(principal),
             }),
+            mode: PhantomData,
         }
     }
+}
 
+impl<S, M> IdempotencyLayer<S, M> {
     /// This layer's own configuration: a clone configured afterwards gets a copy of its own,
     /// so configuring a clone never panics and never changes the original.
     fn config_mut(&mut self) -> &mut Config {
@@ -201,26 +226,28 @@ impl<S> IdempotencyLayer<S> {
     }
 }
 
-impl<S: Clone, Svc> Layer<Svc> for IdempotencyLayer<S> {
-    type Service = IdempotencyService<S, Svc>;
+impl<S: Clone, M, Svc> Layer<Svc> for IdempotencyLayer<S, M> {
+    type Service = IdempotencyService<S, Svc, M>;
 
     fn layer(&self, inner: Svc) -> Self::Service {
         IdempotencyService {
             inner,
             idem: self.idem.clone(),
             config: self.config.clone(),
+            mode: PhantomData,
         }
     }
 }
 
 /// The service [`IdempotencyLayer`] makes.
-pub struct IdempotencyService<S, Svc> {
+pub struct IdempotencyService<S, Svc, M = Stored> {
     inner: Svc,
     idem: Idempotency<S>,
     config: Arc<Config>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl<S, Svc> IdempotencyService<S, Svc> {
+impl<S, Svc, M> IdempotencyService<S, Svc, M> {
     /// The inner service.
     pub fn get_ref(&self) -> &Svc {
         &self.inner
@@ -237,17 +264,18 @@ impl<S, Svc> IdempotencyService<S, Svc> {
     }
 }
 
-impl<S: Clone, Svc: Clone> Clone for IdempotencyService<S, Svc> {
+impl<S: Clone, Svc: Clone, M> Clone for IdempotencyService<S, Svc, M> {
     fn clone(&self) -> Self {
         IdempotencyService {
             inner: self.inner.clone(),
             idem: self.idem.clone(),
             config: self.config.clone(),
+            mode: PhantomData,
         }
     }
 }
 
-impl<S, Svc: fmt::Debug> fmt::Debug for IdempotencyService<S, Svc> {
+impl<S, Svc: fmt::Debug, M> fmt::Debug for IdempotencyService<S, Svc, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
             .field("inner", &self.inner)
@@ -287,9 +315,10 @@ fn is_storable(status: StatusCode) -> bool {
     (200..500).contains(&code) && !matches!(code, 408 | 409 | 425 | 429)
 }
 
-impl<S, Svc, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, Svc>
+impl<S, Svc, M, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, Svc, M>
 where
     S: Store + Clone,
+    M: Mode<S>,
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
     Svc::Error: Send + 'static,
@@ -375,7 +404,7 @@ where
                 key: scoped,
                 token,
             };
-            match tokio::spawn(claim.run(inner, request)).await {
+            match tokio::spawn(M::run(claim, inner, request)).await {
                 Ok(result) => result,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => Ok(problem(
@@ -471,92 +500,9 @@ fn whole_seconds(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// A claimed key: run the handler, then store its response or release the claim (the
-/// shared [`Claim`](crate::claim::Claim) protocol).
-struct HttpClaim<S> {
-    idem: Idempotency<S>,
-    config: Arc<Config>,
-    key: String,
-    token: crate::record::Token,
-}
-
-/// Why a claimed request produced no response to store.
-enum Failed<E> {
-    Service(E),
-    Body,
-}
-
-impl<S: Store> HttpClaim<S> {
-    async fn run<Svc, ReqBody, ResBody>(
-        self,
-        mut inner: Svc,
-        request: Request<ReqBody>,
-    ) -> Result<Response<ResBody>, Svc::Error>
-    where
-        Svc: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body + From<Bytes>,
-    {
-        let claim = crate::claim::Claim {
-            store: self.idem.store(),
-            metrics: self.idem.counters(),
-            key: &self.key,
-            token: self.token,
-            lease: self.idem.lease_duration(),
-            retention: self.idem.retention_duration(),
-        };
-        let handled = async {
-            let response = inner.call(request).await.map_err(Failed::Service)?;
-            let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.map_err(|_| Failed::Body)?.to_bytes();
-            Ok((parts, bytes))
-        };
-        let config = &self.config;
-        let record = |(parts, bytes): &(http::response::Parts, Bytes)| {
-            if !is_storable(parts.status) {
-                return None;
-            }
-            let headers: Vec<_> = config
-                .stored_headers
-                .iter()
-                .flat_map(|n| {
-                    parts
-                        .headers
-                        .get_all(n)
-                        .iter()
-                        .map(move |v| (n.clone(), v.clone()))
-                })
-                .collect();
-            // Over the cap, the completion is still recorded — status and headers — so a retry
-            // replays it (without the body) instead of running the operation again.
-            let body = (bytes.len() <= config.max_stored_body).then_some(&bytes[..]);
-            Some(encode_response(parts.status, &headers, body))
-        };
-        let (result, fate) = claim.run(handled, record).await;
-        match result {
-            Ok((mut parts, bytes)) => {
-                if let crate::claim::Fate::Unrecorded = fate {
-                    // The handler ran, its response could not be stored: a retry with this
-                    // key may run it again. The client gets the real response, marked.
-                    parts.headers.insert(
-                        IDEMPOTENT_UNRECORDED.clone(),
-                        HeaderValue::from_static("true"),
-                    );
-                }
-                Ok(Response::from_parts(parts, ResBody::from(bytes)))
-            }
-            Err(Failed::Service(e)) => Err(e),
-            Err(Failed::Body) => Ok(problem(
-                StatusCode::BAD_GATEWAY,
-                "response-failed",
-                "Response body failed",
-                "The handler's response body failed while being read.",
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::stored::encode_response;
     use super::*;
 
     #[test]
