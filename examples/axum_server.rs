@@ -16,7 +16,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,13 +25,10 @@ use bytes::Bytes;
 use floodwall::limiter::http::{ClientIp, HttpRateLimitLayer};
 use floodwall::limiter::layer::{Descriptor, KeyExtractor};
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter, Tiers};
+use floodwall::nonzero;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
-fn n(v: u32) -> NonZeroU32 {
-    NonZeroU32::new(v).expect("non-zero")
-}
 
 #[allow(unused_mut)]
 async fn limiter(tiers: Tiers) -> Result<RateLimiter, Box<dyn std::error::Error>> {
@@ -40,7 +36,9 @@ async fn limiter(tiers: Tiers) -> Result<RateLimiter, Box<dyn std::error::Error>
         // Per user, by tier: GCRA, so a burst then a steady rate.
         .limit(Limit::new("user", Algorithm::Gcra, tiers).keyed_by("user"))
         // Per client address: an exact sliding log.
-        .limit(Limit::new("ip", Algorithm::SlidingLog, Quota::per_minute(n(8))).keyed_by("ip"));
+        .limit(
+            Limit::new("ip", Algorithm::SlidingLog, Quota::per_minute(nonzero!(8))).keyed_by("ip"),
+        );
     match std::env::var("REDIS_URL") {
         #[cfg(feature = "redis")]
         Ok(url) => {
@@ -63,8 +61,11 @@ async fn limiter(tiers: Tiers) -> Result<RateLimiter, Box<dyn std::error::Error>
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Free: bursts of 3, then 3 per minute. Pro: bursts of 6. Enterprise: unlimited.
-    let tiers = Tiers::new("free", Quota::per_minute(n(3)))
-        .with_tier("pro", Quota::per_minute(n(60)).allow_burst(n(6)))
+    let tiers = Tiers::new("free", Quota::per_minute(nonzero!(3)))
+        .with_tier(
+            "pro",
+            Quota::per_minute(nonzero!(60)).allow_burst(nonzero!(6)),
+        )
         .with_tier("enterprise", None);
     tiers.assign("bob", "pro");
     let limiter = limiter(tiers.clone()).await?;

@@ -14,7 +14,6 @@
 //! ends on its own.
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use floodwall::nonzero;
 use floodwall::resilience::bulkhead::{Bulkhead, BulkheadLayer};
 use floodwall::resilience::circuit_breaker::{
     CircuitBreaker, CircuitBreakerLayer, OpenWait, SlidingWindow, Transition,
@@ -113,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let breaker = CircuitBreaker::builder()
         .name("local-api")
-        .sliding_window(SlidingWindow::Count(NonZeroU32::new(10).expect("non-zero")))
+        .sliding_window(SlidingWindow::Count(nonzero!(10)))
         .minimum_calls(10)
         .failure_rate_threshold(50.0)
         .open_wait(OpenWait::Fixed(Duration::from_secs(30)))
@@ -121,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .on_transition(|t: &Transition| println!("  [breaker] {:?} -> {:?}", t.from, t.to))
         .build()?;
     let retry = Retry::builder()
-        .max_attempts(NonZeroU32::new(3).expect("non-zero"))
+        .max_attempts(nonzero!(3))
         .backoff(Backoff::Exponential {
             initial: Duration::from_millis(50),
             multiplier: 2.0,
@@ -136,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .build();
     let bulkhead = Bulkhead::builder()
-        .max_concurrent(NonZeroUsize::new(4).expect("non-zero"))
+        .max_concurrent(nonzero!(4))
         .max_wait(Duration::from_millis(500))
         .build();
 

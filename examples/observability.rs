@@ -108,19 +108,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Three `GET`s through `HostPipeline` (retry and breaker per host): each prints its
 /// `HTTP request` span and one `HTTP attempt` span per attempt as they close.
 async fn client_calls(base: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use floodwall::nonzero;
     use floodwall::reqwest::{HostPipeline, reqwest, reqwest_middleware};
     use floodwall::resilience::Pipeline;
     use floodwall::resilience::circuit_breaker::CircuitBreaker;
     use floodwall::resilience::retry::Retry;
-    use std::num::{NonZeroU32, NonZeroUsize};
 
-    let pipelines = HostPipeline::new(NonZeroUsize::new(64).unwrap(), |host| {
+    let pipelines = HostPipeline::new(nonzero!(64), |host| {
         Pipeline::builder()
-            .retry(
-                Retry::builder()
-                    .max_attempts(NonZeroU32::new(3).unwrap())
-                    .build(),
-            )
+            .retry(Retry::builder().max_attempts(nonzero!(3)).build())
             .circuit_breaker(
                 CircuitBreaker::builder()
                     .name(format!("api:{host}"))

@@ -4,7 +4,6 @@
 //! payment API, a per-user rate limit, a cache stampede coalesced into one load, and an
 //! idempotent payment replayed instead of charged twice.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -13,13 +12,10 @@ use floodwall::cache::TieredCache;
 use floodwall::core::ManualClock;
 use floodwall::idempotency::{Fingerprint, Idempotency, MemoryStore};
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
+use floodwall::nonzero;
 use floodwall::resilience::Error;
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, OpenWait, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Decision, Jitter, Retry};
-
-fn n(v: u32) -> NonZeroU32 {
-    NonZeroU32::new(v).expect("non-zero")
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,14 +23,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = ManualClock::new();
     let breaker = CircuitBreaker::builder()
         .name("payments")
-        .sliding_window(SlidingWindow::Count(n(4)))
+        .sliding_window(SlidingWindow::Count(nonzero!(4)))
         .minimum_calls(4)
         .open_wait(OpenWait::Fixed(Duration::from_secs(30)))
-        .permitted_calls_in_half_open(n(1))
+        .permitted_calls_in_half_open(nonzero!(1))
         .clock(clock.clone())
         .build()?;
     let retry = Retry::builder()
-        .max_attempts(n(3))
+        .max_attempts(nonzero!(3))
         .backoff(Backoff::Exponential {
             initial: Duration::from_millis(2),
             multiplier: 2.0,
@@ -78,7 +74,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("2. a rate limit: 3 requests per minute per user (GCRA)");
     let limiter = RateLimiter::builder()
-        .limit(Limit::new("per-user", Algorithm::Gcra, Quota::per_minute(n(3))).keyed_by("user"))
+        .limit(
+            Limit::new("per-user", Algorithm::Gcra, Quota::per_minute(nonzero!(3)))
+                .keyed_by("user"),
+        )
         .build()?;
     for (user, tries) in [("ann", 4), ("bob", 1)] {
         let mut answers = Vec::new();

@@ -20,7 +20,6 @@
 //! cargo run --example reqwest_client --features reqwest,http
 //! ```
 
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use axum::routing::{get, post};
 use floodwall::cache::TieredCache;
 use floodwall::idempotency::http::{IdempotencyLayer, RequestKey};
 use floodwall::idempotency::{Idempotency, MemoryStore};
+use floodwall::nonzero;
 use floodwall::reqwest::reqwest_middleware::ClientWithMiddleware;
 use floodwall::reqwest::{
     ErrorExt, HostBreaker, HostBulkhead, HttpCache, IdempotencyKey, RequestSettings,
@@ -38,10 +38,6 @@ use floodwall::reqwest::{
 };
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, SlidingWindow};
 use floodwall::resilience::retry::{Backoff, Jitter};
-
-fn n(v: u32) -> NonZeroU32 {
-    NonZeroU32::new(v).expect("non-zero")
-}
 
 async fn serve(app: Router) -> Result<String, std::io::Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -191,17 +187,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dead = serve(Router::new().route("/", get(|| async { StatusCode::BAD_GATEWAY }))).await?;
 
     let retry = floodwall::resilience::retry::Retry::builder()
-        .max_attempts(n(5))
+        .max_attempts(nonzero!(5))
         .backoff(Backoff::Exponential {
             initial: Duration::from_millis(20),
             multiplier: 2.0,
         })
         .jitter(Jitter::Full)
         .build();
-    let breakers = HostBreaker::new(NonZeroUsize::new(100).expect("non-zero"), |host| {
+    let breakers = HostBreaker::new(nonzero!(100), |host| {
         CircuitBreaker::builder()
             .name(format!("api:{host}"))
-            .sliding_window(SlidingWindow::Count(n(8)))
+            .sliding_window(SlidingWindow::Count(nonzero!(8)))
             .minimum_calls(8)
             .build()
             .expect("a valid breaker")
@@ -211,10 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with(IdempotencyKey::new())
         .with(RetryMiddleware::new(retry))
         .with(breakers)
-        .with(HostBulkhead::per_host(
-            NonZeroUsize::new(100).expect("non-zero"),
-            NonZeroUsize::new(16).expect("non-zero"),
-        ))
+        .with(HostBulkhead::per_host(nonzero!(100), nonzero!(16)))
         .with(TimeoutMiddleware::new(Duration::from_millis(100)))
         .build();
 

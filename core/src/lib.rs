@@ -60,6 +60,38 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, KeyError, StoreError};
 pub use key::{Key, Keyspace};
 
+/// A `NonZero` integer checked when the program is built: `nonzero!(100)` where a
+/// `NonZeroUsize` (or any `NonZero<T>`) is expected; `nonzero!(0)` does not compile.
+/// Builders that take counts (`max_attempts`, a bulkhead's slots, a registry's capacity) take
+/// `NonZero` values so that zero is refused by the type, and this writes them without an
+/// `unwrap`.
+///
+/// ```
+/// use std::num::{NonZeroU32, NonZeroUsize};
+/// use floodwall_core::nonzero;
+///
+/// let attempts: NonZeroU32 = nonzero!(3);
+/// let slots: NonZeroUsize = nonzero!(16);
+/// assert_eq!((attempts.get(), slots.get()), (3, 16));
+/// ```
+///
+/// ```compile_fail
+/// let none: std::num::NonZeroU32 = floodwall_core::nonzero!(0);
+/// ```
+#[macro_export]
+macro_rules! nonzero {
+    ($n:expr $(,)?) => {
+        const {
+            match ::core::num::NonZero::new($n) {
+                ::core::option::Option::Some(n) => n,
+                ::core::option::Option::None => {
+                    ::core::panic!("nonzero!(0): the value must not be zero")
+                }
+            }
+        }
+    };
+}
+
 /// The README's example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

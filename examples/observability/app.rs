@@ -20,6 +20,7 @@ use floodwall::core::redis::{RedisConnection, StoreOptions};
 use floodwall::idempotency::http::IdempotencyLayer;
 use floodwall::idempotency::{Idempotency, MemoryStore};
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
+use floodwall::nonzero;
 use floodwall::resilience::bulkhead::Bulkhead;
 use floodwall::resilience::circuit_breaker::CircuitBreaker;
 use floodwall::resilience::retry::{Backoff, Retry};
@@ -65,10 +66,10 @@ async fn upstream_price(calls: &AtomicU64, sku: &str) -> Result<u64, String> {
 /// `GET /metrics`. With `redis`, the limits and the cache's second tier live there (keys
 /// under a fresh version per process).
 pub(crate) fn app(metrics: PrometheusHandle, redis: Option<RedisConnection>) -> Router {
-    let n = |v| std::num::NonZeroU32::new(v).expect("non-zero");
     let version = std::process::id();
-    let mut limiter = RateLimiter::builder()
-        .limit(Limit::new("per-user", Algorithm::Gcra, Quota::per_second(n(50))).keyed_by("user"));
+    let mut limiter = RateLimiter::builder().limit(
+        Limit::new("per-user", Algorithm::Gcra, Quota::per_second(nonzero!(50))).keyed_by("user"),
+    );
     let mut prices = TieredCache::builder()
         .name("prices")
         .ttl(Duration::from_millis(200));
@@ -88,13 +89,13 @@ pub(crate) fn app(metrics: PrometheusHandle, redis: Option<RedisConnection>) -> 
             .expect("a valid breaker"),
         retry: Retry::builder()
             .name("upstream")
-            .max_attempts(n(3))
+            .max_attempts(nonzero!(3))
             .backoff(Backoff::Constant(Duration::from_millis(1)))
             .build(),
         attempt: Timeout::new(Duration::from_millis(200)).name("upstream"),
         bulkhead: Bulkhead::builder()
             .name("upstream")
-            .max_concurrent(std::num::NonZeroUsize::new(4).expect("non-zero"))
+            .max_concurrent(nonzero!(4))
             .build(),
         upstream_calls: Arc::new(AtomicU64::new(0)),
         metrics,

@@ -96,6 +96,8 @@ pub mod sliding_log;
 mod tiers;
 pub mod window;
 
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_core::nonzero;
 pub use algorithm::Algorithm;
 pub use builder::{ConfigError, RateLimiterBuilder};
 pub use decision::{Decision, InsufficientCapacity};

@@ -75,6 +75,8 @@ mod settings;
 pub mod span;
 mod throttle;
 
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_resilience::nonzero;
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
 pub use host::{

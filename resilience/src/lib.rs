@@ -106,6 +106,8 @@ pub mod retry;
 pub mod throttle;
 pub mod timeout;
 
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_core::nonzero;
 pub use clock::TokioClock;
 pub use error::Error;
 #[cfg(feature = "tower")]
