@@ -96,11 +96,11 @@ pub mod sliding_log;
 mod tiers;
 pub mod window;
 
-/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
-pub use floodwall_core::nonzero;
 pub use algorithm::Algorithm;
 pub use builder::{ConfigError, RateLimiterBuilder};
 pub use decision::{Decision, InsufficientCapacity};
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_core::nonzero;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use limit::{Binding, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, Verdict};
 pub use limiter::RateLimiter;

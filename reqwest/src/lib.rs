@@ -75,10 +75,10 @@ mod settings;
 pub mod span;
 mod throttle;
 
-/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
-pub use floodwall_resilience::nonzero;
 pub use cache::{HttpCache, HttpCacheStats, StoredResponse};
 pub use error::{ErrorExt, FloodwallError, RefusalKind};
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_resilience::nonzero;
 pub use host::{
     HostBreaker, HostBulkhead, HostRateLimit, PROBE_HOST, RateLimitConfigError, host_key,
 };

@@ -190,44 +190,62 @@ impl RetryMiddleware {
                 e
             });
         }
-        // Each attempt gets its own copy of the request and of the extensions.
-        let base = extensions.clone();
-        let tries = std::sync::atomic::AtomicU32::new(0);
-        let attempt = || {
-            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let copy = req.try_clone().expect("checked: the body can be copied");
-            let attempt = attempt_span(&copy, n);
-            let (next, mut ext) = (next.clone(), base.clone());
-            async move {
-                let result = match attempt.is_none() {
-                    true => next.run(copy, &mut ext).await,
-                    false => next.run(copy, &mut ext).instrument(attempt.clone()).await,
-                };
-                record_result(&attempt, result.as_ref());
-                result
-            }
-        };
-        // The caller's attempt limit: after `max` attempts, the result is final.
-        let policy = |r: &reqwest_middleware::Result<Response>| {
-            if tries.load(std::sync::atomic::Ordering::Relaxed) >= max {
-                Decision::Done
-            } else {
-                self.rule.decide(r.as_ref())
-            }
-        };
-        let run = self.retry.call_with(&policy, attempt);
+        // Attempts begun (an overall bound may cut one short).
+        let begun = std::sync::atomic::AtomicU32::new(0);
+        let run = self.retry_loop(&req, extensions, next, max, &begun);
         let result = match (overall, span.is_none()) {
             (Some(after), _) => bounded(after, run).instrument(span.clone()).await,
             (None, true) => run.await,
             (None, false) => run.instrument(span.clone()).await,
         };
-        let made = tries.load(std::sync::atomic::Ordering::Relaxed);
+        let made = begun.load(std::sync::atomic::Ordering::Relaxed);
         record_attempts(span, made);
         result.map_err(|mut e| {
             set_attempts(&mut e, made);
             set_host(&mut e, || host_key(&req));
             e
         })
+    }
+}
+
+impl RetryMiddleware {
+    /// The attempts, each on its own copy of the request and of the extensions, until the
+    /// rule, the caller's limit `max` or the schedule ends them (each one's number stored in
+    /// `begun` as it starts); the last result.
+    async fn retry_loop(
+        &self,
+        req: &Request,
+        extensions: &Extensions,
+        next: Next<'_>,
+        max: u32,
+        begun: &std::sync::atomic::AtomicU32,
+    ) -> reqwest_middleware::Result<Response> {
+        let mut run = self.retry.begin();
+        loop {
+            let n = run.made() + 1;
+            begun.store(n, std::sync::atomic::Ordering::Relaxed);
+            let copy = req.try_clone().expect("checked: the body can be copied");
+            let attempt = attempt_span(&copy, n);
+            let mut ext = extensions.clone();
+            let result = match attempt.is_none() {
+                true => next.clone().run(copy, &mut ext).await,
+                false => {
+                    let sent = next.clone().run(copy, &mut ext);
+                    sent.instrument(attempt.clone()).await
+                }
+            };
+            record_result(&attempt, result.as_ref());
+            // The caller's attempt limit: after `max` attempts, the result is final.
+            let decision = if n >= max {
+                Decision::Done
+            } else {
+                self.rule.decide(result.as_ref())
+            };
+            match run.next_delay(decision) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return result,
+            }
+        }
     }
 }
 

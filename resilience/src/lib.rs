@@ -106,13 +106,13 @@ pub mod retry;
 pub mod throttle;
 pub mod timeout;
 
-/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
-pub use floodwall_core::nonzero;
 pub use clock::TokioClock;
 pub use error::Error;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use error::{ErrorLayer, ErrorService};
+/// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
+pub use floodwall_core::nonzero;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use pipeline::Pipeline;
 

@@ -45,6 +45,7 @@
 
 mod backoff;
 mod budget;
+mod builder;
 #[cfg(feature = "tower")]
 mod future;
 #[cfg(feature = "tower")]
@@ -53,16 +54,15 @@ mod plan;
 
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 use tokio::time::Instant;
 
 pub use backoff::{Backoff, Jitter, JitterState, RandomSource, Schedule};
 pub use budget::{BudgetConfigError, RetryBudget, RetryBudgetBuilder};
+pub use builder::RetryBuilder;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use future::ResponseFuture;
@@ -218,143 +218,6 @@ pub struct Retry {
     shared: Option<Arc<Shared>>,
 }
 
-/// Builds a [`Retry`].
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct RetryBuilder {
-    name: Arc<str>,
-    max_attempts: u32,
-    max_elapsed: Option<Duration>,
-    schedule: Schedule,
-    budget: Option<RetryBudget>,
-    seed: Option<u64>,
-    random: Option<Box<RandomSource>>,
-    on_retry: Option<Hook>,
-}
-
-impl Default for RetryBuilder {
-    fn default() -> Self {
-        RetryBuilder {
-            name: Arc::from(DEFAULT_NAME),
-            max_attempts: 3,
-            max_elapsed: None,
-            schedule: Schedule {
-                backoff: Backoff::Exponential {
-                    initial: Duration::from_millis(500),
-                    multiplier: 2.0,
-                },
-                jitter: Jitter::Full,
-                cap: Duration::from_secs(30),
-            },
-            budget: None,
-            seed: None,
-            random: None,
-            on_retry: None,
-        }
-    }
-}
-
-impl RetryBuilder {
-    /// A name for traces. Default: `"default"`.
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Attempts in all, the first call included. Default: 3 (resilience4j's).
-    pub fn max_attempts(mut self, n: NonZeroU32) -> Self {
-        self.max_attempts = n.get();
-        self
-    }
-
-    /// No retry starts later than this after the first call. Default: none.
-    pub fn max_elapsed(mut self, d: Option<Duration>) -> Self {
-        self.max_elapsed = d;
-        self
-    }
-
-    /// The growth law. Default: exponential from 500 ms (resilience4j's wait) doubling.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.schedule.backoff = backoff;
-        self
-    }
-
-    /// The jitter. Default: [`Jitter::Full`].
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.schedule.jitter = jitter;
-        self
-    }
-
-    /// Cap on each delay, after jitter. Default: 30 s.
-    pub fn max_delay(mut self, cap: Duration) -> Self {
-        self.schedule.cap = cap;
-        self
-    }
-
-    /// A budget shared with other calls (and other `Retry`s). Default: none.
-    pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
-    /// Seeds the jitter's random generator, for reproducible delays. Default: seeded from the
-    /// thread's entropy source.
-    pub fn rng_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Replaces the jitter's random source with `random`, which returns numbers uniform on
-    /// `[0, 1)` (Polly's `Randomizer`; a test can pin it to a constant). Overrides
-    /// [`rng_seed`](Self::rng_seed).
-    pub fn random_source(mut self, random: impl FnMut() -> f64 + Send + 'static) -> Self {
-        self.random = Some(Box::new(random));
-        self
-    }
-
-    /// Called before each retry, with the failed attempt's number and the delay.
-    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
-        self.on_retry = Some(Arc::new(hook));
-        self
-    }
-
-    /// Builds the policy.
-    pub fn build(self) -> Retry {
-        let random = match (self.random, self.seed) {
-            (Some(random), _) => Some(random),
-            (None, Some(seed)) => {
-                let mut rng = SmallRng::seed_from_u64(seed);
-                Some(Box::new(move || rng.random::<f64>()) as Box<RandomSource>)
-            }
-            (None, None) => None,
-        };
-        let plan = Plan::new(self.max_attempts, self.max_elapsed, self.schedule);
-        let unshared = &*self.name == DEFAULT_NAME
-            && self.budget.is_none()
-            && random.is_none()
-            && self.on_retry.is_none();
-        let shared = (!unshared).then(|| {
-            Arc::new(Shared {
-                metrics: crate::metrics::RetryMetrics::new(&self.name),
-                name: self.name,
-                budget: self.budget,
-                random: random.map(Mutex::new),
-                on_retry: self.on_retry,
-            })
-        });
-        Retry { plan, shared }
-    }
-}
-
-impl fmt::Debug for RetryBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryBuilder")
-            .field("name", &self.name)
-            .field("max_attempts", &self.max_attempts)
-            .field("schedule", &self.schedule)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The progress of one call through a [`Retry`]: attempts made, the jitter's state, the start.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attempts {
@@ -386,6 +249,39 @@ impl Retry {
         match &self.shared {
             Some(s) => &s.metrics,
             None => default_metrics(),
+        }
+    }
+
+    /// Starts one call whose attempts the caller makes itself — a middleware's own loop,
+    /// where a closure per attempt does not fit (an attempt that borrows the caller's state
+    /// mutably). After each attempt, ask [`RetryAttempts::next_delay`]; the budget, the hook,
+    /// the metrics and `max_elapsed` apply as in [`call`](Self::call).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use floodwall_resilience::retry::{Decision, Retry};
+    ///
+    /// let retry = Retry::builder().backoff(floodwall_resilience::retry::Backoff::Constant(
+    ///     std::time::Duration::from_millis(1),
+    /// )).build();
+    /// let mut log = Vec::new(); // state each attempt borrows mutably
+    /// let mut run = retry.begin();
+    /// let answer = loop {
+    ///     log.push(run.made() + 1);
+    ///     let result: Result<u32, &str> = if log.len() < 2 { Err("503") } else { Ok(7) };
+    ///     let decision = if result.is_ok() { Decision::Done } else { Decision::Retry };
+    ///     match run.next_delay(decision) {
+    ///         Some(delay) => tokio::time::sleep(delay).await,
+    ///         None => break result,
+    ///     }
+    /// };
+    /// assert_eq!((answer, log), (Ok(7), vec![1, 2]));
+    /// # }
+    /// ```
+    pub fn begin(&self) -> RetryAttempts<'_> {
+        RetryAttempts {
+            retry: self,
+            attempts: self.start(),
         }
     }
 
@@ -536,6 +432,32 @@ impl Retry {
             hook(&event);
         }
         Some(delay)
+    }
+}
+
+/// One call's attempts, made by the caller: see [`Retry::begin`].
+#[derive(Debug)]
+#[must_use = "ask `next_delay` after each attempt"]
+pub struct RetryAttempts<'r> {
+    retry: &'r Retry,
+    attempts: Attempts,
+}
+
+impl RetryAttempts<'_> {
+    /// After an attempt whose result the caller judged `decision`: `Some(delay)` — sleep
+    /// `delay`, then make the next attempt; `None` — that result is final (no more attempts,
+    /// `max_elapsed` reached or the budget spent), and the call's latency is recorded.
+    pub fn next_delay(&mut self, decision: Decision) -> Option<Duration> {
+        let delay = self.retry.next_delay(&mut self.attempts, decision);
+        if delay.is_none() {
+            self.retry.finish(&self.attempts);
+        }
+        delay
+    }
+
+    /// Attempts judged so far.
+    pub fn made(&self) -> u32 {
+        self.attempts.made
     }
 }
 
