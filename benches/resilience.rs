@@ -11,6 +11,9 @@
 //!   through tower's `Retry` with an equivalent policy.
 //! - `bulkhead/uncontended`: one request through floodwall's `BulkheadLayer` and tower's
 //!   `ConcurrencyLimit`, both limiting to 25.
+//! - `shed/nothing_overloaded`: one request through floodwall's `ShedLayer` (a signal, level
+//!   0; and with a capacity of 1,000, which counts requests in flight) and tower's `LoadShed`,
+//!   with nothing overloaded. A `bare` row (the service alone) gives the added cost.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,5 +177,34 @@ fn bulkhead(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, closed_path, layer, retry, bulkhead);
+fn shed(c: &mut Criterion) {
+    use floodwall::resilience::shed::{LoadShedder, Priority, ShedLayer};
+    let mut g = c.benchmark_group("shed/nothing_overloaded");
+    let inner = service_fn(|x: u32| async move { Ok::<u32, std::io::Error>(x) });
+    let mut bare = inner;
+    g.bench_function("bare", |b| b.iter(|| one_request(&mut bare)));
+    let signal = LoadShedder::builder()
+        .signal(|| 0.1)
+        .manual_sampling()
+        .build()
+        .unwrap();
+    signal.sample_now();
+    let mut ours = ShedLayer::new(signal, Priority::Default).layer(inner);
+    g.bench_function("floodwall", |b| b.iter(|| one_request(&mut ours)));
+    let counted = LoadShedder::builder()
+        .signal(|| 0.1)
+        .capacity(1000)
+        .manual_sampling()
+        .build()
+        .unwrap();
+    let mut ours_capacity = ShedLayer::new(counted, Priority::Default).layer(inner);
+    g.bench_function("floodwall-capacity", |b| {
+        b.iter(|| one_request(&mut ours_capacity))
+    });
+    let mut theirs = tower::load_shed::LoadShedLayer::new().layer(inner);
+    g.bench_function("tower", |b| b.iter(|| one_request(&mut theirs)));
+    g.finish();
+}
+
+criterion_group!(benches, closed_path, layer, retry, bulkhead, shed);
 criterion_main!(benches);

@@ -63,7 +63,7 @@ mod attempts;
 pub struct HostPipeline {
     pipelines: Registry<HostStages>,
     all_methods: bool,
-    rules: Rules,
+    rules: Arc<Rules>,
     /// Tells this registry's entries apart in the per-thread cache (clones share it).
     id: u64,
 }
@@ -136,7 +136,7 @@ impl HostPipeline {
                 }))
             }),
             all_methods: false,
-            rules: Rules::default(),
+            rules: Arc::default(),
             id: IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -221,7 +221,7 @@ impl HostPipeline {
         mut self,
         rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Outcome + Send + Sync + 'static,
     ) -> Self {
-        self.rules.classify = Rule(Some(Arc::new(rule)));
+        Arc::make_mut(&mut self.rules).classify = Rule(Some(Arc::new(rule)));
         self
     }
 
@@ -231,7 +231,7 @@ impl HostPipeline {
     /// ([`RefusalKind::RateLimited`](crate::RefusalKind::RateLimited)) and not retried. (A
     /// [`HostRateLimit`] middleware in front counts logical requests instead.)
     pub fn rate_limit(mut self, limit: HostRateLimit) -> Self {
-        self.rules.limit = Some(Arc::new(limit));
+        Arc::make_mut(&mut self.rules).limit = Some(Arc::new(limit));
         self
     }
 
@@ -241,7 +241,7 @@ impl HostPipeline {
     /// is not such a failure wins; the others are dropped. A hedged attempt counts once for
     /// the breaker, the bulkhead and the retry. Other requests are sent once per attempt.
     pub fn hedge(mut self, hedge: Hedge) -> Self {
-        self.rules.hedge = Some(hedge);
+        Arc::make_mut(&mut self.rules).hedge = Some(hedge);
         self
     }
 
@@ -255,7 +255,7 @@ impl HostPipeline {
         + Sync
         + 'static,
     ) -> Self {
-        self.rules.fallback = Some(Arc::new(fallback));
+        Arc::make_mut(&mut self.rules).fallback = Some(Arc::new(fallback));
         self
     }
 
@@ -267,7 +267,7 @@ impl HostPipeline {
         mut self,
         rule: impl Fn(Result<&Response, &reqwest_middleware::Error>) -> Decision + Send + Sync + 'static,
     ) -> Self {
-        self.rules.retry = Rule(Some(Arc::new(rule)));
+        Arc::make_mut(&mut self.rules).retry = Rule(Some(Arc::new(rule)));
         self
     }
 

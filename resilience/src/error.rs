@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{adaptive, bulkhead, chaos, circuit_breaker, timeout};
+use crate::{adaptive, bulkhead, chaos, circuit_breaker, shed, timeout};
 
 /// What went wrong with a call made through floodwall: one of its primitives refused or cut
 /// it, or the call itself failed with `E`.
@@ -42,6 +42,8 @@ pub enum Error<E> {
     Timeout(timeout::Elapsed),
     /// Fault injection failed the call on purpose.
     Injected(chaos::Injected),
+    /// A load shedder turned the call away (the process is overloaded).
+    Shed(shed::Shed),
     /// The call ran and failed.
     Inner(E),
 }
@@ -54,6 +56,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Limited(r) => r.fmt(f),
             Error::Timeout(e) => e.fmt(f),
             Error::Injected(e) => e.fmt(f),
+            Error::Shed(e) => e.fmt(f),
             Error::Inner(e) => e.fmt(f),
         }
     }
@@ -67,6 +70,7 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
             Error::Limited(r) => r.source(),
             Error::Timeout(e) => e.source(),
             Error::Injected(e) => e.source(),
+            Error::Shed(e) => e.source(),
             Error::Inner(e) => Some(e),
         }
     }
@@ -89,6 +93,7 @@ impl<E> Error<E> {
             Error::Limited(r) => Error::Limited(r),
             Error::Timeout(e) => Error::Timeout(e),
             Error::Injected(e) => Error::Injected(e),
+            Error::Shed(e) => Error::Shed(e),
             Error::Inner(e) => Error::Inner(f(e)),
         }
     }
@@ -104,6 +109,12 @@ impl<E> Error<E> {
     /// Whether a floodwall primitive refused or cut the call (it did not fail by itself).
     pub fn is_rejection(&self) -> bool {
         !matches!(self, Error::Inner(_))
+    }
+}
+
+impl<E> From<shed::Shed> for Error<E> {
+    fn from(e: shed::Shed) -> Self {
+        Error::Shed(e)
     }
 }
 

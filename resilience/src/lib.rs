@@ -103,6 +103,7 @@ mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod retry;
+pub mod shed;
 pub mod throttle;
 pub mod timeout;
 
@@ -116,6 +117,27 @@ pub use floodwall_core::nonzero;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use pipeline::Pipeline;
 
+/// The load shedder's metrics (see [`describe_metrics`]).
+#[cfg(feature = "metrics")]
+fn describe_overload_metrics() {
+    use ::metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "floodwall_shed_level",
+        Unit::Count,
+        "A load shedder's level: 0 sheds nothing, 0.5 all sheddable requests, 1 every non-critical one"
+    );
+    describe_gauge!(
+        "floodwall_shed_pressure",
+        Unit::Count,
+        "The highest overload signal a load shedder read last (1 = at its threshold)"
+    );
+    describe_counter!(
+        "floodwall_shed_rejected_total",
+        Unit::Count,
+        "Requests a load shedder turned away, by priority"
+    );
+}
+
 /// Registers the description and unit of every metric this crate emits with the installed
 /// `metrics` recorder (so Prometheus shows `# HELP`). Each primitive does it when built; call
 /// it yourself after installing a recorder if primitives were built before.
@@ -128,6 +150,7 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "How long calls admitted by a circuit breaker took (call and call_classified)"
     );
+    describe_overload_metrics();
     describe_histogram!(
         "floodwall_retry_call_duration_seconds",
         Unit::Seconds,

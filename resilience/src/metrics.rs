@@ -342,6 +342,41 @@ mod imp {
         }
     }
 
+    pub(crate) struct ShedMetrics(Bound<ShedHandles>);
+
+    struct ShedHandles {
+        level: Gauge,
+        pressure: Gauge,
+        shed: [Counter; 3],
+    }
+
+    impl ShedMetrics {
+        pub(crate) fn new(name: &str) -> Self {
+            ShedMetrics(Bound::new(name, |name| {
+                let shed = |p: &'static str| counter!("floodwall_shed_rejected_total", "shedder" => name.to_owned(), "priority" => p);
+                ShedHandles {
+                    level: gauge!("floodwall_shed_level", "shedder" => name.to_owned()),
+                    pressure: gauge!("floodwall_shed_pressure", "shedder" => name.to_owned()),
+                    shed: [shed("sheddable"), shed("default"), shed("critical")],
+                }
+            }))
+        }
+
+        /// A sample's pressure and the level it set.
+        pub(crate) fn sampled(&self, pressure: f64, level: f64) {
+            if let Some(h) = self.0.get() {
+                h.pressure.set(pressure);
+                h.level.set(level);
+            }
+        }
+
+        pub(crate) fn shed(&self, priority: crate::shed::Priority) {
+            if let Some(h) = self.0.get() {
+                h.shed[priority as usize].increment(1);
+            }
+        }
+    }
+
     pub(crate) struct ThrottleMetrics(Bound<Counter>);
 
     impl ThrottleMetrics {
@@ -481,6 +516,15 @@ mod imp {
         pub(crate) fn released(&self) {}
         pub(crate) fn queued(&self, _: f64) {}
         pub(crate) fn rejected(&self, _: RejectReason) {}
+    }
+
+    pub(crate) struct ShedMetrics;
+    impl ShedMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            ShedMetrics
+        }
+        pub(crate) fn sampled(&self, _: f64, _: f64) {}
+        pub(crate) fn shed(&self, _: crate::shed::Priority) {}
     }
 
     pub(crate) struct ThrottleMetrics;
