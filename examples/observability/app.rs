@@ -24,6 +24,9 @@ use floodwall::nonzero;
 use floodwall::resilience::bulkhead::Bulkhead;
 use floodwall::resilience::circuit_breaker::CircuitBreaker;
 use floodwall::resilience::retry::{Backoff, Retry};
+use floodwall::resilience::shed::{
+    CpuPressure, HttpShedLayer, LoadShedder, MemoryPressure, SchedulingDelay,
+};
 use floodwall::resilience::timeout::Timeout;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
@@ -114,10 +117,23 @@ pub(crate) fn app(metrics: PrometheusHandle, redis: Option<RedisConnection>) -> 
                 .map(str::to_owned)
         },
     );
+    // The process sheds sheddable, then default requests when Tokio polls tasks late, memory
+    // nears the container's limit or the CPU quota is spent; the scrape is never shed.
+    let shedder = LoadShedder::builder()
+        .name("server")
+        .signal(
+            SchedulingDelay::spawn(Duration::from_millis(50), Duration::from_millis(100))
+                .expect("inside the runtime"),
+        )
+        .signal(MemoryPressure::cgroup_or_budget(None))
+        .signal(CpuPressure::new())
+        .build()
+        .expect("a valid shedder");
     Router::new()
         .route("/price/{sku}", get(price))
-        .route("/metrics", get(scrape))
         .route("/orders", post(order).layer(orders))
+        .layer(HttpShedLayer::new(shedder))
+        .route("/metrics", get(scrape))
         .with_state(shop)
 }
 

@@ -18,6 +18,17 @@
 //! otherwise         →  s unchanged
 //! ```
 //!
+//! # Which signal when
+//!
+//! | signal | shows | use it when |
+//! |---|---|---|
+//! | [`SchedulingDelay`] | tasks wait to be polled (CPU-bound handlers, blocking calls on the runtime) | always on a Tokio server: it is the first to move when the runtime is saturated |
+//! | [`latency_target`](LoadShedderBuilder::latency_target) | requests take longer than they should (a saturated pool, database or downstream) | the handler waits on something with a fixed capacity; set the target a little above the unloaded latency |
+//! | [`capacity`](LoadShedderBuilder::capacity) | a hard cap on requests in flight, with the reserve for critical ones | always with a latency target: it bounds the queue while the level catches up |
+//! | [`MemoryPressure`] | memory near the container's limit (the OOM killer's line) | in containers with a memory limit, or with a budget where there is none |
+//! | [`CpuPressure`] | the CPU quota (cgroup `cpu.max`) or the machine is spent | throttled containers: the quota runs out before tasks wait long |
+//! | a closure | anything else: a queue's depth, a dependency's own health | |
+//!
 //! # Who is shed
 //!
 //! Shedding is graded by [`Priority`], lowest first: at level `s`,
