@@ -73,6 +73,7 @@ mod algorithm;
 mod builder;
 #[cfg(feature = "http")]
 mod client_ip;
+pub mod concurrency;
 mod decision;
 pub mod gcra;
 #[cfg(feature = "http")]
