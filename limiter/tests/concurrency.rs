@@ -145,17 +145,134 @@ async fn a_cut_off_holders_slot_is_free_within_its_lease() {
         matches!(first, Err(ConcurrencyError::Full { .. })),
         "still held right after the cut: {first:?}"
     );
+    let mut last_refused = Duration::ZERO;
     let freed = loop {
-        if other.acquire("tenant-1").await.is_ok() {
-            break cut.elapsed();
+        let asked = cut.elapsed();
+        match other.acquire("tenant-1").await {
+            Ok(_) => break cut.elapsed(),
+            Err(ConcurrencyError::Full { .. }) => last_refused = asked,
+            Err(e) => panic!("{e}"),
         }
         assert!(cut.elapsed() < lease * 4, "never freed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    println!("a cut-off holder's slot was free {freed:?} after the cut (lease {lease:?})");
-    // Its last renewal landed at most a third of a lease before the cut.
-    assert!(freed <= lease + Duration::from_millis(300), "{freed:?}");
+    println!(
+        "a cut-off holder's slot: still held {last_refused:?} after the cut, free by {freed:?} \
+         (lease {lease:?})"
+    );
+    // At the last refusal the slot was still held: at most one lease after the last renewal,
+    // which landed before the cut.
+    assert!(last_refused <= lease, "{last_refused:?}");
     drop(held);
+}
+
+/// The slot a holder takes in [`holder_process`] (a child process), with a 900 ms lease.
+fn crash_limit(conn: RedisConnection) -> ConcurrencyLimit {
+    ConcurrencyLimit::builder(1)
+        .lease(Duration::from_millis(900))
+        .on_store_failure(FailurePolicy::FailClosed)
+        .redis(
+            StoreOptions::new(conn)
+                .keyspace(Keyspace::new("conc-kill", 1).unwrap())
+                .call_timeout(Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Run as a child process by `a_killed_holders_slot_is_free_within_its_lease`: takes the slot,
+/// says so, and holds it (renewing its lease) until it is killed.
+#[test]
+#[ignore = "a child process of a_killed_holders_slot_is_free_within_its_lease"]
+fn holder_process() {
+    let Ok(url) = std::env::var("FW_CONCURRENCY_HOLDER_URL") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = RedisConnection::standalone(url).connect().await.unwrap();
+        let limit = crash_limit(conn);
+        let _held = limit.acquire("tenant-1").await.unwrap();
+        println!("HELD");
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A holder process killed with SIGKILL (no release, no more renewals): its slot is taken
+/// until at most one lease after its last renewal, then free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holders_slot_is_free_within_its_lease() {
+    use std::io::BufRead;
+    let Some(server) = RedisServer::start_or_skip("a_killed_holders_slot_is_free_within_its_lease")
+    else {
+        return;
+    };
+    let lease = Duration::from_millis(900);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "holder_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FW_CONCURRENCY_HOLDER_URL", server.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("HELD"))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .unwrap()
+            .unwrap(),
+        "the child took the slot"
+    );
+    let other = crash_limit(
+        RedisConnection::standalone(server.url())
+            .connect()
+            .await
+            .unwrap(),
+    );
+    // Let renewals land, then kill -9.
+    tokio::time::sleep(lease * 2).await;
+    assert!(matches!(
+        other.acquire("tenant-1").await,
+        Err(ConcurrencyError::Full { .. })
+    ));
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    let mut last_refused = Duration::ZERO;
+    let freed = loop {
+        let asked = killed.elapsed();
+        match other.acquire("tenant-1").await {
+            Ok(_) => break killed.elapsed(),
+            Err(ConcurrencyError::Full { .. }) => last_refused = asked,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(killed.elapsed() < lease * 4, "never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "killed holder (SIGKILL): slot still held {last_refused:?} after the kill, free by \
+         {freed:?} (lease {lease:?})"
+    );
+    // At the last refusal the slot was still held: at most one lease after the kill.
+    assert!(last_refused <= lease, "{last_refused:?}");
 }
 
 /// Behind a blackholed connection with a 200 ms call bound: fail-open admits, fail-closed

@@ -288,3 +288,21 @@ async fn the_scheduling_delay_probe_sees_a_runtime_that_does_not_yield() {
     assert!(delay >= Duration::from_millis(35), "{delay:?}");
     assert!(pressure >= 1.75, "{pressure}");
 }
+
+/// A worker kept busy between two samples reads as busy: pressure near 1 / threshold on a
+/// one-worker runtime (a lower bound: a busier machine only lengthens the busy time).
+#[tokio::test(flavor = "current_thread")]
+async fn the_worker_busy_signal_reads_a_busy_worker() {
+    use floodwall_resilience::shed::WorkerBusy;
+    let busy = WorkerBusy::current().unwrap().threshold(1.0);
+    assert_eq!(busy.pressure(), 0.0, "the first sample reads none");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(60) {
+        std::hint::spin_loop();
+    }
+    // Tokio adds a worker's busy time when it parks.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let p = busy.pressure();
+    println!("one worker spinning 60 ms: busy share {p:.2}");
+    assert!(p >= 0.5, "{p}");
+}

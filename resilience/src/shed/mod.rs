@@ -25,6 +25,7 @@
 //! | [`SchedulingDelay`] | tasks wait to be polled (CPU-bound handlers, blocking calls on the runtime) | always on a Tokio server: it is the first to move when the runtime is saturated |
 //! | [`latency_target`](LoadShedderBuilder::latency_target) | requests take longer than they should (a saturated pool, database or downstream) | the handler waits on something with a fixed capacity; set the target a little above the unloaded latency |
 //! | [`capacity`](LoadShedderBuilder::capacity) | a hard cap on requests in flight, with the reserve for critical ones | always with a latency target: it bounds the queue while the level catches up |
+//! | [`WorkerBusy`] | the runtime's workers are busy most of the time | beside `SchedulingDelay`, to see saturation coming before tasks wait |
 //! | [`MemoryPressure`] | memory near the container's limit (the OOM killer's line) | in containers with a memory limit, or with a budget where there is none |
 //! | [`CpuPressure`] | the CPU quota (cgroup `cpu.max`) or the machine is spent | throttled containers: the quota runs out before tasks wait long |
 //! | a closure | anything else: a queue's depth, a dependency's own health | |
@@ -80,7 +81,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 pub use builder::LoadShedderBuilder;
-pub use signal::{CpuPressure, MemoryPressure, SchedulingDelay, Signal};
+pub use signal::{CpuPressure, MemoryPressure, SchedulingDelay, Signal, WorkerBusy};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

@@ -96,6 +96,62 @@ impl Signal for SchedulingDelay {
     }
 }
 
+/// How busy the Tokio runtime's workers are: pressure = the share of wall time the workers
+/// spent busy between two samples (Tokio's `worker_total_busy_duration`, summed over workers)
+/// over `threshold` (default 0.9). Busy workers alone are not overload — a runtime at 95 %
+/// that keeps up is fine — so pair it with [`SchedulingDelay`], which shows whether work
+/// waits. Tokio adds a worker's busy time when the worker parks, so a worker that never
+/// parks reads idle until it does. The first sample reads no pressure.
+#[derive(Debug)]
+pub struct WorkerBusy {
+    metrics: tokio::runtime::RuntimeMetrics,
+    threshold: f64,
+    last: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl WorkerBusy {
+    /// The current runtime's workers (an error outside a runtime).
+    pub fn current() -> Result<WorkerBusy, ShedConfigError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ShedConfigError {
+            field: "WorkerBusy",
+            why: "needs a Tokio runtime: create it inside one",
+        })?;
+        Ok(WorkerBusy {
+            metrics: handle.metrics(),
+            threshold: 0.9,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// The busy share at which the pressure is 1.0. Default: 0.9.
+    pub fn threshold(mut self, share: f64) -> WorkerBusy {
+        self.threshold = share;
+        self
+    }
+
+    fn busy_total(&self) -> Duration {
+        (0..self.metrics.num_workers())
+            .map(|w| self.metrics.worker_total_busy_duration(w))
+            .sum()
+    }
+}
+
+impl Signal for WorkerBusy {
+    fn pressure(&self) -> f64 {
+        let now = Instant::now();
+        let busy = self.busy_total();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((then, busy_then)) = last.replace((now, busy)) else {
+            return 0.0;
+        };
+        let wall = now.duration_since(then).as_secs_f64() * self.metrics.num_workers() as f64;
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        busy.saturating_sub(busy_then).as_secs_f64() / wall / self.threshold
+    }
+}
+
 type UsageFn = dyn Fn() -> Option<(u64, u64)> + Send + Sync;
 
 /// Memory in use against a limit: pressure = used / (limit × threshold), threshold 0.9 by
