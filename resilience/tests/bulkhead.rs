@@ -215,3 +215,51 @@ async fn an_unbounded_wait_waits_for_a_slot_without_panicking() {
     drop(held);
     assert_eq!(waiter.await.unwrap(), Ok(7));
 }
+
+/// Controlled delay: the first waiter joins an empty queue and may wait `max_wait` (1 s); a
+/// caller who joins after the queue has stood non-empty for the 100 ms interval waits at most
+/// the 5 ms target; once the queue empties, waits are long again.
+#[tokio::test(start_paused = true)]
+async fn a_standing_queue_gives_late_joiners_the_short_target_until_it_empties() {
+    let bulkhead = Bulkhead::builder()
+        .max_concurrent(nz(1))
+        .max_wait(Duration::from_secs(1))
+        .codel(Duration::from_millis(5), Duration::from_millis(100))
+        .build();
+    let held = bulkhead.acquire_owned().await.unwrap();
+    let early = {
+        let b = bulkhead.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let p = b.acquire_owned().await;
+            (p, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let start = Instant::now();
+    let late = bulkhead.acquire_owned().await;
+    let late_waited = start.elapsed();
+    println!(
+        "late joiner of a queue standing 150 ms: {:?} after {late_waited:?}",
+        late.as_ref().err().map(|r| r.reason)
+    );
+    assert!(matches!(late, Err(r) if r.reason == RejectReason::WaitTimedOut));
+    assert_eq!(late_waited, Duration::from_millis(5));
+    drop(held);
+    let (early, early_waited) = early.await.unwrap();
+    assert!(early.is_ok(), "the first waiter kept its long wait");
+    assert_eq!(early_waited, Duration::from_millis(155));
+    // The queue emptied when the early waiter left it: a new waiter may wait long again.
+    let second = {
+        let b = bulkhead.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (b.acquire_owned().await, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(early);
+    let (second, waited) = second.await.unwrap();
+    assert!(second.is_ok());
+    assert_eq!(waited, Duration::from_millis(300));
+}

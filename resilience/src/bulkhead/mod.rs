@@ -12,6 +12,10 @@
 //! - Waiters are woken in the order they queued on tokio's `Notify`; a caller arriving just
 //!   as a permit frees may take it first (no hand-off), which keeps the admit path lock-free.
 //!   Every waiter is still bounded by `max_wait`.
+//! - With [`codel`](BulkheadBuilder::codel) (Facebook's controlled delay, "Fail at Scale"): a
+//!   queue that has not been empty for `interval` is standing, not absorbing a burst, so a
+//!   caller that joins it then waits at most `target` instead of `max_wait` — the queue drains
+//!   instead of making every caller late. Once it empties, waits are `max_wait` again.
 //!
 //! # Invariant
 //!
@@ -114,6 +118,11 @@ struct Inner {
     max_wait: AtomicU64,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
+    /// `(target, interval)` of controlled delay, if on.
+    codel: Option<(Duration, Duration)>,
+    /// When the queue was last seen empty, in nanoseconds after `anchor`.
+    empty_at: AtomicU64,
+    anchor: tokio::time::Instant,
     freed: Notify,
     events: Events<BulkheadEvent>,
     metrics: crate::metrics::BulkheadMetrics,
@@ -133,6 +142,7 @@ pub struct BulkheadBuilder {
     max_concurrent: usize,
     max_waiting: usize,
     max_wait: Duration,
+    codel: Option<(Duration, Duration)>,
 }
 
 impl Default for BulkheadBuilder {
@@ -142,6 +152,7 @@ impl Default for BulkheadBuilder {
             max_concurrent: 25,
             max_waiting: usize::MAX,
             max_wait: Duration::ZERO,
+            codel: None,
         }
     }
 }
@@ -172,6 +183,14 @@ impl BulkheadBuilder {
         self
     }
 
+    /// Controlled delay for the wait queue: once the queue has not been empty for
+    /// `interval`, a caller joining it waits at most `target` (Facebook's values: 5 ms and
+    /// 100 ms). Default: off (every waiter may wait `max_wait`).
+    pub fn codel(mut self, target: Duration, interval: Duration) -> Self {
+        self.codel = Some((target, interval));
+        self
+    }
+
     /// Builds the bulkhead.
     pub fn build(self) -> Bulkhead {
         Bulkhead {
@@ -183,6 +202,9 @@ impl BulkheadBuilder {
                 max_wait: AtomicU64::new(duration_to_nanos(self.max_wait)),
                 in_flight: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
+                codel: self.codel,
+                empty_at: AtomicU64::new(0),
+                anchor: tokio::time::Instant::now(),
                 freed: Notify::new(),
                 events: Events::default(),
             }),
@@ -298,7 +320,8 @@ impl Inner {
         }
         self.metrics.queued(1.0);
         let _leave = LeaveQueue(self);
-        let deadline = floodwall_core::clock::deadline_after(Duration::from_nanos(max_wait));
+        let wait = self.wait_bound(Duration::from_nanos(max_wait), cur == 0);
+        let deadline = floodwall_core::clock::deadline_after(wait);
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -319,12 +342,38 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// How long a caller that just joined the queue may wait: `max_wait`, or with controlled
+    /// delay the short `target` once the queue has stood non-empty for `interval`.
+    /// `was_empty`: the queue was empty when the caller joined.
+    fn wait_bound(&self, max_wait: Duration, was_empty: bool) -> Duration {
+        let Some((target, interval)) = self.codel else {
+            return max_wait;
+        };
+        let now = duration_to_nanos(self.anchor.elapsed());
+        if was_empty {
+            self.empty_at.store(now, Ordering::Relaxed);
+            return max_wait;
+        }
+        let standing = now.saturating_sub(self.empty_at.load(Ordering::Relaxed));
+        if standing > duration_to_nanos(interval) {
+            target.min(max_wait)
+        } else {
+            max_wait
+        }
+    }
+}
+
 struct LeaveQueue<'a>(&'a Inner);
 
 impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        let before = self.0.waiting.fetch_sub(1, Ordering::SeqCst);
         self.0.metrics.queued(-1.0);
+        if before == 1 && self.0.codel.is_some() {
+            let now = duration_to_nanos(self.0.anchor.elapsed());
+            self.0.empty_at.store(now, Ordering::Relaxed);
+        }
     }
 }
 
