@@ -12,11 +12,12 @@ use floodwall_resilience::circuit_breaker::Outcome;
 use floodwall_resilience::hedge::Hedge;
 use floodwall_resilience::registry::Registry;
 use floodwall_resilience::retry::Decision;
+
 use reqwest::{Request, Response};
 
-use crate::HostRateLimit;
 use crate::host::with_host_key;
 use crate::rules::{ClassifyFn, RetryFn, Rule};
+use crate::{HostRateLimit, HostThrottle};
 
 mod attempts;
 
@@ -235,6 +236,17 @@ impl HostPipeline {
         self
     }
 
+    /// Throttles each attempt with `throttle`, the host's adaptive throttle (the SRE book's
+    /// client-side throttling, see [`HostThrottle`]): an attempt it rejects locally is not
+    /// sent and not retried ([`RefusalKind::Throttled`](crate::RefusalKind::Throttled)); an
+    /// attempt counts as accepted unless the host answered `429` or `503` or did not answer
+    /// (a transport error, the attempt timeout, a refusal by the host's breaker or bulkhead
+    /// after the throttle let it through).
+    pub fn throttle(mut self, throttle: HostThrottle) -> Self {
+        Arc::make_mut(&mut self.rules).throttle = Some(throttle);
+        self
+    }
+
     /// Hedges each attempt of an idempotent request (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
     /// `DELETE`) with `hedge`: when the host has not answered within the hedge's delay (or an
     /// attempt failed: an error or a `5xx`), another copy is sent, and the first answer that
@@ -302,6 +314,8 @@ struct Rules {
     hedge: Option<Hedge>,
     /// Answers a failed request.
     fallback: Option<Arc<FallbackFn>>,
+    /// Throttles each attempt by how the host has been answering.
+    throttle: Option<HostThrottle>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -312,6 +326,7 @@ impl std::fmt::Debug for Rules {
             .field("rate_limit", &self.limit.is_some())
             .field("hedge", &self.hedge.is_some())
             .field("fallback", &self.fallback.is_some())
+            .field("throttle", &self.throttle.is_some())
             .finish()
     }
 }

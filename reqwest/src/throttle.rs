@@ -51,15 +51,31 @@ impl HostThrottle {
     pub fn registry(&self) -> &Registry<AdaptiveThrottle> {
         &self.throttles
     }
+
+    /// Permission to send one attempt to `host` (its key), or the local rejection.
+    pub(crate) fn permit(
+        &self,
+        host: &str,
+    ) -> Result<floodwall_resilience::throttle::ThrottlePermit, reqwest_middleware::Error> {
+        self.throttles
+            .get(host)
+            .try_acquire()
+            .map_err(|t| FloodwallError::throttled(t).host(host).into_middleware())
+    }
+}
+
+/// Whether the host took a request it answered with `status`: not a `429` or `503`.
+pub(crate) fn accepted_status(status: StatusCode) -> bool {
+    !matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    )
 }
 
 /// Whether the host took the request: not a `429` or `503`, and an answer at all.
 fn accepted(result: &reqwest_middleware::Result<Response>) -> bool {
     match result {
-        Ok(resp) => !matches!(
-            resp.status(),
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        ),
+        Ok(resp) => accepted_status(resp.status()),
         // No answer (a transport error, a timeout), or refused further down the stack.
         Err(_) => false,
     }

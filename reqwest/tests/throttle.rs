@@ -94,3 +94,101 @@ async fn a_host_that_turns_requests_away_stops_receiving_them_until_it_heals() {
     println!("healed: {ok} of 50 answered 200");
     assert_eq!(ok, 50);
 }
+
+/// The throttle as a `HostPipeline` stage, against a host that can take 10 requests per
+/// second of the (manual) clock while it is offered 100 — it answers the rest 503: what
+/// reaches it settles near `K` = 2 times what it accepts, each local rejection a `Throttled`
+/// refusal after which the pipeline sends nothing more for that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_throttles_each_attempt_to_about_k_times_what_the_host_accepts() {
+    use floodwall_reqwest::HostPipeline;
+    use floodwall_resilience::Pipeline;
+    let (reached, accepted) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    // Requests accepted in the current second.
+    let this_second = Arc::new(AtomicU32::new(0));
+    let app = Router::new().route("/", {
+        let (reached, accepted, this_second) =
+            (reached.clone(), accepted.clone(), this_second.clone());
+        get(move || {
+            reached.fetch_add(1, Ordering::SeqCst);
+            let status = if this_second.fetch_add(1, Ordering::SeqCst) < 10 {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            async move { status }
+        })
+    });
+    let base = serve(app).await;
+    let clock = ManualClock::new();
+    let throttles = HostThrottle::new(NonZeroUsize::new(16).unwrap(), {
+        let clock = clock.clone();
+        move |_| {
+            AdaptiveThrottle::builder()
+                .window(Duration::from_secs(10))
+                .clock(clock.clone())
+                .build()
+                .unwrap()
+        }
+    });
+    let pipelines = HostPipeline::new(NonZeroUsize::new(16).unwrap(), |_| {
+        Pipeline::builder()
+            .retry(
+                floodwall_resilience::retry::Retry::builder()
+                    .max_attempts(NonZeroU32::new(3).unwrap())
+                    .backoff(Backoff::Constant(Duration::from_millis(1)))
+                    .jitter(Jitter::None)
+                    .build(),
+            )
+            .build()
+    })
+    .throttle(throttles.clone());
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(pipelines)
+        .build();
+    let mut throttled = 0;
+    // 30 seconds of 100 requests each; the last 10 are measured.
+    for second in 0..30 {
+        if second == 20 {
+            reached.store(0, Ordering::SeqCst);
+            accepted.store(0, Ordering::SeqCst);
+        }
+        this_second.store(0, Ordering::SeqCst);
+        for _ in 0..100 {
+            let before = reached.load(Ordering::SeqCst);
+            if let Err(e) = client.get(&base).send().await {
+                let refusal = e.floodwall().expect("a floodwall refusal");
+                assert_eq!(refusal.kind(), RefusalKind::Throttled);
+                // The throttled attempt was the last, and it was not sent.
+                let sent = reached.load(Ordering::SeqCst) - before;
+                assert_eq!(sent + 1, refusal.attempts(), "not retried after it");
+                throttled += 1;
+            }
+        }
+        clock.advance(Duration::from_secs(1));
+    }
+    let (sent, ok) = (
+        reached.load(Ordering::SeqCst),
+        accepted.load(Ordering::SeqCst),
+    );
+    let ratio = f64::from(sent) / f64::from(ok.max(1));
+    println!(
+        "host taking 10 of 100 per second: over the last 10 s {sent} attempts reached it, {ok} \
+         accepted (ratio {ratio:.2}, K = 2); {throttled} requests throttled locally in all"
+    );
+    assert!(ok >= 50, "the host is kept busy: {ok}");
+    assert!(ratio <= 2.0 + 0.5, "{ratio}");
+    let (requests, accepts) = throttles.registry().get(&base_key(&base)).counts();
+    println!("the host's throttle: {requests} requests in its window, {accepts} accepted");
+}
+
+/// The host key (`host:port`) of a local base URL.
+fn base_key(base: &str) -> String {
+    let url = reqwest::Url::parse(base).unwrap();
+    format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port_or_known_default().unwrap()
+    )
+}

@@ -14,6 +14,7 @@ use floodwall_resilience::hedge::Hedge;
 use floodwall_resilience::http::is_idempotent;
 use floodwall_resilience::pipeline::Bounded;
 use floodwall_resilience::retry::{Decision, RetryPolicy};
+use floodwall_resilience::throttle::ThrottlePermit;
 use http::Extensions;
 use pin_project_lite::pin_project;
 use reqwest::{Request, Response};
@@ -32,6 +33,53 @@ use crate::{FloodwallError, RequestSettings};
 struct Progress {
     counter: Option<Arc<AtomicU32>>,
     span: Option<Box<Span>>,
+}
+
+impl Progress {
+    /// Attempt `tries` begins.
+    fn count(&self, tries: u32) {
+        if let Some(counter) = &self.counter {
+            counter.store(tries, Ordering::Relaxed);
+        }
+    }
+}
+
+type Gate<'a> = Pin<
+    Box<dyn Future<Output = Result<Option<ThrottlePermit>, reqwest_middleware::Error>> + Send + 'a>,
+>;
+
+/// What an attempt passes before the host's stages: the per-attempt rate limit, then the
+/// adaptive throttle (whose permit says how the host answered). Boxed, and only when the
+/// pipeline has either: a limiter's wait is large, and most pipelines have neither.
+fn gate<'a>(rules: &'a Rules, host: &'a str) -> Option<Gate<'a>> {
+    if rules.limit.is_none() && rules.throttle.is_none() {
+        return None;
+    }
+    Some(Box::pin(async move {
+        if let Some(limit) = &rules.limit {
+            limit
+                .take(host)
+                .await
+                .map_err(FloodwallError::into_middleware)?;
+        }
+        match &rules.throttle {
+            Some(throttle) => throttle.permit(host).map(Some),
+            None => Ok(None),
+        }
+    }))
+}
+
+/// Tells the throttle how the host answered the attempt.
+fn report(permit: ThrottlePermit, result: &AttemptResult) {
+    let accepted = match result {
+        Ok(resp) => crate::throttle::accepted_status(resp.status()),
+        Err(_) => false,
+    };
+    if accepted {
+        permit.accepted();
+    } else {
+        permit.rejected();
+    }
 }
 
 /// A span held by a request's future only when one is recorded: eight bytes otherwise, where
@@ -101,20 +149,17 @@ fn attempts<'a>(
                 repeatable: repeatable && tries < max,
                 rule: &rules.retry,
             };
-            if let Some(counter) = &progress.counter {
-                counter.store(tries, Ordering::Relaxed);
-            }
+            progress.count(tries);
             // The result lives in this block only, so the backoff's wait does not hold it.
             let delay = {
                 let result = 'attempt: {
-                    // Boxed: a limiter's wait is large, and most pipelines have none.
-                    if let Some(limit) = &rules.limit
-                        && let Err(e) = Box::pin(limit.take(stages.host())).await
-                    {
-                        break 'attempt Err(floodwall_resilience::Error::Inner(
-                            e.into_middleware(),
-                        ));
-                    }
+                    let throttle = match gate(&rules, stages.host()) {
+                        Some(gate) => match gate.await {
+                            Ok(permit) => permit,
+                            Err(e) => break 'attempt Err(floodwall_resilience::Error::Inner(e)),
+                        },
+                        None => None,
+                    };
                     let admitted = match call.admit().await {
                         Ok(admitted) => admitted.attempt_timeout(attempt_timeout),
                         Err(rejected) => break 'attempt Err(rejected),
@@ -134,8 +179,9 @@ fn attempts<'a>(
                     let result = admitted
                         .run(fut, |r| rules.classify.outcome(r.as_ref()))
                         .await;
-                    if let Some(span) = &span {
-                        record_attempt(span, &result);
+                    record_attempt(span.as_deref(), &result);
+                    if let Some(permit) = throttle {
+                        report(permit, &result);
                     }
                     result
                 };
@@ -356,12 +402,12 @@ fn traced<'a>(fut: Boxed<'a>, span: Option<&Span>) -> Boxed<'a> {
     }
 }
 
-/// Records an attempt's result in its span (an attempt timeout as `timeout`).
-fn record_attempt(span: &Span, result: &AttemptResult) {
+/// Records an attempt's result in its span, if it has one (an attempt timeout as `timeout`).
+fn record_attempt(span: Option<&Span>, result: &AttemptResult) {
     use floodwall_resilience::Error as E;
-    if span.is_disabled() {
+    let Some(span) = span.filter(|s| !s.is_disabled()) else {
         return;
-    }
+    };
     match result {
         Ok(resp) => record_result(span, Ok(resp)),
         Err(E::Inner(e)) => record_result(span, Err(e)),
