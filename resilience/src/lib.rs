@@ -131,6 +131,16 @@ fn describe_overload_metrics() {
         Unit::Count,
         "The highest overload signal a load shedder read last (1 = at its threshold)"
     );
+    describe_gauge!(
+        "floodwall_shed_in_flight",
+        Unit::Count,
+        "Requests a load shedder counts in flight (with a capacity or a latency target)"
+    );
+    describe_gauge!(
+        "floodwall_shed_reserved_in_use",
+        Unit::Count,
+        "Requests in flight beyond the non-critical share: the reserve critical requests use"
+    );
     describe_counter!(
         "floodwall_shed_rejected_total",
         Unit::Count,

@@ -347,6 +347,8 @@ mod imp {
     struct ShedHandles {
         level: Gauge,
         pressure: Gauge,
+        in_flight: Gauge,
+        reserved_in_use: Gauge,
         shed: [Counter; 3],
     }
 
@@ -357,16 +359,21 @@ mod imp {
                 ShedHandles {
                     level: gauge!("floodwall_shed_level", "shedder" => name.to_owned()),
                     pressure: gauge!("floodwall_shed_pressure", "shedder" => name.to_owned()),
+                    in_flight: gauge!("floodwall_shed_in_flight", "shedder" => name.to_owned()),
+                    reserved_in_use: gauge!("floodwall_shed_reserved_in_use", "shedder" => name.to_owned()),
                     shed: [shed("sheddable"), shed("default"), shed("critical")],
                 }
             }))
         }
 
-        /// A sample's pressure and the level it set.
-        pub(crate) fn sampled(&self, pressure: f64, level: f64) {
+        /// A sample's pressure, the level it set, the requests in flight and how many of
+        /// them use the share reserved for critical requests.
+        pub(crate) fn sampled(&self, pressure: f64, level: f64, in_flight: usize, reserved: usize) {
             if let Some(h) = self.0.get() {
                 h.pressure.set(pressure);
                 h.level.set(level);
+                h.in_flight.set(in_flight as f64);
+                h.reserved_in_use.set(reserved as f64);
             }
         }
 
@@ -523,7 +530,7 @@ mod imp {
         pub(crate) fn new(_: &str) -> Self {
             ShedMetrics
         }
-        pub(crate) fn sampled(&self, _: f64, _: f64) {}
+        pub(crate) fn sampled(&self, _: f64, _: f64, _: usize, _: usize) {}
         pub(crate) fn shed(&self, _: crate::shed::Priority) {}
     }
 

@@ -288,3 +288,51 @@ fn a_named_throttle_counts_its_local_rejections() {
     assert!(rejected > 150, "{rejected}");
     assert_eq!(counted, Some(rejected as f64));
 }
+
+#[test]
+fn a_named_shedder_reports_its_level_pressure_reserve_and_shed_requests_by_priority() {
+    use floodwall_resilience::shed::{LoadShedder, Priority};
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let shedder = metrics::with_local_recorder(&recorder, || {
+        LoadShedder::builder()
+            .name("api")
+            .signal(|| 1.5)
+            .capacity(10)
+            .manual_sampling()
+            .build()
+            .unwrap()
+    });
+    // 8 default requests fill the non-critical share; 1 critical one uses the reserve.
+    let mut held: Vec<_> = (0..8)
+        .map(|_| shedder.try_acquire(Priority::Default).unwrap())
+        .collect();
+    held.push(shedder.try_acquire(Priority::Critical).unwrap());
+    for _ in 0..5 {
+        shedder.sample_now();
+    }
+    let shed = (0..100)
+        .filter(|_| shedder.try_acquire(Priority::Sheddable).is_err())
+        .count();
+    let s = take(&snap);
+    let api = [("shedder", "api")];
+    let read = |name| value(&s, name, &api);
+    println!(
+        "level {:?}, pressure {:?}, in flight {:?}, reserve in use {:?}; {shed} sheddable shed",
+        read("floodwall_shed_level"),
+        read("floodwall_shed_pressure"),
+        read("floodwall_shed_in_flight"),
+        read("floodwall_shed_reserved_in_use")
+    );
+    assert_eq!(read("floodwall_shed_level"), Some(0.5));
+    assert_eq!(read("floodwall_shed_pressure"), Some(1.5));
+    assert_eq!(read("floodwall_shed_in_flight"), Some(9.0));
+    assert_eq!(read("floodwall_shed_reserved_in_use"), Some(1.0));
+    let sheddable = value(
+        &s,
+        "floodwall_shed_rejected_total",
+        &[("shedder", "api"), ("priority", "sheddable")],
+    );
+    assert_eq!(sheddable, Some(shed as f64));
+    drop(held);
+}

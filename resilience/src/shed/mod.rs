@@ -267,7 +267,9 @@ impl Inner {
         self.level
             .store((next * SCALE).round() as u32, Ordering::Relaxed);
         self.pressure.store(pressure.to_bits(), Ordering::Relaxed);
-        self.metrics.sampled(pressure, next);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let reserved = in_flight.saturating_sub(self.non_critical);
+        self.metrics.sampled(pressure, next, in_flight, reserved);
         if (next > 0.0) != (level > 0.0) {
             tracing::info!(
                 shedder = &*self.name,
