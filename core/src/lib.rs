@@ -46,6 +46,7 @@ pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod key;
+pub mod problem;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -290,23 +290,15 @@ fn problem<B: From<Bytes>>(
     title: &str,
     detail: &str,
 ) -> Response<B> {
-    let body = format!(
-        "{{\"type\":\"urn:floodwall:idempotency:{kind}\",\"title\":{},\"status\":{},\"detail\":{}}}",
-        json_string(title),
-        status.as_u16(),
-        json_string(detail)
-    );
+    let kind = format!("idempotency:{kind}");
+    let body = floodwall_core::problem::body(&kind, title, status.as_u16(), detail, "");
     let mut r = Response::new(B::from(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+        HeaderValue::from_static(floodwall_core::problem::CONTENT_TYPE),
     );
     r
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// Whether a response with this status is stored (see the module docs).

@@ -23,6 +23,7 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
+use floodwall_core::problem;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tower::{Layer, Service};
@@ -202,13 +203,9 @@ impl Answer429 {
     ) -> Response<B> {
         let (body, content_type) = if self.problem {
             let title = status.canonical_reason().unwrap_or("Error");
-            let body = format!(
-                "{{\"type\":\"urn:floodwall:rate-limit:{kind}\",\"title\":{},\"status\":{},\"detail\":{}{extra}}}",
-                json_string(title),
-                status.as_u16(),
-                json_string(detail),
-            );
-            (body, "application/problem+json")
+            let kind = format!("rate-limit:{kind}");
+            let body = problem::body(&kind, title, status.as_u16(), detail, extra);
+            (body, problem::CONTENT_TYPE)
         } else {
             (format!("{detail}\n"), "text/plain; charset=utf-8")
         };
@@ -222,22 +219,6 @@ impl Answer429 {
     }
 }
 
-/// A JSON string literal for `s`.
-pub(crate) fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl<ResBody: From<String>, E> crate::layer::future::Answer<Response<ResBody>, E> for Answer429 {
     fn refuse(&self, verdict: Result<Verdict, LimitError>) -> Result<Response<ResBody>, E> {
         Ok(match verdict {
@@ -246,7 +227,10 @@ impl<ResBody: From<String>, E> crate::layer::future::Answer<Response<ResBody>, E
                     Some(b) => (b.name.as_ref(), b.decision.retry_after_secs().unwrap_or(0)),
                     None => ("", 0),
                 };
-                let extra = format!(",\"limit\":{},\"retry_after\":{retry}", json_string(limit));
+                let extra = format!(
+                    ",\"limit\":{},\"retry_after\":{retry}",
+                    problem::json_string(limit)
+                );
                 let mut r = self.body(
                     StatusCode::TOO_MANY_REQUESTS,
                     "exceeded",

@@ -231,18 +231,18 @@ impl FloodwallError {
     /// this error's text. Works as an axum `IntoResponse` through `Response<String>`.
     pub fn to_response(&self) -> http::Response<String> {
         let status = self.status();
-        let body = format!(
-            "{{\"type\":\"urn:floodwall:client:{}\",\"title\":{},\"status\":{},\"detail\":{}}}",
-            self.kind.slug(),
-            json_string(status.canonical_reason().unwrap_or("Error")),
+        let body = floodwall_core::problem::body(
+            &format!("client:{}", self.kind.slug()),
+            status.canonical_reason().unwrap_or("Error"),
             status.as_u16(),
-            json_string(&self.to_string()),
+            &self.to_string(),
+            "",
         );
         let mut r = http::Response::new(body);
         *r.status_mut() = status;
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+            HeaderValue::from_static(floodwall_core::problem::CONTENT_TYPE),
         );
         if let Some(after) = self.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -348,20 +348,4 @@ pub(crate) fn set_host(e: &mut reqwest_middleware::Error, host: impl FnOnce() ->
     {
         refusal.host = Some(host());
     }
-}
-
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

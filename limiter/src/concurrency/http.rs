@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 
 use super::{ConcurrencyError, ConcurrencyLimit};
-use crate::http::json_string;
+use floodwall_core::problem;
 
 type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
@@ -92,17 +92,19 @@ fn refusal<B: From<String>>(e: &ConcurrencyError) -> Response<B> {
         ),
         ConcurrencyError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", 1),
     };
-    let body = format!(
-        "{{\"type\":\"urn:floodwall:rate-limit:{kind}\",\"title\":{},\"status\":{},\"detail\":{}}}",
-        json_string(status.canonical_reason().unwrap_or("Error")),
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = problem::body(
+        &format!("rate-limit:{kind}"),
+        title,
         status.as_u16(),
-        json_string(&e.to_string()),
+        &e.to_string(),
+        "",
     );
     let mut r = Response::new(B::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+        HeaderValue::from_static(problem::CONTENT_TYPE),
     );
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry_after));

@@ -245,35 +245,22 @@ mod http_layer {
     /// The `503` for a shed request.
     fn shed_response<B: From<String>>(shed: &Shed) -> Response<B> {
         let secs = super::super::whole_seconds(shed.retry_after);
-        let body = format!(
-            "{{\"type\":\"urn:floodwall:shed\",\"title\":\"Service overloaded\",\"status\":503,\"detail\":{},\"priority\":\"{}\"}}",
-            serde_like_string(&shed.to_string()),
-            shed.priority
+        let priority = format!(",\"priority\":\"{}\"", shed.priority);
+        let body = floodwall_core::problem::body(
+            "shed",
+            "Service overloaded",
+            503,
+            &shed.to_string(),
+            &priority,
         );
         let mut r = Response::new(B::from(body));
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         r.headers_mut().insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+            HeaderValue::from_static(floodwall_core::problem::CONTENT_TYPE),
         );
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         r
-    }
-
-    /// `s` as a JSON string literal.
-    fn serde_like_string(s: &str) -> String {
-        let mut out = String::with_capacity(s.len() + 2);
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
     }
 
     pin_project! {
