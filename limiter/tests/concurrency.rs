@@ -16,19 +16,8 @@ use floodwall_limiter::concurrency::{
 use floodwall_testkit::{FaultProxy, RedisServer, on_each_topology};
 use tower::{Layer, ServiceExt, service_fn};
 
-async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
-    if cluster {
-        RedisConnection::cluster(urls.iter().cloned())
-            .connect()
-            .await
-            .unwrap()
-    } else {
-        RedisConnection::standalone(urls[0].clone())
-            .connect()
-            .await
-            .unwrap()
-    }
-}
+mod common;
+use common::{connect, standalone};
 
 fn options(conn: RedisConnection, ns: &str) -> StoreOptions {
     StoreOptions::new(conn)
@@ -123,18 +112,8 @@ async fn a_cut_off_holders_slot_is_free_within_its_lease() {
             .build()
             .unwrap()
     };
-    let doomed = build(
-        RedisConnection::standalone(proxy.redis_url())
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let other = build(
-        RedisConnection::standalone(server.url())
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let doomed = build(standalone(proxy.redis_url()).await);
+    let other = build(standalone(server.url()).await);
     let held = doomed.acquire("tenant-1").await.unwrap();
     // Let a renewal or two land, then cut the holder off.
     tokio::time::sleep(lease).await;
@@ -194,8 +173,7 @@ fn holder_process() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let conn = RedisConnection::standalone(url).connect().await.unwrap();
-        let limit = crash_limit(conn);
+        let limit = crash_limit(standalone(url).await);
         let _held = limit.acquire("tenant-1").await.unwrap();
         println!("HELD");
         use std::io::Write;
@@ -241,12 +219,7 @@ async fn a_killed_holders_slot_is_free_within_its_lease() {
             .unwrap(),
         "the child took the slot"
     );
-    let other = crash_limit(
-        RedisConnection::standalone(server.url())
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let other = crash_limit(standalone(server.url()).await);
     // Let renewals land, then kill -9.
     tokio::time::sleep(lease * 2).await;
     assert!(matches!(
@@ -286,10 +259,7 @@ async fn a_blackholed_redis_is_answered_by_each_policy_within_the_call_bound() {
     };
     let bound = Duration::from_millis(200);
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let conn = RedisConnection::standalone(proxy.redis_url())
-        .connect()
-        .await
-        .unwrap();
+    let conn = standalone(proxy.redis_url()).await;
     let build = |policy| {
         ConcurrencyLimit::builder(4)
             .on_store_failure(policy)

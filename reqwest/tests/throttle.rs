@@ -36,16 +36,7 @@ async fn a_host_that_turns_requests_away_stops_receiving_them_until_it_heals() {
     });
     let base = serve(app).await;
     let clock = ManualClock::new();
-    let throttles = HostThrottle::new(NonZeroUsize::new(16).unwrap(), {
-        let clock = clock.clone();
-        move |_| {
-            AdaptiveThrottle::builder()
-                .window(Duration::from_secs(10))
-                .clock(clock.clone())
-                .build()
-                .unwrap()
-        }
-    });
+    let throttles = throttles_on(&clock);
     let retry = floodwall_resilience::retry::Retry::builder()
         .max_attempts(NonZeroU32::new(3).unwrap())
         .backoff(Backoff::Constant(Duration::from_millis(1)))
@@ -122,16 +113,7 @@ async fn a_pipeline_throttles_each_attempt_to_about_k_times_what_the_host_accept
     });
     let base = serve(app).await;
     let clock = ManualClock::new();
-    let throttles = HostThrottle::new(NonZeroUsize::new(16).unwrap(), {
-        let clock = clock.clone();
-        move |_| {
-            AdaptiveThrottle::builder()
-                .window(Duration::from_secs(10))
-                .clock(clock.clone())
-                .build()
-                .unwrap()
-        }
-    });
+    let throttles = throttles_on(&clock);
     let pipelines = HostPipeline::new(NonZeroUsize::new(16).unwrap(), |_| {
         Pipeline::builder()
             .retry(
@@ -181,6 +163,18 @@ async fn a_pipeline_throttles_each_attempt_to_about_k_times_what_the_host_accept
     assert!(ratio <= 2.0 + 0.5, "{ratio}");
     let (requests, accepts) = throttles.registry().get(&base_key(&base)).counts();
     println!("the host's throttle: {requests} requests in its window, {accepts} accepted");
+}
+
+/// A throttle per host with a 10 s window on `clock`.
+fn throttles_on(clock: &ManualClock) -> HostThrottle {
+    let clock = clock.clone();
+    HostThrottle::new(NonZeroUsize::new(16).unwrap(), move |_| {
+        AdaptiveThrottle::builder()
+            .window(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    })
 }
 
 /// The host key (`host:port`) of a local base URL.
