@@ -82,6 +82,8 @@
 //! | `floodwall_bulkhead_queue_depth` | gauge | `bulkhead` | callers waiting for a slot |
 //! | `floodwall_bulkhead_rejected_total` | counter | `bulkhead`, `reason` = `full` / `queue_full` / `wait_timed_out` | rejections |
 //! | `floodwall_hedge_attempts_total` | counter | `hedge` | hedged (extra) attempts started |
+//! | `floodwall_hedge_budget_exhausted_total` | counter | `hedge` | hedges the budget refused |
+//! | `floodwall_hedge_delay_seconds` | gauge | `hedge` | the hedge delay the latency percentile sets |
 //! | `floodwall_throttle_rejected_total` | counter | `throttle` | calls an adaptive throttle rejected locally |
 //! | `floodwall_adaptive_limit` | gauge | `limiter` | the current adaptive limit |
 //! | `floodwall_adaptive_rejected_total` | counter | `limiter` | calls over the adaptive limit |
@@ -214,6 +216,16 @@ pub fn describe_metrics() {
         "floodwall_hedge_attempts_total",
         Unit::Count,
         "Hedged (extra) attempts started"
+    );
+    describe_counter!(
+        "floodwall_hedge_budget_exhausted_total",
+        Unit::Count,
+        "Hedges a hedge's budget refused"
+    );
+    describe_gauge!(
+        "floodwall_hedge_delay_seconds",
+        Unit::Seconds,
+        "The hedge delay the recent latency percentile sets"
     );
     describe_counter!(
         "floodwall_throttle_rejected_total",

@@ -401,19 +401,39 @@ mod imp {
         }
     }
 
-    pub(crate) struct HedgeMetrics(Bound<Counter>);
+    pub(crate) struct HedgeMetrics(Bound<HedgeHandles>);
+
+    struct HedgeHandles {
+        attempts: Counter,
+        budget_exhausted: Counter,
+        delay: Gauge,
+    }
 
     impl HedgeMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            HedgeMetrics(Bound::new(
-                name,
-                |name| counter!("floodwall_hedge_attempts_total", "hedge" => name.to_owned()),
-            ))
+            HedgeMetrics(Bound::new(name, |name| HedgeHandles {
+                attempts: counter!("floodwall_hedge_attempts_total", "hedge" => name.to_owned()),
+                budget_exhausted: counter!("floodwall_hedge_budget_exhausted_total", "hedge" => name.to_owned()),
+                delay: gauge!("floodwall_hedge_delay_seconds", "hedge" => name.to_owned()),
+            }))
         }
 
         pub(crate) fn hedged(&self) {
             if let Some(h) = self.0.get() {
-                h.increment(1);
+                h.attempts.increment(1);
+            }
+        }
+
+        pub(crate) fn budget_exhausted(&self) {
+            if let Some(h) = self.0.get() {
+                h.budget_exhausted.increment(1);
+            }
+        }
+
+        /// The hedge delay the percentile set.
+        pub(crate) fn delay(&self, d: std::time::Duration) {
+            if let Some(h) = self.0.get() {
+                h.delay.set(d.as_secs_f64());
             }
         }
     }
@@ -548,6 +568,8 @@ mod imp {
             HedgeMetrics
         }
         pub(crate) fn hedged(&self) {}
+        pub(crate) fn budget_exhausted(&self) {}
+        pub(crate) fn delay(&self, _: std::time::Duration) {}
     }
 
     pub(crate) struct AdaptiveMetrics;

@@ -150,3 +150,75 @@ async fn an_unbounded_hedge_delay_never_hedges_and_never_panics() {
     assert_eq!(downstream.calls(), 1);
     assert_eq!(hedge.hedges_started(), 0);
 }
+
+/// The hedge delay follows the dependency's p95 as it moves from about 20 ms to about 200 ms
+/// (within one recompute window), and under a 10 % budget the extra attempts stay near 10 %
+/// of calls although 30 % of the calls stall. Paused clock; the budget on Tokio's time.
+#[tokio::test(start_paused = true)]
+async fn the_delay_follows_the_p95_and_a_budget_caps_the_extra_attempts() {
+    use floodwall_resilience::TokioClock;
+    use floodwall_resilience::retry::RetryBudget;
+    let budget = RetryBudget::builder()
+        .ratio(0.1)
+        .min_per_sec(0)
+        .ttl(std::time::Duration::from_secs(3600))
+        .clock(TokioClock::new())
+        .build()
+        .unwrap();
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Percentile {
+            percentile: 95.0,
+            min_samples: 20,
+            fallback: std::time::Duration::from_millis(100),
+        })
+        .budget(budget)
+        .build();
+    let ms = std::time::Duration::from_millis;
+    // Latencies spread over [lo, hi] ms.
+    let call = |i: u64, lo: u64, hi: u64, stall: bool| {
+        let h = hedge.clone();
+        async move {
+            let mut attempt = 0u64;
+            h.call(|| {
+                attempt += 1;
+                let first = attempt == 1;
+                async move {
+                    let d = if stall && first {
+                        ms(5_000)
+                    } else {
+                        ms(lo + (i * 37) % (hi - lo + 1))
+                    };
+                    tokio::time::sleep(d).await;
+                    Ok::<_, ()>(())
+                }
+            })
+            .await
+        }
+    };
+    for i in 0..100 {
+        call(i, 10, 20, false).await.unwrap();
+    }
+    let fast = hedge.current_delay();
+    for i in 0..64 {
+        call(i, 100, 200, false).await.unwrap();
+    }
+    let slow = hedge.current_delay();
+    println!("hedge delay: {fast:?} while p95 ~ 20 ms, {slow:?} 64 calls after p95 ~ 200 ms");
+    assert!((ms(18)..=ms(20)).contains(&fast), "{fast:?}");
+    assert!((ms(180)..=ms(200)).contains(&slow), "{slow:?}");
+
+    // 30 % of calls stall on their first attempt: hedging would add 30 %, the budget 10 %.
+    let before = hedge.hedges_started();
+    let calls = 1_000u64;
+    for i in 0..calls {
+        call(i, 100, 200, i % 10 < 3).await.unwrap_or(());
+    }
+    let extra = hedge.hedges_started() - before;
+    let share = extra as f64 / calls as f64;
+    println!(
+        "{calls} calls, 30 % stalling: {extra} extra attempts ({:.1} % of calls; budget 10 %)",
+        share * 100.0
+    );
+    assert!(share <= 0.10 + 0.02, "{share}");
+    assert!(share >= 0.05, "the budget is used, not idle: {share}");
+}

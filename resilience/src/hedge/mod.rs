@@ -10,8 +10,13 @@
 //!   outcomes are failures worth hedging (Polly's `ShouldHandle`); any other outcome wins at
 //!   once.
 //! - The delay is fixed, or the `p`-th percentile of recently observed successful attempt
-//!   latencies (a ring of the last 256), recomputed every 32 observations; until
-//!   `min_samples` latencies are known the fallback delay is used.
+//!   latencies (a ring of the last 256), recomputed every 32 observations and kept within
+//!   [`delay_bounds`](HedgeBuilder::delay_bounds); until `min_samples` latencies are known
+//!   the fallback delay is used.
+//! - With a [`budget`](HedgeBuilder::budget) (a [`RetryBudget`]: each call deposits, each
+//!   extra attempt withdraws), extra attempts stay within the budget's share of calls: a
+//!   hedge the budget refuses is not made, and the call goes on with the attempts it has —
+//!   hedging adds load exactly when a dependency is slow, and the budget caps it.
 //!
 //! Hedge only idempotent work: a hedged call may run more than once downstream.
 //!
@@ -49,6 +54,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use floodwall_core::clock::duration_to_nanos;
+
+use crate::retry::RetryBudget;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -105,6 +112,9 @@ struct Inner {
     metrics: crate::metrics::HedgeMetrics,
     delay: HedgeDelay,
     max_hedged: usize,
+    budget: Option<RetryBudget>,
+    /// `(floor, cap)` of a percentile delay, in nanoseconds.
+    bounds: (u64, u64),
     samples: Box<[AtomicU64]>,
     recorded: AtomicU64,
     cached_delay: AtomicU64,
@@ -124,6 +134,8 @@ pub struct HedgeBuilder {
     name: Arc<str>,
     delay: HedgeDelay,
     max_hedged: usize,
+    budget: Option<RetryBudget>,
+    bounds: (Duration, Duration),
 }
 
 impl HedgeBuilder {
@@ -142,6 +154,21 @@ impl HedgeBuilder {
     /// Extra attempts at most. Default: 1 (tower's hedge and Polly's default).
     pub fn max_hedged_attempts(mut self, n: usize) -> Self {
         self.max_hedged = n;
+        self
+    }
+
+    /// Caps extra attempts with `budget` (shared with other hedges or retries if cloned):
+    /// each call deposits, each extra attempt withdraws, so with `ratio(0.1)` extra attempts
+    /// stay near 10 % of calls (plus the budget's `min_per_sec`). Default: none.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Keeps a percentile delay within `[floor, cap]` (a too-short delay hedges nearly every
+    /// call; a too-long one never helps). Default: 1 ms to 10 s.
+    pub fn delay_bounds(mut self, floor: Duration, cap: Duration) -> Self {
+        self.bounds = (floor, cap.max(floor));
         self
     }
 
@@ -172,6 +199,11 @@ impl HedgeBuilder {
                 name: self.name,
                 delay,
                 max_hedged: self.max_hedged,
+                budget: self.budget,
+                bounds: (
+                    duration_to_nanos(self.bounds.0),
+                    duration_to_nanos(self.bounds.1),
+                ),
                 samples: (0..RING).map(|_| AtomicU64::new(0)).collect(),
                 recorded: AtomicU64::new(0),
                 cached_delay: AtomicU64::new(duration_to_nanos(initial)),
@@ -192,6 +224,8 @@ impl Hedge {
                 fallback: Duration::from_millis(100),
             },
             max_hedged: 1,
+            budget: None,
+            bounds: (Duration::from_millis(1), Duration::from_secs(10)),
         }
     }
 
@@ -235,13 +269,27 @@ impl Hedge {
             let rank = ((percentile / 100.0) * known as f64).ceil() as usize;
             let idx = rank.clamp(1, known) - 1;
             let (_, p, _) = v.select_nth_unstable(idx);
-            inner.cached_delay.store(*p, Ordering::Relaxed);
+            let delay = (*p).clamp(inner.bounds.0, inner.bounds.1);
+            inner.cached_delay.store(delay, Ordering::Relaxed);
+            inner.metrics.delay(Duration::from_nanos(delay));
         }
     }
 
-    fn hedged(&self) {
+    /// Whether the budget (if any) allows one more attempt; counts the hedge when it does.
+    fn may_hedge(&self) -> bool {
+        if let Some(b) = &self.inner.budget
+            && !b.try_withdraw()
+        {
+            tracing::debug!(
+                hedge = &*self.inner.name,
+                "hedge budget exhausted; not hedging"
+            );
+            self.inner.metrics.budget_exhausted();
+            return false;
+        }
         self.inner.hedges_started.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.hedged();
+        true
     }
 
     /// Runs `f`, hedging as configured. `f` is called once per attempt; every `Err` is
@@ -265,7 +313,10 @@ impl Hedge {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let max = 1 + self.inner.max_hedged;
+        let mut max = 1 + self.inner.max_hedged;
+        if let Some(b) = &self.inner.budget {
+            b.deposit();
+        }
         let delay = self.current_delay();
         let timed = |fut: Fut| {
             let started = Instant::now();
@@ -286,21 +337,26 @@ impl Hedge {
                         }
                         return result;
                     }
-                    if can_hedge {
+                    if can_hedge && self.may_hedge() {
                         running.push(timed(f()));
                         started += 1;
-                        self.hedged();
                         next_at = floodwall_core::clock::deadline_after(delay);
                     } else if running.is_empty() {
                         // Every attempt ended handled; this one was the last.
                         return result;
+                    } else {
+                        // No more attempts: the budget is spent, or the attempts are.
+                        max = started;
                     }
                 }
                 _ = tokio::time::sleep_until(next_at), if can_hedge => {
+                    if !self.may_hedge() {
+                        max = started;
+                        continue;
+                    }
                     tracing::debug!(hedge = &*self.inner.name, ?delay, attempt = started + 1, "hedging a slow call");
                     running.push(timed(f()));
                     started += 1;
-                    self.hedged();
                     next_at = floodwall_core::clock::deadline_after(delay);
                 }
             }
