@@ -119,6 +119,27 @@ pub use floodwall_core::nonzero;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
 pub use pipeline::Pipeline;
 
+/// The hedge's metrics (see [`describe_metrics`]).
+#[cfg(feature = "metrics")]
+fn describe_hedge_metrics() {
+    use ::metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        "floodwall_hedge_attempts_total",
+        Unit::Count,
+        "Hedged (extra) attempts started"
+    );
+    describe_counter!(
+        "floodwall_hedge_budget_exhausted_total",
+        Unit::Count,
+        "Hedges a hedge's budget refused"
+    );
+    describe_gauge!(
+        "floodwall_hedge_delay_seconds",
+        Unit::Seconds,
+        "The hedge delay the recent latency percentile sets"
+    );
+}
+
 /// The load shedder's metrics (see [`describe_metrics`]).
 #[cfg(feature = "metrics")]
 fn describe_overload_metrics() {
@@ -212,21 +233,7 @@ pub fn describe_metrics() {
         Unit::Count,
         "Calls a bulkhead rejected, by reason"
     );
-    describe_counter!(
-        "floodwall_hedge_attempts_total",
-        Unit::Count,
-        "Hedged (extra) attempts started"
-    );
-    describe_counter!(
-        "floodwall_hedge_budget_exhausted_total",
-        Unit::Count,
-        "Hedges a hedge's budget refused"
-    );
-    describe_gauge!(
-        "floodwall_hedge_delay_seconds",
-        Unit::Seconds,
-        "The hedge delay the recent latency percentile sets"
-    );
+    describe_hedge_metrics();
     describe_counter!(
         "floodwall_throttle_rejected_total",
         Unit::Count,

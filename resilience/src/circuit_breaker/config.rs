@@ -12,6 +12,7 @@ use super::{BreakInfo, State, Transition};
 
 /// Which calls the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum SlidingWindow {
     /// The last `n` recorded calls (at most 2,097,151).
     Count(NonZeroU32),

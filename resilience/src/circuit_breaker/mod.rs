@@ -84,6 +84,7 @@
 //! ```
 
 mod config;
+mod export;
 #[cfg(feature = "tower")]
 mod future;
 #[cfg(feature = "tower")]
@@ -103,6 +104,9 @@ use crate::Error;
 use crate::events::Events;
 
 pub use config::{CircuitBreakerBuilder, ConfigError, OpenWait, SlidingWindow};
+pub use export::{
+    EXPORT_VERSION, ExportedState, ImportError, RecordedCall, SecondCounts, WindowContents,
+};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use future::ResponseFuture;

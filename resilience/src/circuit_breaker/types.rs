@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum State {
     /// Calls flow; outcomes are recorded and judged.
     Closed,

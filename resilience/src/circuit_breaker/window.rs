@@ -125,6 +125,31 @@ impl CountWindow {
         self.cursor.store(0, Ordering::Relaxed);
         self.totals.store(0, Ordering::Release);
     }
+
+    /// The recorded outcomes, oldest first, as `(failure, slow)`.
+    pub(crate) fn outcomes(&self) -> Vec<(bool, bool)> {
+        let size = self.slots.len();
+        let next = self.slot_of(self.cursor.load(Ordering::Acquire));
+        (0..size)
+            .map(|i| self.slots[(next + i) % size].load(Ordering::Acquire))
+            .filter(|&bits| bits != 0)
+            .map(|bits| (bits & 2 != 0, bits & 4 != 0))
+            .collect()
+    }
+
+    /// Replaces the window's contents with `outcomes`, oldest first (the last `size` kept).
+    pub(crate) fn restore(&self, outcomes: &[(bool, bool)]) {
+        self.reset();
+        let keep = &outcomes[outcomes.len().saturating_sub(self.slots.len())..];
+        let mut totals = 0u64;
+        for (i, &(failure, slow)) in keep.iter().enumerate() {
+            let bits = slot_bits(failure, slow);
+            self.slots[i].store(bits, Ordering::Relaxed);
+            totals = totals.wrapping_add(slot_word(bits));
+        }
+        self.cursor.store(keep.len() as u32, Ordering::Relaxed);
+        self.totals.store(totals, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +212,48 @@ impl TimeWindow {
         for b in self.buckets.iter() {
             b.tag.store(0, Ordering::Relaxed);
             b.counts.store(0, Ordering::Release);
+        }
+    }
+
+    /// The seconds still in the window at `now_nanos`: how many whole seconds ago each
+    /// was, and its `(calls, failures, slow)`.
+    pub(crate) fn seconds_at(&self, now_nanos: u64) -> Vec<(u64, [u64; 3])> {
+        let sec = now_nanos / NANOS_PER_SEC;
+        let oldest = (sec + 1).saturating_sub(self.buckets.len() as u64 - 1);
+        let mut out: Vec<_> = self
+            .buckets
+            .iter()
+            .filter_map(|b| {
+                let tag = b.tag.load(Ordering::Acquire);
+                if tag < oldest.max(1) || tag > sec + 1 {
+                    return None;
+                }
+                let t = Totals::unpack(b.counts.load(Ordering::Acquire));
+                (t.calls > 0).then_some((sec + 1 - tag, [t.calls, t.failures, t.slow]))
+            })
+            .collect();
+        out.sort_by_key(|&(ago, _)| std::cmp::Reverse(ago));
+        out
+    }
+
+    /// Replaces the window's contents with `seconds` (as [`seconds_at`](Self::seconds_at)
+    /// gives them) relative to `now_nanos`; seconds no longer in the window are dropped and
+    /// counts are capped at a field's largest value.
+    pub(crate) fn restore(&self, now_nanos: u64, seconds: &[(u64, [u64; 3])]) {
+        self.reset();
+        let sec = now_nanos / NANOS_PER_SEC;
+        for &(ago, [calls, failures, slow]) in seconds {
+            if ago >= self.buckets.len() as u64 || ago > sec {
+                continue;
+            }
+            let at = sec - ago;
+            let b = &self.buckets[(at % self.buckets.len() as u64) as usize];
+            let cap = |n: u64| n.min(FIELD_MAX);
+            let word = cap(calls)
+                | (cap(failures.min(calls)) << FIELD_BITS)
+                | (cap(slow.min(calls)) << (2 * FIELD_BITS));
+            b.tag.store(at + 1, Ordering::Relaxed);
+            b.counts.store(word, Ordering::Release);
         }
     }
 }
