@@ -17,7 +17,7 @@ use crate::{CacheError, Fetched, TieredCache};
 
 pub mod future;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use floodwall_core::BoxError;
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Caches a service's responses. A request whose key function answers `None` passes

@@ -12,7 +12,7 @@ use floodwall_core::clock::duration_to_nanos;
 use floodwall_core::{Clock, StoreError, SystemClock};
 use futures::future::{BoxFuture, Shared};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use floodwall_core::BoxError;
 
 type BoxFut<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

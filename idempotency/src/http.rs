@@ -87,7 +87,7 @@ pub static IDEMPOTENT_UNRECORDED: HeaderName = HeaderName::from_static("idempote
 /// was not kept (the status and headers are the original's).
 pub static IDEMPOTENT_BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use floodwall_core::BoxError;
 type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]

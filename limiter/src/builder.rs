@@ -22,10 +22,22 @@ pub struct RateLimiterBuilder {
     pub(crate) max_batch: usize,
 }
 
-/// A [`RateLimiterBuilder`] setting was invalid.
+/// A [`RateLimiterBuilder`] setting was invalid: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rate limiter configuration: {0}")]
-pub struct ConfigError(pub String);
+#[error("invalid rate limiter `{field}`: {why}")]
+pub struct ConfigError {
+    /// The setting (`limits`, `limit.name`, `redis_max_batch`, `lease`).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        why: why.into(),
+    }
+}
 
 impl RateLimiterBuilder {
     /// Adds a limit (at most [`MAX_LIMITS`]).
@@ -91,20 +103,24 @@ impl RateLimiterBuilder {
             }
         }
         if self.limits.len() > MAX_LIMITS {
-            return Err(ConfigError(format!(
-                "{} limits; at most {MAX_LIMITS}",
-                self.limits.len()
-            )));
+            return Err(invalid(
+                "limits",
+                format!("{} limits; at most {MAX_LIMITS}", self.limits.len()),
+            ));
         }
         for (i, a) in self.limits.iter().enumerate() {
             if self.limits[..i].iter().any(|b| b.name == a.name) {
-                return Err(ConfigError(format!("two limits are named {:?}", a.name)));
+                return Err(invalid(
+                    "limit.name",
+                    format!("two limits are named {:?}", a.name),
+                ));
             }
         }
         #[cfg(feature = "redis")]
         if self.max_batch == 0 {
-            return Err(ConfigError(
-                "redis_max_batch is 0; at least 1 (1: no batching)".into(),
+            return Err(invalid(
+                "redis_max_batch",
+                "is 0; at least 1 (1: no batching)",
             ));
         }
         #[cfg(feature = "redis")]
@@ -147,26 +163,34 @@ impl RateLimiterBuilder {
                 };
                 let name = &limit.name;
                 if limit.algorithm != crate::Algorithm::Gcra {
-                    return Err(ConfigError(format!("limit {name:?}: leases need GCRA")));
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need GCRA"),
+                    ));
                 }
                 if self.redis.is_none() {
-                    return Err(ConfigError(format!(
-                        "limit {name:?}: leases need the Redis store"
-                    )));
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need the Redis store"),
+                    ));
                 }
                 let Some(quota) = limit.quota.fixed() else {
-                    return Err(ConfigError(format!(
-                        "limit {name:?}: leases need a fixed quota, not tiers"
-                    )));
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need a fixed quota, not tiers"),
+                    ));
                 };
                 if lease.quota(quota).is_none() {
-                    return Err(ConfigError(format!(
-                        "limit {name:?}: `lease` lifetime {:?} earns the whole burst of {} \
-                         (T = {:?}); shorten it or raise the burst",
-                        lease.lifetime(),
-                        quota.burst(),
-                        quota.emission_interval()
-                    )));
+                    return Err(invalid(
+                        "lease",
+                        format!(
+                            "limit {name:?}: lifetime {:?} earns the whole burst of {} \
+                             (T = {:?}); shorten it or raise the burst",
+                            lease.lifetime(),
+                            quota.burst(),
+                            quota.emission_interval()
+                        ),
+                    ));
                 }
                 Ok(Some(crate::redis::Leases::new(lease)))
             })

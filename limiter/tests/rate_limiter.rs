@@ -419,3 +419,39 @@ async fn long_keys_keep_buckets_of_their_own() {
     );
     assert_eq!(limiter.memory_keys(), 4);
 }
+
+/// A refused builder names the setting, as the family's other config errors do.
+#[test]
+fn a_refused_configuration_names_its_field() {
+    let q = floodwall_limiter::Quota::per_second(std::num::NonZeroU32::new(5).unwrap());
+    let twice = floodwall_limiter::RateLimiter::builder()
+        .limit(floodwall_limiter::Limit::new(
+            "user",
+            floodwall_limiter::Algorithm::Gcra,
+            q,
+        ))
+        .limit(floodwall_limiter::Limit::new(
+            "user",
+            floodwall_limiter::Algorithm::Gcra,
+            q,
+        ))
+        .build()
+        .unwrap_err();
+    println!("{twice}");
+    assert_eq!(twice.field, "limit.name");
+    assert_eq!(
+        twice.to_string(),
+        "invalid rate limiter `limit.name`: two limits are named \"user\""
+    );
+    let many = (0..=floodwall_limiter::MAX_LIMITS)
+        .fold(floodwall_limiter::RateLimiter::builder(), |b, i| {
+            b.limit(floodwall_limiter::Limit::new(
+                &format!("l{i}"),
+                floodwall_limiter::Algorithm::Gcra,
+                q,
+            ))
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(many.field, "limits");
+}
