@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
 
+pub use crate::cache_control::CacheControl;
 use crate::layer::future::ResponseFuture;
 use crate::layer::{BoxError, StoreIf};
 use crate::{CacheError, Fetched, TieredCache};
@@ -51,19 +52,15 @@ impl CachedResponse {
 }
 
 /// Whether a response may be cached by default: `200`, no `Set-Cookie`, and no
-/// `Cache-Control: no-store` or `private`.
+/// `Cache-Control: no-store` or `private` (directives matched whole, as RFC 9111 reads them).
 pub(crate) fn storable(r: &CachedResponse) -> bool {
     let header = |name: &'static str| {
         r.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
     };
-    r.status == 200
-        && header(SET_COOKIE.as_str()).next().is_none()
-        && !header(CACHE_CONTROL.as_str()).any(|(_, v)| {
-            let v = String::from_utf8_lossy(v).to_ascii_lowercase();
-            v.contains("no-store") || v.contains("private")
-        })
+    let cc = CacheControl::parse_values(header(CACHE_CONTROL.as_str()).map(|(_, v)| &v[..]));
+    r.status == 200 && header(SET_COOKIE.as_str()).next().is_none() && !cc.no_store && !cc.private
 }
 
 /// Whether a response is a failure of the upstream by default: a `5xx`.

@@ -70,6 +70,8 @@
 
 mod builder;
 #[cfg(feature = "http")]
+mod cache_control;
+#[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 #[cfg(feature = "tower")]

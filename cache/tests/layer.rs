@@ -231,3 +231,48 @@ async fn a_failing_upstream_gets_the_last_good_response_under_fail_safe() {
         calls.load(Ordering::SeqCst)
     );
 }
+
+/// `Cache-Control` is read as directives, not substrings: a response whose directives merely
+/// contain the letters of `private` or `no-store` is stored; `No-Store` in any case is not.
+#[tokio::test]
+async fn cache_control_directives_are_matched_whole() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let cc = match req.uri().path() {
+                    "/lookalike" => "public, max-age=60, x-private-hint=1, no-storey",
+                    _ => "max-age=60, No-Store",
+                };
+                let mut r = Response::new(Full::new(Bytes::from_static(b"body")));
+                r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    let mut svc = HttpCacheLayer::new(TieredCache::builder().build()).layer(inner);
+    for _ in 0..2 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("/lookalike"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "stored: no directive forbids it"
+    );
+    for _ in 0..2 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("/nostore"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "`No-Store` is not stored");
+}

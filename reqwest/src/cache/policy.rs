@@ -9,59 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::ResponseBuilderExt;
 use serde::{Deserialize, Serialize};
 
-/// The `Cache-Control` directives this cache acts on (request or response).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Directives {
-    pub(crate) no_store: bool,
-    pub(crate) no_cache: bool,
-    pub(crate) private: bool,
-    pub(crate) public: bool,
-    pub(crate) must_revalidate: bool,
-    pub(crate) max_age: Option<u64>,
-    pub(crate) s_maxage: Option<u64>,
-    pub(crate) stale_while_revalidate: Option<u64>,
-    pub(crate) stale_if_error: Option<u64>,
-}
-
-impl Directives {
-    /// Every `Cache-Control` header of `headers`; unknown directives and bad numbers are
-    /// ignored. `private="…"` and `no-cache="…"` count as the bare directive (the stricter
-    /// reading).
-    pub(crate) fn parse(headers: &HeaderMap) -> Self {
-        let mut d = Directives::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for part in value.split(',') {
-                let (name, arg) = match part.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (part.trim(), None),
-                };
-                let secs = arg.and_then(|a| a.parse::<u64>().ok());
-                let is = |s: &str| name.eq_ignore_ascii_case(s);
-                if is("no-store") {
-                    d.no_store = true;
-                } else if is("no-cache") {
-                    d.no_cache = true;
-                } else if is("private") {
-                    d.private = true;
-                } else if is("public") {
-                    d.public = true;
-                } else if is("must-revalidate") || is("proxy-revalidate") {
-                    d.must_revalidate = true;
-                } else if is("max-age") {
-                    d.max_age = secs.or(d.max_age);
-                } else if is("s-maxage") {
-                    d.s_maxage = secs.or(d.s_maxage);
-                } else if is("stale-while-revalidate") {
-                    d.stale_while_revalidate = secs.or(d.stale_while_revalidate);
-                } else if is("stale-if-error") {
-                    d.stale_if_error = secs.or(d.stale_if_error);
-                }
-            }
-        }
-        d
-    }
-}
+/// The `Cache-Control` directives (parsed by floodwall-cache, for every HTTP layer alike).
+pub(crate) use floodwall_cache::http::CacheControl as Directives;
 
 /// Headers about one connection, never stored.
 const HOP_BY_HOP: [&str; 7] = [
