@@ -43,11 +43,11 @@
 //!   `From` its rejection (`S::Error: From<Rejected>`; `tower::BoxError` always qualifies). No
 //!   layer erases errors to a box of its own, so an HTTP layer sits on an axum route without a
 //!   `HandleErrorLayer`.
-//! - **Names**: a layer is the service's name plus `Layer`. A service is named after what it
-//!   does (`RateLimit`, `HttpRateLimit`, `Cache`, `HttpCache`); where the primitive's own handle
-//!   already has that name (`CircuitBreaker`, `Retry`, `Bulkhead`, `Timeout`, `Idempotency`),
-//!   the service appends `Service`. Services expose `get_ref`, `get_mut`, `into_inner`. HTTP
-//!   code lives in each crate's `http` module.
+//! - **Names**: a tower service is its layer's name with `Service` for `Layer`
+//!   (`RateLimitLayer` → `RateLimitService`, `HttpCacheLayer` → `HttpCacheService`,
+//!   `CircuitBreakerLayer` → `CircuitBreakerService`), so no service shares a name with a
+//!   primitive's own handle. Services expose `get_ref`, `get_mut`, `into_inner`. HTTP code
+//!   lives in each crate's `http` module.
 //! - **Builders** validate in `build()` and return an error naming the field, or cannot fail
 //!   and return the value — never a `Result` that cannot be `Err`, never a silent clamp.
 //!   Setters are named. A `Duration` of `MAX` means unbounded; a zero that makes no sense is a

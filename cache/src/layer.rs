@@ -81,10 +81,10 @@ impl<K, V, KF> CacheLayer<K, V, KF> {
 }
 
 impl<S, K, V, KF> Layer<S> for CacheLayer<K, V, KF> {
-    type Service = Cache<S, K, V, KF>;
+    type Service = CacheService<S, K, V, KF>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Cache {
+        CacheService {
             inner,
             layer: self.clone(),
         }
@@ -92,12 +92,12 @@ impl<S, K, V, KF> Layer<S> for CacheLayer<K, V, KF> {
 }
 
 /// The service [`CacheLayer`] makes.
-pub struct Cache<S, K, V, KF> {
+pub struct CacheService<S, K, V, KF> {
     inner: S,
     layer: CacheLayer<K, V, KF>,
 }
 
-impl<S, K, V, KF> Cache<S, K, V, KF> {
+impl<S, K, V, KF> CacheService<S, K, V, KF> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -114,24 +114,24 @@ impl<S, K, V, KF> Cache<S, K, V, KF> {
     }
 }
 
-impl<S: Clone, K, V, KF> Clone for Cache<S, K, V, KF> {
+impl<S: Clone, K, V, KF> Clone for CacheService<S, K, V, KF> {
     fn clone(&self) -> Self {
-        Cache {
+        CacheService {
             inner: self.inner.clone(),
             layer: self.layer.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, K, V, KF> fmt::Debug for Cache<S, K, V, KF> {
+impl<S: fmt::Debug, K, V, KF> fmt::Debug for CacheService<S, K, V, KF> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache")
+        f.debug_struct("CacheService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, Req, K, V, KF> Service<Req> for Cache<S, K, V, KF>
+impl<S, Req, K, V, KF> Service<Req> for CacheService<S, K, V, KF>
 where
     S: Service<Req, Response = V> + Clone + Send + 'static,
     S::Future: Send,

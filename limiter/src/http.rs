@@ -139,10 +139,10 @@ impl<X> fmt::Debug for HttpRateLimitLayer<X> {
 }
 
 impl<S, X: Clone> Layer<S> for HttpRateLimitLayer<X> {
-    type Service = HttpRateLimit<S, X>;
+    type Service = HttpRateLimitService<S, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpRateLimit {
+        HttpRateLimitService {
             inner,
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
@@ -153,14 +153,14 @@ impl<S, X: Clone> Layer<S> for HttpRateLimitLayer<X> {
 
 /// The service [`HttpRateLimitLayer`] makes.
 #[derive(Clone)]
-pub struct HttpRateLimit<S, X> {
+pub struct HttpRateLimitService<S, X> {
     inner: S,
     limiter: RateLimiter,
     extractor: X,
     answer: Answer429,
 }
 
-impl<S, X> HttpRateLimit<S, X> {
+impl<S, X> HttpRateLimitService<S, X> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -177,9 +177,9 @@ impl<S, X> HttpRateLimit<S, X> {
     }
 }
 
-impl<S: fmt::Debug, X> fmt::Debug for HttpRateLimit<S, X> {
+impl<S: fmt::Debug, X> fmt::Debug for HttpRateLimitService<S, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpRateLimit")
+        f.debug_struct("HttpRateLimitService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -269,7 +269,7 @@ impl<ResBody: From<String>, E> crate::layer::future::Answer<Response<ResBody>, E
     }
 }
 
-impl<S, X, ReqBody, ResBody> Service<Request<ReqBody>> for HttpRateLimit<S, X>
+impl<S, X, ReqBody, ResBody> Service<Request<ReqBody>> for HttpRateLimitService<S, X>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     X: KeyExtractor<Request<ReqBody>>,

@@ -178,7 +178,7 @@ impl RateLimited {
     }
 }
 
-/// What a [`RateLimit`] refuses a request with; the inner service's error type takes it
+/// What a [`RateLimitService`] refuses a request with; the inner service's error type takes it
 /// through `From<Rejected>` (as [`Error`] does, and `tower::BoxError`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Rejected {
@@ -204,7 +204,7 @@ impl Rejected {
     }
 }
 
-/// A ready-made error for services behind a [`RateLimit`]: a rejection, or the inner
+/// A ready-made error for services behind a [`RateLimitService`]: a rejection, or the inner
 /// service's own error (map yours into it with `map_err(Error::Inner)`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error<E> {
@@ -265,10 +265,10 @@ impl<X> fmt::Debug for RateLimitLayer<X> {
 }
 
 impl<S, X: Clone> Layer<S> for RateLimitLayer<X> {
-    type Service = RateLimit<S, X>;
+    type Service = RateLimitService<S, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
+        RateLimitService {
             inner,
             limiter: self.limiter.clone(),
             extractor: self.extractor.clone(),
@@ -279,13 +279,13 @@ impl<S, X: Clone> Layer<S> for RateLimitLayer<X> {
 /// The service [`RateLimitLayer`] makes: decides each request, then calls the inner service
 /// or fails with `S::Error::from(Rejected)`.
 #[derive(Clone)]
-pub struct RateLimit<S, X> {
+pub struct RateLimitService<S, X> {
     inner: S,
     limiter: RateLimiter,
     extractor: X,
 }
 
-impl<S, X> RateLimit<S, X> {
+impl<S, X> RateLimitService<S, X> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -302,9 +302,9 @@ impl<S, X> RateLimit<S, X> {
     }
 }
 
-impl<S: fmt::Debug, X> fmt::Debug for RateLimit<S, X> {
+impl<S: fmt::Debug, X> fmt::Debug for RateLimitService<S, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
             .field("limiter", &self.limiter)
             .finish_non_exhaustive()
@@ -366,7 +366,7 @@ where
     future::ResponseFuture::deciding(decide, ready, req, answer)
 }
 
-impl<S, X, Req> Service<Req> for RateLimit<S, X>
+impl<S, X, Req> Service<Req> for RateLimitService<S, X>
 where
     S: Service<Req> + Clone,
     S::Error: From<Rejected>,

@@ -1,5 +1,5 @@
 //! The response future of [`RateLimit`](super::RateLimit) and
-//! [`HttpRateLimit`](crate::http::HttpRateLimit): a pin-projected state machine. When the
+//! [`HttpRateLimitService`](crate::http::HttpRateLimitService): a pin-projected state machine. When the
 //! limits live in memory the decision is made before the future exists and nothing is boxed;
 //! a Redis decision is the one boxed step.
 

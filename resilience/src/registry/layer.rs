@@ -68,10 +68,10 @@ impl<L, F> fmt::Debug for KeyedLayer<L, F> {
 }
 
 impl<S, L, F: Clone> Layer<S> for KeyedLayer<L, F> {
-    type Service = Keyed<S, L, F>;
+    type Service = KeyedService<S, L, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Keyed {
+        KeyedService {
             inner,
             registry: self.registry.clone(),
             key: self.key.clone(),
@@ -80,15 +80,15 @@ impl<S, L, F: Clone> Layer<S> for KeyedLayer<L, F> {
 }
 
 /// The service [`KeyedLayer`] makes.
-pub struct Keyed<S, L, F> {
+pub struct KeyedService<S, L, F> {
     inner: S,
     registry: Registry<L>,
     key: F,
 }
 
-impl<S: Clone, L, F: Clone> Clone for Keyed<S, L, F> {
+impl<S: Clone, L, F: Clone> Clone for KeyedService<S, L, F> {
     fn clone(&self) -> Self {
-        Keyed {
+        KeyedService {
             inner: self.inner.clone(),
             registry: self.registry.clone(),
             key: self.key.clone(),
@@ -96,16 +96,16 @@ impl<S: Clone, L, F: Clone> Clone for Keyed<S, L, F> {
     }
 }
 
-impl<S: fmt::Debug, L, F> fmt::Debug for Keyed<S, L, F> {
+impl<S: fmt::Debug, L, F> fmt::Debug for KeyedService<S, L, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keyed")
+        f.debug_struct("KeyedService")
             .field("inner", &self.inner)
             .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, L, F> Keyed<S, L, F> {
+impl<S, L, F> KeyedService<S, L, F> {
     /// The registry the keys pick from.
     pub fn registry(&self) -> &Registry<L> {
         &self.registry
@@ -117,7 +117,7 @@ impl<S, L, F> Keyed<S, L, F> {
     }
 }
 
-impl<S, L, F, K, Req> Service<Req> for Keyed<S, L, F>
+impl<S, L, F, K, Req> Service<Req> for KeyedService<S, L, F>
 where
     S: Clone,
     L: Layer<S> + Clone,

@@ -46,7 +46,7 @@ mod layer;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub use layer::{Keyed, KeyedLayer};
+pub use layer::{KeyedLayer, KeyedService};
 
 use std::collections::HashMap;
 use std::fmt;
