@@ -1,4 +1,4 @@
-//! The response future of [`RateLimit`](super::RateLimit) and
+//! The response future of [`RateLimitService`](super::RateLimitService) and
 //! [`HttpRateLimitService`](crate::http::HttpRateLimitService): a pin-projected state machine. When the
 //! limits live in memory the decision is made before the future exists and nothing is boxed;
 //! a Redis decision is the one boxed step.
