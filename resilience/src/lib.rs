@@ -150,6 +150,11 @@ fn describe_overload_metrics() {
         "A load shedder's level: 0 sheds nothing, 0.5 all sheddable requests, 1 every non-critical one"
     );
     describe_gauge!(
+        "floodwall_shed_signal_pressure",
+        Unit::Count,
+        "Each overload signal's last reading over its threshold (1 = at it), by signal"
+    );
+    describe_gauge!(
         "floodwall_shed_pressure",
         Unit::Count,
         "The highest overload signal a load shedder read last (1 = at its threshold)"

@@ -30,7 +30,7 @@ mod imp {
     }
 
     impl<H> Bound<H> {
-        fn new(name: &str, make: fn(&str) -> H) -> Self {
+        pub(crate) fn new(name: &str, make: fn(&str) -> H) -> Self {
             let bound = Bound {
                 name: name.into(),
                 handles: OnceLock::new(),
@@ -42,7 +42,7 @@ mod imp {
 
         /// The handles, binding them now if a recorder has been installed since.
         #[inline]
-        fn get(&self) -> Option<&H> {
+        pub(crate) fn get(&self) -> Option<&H> {
             match self.handles.get() {
                 Some(h) => Some(h),
                 None => self.bind(),
@@ -342,48 +342,6 @@ mod imp {
         }
     }
 
-    pub(crate) struct ShedMetrics(Bound<ShedHandles>);
-
-    struct ShedHandles {
-        level: Gauge,
-        pressure: Gauge,
-        in_flight: Gauge,
-        reserved_in_use: Gauge,
-        shed: [Counter; 3],
-    }
-
-    impl ShedMetrics {
-        pub(crate) fn new(name: &str) -> Self {
-            ShedMetrics(Bound::new(name, |name| {
-                let shed = |p: &'static str| counter!("floodwall_shed_rejected_total", "shedder" => name.to_owned(), "priority" => p);
-                ShedHandles {
-                    level: gauge!("floodwall_shed_level", "shedder" => name.to_owned()),
-                    pressure: gauge!("floodwall_shed_pressure", "shedder" => name.to_owned()),
-                    in_flight: gauge!("floodwall_shed_in_flight", "shedder" => name.to_owned()),
-                    reserved_in_use: gauge!("floodwall_shed_reserved_in_use", "shedder" => name.to_owned()),
-                    shed: [shed("sheddable"), shed("default"), shed("critical")],
-                }
-            }))
-        }
-
-        /// A sample's pressure, the level it set, the requests in flight and how many of
-        /// them use the share reserved for critical requests.
-        pub(crate) fn sampled(&self, pressure: f64, level: f64, in_flight: usize, reserved: usize) {
-            if let Some(h) = self.0.get() {
-                h.pressure.set(pressure);
-                h.level.set(level);
-                h.in_flight.set(in_flight as f64);
-                h.reserved_in_use.set(reserved as f64);
-            }
-        }
-
-        pub(crate) fn shed(&self, priority: crate::shed::Priority) {
-            if let Some(h) = self.0.get() {
-                h.shed[priority as usize].increment(1);
-            }
-        }
-    }
-
     pub(crate) struct ThrottleMetrics(Bound<Counter>);
 
     impl ThrottleMetrics {
@@ -545,15 +503,6 @@ mod imp {
         pub(crate) fn rejected(&self, _: RejectReason) {}
     }
 
-    pub(crate) struct ShedMetrics;
-    impl ShedMetrics {
-        pub(crate) fn new(_: &str) -> Self {
-            ShedMetrics
-        }
-        pub(crate) fn sampled(&self, _: f64, _: f64, _: usize, _: usize) {}
-        pub(crate) fn shed(&self, _: crate::shed::Priority) {}
-    }
-
     pub(crate) struct ThrottleMetrics;
     impl ThrottleMetrics {
         pub(crate) fn new(_: &str) -> Self {
@@ -582,4 +531,6 @@ mod imp {
     }
 }
 
+#[cfg(feature = "metrics")]
+pub(crate) use imp::Bound;
 pub(crate) use imp::*;

@@ -291,13 +291,14 @@ fn a_named_throttle_counts_its_local_rejections() {
 
 #[test]
 fn a_named_shedder_reports_its_level_pressure_reserve_and_shed_requests_by_priority() {
-    use floodwall_resilience::shed::{LoadShedder, Priority};
+    use floodwall_resilience::shed::{LoadShedder, MemoryPressure, Priority};
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     let shedder = metrics::with_local_recorder(&recorder, || {
         LoadShedder::builder()
             .name("api")
             .signal(|| 1.5)
+            .signal(MemoryPressure::from_fn(|| Some((45, 100))).threshold(0.9))
             .capacity(10)
             .manual_sampling()
             .build()
@@ -328,6 +329,21 @@ fn a_named_shedder_reports_its_level_pressure_reserve_and_shed_requests_by_prior
     assert_eq!(read("floodwall_shed_pressure"), Some(1.5));
     assert_eq!(read("floodwall_shed_in_flight"), Some(9.0));
     assert_eq!(read("floodwall_shed_reserved_in_use"), Some(1.0));
+    // Each signal's own reading, by its name.
+    let signal = |name| {
+        value(
+            &s,
+            "floodwall_shed_signal_pressure",
+            &[("shedder", "api"), ("signal", name)],
+        )
+    };
+    println!(
+        "signals: custom {:?}, memory {:?}",
+        signal("custom"),
+        signal("memory")
+    );
+    assert_eq!(signal("custom"), Some(1.5));
+    assert_eq!(signal("memory"), Some(0.5));
     let sheddable = value(
         &s,
         "floodwall_shed_rejected_total",

@@ -157,8 +157,16 @@ impl LoadShedderBuilder {
             Some(c) => ((c as f64 * self.reserved).ceil() as usize).min(c - 1),
             None => 0,
         };
+        let signal_gauges = self
+            .signals
+            .iter()
+            .map(|s| s.name())
+            .chain(self.latency_target.map(|_| "latency"))
+            .map(|signal| super::metrics::SignalMetrics::new(&self.name, signal))
+            .collect();
         let inner = Arc::new(Inner {
-            metrics: crate::metrics::ShedMetrics::new(&self.name),
+            signal_gauges,
+            metrics: super::metrics::ShedMetrics::new(&self.name),
             name: self.name,
             level: AtomicU32::new(0),
             pressure: AtomicU64::new(0f64.to_bits()),

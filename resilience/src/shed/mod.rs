@@ -69,6 +69,7 @@
 //! ```
 
 mod builder;
+mod metrics;
 mod signal;
 
 #[cfg(feature = "tower")]
@@ -223,7 +224,7 @@ async fn sample_while_alive(inner: Weak<Inner>, every: Duration) {
 
 struct Inner {
     name: Arc<str>,
-    metrics: crate::metrics::ShedMetrics,
+    metrics: metrics::ShedMetrics,
     /// The shed level in millionths.
     level: AtomicU32,
     /// The last sample's pressure (`f64` bits).
@@ -237,6 +238,8 @@ struct Inner {
     /// Moving average of admitted requests' latency, in nanoseconds.
     latency_ewma: AtomicU64,
     signals: Vec<Box<dyn Signal>>,
+    /// Each signal's pressure gauge, in the order of `signals`; then the latency's, if any.
+    signal_gauges: Vec<metrics::SignalMetrics>,
     step_up: f64,
     step_down: f64,
     resume_below: f64,
@@ -246,15 +249,24 @@ struct Inner {
 impl Inner {
     /// Reads the signals and moves the level (see the [module docs](self)).
     fn sample(&self) -> f64 {
-        let mut pressure = self
-            .signals
-            .iter()
-            .map(|s| s.pressure())
-            .filter(|p| p.is_finite())
-            .fold(0.0f64, f64::max);
+        let mut pressure = 0.0f64;
+        let mut gauges = self.signal_gauges.iter();
+        for signal in &self.signals {
+            let p = signal.pressure();
+            if let Some(g) = gauges.next()
+                && p.is_finite()
+            {
+                g.set(p);
+                pressure = pressure.max(p);
+            }
+        }
         if let Some(target) = self.latency_target {
             let ewma = self.latency_ewma.load(Ordering::Relaxed) as f64;
-            pressure = pressure.max(ewma / target.as_nanos() as f64);
+            let p = ewma / target.as_nanos() as f64;
+            if let Some(g) = gauges.next() {
+                g.set(p);
+            }
+            pressure = pressure.max(p);
         }
         let level = f64::from(self.level.load(Ordering::Relaxed)) / SCALE;
         let next = if pressure >= 1.0 {

@@ -14,6 +14,12 @@ use super::ShedConfigError;
 pub trait Signal: Send + Sync + 'static {
     /// The pressure now.
     fn pressure(&self) -> f64;
+
+    /// The `signal` label of its pressure gauge (`floodwall_shed_signal_pressure`). Default:
+    /// `"custom"`.
+    fn name(&self) -> &str {
+        "custom"
+    }
 }
 
 impl<F: Fn() -> f64 + Send + Sync + 'static> Signal for F {
@@ -88,6 +94,10 @@ impl SchedulingDelay {
 }
 
 impl Signal for SchedulingDelay {
+    fn name(&self) -> &str {
+        "scheduling_delay"
+    }
+
     /// The largest delay since the last read over the target; the reading starts a new
     /// interval.
     fn pressure(&self) -> f64 {
@@ -137,6 +147,10 @@ impl WorkerBusy {
 }
 
 impl Signal for WorkerBusy {
+    fn name(&self) -> &str {
+        "worker_busy"
+    }
+
     fn pressure(&self) -> f64 {
         let now = Instant::now();
         let busy = self.busy_total();
@@ -222,6 +236,10 @@ impl MemoryPressure {
 }
 
 impl Signal for MemoryPressure {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
     fn pressure(&self) -> f64 {
         match self.usage() {
             Some((used, limit)) if limit > 0 => used as f64 / (limit as f64 * self.threshold),
@@ -300,6 +318,10 @@ impl CpuPressure {
 }
 
 impl Signal for CpuPressure {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
     fn pressure(&self) -> f64 {
         let Some(used) = self.cpu_seconds() else {
             return 0.0;
