@@ -85,6 +85,12 @@
 //! | `floodwall_hedge_budget_exhausted_total` | counter | `hedge` | hedges the budget refused |
 //! | `floodwall_hedge_delay_seconds` | gauge | `hedge` | the hedge delay the latency percentile sets |
 //! | `floodwall_throttle_rejected_total` | counter | `throttle` | calls an adaptive throttle rejected locally |
+//! | `floodwall_shed_level` | gauge | `shedder` | a load shedder's level: 0 sheds nothing, 0.5 every sheddable request, 1 every non-critical one |
+//! | `floodwall_shed_pressure` | gauge | `shedder` | the highest signal's last reading (1 = at its threshold) |
+//! | `floodwall_shed_signal_pressure` | gauge | `shedder`, `signal` | each signal's last reading |
+//! | `floodwall_shed_in_flight` | gauge | `shedder` | requests counted in flight (with a capacity or a latency target) |
+//! | `floodwall_shed_reserved_in_use` | gauge | `shedder` | requests in flight beyond the non-critical share |
+//! | `floodwall_shed_rejected_total` | counter | `shedder`, `priority` | requests shed |
 //! | `floodwall_adaptive_limit` | gauge | `limiter` | the current adaptive limit |
 //! | `floodwall_adaptive_rejected_total` | counter | `limiter` | calls over the adaptive limit |
 #![cfg_attr(docsrs, feature(doc_cfg))]
