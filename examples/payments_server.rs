@@ -53,17 +53,18 @@ async fn charge(State(charges): State<Arc<AtomicU32>>, body: Bytes) -> (StatusCo
     )
 }
 
+/// Keys are scoped by the caller (an auth layer would set this header).
+fn payer(parts: &axum::http::request::Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-user")?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
 fn app<S: Store + Clone>(store: S, charges: Arc<AtomicU32>) -> Router {
-    // Keys are scoped by the caller (an auth layer would set this header).
-    let layer = IdempotencyLayer::new(Idempotency::new(store), |parts| {
-        parts
-            .headers
-            .get("x-user")?
-            .to_str()
-            .ok()
-            .map(str::to_owned)
-    })
-    .require_key(true);
+    let layer = IdempotencyLayer::new(Idempotency::new(store), payer).require_key(true);
     Router::new()
         .route("/payments", post(charge))
         .with_state(charges)
@@ -324,16 +325,9 @@ mod pg {
         )
         .execute(&pool)
         .await?;
-        let layer = IdempotencyLayer::new(Idempotency::new(store), |parts| {
-            parts
-                .headers
-                .get("x-user")?
-                .to_str()
-                .ok()
-                .map(str::to_owned)
-        })
-        .require_key(true)
-        .in_transaction();
+        let layer = IdempotencyLayer::new(Idempotency::new(store), payer)
+            .require_key(true)
+            .in_transaction();
         Ok(Router::new()
             .route("/payments", post(charge))
             .with_state(charges)

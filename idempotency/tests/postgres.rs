@@ -5,6 +5,7 @@
 //! a run of duplicates.
 
 mod model;
+mod pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floodwall_idempotency::http::IdempotencyLayer;
-use floodwall_idempotency::postgres::PostgresStore;
 use floodwall_idempotency::{
     Begin, Fingerprint, Finish, Idempotency, OnConflict, Outcome, RunError, Store,
 };
@@ -21,40 +21,8 @@ use floodwall_testkit::PostgresServer;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use model::agrees_with_the_model;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use pg::{charges_of, charges_table, instance};
 use tower::{Layer, Service, ServiceExt, service_fn};
-
-/// A pool of its own (an instance) on `server`, and the store on it, migrated.
-async fn instance(server: &PostgresServer, connections: u32) -> PostgresStore {
-    let pool = PgPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&server.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool);
-    store.migrate().await.unwrap();
-    store
-}
-
-/// The business table the transactional tests write to.
-async fn charges_table(pool: &PgPool) {
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS charges (id bigserial PRIMARY KEY, order_key text NOT NULL)",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
-async fn charges_of(pool: &PgPool, key: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM charges WHERE order_key = $1")
-        .bind(key)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 /// Random interleavings of begin / complete / release / record against the model, on
 /// PostgreSQL (leases and retentions of 10 minutes: the database's clock cannot be moved by

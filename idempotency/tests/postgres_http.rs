@@ -4,6 +4,8 @@
 //! concurrent duplicates over four instances write one business row, and a claim lost before
 //! the commit rolls the handler's writes back.
 
+mod pg;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,40 +21,18 @@ use floodwall_idempotency::redis::RedisStore;
 use floodwall_testkit::{PostgresServer, RedisServer};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use pg::{charges_of, charges_table};
 use tokio::sync::Notify;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
 
-/// A pool of its own (an instance) on `server`, and the store on it, migrated; the business
-/// table exists.
+/// An instance with the business table.
 async fn instance(server: &PostgresServer, connections: u32) -> PostgresStore {
-    let pool = PgPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&server.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool);
-    store.migrate().await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS charges (id bigserial PRIMARY KEY, order_key text NOT NULL)",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    let store = pg::instance(server, connections).await;
+    charges_table(store.pool()).await;
     store
-}
-
-async fn charges_of(pool: &PgPool, key: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM charges WHERE order_key = $1")
-        .bind(key)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// What the handlers share: how often they ran, the gate a `wait` body waits on, and the

@@ -391,3 +391,50 @@ async fn in_memory_the_limit_holds_under_many_tasks() {
     println!("memory: 32 tasks x 20 requests, N = 3: at most {most} in flight");
     assert!((2..=3).contains(&most), "{most}");
 }
+
+/// `FLUSHALL` (Redis losing its data): the forgotten holders no longer count, so up to `N`
+/// more are admitted while they run — at most `2N` — and the next one is refused again; the
+/// forgotten permits are dropped without harm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_holders_at_most_twice_the_limit_run() {
+    let Some(server) =
+        RedisServer::start_or_skip("after_redis_loses_its_holders_at_most_twice_the_limit_run")
+    else {
+        return;
+    };
+    let limit = ConcurrencyLimit::builder(2)
+        .on_store_failure(FailurePolicy::FailClosed)
+        .redis(options(standalone(server.url()).await, "conc-flush"))
+        .build()
+        .unwrap();
+    let forgotten = [
+        limit.acquire("k").await.unwrap(),
+        limit.acquire("k").await.unwrap(),
+    ];
+    assert!(matches!(
+        limit.acquire("k").await,
+        Err(ConcurrencyError::Full { .. })
+    ));
+    server.command(&["FLUSHALL"]).unwrap();
+    let again = [
+        limit.acquire("k").await.unwrap(),
+        limit.acquire("k").await.unwrap(),
+    ];
+    let third = limit.acquire("k").await;
+    println!(
+        "after FLUSHALL: 2 forgotten holders still running, 2 more admitted, the next: {}",
+        third
+            .as_ref()
+            .map_or_else(|e| e.to_string(), |_| "admitted".into())
+    );
+    assert!(matches!(
+        third,
+        Err(ConcurrencyError::Full { in_flight: 2, .. })
+    ));
+    drop(forgotten);
+    assert!(
+        matches!(limit.acquire("k").await, Err(ConcurrencyError::Full { .. })),
+        "dropping the forgotten permits frees none of the new holders' slots"
+    );
+    drop(again);
+}

@@ -9,7 +9,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::FloodwallError;
-use crate::host::{host_key, with_host_key};
+use crate::host::with_host_key;
 
 /// Client-side adaptive throttling per host (the Google SRE book's, see
 /// [`floodwall_resilience::throttle`]): each host's [`AdaptiveThrottle`] counts the requests
@@ -89,12 +89,7 @@ impl Middleware for HostThrottle {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let throttle = with_host_key(&req, |host| self.throttles.get(host));
-        let permit = throttle.try_acquire().map_err(|t| {
-            FloodwallError::throttled(t)
-                .host(host_key(&req))
-                .into_middleware()
-        })?;
+        let permit = with_host_key(&req, |host| self.permit(host))?;
         let result = next.run(req, extensions).await;
         match accepted(&result) {
             true => permit.accepted(),

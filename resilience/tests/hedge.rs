@@ -222,3 +222,26 @@ async fn the_delay_follows_the_p95_and_a_budget_caps_the_extra_attempts() {
     assert!(share <= 0.10 + 0.02, "{share}");
     assert!(share >= 0.05, "the budget is used, not idle: {share}");
 }
+
+/// A percentile delay stays within its bounds: a p95 of 10 ms reads as the 50 ms floor, one of
+/// 500 ms as the 80 ms cap.
+#[test]
+fn a_percentile_delay_is_kept_within_its_bounds() {
+    let ms = Duration::from_millis;
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Percentile {
+            percentile: 95.0,
+            min_samples: 20,
+            fallback: ms(60),
+        })
+        .delay_bounds(ms(50), ms(80))
+        .build();
+    for _ in 0..32 {
+        hedge.observe(ms(10));
+    }
+    assert_eq!(hedge.current_delay(), ms(50));
+    for _ in 0..256 {
+        hedge.observe(ms(500));
+    }
+    assert_eq!(hedge.current_delay(), ms(80));
+}

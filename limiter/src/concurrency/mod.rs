@@ -13,6 +13,15 @@
 //! held by an instance that crashed (or lost Redis) is free at most one lease after its last
 //! renewal.
 //!
+//! **When Redis loses data** (a restart without persistence, `FLUSHALL`, a failover to a
+//! replica that had not yet received the holders): the holders it forgot no longer count, so
+//! up to `N` more requests per key may be admitted while the forgotten ones still run — at
+//! most `2N` in flight, for as long as the longest of them. Their heartbeats find their slots
+//! gone and stop (logged); nothing is re-added.
+//!
+//! A permit gives its slot back when dropped, in the background and past the node's health
+//! gate; if that call fails, the lease frees the slot.
+//!
 //! When Redis fails, the [`FailurePolicy`] decides, as for the rate limits: admit everyone
 //! ([`FailOpen`](FailurePolicy::FailOpen)), refuse everyone
 //! ([`FailClosed`](FailurePolicy::FailClosed)), or hold each key to its share `⌈N /
@@ -220,8 +229,9 @@ impl fmt::Debug for ConcurrencyLimit {
 
 /// How a permit was granted, and so how it is given back.
 enum Grant {
-    /// A slot in this instance's memory (no Redis, or insurance while Redis fails).
-    Local { slots: &'static str, key: String },
+    /// A slot in this instance's memory: without Redis, or (`fallback`) the insurance share
+    /// while Redis fails.
+    Local { fallback: bool, key: String },
     /// A slot in Redis, renewed by `heartbeat`.
     #[cfg(feature = "redis")]
     Redis(redis::Held),
@@ -255,7 +265,7 @@ impl ConcurrencyPermit {
     /// share, or no limit at all).
     pub fn is_degraded(&self) -> bool {
         match &self.grant {
-            Grant::Local { slots, .. } => *slots == FALLBACK,
+            Grant::Local { fallback, .. } => *fallback,
             #[cfg(feature = "redis")]
             Grant::Redis(_) => false,
             Grant::Unlimited => true,
@@ -263,17 +273,13 @@ impl ConcurrencyPermit {
     }
 }
 
-const LOCAL: &str = "local";
-const FALLBACK: &str = "fallback";
-
 impl Drop for ConcurrencyPermit {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.grant, Grant::Unlimited) {
-            Grant::Local { slots, key } => {
-                let slots = if slots == LOCAL {
-                    &self.inner.local
-                } else {
-                    &self.inner.fallback
+            Grant::Local { fallback, key } => {
+                let slots = match fallback {
+                    true => &self.inner.fallback,
+                    false => &self.inner.local,
                 };
                 slots.release(&key);
             }
@@ -317,7 +323,7 @@ impl ConcurrencyLimit {
         }
         match self.inner.local.try_take(key, self.inner.limit) {
             Ok(()) => Ok(self.permit(Grant::Local {
-                slots: LOCAL,
+                fallback: false,
                 key: key.to_owned(),
             })),
             Err(in_flight) => Err(self.full(in_flight)),
@@ -353,7 +359,7 @@ impl ConcurrencyLimit {
             FailurePolicy::Insurance { .. } => {
                 match self.inner.fallback.try_take(key, self.inner.share) {
                     Ok(()) => Ok(self.permit(Grant::Local {
-                        slots: FALLBACK,
+                        fallback: true,
                         key: key.to_owned(),
                     })),
                     Err(in_flight) => Err(self.full(in_flight)),
