@@ -4,7 +4,10 @@
 //!   floodwall's permit API against recloser's and failsafe's `call`. The peers detect no slow
 //!   calls, so the like-for-like row is floodwall with `slow_call_duration(None)`; the row
 //!   with slow-call detection (floodwall's default, two clock reads) is shown too. Also with
-//!   two threads sharing one breaker.
+//!   two threads sharing one breaker. The `floodwall fleet member` row is the same breaker
+//!   joined to a fleet (on a Redis server the bench starts, with the `redis` feature; in
+//!   memory otherwise), its sync task running beside the bench: the healthy call path of a
+//!   fleet breaker against a plain one.
 //! - `circuit_breaker/layer`: one request through a closed breaker layer around an
 //!   always-ready service — floodwall's `CircuitBreakerLayer` against tower-resilience's.
 //! - `retry/no_retry_needed`: one successful request through floodwall's `RetryLayer` and
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
 use floodwall::resilience::ErrorLayer;
+use floodwall::resilience::circuit_breaker::fleet::{FleetBreaker, MemoryFleet};
 use floodwall::resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use futures::FutureExt;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -41,6 +45,11 @@ fn closed_path(c: &mut Criterion) {
         let p = ours.try_acquire().unwrap();
         p.success();
     };
+    let (_fleet_runtime, member) = fleet_member();
+    let fleet_call = || {
+        let p = member.breaker().try_acquire().unwrap();
+        p.success();
+    };
     let floodwall_slow_call = || {
         let p = ours_slow.try_acquire().unwrap();
         p.success();
@@ -51,6 +60,10 @@ fn closed_path(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("floodwall", "1 thread"), |b| {
         b.iter(floodwall_call)
     });
+    g.bench_function(
+        BenchmarkId::new("floodwall fleet member", "1 thread"),
+        |b| b.iter(fleet_call),
+    );
     g.bench_function(BenchmarkId::new("floodwall+slow-calls", "1 thread"), |b| {
         b.iter(floodwall_slow_call)
     });
@@ -64,6 +77,10 @@ fn closed_path(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("floodwall", "2 threads"), |b| {
         b.iter_custom(|iters| contended(iters, floodwall_call))
     });
+    g.bench_function(
+        BenchmarkId::new("floodwall fleet member", "2 threads"),
+        |b| b.iter_custom(|iters| contended(iters, fleet_call)),
+    );
     g.bench_function(BenchmarkId::new("recloser", "2 threads"), |b| {
         b.iter_custom(|iters| contended(iters, recloser_call))
     });
@@ -72,6 +89,48 @@ fn closed_path(c: &mut Criterion) {
     });
     g.finish();
 }
+
+/// A breaker like the plain row's (no slow-call detection), joined to a fleet whose sync task
+/// runs on a runtime of its own for the whole bench.
+fn fleet_member() -> (FleetRuntime, FleetBreaker) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::builder()
+        .name("bench-fleet")
+        .slow_call_duration(None)
+        .build()
+        .unwrap();
+    #[cfg(feature = "redis")]
+    if let Some(server) = floodwall_testkit::RedisServer::start_or_skip("fleet breaker bench") {
+        use floodwall::core::redis::{RedisConnection, StoreOptions};
+        use floodwall::resilience::circuit_breaker::fleet::RedisFleet;
+        let member = rt.block_on(async {
+            let conn = RedisConnection::standalone(server.url())
+                .connect()
+                .await
+                .unwrap();
+            FleetBreaker::builder(breaker, RedisFleet::new(StoreOptions::new(conn)))
+                .join()
+                .await
+                .unwrap()
+        });
+        assert!(member.connected(), "the fleet breaker bench syncs on Redis");
+        return ((rt, Some(server)), member);
+    }
+    let member = rt.block_on(FleetBreaker::builder(breaker, MemoryFleet::new()).join());
+    ((rt, None), member.unwrap())
+}
+
+#[cfg(feature = "redis")]
+type FleetRuntime = (
+    tokio::runtime::Runtime,
+    Option<floodwall_testkit::RedisServer>,
+);
+#[cfg(not(feature = "redis"))]
+type FleetRuntime = (tokio::runtime::Runtime, Option<()>);
 
 /// Time for `iters` calls on this thread while a second thread makes the same calls.
 fn contended(iters: u64, op: impl Fn() + Sync) -> Duration {

@@ -73,6 +73,10 @@
 //! | `floodwall_circuit_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only |
 //! | `floodwall_circuit_breaker_calls_total` | counter | `breaker`, `outcome` = `success` / `failure` / `ignored` / `rejected` | calls by outcome |
 //! | `floodwall_circuit_breaker_call_duration_seconds` | histogram | `breaker` | calls the breaker admitted |
+//! | `floodwall_circuit_breaker_fleet_connected` | gauge | `breaker` | a fleet breaker's last sync was answered (1) or it decides alone (0) |
+//! | `floodwall_circuit_breaker_fleet_open` | gauge | `breaker` | the fleet's verdict at the last sync (1 open) |
+//! | `floodwall_circuit_breaker_fleet_instances` | gauge | `breaker` | live instances in the fleet at the last sync |
+//! | `floodwall_circuit_breaker_fleet_sync_errors_total` | counter | `breaker` | syncs the fleet's store did not answer |
 //! | `floodwall_retry_call_duration_seconds` | histogram | `retry` | calls through a retry, every attempt and wait included |
 //! | `floodwall_retry_retries_total` | counter | `retry` | retries made (first attempts not counted) |
 //! | `floodwall_retry_budget_exhausted_total` | counter | `retry` | retries refused by the budget |
@@ -146,6 +150,30 @@ fn describe_hedge_metrics() {
     );
 }
 
+/// The fleet breaker's metrics (see [`describe_metrics`]).
+#[cfg(feature = "metrics")]
+fn describe_fleet_metrics() {
+    use ::metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "floodwall_circuit_breaker_fleet_connected",
+        "A fleet breaker's last sync was answered (1), or it decides alone (0)"
+    );
+    describe_gauge!(
+        "floodwall_circuit_breaker_fleet_open",
+        "The fleet's verdict at a fleet breaker's last sync (1 open)"
+    );
+    describe_gauge!(
+        "floodwall_circuit_breaker_fleet_instances",
+        Unit::Count,
+        "Live instances in a fleet breaker's fleet at its last sync"
+    );
+    describe_counter!(
+        "floodwall_circuit_breaker_fleet_sync_errors_total",
+        Unit::Count,
+        "Syncs a fleet breaker's store did not answer"
+    );
+}
+
 /// The load shedder's metrics (see [`describe_metrics`]).
 #[cfg(feature = "metrics")]
 fn describe_overload_metrics() {
@@ -195,6 +223,7 @@ pub fn describe_metrics() {
         "How long calls admitted by a circuit breaker took (call and call_classified)"
     );
     describe_overload_metrics();
+    describe_fleet_metrics();
     describe_histogram!(
         "floodwall_retry_call_duration_seconds",
         Unit::Seconds,

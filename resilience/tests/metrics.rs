@@ -352,3 +352,111 @@ fn a_named_shedder_reports_its_level_pressure_reserve_and_shed_requests_by_prior
     assert_eq!(sheddable, Some(shed as f64));
     drop(held);
 }
+
+/// A fleet store that never answers, standing in for an unreachable Redis.
+struct Unreachable;
+
+impl floodwall_resilience::circuit_breaker::fleet::FleetStore for Unreachable {
+    fn sync<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a floodwall_resilience::circuit_breaker::fleet::MemberReport,
+        _: &'a floodwall_resilience::circuit_breaker::fleet::FleetRules,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<floodwall_resilience::circuit_breaker::fleet::FleetView, floodwall_core::StoreError>,
+    > {
+        Box::pin(async {
+            Err(floodwall_core::StoreError::unavailable(
+                "connection refused",
+            ))
+        })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), floodwall_core::StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[test]
+fn a_fleet_breaker_reports_its_fleet_and_whether_its_store_answers() {
+    use floodwall_resilience::circuit_breaker::fleet::{FleetBreaker, MemoryFleet, Quorum};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let fleet = MemoryFleet::new();
+    let member = |name: &'static str, store: MemoryFleet| {
+        let b = CircuitBreaker::builder()
+            .name(name)
+            .sliding_window(SlidingWindow::Count(NonZeroU32::new(2).unwrap()))
+            .minimum_calls(2)
+            .build()
+            .unwrap();
+        FleetBreaker::builder(b, store)
+            .quorum(Quorum::Count(2))
+            .join()
+    };
+    let (a, b, alone) = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let a = member("orders", fleet.clone()).await.unwrap();
+            let b = member("orders", fleet.clone()).await.unwrap();
+            let alone = FleetBreaker::builder(
+                CircuitBreaker::builder().name("ledger").build().unwrap(),
+                Unreachable,
+            )
+            .join()
+            .await
+            .unwrap();
+            (a, b, alone)
+        })
+    });
+    rt.block_on(async {
+        for m in [&a, &b] {
+            for _ in 0..2 {
+                m.breaker().try_acquire().unwrap().failure();
+            }
+            m.sync_now().await.unwrap();
+        }
+        assert!(alone.sync_now().await.is_err());
+    });
+    let s = take(&snap);
+    let orders = [("breaker", "orders")];
+    let ledger = [("breaker", "ledger")];
+    let read = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    println!(
+        "orders: connected {:?}, open {:?}, instances {:?}; ledger: connected {:?}, sync errors {:?}",
+        read("floodwall_circuit_breaker_fleet_connected", &orders),
+        read("floodwall_circuit_breaker_fleet_open", &orders),
+        read("floodwall_circuit_breaker_fleet_instances", &orders),
+        read("floodwall_circuit_breaker_fleet_connected", &ledger),
+        read("floodwall_circuit_breaker_fleet_sync_errors_total", &ledger),
+    );
+    assert_eq!(
+        read("floodwall_circuit_breaker_fleet_connected", &orders),
+        Some(1.0)
+    );
+    assert_eq!(
+        read("floodwall_circuit_breaker_fleet_open", &orders),
+        Some(1.0)
+    );
+    assert_eq!(
+        read("floodwall_circuit_breaker_fleet_instances", &orders),
+        Some(2.0)
+    );
+    assert_eq!(
+        read("floodwall_circuit_breaker_fleet_connected", &ledger),
+        Some(0.0)
+    );
+    assert_eq!(
+        read("floodwall_circuit_breaker_fleet_sync_errors_total", &ledger),
+        Some(2.0),
+        "the first sync at join and the one after"
+    );
+}

@@ -85,6 +85,7 @@
 
 mod config;
 mod export;
+pub mod fleet;
 #[cfg(feature = "tower")]
 mod future;
 #[cfg(feature = "tower")]
@@ -180,6 +181,10 @@ struct Inner {
     /// In METRICS_ONLY: the threshold events were published once since it was entered.
     thresholds_reported: AtomicBool,
     transition: Mutex<()>,
+    /// Woken on a failure or a transition, once the breaker is in a fleet.
+    fleet_nudge: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// A [`fleet::FleetBreaker`] syncs this breaker.
+    in_fleet: AtomicBool,
 }
 
 /// What a transition into OPEN carries: a manual wait, and the error that tripped it.
@@ -252,6 +257,8 @@ impl CircuitBreaker {
                 thresholds_reported: AtomicBool::new(false),
                 events: Events::default(),
                 transition: Mutex::new(()),
+                fleet_nudge: std::sync::OnceLock::new(),
+                in_fleet: AtomicBool::new(false),
                 metrics: {
                     let m = crate::metrics::BreakerMetrics::new(&cfg.name);
                     m.state(initial);
@@ -445,7 +452,10 @@ impl CircuitBreaker {
         }
         let failure = match outcome {
             Outcome::Success => false,
-            Outcome::Failure => true,
+            Outcome::Failure => {
+                inner.nudge();
+                true
+            }
             Outcome::Ignored => {
                 if permit.probe {
                     inner.hand_back_probe(w);
@@ -482,7 +492,38 @@ impl CircuitBreaker {
     }
 }
 
+impl CircuitBreaker {
+    /// Joins a fleet: the notification woken on every failure and transition, or `None` when
+    /// a fleet member already syncs this breaker.
+    pub(crate) fn attach_nudge(&self) -> Option<Arc<tokio::sync::Notify>> {
+        let inner = &*self.inner;
+        inner
+            .in_fleet
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(
+            inner
+                .fleet_nudge
+                .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
+                .clone(),
+        )
+    }
+
+    /// Leaves the fleet (its member was dropped).
+    pub(crate) fn detach_nudge(&self) {
+        self.inner.in_fleet.store(false, Ordering::Release);
+    }
+}
+
 impl Inner {
+    /// Wakes the fleet's sync task, if the breaker is in a fleet.
+    #[inline]
+    pub(super) fn nudge(&self) {
+        if let Some(n) = self.fleet_nudge.get() {
+            n.notify_one();
+        }
+    }
+
     #[cold]
     fn reject(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         self.not_permitted.fetch_add(1, Ordering::Relaxed);

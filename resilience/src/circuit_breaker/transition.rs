@@ -116,6 +116,7 @@ impl Inner {
         self.state.store(next, Ordering::Release);
         self.metrics.state(to);
         drop(guard);
+        self.nudge();
         if to == State::Open && self.cfg.automatic_half_open {
             self.schedule_half_open(now);
         }
