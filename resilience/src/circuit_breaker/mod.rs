@@ -49,7 +49,9 @@
 //! - In half-open, at most `permitted_calls_in_half_open` permits are outstanding, however
 //!   many threads race.
 //! - The closed path — admit and record — takes no lock and allocates nothing; transitions
-//!   (rare) take an internal mutex so their side effects are ordered.
+//!   (rare) take an internal mutex so their side effects are ordered. In a
+//!   [fleet](fleet), a failure that finds no wake-up pending also wakes the fleet's sync
+//!   task (once per sync).
 //!
 //! ```
 //! use std::num::NonZeroU32;
@@ -185,6 +187,8 @@ struct Inner {
     fleet_nudge: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     /// A [`fleet::FleetBreaker`] syncs this breaker.
     in_fleet: AtomicBool,
+    /// A nudge is pending: the sync task has not started the sync it asks for yet.
+    nudged: AtomicBool,
 }
 
 /// What a transition into OPEN carries: a manual wait, and the error that tripped it.
@@ -259,6 +263,7 @@ impl CircuitBreaker {
                 transition: Mutex::new(()),
                 fleet_nudge: std::sync::OnceLock::new(),
                 in_fleet: AtomicBool::new(false),
+                nudged: AtomicBool::new(false),
                 metrics: {
                     let m = crate::metrics::BreakerMetrics::new(&cfg.name);
                     m.state(initial);
@@ -513,13 +518,22 @@ impl CircuitBreaker {
     pub(crate) fn detach_nudge(&self) {
         self.inner.in_fleet.store(false, Ordering::Release);
     }
+
+    /// The sync task starts the sync a nudge asked for: the next failure nudges again.
+    pub(crate) fn nudge_taken(&self) {
+        self.inner.nudged.store(false, Ordering::Release);
+    }
 }
 
 impl Inner {
-    /// Wakes the fleet's sync task, if the breaker is in a fleet.
+    /// Wakes the fleet's sync task, if the breaker is in a fleet — once per sync: a failure
+    /// that finds a nudge pending only reads a flag.
     #[inline]
     pub(super) fn nudge(&self) {
-        if let Some(n) = self.fleet_nudge.get() {
+        if let Some(n) = self.fleet_nudge.get()
+            && !self.nudged.load(Ordering::Relaxed)
+            && !self.nudged.swap(true, Ordering::AcqRel)
+        {
             n.notify_one();
         }
     }

@@ -142,6 +142,7 @@ impl Core {
     /// decide alone.
     pub(super) async fn sync_once(&self) -> Result<FleetView, StoreError> {
         let mut local = self.local.lock().await;
+        self.breaker.nudge_taken();
         let report = self.report(&local);
         let bound = self.rules.lease;
         let answer = match tokio::time::timeout(

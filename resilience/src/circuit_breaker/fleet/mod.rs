@@ -43,8 +43,9 @@
 //! - One instance open on its own evidence — a local fault, its own network — never opens
 //!   another below the quorum: it is one open member and one witness.
 //! - The fleet's state changes only inside the store's atomic step, on the store's clock.
-//! - A healthy call costs what a plain breaker's does (the breaker is the same; a failure
-//!   wakes the sync task with one atomic notification).
+//! - A healthy call costs what a plain breaker's does: the breaker is the same, and only a
+//!   failure or a transition touches the fleet — it sets a flag and, if none was pending,
+//!   wakes the sync task (a Tokio `Notify`), so a burst of failures wakes it once per sync.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
