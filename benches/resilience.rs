@@ -45,9 +45,12 @@ fn closed_path(c: &mut Criterion) {
         let p = ours.try_acquire().unwrap();
         p.success();
     };
+    // The member stays alive (its sync task runs); calls go through its breaker, as a layer
+    // or a pipeline holding a clone of it makes them.
     let (_fleet_runtime, member) = fleet_member();
+    let member_breaker = member.breaker().clone();
     let fleet_call = || {
-        let p = member.breaker().try_acquire().unwrap();
+        let p = member_breaker.try_acquire().unwrap();
         p.success();
     };
     let floodwall_slow_call = || {
