@@ -3,7 +3,8 @@
 //! `cache/l1_hit`: a hit on a fresh key — `TieredCache::get` beside a raw
 //! `moka::future::Cache::get` and a raw `moka::sync::Cache::get` of the same key (ours is a
 //! `moka::sync::Cache` underneath, plus the freshness check on its clock), each inside the
-//! same `block_on`.
+//! same `block_on`; and `TieredCache::get` of entries stored under 3 cache tags (each hit
+//! checks their versions) beside the untagged one.
 //! `cache/l2_hit` (feature `redis`; starts its own `redis-server`): a value found in Redis —
 //! `TieredCache::get` with its L1 copy dropped beforehand, untimed (GET, envelope check,
 //! decode, L1 insert) — beside a raw redis-rs `GET` of the same bytes on the same
@@ -35,8 +36,19 @@ fn l1_hit(c: &mut Criterion) {
         .max_capacity(10_000)
         .time_to_live(Duration::from_secs(3600))
         .build();
+    let tagged: TieredCache<u64, Arc<str>> = TieredCache::builder()
+        .max_capacity(10_000)
+        .ttl(Duration::from_secs(3600))
+        .build();
     rt.block_on(async {
         for k in 0..1_000u64 {
+            let tags = floodwall::cache::Tags::new([
+                format!("user:{}", k % 100),
+                format!("team:{}", k % 10),
+                "catalog".to_string(),
+            ])
+            .unwrap();
+            tagged.set_tagged(k, Arc::from("value"), &tags).await;
             ours.set(k, Arc::from("value")).await;
             raw.insert(k, Arc::from("value")).await;
             raw_sync.insert(k, Arc::from("value"));
@@ -62,6 +74,13 @@ fn l1_hit(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 1) % 1_000;
             rt.block_on(async { black_box(ours.get(&k).await) })
+        })
+    });
+    let mut k = 0u64;
+    g.bench_function("floodwall TieredCache::get, 3 tags", |b| {
+        b.iter(|| {
+            k = (k + 1) % 1_000;
+            rt.block_on(async { black_box(tagged.get(&k).await) })
         })
     });
     g.finish();

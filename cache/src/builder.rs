@@ -128,7 +128,13 @@ where
                         crate::redis::Drop::Key(k) => {
                             inner.l1.invalidate(&k);
                         }
-                        crate::redis::Drop::All => inner.l1.invalidate_all(),
+                        crate::redis::Drop::All => {
+                            inner.l1.invalidate_all();
+                            inner.tags.distrust_all();
+                        }
+                        crate::redis::Drop::Tag(name, v) => {
+                            inner.tags.announced(&name, v, inner.clock.now_nanos());
+                        }
                         // L1 stays, distrusted: no hits, but the fail-safe may serve from it.
                         crate::redis::Drop::Down => {}
                     }
@@ -177,6 +183,7 @@ where
                 options: self.options,
                 clock: self.clock,
                 stats: crate::stats::Stats::named(&self.name),
+                tags: crate::tags::Registry::default(),
             }),
         };
         if let Some(subscribe) = self.subscribe {

@@ -97,6 +97,7 @@ pub struct HttpCacheLayer {
     key: KeyFn,
     store_if: StoreIf<CachedResponse>,
     fails_if: StoreIf<CachedResponse>,
+    tags_from: Option<HeaderName>,
 }
 
 impl fmt::Debug for HttpCacheLayer {
@@ -122,7 +123,18 @@ impl HttpCacheLayer {
             }),
             store_if: Arc::new(storable),
             fails_if: Arc::new(failed),
+            tags_from: None,
         }
+    }
+
+    /// Stores each response under the [cache tags](crate::tags) its `header` lists (comma-
+    /// or space-separated, as `Cache-Tag` and `Surrogate-Key` do), so
+    /// [`invalidate_tag`](TieredCache::invalidate_tag) takes every response carrying a tag.
+    /// A response whose tags are not valid [`Tags`](crate::Tags) (more than 16, too long) is
+    /// answered but not stored. The header is passed on to the client as it came.
+    pub fn tags_from(mut self, header: HeaderName) -> Self {
+        self.tags_from = Some(header);
+        self
     }
 
     /// The key for a request (`None`: not cached).
@@ -221,6 +233,7 @@ where
         let cache = self.layer.cache.clone();
         let store_if = self.layer.store_if.clone();
         let fails_if = self.layer.fails_if.clone();
+        let tags_from = self.layer.tags_from.clone();
         ResponseFuture::cached(Box::pin(async move {
             let answer = cache
                 .get_or_fetch(key, move || async move {
@@ -239,10 +252,17 @@ where
                     if fails_if(&cached) {
                         return Err(Box::new(UpstreamFailed(cached)) as BoxError);
                     }
-                    Ok::<_, BoxError>(if store_if(&cached) {
-                        Fetched::Value(cached)
-                    } else {
-                        Fetched::Uncacheable(cached)
+                    if !store_if(&cached) {
+                        return Ok(Fetched::Uncacheable(cached));
+                    }
+                    Ok::<_, BoxError>(match tags_from.map(|h| tags_of(&p.headers, &h)) {
+                        None => Fetched::Value(cached),
+                        Some(Ok(tags)) if tags.is_empty() => Fetched::Value(cached),
+                        Some(Ok(tags)) => Fetched::Tagged(cached, tags),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "a response's cache tags were refused; not storing it");
+                            Fetched::Uncacheable(cached)
+                        }
                     })
                 })
                 .await;
@@ -265,6 +285,18 @@ where
             })
         }))
     }
+}
+
+/// The tags listed in `headers`' `name` values (comma- or space-separated).
+fn tags_of(headers: &http::HeaderMap, name: &HeaderName) -> Result<crate::Tags, crate::TagError> {
+    let listed = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ' ']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    crate::Tags::new(listed)
 }
 
 /// The answer to a request whose load failed: the layer keeps the inner service's error type,

@@ -40,7 +40,8 @@
 //!
 //! - [`TieredCache`]: L1 moka (bounded by entries or weight), `get`, `get_or_load`
 //!   (coalesced), `get_or_fetch` (with "do not store" answers), `set`, `invalidate`,
-//!   `invalidate_namespace`; soft and hard TTL with jitter, stale-while-revalidate with one
+//!   `invalidate_namespace` / `clear`; cache [`tags`] (`set_tagged`, `get_or_load_tagged`,
+//!   `Fetched::Tagged`, `invalidate_tag`: one version bump per tag, on every instance); soft and hard TTL with jitter, stale-while-revalidate with one
 //!   background refresh, XFetch early refresh, fail-safe with a retry throttle, soft and hard
 //!   loader timeouts, negative caching; [`StatsSnapshot`].
 //! - (feature `redis`, module `redis`) the Redis tier (L2): values through a pluggable serde
@@ -83,6 +84,7 @@ mod load;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod stats;
+pub mod tags;
 mod tiered;
 
 pub use builder::TieredCacheBuilder;
@@ -144,6 +146,7 @@ pub fn describe_metrics() {
         describe_counter!(name, Unit::Count, help);
     }
 }
+pub use tags::{TagError, Tags};
 pub use tiered::{CacheError, Fetched, TieredCache};
 
 /// The README's example, compiled and run as a doctest so it stays true.

@@ -100,10 +100,12 @@ where
             .options
             .hard_timeout
             .map(floodwall_core::clock::deadline_after);
+        let started_ms = crate::tags::unix_ms();
         if !refresh
             && self.l1_trusted()
             && let Some(e) = inner.l1.get(k)
             && started < e.soft_at
+            && crate::tags::live(&e.tags)
         {
             return Ok(e.value.clone());
         }
@@ -128,7 +130,9 @@ where
                 false
             }
         };
-        let result = self.call_loader(k, loader, started, l2_ok, deadline).await;
+        let result = self
+            .call_loader(k, loader, (started, started_ms), l2_ok, deadline)
+            .await;
         if lease_held {
             crate::lease::release(self, k).await;
         }
@@ -141,7 +145,7 @@ where
         &self,
         k: &K,
         loader: F,
-        started: u64,
+        (started, started_ms): (u64, u64),
         l2_ok: bool,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<V>, CacheError>
@@ -164,16 +168,24 @@ where
                 .map_err(|e| CacheError::Loader(Arc::new(e.into()))),
         };
         inner.stats.finish_load(timer);
-        let now = inner.clock.now_nanos();
-        let (result, store) = match result {
-            Ok(Fetched::Value(v)) => (Ok(Some(v)), true),
-            Ok(Fetched::Missing) => (Ok(None), true),
-            Ok(Fetched::Uncacheable(v)) => (Ok(Some(v)), false),
-            Err(e) => (Err(e), false),
+        let (result, store, tags) = match result {
+            Ok(Fetched::Value(v)) => (Ok(Some(v)), true, None),
+            Ok(Fetched::Missing) => (Ok(None), true, None),
+            Ok(Fetched::Uncacheable(v)) => (Ok(Some(v)), false, None),
+            Ok(Fetched::Tagged(v, tags)) => {
+                // Stored only if no tag may have been invalidated during the load.
+                match self.tags_after_load(&tags, started, started_ms).await {
+                    Some(tags) => (Ok(Some(v)), true, tags),
+                    None => (Ok(Some(v)), false, None),
+                }
+            }
+            Err(e) => (Err(e), false, None),
         };
+        let now = inner.clock.now_nanos();
         if store && let Ok(value) = &result {
             if value.is_some() || inner.options.negative_ttl.is_some() {
-                let entry = self.entry(value.clone(), now, now.saturating_sub(started));
+                let mut entry = self.entry(value.clone(), now, now.saturating_sub(started));
+                entry.tags = tags;
                 if l2_ok {
                     self.write_l2(k, &entry, now).await;
                 }
@@ -208,6 +220,7 @@ where
             keep_until: hard_at.saturating_add(duration_to_nanos(o.max_stale.unwrap_or_default())),
             retry_at: 0,
             load_nanos,
+            tags: None,
         }
     }
 }

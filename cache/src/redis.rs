@@ -43,6 +43,7 @@ use floodwall_core::{Key, Keyspace, StoreError};
 
 mod bus;
 mod codec;
+mod tags;
 
 use crate::tiered::{Found, Tier2};
 pub(crate) use bus::Drop;
@@ -283,6 +284,7 @@ where
         &'a self,
         key: &'a K,
         value: &'a Option<V>,
+        tags: &'a [(&'a str, u64)],
         soft: Duration,
         hard: Duration,
         keep: Duration,
@@ -290,7 +292,7 @@ where
         Box::pin(async move {
             let now = unix_ms();
             let ms = |d: Duration| now.saturating_add(d.as_millis() as u64);
-            let bytes = seal(&self.codec, value, ms(soft), ms(hard))?;
+            let bytes = seal(&self.codec, value, tags, ms(soft), ms(hard))?;
             let k = key.to_string();
             self.store
                 .set(&k, bytes, keep.max(Duration::from_millis(1)))
@@ -335,6 +337,24 @@ where
 
     fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move { self.store.release_lease(&key.to_string()).await })
+    }
+
+    fn tag_version<'a>(
+        &'a self,
+        tag: &'a str,
+        known: u64,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<(u64, bool), StoreError>> {
+        Box::pin(self.store.tag_version(tag, known, ttl))
+    }
+
+    fn bump_tag<'a>(
+        &'a self,
+        tag: &'a str,
+        known: u64,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<u64, StoreError>> {
+        Box::pin(self.store.bump_tag(tag, known, ttl))
     }
 }
 

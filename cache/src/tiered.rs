@@ -20,6 +20,8 @@ type BoxFut<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug)]
 pub(crate) struct Found<V> {
     pub(crate) value: Option<V>,
+    /// Its cache tags and the version of each it was stored under.
+    pub(crate) tags: Vec<(String, u64)>,
     pub(crate) soft_left: Duration,
     pub(crate) hard_left: Duration,
 }
@@ -31,6 +33,7 @@ pub(crate) trait Tier2<K, V>: Send + Sync {
         &'a self,
         key: &'a K,
         value: &'a Option<V>,
+        tags: &'a [(&'a str, u64)],
         soft: Duration,
         hard: Duration,
         keep: Duration,
@@ -46,6 +49,20 @@ pub(crate) trait Tier2<K, V>: Send + Sync {
     fn publishes(&self) -> bool;
     fn take_lease<'a>(&'a self, key: &'a K, ttl: Duration) -> BoxFut<'a, Result<bool, StoreError>>;
     fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
+    /// A cache tag's version (`known`: this instance's), and whether it was just made.
+    fn tag_version<'a>(
+        &'a self,
+        tag: &'a str,
+        known: u64,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<(u64, bool), StoreError>>;
+    /// Bumps a cache tag's version and announces it; the new version.
+    fn bump_tag<'a>(
+        &'a self,
+        tag: &'a str,
+        known: u64,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<u64, StoreError>>;
 }
 
 /// Why [`TieredCache::get_or_load`] has no value to give.
@@ -69,6 +86,10 @@ pub enum Fetched<V> {
     /// A value to hand to this load's callers but not to cache (e.g. a response marked
     /// `no-store`).
     Uncacheable(V),
+    /// A value to cache under these tags, known only once loaded (e.g. from an HTTP
+    /// response's `Cache-Tag`); see [`tags`](crate::tags) for how a load racing an
+    /// invalidation is handled.
+    Tagged(V, crate::Tags),
 }
 
 /// One cached value (or a cached "not found") and its clock readings.
@@ -84,6 +105,8 @@ pub(crate) struct Entry<V> {
     pub(crate) retry_at: u64,
     /// How long the load that produced it took (XFetch's delta).
     pub(crate) load_nanos: u64,
+    /// Its cache tags and their versions when stored: dead once one moved on.
+    pub(crate) tags: crate::tags::EntryTags,
 }
 
 /// How a [`TieredCache`] treats time; see [`TieredCacheBuilder`].
@@ -115,6 +138,8 @@ pub(crate) struct Inner<K, V> {
     pub(crate) options: Options,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) stats: crate::stats::Stats,
+    /// The cache tags this instance knows.
+    pub(crate) tags: crate::tags::Registry,
 }
 
 /// A cache of `K → V` in front of a slow source: a bounded in-process L1 (moka), request
@@ -218,7 +243,7 @@ where
         let now = self.inner.clock.now_nanos();
         if self.l1_usable() {
             match self.inner.l1.get(key) {
-                Some(e) if now < e.hard_at => {
+                Some(e) if now < e.hard_at && crate::tags::live(&e.tags) => {
                     self.inner.stats.hit();
                     return e.value.clone();
                 }
@@ -305,10 +330,17 @@ where
         };
         let left = |at: u64| Duration::from_nanos(at.saturating_sub(now));
         let keep = left(entry.keep_until);
+        let tags: Vec<(&str, u64)> = entry
+            .tags
+            .iter()
+            .flatten()
+            .map(|(s, v)| (&*s.name, *v))
+            .collect();
         match l2
             .write(
                 key,
                 &entry.value,
+                &tags,
                 left(entry.soft_at),
                 left(entry.hard_at),
                 keep,
@@ -338,6 +370,10 @@ where
         inner.stats.l2_read();
         match l2.read(key).await {
             Ok(Some(found)) if !found.soft_left.is_zero() || accept_stale => {
+                // An entry whose tag was invalidated since it was stored is a miss.
+                let Some(tags) = self.tags_from_l2(&found.tags).await else {
+                    return Ok(None);
+                };
                 inner.stats.l2_hit();
                 let now = inner.clock.now_nanos();
                 let hard_at = now.saturating_add(duration_to_nanos(found.hard_left));
@@ -350,6 +386,7 @@ where
                     )),
                     retry_at: 0,
                     load_nanos: 0,
+                    tags,
                 };
                 inner.l1.insert(key.clone(), Arc::new(entry));
                 Ok(Some(found.value))
@@ -411,7 +448,8 @@ where
         // While L1 cannot be trusted (the invalidation bus is down), its entries answer no
         // hit, but still stand in when the load fails (fail-safe) or is slow (soft timeout).
         let trusted = self.l1_usable();
-        let cached = inner.l1.get(&key);
+        // An entry whose tag was invalidated is gone: not even the fail-safe serves it.
+        let cached = inner.l1.get(&key).filter(|e| crate::tags::live(&e.tags));
         if trusted && let Some(e) = &cached {
             if now < e.soft_at {
                 inner.stats.hit();
@@ -463,6 +501,7 @@ where
                     keep_until: old.keep_until,
                     retry_at,
                     load_nanos: old.load_nanos,
+                    tags: old.tags.clone(),
                 };
                 inner.l1.insert(key, Arc::new(throttled));
                 Ok(old.value.clone())

@@ -276,3 +276,59 @@ async fn cache_control_directives_are_matched_whole() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "`No-Store` is not stored");
 }
+
+/// Responses stored under the tags their `Cache-Tag` header lists: invalidating one tag
+/// takes every response that listed it and no other; a response listing too many tags is
+/// answered but not stored.
+#[tokio::test]
+async fn responses_are_stored_under_their_cache_tag_header() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let tags = match req.uri().path() {
+                    "/products/1" => "product-1, product-list".to_string(),
+                    "/products/2" => "product-2 product-list".to_string(),
+                    "/about" => "pages".to_string(),
+                    _ => (0..17)
+                        .map(|i| format!("t{i}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                let mut r = Response::new(Full::new(Bytes::from_static(b"body")));
+                r.headers_mut().insert("cache-tag", tags.parse().unwrap());
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
+    let cache = TieredCache::builder().build();
+    let mut svc = HttpCacheLayer::new(cache.clone())
+        .tags_from(http::HeaderName::from_static("cache-tag"))
+        .layer(inner);
+    let paths = ["/products/1", "/products/2", "/about", "/too-many"];
+    let mut call = async |path: &str| {
+        let r = svc.ready().await.unwrap().call(get(path)).await.unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    for p in paths {
+        call(p).await;
+    }
+    for p in paths {
+        call(p).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5, "all but /too-many stored");
+    cache.invalidate_tag("product-list").await.unwrap();
+    for p in &paths[..3] {
+        call(p).await;
+    }
+    let after = calls.load(Ordering::SeqCst);
+    println!(
+        "responses tagged from Cache-Tag: {after} upstream calls (5 before the invalidation, the 2 product pages again after)"
+    );
+    assert_eq!(
+        after, 7,
+        "the two product pages again, /about from the cache"
+    );
+}

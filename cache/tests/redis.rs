@@ -16,19 +16,8 @@ use proptest::prelude::*;
 
 type Cache = TieredCache<String, String>;
 
-async fn connect(urls: &[String], cluster: bool) -> RedisConnection {
-    if cluster {
-        RedisConnection::cluster(urls.iter().cloned())
-            .connect()
-            .await
-            .unwrap()
-    } else {
-        RedisConnection::standalone(urls[0].clone())
-            .connect()
-            .await
-            .unwrap()
-    }
-}
+mod common;
+use common::{connect, wait_subscribed};
 
 fn cache(conn: RedisConnection, lease: Option<Duration>) -> Cache {
     let mut tier = RedisTier::new(
@@ -334,18 +323,6 @@ async fn until(b: &Cache, key: &str, want: Option<&str>, bound: Duration) -> Dur
             "{key}: still not {want:?} after {bound:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn wait_subscribed(c: &Cache) {
-    // The subscription's first Drop::All marks it up.
-    let started = Instant::now();
-    while c.stats().invalidations_received == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

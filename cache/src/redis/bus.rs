@@ -18,6 +18,8 @@ pub(crate) enum Drop<K> {
     Key(K),
     /// Everything (namespace bumped, or the subscription back after a loss).
     All,
+    /// A cache tag's new version.
+    Tag(String, u64),
     /// The subscription is lost: L1 is distrusted until it is back (then `All`).
     Down,
 }
@@ -123,6 +125,13 @@ where
                             && s.set_generation(g)
                         {
                             on_drop(Drop::All);
+                        }
+                    }
+                    "t" => {
+                        if let Some((v, tag)) = rest.split_once(' ')
+                            && let Ok(v) = v.parse::<u64>()
+                        {
+                            on_drop(Drop::Tag(tag.to_owned(), v));
                         }
                     }
                     "k" if from != owner => {

@@ -60,19 +60,61 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Seals `value` with its expiries (Unix ms).
+/// The tag byte's bit saying the payload starts with the entry's cache tags.
+const TAGGED: u8 = 0x80;
+
+/// Seals `value` with its expiries (Unix ms) and its cache tags (name, version). A tagged
+/// value's tag byte is the codec's with [`TAGGED`] set, and its payload starts with the tags:
+/// a count byte, then per tag a big-endian `u16` length, the name, a big-endian `u64`
+/// version. Untagged values are written as before tags existed.
 pub(crate) fn seal<V: Serialize, C: Codec>(
     codec: &C,
     value: &Option<V>,
+    tags: &[(&str, u64)],
     soft_at: u64,
     hard_at: u64,
 ) -> Result<Vec<u8>, StoreError> {
-    let payload = codec.encode(value).map_err(StoreError::Codec)?;
+    let encoded = codec.encode(value).map_err(StoreError::Codec)?;
     let mut header = [0u8; 24];
     header[..8].copy_from_slice(&unix_ms().to_be_bytes());
     header[8..16].copy_from_slice(&soft_at.to_be_bytes());
     header[16..].copy_from_slice(&hard_at.to_be_bytes());
-    Ok(ENVELOPE.seal(C::ID, &header, &payload))
+    if tags.is_empty() {
+        return Ok(ENVELOPE.seal(C::ID, &header, &encoded));
+    }
+    let count =
+        u8::try_from(tags.len()).map_err(|_| StoreError::Codec("more than 255 tags".into()))?;
+    let mut payload = vec![count];
+    for (name, version) in tags {
+        let len = u16::try_from(name.len())
+            .map_err(|_| StoreError::Codec("a tag longer than 65,535 bytes".into()))?;
+        payload.extend_from_slice(&len.to_be_bytes());
+        payload.extend_from_slice(name.as_bytes());
+        payload.extend_from_slice(&version.to_be_bytes());
+    }
+    payload.extend_from_slice(&encoded);
+    Ok(ENVELOPE.seal(C::ID | TAGGED, &header, &payload))
+}
+
+/// An entry's tags as stored: name and version.
+type StoredTags = Vec<(String, u64)>;
+
+/// Splits a tagged payload into its tags and the codec's bytes.
+fn split_tags(payload: &[u8]) -> Result<(StoredTags, &[u8]), StoreError> {
+    let bad = || StoreError::Codec("a cache value's tags are cut short or not UTF-8".into());
+    let (&count, mut rest) = payload.split_first().ok_or_else(bad)?;
+    let mut tags = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (len, after) = rest.split_at_checked(2).ok_or_else(bad)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (name, after) = after.split_at_checked(len).ok_or_else(bad)?;
+        let (version, after) = after.split_at_checked(8).ok_or_else(bad)?;
+        let name = std::str::from_utf8(name).map_err(|_| bad())?;
+        let version = u64::from_be_bytes(version.try_into().map_err(|_| bad())?);
+        tags.push((name.to_owned(), version));
+        rest = after;
+    }
+    Ok((tags, rest))
 }
 
 /// Opens an envelope at wall-clock `now` (Unix ms): `Ok(None)` when it has expired.
@@ -82,10 +124,10 @@ pub(crate) fn open<V: DeserializeOwned, C: Codec>(
     now: u64,
 ) -> Result<Option<Found<V>>, StoreError> {
     let opened = ENVELOPE.open(bytes)?;
-    if opened.tag != C::ID {
+    if opened.tag & !TAGGED != C::ID {
         return Err(StoreError::Codec(format!(
             "cache value written with codec {} (this cache reads {})",
-            opened.tag,
+            opened.tag & !TAGGED,
             C::ID
         )));
     }
@@ -100,9 +142,15 @@ pub(crate) fn open<V: DeserializeOwned, C: Codec>(
     if now >= hard_at {
         return Ok(None);
     }
-    let value: Option<V> = codec.decode(opened.payload).map_err(StoreError::Codec)?;
+    let (tags, encoded) = if opened.tag & TAGGED != 0 {
+        split_tags(opened.payload)?
+    } else {
+        (Vec::new(), opened.payload)
+    };
+    let value: Option<V> = codec.decode(encoded).map_err(StoreError::Codec)?;
     Ok(Some(Found {
         value,
+        tags,
         soft_left: Duration::from_millis(soft_at.saturating_sub(now)),
         hard_left: Duration::from_millis(hard_at - now),
     }))
@@ -116,7 +164,7 @@ mod tests {
     #[test]
     fn envelopes_round_trip_and_expire() {
         let now = unix_ms();
-        let b = seal(&Json, &Some("v".to_string()), now + 1_000, now + 2_000).unwrap();
+        let b = seal(&Json, &Some("v".to_string()), &[], now + 1_000, now + 2_000).unwrap();
         let f: Found<String> = open(&Json, &b, now).unwrap().unwrap();
         assert_eq!(f.value.as_deref(), Some("v"));
         assert!(f.soft_left <= Duration::from_millis(1_000));
@@ -129,11 +177,32 @@ mod tests {
             let _ = open::<String, _>(&Json, &b[..n], now);
         }
         // Written with one codec, read with another: a miss, not a misreading.
-        let bin = seal(&Binary, &Some(7u32), now + 1_000, now + 2_000).unwrap();
+        let bin = seal(&Binary, &Some(7u32), &[], now + 1_000, now + 2_000).unwrap();
         assert!(open::<u32, _>(&Json, &bin, now).is_err());
         assert_eq!(
             open::<u32, _>(&Binary, &bin, now).unwrap().unwrap().value,
             Some(7)
         );
+    }
+
+    #[test]
+    fn tags_round_trip_and_cut_bytes_are_refused() {
+        let now = unix_ms();
+        let tags = [("user:42", 7u64), ("product-list", u64::MAX)];
+        let b = seal(&Binary, &Some(7u32), &tags, now + 1_000, now + 2_000).unwrap();
+        let f: Found<u32> = open(&Binary, &b, now).unwrap().unwrap();
+        assert_eq!(f.value, Some(7));
+        assert_eq!(
+            f.tags,
+            vec![
+                ("user:42".to_string(), 7),
+                ("product-list".to_string(), u64::MAX)
+            ]
+        );
+        for n in 0..b.len() {
+            let _ = open::<u32, _>(&Binary, &b[..n], now);
+        }
+        // Tagged bytes read with another codec: a miss, not a misreading.
+        assert!(open::<u32, _>(&Json, &b, now).is_err());
     }
 }

@@ -50,7 +50,7 @@
 //!   many threads race.
 //! - The closed path — admit and record — takes no lock and allocates nothing; transitions
 //!   (rare) take an internal mutex so their side effects are ordered. In a
-//!   [fleet](fleet), a failure that finds no wake-up pending also wakes the fleet's sync
+//!   [fleet], a failure that finds no wake-up pending also wakes the fleet's sync
 //!   task (once per sync).
 //!
 //! ```
@@ -494,34 +494,6 @@ impl CircuitBreaker {
             }
             _ => {}
         }
-    }
-}
-
-impl CircuitBreaker {
-    /// Joins a fleet: the notification woken on every failure and transition, or `None` when
-    /// a fleet member already syncs this breaker.
-    pub(crate) fn attach_nudge(&self) -> Option<Arc<tokio::sync::Notify>> {
-        let inner = &*self.inner;
-        inner
-            .in_fleet
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        Some(
-            inner
-                .fleet_nudge
-                .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
-                .clone(),
-        )
-    }
-
-    /// Leaves the fleet (its member was dropped).
-    pub(crate) fn detach_nudge(&self) {
-        self.inner.in_fleet.store(false, Ordering::Release);
-    }
-
-    /// The sync task starts the sync a nudge asked for: the next failure nudges again.
-    pub(crate) fn nudge_taken(&self) {
-        self.inner.nudged.store(false, Ordering::Release);
     }
 }
 

@@ -12,6 +12,35 @@ use super::super::{CircuitBreaker, State};
 use super::metrics::FleetMetrics;
 use super::store::{FleetRules, FleetStore, FleetView, MemberReport, MemberState};
 
+/// How a breaker takes part in a fleet: the notification its failures and transitions wake.
+impl CircuitBreaker {
+    /// Joins a fleet: the notification woken on every failure and transition, or `None` when
+    /// a fleet member already syncs this breaker.
+    pub(super) fn attach_nudge(&self) -> Option<Arc<tokio::sync::Notify>> {
+        let inner = &*self.inner;
+        inner
+            .in_fleet
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(
+            inner
+                .fleet_nudge
+                .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
+                .clone(),
+        )
+    }
+
+    /// Leaves the fleet (its member was dropped).
+    pub(super) fn detach_nudge(&self) {
+        self.inner.in_fleet.store(false, Ordering::Release);
+    }
+
+    /// The sync task starts the sync a nudge asked for: the next failure nudges again.
+    pub(super) fn nudge_taken(&self) {
+        self.inner.nudged.store(false, Ordering::Release);
+    }
+}
+
 /// A random id for this process and breaker.
 pub(super) fn random_id() -> String {
     use std::hash::BuildHasher;
