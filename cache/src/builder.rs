@@ -6,11 +6,12 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floodwall_core::Clock;
 use floodwall_core::clock::mul_f64_saturating;
+use floodwall_core::{Clock, SystemClock};
 
 use crate::TieredCache;
-use crate::tiered::{Entry, Inner, Options, Subscribe, Tier2, Weigher};
+use crate::store::Tier2;
+use crate::tiered::{Entry, Inner, Options, Subscribe, Weigher};
 
 /// The longest time-to-live moka accepts.
 const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 86_400);
@@ -32,6 +33,37 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("max_capacity", &self.max_capacity)
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Starts a builder: 10,000 entries, a 5-minute TTL, no stale phase, no fail-safe.
+    pub fn builder() -> TieredCacheBuilder<K, V> {
+        static CACHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = CACHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TieredCacheBuilder {
+            name: format!("cache-{n}"),
+            max_capacity: 10_000,
+            weigher: None,
+            options: Options {
+                ttl: Duration::from_secs(300),
+                soft_ttl: None,
+                jitter: 0.0,
+                max_stale: None,
+                fail_safe_throttle: Duration::from_secs(1),
+                negative_ttl: None,
+                soft_timeout: None,
+                hard_timeout: None,
+                xfetch_beta: None,
+            },
+            clock: Arc::new(SystemClock::new()),
+            l2: None,
+            subscribe: None,
+        }
     }
 }
 

@@ -84,6 +84,7 @@ mod load;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod stats;
+mod store;
 pub mod tags;
 mod tiered;
 

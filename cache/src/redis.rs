@@ -32,8 +32,6 @@
 //! a panic. Expiry is judged on each instance's wall clock.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,7 +43,7 @@ mod bus;
 mod codec;
 mod tags;
 
-use crate::tiered::{Found, Tier2};
+use crate::store::{BoxFut, Found, Tier2};
 pub(crate) use bus::Drop;
 pub use codec::{Binary, Codec, FORMAT_VERSION, Json};
 use codec::{open, seal, unix_ms};
@@ -357,8 +355,6 @@ where
         Box::pin(self.store.bump_tag(tag, known, ttl))
     }
 }
-
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl RedisStoreInner {
     pub(crate) fn key(&self, key: &str) -> Key {

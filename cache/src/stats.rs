@@ -148,7 +148,7 @@ impl Stats {
     pub(crate) fn start_load(&self) -> Option<std::time::Instant> {
         #[cfg(feature = "metrics")]
         {
-            metrics::with_recorder(|r| std::mem::size_of_val(r) != 0).then(std::time::Instant::now)
+            floodwall_core::metrics::recorder_installed().then(std::time::Instant::now)
         }
         #[cfg(not(feature = "metrics"))]
         None

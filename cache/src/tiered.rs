@@ -7,63 +7,13 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::builder::TieredCacheBuilder;
 use floodwall_core::clock::duration_to_nanos;
-use floodwall_core::{Clock, StoreError, SystemClock};
+use floodwall_core::{Clock, StoreError};
 use futures::future::{BoxFuture, Shared};
 
 use floodwall_core::BoxError;
 
-type BoxFut<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A value found in the second tier, with its time left.
-#[derive(Debug)]
-pub(crate) struct Found<V> {
-    pub(crate) value: Option<V>,
-    /// Its cache tags and the version of each it was stored under.
-    pub(crate) tags: Vec<(String, u64)>,
-    pub(crate) soft_left: Duration,
-    pub(crate) hard_left: Duration,
-}
-
-/// The second tier, with the key and value types erased to what the cache needs.
-pub(crate) trait Tier2<K, V>: Send + Sync {
-    fn read<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<Option<Found<V>>, StoreError>>;
-    fn write<'a>(
-        &'a self,
-        key: &'a K,
-        value: &'a Option<V>,
-        tags: &'a [(&'a str, u64)],
-        soft: Duration,
-        hard: Duration,
-        keep: Duration,
-    ) -> BoxFut<'a, Result<(), StoreError>>;
-    fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
-    fn lease_ttl(&self) -> Option<Duration>;
-    /// The namespace generation this instance knows.
-    fn generation(&self) -> u64;
-    /// Whether L1 must not be used now (the invalidation subscription is down).
-    fn bypass_l1(&self) -> bool;
-    fn bump_namespace(&self) -> BoxFut<'_, Result<u64, StoreError>>;
-    /// Whether writes and deletes publish invalidations.
-    fn publishes(&self) -> bool;
-    fn take_lease<'a>(&'a self, key: &'a K, ttl: Duration) -> BoxFut<'a, Result<bool, StoreError>>;
-    fn release_lease<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
-    /// A cache tag's version (`known`: this instance's), and whether it was just made.
-    fn tag_version<'a>(
-        &'a self,
-        tag: &'a str,
-        known: u64,
-        ttl: Duration,
-    ) -> BoxFut<'a, Result<(u64, bool), StoreError>>;
-    /// Bumps a cache tag's version and announces it; the new version.
-    fn bump_tag<'a>(
-        &'a self,
-        tag: &'a str,
-        known: u64,
-        ttl: Duration,
-    ) -> BoxFut<'a, Result<u64, StoreError>>;
-}
+use crate::store::Tier2;
 
 /// Why [`TieredCache::get_or_load`] has no value to give.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,7 +59,7 @@ pub(crate) struct Entry<V> {
     pub(crate) tags: crate::tags::EntryTags,
 }
 
-/// How a [`TieredCache`] treats time; see [`TieredCacheBuilder`].
+/// How a [`TieredCache`] treats time; see [`TieredCacheBuilder`](crate::TieredCacheBuilder).
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) ttl: Duration,
@@ -212,31 +162,6 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// Starts a builder: 10,000 entries, a 5-minute TTL, no stale phase, no fail-safe.
-    pub fn builder() -> TieredCacheBuilder<K, V> {
-        static CACHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let n = CACHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        TieredCacheBuilder {
-            name: format!("cache-{n}"),
-            max_capacity: 10_000,
-            weigher: None,
-            options: Options {
-                ttl: Duration::from_secs(300),
-                soft_ttl: None,
-                jitter: 0.0,
-                max_stale: None,
-                fail_safe_throttle: Duration::from_secs(1),
-                negative_ttl: None,
-                soft_timeout: None,
-                hard_timeout: None,
-                xfetch_beta: None,
-            },
-            clock: Arc::new(SystemClock::new()),
-            l2: None,
-            subscribe: None,
-        }
-    }
-
     /// The value for `key` if cached and not expired (fresh or stale): from L1, else from
     /// Redis (then kept in L1); loads nothing.
     pub async fn get(&self, key: &K) -> Option<V> {

@@ -132,8 +132,8 @@ impl Counters {
     pub(crate) async fn timed<T>(&self, op: Op, call: impl std::future::Future<Output = T>) -> T {
         #[cfg(feature = "metrics")]
         {
-            let started = metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
-                .then(std::time::Instant::now);
+            let started =
+                floodwall_core::metrics::recorder_installed().then(std::time::Instant::now);
             let out = call.await;
             if let Some(t) = started {
                 let key = &self.timings[op as usize];

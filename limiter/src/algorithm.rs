@@ -81,7 +81,7 @@ impl State {
                         &own
                     }
                 };
-                let d = gcra_decide(tat, params, now, cost, consume);
+                let d = gcra::decide(tat, params, now, cost, consume);
                 let r = if d.allowed && consume {
                     Receipt::Gcra { cost }
                 } else {
@@ -219,26 +219,4 @@ impl State {
 
 pub(crate) fn period_nanos(quota: &Quota) -> u64 {
     duration_to_nanos(quota.period()).max(1)
-}
-
-/// GCRA on a shared TAT: one compare-and-swap loop, no lock.
-#[inline]
-pub(crate) fn gcra_decide(
-    tat: &AtomicU64,
-    params: &gcra::Params,
-    now: u64,
-    cost: u32,
-    consume: bool,
-) -> Decision {
-    let mut current = tat.load(Ordering::Acquire);
-    loop {
-        let (decision, next) = params.evaluate(current, now, cost);
-        if !decision.allowed || !consume {
-            return decision;
-        }
-        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return decision,
-            Err(actual) => current = actual,
-        }
-    }
 }

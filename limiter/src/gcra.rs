@@ -217,7 +217,7 @@ impl<C: Clock> Gcra<C> {
     fn decide(&self, cost: u32) -> Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_nanos();
-        crate::algorithm::gcra_decide(&inner.tat, &inner.params, now, cost, true)
+        decide(&inner.tat, &inner.params, now, cost, true)
     }
 }
 
@@ -226,6 +226,28 @@ impl<C: Clock> fmt::Debug for Gcra<C> {
         f.debug_struct("Gcra")
             .field("quota", &self.inner.quota)
             .finish()
+    }
+}
+
+/// GCRA on a shared TAT: one compare-and-swap loop, no lock.
+#[inline]
+pub(crate) fn decide(
+    tat: &AtomicU64,
+    params: &Params,
+    now: u64,
+    cost: u32,
+    consume: bool,
+) -> Decision {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let (decision, next) = params.evaluate(current, now, cost);
+        if !decision.allowed || !consume {
+            return decision;
+        }
+        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return decision,
+            Err(actual) => current = actual,
+        }
     }
 }
 

@@ -45,7 +45,6 @@ use std::sync::{Arc, RwLock};
 use floodwall_core::{Clock, SystemClock};
 use hashbrown::HashTable;
 
-use crate::algorithm::gcra_decide;
 use crate::{Decision, InsufficientCapacity, Quota, gcra};
 
 /// The default bound on the number of keys a keyed store holds.
@@ -437,7 +436,7 @@ impl<K: Hash + Eq, C: Clock, H: BuildHasher> KeyedGcra<K, C, H> {
             || (key.to_owned(), AtomicU64::new(0)),
             |s| s.load(std::sync::atomic::Ordering::Relaxed),
             now,
-            |tat| gcra_decide(tat, &inner.params, now, cost, consume),
+            |tat| gcra::decide(tat, &inner.params, now, cost, consume),
         )
     }
 

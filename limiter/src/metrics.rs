@@ -81,7 +81,7 @@ pub(crate) fn store_failures(_policy: crate::FailurePolicy, _n: u64) {}
 #[cfg(feature = "metrics")]
 #[inline]
 pub(crate) fn start() -> Option<std::time::Instant> {
-    metrics::with_recorder(|r| std::mem::size_of_val(r) != 0).then(std::time::Instant::now)
+    floodwall_core::metrics::recorder_installed().then(std::time::Instant::now)
 }
 
 #[cfg(not(feature = "metrics"))]

@@ -83,11 +83,10 @@ pub use host::{
     HostBreaker, HostBulkhead, HostRateLimit, PROBE_HOST, RateLimitConfigError, host_key,
 };
 pub use pipeline::{FallbackFn, HostPipeline, HostStages};
-pub use retry::{
-    IdempotencyKey, RetryMiddleware, TimeoutMiddleware, is_retryable, is_retryable_error,
-    is_retryable_response,
+pub use retry::{IdempotencyKey, RetryMiddleware, TimeoutMiddleware};
+pub use rules::{
+    ClassifyFn, RetryFn, host_outcome, is_retryable, is_retryable_error, is_retryable_response,
 };
-pub use rules::{ClassifyFn, RetryFn, host_outcome};
 pub use settings::RequestSettings;
 pub use throttle::HostThrottle;
 

@@ -2,9 +2,9 @@
 
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use floodwall_resilience::http::{is_idempotent, is_retryable_status, retry_after};
+use floodwall_resilience::http::is_idempotent;
 use floodwall_resilience::retry::Decision;
 use http::{Extensions, HeaderValue, Method};
 use reqwest::{Request, Response};
@@ -14,63 +14,11 @@ use crate::error::{set_attempts, set_host};
 use crate::host::{host_key, url_host_key};
 use crate::rules::{RetryFn, Rule};
 use crate::span::{attempt_span, record_attempts, record_result, request_span};
-use crate::{FloodwallError, RefusalKind, RequestSettings};
+use crate::{FloodwallError, RequestSettings};
 use tracing::{Instrument, Span};
 
 /// The header [`IdempotencyKey`] sets and [`RetryMiddleware`] looks for.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// Whether `result` is worth another attempt, and when: `408`, `429` and `5xx` (after
-/// `Retry-After` when the response gives one), a `409` that gives a `Retry-After` (an
-/// `Idempotency-Key` server saying "the first request with this key is still running"),
-/// connection errors, request timeouts and attempt [`TimeoutMiddleware`]s. A refusal by a breaker, a
-/// bulkhead or a rate limit is not retried (it says when to come back).
-pub fn is_retryable(result: &reqwest_middleware::Result<Response>) -> Decision {
-    match result {
-        Ok(resp) => response_decision(resp),
-        Err(e) => error_decision(e),
-    }
-}
-
-/// [`is_retryable`] for a response.
-pub fn is_retryable_response(resp: &Response) -> Decision {
-    response_decision(resp)
-}
-
-/// [`is_retryable`] for an error.
-pub fn is_retryable_error(e: &reqwest_middleware::Error) -> Decision {
-    error_decision(e)
-}
-
-pub(crate) fn response_decision(resp: &Response) -> Decision {
-    let status = resp.status();
-    if status == http::StatusCode::CONFLICT {
-        return match retry_after(resp.headers(), SystemTime::now()) {
-            Some(d) => Decision::RetryAfter(d),
-            None => Decision::Done,
-        };
-    }
-    if !is_retryable_status(status) {
-        return Decision::Done;
-    }
-    match retry_after(resp.headers(), SystemTime::now()) {
-        Some(d) => Decision::RetryAfter(d),
-        None => Decision::Retry,
-    }
-}
-
-pub(crate) fn error_decision(e: &reqwest_middleware::Error) -> Decision {
-    match e {
-        reqwest_middleware::Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
-            Decision::Retry
-        }
-        reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
-            Some(refusal) if refusal.kind() == RefusalKind::TimedOut => Decision::Retry,
-            _ => Decision::Done,
-        },
-        _ => Decision::Done,
-    }
-}
 
 /// Whether `req` may be sent more than once: its body can be copied (none, or in memory), and
 /// it is idempotent, carries an `Idempotency-Key` (`POST`/`PATCH`), or `all_methods` says so.
@@ -84,7 +32,7 @@ pub(crate) fn may_repeat(req: &Request, all_methods: bool) -> bool {
 }
 
 /// Retries requests through floodwall's [`Retry`](floodwall_resilience::retry::Retry)
-/// (backoff, jitter, budget, `max_elapsed`), deciding with [`is_retryable`].
+/// (backoff, jitter, budget, `max_elapsed`), deciding with [`is_retryable`](crate::is_retryable).
 ///
 /// Only requests safe to repeat are retried: idempotent methods (`GET`, `HEAD`, `OPTIONS`,
 /// `TRACE`, `PUT`, `DELETE`), and a `POST` or `PATCH` only when it carries an
@@ -108,9 +56,9 @@ impl RetryMiddleware {
         }
     }
 
-    /// Decides by `rule` instead of [`is_retryable`] whether a result is worth another
+    /// Decides by `rule` instead of [`is_retryable`](crate::is_retryable) whether a result is worth another
     /// attempt (which requests may be repeated at all is still decided by their method and
-    /// key). Call [`is_retryable_response`] and [`is_retryable_error`] inside it to extend the
+    /// key). Call [`is_retryable_response`](crate::is_retryable_response) and [`is_retryable_error`](crate::is_retryable_error) inside it to extend the
     /// default:
     ///
     /// ```

@@ -3,14 +3,15 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use floodwall_resilience::circuit_breaker::Outcome;
 use floodwall_resilience::http::breaker_outcome;
+use floodwall_resilience::http::{is_retryable_status, retry_after};
 use floodwall_resilience::retry::Decision;
 use reqwest::Response;
 
-use crate::retry::{error_decision, response_decision};
-use crate::{ErrorExt, RefusalKind};
+use crate::{ErrorExt, FloodwallError, RefusalKind};
 
 /// A caller's rule for what a result says about the host: [`HostBreaker::classify`](crate::HostBreaker::classify),
 /// [`HostPipeline::classify`](crate::HostPipeline::classify).
@@ -83,5 +84,58 @@ impl Rule<RetryFn> {
             (None, Ok(resp)) => response_decision(resp),
             (None, Err(e)) => error_decision(e),
         }
+    }
+}
+
+/// Whether `result` is worth another attempt, and when: `408`, `429` and `5xx` (after
+/// `Retry-After` when the response gives one), a `409` that gives a `Retry-After` (an
+/// `Idempotency-Key` server saying "the first request with this key is still running"),
+/// connection errors, request timeouts and attempt
+/// [`TimeoutMiddleware`](crate::TimeoutMiddleware)s. A refusal by a breaker, a
+/// bulkhead or a rate limit is not retried (it says when to come back).
+pub fn is_retryable(result: &reqwest_middleware::Result<Response>) -> Decision {
+    match result {
+        Ok(resp) => response_decision(resp),
+        Err(e) => error_decision(e),
+    }
+}
+
+/// [`is_retryable`] for a response.
+pub fn is_retryable_response(resp: &Response) -> Decision {
+    response_decision(resp)
+}
+
+/// [`is_retryable`] for an error.
+pub fn is_retryable_error(e: &reqwest_middleware::Error) -> Decision {
+    error_decision(e)
+}
+
+pub(crate) fn response_decision(resp: &Response) -> Decision {
+    let status = resp.status();
+    if status == http::StatusCode::CONFLICT {
+        return match retry_after(resp.headers(), SystemTime::now()) {
+            Some(d) => Decision::RetryAfter(d),
+            None => Decision::Done,
+        };
+    }
+    if !is_retryable_status(status) {
+        return Decision::Done;
+    }
+    match retry_after(resp.headers(), SystemTime::now()) {
+        Some(d) => Decision::RetryAfter(d),
+        None => Decision::Retry,
+    }
+}
+
+pub(crate) fn error_decision(e: &reqwest_middleware::Error) -> Decision {
+    match e {
+        reqwest_middleware::Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
+            Decision::Retry
+        }
+        reqwest_middleware::Error::Middleware(e) => match e.downcast_ref::<FloodwallError>() {
+            Some(refusal) if refusal.kind() == RefusalKind::TimedOut => Decision::Retry,
+            _ => Decision::Done,
+        },
+        _ => Decision::Done,
     }
 }

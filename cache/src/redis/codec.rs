@@ -7,7 +7,7 @@ use floodwall_core::envelope::Envelope;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::tiered::Found;
+use crate::store::Found;
 
 /// The envelope format this release writes and reads.
 pub const FORMAT_VERSION: u8 = 1;

@@ -35,6 +35,7 @@
 mod algorithm;
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 
 use std::fmt;
 use std::future::Future;
@@ -61,7 +62,7 @@ pub struct Rejected {
 }
 
 struct Inner {
-    metrics: crate::metrics::AdaptiveMetrics,
+    metrics: self::metrics::AdaptiveMetrics,
     limit: AtomicUsize,
     in_flight: AtomicUsize,
     state: Mutex<Windowed>,
@@ -119,7 +120,7 @@ impl AdaptiveLimitBuilder {
         AdaptiveLimit {
             inner: Arc::new(Inner {
                 metrics: {
-                    let m = crate::metrics::AdaptiveMetrics::new(&self.name);
+                    let m = self::metrics::AdaptiveMetrics::new(&self.name);
                     m.limit(initial);
                     m
                 },

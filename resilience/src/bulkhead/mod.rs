@@ -44,6 +44,7 @@
 mod future;
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 
 use std::fmt;
 use std::future::Future;
@@ -125,7 +126,7 @@ struct Inner {
     anchor: tokio::time::Instant,
     freed: Notify,
     events: Events<BulkheadEvent>,
-    metrics: crate::metrics::BulkheadMetrics,
+    metrics: self::metrics::BulkheadMetrics,
 }
 
 /// A cheap-to-clone bulkhead handle. See the [module docs](self).
@@ -195,7 +196,7 @@ impl BulkheadBuilder {
     pub fn build(self) -> Bulkhead {
         Bulkhead {
             inner: Arc::new(Inner {
-                metrics: crate::metrics::BulkheadMetrics::new(&self.name),
+                metrics: self::metrics::BulkheadMetrics::new(&self.name),
                 name: self.name,
                 max_concurrent: AtomicUsize::new(self.max_concurrent),
                 max_waiting: AtomicUsize::new(self.max_waiting),

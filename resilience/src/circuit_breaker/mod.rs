@@ -92,6 +92,7 @@ pub mod fleet;
 mod future;
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 mod window;
 
 use std::fmt;
@@ -163,7 +164,7 @@ struct Inner {
     clock: TimeSource,
     window: Window,
     events: Events<BreakerEvent>,
-    metrics: crate::metrics::BreakerMetrics,
+    metrics: self::metrics::BreakerMetrics,
     /// Itself, for the automatic half-open task.
     me: Weak<Inner>,
     cfg: Config,
@@ -265,7 +266,7 @@ impl CircuitBreaker {
                 in_fleet: AtomicBool::new(false),
                 nudged: AtomicBool::new(false),
                 metrics: {
-                    let m = crate::metrics::BreakerMetrics::new(&cfg.name);
+                    let m = self::metrics::BreakerMetrics::new(&cfg.name);
                     m.state(initial);
                     m
                 },

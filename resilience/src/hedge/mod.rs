@@ -43,6 +43,7 @@
 
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 
 use std::fmt;
 use std::future::Future;
@@ -109,7 +110,7 @@ pub enum HedgeDelay {
 
 struct Inner {
     name: Arc<str>,
-    metrics: crate::metrics::HedgeMetrics,
+    metrics: self::metrics::HedgeMetrics,
     delay: HedgeDelay,
     max_hedged: usize,
     budget: Option<RetryBudget>,
@@ -195,7 +196,7 @@ impl HedgeBuilder {
         };
         Hedge {
             inner: Arc::new(Inner {
-                metrics: crate::metrics::HedgeMetrics::new(&self.name),
+                metrics: self::metrics::HedgeMetrics::new(&self.name),
                 name: self.name,
                 delay,
                 max_hedged: self.max_hedged,

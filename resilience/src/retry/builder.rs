@@ -129,7 +129,7 @@ impl RetryBuilder {
             && self.on_retry.is_none();
         let shared = (!unshared).then(|| {
             Arc::new(Shared {
-                metrics: crate::metrics::RetryMetrics::new(&self.name),
+                metrics: super::metrics::RetryMetrics::new(&self.name),
                 name: self.name,
                 budget: self.budget,
                 random: random.map(Mutex::new),

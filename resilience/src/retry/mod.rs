@@ -50,6 +50,7 @@ mod builder;
 mod future;
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 mod plan;
 
 use std::fmt;
@@ -195,16 +196,16 @@ struct Shared {
     /// `None`: each thread's own generator.
     random: Option<Mutex<Box<RandomSource>>>,
     on_retry: Option<Hook>,
-    metrics: crate::metrics::RetryMetrics,
+    metrics: self::metrics::RetryMetrics,
 }
 
 /// The name of a policy built without one; its metrics are one series for all of them.
 const DEFAULT_NAME: &str = "default";
 
 /// The metrics of every unnamed policy (`retry="default"`).
-fn default_metrics() -> &'static crate::metrics::RetryMetrics {
-    static METRICS: std::sync::LazyLock<crate::metrics::RetryMetrics> =
-        std::sync::LazyLock::new(|| crate::metrics::RetryMetrics::new(DEFAULT_NAME));
+fn default_metrics() -> &'static self::metrics::RetryMetrics {
+    static METRICS: std::sync::LazyLock<self::metrics::RetryMetrics> =
+        std::sync::LazyLock::new(|| self::metrics::RetryMetrics::new(DEFAULT_NAME));
     &METRICS
 }
 
@@ -245,7 +246,7 @@ impl Retry {
     }
 
     #[inline]
-    fn metrics(&self) -> &crate::metrics::RetryMetrics {
+    fn metrics(&self) -> &self::metrics::RetryMetrics {
         match &self.shared {
             Some(s) => &s.metrics,
             None => default_metrics(),

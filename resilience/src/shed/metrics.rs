@@ -6,14 +6,14 @@
 mod imp {
     use metrics::{Counter, Gauge, counter, gauge};
 
-    use crate::metrics::Bound;
+    use crate::metrics::{Bound, bound};
 
     /// One signal's pressure gauge, bound under `shedder\u{1f}signal`.
     pub(crate) struct SignalMetrics(Bound<Gauge>);
 
     impl SignalMetrics {
         pub(crate) fn new(shedder: &str, signal: &str) -> Self {
-            SignalMetrics(Bound::new(&format!("{shedder}\u{1f}{signal}"), |key| {
+            SignalMetrics(bound(&format!("{shedder}\u{1f}{signal}"), |key| {
                 let (shedder, signal) = key.split_once('\u{1f}').unwrap_or((key, ""));
                 gauge!("floodwall_shed_signal_pressure", "shedder" => shedder.to_owned(), "signal" => signal.to_owned())
             }))
@@ -38,7 +38,7 @@ mod imp {
 
     impl ShedMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            ShedMetrics(Bound::new(name, |name| {
+            ShedMetrics(bound(name, |name| {
                 let shed = |p: &'static str| counter!("floodwall_shed_rejected_total", "shedder" => name.to_owned(), "priority" => p);
                 ShedHandles {
                     level: gauge!("floodwall_shed_level", "shedder" => name.to_owned()),

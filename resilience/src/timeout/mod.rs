@@ -42,14 +42,15 @@ mod future;
 mod lane;
 #[cfg(feature = "tower")]
 mod layer;
+mod metrics;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use self::metrics::TimeoutMetrics;
 use crate::Error;
-use crate::metrics::TimeoutMetrics;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

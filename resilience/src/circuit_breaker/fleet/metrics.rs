@@ -6,7 +6,7 @@
 mod imp {
     use metrics::{Counter, Gauge, counter, gauge};
 
-    use crate::metrics::Bound;
+    use crate::metrics::{Bound, bound};
 
     struct FleetHandles {
         connected: Gauge,
@@ -19,7 +19,7 @@ mod imp {
 
     impl FleetMetrics {
         pub(crate) fn new(name: &str) -> Self {
-            FleetMetrics(Bound::new(name, |name| FleetHandles {
+            FleetMetrics(bound(name, |name| FleetHandles {
                 connected: gauge!("floodwall_circuit_breaker_fleet_connected", "breaker" => name.to_owned()),
                 open: gauge!("floodwall_circuit_breaker_fleet_open", "breaker" => name.to_owned()),
                 live: gauge!("floodwall_circuit_breaker_fleet_instances", "breaker" => name.to_owned()),

@@ -32,6 +32,8 @@
 //! }
 //! ```
 
+mod metrics;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,7 +125,7 @@ impl AdaptiveThrottleBuilder {
             (floodwall_core::clock::duration_to_nanos(self.window) / BUCKETS as u64).max(1);
         Ok(AdaptiveThrottle {
             inner: Arc::new(Inner {
-                metrics: crate::metrics::ThrottleMetrics::new(&self.name),
+                metrics: self::metrics::ThrottleMetrics::new(&self.name),
                 k: self.k,
                 bucket_nanos,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
@@ -141,7 +143,7 @@ pub struct AdaptiveThrottle {
 }
 
 struct Inner {
-    metrics: crate::metrics::ThrottleMetrics,
+    metrics: self::metrics::ThrottleMetrics,
     k: f64,
     bucket_nanos: u64,
     clock: Arc<dyn Clock>,
