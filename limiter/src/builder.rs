@@ -16,10 +16,8 @@ pub struct RateLimiterBuilder {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: FailurePolicy,
     pub(crate) shadow_all: bool,
-    #[cfg(feature = "redis")]
-    pub(crate) redis: Option<floodwall_core::redis::StoreOptions>,
-    #[cfg(feature = "redis")]
-    pub(crate) max_batch: usize,
+    /// What `redis` and `redis_max_batch` set.
+    pub(crate) redis: crate::redis::Settings,
 }
 
 /// A [`RateLimiterBuilder`] setting was invalid: which one, and why.
@@ -32,7 +30,7 @@ pub struct ConfigError {
     pub why: String,
 }
 
-fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError {
         field,
         why: why.into(),
@@ -76,7 +74,7 @@ impl RateLimiterBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, options: floodwall_core::redis::StoreOptions) -> Self {
-        self.redis = Some(options);
+        self.redis.options = Some(options);
         self
     }
 
@@ -88,12 +86,12 @@ impl RateLimiterBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_max_batch(mut self, max: usize) -> Self {
-        self.max_batch = max;
+        self.redis.max_batch = max;
         self
     }
 
     /// Builds the limiter.
-    pub fn build(self) -> Result<RateLimiter, ConfigError> {
+    pub fn build(mut self) -> Result<RateLimiter, ConfigError> {
         #[cfg(feature = "metrics")]
         {
             crate::describe_metrics();
@@ -116,26 +114,11 @@ impl RateLimiterBuilder {
                 ));
             }
         }
-        #[cfg(feature = "redis")]
-        if self.max_batch == 0 {
-            return Err(invalid(
-                "redis_max_batch",
-                "is 0; at least 1 (1: no batching)",
-            ));
-        }
-        #[cfg(feature = "redis")]
-        let leases = self.leases()?;
-        #[cfg(feature = "redis")]
-        let store = match self.redis {
-            Some(options) => {
-                // The failure policy's series exists from now on, at zero.
-                crate::metrics::store_failures(self.policy, 0);
-                Store::Redis(crate::redis::RedisStore::new(options, self.max_batch))
-            }
+        let (redis, leases) = self.redis_store()?;
+        let store = match redis {
+            Some(redis) => Store::Redis(redis),
             None => Store::Memory,
         };
-        #[cfg(not(feature = "redis"))]
-        let store = Store::Memory;
         Ok(RateLimiter {
             inner: Arc::new(Inner {
                 limits: self.limits,
@@ -143,58 +126,9 @@ impl RateLimiterBuilder {
                 store,
                 policy: self.policy,
                 shadow_all: self.shadow_all,
-                #[cfg(feature = "redis")]
                 leases,
             }),
         })
-    }
-}
-
-#[cfg(feature = "redis")]
-impl RateLimiterBuilder {
-    /// Each limit's lease table; leases need GCRA, a fixed quota, the Redis store and a
-    /// lifetime the burst can pay for.
-    fn leases(&self) -> Result<Vec<Option<crate::redis::Leases>>, ConfigError> {
-        self.limits
-            .iter()
-            .map(|limit| {
-                let Some(lease) = limit.lease else {
-                    return Ok(None);
-                };
-                let name = &limit.name;
-                if limit.algorithm != crate::Algorithm::Gcra {
-                    return Err(invalid(
-                        "lease",
-                        format!("limit {name:?}: leases need GCRA"),
-                    ));
-                }
-                if self.redis.is_none() {
-                    return Err(invalid(
-                        "lease",
-                        format!("limit {name:?}: leases need the Redis store"),
-                    ));
-                }
-                let Some(quota) = limit.quota.fixed() else {
-                    return Err(invalid(
-                        "lease",
-                        format!("limit {name:?}: leases need a fixed quota, not tiers"),
-                    ));
-                };
-                if lease.quota(quota).is_none() {
-                    return Err(invalid(
-                        "lease",
-                        format!(
-                            "limit {name:?}: lifetime {:?} earns the whole burst of {} \
-                             (T = {:?}); shorten it or raise the burst",
-                            lease.lifetime(),
-                            quota.burst(),
-                            quota.emission_interval()
-                        ),
-                    ));
-                }
-                Ok(Some(crate::redis::Leases::new(lease)))
-            })
-            .collect()
     }
 }
 

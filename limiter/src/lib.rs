@@ -93,6 +93,10 @@ mod quota;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+// Without the feature, `redis` holds types with no values (`without_redis.rs`).
+#[cfg(not(feature = "redis"))]
+#[path = "without_redis.rs"]
+mod redis;
 pub mod sliding_log;
 mod tiers;
 pub mod window;

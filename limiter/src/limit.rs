@@ -37,7 +37,6 @@ pub struct Limit {
     /// GCRA's constants, worked out once when the quota is fixed.
     pub(crate) params: Option<crate::gcra::Params>,
     /// Token leases on Redis, if asked for.
-    #[cfg(feature = "redis")]
     pub(crate) lease: Option<crate::redis::Lease>,
     /// The limit's metric keys, built once: counting a decision allocates nothing.
     #[cfg(feature = "metrics")]
@@ -59,7 +58,6 @@ impl Limit {
             keyed_by: None,
             shadow: false,
             params,
-            #[cfg(feature = "redis")]
             lease: None,
             #[cfg(feature = "metrics")]
             counters: Arc::new(crate::metrics::LimitCounters::new(name)),

@@ -19,7 +19,6 @@ pub(crate) type Descriptor<'a, 'b> = &'a [(&'a str, &'b str)];
 
 pub(crate) enum Store {
     Memory,
-    #[cfg(feature = "redis")]
     Redis(crate::redis::RedisStore),
 }
 
@@ -68,11 +67,9 @@ pub(crate) struct Inner {
     pub(crate) limits: Vec<Limit>,
     pub(crate) memory: Memory,
     pub(crate) store: Store,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) policy: FailurePolicy,
     pub(crate) shadow_all: bool,
     /// Per limit, its token leases (leased limits on Redis only).
-    #[cfg(feature = "redis")]
     pub(crate) leases: Vec<Option<crate::redis::Leases>>,
 }
 
@@ -85,10 +82,7 @@ impl RateLimiter {
             clock: Arc::new(SystemClock::new()),
             policy: FailurePolicy::default(),
             shadow_all: false,
-            #[cfg(feature = "redis")]
-            redis: None,
-            #[cfg(feature = "redis")]
-            max_batch: crate::redis::DEFAULT_MAX_BATCH,
+            redis: crate::redis::Settings::default(),
         }
     }
 
@@ -147,7 +141,6 @@ impl RateLimiter {
     ) -> Option<Result<Verdict, LimitError>> {
         match &self.inner.store {
             Store::Memory => Some(self.decide_in_memory(descriptor, 1, true)),
-            #[cfg(feature = "redis")]
             Store::Redis(_) => None,
         }
     }
@@ -169,7 +162,6 @@ impl RateLimiter {
                 continue;
             };
             // A leased limit decides every request with its reduced burst (checked at build).
-            #[cfg(feature = "redis")]
             let quota = match &limit.lease {
                 Some(lease) => lease.quota(quota).unwrap_or(quota),
                 None => quota,
@@ -203,7 +195,6 @@ impl RateLimiter {
         let started = crate::metrics::start();
         let (verdict, on_redis) = match &self.inner.store {
             Store::Memory => (self.decide_in_memory(descriptor, cost, consume), false),
-            #[cfg(feature = "redis")]
             Store::Redis(redis) => (
                 Box::pin(self.decide_on_redis(redis, descriptor, cost, consume)).await,
                 true,
@@ -419,12 +410,15 @@ impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let store = match &self.inner.store {
             Store::Memory => "memory",
-            #[cfg(feature = "redis")]
             Store::Redis(_) => "redis",
         };
         f.debug_struct("RateLimiter")
             .field("limits", &self.inner.limits)
             .field("store", &store)
+            .field(
+                "leased_limits",
+                &self.inner.leases.iter().filter(|l| l.is_some()).count(),
+            )
             .field("policy", &self.inner.policy)
             .finish()
     }

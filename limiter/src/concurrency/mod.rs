@@ -45,7 +45,12 @@
 #[cfg(feature = "http")]
 mod http;
 mod memory;
+// Without the `redis` feature, `redis` is a module of uninhabited types: the Redis paths
+// below compile to nothing, with no gate of their own.
 #[cfg(feature = "redis")]
+mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "without_redis.rs"]
 mod redis;
 
 use std::fmt;
@@ -108,8 +113,7 @@ pub struct ConcurrencyLimitBuilder {
     lease: Duration,
     retry_after: Duration,
     policy: FailurePolicy,
-    #[cfg(feature = "redis")]
-    redis: Option<floodwall_core::redis::StoreOptions>,
+    redis: Option<redis::Holders>,
 }
 
 impl fmt::Debug for ConcurrencyLimitBuilder {
@@ -155,7 +159,7 @@ impl ConcurrencyLimitBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, options: floodwall_core::redis::StoreOptions) -> Self {
-        self.redis = Some(options);
+        self.redis = Some(redis::Holders::new(options));
         self
     }
 
@@ -182,8 +186,7 @@ impl ConcurrencyLimitBuilder {
                 local: memory::Slots::default(),
                 fallback: memory::Slots::default(),
                 share,
-                #[cfg(feature = "redis")]
-                redis: self.redis.map(redis::Holders::new),
+                redis: self.redis,
                 name: self.name,
                 limit: self.limit,
                 lease: self.lease,
@@ -206,7 +209,6 @@ struct Inner {
     fallback: memory::Slots,
     /// The insurance share per key.
     share: u32,
-    #[cfg(feature = "redis")]
     redis: Option<redis::Holders>,
 }
 
@@ -233,7 +235,6 @@ enum Grant {
     /// while Redis fails.
     Local { fallback: bool, key: String },
     /// A slot in Redis, renewed by `heartbeat`.
-    #[cfg(feature = "redis")]
     Redis(redis::Held),
     /// Admitted without a slot (fail-open while Redis fails).
     Unlimited,
@@ -250,7 +251,6 @@ impl fmt::Debug for ConcurrencyPermit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = match &self.grant {
             Grant::Local { .. } => "local",
-            #[cfg(feature = "redis")]
             Grant::Redis(_) => "redis",
             Grant::Unlimited => "unlimited",
         };
@@ -266,7 +266,6 @@ impl ConcurrencyPermit {
     pub fn is_degraded(&self) -> bool {
         match &self.grant {
             Grant::Local { fallback, .. } => *fallback,
-            #[cfg(feature = "redis")]
             Grant::Redis(_) => false,
             Grant::Unlimited => true,
         }
@@ -283,7 +282,6 @@ impl Drop for ConcurrencyPermit {
                 };
                 slots.release(&key);
             }
-            #[cfg(feature = "redis")]
             Grant::Redis(held) => held.release(),
             Grant::Unlimited => {}
         }
@@ -300,7 +298,6 @@ impl ConcurrencyLimit {
             lease: Duration::from_secs(10),
             retry_after: Duration::from_secs(1),
             policy: FailurePolicy::default(),
-            #[cfg(feature = "redis")]
             redis: None,
         }
     }
@@ -313,7 +310,6 @@ impl ConcurrencyLimit {
     /// Takes a slot for `key`, or says why not. On Redis, one script (bounded by the store's
     /// call timeout); the slot is renewed while the permit is held and freed when it drops.
     pub async fn acquire(&self, key: &str) -> Result<ConcurrencyPermit, ConcurrencyError> {
-        #[cfg(feature = "redis")]
         if let Some(redis) = &self.inner.redis {
             return match redis.acquire(key, self.inner.limit, self.inner.lease).await {
                 Ok(Ok(held)) => Ok(self.permit(Grant::Redis(held))),
@@ -347,7 +343,6 @@ impl ConcurrencyLimit {
     }
 
     /// The failure policy's answer while the store fails.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn degraded(&self, key: &str, e: StoreError) -> Result<ConcurrencyPermit, ConcurrencyError> {
         tracing::warn!(limit = &*self.inner.name, error = %e, policy = ?self.inner.policy, "concurrency store failed");
         match self.inner.policy {

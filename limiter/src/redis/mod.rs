@@ -68,9 +68,11 @@
 //! error about one key (a key of the wrong type) is that request's failure alone.
 
 mod batch;
+mod build;
 mod decide;
 mod lease;
 
+pub(crate) use build::Settings;
 pub use lease::Lease;
 pub(crate) use lease::{Leases, sweep};
 
