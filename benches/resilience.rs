@@ -7,7 +7,8 @@
 //!   two threads sharing one breaker. The `floodwall fleet member` row is the same breaker
 //!   joined to a fleet (on a Redis server the bench starts, with the `redis` feature; in
 //!   memory otherwise), its sync task running beside the bench: the healthy call path of a
-//!   fleet breaker against a plain one.
+//!   fleet breaker against a plain one; their ratio is also printed from alternating rounds
+//!   (the median of 41), which a drifting machine moves less than two criterion runs.
 //! - `circuit_breaker/layer`: one request through a closed breaker layer around an
 //!   always-ready service — floodwall's `CircuitBreakerLayer` against tower-resilience's.
 //! - `retry/no_retry_needed`: one successful request through floodwall's `RetryLayer` and
@@ -91,6 +92,55 @@ fn closed_path(c: &mut Criterion) {
         b.iter_custom(|iters| contended(iters, failsafe_call))
     });
     g.finish();
+    paired(
+        "a fleet member against a plain breaker",
+        &ours,
+        &member_breaker,
+    );
+}
+
+/// `calls` admit-and-succeed calls on `b`: one function for every breaker, so two breakers
+/// compared run the same machine code.
+#[inline(never)]
+fn closed_calls(b: &CircuitBreaker, calls: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..calls {
+        let p = black_box(b).try_acquire().unwrap();
+        p.success();
+    }
+    start.elapsed()
+}
+
+/// `b`'s time per call against `a`'s, in alternating rounds (the order swapping each round, so
+/// a machine that drifts affects both alike), through the same code: the median of each and
+/// of their ratio, printed.
+fn paired(what: &str, a: &CircuitBreaker, b: &CircuitBreaker) {
+    const ROUNDS: usize = 41;
+    const CALLS: u32 = 200_000;
+    let time = |x: &CircuitBreaker| closed_calls(x, CALLS).as_nanos() as f64 / f64::from(CALLS);
+    let (mut ta, mut tb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(a);
+            (x, time(b))
+        } else {
+            let y = time(b);
+            (time(a), y)
+        };
+        ta.push(x);
+        tb.push(y);
+        ratio.push(y / x);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{what}: {:.2} ns against {:.2} ns per call, median ratio {:.3} over {ROUNDS} paired rounds",
+        median(&mut tb),
+        median(&mut ta),
+        median(&mut ratio)
+    );
 }
 
 /// A breaker like the plain row's (no slow-call detection), joined to a fleet whose sync task

@@ -66,7 +66,8 @@
 //! e.g. a Prometheus exporter); the hot path only bumps them. Labels name the primitive
 //! (`name(..)` on its builder, `"default"` otherwise). Building a primitive also registers
 //! each metric's description and unit; `describe_metrics()` does it again, for primitives
-//! built before the recorder was installed.
+//! built before the recorder was installed. A call admitted before a recorder was installed is not
+//! recorded.
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|

@@ -444,10 +444,13 @@ impl CircuitBreaker {
         if kind_of(w) == State::Disabled {
             return; // disabled: records nothing, not even metrics or events
         }
-        // Every admitted call's duration, whichever way it was admitted (a call, a permit, a
-        // layer, a pipeline stage).
-        inner.metrics.finish(permit.timer);
-        inner.metrics.outcome(outcome);
+        // Every admitted call's duration and outcome, whichever way it was admitted (a call, a
+        // permit, a layer, a pipeline stage) — if a recorder was there when it was admitted:
+        // without one, the permit carries no timer and recording asks the facade nothing.
+        if permit.timer.is_some() {
+            inner.metrics.finish(permit.timer);
+            inner.metrics.outcome(outcome);
+        }
         inner.events.emit(|| match outcome {
             Outcome::Success => BreakerEvent::Success,
             Outcome::Failure => BreakerEvent::Error,
