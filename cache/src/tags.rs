@@ -120,11 +120,21 @@ impl TagState {
         self.checked_ms.load(Ordering::Acquire)
     }
 
+    /// Moves the version on by one (no Redis: this process's own count), at clock reading
+    /// `now`; two bumps at once make two versions.
+    pub(crate) fn bump(&self, now: u64) {
+        // `changed` first: a load that sees the new version also sees it changed.
+        self.changed.store(now.max(1), Ordering::Release);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Adopts `v` if it is newer, at clock reading `now`; marks it read from Redis at
     /// `checked_ms` when given.
     pub(crate) fn advance(&self, v: u64, now: u64, checked_ms: Option<u64>) {
-        if self.version.fetch_max(v, Ordering::AcqRel) < v {
+        // `changed` first: a load that sees the new version also sees it changed.
+        if v > self.version() {
             self.changed.store(now.max(1), Ordering::Release);
+            self.version.fetch_max(v, Ordering::AcqRel);
         }
         if let Some(ms) = checked_ms {
             self.checked_ms.store(ms, Ordering::Release);
@@ -244,7 +254,7 @@ where
                     inner.stats.invalidation_sent();
                 }
             }
-            None => state.advance(state.version() + 1, now, None),
+            None => state.bump(now),
         }
         Ok(())
     }
@@ -363,21 +373,30 @@ where
         let mut out = Vec::with_capacity(tags.len());
         for name in tags.0.iter() {
             let (state, made) = inner.tags.intern(name, now);
-            let known = !made && (inner.l2.is_none() || state.checked_ms() != 0);
-            if known {
-                if state.changed.load(Ordering::Acquire) >= started {
-                    return None;
+            // The version before `changed`: a bump stores `changed` first, so a version read
+            // here that is already bumped comes with its `changed`.
+            let seen = state.version();
+            let changed = state.changed.load(Ordering::Acquire) >= started;
+            let v = match &inner.l2 {
+                // In this process alone: exact. A record made now may have replaced one a
+                // sweep dropped during the load, with its bump.
+                None if changed || (made && inner.tags.swept() >= started) => return None,
+                None => seen,
+                Some(_) if !made && state.checked_ms() != 0 => {
+                    if changed {
+                        return None;
+                    }
+                    seen
                 }
-            } else if inner.l2.is_some() {
-                let (v, created) = self.read_tag(&state).await.ok()?;
-                if !created && v.saturating_add(SKEW_MS) >= started_ms {
-                    return None;
+                // Unknown here: Redis's version, which must predate the load.
+                Some(_) => {
+                    let (v, created) = self.read_tag(&state).await.ok()?;
+                    if !created && v.saturating_add(SKEW_MS) >= started_ms {
+                        return None;
+                    }
+                    v
                 }
-            } else if inner.tags.swept() >= started {
-                // A bump during the load may have been forgotten with its record.
-                return None;
-            }
-            let v = state.version();
+            };
             out.push((state, v));
         }
         Some((!out.is_empty()).then(|| out.into_boxed_slice()))
