@@ -8,7 +8,8 @@
 //! [`sync_interval`](FleetBreakerBuilder::sync_interval), and at once (at most every
 //! [`publish_gap`](FleetBreakerBuilder::publish_gap)) after a failure or a state change. The
 //! store ([`RedisFleet`] with the `redis` feature, or [`MemoryFleet`] in one process) decides
-//! each report in one atomic step on its own clock.
+//! each report in one atomic step on its own clock; on Redis a report costs O(1) whatever the
+//! fleet's size (running sums, summed afresh every 128th report).
 //!
 //! # Rules
 //!

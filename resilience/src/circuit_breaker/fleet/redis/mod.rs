@@ -22,8 +22,10 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The fleet of instances that share a Redis deployment: each fleet breaker is one hash
-/// (`fw-fleet:v1:{<name>}`, its TTL two leases past the fleet's open wait), read and written
-/// by one script per report. Every call is bounded by the store's call timeout.
+/// (`fw-fleet:v1:{<name>}`) and a sorted set of its members' lease ends
+/// (`fw-fleet:v1:{<name>}:leases`), their TTL two leases past the fleet's open wait, changed
+/// by one script per report that keeps running sums: a report costs O(1) plus the members
+/// whose lease ended, not O(members). Every call is bounded by the store's call timeout.
 #[derive(Clone)]
 pub struct RedisFleet {
     path: StorePath,
@@ -35,6 +37,14 @@ impl RedisFleet {
         RedisFleet {
             path: options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace")),
         }
+    }
+}
+
+impl RedisFleet {
+    /// The fleet's hash and its members' lease ends, under one hash tag.
+    fn keys(&self, name: &str) -> (floodwall_core::Key, floodwall_core::Key) {
+        let ks = self.path.keyspace();
+        (ks.key(name).build(), ks.key(name).part("leases").build())
     }
 }
 
@@ -62,7 +72,7 @@ impl FleetStore for RedisFleet {
         rules: &'a FleetRules,
     ) -> BoxFuture<'a, Result<FleetView, StoreError>> {
         Box::pin(async move {
-            let key = self.path.keyspace().key(name).build();
+            let (key, ends) = self.keys(name);
             let (quorum_count, quorum_share) = match rules.quorum {
                 Quorum::Count(n) => (n.max(1), 0.0),
                 Quorum::Share(s) => (0, s),
@@ -70,6 +80,7 @@ impl FleetStore for RedisFleet {
             let call = SYNC
                 .call()
                 .key(&key)
+                .key(&ends)
                 .arg(&report.instance)
                 .arg(report.state.code())
                 .arg(report.calls)
@@ -114,8 +125,8 @@ impl FleetStore for RedisFleet {
         instance: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = self.path.keyspace().key(name).build();
-            let call = LEAVE.call().key(&key).arg(instance);
+            let (key, ends) = self.keys(name);
+            let call = LEAVE.call().key(&key).key(&ends).arg(instance);
             self.path.invoke::<i64>(call).await.map(|_| ())
         })
     }
