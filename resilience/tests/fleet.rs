@@ -654,3 +654,71 @@ async fn a_fleet_on_sentinel_opens_and_follows_a_failover() {
     );
     assert_eq!(after.live, 3);
 }
+
+/// What Redis can do to the fleet's record: `FLUSHALL` (every instance joins again at its next
+/// sync, all counted), running sums garbled (an unreadable sum is taken afresh at once, a
+/// wrong one at the latest at the 128th sync since the last), and a key of the wrong type (each
+/// sync fails: every instance decides alone; it joins again once the key is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_garbled_or_wrong_type_fleet_record_heals() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_lost_garbled_or_wrong_type_fleet_record_heals")
+    else {
+        return;
+    };
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let conn = connect(&[server.url()], false, Duration::from_millis(200)).await;
+        let b = breaker("refunds", Duration::from_secs(30), 1);
+        // No heartbeat during the test: only the syncs below.
+        members.push(join(b, conn, Duration::from_secs(3600)).await);
+    }
+    assert_eq!(members[2].sync_now().await.unwrap().live, 3);
+
+    server.command(&["FLUSHALL"]).unwrap();
+    let mut after_flush = Vec::new();
+    for m in &members {
+        after_flush.push(m.sync_now().await.unwrap().live);
+    }
+
+    let key = server
+        .command(&["KEYS", "*{refunds}"])
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(key.ends_with("{refunds}"), "{key:?}");
+    server.command(&["HSET", &key, "a", "not numbers"]).unwrap();
+    let unreadable = members[0].sync_now().await.unwrap().live;
+    // A well-formed wrong sum, 127 syncs old: read once more, then summed afresh.
+    server
+        .command(&["HSET", &key, "a", "9,0,0,0,0,0,127"])
+        .unwrap();
+    let stale = members[1].sync_now().await.unwrap().live;
+    let resummed = members[2].sync_now().await.unwrap().live;
+
+    server.command(&["DEL", &key]).unwrap();
+    server.command(&["SET", &key, "a string"]).unwrap();
+    let refused = members[0].sync_now().await;
+    let alone = !members[0].connected();
+    let still_decides = members[0].breaker().try_acquire().is_ok();
+    server.command(&["DEL", &key]).unwrap();
+    let back = members[0].sync_now().await.map(|v| v.live);
+    println!(
+        "fleet record: after FLUSHALL the syncs counted {after_flush:?} live; an unreadable \
+         sum: {unreadable}; a wrong sum of 9 at its 127th sync: {stale}, the next sync \
+         {resummed}; a wrong-type key: {}, deciding alone: {alone}, a call admitted: \
+         {still_decides}; the key gone: {back:?}",
+        refused
+            .as_ref()
+            .map_or_else(|e| e.to_string(), |v| format!("{v:?}"))
+    );
+    assert_eq!(after_flush, [1, 2, 3], "each joins again as it syncs");
+    assert_eq!(unreadable, 3, "an unreadable sum is summed afresh");
+    assert_eq!(
+        stale, 9,
+        "a well-formed sum is trusted until its 128th sync"
+    );
+    assert_eq!(resummed, 3, "the 128th sync sums afresh");
+    assert!(refused.is_err() && alone && still_decides);
+    assert_eq!(back.unwrap(), 1, "joined again, alone in a fresh record");
+}
