@@ -15,6 +15,9 @@
 //!   through tower's `Retry` with an equivalent policy.
 //! - `bulkhead/uncontended`: one request through floodwall's `BulkheadLayer` and tower's
 //!   `ConcurrencyLimit`, both limiting to 25.
+//! - `circuit_breaker/fleet_sync` (feature `redis`; starts its own `redis-server`): one fleet
+//!   breaker's sync on Redis with 10 and with 200 members — a sync's cost does not grow with
+//!   the fleet.
 //! - `shed/nothing_overloaded`: one request through floodwall's `ShedLayer` (a signal, level
 //!   0; and with a capacity of 1,000, which counts requests in flight) and tower's `LoadShed`,
 //!   with nothing overloaded. A `bare` row (the service alone) gives the added cost.
@@ -318,5 +321,65 @@ fn shed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, closed_path, layer, retry, bulkhead, shed);
+/// One fleet sync on Redis (feature `redis`; starts its own server): a report answered by the
+/// script, with 10 and with 200 members in the fleet — what a fleet's size costs a sync.
+#[cfg(feature = "redis")]
+fn fleet_sync(c: &mut Criterion) {
+    use floodwall::core::redis::{RedisConnection, StoreOptions};
+    use floodwall::resilience::circuit_breaker::fleet::{
+        FleetRules, FleetStore, MemberReport, MemberState, Quorum, RedisFleet,
+    };
+    let Some(server) = floodwall_testkit::RedisServer::start_or_skip("fleet sync bench") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(async {
+        let conn = RedisConnection::standalone(server.url())
+            .connect()
+            .await
+            .unwrap();
+        RedisFleet::new(StoreOptions::new(conn))
+    });
+    let rules = FleetRules {
+        lease: Duration::from_secs(3600),
+        quorum: Quorum::Count(3),
+        minimum_calls: 20,
+        failure_rate_threshold: 50.0,
+        slow_call_rate_threshold: 100.0,
+        wait_initial: Duration::from_secs(30),
+        wait_multiplier: 1.0,
+        wait_max: Duration::from_secs(30),
+        probers: 1,
+        probe_timeout: Duration::from_secs(90),
+    };
+    let report = |i: usize| MemberReport {
+        instance: format!("i{i}"),
+        state: MemberState::Closed,
+        calls: 5,
+        failures: 0,
+        slow: 0,
+    };
+    let mut g = c.benchmark_group("circuit_breaker/fleet_sync");
+    for members in [10usize, 200] {
+        let name = format!("bench-{members}");
+        rt.block_on(async {
+            for i in 0..members {
+                store.sync(&name, &report(i), &rules).await.unwrap();
+            }
+        });
+        let mine = report(0);
+        g.bench_function(format!("{members} members"), |b| {
+            b.iter(|| rt.block_on(store.sync(&name, &mine, &rules)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "redis"))]
+fn fleet_sync(_: &mut Criterion) {}
+
+criterion_group!(benches, closed_path, layer, retry, bulkhead, shed, fleet_sync);
 criterion_main!(benches);
