@@ -381,5 +381,13 @@ fn fleet_sync(c: &mut Criterion) {
 #[cfg(not(feature = "redis"))]
 fn fleet_sync(_: &mut Criterion) {}
 
-criterion_group!(benches, closed_path, layer, retry, bulkhead, shed, fleet_sync);
+criterion_group!(
+    benches,
+    closed_path,
+    layer,
+    retry,
+    bulkhead,
+    shed,
+    fleet_sync
+);
 criterion_main!(benches);

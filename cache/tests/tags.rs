@@ -282,4 +282,81 @@ mod on_redis {
         );
         assert!(served.iter().all(|(_, v)| v.is_none()), "{served:?}");
     }
+
+    /// Redis blackholed: a tagged load asks Redis at most three times (a tag's version not
+    /// read yet, the value, the tag after the load), each within the call bound, and answers
+    /// the loader's value; once the node's gate has opened, at once. A tag whose version was
+    /// read before the outage keeps it: the value is kept in L1 under it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blackholed_redis_answers_tagged_loads_from_the_loader_within_the_bound() {
+        use floodwall_testkit::FaultProxy;
+        let Some(server) = RedisServer::start_or_skip(
+            "a_blackholed_redis_answers_tagged_loads_from_the_loader_within_the_bound",
+        ) else {
+            return;
+        };
+        let proxy = FaultProxy::start(server.addr()).await.unwrap();
+        let bound = Duration::from_millis(50);
+        let c: Cache = TieredCache::builder()
+            .redis(RedisTier::new(
+                StoreOptions::new(connect(&[proxy.redis_url()], false).await)
+                    .keyspace(Keyspace::new("cachetest-tags-bh", 1).unwrap())
+                    .call_timeout(bound),
+            ))
+            .build();
+        let t = tags(&["catalog"]);
+        c.get_or_load_tagged("warm".into(), &t, || async {
+            Ok::<_, std::io::Error>(Some("w".to_string()))
+        })
+        .await
+        .unwrap();
+        proxy.blackhole();
+        let (mut slowest, mut slowest_late) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..10 {
+            let started = Instant::now();
+            let v = c
+                .get_or_load_tagged(format!("k{i}"), &t, move || async move {
+                    Ok::<_, std::io::Error>(Some(format!("v{i}")))
+                })
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            assert_eq!(v, Some(format!("v{i}")));
+            slowest = slowest.max(took);
+            if i >= 6 {
+                slowest_late = slowest_late.max(took);
+            }
+        }
+        // Tags never read before the outage: not stored under a version nobody could read.
+        let mut unread_slowest = Duration::ZERO;
+        for i in 0..4 {
+            let started = Instant::now();
+            let fresh = Tags::new([format!("new-{i}")]).unwrap();
+            let v = c
+                .get_or_load_tagged(format!("n{i}"), &fresh, move || async move {
+                    Ok::<_, std::io::Error>(Some(format!("n{i}")))
+                })
+                .await
+                .unwrap();
+            assert_eq!(v, Some(format!("n{i}")));
+            unread_slowest = unread_slowest.max(started.elapsed());
+            assert_eq!(c.get(&format!("n{i}")).await, None, "n{i} not stored");
+        }
+        let stored = c.get(&"k0".to_string()).await;
+        println!(
+            "blackholed Redis, tagged loads: slowest {slowest:?} (bound 3 x {bound:?} + 50 ms), \
+             with the gate open at most {slowest_late:?}; k0 kept: {stored:?}; loads under \
+             tags never read: at most {unread_slowest:?}, none stored"
+        );
+        assert!(
+            slowest <= bound * 3 + Duration::from_millis(50),
+            "{slowest:?}"
+        );
+        assert!(slowest_late < Duration::from_millis(5), "{slowest_late:?}");
+        assert_eq!(
+            stored.as_deref(),
+            Some("v0"),
+            "kept in L1 under the version read before"
+        );
+    }
 }
