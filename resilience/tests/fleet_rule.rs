@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::ManualClock;
@@ -319,4 +320,67 @@ async fn settings_out_of_range_are_refused_naming_the_field() {
             .await
             .is_ok()
     );
+}
+
+/// A store that counts the syncs it answers.
+struct Counting(MemoryFleet, Arc<std::sync::atomic::AtomicU32>);
+
+impl FleetStore for Counting {
+    fn sync<'a>(
+        &'a self,
+        name: &'a str,
+        report: &'a MemberReport,
+        rules: &'a FleetRules,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<floodwall_resilience::circuit_breaker::fleet::FleetView, floodwall_core::StoreError>,
+    > {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.sync(name, report, rules)
+    }
+
+    fn leave<'a>(
+        &'a self,
+        name: &'a str,
+        instance: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), floodwall_core::StoreError>> {
+        self.0.leave(name, instance)
+    }
+}
+
+/// A burst of failures wakes the sync task once: 100 failures in a row make one sync (besides
+/// the one `join` makes), not a hundred; a failure after that sync makes one more.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_burst_of_failures_makes_one_sync() {
+    let clock = ManualClock::new();
+    let syncs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let store = Counting(MemoryFleet::with_clock(clock.clone()), syncs.clone());
+    let b = CircuitBreaker::builder()
+        .name("dep")
+        .sliding_window(SlidingWindow::Count(NonZeroU32::new(1000).unwrap()))
+        .minimum_calls(1000)
+        .slow_call_duration(None)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let member = FleetBreaker::builder(b, store)
+        .sync_interval(Duration::from_secs(3600))
+        .join()
+        .await
+        .unwrap();
+    let count = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(count(), 1, "join syncs once");
+    for _ in 0..100 {
+        member.breaker().try_acquire().unwrap().failure();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_burst = count();
+    member.breaker().try_acquire().unwrap().failure();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    println!(
+        "syncs: 1 at join, {after_burst} after 100 failures, {} after one more",
+        count()
+    );
+    assert_eq!(after_burst, 2);
+    assert_eq!(count(), 3);
 }
