@@ -9,6 +9,10 @@ A file's imports are the `crate::…` and `super::…` paths it names (in `use` 
 code), resolved to the file of the longest module they name. Containment is not an import:
 a module naming its own submodule or parent draws no arrow (that is how a folder holds its
 files). A circle is a set of two or more files each reachable from every other.
+
+It also counts the lines of `reqwest/src/cache` that coalesce or serve stale on their own
+instead of through the `TieredCache` (flight maps and channels, freshness and stale-window
+arithmetic): `OWN_CACHE_STATE` lists what such a line names.
 """
 
 import os
@@ -18,6 +22,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRATES = ["core", "resilience", "limiter", "cache", "idempotency", "reqwest"]
 IDENT = r"[a-z_][a-z0-9_]*"
+OWN_CACHE_STATE = re.compile(
+    r"watch::|Notify|HashMap|HashSet|Mutex|flight|refreshing|is_fresh|may_serve"
+    r"|fresh_ms|swr_ms|sie_ms|soft_at|hard_at|keep_until"
+)
 
 
 def module_of(src, path):
@@ -122,6 +130,18 @@ def measure(crate):
     return gates, [[name(m) for m in c] for c in circles(graph)]
 
 
+def own_cache_state():
+    """Lines of reqwest/src/cache (comments aside) naming coalescing or freshness state."""
+    src = os.path.join(ROOT, "reqwest", "src", "cache")
+    count = 0
+    for d, _, names in os.walk(src):
+        for n in names:
+            if n.endswith(".rs"):
+                text = strip_comments(open(os.path.join(d, n), encoding="utf-8").read())
+                count += sum(1 for line in text.splitlines() if OWN_CACHE_STATE.search(line))
+    return count
+
+
 def main():
     crates = sys.argv[1:] or CRATES
     for crate in crates:
@@ -129,6 +149,8 @@ def main():
         print(f"{crate}: {gates} `feature = \"redis\"` outside redis/, {len(found)} import circle(s)")
         for c in found:
             print("  circle: " + " <-> ".join(c))
+    if "reqwest" in crates:
+        print(f"reqwest/src/cache: {own_cache_state()} line(s) that coalesce or serve stale on their own")
 
 
 if __name__ == "__main__":

@@ -212,6 +212,7 @@ where
                 l2: self.l2,
                 l1_generation: std::sync::atomic::AtomicU64::new(0),
                 inflight: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
                 options: self.options,
                 clock: self.clock,
                 stats: crate::stats::Stats::named(&self.name),

@@ -5,7 +5,7 @@
 //! cache's `hard_timeout` `504 Gateway Timeout`.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, HeaderName, HeaderValue, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
 
-pub use crate::cache_control::CacheControl;
+pub use crate::cache_control::{CacheControl, Stated, may_store, stated};
 use crate::layer::future::ResponseFuture;
 use crate::layer::{BoxError, StoreIf};
 use crate::{CacheError, Fetched, TieredCache};
@@ -51,16 +51,19 @@ impl CachedResponse {
     }
 }
 
-/// Whether a response may be cached by default: `200`, no `Set-Cookie`, and no
-/// `Cache-Control: no-store` or `private` (directives matched whole, as RFC 9111 reads them).
+/// Whether a response may be cached by default: what [`may_store`] says of it (a `200`
+/// without `Set-Cookie`, `Vary: *`, `Cache-Control: no-store` or `private`).
 pub(crate) fn storable(r: &CachedResponse) -> bool {
-    let header = |name: &'static str| {
-        r.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-    };
-    let cc = CacheControl::parse_values(header(CACHE_CONTROL.as_str()).map(|(_, v)| &v[..]));
-    r.status == 200 && header(SET_COOKIE.as_str()).next().is_none() && !cc.no_store && !cc.private
+    let mut headers = http::HeaderMap::with_capacity(r.headers.len());
+    for (n, v) in &r.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    may_store(r.status, &headers, false)
 }
 
 /// Whether a response is a failure of the upstream by default: a `5xx`.
@@ -83,8 +86,8 @@ impl fmt::Display for UpstreamFailed {
 impl std::error::Error for UpstreamFailed {}
 
 /// Caches `GET` responses by path and query (other methods pass through). A response is
-/// stored if it is a `200` without `Set-Cookie`, `Cache-Control: no-store` or
-/// `private` (or as [`store_if`](Self::store_if) says); the key can add request parts
+/// stored if [`may_store`] allows it — a `200` without `Set-Cookie`, `Vary: *`,
+/// `Cache-Control: no-store` or `private` — or as [`store_if`](Self::store_if) says; the key can add request parts
 /// (e.g. a `Vary`-ing header) with [`key`](Self::key).
 ///
 /// A `5xx` response (or what [`fails_if`](Self::fails_if) says) is a failed load, not a value:

@@ -41,9 +41,14 @@
 //! - [`TieredCache`]: L1 moka (bounded by entries or weight), `get`, `get_or_load`
 //!   (coalesced), `get_or_fetch` (with "do not store" answers), `set`, `invalidate`,
 //!   `invalidate_namespace` / `clear`; cache [`tags`] (`set_tagged`, `get_or_load_tagged`,
-//!   `Fetched::Tagged`, `invalidate_tag`: one version bump per tag, on every instance); soft and hard TTL with jitter, stale-while-revalidate with one
-//!   background refresh, XFetch early refresh, fail-safe with a retry throttle, soft and hard
-//!   loader timeouts, negative caching; [`StatsSnapshot`].
+//!   `Fetched::Tagged`, `invalidate_tag`: one version bump per tag, on every instance); soft
+//!   and hard TTL with jitter, stale-while-revalidate with one background refresh, XFetch
+//!   early refresh, fail-safe with a retry throttle, soft and hard loader timeouts, negative
+//!   caching; [`StatsSnapshot`].
+//! - [`revalidate`]: [`TieredCache::get_or_revalidate`], loads that see the entry they
+//!   replace and store values with [`Lifetimes`] of their own (fresh, stale while
+//!   revalidating, stale on error), run in the caller's task and coalesced — the engine of
+//!   floodwall-reqwest's HTTP cache.
 //! - (feature `redis`, module `redis`) the Redis tier (L2): values through a pluggable serde
 //!   codec (compact binary by default, JSON available) in a versioned envelope; keys
 //!   `namespace:vSCHEMA:{key}:GENERATION`, so a schema bump never reads old bytes and a
@@ -54,19 +59,20 @@
 //!   call on floodwall-core's store path — bounded and gated per Redis node — so an L2
 //!   outage degrades to L1 + loader.
 //! - (feature `tower`, module `layer`) `CacheLayer`; (feature `http`, module `http`)
-//!   `HttpCacheLayer`. Both keep the inner service's error type.
+//!   `HttpCacheLayer`, and HTTP caching's rules written once for the family
+//!   (`CacheControl`, `may_store`, `stated`: RFC 9111 and RFC 5861). Both layers keep the
+//!   inner service's error type.
 //! - (feature `metrics`) `floodwall_cache_l1_hits_total`, `_l1_misses_total`,
 //!   `_loads_total`, `_coalesced_waiters_total`, `_stale_served_total`, `_l2_reads_total`,
 //!   `_l2_hits_total`, `_l2_errors_total`, `_l2_decode_errors_total`,
-//!   `_invalidations_sent_total`, `_invalidations_received_total` (all
+//!   `_invalidations_sent_total`, `_invalidations_received_total`, `_revalidated_total` (all
 //!   `floodwall_cache_`…) and the histogram `floodwall_cache_load_duration_seconds`, each
 //!   labelled `cache="<name>"` (the builder's
 //!   [`name`](TieredCacheBuilder::name), unique by default) and present from the cache's
 //!   construction, at zero.
 //!
 //! Freshness is measured on a [`Clock`], so tests drive it with [`ManualClock`] or Tokio's
-//! paused time. Freshness is measured on a [`Clock`], so tests drive it with
-//! [`ManualClock`] or Tokio's paused time.
+//! paused time.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
@@ -83,6 +89,7 @@ mod load;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod revalidate;
 mod stats;
 mod store;
 pub mod tags;
@@ -90,6 +97,7 @@ mod tiered;
 
 pub use builder::TieredCacheBuilder;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
+pub use revalidate::{Lifetimes, Refresh, Revalidated, Revalidation, Served};
 pub use stats::StatsSnapshot;
 
 /// Registers the description and unit of every metric this crate emits with the installed
@@ -142,6 +150,10 @@ pub fn describe_metrics() {
         (
             "floodwall_cache_invalidations_sent_total",
             "Invalidations published",
+        ),
+        (
+            "floodwall_cache_revalidated_total",
+            "Revalidating loads that kept the entry they replace (an HTTP 304)",
         ),
     ] {
         describe_counter!(name, Unit::Count, help);

@@ -221,6 +221,7 @@ where
             retry_at: 0,
             load_nanos,
             tags: None,
+            retain_until: None,
         }
     }
 }

@@ -43,10 +43,10 @@ mod bus;
 mod codec;
 mod tags;
 
-use crate::store::{BoxFut, Found, Tier2};
+use crate::store::{BoxFut, Expiry, Found, Tier2};
 pub(crate) use bus::Drop;
 pub use codec::{Binary, Codec, FORMAT_VERSION, Json};
-use codec::{open, seal, unix_ms};
+use codec::{Stamps, open, seal, unix_ms};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -283,17 +283,22 @@ where
         key: &'a K,
         value: &'a Option<V>,
         tags: &'a [(&'a str, u64)],
-        soft: Duration,
-        hard: Duration,
-        keep: Duration,
+        expiry: Expiry,
     ) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let now = unix_ms();
-            let ms = |d: Duration| now.saturating_add(d.as_millis() as u64);
-            let bytes = seal(&self.codec, value, tags, ms(soft), ms(hard))?;
+            let ms =
+                |d: Duration| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let at = Stamps {
+                soft_at: ms(expiry.soft),
+                hard_at: ms(expiry.hard),
+                kept_until: ms(expiry.keep),
+                fail_safe_until: expiry.fail_safe.map(ms),
+            };
+            let bytes = seal(&self.codec, value, tags, at)?;
             let k = key.to_string();
             self.store
-                .set(&k, bytes, keep.max(Duration::from_millis(1)))
+                .set(&k, bytes, expiry.keep.max(Duration::from_millis(1)))
                 .await?;
             self.store.publish(&format!("k {k}")).await;
             Ok(())

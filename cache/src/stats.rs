@@ -16,13 +16,14 @@ pub(crate) struct Stats {
     l2_decode_errors: AtomicU64,
     invalidations_received: AtomicU64,
     invalidations_sent: AtomicU64,
+    revalidated: AtomicU64,
     #[cfg(feature = "metrics")]
     keys: Keys,
 }
 
 /// The cache's metric names, in the order of [`Keys`].
 #[cfg(feature = "metrics")]
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "floodwall_cache_l1_hits_total",
     "floodwall_cache_l1_misses_total",
     "floodwall_cache_loads_total",
@@ -34,6 +35,7 @@ const NAMES: [&str; 11] = [
     "floodwall_cache_l2_decode_errors_total",
     "floodwall_cache_invalidations_received_total",
     "floodwall_cache_invalidations_sent_total",
+    "floodwall_cache_revalidated_total",
 ];
 
 /// Each counter's key with the cache's `cache` label, built once: counting allocates nothing.
@@ -112,6 +114,9 @@ pub struct StatsSnapshot {
     pub invalidations_received: u64,
     /// Invalidations published (by `set`, `invalidate`, `invalidate_namespace`).
     pub invalidations_sent: u64,
+    /// Revalidating loads that found the entry they replace unchanged (an HTTP `304`) and
+    /// kept it with new lifetimes.
+    pub revalidated: u64,
 }
 
 macro_rules! bump {
@@ -134,6 +139,7 @@ impl Stats {
     bump!(l2_hit, l2_hits, 6);
     bump!(l2_error, l2_errors, 7);
     bump!(l2_decode_error, l2_decode_errors, 8);
+    bump!(revalidated, revalidated, 11);
 
     #[cfg(feature = "redis")]
     pub(crate) fn invalidation_received(&self) {
@@ -186,6 +192,7 @@ impl Stats {
             l2_decode_errors: self.l2_decode_errors.load(Ordering::Relaxed),
             invalidations_received: self.invalidations_received.load(Ordering::Relaxed),
             invalidations_sent: self.invalidations_sent.load(Ordering::Relaxed),
+            revalidated: self.revalidated.load(Ordering::Relaxed),
         }
     }
 }

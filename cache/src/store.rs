@@ -16,7 +16,27 @@ pub(crate) struct Found<V> {
     /// Its cache tags and the version of each it was stored under.
     pub(crate) tags: Vec<(String, u64)>,
     pub(crate) soft_left: Duration,
+    /// Zero once it may no longer be served stale (an entry with its own lifetimes is kept
+    /// past that, for revalidation).
     pub(crate) hard_left: Duration,
+    /// For an entry with its own lifetimes, how long it may still stand in for a failed load.
+    pub(crate) keep_left: Option<Duration>,
+}
+
+/// When a written entry stops being fresh, stops being served stale, and leaves the tier.
+#[derive(Debug, Clone, Copy)]
+#[allow(
+    dead_code,
+    reason = "read by a second tier; the one built in is Redis's"
+)]
+pub(crate) struct Expiry {
+    pub(crate) soft: Duration,
+    pub(crate) hard: Duration,
+    /// How long the tier keeps it (its `PX`).
+    pub(crate) keep: Duration,
+    /// For an entry with its own lifetimes (kept past `hard` for revalidation): how long it
+    /// may stand in for a failed load.
+    pub(crate) fail_safe: Option<Duration>,
 }
 
 /// The second tier, with the key and value types erased to what the cache needs.
@@ -27,9 +47,7 @@ pub(crate) trait Tier2<K, V>: Send + Sync {
         key: &'a K,
         value: &'a Option<V>,
         tags: &'a [(&'a str, u64)],
-        soft: Duration,
-        hard: Duration,
-        keep: Duration,
+        expiry: Expiry,
     ) -> BoxFut<'a, Result<(), StoreError>>;
     fn remove<'a>(&'a self, key: &'a K) -> BoxFut<'a, Result<(), StoreError>>;
     fn lease_ttl(&self) -> Option<Duration>;

@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, Shared};
 
 use floodwall_core::BoxError;
 
-use crate::store::Tier2;
+use crate::store::{Expiry, Found, Tier2};
 
 /// Why [`TieredCache::get_or_load`] has no value to give.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +57,9 @@ pub(crate) struct Entry<V> {
     pub(crate) load_nanos: u64,
     /// Its cache tags and their versions when stored: dead once one moved on.
     pub(crate) tags: crate::tags::EntryTags,
+    /// For an entry with its own lifetimes (a revalidating load's): kept until here, past
+    /// `hard_at` and `keep_until`, for the next load to revalidate.
+    pub(crate) retain_until: Option<u64>,
 }
 
 /// How a [`TieredCache`] treats time; see [`TieredCacheBuilder`](crate::TieredCacheBuilder).
@@ -85,6 +88,9 @@ pub(crate) struct Inner<K, V> {
     /// The namespace generation L1's entries belong to.
     pub(crate) l1_generation: std::sync::atomic::AtomicU64,
     pub(crate) inflight: Mutex<HashMap<K, Load<V>>>,
+    /// The revalidating loads in flight (run by their callers): each key's, and the channel
+    /// its waiters watch (closed when the load ends, however it ends).
+    pub(crate) flights: Mutex<HashMap<K, tokio::sync::watch::Receiver<()>>>,
     pub(crate) options: Options,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) stats: crate::stats::Stats,
@@ -187,7 +193,7 @@ where
     /// Whether L1 may answer now; with Redis, also drops L1 when the namespace generation
     /// moved on.
     #[inline]
-    fn l1_usable(&self) -> bool {
+    pub(crate) fn l1_usable(&self) -> bool {
         let Some(l2) = &self.inner.l2 else {
             return true;
         };
@@ -254,24 +260,27 @@ where
             return;
         };
         let left = |at: u64| Duration::from_nanos(at.saturating_sub(now));
-        let keep = left(entry.keep_until);
+        let expiry = match entry.retain_until {
+            Some(retain) => Expiry {
+                soft: left(entry.soft_at),
+                hard: left(entry.hard_at),
+                keep: left(retain),
+                fail_safe: Some(left(entry.keep_until)),
+            },
+            None => Expiry {
+                soft: left(entry.soft_at),
+                hard: left(entry.hard_at),
+                keep: left(entry.keep_until),
+                fail_safe: None,
+            },
+        };
         let tags: Vec<(&str, u64)> = entry
             .tags
             .iter()
             .flatten()
             .map(|(s, v)| (&*s.name, *v))
             .collect();
-        match l2
-            .write(
-                key,
-                &entry.value,
-                &tags,
-                left(entry.soft_at),
-                left(entry.hard_at),
-                keep,
-            )
-            .await
-        {
+        match l2.write(key, &entry.value, &tags, expiry).await {
             Ok(()) if l2.publishes() => self.inner.stats.invalidation_sent(),
             Ok(()) => {}
             Err(e) => {
@@ -288,33 +297,58 @@ where
         key: &K,
         accept_stale: bool,
     ) -> Result<Option<Option<V>>, ()> {
+        let usable =
+            |f: &Found<V>| !f.soft_left.is_zero() || (accept_stale && !f.hard_left.is_zero());
+        Ok(self
+            .read_l2_entry(key, usable)
+            .await?
+            .map(|e| e.value.clone()))
+    }
+
+    /// Reads `key` from L2 and, when `usable`, keeps it in L1 and answers it; `None` on a
+    /// miss; `Err(())` when Redis failed.
+    pub(crate) async fn read_l2_entry(
+        &self,
+        key: &K,
+        usable: impl Fn(&Found<V>) -> bool,
+    ) -> Result<Option<Arc<Entry<V>>>, ()> {
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
         };
         let inner = &self.inner;
         inner.stats.l2_read();
         match l2.read(key).await {
-            Ok(Some(found)) if !found.soft_left.is_zero() || accept_stale => {
+            Ok(Some(found)) if usable(&found) => {
                 // An entry whose tag was invalidated since it was stored is a miss.
                 let Some(tags) = self.tags_from_l2(&found.tags).await else {
                     return Ok(None);
                 };
                 inner.stats.l2_hit();
                 let now = inner.clock.now_nanos();
-                let hard_at = now.saturating_add(duration_to_nanos(found.hard_left));
-                let entry = Entry {
-                    value: found.value.clone(),
-                    soft_at: now.saturating_add(duration_to_nanos(found.soft_left)),
+                let at = |left: Duration| now.saturating_add(duration_to_nanos(left));
+                let hard_at = at(found.hard_left);
+                let (keep_until, retain_until) = match found.keep_left {
+                    // An entry with its own lifetimes: kept (by L1's own bound) to revalidate.
+                    Some(keep) => (at(keep), Some(u64::MAX)),
+                    None => (
+                        hard_at.saturating_add(duration_to_nanos(
+                            inner.options.max_stale.unwrap_or_default(),
+                        )),
+                        None,
+                    ),
+                };
+                let entry = Arc::new(Entry {
+                    value: found.value,
+                    soft_at: at(found.soft_left),
                     hard_at,
-                    keep_until: hard_at.saturating_add(duration_to_nanos(
-                        inner.options.max_stale.unwrap_or_default(),
-                    )),
+                    keep_until,
                     retry_at: 0,
                     load_nanos: 0,
                     tags,
-                };
-                inner.l1.insert(key.clone(), Arc::new(entry));
-                Ok(Some(found.value))
+                    retain_until,
+                });
+                inner.l1.insert(key.clone(), entry.clone());
+                Ok(Some(entry))
             }
             Ok(_) => Ok(None),
             Err(StoreError::Codec(e)) => {
@@ -427,6 +461,7 @@ where
                     retry_at,
                     load_nanos: old.load_nanos,
                     tags: old.tags.clone(),
+                    retain_until: old.retain_until,
                 };
                 inner.l1.insert(key, Arc::new(throttled));
                 Ok(old.value.clone())

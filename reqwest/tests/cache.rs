@@ -36,6 +36,31 @@ fn client(cache: HttpCache) -> ClientWithMiddleware {
     ClientBuilder::new(plain).with(cache).build()
 }
 
+/// Two instances' caches, each on its own connection to `server`, sharing one keyspace.
+async fn redis_instances(
+    server: &floodwall_testkit::RedisServer,
+) -> Vec<(TieredCache<String, StoredResponse>, HttpCache)> {
+    use floodwall_cache::redis::RedisTier;
+    use floodwall_core::Keyspace;
+    use floodwall_core::redis::{RedisConnection, StoreOptions};
+
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let conn = RedisConnection::standalone(server.url())
+            .connect()
+            .await
+            .unwrap();
+        let tier =
+            RedisTier::new(StoreOptions::new(conn).keyspace(Keyspace::new("http", 1).unwrap()));
+        let tiered = TieredCache::builder()
+            .ttl(Duration::from_secs(3600))
+            .redis(tier)
+            .build();
+        instances.push((tiered.clone(), HttpCache::new(tiered)));
+    }
+    instances
+}
+
 async fn fetch(client: &ClientWithMiddleware, url: &str) -> (StatusCode, String) {
     let resp = client.get(url).send().await.unwrap();
     (resp.status(), resp.text().await.unwrap())
@@ -121,7 +146,8 @@ fn validating(full: Arc<AtomicU32>, not_modified: Arc<AtomicU32>) -> Router {
 async fn stale_responses_are_revalidated_with_etag_and_last_modified_and_each_304_counted() {
     let (full, not_modified) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let (base, _server) = serve(validating(full.clone(), not_modified.clone())).await;
-    let cache = HttpCache::new(memory_cache());
+    let tiered = memory_cache();
+    let cache = HttpCache::new(tiered.clone());
     let c = client(cache.clone());
     for path in ["etag", "modified"] {
         for _ in 0..3 {
@@ -144,6 +170,47 @@ async fn stale_responses_are_revalidated_with_etag_and_last_modified_and_each_30
     assert_eq!(not_modified.load(Ordering::SeqCst), 4);
     assert_eq!(stats.revalidated, 4, "every 304 is counted");
     assert_eq!(stats.hits, 0, "a max-age=0 response is never a fresh hit");
+    // The revalidations are the tiered cache's loads: it counts them itself.
+    let engine = tiered.stats();
+    println!("the tiered cache under it: {engine:?}");
+    assert_eq!((engine.loads, engine.revalidated), (6, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_one_instance_stored_in_redis_is_revalidated_by_another_with_a_304() {
+    let Some(server) = floodwall_testkit::RedisServer::start_or_skip(
+        "an_entry_one_instance_stored_in_redis_is_revalidated_by_another_with_a_304",
+    ) else {
+        return;
+    };
+    let (full, not_modified) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (base, _origin) = serve(validating(full.clone(), not_modified.clone())).await;
+    let instances: Vec<_> = redis_instances(&server)
+        .await
+        .into_iter()
+        .map(|(tiered, cache)| (tiered, client(cache)))
+        .collect();
+    let url = format!("{base}/etag");
+    assert_eq!(fetch(&instances[0].1, &url).await.1, "full-1");
+    assert_eq!(
+        fetch(&instances[1].1, &url).await.1,
+        "full-1",
+        "instance b revalidated a's response from Redis and was answered its body"
+    );
+    let (a, b) = (instances[0].0.stats(), instances[1].0.stats());
+    println!(
+        "a stored, b revalidated: {} full answer(s), {} × 304; a {a:?}; b {b:?}",
+        full.load(Ordering::SeqCst),
+        not_modified.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        (
+            full.load(Ordering::SeqCst),
+            not_modified.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+    assert_eq!((a.revalidated, b.revalidated, b.l2_hits), (0, 1, 1));
 }
 
 #[tokio::test]
@@ -436,10 +503,6 @@ async fn concurrent_misses_of_one_url_send_one_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_client_instances_share_an_entry_through_redis() {
-    use floodwall_cache::redis::RedisTier;
-    use floodwall_core::Keyspace;
-    use floodwall_core::redis::{RedisConnection, StoreOptions};
-
     let Some(server) = floodwall_testkit::RedisServer::start_or_skip(
         "two_client_instances_share_an_entry_through_redis",
     ) else {
@@ -447,21 +510,11 @@ async fn two_client_instances_share_an_entry_through_redis() {
     };
     let calls = Arc::new(AtomicU32::new(0));
     let (base, _origin) = serve(counting("max-age=60", calls.clone())).await;
-    let mut instances = Vec::new();
-    for _ in 0..2 {
-        let conn = RedisConnection::standalone(server.url())
-            .connect()
-            .await
-            .unwrap();
-        let tier =
-            RedisTier::new(StoreOptions::new(conn).keyspace(Keyspace::new("http", 1).unwrap()));
-        let responses = TieredCache::builder()
-            .ttl(Duration::from_secs(3600))
-            .redis(tier)
-            .build();
-        let cache = HttpCache::new(responses);
-        instances.push((cache.clone(), client(cache)));
-    }
+    let instances: Vec<_> = redis_instances(&server)
+        .await
+        .into_iter()
+        .map(|(_, cache)| (cache.clone(), client(cache)))
+        .collect();
     let url = format!("{base}/r");
     assert_eq!(fetch(&instances[0].1, &url).await.1, "body-1");
     assert_eq!(

@@ -1,22 +1,27 @@
 //! [`HttpCache`]: a response cache for `GET`s, kept in a floodwall
 //! [`TieredCache`] — in process, or shared by every instance through its Redis tier.
+//!
+//! Only HTTP lives here: which requests pass by, the request and response mapping, the
+//! validators of a revalidation, `Vary`. What may be stored and for how long is
+//! floodwall-cache's RFC 9111 policy ([`floodwall_cache::http`]); when an entry is served,
+//! coalesced, refreshed in the background or stands in for a failure is the
+//! [`TieredCache`]'s revalidating load ([`TieredCache::get_or_revalidate`]).
 
 mod policy;
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use floodwall_cache::TieredCache;
+use floodwall_cache::http::may_store;
+use floodwall_cache::{Revalidated, Revalidation, Served, TieredCache};
 use http::header::{self, HeaderMap};
 use http::{Extensions, Method, StatusCode};
 use reqwest::{Request, Response, Url};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
-use tokio::sync::watch;
 
 pub use policy::StoredResponse;
-use policy::{Defaults, Directives, unix_ms};
+use policy::{Directives, unix_ms};
 
 /// The request headers that make a request conditional or partial: such a request is the
 /// caller's own business and passes the cache by.
@@ -52,6 +57,11 @@ const BYPASS: [header::HeaderName; 6] = [
 ///   place. `must-revalidate` forbids both stale windows.
 /// - **Coalescing:** concurrent misses of one URL in a process send one request; the others
 ///   wait for it and take its stored response.
+///
+/// Each rule but the HTTP ones is the [`TieredCache`]'s: the response is stored with the
+/// lifetimes its headers state, and [`TieredCache::get_or_revalidate`] serves, coalesces,
+/// refreshes and stands in — so the cache's own [`stats`](TieredCache::stats) count this
+/// middleware's hits, loads and `304`s (`revalidated`) too.
 /// - **Passed by:** other methods, and requests with `Cache-Control: no-store`, `Range` or
 ///   their own conditional headers. `Cache-Control: no-cache` or `max-age=0` on a request
 ///   skips fresh hits (it revalidates).
@@ -87,12 +97,7 @@ struct Shared {
     cache: TieredCache<String, StoredResponse>,
     refresh: Option<ClientWithMiddleware>,
     max_body: usize,
-    defaults: Defaults,
-    /// The URL whose request is in flight, and the channel its waiters watch (closed when
-    /// it ends).
-    flights: Mutex<HashMap<String, watch::Receiver<()>>>,
-    /// URLs being refreshed in the background.
-    refreshing: Mutex<HashSet<String>>,
+    default_stale_if_error: Duration,
     stats: Counters,
 }
 
@@ -141,10 +146,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl HttpCache {
     /// Caches responses in `cache`. Build it with a long `ttl` (how long a response is kept
     /// at all) and, to share responses between instances, its Redis tier.
@@ -154,11 +155,7 @@ impl HttpCache {
                 cache,
                 refresh: None,
                 max_body: 1 << 20,
-                defaults: Defaults {
-                    stale_if_error: Duration::ZERO,
-                },
-                flights: Mutex::new(HashMap::new()),
-                refreshing: Mutex::new(HashSet::new()),
+                default_stale_if_error: Duration::ZERO,
                 stats: Counters::default(),
             }),
         }
@@ -173,9 +170,7 @@ impl HttpCache {
                 cache: s.cache.clone(),
                 refresh: s.refresh.clone(),
                 max_body: s.max_body,
-                defaults: s.defaults,
-                flights: Mutex::new(HashMap::new()),
-                refreshing: Mutex::new(HashSet::new()),
+                default_stale_if_error: s.default_stale_if_error,
                 stats: Counters::default(),
             });
         }
@@ -201,7 +196,7 @@ impl HttpCache {
     /// How long past its freshness a response may stand in for a failing origin when it
     /// does not say (`stale-if-error`); default none. `must-revalidate` still forbids it.
     pub fn stale_if_error(self, window: Duration) -> Self {
-        self.configure(|s| s.defaults.stale_if_error = window)
+        self.configure(|s| s.default_stale_if_error = window)
     }
 
     /// Counters since this middleware was built.
@@ -227,43 +222,19 @@ fn passes_by(req: &Request, d: &Directives) -> bool {
         || BYPASS.iter().any(|h| req.headers().contains_key(h))
 }
 
-/// One request per URL at a time: the first caller leads; later ones wait for its end.
-enum Flight {
-    Lead(FlightGuard),
-    Follow(watch::Receiver<()>),
+/// What one request to the origin came to, for its caller: the response (or error) and
+/// what to count once the cache has settled it.
+struct Fetch {
+    answer: reqwest_middleware::Result<Response>,
+    counted: Option<fn(&Counters) -> &AtomicU64>,
 }
 
-/// Ends a flight when dropped (done, failed or cancelled): its waiters wake.
-struct FlightGuard {
-    shared: Arc<Shared>,
-    key: String,
-    _done: watch::Sender<()>,
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        lock(&self.shared.flights).remove(&self.key);
-    }
-}
-
-impl Shared {
-    fn flight(self: &Arc<Self>, key: &str) -> Flight {
-        let mut flights = lock(&self.flights);
-        if let Some(rx) = flights.get(key) {
-            return Flight::Follow(rx.clone());
+impl Fetch {
+    fn plain(answer: reqwest_middleware::Result<Response>) -> Self {
+        Fetch {
+            answer,
+            counted: None,
         }
-        let (tx, rx) = watch::channel(());
-        flights.insert(key.to_owned(), rx);
-        Flight::Lead(FlightGuard {
-            shared: self.clone(),
-            key: key.to_owned(),
-            _done: tx,
-        })
-    }
-
-    /// The stored response for `key` that answers a request with `headers`.
-    async fn lookup(&self, key: &String, headers: &HeaderMap) -> Option<StoredResponse> {
-        self.cache.get(key).await.filter(|e| e.matches(headers))
     }
 }
 
@@ -279,82 +250,83 @@ impl Middleware for HttpCache {
         if passes_by(&req, &asked) {
             return next.run(req, extensions).await;
         }
-        let revalidate = asked.no_cache || asked.max_age == Some(0);
         let shared = &self.shared;
-        let key = req.url().as_str().to_owned();
-        let mut waited = false;
-        let guard = loop {
-            let mut stored = shared.lookup(&key, req.headers()).await;
-            let now = unix_ms(SystemTime::now());
-            if !revalidate
-                && stored.as_ref().is_some_and(|e| e.is_fresh(now))
-                && let Some(resp) = stored.take().and_then(|e| e.into_response(req.url(), now))
-            {
-                bump(&shared.stats.hits);
-                if waited {
-                    bump(&shared.stats.coalesced);
+        let url = req.url().clone();
+        let request_headers = req.headers().clone();
+        let want = Revalidation {
+            force: asked.no_cache || asked.max_age == Some(0),
+            in_background: shared.refresh.is_some(),
+        };
+        let served = shared
+            .cache
+            .get_or_revalidate(
+                url.as_str().to_owned(),
+                |e: &StoredResponse| e.answers(&request_headers),
+                want,
+                |stored| fetch(shared, stored, req, |req| next.run(req, extensions)),
+            )
+            .await;
+        let now = unix_ms(SystemTime::now());
+        let stats = &shared.stats;
+        let stored = match served {
+            Served::Loaded(fetch) => {
+                if let Some(counter) = fetch.counted {
+                    bump(counter(stats));
                 }
-                return Ok(resp);
+                return fetch.answer;
             }
-            if shared.refresh.is_some()
-                && let Some(e) =
-                    stored.take_if(|e| !revalidate && e.may_serve_while_revalidating(now))
-            {
-                // One copy for the background refresh; the caller gets the stored one.
-                let refresh = e.clone();
-                if let Some(resp) = e.into_response(req.url(), now) {
-                    bump(&shared.stats.stale_while_revalidate);
-                    spawn_refresh(shared, key, &req, refresh);
-                    return Ok(resp);
-                }
+            Served::Fresh(e) => {
+                bump(&stats.hits);
+                e
             }
-            match shared.flight(&key) {
-                Flight::Follow(mut done) if !waited => {
-                    // Wakes when the leader's request ends, however it ends.
-                    let _ = done.changed().await;
-                    waited = true;
+            Served::Coalesced(e) => {
+                bump(&stats.hits);
+                bump(&stats.coalesced);
+                e
+            }
+            Served::StaleWhileRevalidate(e, refresh) => {
+                bump(&stats.stale_while_revalidate);
+                if let (Some(refresh), Some(client)) = (refresh, shared.refresh.clone()) {
+                    let mut copy = Request::new(Method::GET, url.clone());
+                    *copy.headers_mut() = request_headers;
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let served = refresh
+                            .run(|stored| fetch(&shared, stored, copy, |req| client.execute(req)))
+                            .await;
+                        if let Served::Loaded(Fetch {
+                            counted: Some(counter),
+                            ..
+                        }) = served
+                        {
+                            bump(counter(&shared.stats));
+                        }
+                    });
                 }
-                Flight::Follow(_) => break None,
-                Flight::Lead(guard) => break Some((guard, stored)),
+                e
+            }
+            Served::StaleIfError(e) => {
+                bump(&stats.stale_if_error);
+                e
             }
         };
-        let (guard, stored) = match guard {
-            Some((g, stored)) => (Some(g), stored),
-            None => (None, shared.lookup(&key, req.headers()).await),
-        };
-        let answer = fetch(shared, key, stored, req, |req| next.run(req, extensions)).await;
-        drop(guard);
-        answer
+        stored.into_response(&url, now).ok_or_else(unbuildable)
     }
 }
 
-/// Starts one background refresh of `key` (none if one is running).
-fn spawn_refresh(shared: &Arc<Shared>, key: String, req: &Request, stored: StoredResponse) {
-    let Some(client) = shared.refresh.clone() else {
-        return;
-    };
-    let Some(copy) = req.try_clone() else { return };
-    if !lock(&shared.refreshing).insert(key.clone()) {
-        return;
-    }
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let done = key.clone();
-        let _ = fetch(&shared, key, Some(stored), copy, |req| client.execute(req)).await;
-        lock(&shared.refreshing).remove(&done);
-    });
+fn unbuildable() -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(std::io::Error::other("a response could not be rebuilt"))
 }
 
-/// Sends `req` with `send` — conditional when `stored` has validators — and settles the
-/// answer: a `304` refreshes `stored`, a `5xx` or a failure falls back to it inside its
-/// `stale-if-error`, a storable response is stored.
+/// Sends `req` with `send` — conditional when `stored` has validators — and says what the
+/// cache should do with the answer: a `304` keeps `stored` with new lifetimes, a `5xx` or a
+/// failure is a failed load, a storable response is stored.
 async fn fetch<F, Fut>(
-    shared: &Arc<Shared>,
-    key: String,
+    shared: &Shared,
     stored: Option<StoredResponse>,
     mut req: Request,
     send: F,
-) -> reqwest_middleware::Result<Response>
+) -> Revalidated<StoredResponse, Fetch>
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = reqwest_middleware::Result<Response>>,
@@ -369,79 +341,64 @@ where
     bump(&shared.stats.fetched);
     let result = send(req).await;
     let now = unix_ms(SystemTime::now());
+    let sie = shared.default_stale_if_error;
     let resp = match result {
         Ok(resp) if resp.status().is_server_error() => {
-            return Ok(stale_on_error(shared, stored, &url, now).unwrap_or(resp));
+            return Revalidated::Failed(Fetch::plain(Ok(resp)));
         }
-        Err(e) => return stale_on_error(shared, stored, &url, now).ok_or(e),
+        Err(e) => return Revalidated::Failed(Fetch::plain(Err(e))),
         Ok(resp) => resp,
     };
     if resp.status() == StatusCode::NOT_MODIFIED
         && let Some(e) = stored
     {
-        let e = e.revalidated(resp.headers(), now, shared.defaults);
-        // One copy to answer with, the other stored.
-        if let Some(answer) = e.clone().into_response(&url, now) {
-            shared.cache.set(key, e).await;
-            // Counted once stored, so whoever reads the count finds the entry.
-            bump(&shared.stats.revalidated);
-            return Ok(answer);
-        }
+        let e = e.revalidated(resp.headers(), now);
+        let answer = e.clone().into_response(&url, now).ok_or_else(unbuildable);
+        let life = e.lifetimes(now, sie);
+        let fetch = Fetch {
+            answer,
+            counted: Some(|c| &c.revalidated),
+        };
+        return Revalidated::Unchanged(e, life, fetch);
     }
-    store(shared, key, resp, &request_headers, &url, now).await
-}
-
-/// `stored` in place of a failed origin, when its `stale-if-error` window allows.
-fn stale_on_error(
-    shared: &Shared,
-    stored: Option<StoredResponse>,
-    url: &Url,
-    now: u64,
-) -> Option<Response> {
-    let resp = stored
-        .filter(|e| e.may_serve_on_error(now))?
-        .into_response(url, now)?;
-    bump(&shared.stats.stale_if_error);
-    Some(resp)
+    store(shared, resp, &request_headers, &url, now).await
 }
 
 /// Stores `resp` if HTTP allows and it fits; answers it either way.
 async fn store(
     shared: &Shared,
-    key: String,
     resp: Response,
     request_headers: &HeaderMap,
     url: &Url,
     now: u64,
-) -> reqwest_middleware::Result<Response> {
-    let said = Directives::parse(resp.headers());
+) -> Revalidated<StoredResponse, Fetch> {
     let authorized = request_headers.contains_key(header::AUTHORIZATION);
     let too_big = resp
         .content_length()
         .is_some_and(|n| n > shared.max_body as u64);
-    if too_big || !StoredResponse::may_store(resp.status(), resp.headers(), &said, authorized) {
-        return Ok(resp);
+    if too_big || !may_store(resp.status().as_u16(), resp.headers(), authorized) {
+        return Revalidated::Passed(Fetch::plain(Ok(resp)));
     }
     let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = resp.bytes().await?.to_vec();
+    let body = match resp.bytes().await {
+        Ok(body) => body.to_vec(),
+        Err(e) => return Revalidated::Passed(Fetch::plain(Err(e.into()))),
+    };
     let fits = body.len() <= shared.max_body;
-    let stored = StoredResponse::new(
-        status,
-        &headers,
-        body,
-        request_headers,
-        now,
-        shared.defaults,
-    );
+    let stored = StoredResponse::new(status, &headers, body, request_headers, now);
     // One copy to answer with, the other stored.
-    let answer = stored.clone().into_response(url, now);
-    if fits && stored.worth_keeping() {
-        shared.cache.set(key, stored).await;
-        bump(&shared.stats.stored);
+    let answer = stored
+        .clone()
+        .into_response(url, now)
+        .ok_or_else(unbuildable);
+    let sie = shared.default_stale_if_error;
+    if fits && stored.worth_keeping(now, sie) {
+        let life = stored.lifetimes(now, sie);
+        let fetch = Fetch {
+            answer,
+            counted: Some(|c| &c.stored),
+        };
+        return Revalidated::Stored(stored, life, fetch);
     }
-    answer.ok_or_else(|| {
-        reqwest_middleware::Error::middleware(std::io::Error::other(
-            "a response could not be rebuilt",
-        ))
-    })
+    Revalidated::Passed(Fetch::plain(answer))
 }
