@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floodwall::core::redis::{RedisConnection, Script, StoreOptions};
-use floodwall::limiter::redis::Lease;
+use floodwall::limiter::Lease;
 use floodwall::limiter::{Algorithm, Limit, Quota, RateLimiter};
 use floodwall_testkit::{RedisCluster, RedisServer};
 

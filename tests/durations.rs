@@ -388,7 +388,7 @@ fn redis_cases(url: String, http: std::net::SocketAddr) -> Vec<Case> {
     use floodwall::core::redis::{RedisConnection, StoreOptions};
     use floodwall::idempotency::redis::RedisStore as IdemStore;
     use floodwall::idempotency::{Fingerprint, Idempotency, Store};
-    use floodwall::limiter::redis::Lease;
+    use floodwall::limiter::Lease;
     use floodwall::limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
     use reqwest_middleware::ClientBuilder;
 

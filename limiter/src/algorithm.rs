@@ -164,7 +164,6 @@ impl State {
     /// it counts already): the insurance limiter starting from the last verdict the shared
     /// store gave for the key. GCRA: TAT at least `now + used·T`; windows: at least `used` in
     /// the current window; the log: at least `used` logged now.
-    #[cfg(feature = "redis")]
     pub(crate) fn seed(&self, quota: &Quota, now: u64, used: u32) {
         if used == 0 {
             return;

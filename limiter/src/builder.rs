@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use floodwall_core::Clock;
 
+use crate::lease::Leases;
 use crate::limiter::{Inner, RateLimiter, Store};
 use crate::memory::Memory;
 use crate::{FailurePolicy, Limit, MAX_LIMITS};
@@ -114,7 +115,8 @@ impl RateLimiterBuilder {
                 ));
             }
         }
-        let (redis, leases) = self.redis_store()?;
+        let leases = self.leases()?;
+        let redis = self.redis_store()?;
         let store = match redis {
             Some(redis) => Store::Redis(redis),
             None => Store::Memory,
@@ -139,5 +141,52 @@ impl fmt::Debug for RateLimiterBuilder {
             .field("max_keys", &self.max_keys)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Each limit's lease table; leases need GCRA, a fixed quota, the Redis store and a
+    /// lifetime the burst can pay for.
+    fn leases(&self) -> Result<Vec<Option<Leases>>, ConfigError> {
+        self.limits
+            .iter()
+            .map(|limit| {
+                let Some(lease) = limit.lease else {
+                    return Ok(None);
+                };
+                let name = &limit.name;
+                if limit.algorithm != crate::Algorithm::Gcra {
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need GCRA"),
+                    ));
+                }
+                if !self.redis.configured() {
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need the Redis store"),
+                    ));
+                }
+                let Some(quota) = limit.quota.fixed() else {
+                    return Err(invalid(
+                        "lease",
+                        format!("limit {name:?}: leases need a fixed quota, not tiers"),
+                    ));
+                };
+                if lease.quota(quota).is_none() {
+                    return Err(invalid(
+                        "lease",
+                        format!(
+                            "limit {name:?}: lifetime {:?} earns the whole burst of {} \
+                             (T = {:?}); shorten it or raise the burst",
+                            lease.lifetime(),
+                            quota.burst(),
+                            quota.emission_interval()
+                        ),
+                    ));
+                }
+                Ok(Some(Leases::new(lease)))
+            })
+            .collect()
     }
 }

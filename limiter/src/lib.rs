@@ -55,6 +55,12 @@
 //!   `StoreOptions`. Every call is bounded (default: the connection's own bound) and gated
 //!   per Redis node; when a node fails the policy decides for its keys: fail open, fail
 //!   closed, or an in-memory insurance limiter with each instance's share of the quota.
+//!   Token [`Lease`]s for hot keys.
+//! - **Shape.** The protocol is the limiter's own: selection and the memory path in
+//!   `limiter.rs`, decisions on a shared store (all or nothing, give-backs, the failure and
+//!   insurance policies) in `shared.rs`, token leases in `lease.rs`; they reach a shared
+//!   store only through the `SharedStore` trait of the leaf `store.rs`, which the Redis store
+//!   (`redis/`: scripts, key layout, reply parsing, batching) implements.
 //! - **tower** (feature `tower`, module `layer`): `RateLimitLayer` with key extractors and
 //!   an error carrying `retry_after`. **HTTP** (feature `http`, module `http`): `429` with
 //!   `Retry-After` and the IETF draft's `RateLimit` / `RateLimit-Policy` fields, `503` when
@@ -84,6 +90,7 @@ pub mod keyed;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod layer;
 pub mod leaky;
+mod lease;
 mod limit;
 mod limiter;
 mod memory;
@@ -93,6 +100,8 @@ mod quota;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod shared;
+mod store;
 // Without the feature, `redis` holds types with no values (`without_redis.rs`).
 #[cfg(not(feature = "redis"))]
 #[path = "without_redis.rs"]
@@ -107,6 +116,7 @@ pub use decision::{Decision, InsufficientCapacity};
 /// `nonzero!(3)`: a `NonZero` count checked at build time (from floodwall-core).
 pub use floodwall_core::nonzero;
 pub use floodwall_core::{Clock, ManualClock, SystemClock};
+pub use lease::Lease;
 pub use limit::{Binding, Degraded, FailurePolicy, Limit, LimitError, MAX_LIMITS, Verdict};
 pub use limiter::RateLimiter;
 pub use name::LimitName;

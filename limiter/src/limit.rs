@@ -37,7 +37,7 @@ pub struct Limit {
     /// GCRA's constants, worked out once when the quota is fixed.
     pub(crate) params: Option<crate::gcra::Params>,
     /// Token leases on Redis, if asked for.
-    pub(crate) lease: Option<crate::redis::Lease>,
+    pub(crate) lease: Option<crate::lease::Lease>,
     /// The limit's metric keys, built once: counting a decision allocates nothing.
     #[cfg(feature = "metrics")]
     pub(crate) counters: Arc<crate::metrics::LimitCounters>,
@@ -78,13 +78,12 @@ impl Limit {
         self
     }
 
-    /// Token leases for this limit's hot keys on Redis (GCRA with a fixed quota only; see
-    /// [`Lease`](crate::redis::Lease)): an instance takes a block of a key's tokens at once and
-    /// admits from it locally. Every decision on the limit then uses the burst
+    /// Token leases for this limit's hot keys on the shared store (GCRA with a fixed quota
+    /// and a Redis store only — [`build`](crate::RateLimiterBuilder::build) refuses a lease
+    /// otherwise; see [`Lease`](crate::Lease)): an instance takes a block of a key's tokens at
+    /// once and admits from it locally. Every decision on the limit then uses the burst
     /// `b − ⌈lifetime / T⌉`, so no window ever admits more than the limit.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn lease(mut self, lease: crate::redis::Lease) -> Limit {
+    pub fn lease(mut self, lease: crate::Lease) -> Limit {
         self.lease = Some(lease);
         self
     }

@@ -70,7 +70,7 @@ pub(crate) struct Inner {
     pub(crate) policy: FailurePolicy,
     pub(crate) shadow_all: bool,
     /// Per limit, its token leases (leased limits on Redis only).
-    pub(crate) leases: Vec<Option<crate::redis::Leases>>,
+    pub(crate) leases: Vec<Option<crate::lease::Leases>>,
 }
 
 impl RateLimiter {
@@ -196,7 +196,7 @@ impl RateLimiter {
         let (verdict, on_redis) = match &self.inner.store {
             Store::Memory => (self.decide_in_memory(descriptor, cost, consume), false),
             Store::Redis(redis) => (
-                Box::pin(self.decide_on_redis(redis, descriptor, cost, consume)).await,
+                Box::pin(self.decide_on_shared(redis, descriptor, cost, consume)).await,
                 true,
             ),
         };

@@ -195,7 +195,6 @@ impl Memory {
 
     /// Makes `key`'s state for limit `idx` count at least `used` of `quota` (see
     /// [`State::seed`]).
-    #[cfg(feature = "redis")]
     pub(crate) fn seed(
         &self,
         idx: u32,

@@ -62,7 +62,7 @@ pub(crate) fn decided(limit: &Limit, allowed: bool, shadow: bool) {
 #[inline(always)]
 pub(crate) fn decided(_limit: &Limit, _allowed: bool, _shadow: bool) {}
 
-#[cfg(all(feature = "metrics", feature = "redis"))]
+#[cfg(feature = "metrics")]
 pub(crate) fn store_failures(policy: crate::FailurePolicy, n: u64) {
     let policy = match policy {
         crate::FailurePolicy::FailOpen => "fail_open",
@@ -72,7 +72,7 @@ pub(crate) fn store_failures(policy: crate::FailurePolicy, n: u64) {
     metrics::counter!("floodwall_limiter_store_failures_total", "policy" => policy).increment(n);
 }
 
-#[cfg(all(not(feature = "metrics"), feature = "redis"))]
+#[cfg(not(feature = "metrics"))]
 #[inline(always)]
 pub(crate) fn store_failures(_policy: crate::FailurePolicy, _n: u64) {}
 

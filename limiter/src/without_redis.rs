@@ -1,9 +1,13 @@
-//! The Redis store when the `redis` feature is off: types with no values, so no limiter holds
-//! one and every Redis path is unreachable — the limiter's protocol names them without gates.
+//! The Redis store when the `redis` feature is off: a type with no values, so no limiter holds
+//! one and every Redis path is unreachable — the limiter's protocol names it without gates.
+
+use std::time::Duration;
+
+use floodwall_core::StoreError;
 
 use crate::builder::ConfigError;
-use crate::limiter::Descriptor;
-use crate::{LimitError, Quota, RateLimiter, RateLimiterBuilder, Verdict};
+use crate::store::{Selected, SharedStore};
+use crate::{Decision, Limit, Quota, RateLimiterBuilder};
 
 /// The builder's Redis settings: none without the feature.
 #[derive(Default, Clone, Copy)]
@@ -11,40 +15,87 @@ pub(crate) struct Settings {
     _none: (),
 }
 
+impl Settings {
+    /// Never given a Redis store without the feature.
+    pub(crate) fn configured(&self) -> bool {
+        false
+    }
+}
+
 /// Never built without the `redis` feature.
 pub(crate) enum RedisStore {}
 
-/// Never built without the `redis` feature.
-pub(crate) enum Leases {}
+impl SharedStore for RedisStore {
+    type Receipt = ();
 
-/// Never built without the `redis` feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lease {}
+    fn deadline(&self) -> tokio::time::Instant {
+        match *self {}
+    }
 
-impl Lease {
-    pub(crate) fn quota(&self, _: Quota) -> Option<Quota> {
+    fn call_timeout(&self) -> Duration {
+        match *self {}
+    }
+
+    async fn decide_one(
+        &self,
+        _: &Limit,
+        _: &str,
+        _: Quota,
+        _: u32,
+        _: bool,
+        _: tokio::time::Instant,
+    ) -> Result<(Decision, ()), StoreError> {
+        match *self {}
+    }
+
+    async fn decide(
+        &self,
+        _: &[Limit],
+        _: &[Selected<'_>],
+        _: u32,
+        _: bool,
+        _: tokio::time::Instant,
+    ) -> Result<Vec<(Decision, ())>, StoreError> {
+        match *self {}
+    }
+
+    async fn refund(
+        &self,
+        _: &[Limit],
+        _: &[Selected<'_>],
+        _: &[(Decision, ())],
+        _: tokio::time::Instant,
+    ) {
+        match *self {}
+    }
+
+    async fn take(
+        &self,
+        _: &Limit,
+        _: &str,
+        _: Quota,
+        _: u32,
+        _: tokio::time::Instant,
+    ) -> Result<Decision, StoreError> {
+        match *self {}
+    }
+
+    async fn give_back(
+        &self,
+        _: &Limit,
+        _: &str,
+        _: Quota,
+        _: u32,
+        _: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
         match *self {}
     }
 }
 
-impl RateLimiter {
-    pub(crate) async fn decide_on_redis(
-        &self,
-        redis: &RedisStore,
-        _: Descriptor<'_, '_>,
-        _: u32,
-        _: bool,
-    ) -> Result<Verdict, LimitError> {
-        match *redis {}
-    }
-}
-
 impl RateLimiterBuilder {
-    /// No Redis store without the feature; no limit has a lease.
-    pub(crate) fn redis_store(
-        &mut self,
-    ) -> Result<(Option<RedisStore>, Vec<Option<Leases>>), ConfigError> {
+    /// No Redis store without the feature.
+    pub(crate) fn redis_store(&mut self) -> Result<Option<RedisStore>, ConfigError> {
         let Settings { .. } = self.redis;
-        Ok((None, self.limits.iter().map(|_| None).collect()))
+        Ok(None)
     }
 }

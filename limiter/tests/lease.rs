@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use floodwall_core::redis::StoreOptions;
-use floodwall_limiter::redis::Lease;
+use floodwall_limiter::Lease;
 use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
 use floodwall_testkit::RedisServer;
 

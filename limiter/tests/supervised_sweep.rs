@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use floodwall_core::redis::StoreOptions;
 use floodwall_core::task::{self, Task};
-use floodwall_limiter::redis::Lease;
+use floodwall_limiter::Lease;
 use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
 use floodwall_testkit::RedisServer;
 

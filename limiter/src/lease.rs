@@ -1,21 +1,23 @@
-//! Token leases for hot keys: see [`Lease`].
+//! Token leases for hot keys, as a protocol over any [`SharedStore`]: see [`Lease`]. The
+//! store takes a block of tokens and takes back leftovers; sizing, local admission, refills
+//! and the sweep that gives expired leases back are here.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use floodwall_core::StoreError;
 
-use super::{RedisStore, remote_decision};
+use crate::store::SharedStore;
 use crate::{Decision, Limit, Quota};
 
 const SHARDS: usize = 16;
 
-/// Token leases (opt-in, GCRA on Redis): an instance takes a block of a hot key's tokens in
-/// one script call and admits from that block locally, without a round trip.
+/// Token leases (opt-in, GCRA on a shared store — Redis): an instance takes a block of a hot
+/// key's tokens in one script call and admits from that block locally, without a round trip.
 ///
 /// # How
 ///
@@ -69,26 +71,19 @@ const SHARDS: usize = 16;
 /// A `Lease` says how a limit leases: at most `max_tokens` per lease, each usable for
 /// `lifetime`. Give it to [`Limit::lease`](crate::Limit::lease).
 ///
-/// ```no_run
-/// # async fn demo(conn: floodwall_core::redis::RedisConnection) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
 /// use std::num::NonZeroU32;
 /// use std::time::Duration;
-/// use floodwall_core::redis::StoreOptions;
-/// use floodwall_limiter::redis::Lease;
-/// use floodwall_limiter::{Algorithm, Limit, Quota, RateLimiter};
+/// use floodwall_limiter::{Algorithm, Lease, Limit, Quota, RateLimiter};
 ///
 /// let n = |v| NonZeroU32::new(v).unwrap();
-/// let limiter = RateLimiter::builder()
-///     .limit(
-///         Limit::new("tenant", Algorithm::Gcra, Quota::per_second(n(100_000)))
-///             .keyed_by("tenant")
-///             .lease(Lease::new(n(256), Duration::from_millis(20))),
-///     )
-///     .redis(StoreOptions::new(conn))
-///     .build()?;
-/// let verdict = limiter.check(&[("tenant", "acme")]).await?;
-/// println!("allowed: {}, from a lease: {}", verdict.allowed, verdict.leased);
-/// # Ok(()) }
+/// let tenant = Limit::new("tenant", Algorithm::Gcra, Quota::per_second(n(100_000)))
+///     .keyed_by("tenant")
+///     .lease(Lease::new(n(256), Duration::from_millis(20)));
+/// // Leases need a shared store: with the `redis` feature, add `.redis(StoreOptions::new(conn))`
+/// // to the builder. Without one, the builder says so.
+/// let refused = RateLimiter::builder().limit(tenant).build().unwrap_err();
+/// assert_eq!(refused.field, "lease");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -190,7 +185,7 @@ impl Leases {
     /// A token from `key`'s live lease, without a round trip: the tokens left after it, and
     /// the time to the lease's reset.
     #[inline]
-    pub(super) fn take(&self, key: &str) -> Option<(u32, Duration)> {
+    pub(crate) fn take(&self, key: &str) -> Option<(u32, Duration)> {
         let now = self.now();
         let held = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
         let slot = held.get(key)?;
@@ -261,7 +256,7 @@ impl Leases {
 }
 
 /// A decision admitted from a lease.
-pub(super) fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
+pub(crate) fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Decision {
     Decision {
         allowed: true,
         limit: quota.burst().get(),
@@ -271,28 +266,29 @@ pub(super) fn leased_decision(quota: &Quota, left: u32, reset: Duration) -> Deci
     }
 }
 
-impl RedisStore {
-    /// No token left in this instance's lease for the key: refills the lease (one caller at a
-    /// time per key) and decides from it, else decides alone. The `bool` says whether the
-    /// admission came from a lease. `quota` is the leased quota (its burst already reduced).
-    /// Taking a token from a live lease is [`Leases::take`], which the caller tries first.
-    pub(crate) async fn refill_lease(
+impl Leases {
+    /// No token left in this instance's lease for the key: refills the lease on `store` (one
+    /// caller at a time per key) and decides from it, else decides alone. The `bool` says
+    /// whether the admission came from a lease. `quota` is the leased quota (its burst
+    /// already reduced). Taking a token from a live lease is [`Leases::take`], which the
+    /// caller tries first.
+    pub(crate) async fn refill<S: SharedStore>(
         &self,
-        leases: &Leases,
+        store: &S,
         limit: &Limit,
         key: &str,
         quota: Quota,
         deadline: tokio::time::Instant,
     ) -> Result<(Decision, bool), StoreError> {
-        let Some(slot) = leases.slot(key) else {
-            return self.decide_alone(limit, key, quota, 1, deadline).await;
+        let Some(slot) = self.slot(key) else {
+            return Ok((store.take(limit, key, quota, 1, deadline).await?, false));
         };
         let Ok(_refilling) = tokio::time::timeout_at(deadline, slot.refill.lock()).await else {
             return Err(StoreError::Timeout {
-                after: self.path.call_timeout(),
+                after: store.call_timeout(),
             });
         };
-        let now = leases.now();
+        let now = self.now();
         if let Some(left) = slot.take(now) {
             let reset = slot.reset_at.load(Ordering::Relaxed).saturating_sub(now);
             return Ok((
@@ -302,7 +298,7 @@ impl RedisStore {
         }
         // The last lease is used up or over: size the next one, and give back what the last
         // one left.
-        let max = leases.lease.max_tokens.get().min(quota.burst().get());
+        let max = self.lease.max_tokens.get().min(quota.burst().get());
         let live = now < slot.until.load(Ordering::Acquire);
         let leftover = slot.left.swap(0, Ordering::AcqRel);
         let size = slot.size.load(Ordering::Relaxed);
@@ -313,25 +309,18 @@ impl RedisStore {
         }
         .clamp(1, max);
         let give_back = async {
-            if leftover > 0 {
-                let r = self
-                    .one(limit, key, quota, leftover, "r", 0, deadline)
-                    .await;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "could not give back a lease's unused tokens");
-                }
+            if leftover > 0
+                && let Err(e) = store.give_back(limit, key, quota, leftover, deadline).await
+            {
+                tracing::debug!(error = %e, "could not give back a lease's unused tokens");
             }
         };
-        let lifetime = leases.lifetime_nanos();
-        let sent = leases.now();
-        let (r, ()) = futures::future::join(
-            self.one(limit, key, quota, size, "c", 0, deadline),
-            give_back,
-        )
-        .await;
-        let r = r?;
-        if r[0] == 1 {
-            let (decision, _) = remote_decision(limit, quota, &r, true, size);
+        let lifetime = self.lifetime_nanos();
+        let sent = self.now();
+        let (taken, ()) =
+            futures::future::join(store.take(limit, key, quota, size, deadline), give_back).await;
+        let decision = taken?;
+        if decision.allowed {
             let reset = u64::try_from(decision.reset_after.as_nanos()).unwrap_or(u64::MAX);
             slot.reset_at
                 .store(sent.saturating_add(reset), Ordering::Relaxed);
@@ -343,56 +332,28 @@ impl RedisStore {
         }
         slot.size.store((size / 2).max(1), Ordering::Relaxed);
         if size == 1 {
-            return Ok((remote_decision(limit, quota, &r, false, 1).0, false));
+            return Ok((decision, false));
         }
-        self.decide_alone(limit, key, quota, 1, deadline).await
-    }
-
-    async fn decide_alone(
-        &self,
-        limit: &Limit,
-        key: &str,
-        quota: Quota,
-        cost: u32,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Decision, bool), StoreError> {
-        let r = self.one(limit, key, quota, cost, "c", 0, deadline).await?;
-        Ok((remote_decision(limit, quota, &r, r[0] == 1, cost).0, false))
+        Ok((store.take(limit, key, quota, 1, deadline).await?, false))
     }
 }
 
-/// Every half lifetime, gives back the unused tokens of this limiter's expired leases, until
-/// the limiter is dropped: a lease's leftovers are back in Redis at most a lifetime and a
-/// half after it was taken.
-pub(crate) async fn sweep(inner: Weak<crate::limiter::Inner>) -> floodwall_core::task::Exit {
-    use floodwall_core::task::Exit;
-    let Some(every) = inner
-        .upgrade()
-        .and_then(|i| i.leases.iter().flatten().map(Leases::lifetime).min())
-    else {
-        return Exit::Done;
-    };
-    let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return Exit::Done;
+/// Gives every expired lease's unused tokens back to `store`.
+pub(crate) async fn give_back_expired<S: SharedStore>(
+    store: &S,
+    limits: &[Limit],
+    leases: &[Option<Leases>],
+) {
+    for (idx, leases) in leases.iter().enumerate() {
+        let Some(leases) = leases else { continue };
+        let limit = &limits[idx];
+        let Some(quota) = limit.quota.fixed().and_then(|q| leases.lease.quota(q)) else {
+            continue;
         };
-        let crate::limiter::Store::Redis(redis) = &inner.store else {
-            return Exit::Done;
-        };
-        for (idx, leases) in inner.leases.iter().enumerate() {
-            let Some(leases) = leases else { continue };
-            let limit = &inner.limits[idx];
-            let Some(quota) = limit.quota.fixed().and_then(|q| leases.lease.quota(q)) else {
-                continue;
-            };
-            for (key, left) in leases.expired() {
-                let deadline = redis.deadline();
-                if let Err(e) = redis.one(limit, &key, quota, left, "r", 0, deadline).await {
-                    tracing::debug!(error = %e, "could not give back a lease's unused tokens");
-                }
+        for (key, left) in leases.expired() {
+            let deadline = store.deadline();
+            if let Err(e) = store.give_back(limit, &key, quota, left, deadline).await {
+                tracing::debug!(error = %e, "could not give back a lease's unused tokens");
             }
         }
     }

@@ -1,23 +1,52 @@
-//! The limiter's decisions on Redis: one limit, several, leased; folding Redis's verdicts
-//! into one, seeding the insurance limiter, and the failure policy when Redis fails.
+//! The limiter's protocol on a [`SharedStore`] (Redis): one limit, several (all or
+//! nothing, what a denial consumed given back), leased; folding the store's verdicts into
+//! one, seeding the insurance limiter, and the failure policy when the store fails. The
+//! store itself only decides, takes and gives back (`redis/`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use floodwall_core::StoreError;
 
-use super::{Leases, RedisStore};
+use crate::lease::Leases;
 use crate::limiter::{Accumulator, Descriptor, insurance_share};
+use crate::store::{Selected, SharedStore};
 use crate::{
     Algorithm, Decision, Degraded, FailurePolicy, LimitError, MAX_LIMITS, Quota, RateLimiter,
     Verdict,
 };
 
+/// Every half lifetime, gives back the unused tokens of this limiter's expired leases, until
+/// the limiter is dropped: a lease's leftovers are back in the store at most a lifetime and a
+/// half after it was taken.
+async fn sweep(inner: Weak<crate::limiter::Inner>) -> floodwall_core::task::Exit {
+    use floodwall_core::task::Exit;
+    let Some(every) = inner
+        .upgrade()
+        .and_then(|i| i.leases.iter().flatten().map(Leases::lifetime).min())
+    else {
+        return Exit::Done;
+    };
+    let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return Exit::Done;
+        };
+        let crate::limiter::Store::Redis(store) = &inner.store else {
+            return Exit::Done;
+        };
+        crate::lease::give_back_expired(store, &inner.limits, &inner.leases).await;
+    }
+}
+
 impl RateLimiter {
     /// One limit, the common case, is decided here with a future of a few hundred bytes;
-    /// several go to [`decide_many_on_redis`](Self::decide_many_on_redis), boxed.
-    pub(crate) async fn decide_on_redis(
+    /// several go to [`decide_many_on_shared`](Self::decide_many_on_shared), boxed.
+    pub(crate) async fn decide_on_shared<S: SharedStore>(
         &self,
-        redis: &RedisStore,
+        store: &S,
         descriptor: Descriptor<'_, '_>,
         cost: u32,
         consume: bool,
@@ -30,23 +59,23 @@ impl RateLimiter {
                 // Several limits: their selection, joins and give-backs are kilobytes of
                 // future, kept off the one-limit path.
                 return Box::pin(
-                    self.decide_many_on_redis(redis, applicable, count, cost, consume),
+                    self.decide_many_on_shared(store, applicable, count, cost, consume),
                 )
                 .await;
             }
         };
         let (idx, key, quota) = entry.expect("selected");
-        let deadline = redis.deadline();
+        let deadline = store.deadline();
         if cost == 1
             && consume
             && let Some(leases) = &self.inner.leases[idx as usize]
         {
             return self
-                .decide_leased(redis, leases, &[entry], (idx, key, quota), deadline)
+                .decide_leased(store, leases, &[entry], (idx, key, quota), deadline)
                 .await;
         }
         let limit = &self.inner.limits[idx as usize];
-        let result = redis
+        let result = store
             .decide_one(limit, key, quota, cost, consume, deadline)
             .await;
         // Rebuilt after the call, not kept across it: the future stays smaller.
@@ -58,27 +87,27 @@ impl RateLimiter {
         }
     }
 
-    /// Several limits on Redis: decided together (see [`RedisStore::decide`]); on a denial,
-    /// what the others consumed is given back.
-    async fn decide_many_on_redis(
+    /// Several limits on the store: decided together (see [`SharedStore::decide`]); on a
+    /// denial, what the others consumed is given back.
+    async fn decide_many_on_shared<S: SharedStore>(
         &self,
-        redis: &RedisStore,
-        applicable: [Option<(u32, &str, Quota)>; MAX_LIMITS],
+        store: &S,
+        applicable: [Selected<'_>; MAX_LIMITS],
         count: usize,
         cost: u32,
         consume: bool,
     ) -> Result<Verdict, LimitError> {
         let applicable = &applicable[..count];
-        let deadline = redis.deadline();
+        let deadline = store.deadline();
         let inner = &*self.inner;
-        match redis
+        match store
             .decide(&inner.limits, applicable, cost, consume, deadline)
             .await
         {
             Ok(results) => {
                 let (verdict, denied) = self.combine_remote(applicable, &results);
                 if denied {
-                    redis
+                    store
                         .refund(&inner.limits, applicable, &results, deadline)
                         .await;
                 }
@@ -88,12 +117,12 @@ impl RateLimiter {
         }
     }
 
-    /// A cost-1 decision on a leased limit (see [`Lease`](crate::redis::Lease)).
-    async fn decide_leased(
+    /// A cost-1 decision on a leased limit (see [`Lease`](crate::Lease)).
+    async fn decide_leased<S: SharedStore>(
         &self,
-        redis: &RedisStore,
+        store: &S,
         leases: &Leases,
-        applicable: &[Option<(u32, &str, Quota)>],
+        applicable: &[Selected<'_>],
         (idx, key, quota): (u32, &str, Quota),
         deadline: tokio::time::Instant,
     ) -> Result<Verdict, LimitError> {
@@ -103,15 +132,15 @@ impl RateLimiter {
             let inner = Arc::downgrade(&self.inner);
             tokio::spawn(floodwall_core::task::supervised(
                 floodwall_core::task::Task::LeaseSweep,
-                move || Some(super::sweep(inner.clone())),
+                move || Some(sweep(inner.clone())),
             ));
         }
         let limit = &self.inner.limits[idx as usize];
         let decided = match leases.take(key) {
-            Some((left, reset)) => Ok((super::lease::leased_decision(&quota, left, reset), true)),
+            Some((left, reset)) => Ok((crate::lease::leased_decision(&quota, left, reset), true)),
             // Boxed: the refill's future (two calls and a lock) is kilobytes, and a decision
             // from a lease, the common case, should not carry room for it.
-            None => Box::pin(redis.refill_lease(leases, limit, key, quota, deadline)).await,
+            None => Box::pin(leases.refill(store, limit, key, quota, deadline)).await,
         };
         match decided {
             Ok((decision, leased)) => {
@@ -125,12 +154,12 @@ impl RateLimiter {
         }
     }
 
-    /// Folds Redis's verdicts into one (seeding the insurance limiter); `true` when it is a
-    /// denial, whose consumed decisions the caller gives back.
-    pub(crate) fn combine_remote(
+    /// Folds the store's verdicts into one (seeding the insurance limiter); `true` when it is
+    /// a denial, whose consumed decisions the caller gives back.
+    pub(crate) fn combine_remote<R>(
         &self,
-        applicable: &[Option<(u32, &str, Quota)>],
-        results: &[(Decision, super::RemoteReceipt)],
+        applicable: &[Selected<'_>],
+        results: &[(Decision, R)],
     ) -> (Verdict, bool) {
         let inner = &*self.inner;
         self.seed_insurance(applicable, results);
@@ -148,15 +177,11 @@ impl RateLimiter {
         (acc.finish(None), denied)
     }
 
-    /// Under the insurance policy, brings each key's insurance state to the verdict Redis just
-    /// gave: if Redis fails next, the insurance limiter starts from it — a key Redis had
-    /// exhausted is not handed a fresh quota. The insurance share's capacity minus what Redis
+    /// Under the insurance policy, brings each key's insurance state to the verdict the store just
+    /// gave: if the store fails next, the insurance limiter starts from it — a key the store had
+    /// exhausted is not handed a fresh quota. The insurance share's capacity minus what the store
     /// says remains is taken as used.
-    pub(crate) fn seed_insurance(
-        &self,
-        applicable: &[Option<(u32, &str, Quota)>],
-        results: &[(Decision, super::RemoteReceipt)],
-    ) {
+    pub(crate) fn seed_insurance<R>(&self, applicable: &[Selected<'_>], results: &[(Decision, R)]) {
         let inner = &*self.inner;
         if !matches!(inner.policy, FailurePolicy::Insurance { .. }) {
             return;
@@ -180,7 +205,7 @@ impl RateLimiter {
     pub(crate) fn on_store_failure(
         &self,
         error: StoreError,
-        applicable: &[Option<(u32, &str, Quota)>],
+        applicable: &[Selected<'_>],
         cost: u32,
         consume: bool,
     ) -> Result<Verdict, LimitError> {
@@ -198,45 +223,5 @@ impl RateLimiter {
                 Some(Degraded::Insurance),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::num::NonZeroU32;
-
-    use floodwall_core::redis::{RedisConnection, StoreOptions};
-    use floodwall_testkit::RedisServer;
-
-    use crate::limiter::Store;
-    use crate::{Algorithm, Limit, Quota, RateLimiter};
-
-    /// `RateLimiter::decide` boxes a Redis decision's future once per decision: for one
-    /// limit it stays under a kilobyte (it was about 8 KB, allocated and copied each time,
-    /// before the rarer paths were boxed apart).
-    #[tokio::test]
-    async fn a_one_limit_decision_future_stays_under_a_kilobyte() {
-        let Some(server) = RedisServer::start_or_skip("a_one_limit_decision_future_stays_small")
-        else {
-            return;
-        };
-        let conn = RedisConnection::standalone(server.url())
-            .connect()
-            .await
-            .unwrap();
-        let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
-        let limiter = RateLimiter::builder()
-            .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
-            .redis(StoreOptions::new(conn))
-            .build()
-            .unwrap();
-        let Store::Redis(redis) = &limiter.inner.store else {
-            panic!("a Redis store");
-        };
-        let decision = limiter.decide_on_redis(redis, &[("user", "a")], 1, true);
-        let size = std::mem::size_of_val(&decision);
-        println!("a one-limit decision on Redis: a future of {size} bytes");
-        assert!(size <= 1024, "{size} bytes");
-        assert!(decision.await.unwrap().allowed);
     }
 }
