@@ -69,6 +69,7 @@
 
 mod batch;
 mod build;
+pub(crate) mod concurrency;
 
 /// Token leases' settings (also at the crate root).
 pub use crate::lease::Lease;

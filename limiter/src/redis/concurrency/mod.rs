@@ -12,9 +12,9 @@ static RENEW: Script = Script::new(include_str!("renew.lua"));
 static RELEASE: Script = Script::new(include_str!("release.lua"));
 
 /// The keyspace namespace unless the [`StoreOptions`] name another.
-pub(super) const DEFAULT_NAMESPACE: &str = "fw-conc";
+pub(crate) const DEFAULT_NAMESPACE: &str = "fw-conc";
 
-pub(super) struct Holders {
+pub(crate) struct Holders {
     path: StorePath,
     /// This instance's part of every permit id (random per process and limit).
     instance: u64,
@@ -26,7 +26,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Holders {
-    pub(super) fn new(options: StoreOptions) -> Holders {
+    pub(crate) fn new(options: StoreOptions) -> Holders {
         use std::hash::BuildHasher;
         Holders {
             path: options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace")),
@@ -37,7 +37,7 @@ impl Holders {
 
     /// One slot of `limit` for `key`: `Ok(Ok(held))`, `Ok(Err(in flight))` when full, `Err`
     /// when the store failed (within its call bound).
-    pub(super) async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         key: &str,
         limit: u32,
@@ -64,7 +64,7 @@ impl Holders {
 }
 
 /// A slot held in Redis, its lease renewed every third of it until released.
-pub(super) struct Held {
+pub(crate) struct Held {
     path: StorePath,
     key: Key,
     id: String,
@@ -103,7 +103,7 @@ impl Held {
 
     /// Stops the heartbeat and frees the slot (in the background; if it cannot, the lease
     /// frees it).
-    pub(super) fn release(mut self) {
+    pub(crate) fn release(mut self) {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
