@@ -1,150 +1,110 @@
-//! The one error type of floodwall's resilience primitives.
+//! The one error type of floodwall's resilience primitives: [`rejections!`] declares it (the
+//! entries are in `lib.rs`), and the methods that do not depend on which primitives exist are
+//! here.
 
-use std::fmt;
-
-use crate::{adaptive, bulkhead, chaos, circuit_breaker, shed, timeout};
-
-/// What went wrong with a call made through floodwall: one of its primitives refused or cut
-/// it, or the call itself failed with `E`.
+/// Declares [`Error`] from the primitives that refuse or cut calls: each entry is a variant and
+/// the rejection type it carries, written once in `lib.rs` beside the primitive's `mod` line.
+/// A new primitive adds its folder and its entry there; this file names none of them.
 ///
-/// Every plain API returns it, and every layer can report through it: the layers keep their
-/// inner service's error type and only require it to be buildable `From` each rejection, which
-/// `Error<E>` is. Put [`ErrorLayer`] innermost in a stack to turn a plain service error `E`
-/// into `Error<E>`, and the whole stack has this one type to match on:
-///
-/// ```
-/// # #[cfg(feature = "tower")] {
-/// use floodwall_resilience::{Error, ErrorLayer};
-/// use floodwall_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
-/// use tower::ServiceBuilder;
-///
-/// let breaker = CircuitBreaker::builder().build().unwrap();
-/// let svc = ServiceBuilder::new()
-///     .layer(CircuitBreakerLayer::new(breaker))
-///     .layer(ErrorLayer)
-///     .service(tower::service_fn(|x: u32| async move { Err::<u32, &str>("boom") }));
-/// # let _ = svc; }
-/// ```
-///
-/// `Error<E>` is a [`std::error::Error`] when `E` is one, and [`source`](std::error::Error::source)
-/// leads to the call's own error for [`Error::Inner`] (to the rejection's cause for the
-/// others, e.g. the error that tripped a breaker).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Error<E> {
-    /// A circuit breaker did not admit the call.
-    CircuitOpen(circuit_breaker::Rejected),
-    /// A bulkhead did not admit the call.
-    BulkheadFull(bulkhead::Rejected),
-    /// An adaptive concurrency limit did not admit the call.
-    Limited(adaptive::Rejected),
-    /// A timeout cut the call.
-    Timeout(timeout::Elapsed),
-    /// Fault injection failed the call on purpose.
-    Injected(chaos::Injected),
-    /// A load shedder turned the call away (the process is overloaded).
-    Shed(shed::Shed),
-    /// The call ran and failed.
-    Inner(E),
-}
-
-impl<E: fmt::Display> fmt::Display for Error<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::CircuitOpen(r) => r.fmt(f),
-            Error::BulkheadFull(r) => r.fmt(f),
-            Error::Limited(r) => r.fmt(f),
-            Error::Timeout(e) => e.fmt(f),
-            Error::Injected(e) => e.fmt(f),
-            Error::Shed(e) => e.fmt(f),
-            Error::Inner(e) => e.fmt(f),
+/// Each rejection type is a `std::error::Error` whose `Display` reads as a sentence; the
+/// generated `Display` and `source` are its own, `From` builds the variant, and `map_inner`
+/// passes every rejection through.
+macro_rules! rejections {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty), )*) => {
+        /// What went wrong with a call made through floodwall: one of its primitives refused or cut
+        /// it, or the call itself failed with `E`.
+        ///
+        /// Every plain API returns it, and every layer can report through it: the layers keep their
+        /// inner service's error type and only require it to be buildable `From` each rejection, which
+        /// `Error<E>` is. Put [`ErrorLayer`] innermost in a stack to turn a plain service error `E`
+        /// into `Error<E>`, and the whole stack has this one type to match on:
+        ///
+        /// ```
+        /// # #[cfg(feature = "tower")] {
+        /// use floodwall_resilience::{Error, ErrorLayer};
+        /// use floodwall_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+        /// use tower::ServiceBuilder;
+        ///
+        /// let breaker = CircuitBreaker::builder().build().unwrap();
+        /// let svc = ServiceBuilder::new()
+        ///     .layer(CircuitBreakerLayer::new(breaker))
+        ///     .layer(ErrorLayer)
+        ///     .service(tower::service_fn(|x: u32| async move { Err::<u32, &str>("boom") }));
+        /// # let _ = svc; }
+        /// ```
+        ///
+        /// `Error<E>` is a [`std::error::Error`] when `E` is one, and [`source`](std::error::Error::source)
+        /// leads to the call's own error for [`Error::Inner`] (to the rejection's cause for the
+        /// others, e.g. the error that tripped a breaker).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Error<E> {
+            $( $(#[$doc])* $variant($ty), )*
+            /// The call ran and failed.
+            Inner(E),
         }
-    }
-}
 
-impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::CircuitOpen(r) => r.source(),
-            Error::BulkheadFull(r) => r.source(),
-            Error::Limited(r) => r.source(),
-            Error::Timeout(e) => e.source(),
-            Error::Injected(e) => e.source(),
-            Error::Shed(e) => e.source(),
-            Error::Inner(e) => Some(e),
+        impl<E: ::std::fmt::Display> ::std::fmt::Display for Error<E> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                match self {
+                    $( Error::$variant(r) => r.fmt(f), )*
+                    Error::Inner(e) => e.fmt(f),
+                }
+            }
         }
-    }
+
+        impl<E: ::std::error::Error + 'static> ::std::error::Error for Error<E> {
+            fn source(&self) -> Option<&(dyn ::std::error::Error + 'static)> {
+                match self {
+                    $( Error::$variant(r) => ::std::error::Error::source(r), )*
+                    Error::Inner(e) => Some(e),
+                }
+            }
+        }
+
+        impl<E> Error<E> {
+            /// The same error with the call's own error mapped by `f` (a rejection stays as it
+            /// is).
+            pub fn map_inner<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
+                match self {
+                    $( Error::$variant(r) => Error::$variant(r), )*
+                    Error::Inner(e) => Error::Inner(f(e)),
+                }
+            }
+        }
+
+        $(
+            impl<E> From<$ty> for Error<E> {
+                fn from(r: $ty) -> Self {
+                    Error::$variant(r)
+                }
+            }
+        )*
+    };
 }
 
-impl<E> Error<E> {
+pub(crate) use rejections;
+
+impl<E> crate::Error<E> {
     /// The call's own error, if it ran and failed.
     pub fn into_inner(self) -> Option<E> {
         match self {
-            Error::Inner(e) => Some(e),
+            crate::Error::Inner(e) => Some(e),
             _ => None,
-        }
-    }
-
-    /// The same error with the call's own error mapped by `f` (a rejection stays as it is).
-    pub fn map_inner<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
-        match self {
-            Error::CircuitOpen(r) => Error::CircuitOpen(r),
-            Error::BulkheadFull(r) => Error::BulkheadFull(r),
-            Error::Limited(r) => Error::Limited(r),
-            Error::Timeout(e) => Error::Timeout(e),
-            Error::Injected(e) => Error::Injected(e),
-            Error::Shed(e) => Error::Shed(e),
-            Error::Inner(e) => Error::Inner(f(e)),
         }
     }
 
     /// The call's own error, if it ran and failed, by reference.
     pub fn inner(&self) -> Option<&E> {
         match self {
-            Error::Inner(e) => Some(e),
+            crate::Error::Inner(e) => Some(e),
             _ => None,
         }
     }
 
     /// Whether a floodwall primitive refused or cut the call (it did not fail by itself).
     pub fn is_rejection(&self) -> bool {
-        !matches!(self, Error::Inner(_))
-    }
-}
-
-impl<E> From<shed::Shed> for Error<E> {
-    fn from(e: shed::Shed) -> Self {
-        Error::Shed(e)
-    }
-}
-
-impl<E> From<circuit_breaker::Rejected> for Error<E> {
-    fn from(r: circuit_breaker::Rejected) -> Self {
-        Error::CircuitOpen(r)
-    }
-}
-
-impl<E> From<bulkhead::Rejected> for Error<E> {
-    fn from(r: bulkhead::Rejected) -> Self {
-        Error::BulkheadFull(r)
-    }
-}
-
-impl<E> From<adaptive::Rejected> for Error<E> {
-    fn from(r: adaptive::Rejected) -> Self {
-        Error::Limited(r)
-    }
-}
-
-impl<E> From<chaos::Injected> for Error<E> {
-    fn from(e: chaos::Injected) -> Self {
-        Error::Injected(e)
-    }
-}
-
-impl<E> From<timeout::Elapsed> for Error<E> {
-    fn from(e: timeout::Elapsed) -> Self {
-        Error::Timeout(e)
+        !matches!(self, crate::Error::Inner(_))
     }
 }
 
@@ -159,7 +119,7 @@ mod layer {
 
     use pin_project_lite::pin_project;
 
-    use super::Error;
+    use crate::Error;
 
     /// Turns a service's error `E` into [`Error<E>`]; put it innermost in a stack.
     #[derive(Debug, Clone, Copy, Default)]

@@ -120,8 +120,24 @@ pub mod shed;
 pub mod throttle;
 pub mod timeout;
 
+// The primitives that refuse or cut calls, each with its variant of the family's [`Error`]:
+// a new one adds its folder above and its line here.
+error::rejections! {
+    /// A circuit breaker did not admit the call.
+    CircuitOpen(circuit_breaker::Rejected),
+    /// A bulkhead did not admit the call.
+    BulkheadFull(bulkhead::Rejected),
+    /// An adaptive concurrency limit did not admit the call.
+    Limited(adaptive::Rejected),
+    /// A timeout cut the call.
+    Timeout(timeout::Elapsed),
+    /// Fault injection failed the call on purpose.
+    Injected(chaos::Injected),
+    /// A load shedder turned the call away (the process is overloaded).
+    Shed(shed::Shed),
+}
+
 pub use clock::TokioClock;
-pub use error::Error;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use error::{ErrorLayer, ErrorService};
