@@ -124,9 +124,12 @@ impl Stated {
         let stale_from = age.max(fresh_end);
         Lifetimes {
             fresh: fresh_end.saturating_sub(age),
-            stale_while_revalidate: (fresh_end + self.stale_while_revalidate)
+            stale_while_revalidate: fresh_end
+                .saturating_add(self.stale_while_revalidate)
                 .saturating_sub(stale_from),
-            stale_if_error: (fresh_end + self.stale_if_error).saturating_sub(stale_from),
+            stale_if_error: fresh_end
+                .saturating_add(self.stale_if_error)
+                .saturating_sub(stale_from),
         }
     }
 }
@@ -317,6 +320,20 @@ mod tests {
             prop_assert_eq!(later_ms < fresh + ms(life.stale_while_revalidate), age < m.fresh_ms() + swr);
             prop_assert_eq!(later_ms < fresh + ms(life.stale_if_error), age < m.fresh_ms() + sie);
         }
+    }
+
+    #[test]
+    fn an_unbounded_default_stale_if_error_saturates() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        let s = stated(&h, 0, Duration::MAX);
+        let life = s.left_at(Duration::from_secs(10));
+        assert_eq!(life.fresh, Duration::from_secs(50));
+        // Counted from the end of freshness (60 s), where it saturated.
+        assert_eq!(life.stale_if_error, Duration::MAX - Duration::from_secs(60));
     }
 
     #[test]
