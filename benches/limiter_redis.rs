@@ -13,9 +13,13 @@
 //!   key. Throughput is per decision.
 //! - Then a table, each scenario's targets in alternating rounds (the order rotates, so a
 //!   machine that speeds up or slows down affects all alike): decisions per second, p50 and
-//!   p99 latency, and the ratio to the floor, for standalone 64 callers on 64 keys, on 10 000
-//!   keys and on 10 hot keys, 1 caller, and a 3-master Cluster with 64 callers on 10 000 keys
-//!   and on 10 hot keys.
+//!   p99 latency, the ratio to the floor, and what each decision cost Redis — its CPU time
+//!   (`used_cpu_user + used_cpu_sys` from `INFO cpu`, read before and after each run and
+//!   summed over the Cluster's masters) per decision, and that against the floor's — for
+//!   standalone 64 callers on 64 keys, on 10 000 keys and on 10 hot keys, 1 caller, and a
+//!   3-master Cluster with 64 callers on 10 000 keys and on 10 hot keys. The client shares
+//!   the machine's cores with Redis, so throughput is bounded by both; the CPU column is
+//!   Redis's alone.
 //!
 //! The bench starts its own `redis-server`s (testkit) and is skipped without them. Under
 //! `cargo test --benches` it runs each scenario once, briefly.
@@ -191,12 +195,38 @@ fn targets(
     })
 }
 
-/// Runs one scenario's targets in rotating rounds and prints a table row per target.
+/// The CPU time (seconds, user + system) the Redis servers at `urls` have used, summed:
+/// read with `INFO cpu` over a plain connection of its own.
+fn redis_cpu(urls: &[String]) -> f64 {
+    urls.iter()
+        .map(|url| {
+            let mut conn = ::redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("a connection for INFO");
+            let info: String = ::redis::cmd("INFO")
+                .arg("cpu")
+                .query(&mut conn)
+                .expect("INFO cpu");
+            info.lines()
+                .filter_map(|l| {
+                    let (k, v) = l.trim().split_once(':')?;
+                    matches!(k, "used_cpu_user" | "used_cpu_sys")
+                        .then(|| v.parse::<f64>().ok())
+                        .flatten()
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Runs one scenario's targets in rotating rounds and prints a table row per target; `urls`
+/// are the Redis servers whose CPU the decisions use.
 #[allow(clippy::too_many_arguments)]
 fn scenario(
     rt: &tokio::runtime::Runtime,
     name: &str,
     targets: &[(&'static str, Target)],
+    urls: &[String],
     callers: usize,
     spread: usize,
     per_caller: usize,
@@ -205,14 +235,19 @@ fn scenario(
 ) {
     let n = targets.len();
     let mut took = vec![Duration::ZERO; n];
+    let mut cpu = vec![0f64; n];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for round in 0..rounds {
         for i in (0..n).map(|k| (k + round) % n) {
+            let before = redis_cpu(urls);
             let (t, l) = rt.block_on(run(&targets[i].1, callers, spread, per_caller, true, keys));
+            cpu[i] += redis_cpu(urls) - before;
             took[i] += t;
             lat[i].extend(l);
         }
     }
+    // Redis CPU per decision, in µs.
+    let cpu: Vec<f64> = (0..n).map(|i| cpu[i] * 1e6 / lat[i].len() as f64).collect();
     let rate: Vec<f64> = (0..n)
         .map(|i| lat[i].len() as f64 / took[i].as_secs_f64())
         .collect();
@@ -221,11 +256,13 @@ fn scenario(
         l.sort();
         let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
         eprintln!(
-            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x |",
+            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x | {:.2} µs | {:.2}x |",
             rate[i],
             pct(0.50),
             pct(0.99),
-            rate[i] / rate[n - 1]
+            rate[i] / rate[n - 1],
+            cpu[i],
+            cpu[i] / cpu[n - 1]
         );
     }
 }
@@ -265,8 +302,10 @@ fn redis_decisions(c: &mut Criterion) {
     g.finish();
 
     let (per, rounds) = if full { (300, 6) } else { (10, 1) };
-    eprintln!("\n| scenario | target | decisions/s | p50 | p99 | vs floor |");
-    eprintln!("|---|---|---|---|---|---|");
+    eprintln!(
+        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|---|");
     // (scenario, callers, keys, decisions per caller, rounds). One caller's latency swings
     // between two levels from round to round, as the runtime's threads happen to meet the
     // connection's (tens of µs apart on a VM): that scenario runs in five times as many
@@ -277,9 +316,20 @@ fn redis_decisions(c: &mut Criterion) {
         ("64 callers, 10 hot keys", 64, 10, per, rounds),
         ("1 caller", 1, MAX_KEYS, per * 2, rounds * 5),
     ];
+    let urls = [server.url()];
     for (name, callers, spread, n, rounds) in standalone_runs {
         let name = format!("standalone, {name}");
-        scenario(&rt, &name, &standalone, callers, spread, n, rounds, &keys);
+        scenario(
+            &rt,
+            &name,
+            &standalone,
+            &urls,
+            callers,
+            spread,
+            n,
+            rounds,
+            &keys,
+        );
     }
     drop(standalone);
     let Some(cluster) = RedisCluster::start_or_skip("limiter_redis bench (Cluster)", 3) else {
@@ -291,7 +341,10 @@ fn redis_decisions(c: &mut Criterion) {
         ("64 callers, 10 hot keys", 10),
     ] {
         let name = format!("3-master Cluster, {name}");
-        scenario(&rt, &name, &clustered, 64, spread, per, rounds, &keys);
+        let urls = cluster.urls();
+        scenario(
+            &rt, &name, &clustered, &urls, 64, spread, per, rounds, &keys,
+        );
     }
 }
 
