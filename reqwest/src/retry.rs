@@ -94,29 +94,38 @@ impl RetryMiddleware {
     }
 }
 
-#[async_trait::async_trait]
+/// `Middleware::handle` written out (the trait is an `async_trait`): the attempts' own future
+/// is the one boxed, not nested in another that would hold the request a second time — every
+/// byte of it is copied into the box on every request
+/// (`reqwest/tests/future_sizes.rs::the_retry_middlewares_future_stays_small`).
 impl Middleware for RetryMiddleware {
-    async fn handle(
-        &self,
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
         req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
         let span = request_span(&req);
-        let result = self.attempts(req, extensions, next, &span).await;
-        record_result(&span, result.as_ref());
-        result
+        Box::pin(self.attempts(req, extensions, next, span))
     }
 }
 
 impl RetryMiddleware {
-    /// The logical request's attempts, inside its span `span`.
+    /// The logical request's attempts, inside its span `span`, whose result it records.
     async fn attempts(
         &self,
         req: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
-        span: &Span,
+        span: Span,
     ) -> reqwest_middleware::Result<Response> {
         let settings = RequestSettings::of(extensions);
         let max = settings
@@ -127,12 +136,15 @@ impl RetryMiddleware {
             let host = req.url().clone();
             let attempt = attempt_span(&req, 1);
             let run = next.run(req, extensions).instrument(attempt.clone());
+            // Boxed: an overall bound's timer is most of a future's size, and most requests
+            // have none.
             let result = match overall {
-                Some(after) => bounded(after, run).instrument(span.clone()).await,
+                Some(after) => Box::pin(bounded(after, run)).instrument(span.clone()).await,
                 None => run.instrument(span.clone()).await,
             };
             record_result(&attempt, result.as_ref());
-            record_attempts(span, 1);
+            record_attempts(&span, 1);
+            record_result(&span, result.as_ref());
             return result.map_err(|mut e| {
                 set_host(&mut e, || url_host_key(&host));
                 e
@@ -141,13 +153,15 @@ impl RetryMiddleware {
         // Attempts begun (an overall bound may cut one short).
         let begun = std::sync::atomic::AtomicU32::new(0);
         let run = self.retry_loop(&req, extensions, next, max, &begun);
+        // Boxed unless plain: a bound's timer or a span is room most requests do not need.
         let result = match (overall, span.is_none()) {
-            (Some(after), _) => bounded(after, run).instrument(span.clone()).await,
+            (Some(after), _) => Box::pin(bounded(after, run)).instrument(span.clone()).await,
             (None, true) => run.await,
-            (None, false) => run.instrument(span.clone()).await,
+            (None, false) => Box::pin(run).instrument(span.clone()).await,
         };
         let made = begun.load(std::sync::atomic::Ordering::Relaxed);
-        record_attempts(span, made);
+        record_attempts(&span, made);
+        record_result(&span, result.as_ref());
         result.map_err(|mut e| {
             set_attempts(&mut e, made);
             set_host(&mut e, || host_key(&req));
@@ -170,29 +184,37 @@ impl RetryMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let mut run = self.retry.begin();
         loop {
-            let n = run.made() + 1;
-            begun.store(n, std::sync::atomic::Ordering::Relaxed);
-            let copy = req.try_clone().expect("checked: the body can be copied");
-            let attempt = attempt_span(&copy, n);
-            let mut ext = extensions.clone();
-            let result = match attempt.is_none() {
-                true => next.clone().run(copy, &mut ext).await,
-                false => {
-                    let sent = next.clone().run(copy, &mut ext);
-                    sent.instrument(attempt.clone()).await
+            // The attempt's state lives in this block only, so the backoff's wait holds none
+            // of it: every byte of this future is copied when the middleware boxes it.
+            let delay = {
+                let n = run.made() + 1;
+                begun.store(n, std::sync::atomic::Ordering::Relaxed);
+                let attempt = attempt_span(req, n);
+                let mut ext = extensions.clone();
+                // The copy is a temporary moved into the call: a named one would keep its
+                // room in this future across the wait.
+                let sent = next.clone().run(
+                    req.try_clone().expect("checked: the body can be copied"),
+                    &mut ext,
+                );
+                let result = match attempt.is_none() {
+                    true => sent.await,
+                    false => sent.instrument(attempt.clone()).await,
+                };
+                record_result(&attempt, result.as_ref());
+                // The caller's attempt limit: after `max` attempts, the result is final.
+                let decision = if n >= max {
+                    Decision::Done
+                } else {
+                    self.rule.decide(result.as_ref())
+                };
+                match run.next_delay(decision) {
+                    Some(delay) => delay,
+                    None => return result,
                 }
             };
-            record_result(&attempt, result.as_ref());
-            // The caller's attempt limit: after `max` attempts, the result is final.
-            let decision = if n >= max {
-                Decision::Done
-            } else {
-                self.rule.decide(result.as_ref())
-            };
-            match run.next_delay(decision) {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => return result,
-            }
+            // Boxed: a timer is most of a future's size, and only a retry waits.
+            Box::pin(tokio::time::sleep(delay)).await;
         }
     }
 }
