@@ -72,8 +72,8 @@ pub enum Served<V, R, K: Hash + Eq = ()> {
     /// A stale entry inside its `stale_while_revalidate`, served at once; the [`Refresh`]
     /// is this key's one background load (`None` while one runs already).
     StaleWhileRevalidate(V, Option<Refresh<K, V>>),
-    /// The entry replaced, standing in for a failed load.
-    StaleIfError(V),
+    /// The entry replaced, standing in for a failed load; and what the load answered.
+    StaleIfError(V, R),
     /// What this caller's own load answered.
     Loaded(R),
 }
@@ -142,7 +142,9 @@ where
     {
         let Refresh { guard, previous } = self;
         let cache = guard.cache.clone();
-        let settled = cache.run_loader(&guard.key, Some(&previous), loader).await;
+        let settled = cache
+            .run_loader(&guard.key, Some(&previous), true, loader)
+            .await;
         drop(guard);
         settled
     }
@@ -197,8 +199,8 @@ where
         Fut: Future<Output = Revalidated<V, R>>,
     {
         let mut waited = false;
-        let (guard, previous) = loop {
-            let found = self.find(&key, &accept).await;
+        let (guard, previous, l2_ok) = loop {
+            let (found, l2_ok) = self.find(&key, &accept).await;
             let now = self.inner.clock.now_nanos();
             if let Some(e) = &found
                 && let Some(v) = &e.value
@@ -232,34 +234,42 @@ where
                     let _ = done.changed().await;
                     waited = true;
                 }
-                Flight::Follow(_) => break (None, found),
-                Flight::Lead(guard) => break (Some(guard), found),
+                Flight::Follow(_) => break (None, found, l2_ok),
+                Flight::Lead(guard) => break (Some(guard), found, l2_ok),
             }
         };
         self.inner.stats.miss();
-        let served = self.run_loader(&key, previous.as_ref(), loader).await;
+        let served = self
+            .run_loader(&key, previous.as_ref(), l2_ok, loader)
+            .await;
         drop(guard);
         served
     }
 
     /// The entry `accept` takes for `key`, any age: L1's (when it may be trusted), else
-    /// Redis's (kept in L1). Only entries a revalidating load stored count: one stored by
-    /// [`set`](Self::set) or [`get_or_load`](Self::get_or_load) has no lifetimes of its own.
-    async fn find(&self, key: &K, accept: &impl Fn(&V) -> bool) -> Option<Arc<Entry<V>>> {
+    /// Redis's (kept in L1); and `false` when Redis failed (the load then stores in L1 only,
+    /// so an outage costs one bounded call, not two). Only entries a revalidating load stored
+    /// count: one stored by [`set`](Self::set) or [`get_or_load`](Self::get_or_load) has no
+    /// lifetimes of its own.
+    async fn find(&self, key: &K, accept: &impl Fn(&V) -> bool) -> (Option<Arc<Entry<V>>>, bool) {
         let local = if self.l1_usable() {
             self.inner.l1.get(key)
         } else {
             None
         };
-        let found = match local {
-            Some(e) => Some(e),
-            None => self.read_l2_entry(key, |_| true).await.ok().flatten(),
+        let (found, l2_ok) = match local {
+            Some(e) => (Some(e), true),
+            None => match self.read_l2_entry(key, |_| true).await {
+                Ok(found) => (found, true),
+                Err(()) => (None, false),
+            },
         };
-        found.filter(|e| {
+        let found = found.filter(|e| {
             e.retain_until.is_some()
                 && crate::tags::live(&e.tags)
                 && e.value.as_ref().is_some_and(accept)
-        })
+        });
+        (found, l2_ok)
     }
 
     /// Leads `key`'s load, or answers the channel of the one in flight.
@@ -281,11 +291,13 @@ where
         })
     }
 
-    /// Runs `loader` with `previous`'s value and settles what it answers.
+    /// Runs `loader` with `previous`'s value and settles what it answers (in Redis too when
+    /// `l2_ok`: its read did not fail).
     async fn run_loader<F, Fut, R>(
         &self,
         key: &K,
         previous: Option<&Arc<Entry<V>>>,
+        l2_ok: bool,
         loader: F,
     ) -> Served<V, R, K>
     where
@@ -313,14 +325,16 @@ where
                 return match stand_in {
                     Some(v) => {
                         inner.stats.stale();
-                        Served::StaleIfError(v)
+                        Served::StaleIfError(v, r)
                     }
                     None => Served::Loaded(r),
                 };
             }
         };
         let entry = self.timed_entry(value, life, now, now.saturating_sub(started));
-        self.write_l2(key, &entry, now).await;
+        if l2_ok {
+            self.write_l2(key, &entry, now).await;
+        }
         inner.l1.insert(key.clone(), Arc::new(entry));
         Served::Loaded(r)
     }

@@ -233,7 +233,8 @@ async fn a_failing_upstream_gets_the_last_good_response_under_fail_safe() {
 }
 
 /// `Cache-Control` is read as directives, not substrings: a response whose directives merely
-/// contain the letters of `private` or `no-store` is stored; `No-Store` in any case is not.
+/// contain the letters of `private` or `no-store` is stored; `No-Store` in any case is not;
+/// nor is a response that `Vary`s on `*` (the family's one `may_store` rule).
 #[tokio::test]
 async fn cache_control_directives_are_matched_whole() {
     let calls = Arc::new(AtomicU32::new(0));
@@ -248,6 +249,11 @@ async fn cache_control_directives_are_matched_whole() {
                 };
                 let mut r = Response::new(Full::new(Bytes::from_static(b"body")));
                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                if req.uri().path() == "/vary-star" {
+                    r.headers_mut()
+                        .insert("cache-control", "max-age=60".parse().unwrap());
+                    r.headers_mut().insert("vary", "accept, *".parse().unwrap());
+                }
                 Ok::<_, Infallible>(r)
             }
         })
@@ -275,6 +281,15 @@ async fn cache_control_directives_are_matched_whole() {
             .unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "`No-Store` is not stored");
+    for _ in 0..2 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("/vary-star"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5, "`Vary: *` is not stored");
 }
 
 /// Responses stored under the tags their `Cache-Tag` header lists: invalidating one tag

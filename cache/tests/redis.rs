@@ -1,7 +1,8 @@
 //! The Redis tier on servers these tests start: one L2 read and one load for a stampede
 //! (standalone and 3-master Cluster), one load across 4 instances with the lease and a
 //! takeover when the leaseholder dies, garbage bytes as misses, write-through sharing, and
-//! a blackholed Redis answered from the loader within the bound.
+//! a blackholed Redis answered from the loader within the bound — for revalidating loads too,
+//! with `FLUSHALL`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -296,6 +297,108 @@ async fn a_blackholed_redis_is_answered_from_the_loader_within_the_bound() {
     );
     assert!(slowest_late < Duration::from_millis(5), "{slowest_late:?}");
     assert!(c.stats().l2_errors >= 5);
+}
+
+/// Revalidating loads (`get_or_revalidate`, the HTTP cache's engine) on Redis's failures:
+/// an entry one instance stored is another's to revalidate; after `FLUSHALL` it is simply
+/// gone (the loader sees no entry, nothing old is served); with Redis blackholed, every call
+/// is answered by its loader within one call bound (no write after a failed read), and in
+/// microseconds once the node's gate is open; a stored entry still stands in for a failed load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidating_loads_survive_flushall_and_a_blackholed_redis() {
+    use floodwall_cache::{Lifetimes, Revalidated, Revalidation, Served};
+    let Some(server) =
+        RedisServer::start_or_skip("revalidating_loads_survive_flushall_and_a_blackholed_redis")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let bound = Duration::from_millis(50);
+    let instance = |url: String| async move {
+        let conn = RedisConnection::standalone(url).connect().await.unwrap();
+        let c: Cache = TieredCache::builder()
+            .ttl(Duration::from_secs(600))
+            .redis(RedisTier::new(
+                StoreOptions::new(conn)
+                    .keyspace(Keyspace::new("cachetest-reval", 1).unwrap())
+                    .call_timeout(bound),
+            ))
+            .build();
+        c
+    };
+    let life = Lifetimes {
+        fresh: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::from_secs(60),
+    };
+    let any = |_: &String| true;
+    let asked = Revalidation::default();
+    let (a, b) = (
+        instance(proxy.redis_url()).await,
+        instance(server.url()).await,
+    );
+    let stored = a
+        .get_or_revalidate("k".to_string(), any, asked, |old| async move {
+            assert_eq!(old, None);
+            Revalidated::Stored("v1".to_string(), life, ())
+        })
+        .await;
+    assert!(matches!(stored, Served::Loaded(())));
+    let seen = b
+        .get_or_revalidate("k".to_string(), any, asked, |old| async move {
+            assert_eq!(
+                old.as_deref(),
+                Some("v1"),
+                "B revalidates A's entry from Redis"
+            );
+            Revalidated::Unchanged(old.unwrap(), life, ())
+        })
+        .await;
+    assert!(matches!(seen, Served::Loaded(())));
+
+    server.command(&["FLUSHALL"]).unwrap();
+    let c = instance(server.url()).await;
+    let after = c
+        .get_or_revalidate("k".to_string(), any, asked, |old| async move {
+            assert_eq!(old, None, "after FLUSHALL no entry is left to revalidate");
+            Revalidated::Failed(())
+        })
+        .await;
+    assert!(
+        matches!(after, Served::Loaded(())),
+        "nothing old stands in after FLUSHALL: {after:?}"
+    );
+
+    proxy.blackhole();
+    let mut slowest_late = Duration::ZERO;
+    for i in 0..10 {
+        let started = Instant::now();
+        let served = a
+            .get_or_revalidate(format!("b{i}"), any, asked, move |old| async move {
+                assert_eq!(old, None);
+                Revalidated::Stored(format!("x{i}"), life, i)
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(matches!(served, Served::Loaded(n) if n == i));
+        // One bounded read; the write is skipped once the read failed.
+        assert!(took <= bound + Duration::from_millis(50), "took {took:?}");
+        if i >= 6 {
+            slowest_late = slowest_late.max(took);
+        }
+    }
+    // A's own entry, in its L1, stands in for a failed load while Redis is gone.
+    let stand_in = a
+        .get_or_revalidate("k".to_string(), any, asked, |old| async move {
+            assert_eq!(old.as_deref(), Some("v1"));
+            Revalidated::Failed(())
+        })
+        .await;
+    println!(
+        "revalidating loads, blackholed Redis: every call within {bound:?} + 50 ms; with the gate open at most {slowest_late:?}; a failed load answered by {stand_in:?}"
+    );
+    assert!(slowest_late < Duration::from_millis(5), "{slowest_late:?}");
+    assert!(matches!(stand_in, Served::StaleIfError(ref v, ()) if v == "v1"));
 }
 
 async fn subscribed(conn: RedisConnection, pubsub: String) -> Cache {

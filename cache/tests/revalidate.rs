@@ -142,7 +142,7 @@ proptest! {
                         prop_assert!(refresh.is_some(), "nothing else refreshes the key");
                         Answer::StaleWhileRevalidate(v)
                     }
-                    Served::StaleIfError(v) => Answer::StaleIfError(v),
+                    Served::StaleIfError(v, ()) => Answer::StaleIfError(v),
                     Served::Loaded(()) => Answer::Loaded,
                     Served::Coalesced(_) => return Err(TestCaseError::fail("no load to wait for")),
                 };

@@ -270,6 +270,26 @@ mod tests {
         );
     }
 
+    /// A codec whose id overlaps the tag byte's flags cannot write: its values could not be
+    /// told from another codec's.
+    #[test]
+    fn a_codec_id_above_63_is_refused_when_writing() {
+        struct Wide;
+        impl Codec for Wide {
+            const ID: u8 = 200;
+            fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, String> {
+                Json.encode(value)
+            }
+            fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, String> {
+                Json.decode(bytes)
+            }
+        }
+        let now = unix_ms();
+        let err = seal(&Wide, &Some(1u32), &[], plain(now + 1, now + 2)).unwrap_err();
+        assert!(err.to_string().contains("above 63"), "{err}");
+        assert!(seal(&Json, &Some(1u32), &[], plain(now + 1, now + 2)).is_ok());
+    }
+
     #[test]
     fn tags_round_trip_and_cut_bytes_are_refused() {
         let now = unix_ms();

@@ -9,12 +9,12 @@
 
 mod policy;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use floodwall_cache::http::may_store;
-use floodwall_cache::{Revalidated, Revalidation, Served, TieredCache};
+use floodwall_cache::{Refresh, Revalidated, Revalidation, Served, TieredCache};
 use http::header::{self, HeaderMap};
 use http::{Extensions, Method, StatusCode};
 use reqwest::{Request, Response, Url};
@@ -227,6 +227,8 @@ fn passes_by(req: &Request, d: &Directives) -> bool {
 struct Fetch {
     answer: reqwest_middleware::Result<Response>,
     counted: Option<fn(&Counters) -> &AtomicU64>,
+    /// The request's URL, when the origin failed (a stored response may answer for it).
+    url: Option<Url>,
 }
 
 impl Fetch {
@@ -234,6 +236,15 @@ impl Fetch {
         Fetch {
             answer,
             counted: None,
+            url: None,
+        }
+    }
+
+    fn failed(answer: reqwest_middleware::Result<Response>, url: Url) -> Self {
+        Fetch {
+            answer,
+            counted: None,
+            url: Some(url),
         }
     }
 }
@@ -251,67 +262,98 @@ impl Middleware for HttpCache {
             return next.run(req, extensions).await;
         }
         let shared = &self.shared;
-        let url = req.url().clone();
-        let request_headers = req.headers().clone();
         let want = Revalidation {
             force: asked.no_cache || asked.max_age == Some(0),
             in_background: shared.refresh.is_some(),
         };
+        let key = req.url().as_str().to_owned();
+        // The request, lent to `accept` (its `Vary` headers) until the loader takes it: a
+        // hit copies none of it. Never contended: this call's own closures use it, in turn.
+        let slot = Mutex::new(Some(req));
+        let taken = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         let served = shared
             .cache
             .get_or_revalidate(
-                url.as_str().to_owned(),
-                |e: &StoredResponse| e.answers(&request_headers),
+                key,
+                |e: &StoredResponse| {
+                    let held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                    held.as_ref().is_some_and(|r| e.answers(r.headers()))
+                },
                 want,
-                |stored| fetch(shared, stored, req, |req| next.run(req, extensions)),
+                |stored| async {
+                    match taken() {
+                        Some(req) => {
+                            fetch(shared, stored, req, |req| next.run(req, extensions)).await
+                        }
+                        None => Revalidated::Passed(Fetch::plain(Err(unbuildable()))),
+                    }
+                },
             )
             .await;
         let now = unix_ms(SystemTime::now());
         let stats = &shared.stats;
-        let stored = match served {
+        let (stored, failed) = match served {
             Served::Loaded(fetch) => {
                 if let Some(counter) = fetch.counted {
                     bump(counter(stats));
                 }
                 return fetch.answer;
             }
+            Served::StaleIfError(e, fetch) => {
+                bump(&stats.stale_if_error);
+                (e, Some(fetch))
+            }
             Served::Fresh(e) => {
                 bump(&stats.hits);
-                e
+                (e, None)
             }
             Served::Coalesced(e) => {
                 bump(&stats.hits);
                 bump(&stats.coalesced);
-                e
+                (e, None)
             }
             Served::StaleWhileRevalidate(e, refresh) => {
                 bump(&stats.stale_while_revalidate);
-                if let (Some(refresh), Some(client)) = (refresh, shared.refresh.clone()) {
-                    let mut copy = Request::new(Method::GET, url.clone());
-                    *copy.headers_mut() = request_headers;
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let served = refresh
-                            .run(|stored| fetch(&shared, stored, copy, |req| client.execute(req)))
-                            .await;
-                        if let Served::Loaded(Fetch {
-                            counted: Some(counter),
-                            ..
-                        }) = served
-                        {
-                            bump(counter(&shared.stats));
-                        }
-                    });
+                let held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if let (Some(refresh), Some(req)) = (refresh, held.as_ref()) {
+                    spawn_refresh(shared, refresh, req);
                 }
-                e
-            }
-            Served::StaleIfError(e) => {
-                bump(&stats.stale_if_error);
-                e
+                (e, None)
             }
         };
-        stored.into_response(&url, now).ok_or_else(unbuildable)
+        // The URL to answer for: the failed load's, else the request's (not loaded).
+        let req = taken();
+        let url = match (&failed, &req) {
+            (Some(fetch), _) => fetch.url.as_ref(),
+            (None, Some(req)) => Some(req.url()),
+            (None, None) => None,
+        };
+        url.and_then(|url| stored.into_response(url, now))
+            .ok_or_else(unbuildable)
     }
+}
+
+/// Runs `refresh` (a stale response's one background refresh) of `req` through the
+/// middleware's refresh client.
+fn spawn_refresh(shared: &Arc<Shared>, refresh: Refresh<String, StoredResponse>, req: &Request) {
+    let Some(client) = shared.refresh.clone() else {
+        return;
+    };
+    let mut copy = Request::new(Method::GET, req.url().clone());
+    *copy.headers_mut() = req.headers().clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let served = refresh
+            .run(|stored| fetch(&shared, stored, copy, |req| client.execute(req)))
+            .await;
+        if let Served::Loaded(Fetch {
+            counted: Some(counter),
+            ..
+        }) = served
+        {
+            bump(counter(&shared.stats));
+        }
+    });
 }
 
 fn unbuildable() -> reqwest_middleware::Error {
@@ -344,9 +386,9 @@ where
     let sie = shared.default_stale_if_error;
     let resp = match result {
         Ok(resp) if resp.status().is_server_error() => {
-            return Revalidated::Failed(Fetch::plain(Ok(resp)));
+            return Revalidated::Failed(Fetch::failed(Ok(resp), url));
         }
-        Err(e) => return Revalidated::Failed(Fetch::plain(Err(e))),
+        Err(e) => return Revalidated::Failed(Fetch::failed(Err(e), url)),
         Ok(resp) => resp,
     };
     if resp.status() == StatusCode::NOT_MODIFIED
@@ -358,6 +400,7 @@ where
         let fetch = Fetch {
             answer,
             counted: Some(|c| &c.revalidated),
+            url: None,
         };
         return Revalidated::Unchanged(e, life, fetch);
     }
@@ -397,6 +440,7 @@ async fn store(
         let fetch = Fetch {
             answer,
             counted: Some(|c| &c.stored),
+            url: None,
         };
         return Revalidated::Stored(stored, life, fetch);
     }
