@@ -21,6 +21,11 @@
 //!   the machine's cores with Redis, so throughput is bounded by both; the CPU column is
 //!   Redis's alone.
 //!
+//! - Last, on standalone Redis: memory per live key (100 000 keys decided once each, Redis
+//!   `used_memory` before and after) and how soon the states nobody decides any more are
+//!   removed (half the keys decided again, the other half's states counted until they are
+//!   gone, from the moment the last of them ended).
+//!
 //! The bench starts its own `redis-server`s (testkit) and is skipped without them. Under
 //! `cargo test --benches` it runs each scenario once, briefly.
 
@@ -332,6 +337,7 @@ fn redis_decisions(c: &mut Criterion) {
         );
     }
     drop(standalone);
+    memory(&rt, &server, if full { 100_000 } else { 2_000 });
     let Some(cluster) = RedisCluster::start_or_skip("limiter_redis bench (Cluster)", 3) else {
         return;
     };
@@ -346,6 +352,111 @@ fn redis_decisions(c: &mut Criterion) {
             &rt, &name, &clustered, &urls, 64, spread, per, rounds, &keys,
         );
     }
+}
+
+/// A number from `INFO memory` or `DBSIZE`, read over a plain connection of its own.
+fn redis_number(url: &str, cmd: &[&str], field: Option<&str>) -> u64 {
+    let mut conn = ::redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("a connection");
+    let mut c = ::redis::cmd(cmd[0]);
+    for arg in &cmd[1..] {
+        c.arg(*arg);
+    }
+    match field {
+        None => c.query::<u64>(&mut conn).expect("a number"),
+        Some(field) => {
+            let info: String = c.query(&mut conn).expect("INFO");
+            info.lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix(field)?
+                        .strip_prefix(':')?
+                        .parse()
+                        .ok()
+                })
+                .expect("the INFO field")
+        }
+    }
+}
+
+/// Decides each of `keys[range]` once through `limiter`, on 64 callers; returns how many
+/// were admitted.
+async fn decide_each(limiter: &RateLimiter, keys: &Arc<Vec<String>>, upto: usize) -> usize {
+    let tasks: Vec<_> = (0..64)
+        .map(|c| {
+            let (limiter, keys) = (limiter.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for key in keys[..upto].iter().skip(c).step_by(64) {
+                    let d = limiter.check(&[("user", key)]).await.expect("decision");
+                    assert!(d.degraded.is_none());
+                    admitted += usize::from(d.allowed);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.expect("caller");
+    }
+    admitted
+}
+
+/// Memory per live key and the removal of states nobody decides any more, on standalone:
+/// `n` keys decided once each (a state that ends 2 s later: one token per 2 s, burst 2),
+/// `used_memory` before and after; then the first half decided again (their states end 4 s
+/// later), and the second half's states counted with `DBSIZE` until they are gone.
+fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
+    let url = server.url();
+    server.command(&["FLUSHALL"]).expect("FLUSHALL");
+    let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("m-{i}")).collect());
+    let quota = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(2))
+        .allow_burst(NonZeroU32::new(2).unwrap());
+    let limiter = rt.block_on(async {
+        let conn = RedisConnection::standalone(url.clone())
+            .call_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        RateLimiter::builder()
+            .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
+            .redis(StoreOptions::new(conn))
+            .build()
+            .unwrap()
+    });
+    let used = || redis_number(&url, &["INFO", "memory"], Some("used_memory"));
+    let before = used();
+    assert_eq!(rt.block_on(decide_each(&limiter, &keys, n)), n);
+    let ended_by = Instant::now() + Duration::from_secs(2);
+    let live = redis_number(&url, &["DBSIZE"], None);
+    let bytes = used().saturating_sub(before);
+    eprintln!(
+        "\nmemory: {live} live keys after {n} decided: {:.0} bytes per key (Redis used_memory)",
+        bytes as f64 / live.max(1) as f64
+    );
+    assert_eq!(rt.block_on(decide_each(&limiter, &keys, n / 2)), n / 2);
+    let touched = (n / 2) as u64;
+    let mut half_gone = None;
+    let give_up = ended_by + Duration::from_secs(10);
+    let left = loop {
+        let left = redis_number(&url, &["DBSIZE"], None).saturating_sub(touched);
+        let since = Instant::now().saturating_duration_since(ended_by);
+        if left <= touched / 2 && half_gone.is_none() {
+            half_gone = Some(since);
+        }
+        if left == 0 || Instant::now() > give_up {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "memory: of {touched} states nobody decided again, half were removed {:?} and all but \
+         {left} {:?} after the last of them ended",
+        half_gone.unwrap_or_default(),
+        Instant::now().saturating_duration_since(ended_by),
+    );
 }
 
 criterion_group!(benches, redis_decisions);
