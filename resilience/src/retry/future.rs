@@ -46,17 +46,18 @@ where
         cloner: C,
         request: Option<Req>,
         first: S::Future,
-        retry: Retry,
+        retry: &Retry,
         policy: P,
     ) -> Self {
-        let attempts = retry.start();
+        // The policy is cloned in place: a clone made by the caller and moved in here was
+        // copied twice, and the second copy's reads straddled the first's writes.
         ResponseFuture {
             service,
             cloner,
             request,
-            retry,
+            attempts: retry.start(),
+            retry: retry.clone(),
             policy,
-            attempts,
             state: State::Calling { fut: first },
         }
     }

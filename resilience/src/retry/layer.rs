@@ -115,7 +115,7 @@ where
             self.cloner.clone(),
             copy,
             first,
-            self.retry.clone(),
+            &self.retry,
             self.policy.clone(),
         )
     }

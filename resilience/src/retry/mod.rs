@@ -203,6 +203,7 @@ struct Shared {
 const DEFAULT_NAME: &str = "default";
 
 /// The metrics of every unnamed policy (`retry="default"`).
+#[inline]
 fn default_metrics() -> &'static self::metrics::RetryMetrics {
     static METRICS: std::sync::LazyLock<self::metrics::RetryMetrics> =
         std::sync::LazyLock::new(|| self::metrics::RetryMetrics::new(DEFAULT_NAME));
