@@ -1,132 +1,33 @@
-//! Natural batching: decisions that wait for the same Redis slot while a call for that slot is
-//! in flight go out together, as one script call, when it returns.
+//! Natural batching: decisions that wait for the same Redis node while a call for that node
+//! is in flight go out together, as one script call, when it returns.
 //!
-//! Each slot (a standalone or Sentinel server is one group) has at most [`IN_FLIGHT`] limiter
-//! calls in flight. A decision that finds room is sent at once, alone: no timer, no added
-//! wait. One that finds the slot full joins the slot's queue; when a call returns, the queue
-//! (up to the size cap) is sent as the next call, which decides its decisions in arrival
-//! order (see `limit.lua`). Under load, batches grow with the load; Redis runs one script per
-//! batch instead of one per decision. Several calls in flight keep Redis busy while the
-//! client reads one batch's verdicts and gathers the next.
+//! Each node (a standalone or Sentinel server is one; on Cluster, each master, as the
+//! connection's slot table knows it) has at most [`IN_FLIGHT`] limiter calls in flight. A
+//! decision that finds room is sent at once, alone: no timer, no added wait. One that finds
+//! the node full joins the node's queue; when a call returns, the queue (up to the size cap)
+//! is sent as the next call, which decides its decisions in arrival order (see `limit.lua`).
+//! Under load, batches grow with the load; Redis runs one script per batch instead of one per
+//! decision. Several calls in flight keep Redis busy while the client reads one batch's
+//! verdicts and gathers the next.
 //!
-//! One slot per call, not one node: without the `allow-cross-slot-keys` flag a script may
-//! only touch one slot's keys on Cluster, so a batch is one slot's decisions, routed by that
-//! slot as a single decision would be.
+//! One node per call, whatever the slots: on Cluster, a batch whose keys are in several slots
+//! is run as the script flagged `allow-cross-slot-keys` (Redis 7), its keys passed as
+//! arguments and the call routed by its first key. A decision whose key that node no longer
+//! serves (its slot moved since the slot table was read) wrote nothing; it is sent again
+//! alone and follows the redirect. A node that cannot compile the flagged script (a server
+//! before Redis 7) is remembered: from then on a node's batch goes as one call per slot.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use floodwall_core::StoreError;
 use floodwall_core::redis::slot::key_slot;
-use floodwall_core::redis::{ScriptCall, StorePath, Topology};
+use floodwall_core::redis::{StorePath, Topology};
 use tokio::sync::oneshot;
 
-use super::LIMIT_SCRIPT;
-
-/// One decision's part of a script call: its keys and fields (see `limit.lua`).
-pub(super) struct Item {
-    pub(super) key: floodwall_core::Key,
-    pub(super) seq: Option<floodwall_core::Key>,
-    pub(super) op: &'static str,
-    pub(super) cost: u32,
-    /// GCRA: emission interval (ns), burst. Others: limit, period (µs), receipt.
-    pub(super) fields: Fields,
-}
-
-/// The fields after `op` and `cost`.
-#[derive(Clone, Copy)]
-pub(super) enum Fields {
-    Gcra {
-        t_nanos: u64,
-        burst: u32,
-    },
-    Counter {
-        limit: u32,
-        period_us: u64,
-        receipt: i64,
-    },
-}
-
-/// The GCRA parameters of the call's previous top-level decision, if that was GCRA: a
-/// decision with the same ones is sent without them (`limit.lua`'s `=` ops).
-type Previous = Option<(u64, u32)>;
-
-impl Item {
-    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
-        self.append_after(call, &mut None)
-    }
-
-    /// Appends this decision, without its GCRA parameters when they are `previous`'s.
-    fn append_after<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
-        let mut call = call.key(&self.key);
-        if let Some(seq) = &self.seq {
-            call = call.key(seq);
-        }
-        if let Fields::Gcra { t_nanos, burst } = self.fields {
-            if *previous == Some((t_nanos, burst)) {
-                return call.arg(same_params(self.op)).arg(self.cost);
-            }
-            *previous = Some((t_nanos, burst));
-        } else {
-            *previous = None;
-        }
-        let call = call.arg(self.op).arg(self.cost);
-        match self.fields {
-            Fields::Gcra { t_nanos, burst } => call.arg(t_nanos).arg(burst),
-            Fields::Counter {
-                limit,
-                period_us,
-                receipt,
-            } => call.arg(limit).arg(period_us).arg(receipt),
-        }
-    }
-}
-
-/// What one script-call element carries: one decision, or a group of one request's
-/// decisions decided all or nothing (see `limit.lua`).
-pub(super) enum Unit {
-    One(Item),
-    Group(Vec<Item>),
-}
-
-/// A GCRA op sent without its parameters (see `limit.lua`).
-fn same_params(op: &'static str) -> &'static str {
-    match op {
-        "gc" => "=c",
-        "gp" => "=p",
-        _ => "=r",
-    }
-}
-
-impl Unit {
-    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
-        self.append_after(call, &mut None)
-    }
-
-    /// Appends this unit after others: a decision alone may leave out the GCRA parameters it
-    /// shares with the decision before it; a group's decisions always carry theirs, and the
-    /// decision after a group carries its own.
-    fn append_after<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
-        match self {
-            Unit::One(item) => item.append_after(call, previous),
-            Unit::Group(items) => {
-                *previous = None;
-                items
-                    .iter()
-                    .fold(call.arg("G").arg(items.len()), |call, item| {
-                        item.append(call)
-                    })
-            }
-        }
-    }
-
-    fn first_key(&self) -> &floodwall_core::Key {
-        match self {
-            Unit::One(item) => &item.key,
-            Unit::Group(items) => &items[0].key,
-        }
-    }
-}
+use super::units::{Item, Unit, one_slot};
+use super::{LIMIT_SCRIPT, LIMIT_SCRIPT_NODE};
 
 /// A decision's verdict as the script replied it: GCRA's integer, or the others' five (for a
 /// group, the array of its decisions' verdicts).
@@ -142,46 +43,55 @@ struct Waiting {
 
 #[derive(Default)]
 struct Group {
-    /// Calls for this slot in flight.
+    /// Calls for this node in flight.
     in_flight: usize,
     queue: Vec<Waiting>,
 }
 
-/// Calls one slot may have in flight at once: the server decides one batch while the next
+/// Calls one node may have in flight at once: the server decides one batch while the next
 /// is on its way (or being answered), so Redis does not sit idle while the client turns a
 /// batch around; more calls in flight make each batch smaller.
 const IN_FLIGHT: usize = 4;
 
-/// The batching state of one store: which slots have a call in flight, and who waits.
+/// The batching state of one store: which nodes have a call in flight, and who waits.
 pub(super) struct Batcher {
     path: StorePath,
     max_batch: usize,
-    /// Slots with a call in flight; a slot absent here is idle.
-    groups: Mutex<HashMap<u16, Group>>,
-    /// On one server (standalone, Sentinel) every key is one group.
-    single_group: bool,
+    /// Nodes (`host:port`) with a call in flight; a node absent here is idle.
+    groups: Mutex<HashMap<Arc<str>, Group>>,
+    /// On one server (standalone, Sentinel) every key is this one group; `None` on Cluster.
+    single_group: Option<Arc<str>>,
+    /// A Cluster node could not compile the script flagged for several slots (a server
+    /// before Redis 7): from then on a node's batch goes as one call per slot.
+    cross_refused: AtomicBool,
 }
 
 impl Batcher {
     pub(super) fn new(path: StorePath, max_batch: usize) -> Arc<Batcher> {
-        let single_group = path.connection().topology() != Topology::Cluster;
+        let single_group =
+            (path.connection().topology() != Topology::Cluster).then(|| Arc::from("server"));
         Arc::new(Batcher {
             path,
             max_batch: max_batch.max(1),
             groups: Mutex::new(HashMap::new()),
             single_group,
+            cross_refused: AtomicBool::new(false),
         })
     }
 
-    fn group_of(&self, item: &Unit) -> u16 {
-        if self.single_group {
-            0
-        } else {
-            key_slot(item.first_key().as_str().as_bytes())
+    /// The node that serves `item`'s keys, as the connection's slot table knows it (a
+    /// Cluster); the one group otherwise.
+    fn group_of(&self, item: &Unit) -> Arc<str> {
+        match &self.single_group {
+            Some(group) => group.clone(),
+            None => self
+                .path
+                .connection()
+                .node_for(item.first_key().as_str().as_bytes()),
         }
     }
 
-    /// Decides `item`: at once when its slot is idle, else with the next batch for its slot.
+    /// Decides `item`: at once when its node is idle, else with the next batch for its node.
     /// A waiting decision gives up at `deadline` (its call bound).
     pub(super) async fn submit(
         self: &Arc<Self>,
@@ -192,7 +102,7 @@ impl Batcher {
         let mut item = Some(item);
         let waiting = {
             let mut groups = self.groups.lock().expect("not poisoned");
-            let g = groups.entry(group).or_default();
+            let g = groups.entry(group.clone()).or_default();
             match g.in_flight < IN_FLIGHT {
                 true => {
                     g.in_flight += 1;
@@ -210,8 +120,8 @@ impl Batcher {
             }
         };
         let Some(rx) = waiting else {
-            // The slot was idle: this decision is the call in flight. The guard hands the
-            // slot to the queue (or frees it) however this future ends, dropped included.
+            // The node was idle: this decision is the call in flight. The guard hands the
+            // node to the queue (or frees it) however this future ends, dropped included.
             let _turn = Turn {
                 batcher: self,
                 group,
@@ -229,8 +139,10 @@ impl Batcher {
         })
     }
 
-    /// One script call for `items`, all of one slot, ending by `deadline`; one reply per
-    /// item.
+    /// One script call for `items`, all of one node, ending by `deadline`; one reply per
+    /// item. Keys of one slot are the script's keys; keys of several (a Cluster node's
+    /// batch) are passed as arguments to the script run with `allow-cross-slot-keys`, routed
+    /// by the first key.
     async fn call(
         &self,
         items: &[Unit],
@@ -239,11 +151,40 @@ impl Batcher {
         if let [item] = items {
             return Ok(vec![send_single(&self.path, item, deadline).await?]);
         }
+        let cross = self.single_group.is_none() && !one_slot(items);
+        if cross && self.cross_refused.load(Ordering::Relaxed) {
+            return self.call_per_slot(items, deadline).await;
+        }
         let mut previous = None;
-        let call = items.iter().fold(LIMIT_SCRIPT.call(), |call, item| {
-            item.append_after(call, &mut previous)
-        });
-        let replies: Vec<::redis::Value> = self.path.invoke_until(call, deadline).await?;
+        let call = if !cross {
+            items.iter().fold(LIMIT_SCRIPT.call(), |call, item| {
+                item.append_after(call, &mut previous)
+            })
+        } else {
+            let all = || items.iter().flat_map(Unit::items);
+            let call = LIMIT_SCRIPT_NODE
+                .call()
+                .key(items[0].first_key())
+                .arg("X")
+                .arg(all().map(Item::key_count).sum::<usize>());
+            let call = all().fold(call, |call, item| item.append_keys_as_args(call));
+            items.iter().fold(call, |call, item| {
+                item.append_fields_after(call, &mut previous)
+            })
+        };
+        let replies: Vec<::redis::Value> = match self.path.invoke_until(call, deadline).await {
+            Err(e) if cross && cannot_compile(&e) => {
+                if !self.cross_refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "a Redis Cluster node refused the rate-limit script for several slots \
+                         (Redis 7 script flags); batches go one call per slot"
+                    );
+                }
+                return self.call_per_slot(items, deadline).await;
+            }
+            replies => replies?,
+        };
         if replies.len() != items.len() {
             return Err(StoreError::Protocol(format!(
                 "limit script replied {} verdicts for {} decisions",
@@ -254,12 +195,54 @@ impl Batcher {
         Ok(replies)
     }
 
-    /// The slot's call returned: takes the next batch, or marks the slot idle. Decisions
+    /// A node's batch as one call per slot, sent concurrently; the replies in `items`'
+    /// order. Any call's failure fails the batch, as one call's would.
+    async fn call_per_slot(
+        &self,
+        items: &[Unit],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<::redis::Value>, StoreError> {
+        let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, unit) in items.iter().enumerate() {
+            let slot = key_slot(unit.first_key().as_str().as_bytes());
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, at)) => at.push(i),
+                None => slots.push((slot, vec![i])),
+            }
+        }
+        let calls = slots.iter().map(|(_, at)| async move {
+            if let [i] = at[..] {
+                return Ok(vec![send_single(&self.path, &items[i], deadline).await?]);
+            }
+            let mut previous = None;
+            let call = at.iter().fold(LIMIT_SCRIPT.call(), |call, &i| {
+                items[i].append_after(call, &mut previous)
+            });
+            let replies: Vec<::redis::Value> = self.path.invoke_until(call, deadline).await?;
+            if replies.len() != at.len() {
+                return Err(StoreError::Protocol(format!(
+                    "limit script replied {} verdicts for {} decisions",
+                    replies.len(),
+                    at.len()
+                )));
+            }
+            Ok(replies)
+        });
+        let mut out = vec![::redis::Value::Nil; items.len()];
+        for ((_, at), replies) in slots.iter().zip(futures::future::join_all(calls).await) {
+            for (&i, reply) in at.iter().zip(replies?) {
+                out[i] = reply;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node's call returned: takes the next batch, or marks the node idle. Decisions
     /// whose callers gave up are dropped, and those whose deadline has passed are answered
     /// with a timeout; neither is sent.
-    fn next_batch(&self, group: u16) -> Vec<Waiting> {
+    fn next_batch(&self, group: &str) -> Vec<Waiting> {
         let mut groups = self.groups.lock().expect("not poisoned");
-        let Some(g) = groups.get_mut(&group) else {
+        let Some(g) = groups.get_mut(group) else {
             return Vec::new();
         };
         let now = tokio::time::Instant::now();
@@ -276,7 +259,7 @@ impl Batcher {
         if g.queue.is_empty() {
             g.in_flight -= 1;
             if g.in_flight == 0 {
-                groups.remove(&group);
+                groups.remove(group);
             }
             return Vec::new();
         }
@@ -287,8 +270,8 @@ impl Batcher {
         }
     }
 
-    /// Sends the slot's queued decisions batch after batch until the queue is empty.
-    async fn drain(self: Arc<Self>, group: u16, mut batch: Vec<Waiting>) {
+    /// Sends the node's queued decisions batch after batch until the queue is empty.
+    async fn drain(self: Arc<Self>, group: Arc<str>, mut batch: Vec<Waiting>) {
         while !batch.is_empty() {
             let mut deadlines = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());
@@ -306,7 +289,7 @@ impl Batcher {
                     for (((item, deadline), reply), verdict) in answers {
                         // A decision answered already (its deadline passed) is skipped.
                         let Some(reply) = reply else { continue };
-                        let verdict = if is_redirect(&verdict) {
+                        let verdict = if is_redirect(&verdict) || is_elsewhere(&verdict) {
                             // The slot is moving: this decision ran into a key that has left
                             // (it wrote nothing). Alone, its redirect is the call's own reply,
                             // which the Cluster client follows.
@@ -323,7 +306,7 @@ impl Batcher {
                     }
                 }
             }
-            batch = self.next_batch(group);
+            batch = self.next_batch(&group);
         }
     }
 
@@ -373,6 +356,18 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Whether `e` is Redis refusing to compile a script (a server before Redis 7 reads the
+/// flags line as Lua).
+pub(super) fn cannot_compile(e: &StoreError) -> bool {
+    e.to_string().contains("Error compiling script")
+}
+
+/// Whether a decision's reply inside a node's batch over several slots says its key is not
+/// on that node (its slot moved since the slot table was read): it wrote nothing.
+fn is_elsewhere(v: &::redis::Value) -> bool {
+    matches!(v, ::redis::Value::BulkString(b) if b == b"floodwall:elsewhere")
 }
 
 /// Whether a decision's reply inside a batch is a Cluster redirect (`ASK`, `MOVED`,
@@ -440,30 +435,30 @@ async fn send_single_unboxed(
     }
 }
 
-/// The slot's turn, held by the decision sent alone; handed on when it ends.
+/// The node's turn, held by the decision sent alone; handed on when it ends.
 struct Turn<'a> {
     batcher: &'a Arc<Batcher>,
-    group: u16,
+    group: Arc<str>,
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let batch = self.batcher.next_batch(self.group);
+        let batch = self.batcher.next_batch(&self.group);
         if batch.is_empty() {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(self.batcher.clone().drain(self.group, batch));
+                rt.spawn(self.batcher.clone().drain(self.group.clone(), batch));
             }
             Err(_) => {
                 // No runtime to send from (the runtime is shutting down): the waiting
                 // decisions fail, and this call's place is freed.
                 let mut groups = self.batcher.groups.lock().expect("not poisoned");
-                if let Some(g) = groups.get_mut(&self.group) {
+                if let Some(g) = groups.get_mut(&*self.group) {
                     g.in_flight -= 1;
                     if g.in_flight == 0 && g.queue.is_empty() {
-                        groups.remove(&self.group);
+                        groups.remove(&*self.group);
                     }
                 }
                 drop(groups);
@@ -494,5 +489,101 @@ fn replicate(e: &StoreError) -> StoreError {
         StoreError::Script(m) => StoreError::Script(m.clone()),
         StoreError::Config(m) => StoreError::Config(m.clone()),
         other => StoreError::unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use floodwall_core::redis::{RedisConnection, Script, StoreOptions};
+    use floodwall_core::{Keyspace, StoreError};
+    use floodwall_testkit::{RedisCluster, RedisServer};
+
+    use super::cannot_compile;
+    use crate::redis::RedisStore;
+    use crate::{Algorithm, Limit, Quota, RateLimiter};
+
+    /// What a server before Redis 7 answers the flagged script with is recognized, on a real
+    /// server: to such a server the flags line is Lua, and a line that starts with `#` does
+    /// not compile (here a `#` line that Redis 7 does not read as a shebang either).
+    #[tokio::test]
+    async fn a_script_redis_cannot_compile_is_recognized() {
+        let Some(server) = RedisServer::start_or_skip("a_script_redis_cannot_compile") else {
+            return;
+        };
+        let conn = RedisConnection::standalone(server.url())
+            .connect()
+            .await
+            .unwrap();
+        let path = StoreOptions::new(conn).open(Keyspace::new("t", 1).unwrap());
+        static BROKEN: Script = Script::new("#lua flags=allow-cross-slot-keys\nreturn 1");
+        let e = path
+            .invoke::<i64>(BROKEN.call().key("k"))
+            .await
+            .unwrap_err();
+        println!("Redis answered: {e}");
+        assert!(cannot_compile(&e));
+        assert!(!cannot_compile(&StoreError::Script(
+            "WRONGTYPE Operation against a key holding the wrong kind of value".into()
+        )));
+    }
+
+    /// Once a node refused the flagged script, a node's batch goes as one call per slot: on a
+    /// real 3-master Cluster, 128 concurrent tasks, 384 decisions over 24 keys of several slots
+    /// admit each key exactly its limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
+        let Some(cluster) = RedisCluster::start_or_skip("a_nodes_batch_per_slot", 3) else {
+            return;
+        };
+        const LIMIT: u32 = 10;
+        let conn = RedisConnection::cluster(cluster.urls())
+            .connect()
+            .await
+            .unwrap();
+        let quota = Quota::new(NonZeroU32::new(LIMIT).unwrap(), Duration::from_secs(86_400));
+        let limiter = RateLimiter::builder()
+            .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
+            .build()
+            .unwrap();
+        let store = RedisStore::new(
+            StoreOptions::new(conn).call_timeout(Duration::from_secs(5)),
+            128,
+        );
+        let batcher = store.batcher.as_ref().expect("batching on");
+        batcher.cross_refused.store(true, Ordering::Relaxed);
+        let (store, limiter) = (Arc::new(store), Arc::new(limiter));
+        let users: Arc<Vec<String>> = Arc::new((0..24).map(|i| format!("per-slot-{i}")).collect());
+        let admitted: Arc<Vec<AtomicU32>> =
+            Arc::new(users.iter().map(|_| AtomicU32::new(0)).collect());
+        let mut tasks = Vec::new();
+        for t in 0..128 {
+            let (store, limiter) = (store.clone(), limiter.clone());
+            let (users, admitted) = (users.clone(), admitted.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..3 {
+                    let u = (t + i * 128) % users.len();
+                    let v = limiter
+                        .decide_on_shared(&*store, &[("user", &users[u])], 1, true)
+                        .await
+                        .unwrap();
+                    assert!(v.degraded.is_none());
+                    if v.allowed {
+                        admitted[u].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // 384 decisions over 24 keys: 16 asked of each, 10 admitted.
+        for (user, n) in users.iter().zip(admitted.iter()) {
+            assert_eq!(n.load(Ordering::Relaxed), LIMIT, "{user}");
+        }
     }
 }

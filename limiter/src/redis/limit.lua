@@ -3,6 +3,14 @@
 --
 -- KEYS: each decision's keys, in order: its state key, then (sliding log only) its member
 --       sequence. All keys of one call share a slot (on Cluster, one hash tag).
+--       Or, for a batch of one Cluster node's decisions over several slots (run as this
+--       script with the `allow-cross-slot-keys` flag): KEYS is the batch's first key alone,
+--       which routes the call, and ARGV starts with 'X', n, then the n keys as above; the
+--       decisions' fields follow. Each command then touches one key, and a key this node
+--       does not serve (its slot moved) makes that decision's reply the string
+--       'floodwall:elsewhere' (that decision, or its group, wrote nothing): the client sends
+--       it again alone, and follows the redirect. A string, not an error reply: clients
+--       turn a reply holding an error element into an error for the whole call.
 -- ARGV: each decision's fields, in order:
 --   op: algorithm (g = GCRA, f = fixed window, s = sliding counter, l = sliding log) then
 --       mode (c = decide and consume, p = peek, r = refund);
@@ -53,13 +61,28 @@ if #ARGV == 4 and ARGV[1] == 'gc' then
   return math.ceil(new_tat - now)
 end
 
+-- The decisions' keys: KEYS, or (a node's batch over several slots) ARGV's 'X' list.
+local keys, a, cross = KEYS, 1, false
+if ARGV[1] == 'X' then
+  local n = tonumber(ARGV[2])
+  keys, a, cross = {}, n + 3, true
+  for i = 1, n do keys[i] = ARGV[i + 2] end
+end
+-- A decision's read failed with `e` (a `redis.pcall` error): its reply. On a node's batch
+-- over several slots, a key this node does not serve is sent again alone.
+local ELSEWHERE = 'floodwall:elsewhere'
+local function failed(e)
+  if cross and string.find(e.err, 'non local key', 1, true) then return ELSEWHERE end
+  return e.err
+end
+
 local tats = {}      -- GCRA: key -> TAT (us), as read or as the batch left it
 local counters = {}  -- fixed / sliding counter: key -> {w, c, p, ttl (ms) or false}
 local dirty = {}     -- keys to write at the end, in first-write order
 local is_dirty = {}
 local replies = {}
 local nargs = #ARGV
-local k, a = 1, 1
+local k = 1
 
 -- A batch reads its GCRA keys up front, with one MGET (and one EXISTS) per 256 keys instead
 -- of one GET per key: each command a script runs costs the server far more than the reply's
@@ -68,7 +91,7 @@ local k, a = 1, 1
 -- agree), those keys start empty; otherwise they are left to the decision's own GET, which
 -- reports the wrong type as that decision's error. A value that is not a number is left to
 -- the GET path too, which reports it.
-do
+if not cross then
   local seen, uniq = {}, {}
   local pa, pk = 1, 1
   while pa <= nargs do
@@ -78,7 +101,7 @@ do
     else
       local alg = string.sub(op, 1, 1)
       if alg == 'g' or alg == '=' then
-        local key = KEYS[pk]
+        local key = keys[pk]
         if not seen[key] then seen[key] = true; uniq[#uniq + 1] = key end
         pk = pk + 1
         if alg == 'g' then pa = pa + 4 else pa = pa + 2 end
@@ -114,18 +137,18 @@ local same_params = {['=c'] = 'gc', ['=p'] = 'gp', ['=r'] = 'gr'}
 local last_T, last_cap = nil, nil
 -- A group being decided: decisions left in this pass, the pass (1: peeks, 2: as asked), where
 -- it starts, whether every peek admitted, its verdicts.
-local g_left, g_pass, g_a, g_k, g_all, g_out = 0, 0, 0, 0, true, nil
+local g_left, g_pass, g_a, g_k, g_all, g_out, g_moved = 0, 0, 0, 0, true, nil, nil
 
 while a <= nargs do
   local op = ARGV[a]
   if op == 'G' and g_left == 0 then
-    g_left, g_pass, g_all, g_out = tonumber(ARGV[a + 1]), 1, true, {}
+    g_left, g_pass, g_all, g_out, g_moved = tonumber(ARGV[a + 1]), 1, true, {}, nil
     a = a + 2
     g_a, g_k = a, k
     op = ARGV[a]
   end
   if g_pass == 1 then op = string.sub(op, 1, 1) .. 'p' end
-  local key = KEYS[k]
+  local key = keys[k]
   local cost = tonumber(ARGV[a + 1])
   local reply
   local same = same_params[op]
@@ -151,7 +174,7 @@ while a <= nargs do
     if tat == nil then
       local v = redis.pcall('GET', key)
       if type(v) == 'table' then
-        reply = v.err
+        reply = failed(v)
       else
         tat = tonumber(v or 0)
         if tat == nil then reply = 'floodwall: the value at ' .. key .. ' is not a number' end
@@ -188,7 +211,7 @@ while a <= nargs do
       if s == nil then
         local h = redis.pcall('HMGET', key, 'w', 'c', 'p')
         if h.err then
-          reply = h.err
+          reply = failed(h)
         else
           s = {tonumber(h[1]) or -1, tonumber(h[2]) or 0, tonumber(h[3]) or 0, false}
           counters[key] = s
@@ -253,7 +276,7 @@ while a <= nargs do
         end
       end
     elseif alg == 'l' then
-      local seqkey = KEYS[k + 1]
+      local seqkey = keys[k + 1]
       k = k + 2
       if mode == 'r' then
         for i = 0, cost - 1 do
@@ -263,7 +286,7 @@ while a <= nargs do
       else
         local e = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.0f', now - period + 1))
         if type(e) == 'table' then
-          reply = e.err
+          reply = failed(e)
         else
           local used = redis.call('ZCARD', key)
           local allowed = used + cost <= limit
@@ -312,6 +335,8 @@ while a <= nargs do
     -- Within a group: its verdicts are kept together; a denial (or an error) in the peek
     -- pass ends it with nothing taken, else the decisions run again as asked.
     g_out[#g_out + 1] = reply
+    -- A key not on this node: the whole group is sent again alone.
+    if reply == ELSEWHERE then g_moved = reply end
     if g_pass == 1 then
       local admits = (type(reply) == 'number' and reply >= 0)
         or (type(reply) == 'table' and reply[1] == 1)
@@ -323,7 +348,7 @@ while a <= nargs do
         g_left, g_pass, g_out = #g_out, 2, {}
         a, k = g_a, g_k
       else
-        replies[#replies + 1] = g_out
+        replies[#replies + 1] = g_moved or g_out
         g_pass = 0
       end
     end

@@ -4,19 +4,21 @@
 //! The script reads the time from Redis `TIME` — instances whose clocks disagree still agree
 //! on every decision — and sets each key's TTL itself, so idle keys expire on the server.
 //!
-//! **Exact batching** (on by default). Each slot (a standalone or Sentinel server is one) has
-//! at most 4 limiter calls in flight. A decision that finds room is sent at once, alone — no
+//! **Exact batching** (on by default). Each node (a standalone or Sentinel server, a Cluster
+//! master) has at most 4 limiter calls in flight. A decision that finds room is sent at once, alone — no
 //! timer, no added wait on an idle connection. One that finds 4 calls in flight waits, and
-//! when one returns, everything waiting for that slot (up to
+//! when one returns, everything waiting for that node (up to
 //! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
 //! one script call. The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
 //! same key read it once and write it once (the sliding log works on its sorted set step by
 //! step). A batch reads all its GCRA keys with one `MGET`, and a GCRA decision with the same
 //! quota as the one before it is sent without repeating it; a decision alone takes a short
-//! path that does only what the decision needs. An error about one key (a key of the wrong type) is that decision's reply alone; the
-//! rest of the batch is decided. A batch never spans slots: on Cluster a script may only touch
-//! one slot's keys, so each batch is routed, like a single decision, by its slot.
+//! path that does only what the decision needs. An error about one key (a key of the wrong
+//! type) is that decision's reply alone; the rest of the batch is decided. On Cluster a batch
+//! is one master's decisions, whatever their slots: keys of several slots go to the script run
+//! with Redis 7's `allow-cross-slot-keys` flag, routed by the first key, and a decision whose
+//! key has moved to another master since is sent again alone, following the redirect.
 //! Waiting counts against the decision's call bound, like the call itself: every decision is
 //! answered by its own bound — with a timeout if its batch has not answered by then (one
 //! timer per batch, not per decision), unsent if the bound passed while it waited.
@@ -70,6 +72,7 @@
 mod batch;
 mod build;
 pub(crate) mod concurrency;
+mod units;
 
 /// Token leases' settings (also at the crate root).
 pub use crate::lease::Lease;
@@ -81,13 +84,21 @@ use std::time::Duration;
 use floodwall_core::redis::{Script, StoreOptions, StorePath};
 use floodwall_core::{Key, Keyspace, StoreError};
 
-use batch::{Batcher, Fields, Item, Unit};
+use batch::Batcher;
+use units::{Fields, Item, Unit};
 
 use crate::store::{Selected, SharedStore};
 use crate::{Algorithm, Decision, Limit, Quota};
 
 /// The decision script, shared by every algorithm (see its header for arguments and reply).
 static LIMIT_SCRIPT: Script = Script::new(include_str!("limit.lua"));
+
+/// The same script flagged to touch keys of several slots, for a Cluster node's batch (Redis
+/// 7 script flags; the keys are then its arguments, see the script's header).
+static LIMIT_SCRIPT_NODE: Script = Script::new(concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("limit.lua")
+));
 
 /// The keyspace the limiter uses unless its [`StoreOptions`] name another.
 pub const DEFAULT_NAMESPACE: &str = "fw-rl";
@@ -330,14 +341,8 @@ impl RedisStore {
     /// Whether the keys of `items` all live in one slot (always, off Cluster), so one script
     /// may decide them together.
     fn one_slot(&self, items: &[Item]) -> bool {
-        if self.path.connection().topology() != floodwall_core::redis::Topology::Cluster {
-            return true;
-        }
-        let mut slots = items
-            .iter()
-            .map(|i| floodwall_core::redis::slot::key_slot(i.key.as_str().as_bytes()));
-        let first = slots.next();
-        slots.all(|s| Some(s) == first)
+        self.path.connection().topology() != floodwall_core::redis::Topology::Cluster
+            || units::items_in_one_slot(items)
     }
 }
 

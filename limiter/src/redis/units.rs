@@ -1,0 +1,178 @@
+//! What one script call carries: each decision's keys and fields, alone or as a group of
+//! one request's limits decided all or nothing, encoded as `limit.lua` reads them.
+
+use floodwall_core::redis::ScriptCall;
+use floodwall_core::redis::slot::key_slot;
+
+/// One decision's part of a script call: its keys and fields (see `limit.lua`).
+pub(super) struct Item {
+    pub(super) key: floodwall_core::Key,
+    pub(super) seq: Option<floodwall_core::Key>,
+    pub(super) op: &'static str,
+    pub(super) cost: u32,
+    /// GCRA: emission interval (ns), burst. Others: limit, period (µs), receipt.
+    pub(super) fields: Fields,
+}
+
+/// The fields after `op` and `cost`.
+#[derive(Clone, Copy)]
+pub(super) enum Fields {
+    Gcra {
+        t_nanos: u64,
+        burst: u32,
+    },
+    Counter {
+        limit: u32,
+        period_us: u64,
+        receipt: i64,
+    },
+}
+
+/// The GCRA parameters of the call's previous top-level decision, if that was GCRA: a
+/// decision with the same ones is sent without them (`limit.lua`'s `=` ops).
+type Previous = Option<(u64, u32)>;
+
+impl Item {
+    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        self.append_after(call, &mut None)
+    }
+
+    /// Appends this decision, without its GCRA parameters when they are `previous`'s.
+    pub(super) fn append_after<'s>(
+        &self,
+        call: ScriptCall<'s>,
+        previous: &mut Previous,
+    ) -> ScriptCall<'s> {
+        let mut call = call.key(&self.key);
+        if let Some(seq) = &self.seq {
+            call = call.key(seq);
+        }
+        self.append_fields(call, previous)
+    }
+
+    /// This decision's keys as arguments (a node's batch over several slots, see `limit.lua`).
+    pub(super) fn append_keys_as_args<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        let call = call.arg(self.key.as_str());
+        match &self.seq {
+            Some(seq) => call.arg(seq.as_str()),
+            None => call,
+        }
+    }
+
+    pub(super) fn key_count(&self) -> usize {
+        1 + usize::from(self.seq.is_some())
+    }
+
+    /// This decision's fields, without its GCRA parameters when they are `previous`'s.
+    fn append_fields<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
+        if let Fields::Gcra { t_nanos, burst } = self.fields {
+            if *previous == Some((t_nanos, burst)) {
+                return call.arg(same_params(self.op)).arg(self.cost);
+            }
+            *previous = Some((t_nanos, burst));
+        } else {
+            *previous = None;
+        }
+        let call = call.arg(self.op).arg(self.cost);
+        match self.fields {
+            Fields::Gcra { t_nanos, burst } => call.arg(t_nanos).arg(burst),
+            Fields::Counter {
+                limit,
+                period_us,
+                receipt,
+            } => call.arg(limit).arg(period_us).arg(receipt),
+        }
+    }
+}
+
+/// What one script-call element carries: one decision, or a group of one request's
+/// decisions decided all or nothing (see `limit.lua`).
+pub(super) enum Unit {
+    One(Item),
+    Group(Vec<Item>),
+}
+
+/// A GCRA op sent without its parameters (see `limit.lua`).
+fn same_params(op: &'static str) -> &'static str {
+    match op {
+        "gc" => "=c",
+        "gp" => "=p",
+        _ => "=r",
+    }
+}
+
+impl Unit {
+    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
+        self.append_after(call, &mut None)
+    }
+
+    /// Appends this unit after others: a decision alone may leave out the GCRA parameters it
+    /// shares with the decision before it; a group's decisions always carry theirs, and the
+    /// decision after a group carries its own.
+    pub(super) fn append_after<'s>(
+        &self,
+        call: ScriptCall<'s>,
+        previous: &mut Previous,
+    ) -> ScriptCall<'s> {
+        match self {
+            Unit::One(item) => item.append_after(call, previous),
+            Unit::Group(items) => {
+                *previous = None;
+                items
+                    .iter()
+                    .fold(call.arg("G").arg(items.len()), |call, item| {
+                        item.append(call)
+                    })
+            }
+        }
+    }
+
+    /// Like [`append_after`](Self::append_after), the keys left out (a node's batch over
+    /// several slots passes them first, as arguments).
+    pub(super) fn append_fields_after<'s>(
+        &self,
+        call: ScriptCall<'s>,
+        previous: &mut Previous,
+    ) -> ScriptCall<'s> {
+        match self {
+            Unit::One(item) => item.append_fields(call, previous),
+            Unit::Group(items) => {
+                *previous = None;
+                items
+                    .iter()
+                    .fold(call.arg("G").arg(items.len()), |call, item| {
+                        item.append_fields(call, &mut None)
+                    })
+            }
+        }
+    }
+
+    pub(super) fn items(&self) -> &[Item] {
+        match self {
+            Unit::One(item) => std::slice::from_ref(item),
+            Unit::Group(items) => items,
+        }
+    }
+
+    pub(super) fn first_key(&self) -> &floodwall_core::Key {
+        match self {
+            Unit::One(item) => &item.key,
+            Unit::Group(items) => &items[0].key,
+        }
+    }
+}
+
+/// Whether every key of `units` is in one slot.
+pub(super) fn one_slot(units: &[Unit]) -> bool {
+    items_in_one_slot(units.iter().flat_map(Unit::items))
+}
+
+/// Whether every decision of `items` has its keys in one slot (a decision's keys share its
+/// hash tag).
+pub(super) fn items_in_one_slot<'a>(items: impl IntoIterator<Item = &'a Item>) -> bool {
+    let mut slots = items
+        .into_iter()
+        .map(|i| key_slot(i.key.as_str().as_bytes()));
+    let first = slots.next();
+    slots.all(|s| Some(s) == first)
+}
