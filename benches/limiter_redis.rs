@@ -15,7 +15,8 @@
 //!   machine that speeds up or slows down affects all alike): decisions per second, p50 and
 //!   p99 latency, the ratio to the floor, and what each decision cost Redis — its CPU time
 //!   (`used_cpu_user + used_cpu_sys` from `INFO cpu`, read before and after each run and
-//!   summed over the Cluster's masters) per decision, and that against the floor's — for
+//!   summed over the Cluster's masters) per decision, and that against the floor's, and the
+//!   decisions per script call (`INFO commandstats`: how large batches were) — for
 //!   standalone 64 callers on 64 keys, on 10 000 keys and on 10 hot keys, 1 caller, and a
 //!   3-master Cluster with 64 callers on 10 000 keys and on 10 hot keys. The client shares
 //!   the machine's cores with Redis, so throughput is bounded by both; the CPU column is
@@ -200,28 +201,38 @@ fn targets(
     })
 }
 
-/// The CPU time (seconds, user + system) the Redis servers at `urls` have used, summed:
-/// read with `INFO cpu` over a plain connection of its own.
-fn redis_cpu(urls: &[String]) -> f64 {
-    urls.iter()
-        .map(|url| {
-            let mut conn = ::redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .expect("a connection for INFO");
-            let info: String = ::redis::cmd("INFO")
-                .arg("cpu")
-                .query(&mut conn)
-                .expect("INFO cpu");
-            info.lines()
-                .filter_map(|l| {
-                    let (k, v) = l.trim().split_once(':')?;
-                    matches!(k, "used_cpu_user" | "used_cpu_sys")
-                        .then(|| v.parse::<f64>().ok())
-                        .flatten()
-                })
-                .sum::<f64>()
-        })
-        .sum()
+/// What the Redis servers at `urls` have done, summed: the CPU time (seconds, user + system,
+/// `INFO cpu`) and the script calls (`EVALSHA` and `EVAL`, `INFO commandstats`), read over a
+/// plain connection of its own.
+fn redis_usage(urls: &[String]) -> (f64, u64) {
+    let mut cpu = 0.0;
+    let mut calls = 0;
+    for url in urls {
+        let mut conn = ::redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("a connection for INFO");
+        let info: String = ::redis::cmd("INFO")
+            .arg("cpu")
+            .arg("commandstats")
+            .query(&mut conn)
+            .expect("INFO cpu commandstats");
+        for line in info.lines() {
+            let Some((k, v)) = line.trim().split_once(':') else {
+                continue;
+            };
+            match k {
+                "used_cpu_user" | "used_cpu_sys" => cpu += v.parse::<f64>().unwrap_or(0.0),
+                "cmdstat_evalsha" | "cmdstat_eval" => {
+                    calls += v
+                        .split(',')
+                        .find_map(|f| f.strip_prefix("calls=")?.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    (cpu, calls)
 }
 
 /// Runs one scenario's targets in rotating rounds and prints a table row per target; `urls`
@@ -241,12 +252,15 @@ fn scenario(
     let n = targets.len();
     let mut took = vec![Duration::ZERO; n];
     let mut cpu = vec![0f64; n];
+    let mut calls = vec![0u64; n];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for round in 0..rounds {
         for i in (0..n).map(|k| (k + round) % n) {
-            let before = redis_cpu(urls);
+            let (cpu_before, calls_before) = redis_usage(urls);
             let (t, l) = rt.block_on(run(&targets[i].1, callers, spread, per_caller, true, keys));
-            cpu[i] += redis_cpu(urls) - before;
+            let (cpu_after, calls_after) = redis_usage(urls);
+            cpu[i] += cpu_after - cpu_before;
+            calls[i] += calls_after.saturating_sub(calls_before);
             took[i] += t;
             lat[i].extend(l);
         }
@@ -261,13 +275,14 @@ fn scenario(
         l.sort();
         let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
         eprintln!(
-            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x | {:.2} µs | {:.2}x |",
+            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x | {:.2} µs | {:.2}x | {:.1} |",
             rate[i],
             pct(0.50),
             pct(0.99),
             rate[i] / rate[n - 1],
             cpu[i],
-            cpu[i] / cpu[n - 1]
+            cpu[i] / cpu[n - 1],
+            l.len() as f64 / calls[i].max(1) as f64
         );
     }
 }
@@ -308,9 +323,9 @@ fn redis_decisions(c: &mut Criterion) {
 
     let (per, rounds) = if full { (300, 6) } else { (10, 1) };
     eprintln!(
-        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor |"
+        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor | decisions per script call |"
     );
-    eprintln!("|---|---|---|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|---|---|---|");
     // (scenario, callers, keys, decisions per caller, rounds). One caller's latency swings
     // between two levels from round to round, as the runtime's threads happen to meet the
     // connection's (tens of µs apart on a VM): that scenario runs in five times as many
