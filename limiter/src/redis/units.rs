@@ -33,10 +33,6 @@ pub(super) enum Fields {
 type Previous = Option<(u64, u32)>;
 
 impl Item {
-    pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
-        self.append_after(call, &mut None)
-    }
-
     /// Appends this decision, without its GCRA parameters when they are `previous`'s.
     pub(super) fn append_after<'s>(
         &self,
@@ -114,17 +110,7 @@ impl Unit {
         call: ScriptCall<'s>,
         previous: &mut Previous,
     ) -> ScriptCall<'s> {
-        match self {
-            Unit::One(item) => item.append_after(call, previous),
-            Unit::Group(items) => {
-                *previous = None;
-                items
-                    .iter()
-                    .fold(call.arg("G").arg(items.len()), |call, item| {
-                        item.append(call)
-                    })
-            }
-        }
+        self.encode(call, previous, true)
     }
 
     /// Like [`append_after`](Self::append_after), the keys left out (a node's batch over
@@ -134,14 +120,27 @@ impl Unit {
         call: ScriptCall<'s>,
         previous: &mut Previous,
     ) -> ScriptCall<'s> {
+        self.encode(call, previous, false)
+    }
+
+    fn encode<'s>(
+        &self,
+        call: ScriptCall<'s>,
+        previous: &mut Previous,
+        keys: bool,
+    ) -> ScriptCall<'s> {
+        let item = |call, item: &Item, previous: &mut Previous| match keys {
+            true => item.append_after(call, previous),
+            false => item.append_fields(call, previous),
+        };
         match self {
-            Unit::One(item) => item.append_fields(call, previous),
+            Unit::One(one) => item(call, one, previous),
             Unit::Group(items) => {
                 *previous = None;
                 items
                     .iter()
-                    .fold(call.arg("G").arg(items.len()), |call, item| {
-                        item.append_fields(call, &mut None)
+                    .fold(call.arg("G").arg(items.len()), |call, one| {
+                        item(call, one, &mut None)
                     })
             }
         }
