@@ -48,6 +48,13 @@ impl RefusalKind {
         }
     }
 
+    /// The kind's stable name, as spans' `error.type` and the problem+json `type` carry it:
+    /// `circuit-open`, `bulkhead-full`, `rate-limited`, `limiter-unavailable`, `timed-out`,
+    /// `throttled`. Also its `Display`.
+    pub fn as_str(self) -> &'static str {
+        self.slug()
+    }
+
     pub(crate) fn slug(self) -> &'static str {
         match self {
             RefusalKind::CircuitOpen => "circuit-open",
@@ -57,6 +64,12 @@ impl RefusalKind {
             RefusalKind::TimedOut => "timed-out",
             RefusalKind::Throttled => "throttled",
         }
+    }
+}
+
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.slug())
     }
 }
 
