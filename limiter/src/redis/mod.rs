@@ -4,10 +4,10 @@
 //! The script reads the time from Redis `TIME` — instances whose clocks disagree still agree
 //! on every decision — and sets each key's TTL itself, so idle keys expire on the server.
 //!
-//! **Exact batching** (on by default). Each node (a standalone or Sentinel server, a Cluster
-//! master) has at most 4 limiter calls in flight. A decision that finds room is sent at once, alone — no
-//! timer, no added wait on an idle connection. One that finds 4 calls in flight waits, and
-//! when one returns, everything waiting for that node (up to
+//! **Exact batching** (on by default). Each standalone or Sentinel server has at most 4
+//! limiter calls in flight, each Cluster master 2. A decision that finds room is sent at once,
+//! alone — no timer, no added wait on an idle connection. One that finds its node's calls in
+//! flight waits, and when one returns, everything waiting for that node (up to
 //! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
 //! one script call. The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
