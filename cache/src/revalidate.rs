@@ -235,7 +235,16 @@ where
                     waited = true;
                 }
                 Flight::Follow(_) => break (None, found, l2_ok),
-                Flight::Lead(guard) => break (Some(guard), found, l2_ok),
+                Flight::Lead(guard) => {
+                    // A load that ended between this caller's look and its lead stored its
+                    // entry in L1 before its flight ended: look there once more.
+                    if let Some(v) = self.fresh_in_l1(&key, &accept, &asked) {
+                        drop(guard);
+                        self.inner.stats.hit();
+                        return Served::Coalesced(v);
+                    }
+                    break (Some(guard), found, l2_ok);
+                }
             }
         };
         self.inner.stats.miss();
@@ -270,6 +279,24 @@ where
                 && e.value.as_ref().is_some_and(accept)
         });
         (found, l2_ok)
+    }
+
+    /// `key`'s value in L1 if an entry `accept` takes is there and fresh (and the caller did
+    /// not force a load).
+    fn fresh_in_l1(
+        &self,
+        key: &K,
+        accept: &impl Fn(&V) -> bool,
+        asked: &Revalidation,
+    ) -> Option<V> {
+        if asked.force || !self.l1_usable() {
+            return None;
+        }
+        let e = self.inner.l1.get(key)?;
+        let fresh = e.retain_until.is_some()
+            && crate::tags::live(&e.tags)
+            && self.inner.clock.now_nanos() < e.soft_at;
+        e.value.as_ref().filter(|v| fresh && accept(v)).cloned()
     }
 
     /// Leads `key`'s load, or answers the channel of the one in flight.

@@ -217,6 +217,74 @@ async fn concurrent_callers_of_one_key_run_one_load() {
     assert_eq!(stats.coalesced, 19);
 }
 
+/// A caller that looked (and found the key stale) just before another caller's load stored a
+/// fresh entry, and asks to lead just after that load ended, is answered the fresh entry: it
+/// does not load again. The window is held open on purpose: the caller's `accept` (called
+/// on the stale entry it found) waits until the other load has ended, each caller on a
+/// runtime and thread of its own.
+#[test]
+fn a_load_that_ends_between_a_callers_look_and_its_lead_is_not_repeated() {
+    let cache: TieredCache<&str, u32> = TieredCache::builder().ttl(Duration::from_secs(60)).build();
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // A stale entry: fresh for 0 ms, so every get looks and then loads.
+    let stale = rt().block_on(cache.get_or_revalidate(
+        "k",
+        |_| true,
+        Revalidation::default(),
+        |_| async { Revalidated::Stored(1, life(0, 0, 0), ()) },
+    ));
+    assert!(matches!(stale, Served::Loaded(())));
+    let loads = Arc::new(AtomicU32::new(0));
+    let (looked_tx, looked_rx) = std::sync::mpsc::channel::<()>();
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
+    // The other caller: loads once this caller has looked, and stores a fresh 2.
+    let other = {
+        let (cache, loads) = (cache.clone(), loads.clone());
+        std::thread::spawn(move || {
+            looked_rx.recv().unwrap();
+            let served = rt().block_on(cache.get_or_revalidate(
+                "k",
+                |_| true,
+                Revalidation::default(),
+                |_| async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Revalidated::Stored(2, life(60_000, 0, 0), ())
+                },
+            ));
+            assert!(matches!(served, Served::Loaded(())));
+            ended_tx.send(()).unwrap();
+        })
+    };
+    let first_look = std::sync::atomic::AtomicBool::new(true);
+    let served = rt().block_on(cache.get_or_revalidate(
+        "k",
+        |_| {
+            if first_look.swap(false, Ordering::SeqCst) {
+                looked_tx.send(()).unwrap();
+                ended_rx.recv().unwrap();
+            }
+            true
+        },
+        Revalidation::default(),
+        |_| {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async { Revalidated::Stored(3, life(60_000, 0, 0), ()) }
+        },
+    ));
+    other.join().unwrap();
+    println!(
+        "served {served:?} after {} load(s) besides the first",
+        loads.load(Ordering::SeqCst)
+    );
+    assert!(matches!(served, Served::Coalesced(2)), "{served:?}");
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
 /// Inside its stale-while-revalidate window, one refresh is handed out; callers meanwhile
 /// are served the stale value without one; once it ran, the new value is fresh.
 #[tokio::test]
