@@ -9,33 +9,16 @@
 //!   that no longer serves it, are sent again alone and follow the redirect.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use floodwall_core::redis::{RedisConnection, StoreOptions};
-use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
+use floodwall_limiter::{Algorithm, RateLimiter};
 use floodwall_testkit::RedisCluster;
 
-const INSTANCES: usize = 8;
+mod common;
 
-async fn instance(urls: &[String], alg: Algorithm, limit: u32) -> RateLimiter {
-    let conn = RedisConnection::cluster(urls.iter().cloned())
-        .connect()
-        .await
-        .unwrap();
-    let quota = Quota::new(
-        NonZeroU32::new(limit).unwrap(),
-        Duration::from_secs(30 * 86_400),
-    );
-    RateLimiter::builder()
-        .limit(Limit::new("api", alg, quota).keyed_by("user"))
-        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
-        .failure_policy(FailurePolicy::FailClosed)
-        .build()
-        .unwrap()
-}
+const INSTANCES: usize = 8;
 
 /// `EVALSHA` and `EVAL` calls summed over the Cluster's masters (reset first with `reset`).
 fn script_calls(cluster: &RedisCluster, reset: bool) -> u64 {
@@ -152,7 +135,7 @@ async fn spread_keys_batched_by_node_are_each_exact() {
             .collect();
         let mut instances = Vec::new();
         for _ in 0..INSTANCES {
-            instances.push(instance(&cluster.urls(), alg, LIMIT).await);
+            instances.push(common::cluster_instance(&cluster.urls(), alg, LIMIT).await);
         }
         script_calls(&cluster, true);
         let (admitted, failed) = ask_in_turns(&instances, 16, &users, ASKED, Duration::ZERO).await;
@@ -206,24 +189,11 @@ async fn a_slot_moved_under_node_batches_keeps_every_key_exact() {
                 .filter(|u| cluster.node_for_key(&key_of(u)).unwrap().port() == source)
                 .take(7),
         );
-        // Neighbours in the moved slot, so it moves in several MIGRATE batches.
-        for i in 0..60 {
-            let k = format!("{{{moved_user}}}:neighbour:{i}");
-            cluster
-                .node_for_key(&moved_key)
-                .unwrap()
-                .command(&["SET", &k, "x"])
-                .unwrap();
-        }
-        let to = cluster
-            .nodes()
-            .iter()
-            .map(|n| n.port())
-            .find(|&p| p != source)
-            .unwrap();
+        let (moved_source, to) = common::crowd_the_slot(&cluster, &moved_user, &moved_key);
+        assert_eq!(moved_source, source);
         let mut instances = Vec::new();
         for _ in 0..INSTANCES {
-            instances.push(instance(&cluster.urls(), alg, LIMIT).await);
+            instances.push(common::cluster_instance(&cluster.urls(), alg, LIMIT).await);
         }
         for user in &users {
             let _ = instances[0].check(&[("user", user)]).await.unwrap();

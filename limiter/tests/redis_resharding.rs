@@ -12,37 +12,20 @@
 //! 2-core machine. The few left fail closed (counted and printed); following the redirect
 //! with `ASKING` is left open.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use floodwall_core::redis::{RedisConnection, StoreOptions};
-use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
+use floodwall_limiter::Algorithm;
 use floodwall_testkit::RedisCluster;
+
+mod common;
 
 const INSTANCES: usize = 8;
 const TASKS: usize = 8;
 const LIMIT: u32 = 300;
 /// Decisions asked in all: twice the limit, spread over the migration.
 const ASKED: u32 = 600;
-
-async fn instance(urls: &[String], alg: Algorithm) -> RateLimiter {
-    let conn = RedisConnection::cluster(urls.iter().cloned())
-        .connect()
-        .await
-        .unwrap();
-    let quota = Quota::new(
-        NonZeroU32::new(LIMIT).unwrap(),
-        Duration::from_secs(30 * 86_400),
-    );
-    RateLimiter::builder()
-        .limit(Limit::new("api", alg, quota).keyed_by("user"))
-        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
-        .failure_policy(FailurePolicy::FailClosed)
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_under_load_keeps_the_limit_exact() {
@@ -55,26 +38,10 @@ async fn a_slot_moved_under_load_keeps_the_limit_exact() {
     for alg in [Algorithm::Gcra, Algorithm::SlidingLog] {
         let user = format!("reshard-{alg:?}-{}", std::process::id());
         let key = format!("fw-rl:v1:{{{user}}}:api");
-        // Neighbours in the same slot, so the slot moves in several MIGRATE batches and
-        // the limiter's keys meet a half-moved slot.
-        let source = cluster.node_for_key(&key).unwrap().port();
-        for i in 0..60 {
-            let k = format!("{{{user}}}:neighbour:{i}");
-            cluster
-                .node_for_key(&key)
-                .unwrap()
-                .command(&["SET", &k, "x"])
-                .unwrap();
-        }
-        let to = cluster
-            .nodes()
-            .iter()
-            .map(|n| n.port())
-            .find(|&p| p != source)
-            .unwrap();
+        let (_, to) = common::crowd_the_slot(&cluster, &user, &key);
         let mut instances = Vec::new();
         for _ in 0..INSTANCES {
-            instances.push(instance(&cluster.urls(), alg).await);
+            instances.push(common::cluster_instance(&cluster.urls(), alg, LIMIT).await);
         }
         // A first decision creates the limiter's keys on the source.
         assert!(

@@ -31,3 +31,52 @@ pub(crate) async fn assert_on_redis(limiter: &RateLimiter, user: &str) {
         "{user} not decided on Redis: {verdict:?}"
     );
 }
+
+/// A limiter on the Cluster at `urls` (its own connection), as the resharding tests run it:
+/// one GCRA-or-other limit `api` keyed by `user`, `limit` per 30 days (nothing refills
+/// during a test), failing closed, a 5 s call bound.
+pub(crate) async fn cluster_instance(
+    urls: &[String],
+    alg: floodwall_limiter::Algorithm,
+    limit: u32,
+) -> RateLimiter {
+    use std::time::Duration;
+
+    use floodwall_core::redis::StoreOptions;
+    use floodwall_limiter::{FailurePolicy, Limit, Quota};
+
+    let conn = connect(urls, true).await;
+    let quota = Quota::new(
+        std::num::NonZeroU32::new(limit).unwrap(),
+        Duration::from_secs(30 * 86_400),
+    );
+    RateLimiter::builder()
+        .limit(Limit::new("api", alg, quota).keyed_by("user"))
+        .redis(StoreOptions::new(conn).call_timeout(Duration::from_secs(5)))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap()
+}
+
+/// Puts 60 neighbours in the slot of `user`'s limiter key `key`, so the slot moves in several
+/// `MIGRATE` batches and the limiter's keys meet a half-moved slot; returns the port of the
+/// master that holds it and of another master to move it to.
+pub(crate) fn crowd_the_slot(
+    cluster: &floodwall_testkit::RedisCluster,
+    user: &str,
+    key: &str,
+) -> (u16, u16) {
+    let source = cluster.node_for_key(key).unwrap();
+    for i in 0..60 {
+        let k = format!("{{{user}}}:neighbour:{i}");
+        source.command(&["SET", &k, "x"]).unwrap();
+    }
+    let source = source.port();
+    let to = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.port())
+        .find(|&p| p != source)
+        .unwrap();
+    (source, to)
+}
