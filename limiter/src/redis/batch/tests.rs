@@ -1,0 +1,119 @@
+//! The node batches' fallback on a real Cluster, and the refusal it follows.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use floodwall_core::redis::{RedisConnection, Script, StoreOptions};
+use floodwall_core::{Keyspace, StoreError};
+use floodwall_testkit::{RedisCluster, RedisServer};
+
+use super::cannot_compile;
+use crate::redis::RedisStore;
+use crate::{Algorithm, Limit, Quota, RateLimiter};
+
+/// What a server before Redis 7 answers the flagged script with is recognized, on a real
+/// server: to such a server the flags line is Lua, and a line that starts with `#` does
+/// not compile (here a `#` line that Redis 7 does not read as a shebang either).
+#[tokio::test]
+async fn a_script_redis_cannot_compile_is_recognized() {
+    let Some(server) = RedisServer::start_or_skip("a_script_redis_cannot_compile") else {
+        return;
+    };
+    let conn = RedisConnection::standalone(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let path = StoreOptions::new(conn).open(Keyspace::new("t", 1).unwrap());
+    static BROKEN: Script = Script::new("#lua flags=allow-cross-slot-keys\nreturn 1");
+    let e = path
+        .invoke::<i64>(BROKEN.call().key("k"))
+        .await
+        .unwrap_err();
+    println!("Redis answered: {e}");
+    assert!(cannot_compile(&e));
+    assert!(!cannot_compile(&StoreError::Script(
+        "WRONGTYPE Operation against a key holding the wrong kind of value".into()
+    )));
+}
+
+/// Once a node refused the flagged script, a node's batch goes as one call per slot: on a
+/// real 3-master Cluster, 128 concurrent tasks, 384 decisions over 24 keys of several slots
+/// admit each key exactly its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
+    let Some(cluster) = RedisCluster::start_or_skip("a_nodes_batch_per_slot", 3) else {
+        return;
+    };
+    const LIMIT: u32 = 10;
+    let conn = RedisConnection::cluster(cluster.urls())
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(NonZeroU32::new(LIMIT).unwrap(), Duration::from_secs(86_400));
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
+        .build()
+        .unwrap();
+    let store = RedisStore::new(
+        StoreOptions::new(conn).call_timeout(Duration::from_secs(5)),
+        128,
+    );
+    let batcher = store.batcher.as_ref().expect("batching on");
+    batcher.cross_refused.store(true, Ordering::Relaxed);
+    let (store, limiter) = (Arc::new(store), Arc::new(limiter));
+    let users: Arc<Vec<String>> = Arc::new((0..24).map(|i| format!("per-slot-{i}")).collect());
+    let admitted: Arc<Vec<AtomicU32>> = Arc::new(users.iter().map(|_| AtomicU32::new(0)).collect());
+    let mut tasks = Vec::new();
+    for t in 0..128 {
+        let (store, limiter) = (store.clone(), limiter.clone());
+        let (users, admitted) = (users.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..3 {
+                let u = (t + i * 128) % users.len();
+                let v = limiter
+                    .decide_on_shared(&*store, &[("user", &users[u])], 1, true)
+                    .await
+                    .unwrap();
+                assert!(v.degraded.is_none());
+                if v.allowed {
+                    admitted[u].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 384 decisions over 24 keys: 16 asked of each, 10 admitted.
+    for (user, n) in users.iter().zip(admitted.iter()) {
+        assert_eq!(n.load(Ordering::Relaxed), LIMIT, "{user}");
+    }
+    // Batches were made, and none went to the flagged script: no master ever loaded it.
+    let (mut calls, mut flagged) = (0u64, 0usize);
+    for node in cluster.nodes() {
+        let stats = node.command(&["INFO", "commandstats"]).unwrap();
+        calls += stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+        let exists = node
+            .command(&["SCRIPT", "EXISTS", crate::redis::LIMIT_SCRIPT_NODE.sha1()])
+            .unwrap();
+        flagged += usize::from(exists.trim() == "1");
+    }
+    println!(
+        "384 decisions in {calls} script calls; the flagged script loaded on {flagged} masters"
+    );
+    assert!(calls < 384, "{calls} script calls: no batches were made");
+    assert_eq!(flagged, 0);
+}
