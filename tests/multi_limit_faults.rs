@@ -68,16 +68,19 @@ async fn healthy_masters_keep_serving_through(fault: Fault, test: &str) {
     let Some(mut cluster) = RedisCluster::start_with_replicas_or_skip(test, 3, false) else {
         return;
     };
-    // Key values by master (the limiter's hash tag is the key value itself): the first
-    // value's master is the one the fault hits.
+    let conn = RedisConnection::cluster(cluster.urls())
+        .connect()
+        .await
+        .unwrap();
+    // Key values by the master of their states (a value's limits share its shard): the
+    // first value's master is the one the fault hits.
+    let probe = limiter(&conn, 1);
     let (mut healthy, mut doomed) = (Vec::new(), Vec::new());
     let mut victim_port = None;
     for i in 0..120 {
         let value = format!("v{i}");
-        let port = cluster
-            .node_for_key(&format!("{{{value}}}"))
-            .unwrap()
-            .port();
+        let state = probe.redis_location("user", &value).unwrap().key;
+        let port = cluster.node_for_key(&state).unwrap().port();
         if port == *victim_port.get_or_insert(port) {
             doomed.push(value);
         } else {
@@ -85,10 +88,6 @@ async fn healthy_masters_keep_serving_through(fault: Fault, test: &str) {
         }
     }
     let victim = victim_port.unwrap();
-    let conn = RedisConnection::cluster(cluster.urls())
-        .connect()
-        .await
-        .unwrap();
     let (healthy, doomed) = (Arc::new(healthy), Arc::new(doomed));
     let stop = Arc::new(AtomicBool::new(false));
     let tallies: Vec<Arc<Tally>> = (0..3).map(|_| Arc::default()).collect();
@@ -202,11 +201,20 @@ async fn a_give_back_after_a_hung_node_never_opens_a_healthy_nodes_gate() {
     ) else {
         return;
     };
-    let port_of = |v: &str| cluster.node_for_key(&format!("{{{v}}}")).unwrap().port();
+    let conn = RedisConnection::cluster(cluster.urls())
+        .connect()
+        .await
+        .unwrap();
+    let limiter = limiter(&conn, 2);
+    // The master of a key value's states (both limits key by the same value: one shard).
+    let port_of = |v: &str| {
+        let state = limiter.redis_location("user", v).unwrap().key;
+        cluster.node_for_key(&state).unwrap().port()
+    };
     let hung_value = "h0".to_string();
     let hung = port_of(&hung_value);
-    // 21 key values on one healthy master, each in a slot of its own: the give-backs go out
-    // one call each, as they would for many users.
+    // 21 key values on one healthy master: their give-backs go to it, as they would for
+    // many users.
     let target = port_of(
         &(0..)
             .map(|i| format!("ok{i}"))
@@ -218,11 +226,6 @@ async fn a_give_back_after_a_hung_node_never_opens_a_healthy_nodes_gate() {
         .filter(|v| port_of(v) == target)
         .take(21)
         .collect();
-    let conn = RedisConnection::cluster(cluster.urls())
-        .connect()
-        .await
-        .unwrap();
-    let limiter = limiter(&conn, 2);
     let warm = [("user", healthy[20].as_str()), ("ip", healthy[20].as_str())];
     assert!(limiter.check(&warm).await.unwrap().allowed);
     cluster.suspend(hung).unwrap();

@@ -155,6 +155,36 @@ impl Keyspace {
         let parts_start = buf.len();
         KeyBuilder { buf, parts_start }
     }
+
+    /// Starts a key whose hash tag is the store's own, not a user's: `#` followed by `tag`,
+    /// for state a store spreads over slots itself (a shard of many users' states).
+    ///
+    /// No routing part passed to [`key`](Self::key) encodes to such a tag — a literal `#` is
+    /// escaped, and a hashed part is `#` followed by exactly 32 hex digits — so these keys
+    /// never meet a user-routed key, provided `tag` is not 32 hex digits.
+    ///
+    /// # Panics
+    ///
+    /// If `tag` is empty, longer than 32 bytes, 32 hex digits, or holds anything but ASCII
+    /// letters, digits, `.` and `-` (a store's constant, never user input).
+    pub fn store_key(&self, tag: &str) -> KeyBuilder {
+        assert!(
+            !tag.is_empty()
+                && tag.len() <= 32
+                && !(tag.len() == HASH_HEX_LEN && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')),
+            "a store key's tag is 1 to 32 bytes of [A-Za-z0-9.-], not 32 hex digits: {tag:?}"
+        );
+        let mut buf = String::with_capacity(self.prefix.len() + tag.len() + 40);
+        buf.push_str(&self.prefix);
+        buf.push_str("{#");
+        buf.push_str(tag);
+        buf.push('}');
+        let parts_start = buf.len();
+        KeyBuilder { buf, parts_start }
+    }
 }
 
 impl fmt::Debug for Keyspace {
@@ -295,6 +325,22 @@ fn needs_escape(b: u8) -> bool {
 }
 
 /// Appends the encoding of one user-supplied part (see the module docs).
+/// `part` encoded as a key's routing part or part is (see the [module docs](self)): escaped,
+/// or hashed when its encoding is longer than [`MAX_PART_LEN`]. A store that keeps a user's
+/// state as a field of a shared hash names the field so: no two inputs share an encoding, and
+/// the encoding never holds `:`, `{`, `}` or a literal `#`.
+///
+/// ```
+/// assert_eq!(floodwall_core::key::encode_part("user:42"), "user%3A42");
+/// assert_eq!(floodwall_core::key::encode_part(""), "%");
+/// ```
+pub fn encode_part(part: impl AsRef<[u8]>) -> String {
+    let part = part.as_ref();
+    let mut buf = String::with_capacity(part.len().min(MAX_PART_LEN) + 2);
+    push_part(&mut buf, part);
+    buf
+}
+
 fn push_part(buf: &mut String, part: &[u8]) {
     if part.is_empty() {
         buf.push('%');

@@ -25,7 +25,7 @@ pub struct RateLimiterBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid rate limiter `{field}`: {why}")]
 pub struct ConfigError {
-    /// The setting (`limits`, `limit.name`, `redis_max_batch`, `lease`).
+    /// The setting (`limits`, `limit.name`, `redis_max_batch`, `redis_shards`, `lease`).
     pub field: &'static str,
     /// What is wrong with it.
     pub why: String,
@@ -88,6 +88,22 @@ impl RateLimiterBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_max_batch(mut self, max: usize) -> Self {
         self.redis.max_batch = max;
+        self
+    }
+
+    /// How many shards a limit's states are spread over on Redis (1 to
+    /// [`MAX_SHARDS`](crate::redis::MAX_SHARDS); default: 1 on a standalone or Sentinel
+    /// server, [`DEFAULT_CLUSTER_SHARDS`](crate::redis::DEFAULT_CLUSTER_SHARDS) on Cluster).
+    ///
+    /// A shard is one hash tag: a batch decides a shard's GCRA states with one read and one
+    /// write, so fewer shards cost Redis less per decision; more shards spread a limit over
+    /// more Cluster masters and keep each hash smaller (see the [`redis`](crate::redis)
+    /// module). **Every instance of a fleet must use the same count**: instances with
+    /// different counts keep separate states, each admitting up to the limit.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_shards(mut self, shards: u16) -> Self {
+        self.redis.shards = Some(shards);
         self
     }
 

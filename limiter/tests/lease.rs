@@ -175,15 +175,16 @@ async fn below_the_limit_almost_every_decision_comes_from_a_lease() {
     );
 }
 
-/// The TAT (µs) Redis holds for the only key of the limit named `hot`.
-fn stored_tat(server: &RedisServer) -> f64 {
-    let keys = server.command(&["KEYS", "*hot*"]).unwrap();
-    let key = keys
-        .lines()
-        .find(|l| l.contains("hot") && !l.starts_with('*') && !l.starts_with('$'))
-        .expect("the leased key")
-        .to_owned();
-    let value = server.command(&["GET", &key]).unwrap();
+/// The TAT (µs) Redis holds for `user`'s state of the limit named `hot`.
+fn stored_tat(server: &RedisServer, limiter: &RateLimiter, user: &str) -> f64 {
+    let at = limiter.redis_location("hot", user).expect("on Redis");
+    let field = at.field.expect("a GCRA state is a field");
+    // The state is 8 bytes (a little-endian double, see `limit.lua`): decoded on the server.
+    let decode =
+        "return string.format('%.0f', struct.unpack('<d', redis.call('HGET', KEYS[1], ARGV[1])))";
+    let value = server
+        .command(&["EVAL", decode, "1", &at.key, &field])
+        .unwrap();
     value
         .lines()
         .find_map(|l| l.trim().parse::<f64>().ok().filter(|v| *v > 1e9))
@@ -210,10 +211,10 @@ async fn an_idle_instance_gives_back_its_unused_tokens_within_a_lifetime_and_a_h
         assert!(limiter.check(&[("user", "idle")]).await.unwrap().allowed);
     }
     let idle_from = Instant::now();
-    let held = stored_tat(&server);
+    let held = stored_tat(&server, &limiter, "idle");
     // Idle now: the unused tokens go back (the TAT falls) within a lifetime and a half.
     let returned = loop {
-        let tat = stored_tat(&server);
+        let tat = stored_tat(&server, &limiter, "idle");
         if tat < held {
             break (held - tat) / 1000.0;
         }

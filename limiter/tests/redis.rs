@@ -144,9 +144,11 @@ async fn keys_spread_over_the_cluster_and_several_limits_stay_all_or_nothing() {
     // The user keys were spread over the masters.
     let mut nodes = std::collections::HashSet::new();
     for u in 0..6 {
-        let node = cluster
-            .node_for_key(&format!("fw-rl:v1:{{spread-{u}}}:user"))
-            .unwrap();
+        let key = limiter
+            .redis_location("user", &format!("spread-{u}"))
+            .unwrap()
+            .key;
+        let node = cluster.node_for_key(&key).unwrap();
         nodes.insert(node.port());
     }
     assert!(nodes.len() >= 2, "keys on {} nodes", nodes.len());
@@ -353,28 +355,35 @@ async fn redis_decides_like_the_memory_store() {
     }
 }
 
-/// One tenant's key holding the wrong type (`WRONGTYPE` from Redis) fails that tenant's
-/// decisions alone: the node answered, so its gate stays closed and every other tenant is
-/// decided on Redis as usual.
+/// One tenant's state that is not ours — a GCRA field holding text, a window counter's key
+/// holding a list (`WRONGTYPE` from Redis) — fails that tenant's decisions alone: the node
+/// answered, so its gate stays closed and every other tenant is decided on Redis as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_type_key_degrades_only_its_own_tenant() {
     let Some(server) = RedisServer::start_or_skip("a_wrong_type_key_degrades_only_its_own_tenant")
     else {
         return;
     };
-    let conn = standalone(server.url()).await;
-    let limiter = RateLimiter::builder()
-        .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(1000))).keyed_by("user"))
-        .redis(StoreOptions::new(conn))
-        .failure_policy(FailurePolicy::FailOpen)
-        .build()
-        .unwrap();
-    let bad = floodwall_core::Keyspace::new("fw-rl", 1)
-        .unwrap()
-        .key("tenant-bad")
-        .part("api")
-        .build();
-    server.command(&["LPUSH", bad.as_str(), "x"]).unwrap();
+    for alg in [Algorithm::Gcra, Algorithm::FixedWindow] {
+        let conn = standalone(server.url()).await;
+        let limiter = RateLimiter::builder()
+            .limit(Limit::new("api", alg, Quota::per_hour(n(1000))).keyed_by("user"))
+            .redis(StoreOptions::new(conn))
+            .failure_policy(FailurePolicy::FailOpen)
+            .build()
+            .unwrap();
+        let bad = limiter.redis_location("api", "tenant-bad").unwrap();
+        match &bad.field {
+            Some(field) => server.command(&["HSET", &bad.key, field, "x"]).unwrap(),
+            None => server.command(&["LPUSH", &bad.key, "x"]).unwrap(),
+        };
+        one_bad_tenant(&limiter, alg).await;
+        server.command(&["FLUSHALL"]).unwrap();
+    }
+}
+
+/// 40 tenants decided 5 times each, with `tenant-bad` first each round, on the same node.
+async fn one_bad_tenant(limiter: &RateLimiter, alg: Algorithm) {
     let other_degraded = Arc::new(AtomicU32::new(0));
     let bad_degraded = Arc::new(AtomicU32::new(0));
     let mut tasks = Vec::new();
@@ -408,7 +417,7 @@ async fn a_wrong_type_key_degrades_only_its_own_tenant() {
         bad_degraded.load(Ordering::Relaxed),
     );
     println!(
-        "WRONGTYPE tenant: {bad} of its 200 decisions degraded; other tenants: {other} of 200 degraded"
+        "{alg:?}, a state not ours: {bad} of its 200 decisions degraded; other tenants: {other} of 200 degraded"
     );
     assert_eq!(
         bad, 200,
@@ -665,14 +674,8 @@ async fn a_wrong_type_key_in_a_group_fails_only_its_request() {
     };
     let conn = connect(&[server.url()], false).await;
     let (limiter, minute_only) = minute_and_hour(conn, 100, FailurePolicy::FailOpen);
-    let bad_hour = floodwall_core::Keyspace::new("fw-rl", 1)
-        .unwrap()
-        .key("bad")
-        .part("hour")
-        .build();
-    server
-        .command(&["LPUSH", bad_hour.as_str(), "not ours"])
-        .unwrap();
+    let bad_hour = limiter.redis_location("hour", "bad").unwrap().key;
+    server.command(&["LPUSH", &bad_hour, "not ours"]).unwrap();
     let (mut bad, mut good) = (0, 0);
     for _ in 0..5 {
         bad += u32::from(

@@ -58,20 +58,26 @@ fn op() -> impl Strategy<Value = Op> {
 /// GCRA decision right after another (`after_gcra`, updated here) leaves out the parameters
 /// they share.
 fn append(inv: &mut redis::ScriptInvocation<'_>, op: Op, prefix: &str, after_gcra: &mut bool) {
-    let key = format!("{prefix}:{{u{}}}:{}", op.user, op.alg);
+    // GCRA states are fields of one hash (a shard); the others' keys are their own.
+    let key = match ALGORITHMS[op.alg] {
+        Algorithm::Gcra => format!("{prefix}:{{s}}:{}", op.alg),
+        _ => format!("{prefix}:{{s}}:{}:u{}", op.alg, op.user),
+    };
     inv.key(&key);
+    let field = format!("u{}", op.user);
     let q = quota();
     let mode = if op.peek { "p" } else { "c" };
     let gcra = ALGORITHMS[op.alg] == Algorithm::Gcra;
     let shared = std::mem::replace(after_gcra, gcra);
     match ALGORITHMS[op.alg] {
         Algorithm::Gcra if shared => {
-            inv.arg(format!("={mode}")).arg(op.cost);
+            inv.arg(format!("={mode}")).arg(op.cost).arg(field);
         }
         Algorithm::Gcra => {
             let t_nanos = q.emission_interval().as_nanos() as u64;
             inv.arg(format!("g{mode}"))
                 .arg(op.cost)
+                .arg(field)
                 .arg(t_nanos)
                 .arg(q.burst().get());
         }
@@ -198,9 +204,10 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
     );
 }
 
-/// A batch reads its GCRA keys together (one `MGET`): a key of another type and a value that
-/// is not a number among them are each that decision's error alone, left untouched, and
-/// every other decision of the batch — the same key twice included — is decided.
+/// A batch reads each GCRA hash's fields together (one `HMGET`): a hash of another type and
+/// a field whose value is not a number are each the error of the decisions on them alone,
+/// left untouched, and every other decision of the batch — the same key twice included — is
+/// decided.
 #[test]
 fn a_batch_with_a_wrong_type_and_a_corrupt_key_decides_the_others() {
     let Some(server) = RedisServer::start_or_skip("a_batch_with_a_wrong_type_and_a_corrupt_key")
@@ -208,19 +215,27 @@ fn a_batch_with_a_wrong_type_and_a_corrupt_key_decides_the_others() {
         return;
     };
     server.command(&["LPUSH", "w:{u}:list", "x"]).unwrap();
-    server.command(&["SET", "w:{u}:text", "abc"]).unwrap();
-    let keys = ["w:{u}:a", "w:{u}:list", "w:{u}:b", "w:{u}:text", "w:{u}:a"];
+    server.command(&["HSET", "w:{u}:h", "text", "abc"]).unwrap();
+    // (hash, field): a, the list, b, the corrupt field, a again.
+    let decisions = [
+        ("w:{u}:h", "a"),
+        ("w:{u}:list", "a"),
+        ("w:{u}:h", "b"),
+        ("w:{u}:h", "text"),
+        ("w:{u}:h", "a"),
+    ];
     let script = redis::Script::new(SCRIPT);
     let mut inv = script.prepare_invoke();
     let mut after_gcra = false;
     let q = quota();
-    for key in keys {
-        inv.key(key);
+    for (hash, field) in decisions {
+        inv.key(hash);
         if std::mem::replace(&mut after_gcra, true) {
-            inv.arg("=c").arg(1);
+            inv.arg("=c").arg(1).arg(field);
         } else {
             inv.arg("gc")
                 .arg(1)
+                .arg(field)
                 .arg(q.emission_interval().as_nanos() as u64)
                 .arg(q.burst().get());
         }
@@ -246,15 +261,20 @@ fn a_batch_with_a_wrong_type_and_a_corrupt_key_decides_the_others() {
     assert!((level(&reply[0]) - t).abs() <= 1, "{reply:?}");
     assert!(text(&reply[1]).contains("WRONGTYPE"), "{reply:?}");
     assert!((level(&reply[2]) - t).abs() <= 1, "{reply:?}");
-    assert!(text(&reply[3]).contains("not a number"), "{reply:?}");
+    assert!(text(&reply[3]).contains("not a TAT"), "{reply:?}");
     assert!((level(&reply[4]) - 2 * t).abs() <= 2, "{reply:?}");
-    // The bad keys are as they were; the good ones were written.
+    // The bad values are as they were; the good ones were written, and the hash expires.
     assert_eq!(server.command(&["TYPE", "w:{u}:list"]).unwrap(), "list");
-    assert_eq!(server.command(&["GET", "w:{u}:text"]).unwrap(), "abc");
-    assert_eq!(
-        server.command(&["EXISTS", "w:{u}:a", "w:{u}:b"]).unwrap(),
-        "2"
-    );
+    assert_eq!(server.command(&["HGET", "w:{u}:h", "text"]).unwrap(), "abc");
+    assert_eq!(server.command(&["HEXISTS", "w:{u}:h", "a"]).unwrap(), "1");
+    assert_eq!(server.command(&["HEXISTS", "w:{u}:h", "b"]).unwrap(), "1");
+    let ttl: i64 = server
+        .command(&["PTTL", "w:{u}:h"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "the hash has a TTL: {ttl}");
 }
 
 /// Redis blackholed, and one batch holding decisions that came 100 ms apart: each is answered

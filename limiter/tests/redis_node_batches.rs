@@ -144,7 +144,7 @@ async fn spread_keys_batched_by_node_are_each_exact() {
         let masters: std::collections::HashSet<u16> = users
             .iter()
             .map(|u| {
-                let key = format!("fw-rl:v1:{{{u}}}:api");
+                let key = instances[0].redis_location("api", u).unwrap().key;
                 cluster.node_for_key(&key).unwrap().port()
             })
             .collect();
@@ -178,23 +178,27 @@ async fn a_slot_moved_under_node_batches_keeps_every_key_exact() {
     for alg in [Algorithm::Gcra, Algorithm::SlidingLog] {
         let pid = std::process::id();
         let moved_user = format!("moving-{alg:?}-{pid}");
-        let key_of = |u: &str| format!("fw-rl:v1:{{{u}}}:api");
-        let moved_key = key_of(&moved_user);
-        let source = cluster.node_for_key(&moved_key).unwrap().port();
-        // Companions on the same master, other slots: they share its batches.
-        let mut users = vec![moved_user.clone()];
-        users.extend(
-            (0..)
-                .map(|i| format!("companion-{alg:?}-{i}-{pid}"))
-                .filter(|u| cluster.node_for_key(&key_of(u)).unwrap().port() == source)
-                .take(7),
-        );
-        let (moved_source, to) = common::crowd_the_slot(&cluster, &moved_user, &moved_key);
-        assert_eq!(moved_source, source);
         let mut instances = Vec::new();
         for _ in 0..INSTANCES {
             instances.push(common::cluster_instance(&cluster.urls(), alg, LIMIT).await);
         }
+        let key_of = |u: &str| instances[0].redis_location("api", u).unwrap().key;
+        let moved_key = key_of(&moved_user);
+        let source = cluster.node_for_key(&moved_key).unwrap().port();
+        // Companions on the same master, in other shards (other slots): they share its
+        // batches.
+        let mut users = vec![moved_user.clone()];
+        users.extend(
+            (0..)
+                .map(|i| format!("companion-{alg:?}-{i}-{pid}"))
+                .filter(|u| {
+                    let key = key_of(u);
+                    key != moved_key && cluster.node_for_key(&key).unwrap().port() == source
+                })
+                .take(7),
+        );
+        let (moved_source, to) = common::crowd_the_slot(&cluster, &moved_key);
+        assert_eq!(moved_source, source);
         for user in &users {
             let _ = instances[0].check(&[("user", user)]).await.unwrap();
         }

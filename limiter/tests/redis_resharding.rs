@@ -37,12 +37,12 @@ async fn a_slot_moved_under_load_keeps_the_limit_exact() {
     let cluster = Arc::new(cluster);
     for alg in [Algorithm::Gcra, Algorithm::SlidingLog] {
         let user = format!("reshard-{alg:?}-{}", std::process::id());
-        let key = format!("fw-rl:v1:{{{user}}}:api");
-        let (_, to) = common::crowd_the_slot(&cluster, &user, &key);
         let mut instances = Vec::new();
         for _ in 0..INSTANCES {
             instances.push(common::cluster_instance(&cluster.urls(), alg, LIMIT).await);
         }
+        let key = instances[0].redis_location("api", &user).unwrap().key;
+        let (_, to) = common::crowd_the_slot(&cluster, &key);
         // A first decision creates the limiter's keys on the source.
         assert!(
             instances[0]

@@ -2,7 +2,7 @@
 
 use floodwall_core::redis::StoreOptions;
 
-use super::{DEFAULT_MAX_BATCH, RedisStore};
+use super::{DEFAULT_MAX_BATCH, MAX_SHARDS, RedisStore};
 use crate::RateLimiterBuilder;
 use crate::builder::{ConfigError, invalid};
 
@@ -10,6 +10,8 @@ use crate::builder::{ConfigError, invalid};
 pub(crate) struct Settings {
     pub(crate) options: Option<StoreOptions>,
     pub(crate) max_batch: usize,
+    /// `None`: the topology's default (1 on one server, 16 on Cluster).
+    pub(crate) shards: Option<u16>,
 }
 
 impl Settings {
@@ -24,6 +26,7 @@ impl Default for Settings {
         Settings {
             options: None,
             max_batch: DEFAULT_MAX_BATCH,
+            shards: None,
         }
     }
 }
@@ -37,10 +40,18 @@ impl RateLimiterBuilder {
                 "is 0; at least 1 (1: no batching)",
             ));
         }
+        if let Some(n) = self.redis.shards
+            && !(1..=MAX_SHARDS).contains(&n)
+        {
+            return Err(invalid(
+                "redis_shards",
+                format!("is {n}; 1 to {MAX_SHARDS}"),
+            ));
+        }
         Ok(self.redis.options.take().map(|options| {
             // The failure policy's series exists from now on, at zero.
             crate::metrics::store_failures(self.policy, 0);
-            RedisStore::new(options, self.redis.max_batch)
+            RedisStore::new(options, self.redis.max_batch, self.redis.shards)
         }))
     }
 }

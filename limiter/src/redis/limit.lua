@@ -1,12 +1,19 @@
 -- floodwall-limiter: a batch of decisions, each for one key of one limit, decided in order,
 -- atomically, on Redis time. A batch of one is a single decision.
 --
--- KEYS: each decision's keys, in order: its state key, then (sliding log only) its member
---       sequence. All keys of one call share a slot (on Cluster, one hash tag).
---       Or, for a batch of one Cluster node's decisions over several slots (run as this
---       script with the `allow-cross-slot-keys` flag): KEYS is the batch's first key alone,
---       which routes the call, and ARGV starts with 'X', n, then the n keys as above; the
---       decisions' fields follow. Each command then touches one key, and a key this node
+-- Layout 2 (see src/redis/shards.rs): a GCRA limit keeps the states of a shard's keys as
+-- fields of one hash (field: the key's encoded form; value: its TAT in us, packed as
+-- `tat_of` reads it); the other
+-- algorithms keep one key per limited key. A hash also holds three fields of its own, whose
+-- names no key's field can have (an encoded key holds no ':'): ':c' the sweep's HSCAN cursor,
+-- ':d' when the next sweep may start (us), ':x' when the hash expires (us).
+--
+-- KEYS: each decision's keys, in order: its state key (GCRA: its shard's hash), then (sliding
+--       log only) its member sequence. All keys of one call share a slot (on Cluster, one
+--       hash tag). Or, for a batch of one Cluster node's decisions over several slots (run as
+--       this script with the `allow-cross-slot-keys` flag): KEYS is the batch's first key
+--       alone, which routes the call, and ARGV starts with 'X', n, then the n keys as above;
+--       the decisions' fields follow. Each command then touches one key, and a key this node
 --       does not serve (its slot moved) makes that decision's reply the string
 --       'floodwall:elsewhere' (that decision, or its group, wrote nothing): the client sends
 --       it again alone, and follows the redirect. A string, not an error reply: clients
@@ -14,15 +21,20 @@
 -- ARGV: each decision's fields, in order:
 --   op: algorithm (g = GCRA, f = fixed window, s = sliding counter, l = sliding log) then
 --       mode (c = decide and consume, p = peek, r = refund);
---   GCRA (4 fields): op, cost, emission interval T (ns, an integer), burst b (an integer);
---       the script works in us: T / 1000, capacity b * T. A GCRA decision with the same T
---       and b as the GCRA decision before it in the call may be sent as 2 fields: op with
---       '=' for 'g' ('=c', '=p', '=r'), cost. Never inside a group, nor first after one.
+--   GCRA (5 fields): op, cost, field, emission interval T (ns, an integer), burst b (an
+--       integer); the script works in us: T / 1000, capacity b * T. A GCRA decision with the
+--       same T and b as the GCRA decision before it in the call may be sent as 3 fields: op
+--       with '=' for 'g' ('=c', '=p', '=r'), cost, field. Never inside a group, nor first
+--       after one.
 --   Others (5 fields): op, cost, limit, period (us), receipt (refunds only).
 -- A group (one request's limits, all or nothing): ARGV 'G', n, then its n decisions' fields
 -- (their keys in KEYS as usual). Each is first decided as a peek; only if every one admits
 -- are they decided again as asked, so a denial takes nothing. Its reply element is the array
 -- of its verdicts.
+-- The short path (a batch of GCRA decisions that consume, each hash's with one T, b and
+-- cost): KEYS (or the 'X' list) holds each hash once; ARGV 'F', then for each hash: its
+-- index in the key list, T, b, cost, n, then its n decisions' fields. Verdicts come back hash
+-- by hash, a hash's in order.
 -- Reply: one element per decision or group, in order (a lone element bare):
 --   GCRA: one integer, ceil(level) when allowed, -ceil(level) - 1 when denied, where
 --         level = TAT' - now (us) and TAT' the TAT after the decision;
@@ -31,35 +43,30 @@
 --   value). A string, not an error reply, so that clients see the other decisions' verdicts.
 --
 -- Decisions on the same key read it once and write it once: GCRA and counter state is read
--- on the key's first decision, kept in a table while the batch runs, and written (with its
--- TTL) once at the end. Each decision sees exactly the state the decisions before it in the
--- batch left, as if each had been its own script call in the batch's order. The sliding log
--- works on its sorted set directly, one command per step.
+-- on the key's first decision, kept in a table while the batch runs, and written once at the
+-- end (a GCRA hash's fields with one HSET). Each decision sees exactly the state the
+-- decisions before it in the batch left, as if each had been its own script call in the
+-- batch's order. The sliding log works on its sorted set directly, one command per step.
 --
--- Written for speed on the server, where the batch's cost is: one plain loop, no closures,
--- and `redis.pcall` (an error is a value, kept as that decision's reply) instead of `pcall`.
+-- A GCRA state whose TAT has passed equals an absent one. Such fields are removed by a sweep
+-- that calls writing a hash run in steps: HSCAN from ':c' (SWEEP_COUNT fields), deleting
+-- those whose TAT has passed, at most one step per SWEEP_STEP; when the cursor comes back to
+-- 0, the next pass starts SWEEP_PAUSE later. So while a hash of N fields is written, a
+-- stale field is gone within SWEEP_PAUSE plus one pass, N / SWEEP_COUNT steps (0.1 s +
+-- 1.6 s for 100,000 fields). The hash's TTL is kept past its latest TAT (':x', set to twice
+-- the remaining time, at least 1 s, whenever a TAT goes past it), so a hash nobody writes
+-- any more expires whole.
+--
+-- Written for speed on the server, where the batch's cost is: plain loops, and
+-- `redis.pcall` (an error is a value, kept as that decision's reply) instead of `pcall`.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-
--- One GCRA decision alone, the call an idle connection sends: the general path below,
--- step for step, without its tables.
-if #ARGV == 4 and ARGV[1] == 'gc' then
-  local key = KEYS[1]
-  local v = redis.pcall('GET', key)
-  if type(v) == 'table' then return v.err end
-  local tat = tonumber(v or 0)
-  if tat == nil then return 'floodwall: the value at ' .. key .. ' is not a number' end
-  local T = tonumber(ARGV[3]) / 1000
-  if tat < now then tat = now end
-  local new_tat = tat + tonumber(ARGV[2]) * T
-  if new_tat - now > T * tonumber(ARGV[4]) + 0.0005 then return -math.ceil(tat - now) - 1 end
-  if new_tat > now then
-    redis.call('SET', key, new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
-  else
-    redis.call('DEL', key)
-  end
-  return math.ceil(new_tat - now)
-end
+-- The sweep of a GCRA hash's stale fields (see the header): a step reads SWEEP_COUNT fields,
+-- steps of one hash come at least SWEEP_STEP apart, and a pass over every field done, the
+-- next starts SWEEP_PAUSE later (us).
+local SWEEP_COUNT, SWEEP_STEP, SWEEP_PAUSE = 128, 2000, 100000
+-- The most fields or values one command is handed: Lua's stack bounds `unpack`.
+local CHUNK = 1000
 
 -- The decisions' keys: KEYS, or (a node's batch over several slots) ARGV's 'X' list.
 local keys, a, cross = KEYS, 1, false
@@ -76,24 +83,158 @@ local function failed(e)
   return e.err
 end
 
-local tats = {}      -- GCRA: key -> TAT (us), as read or as the batch left it
+-- A GCRA state as stored: its TAT (us) as 8 bytes, a little-endian IEEE 754 double. Packing
+-- costs the server far less than formatting a number (a number argument is printed with
+-- 17 digits on every call). `tat_of` reads a stored value: 0 when absent (false), nil when
+-- the value is not one of ours.
+local pack, unpack_value = struct.pack, struct.unpack
+local function tat_of(v)
+  if not v then return 0 end
+  if #v ~= 8 then return nil end
+  local tat = unpack_value('<d', v)
+  if tat ~= tat then return nil end
+  return tat
+end
+
+-- Hash `h`'s own fields (':c', ':d', ':x') then the fields `list[from..to]`, as HMGET
+-- answers them (false: absent), or the error.
+local function read(h, list, from, to)
+  local vals = redis.pcall('HMGET', h, ':c', ':d', ':x', unpack(list, from, math.min(to, from + CHUNK - 1)))
+  if vals.err then return vals end
+  for s = from + CHUNK, to, CHUNK do
+    local more = redis.pcall('HMGET', h, unpack(list, s, math.min(to, s + CHUNK - 1)))
+    if more.err then return more end
+    for i = 1, #more do vals[#vals + 1] = more[i] end
+  end
+  return vals
+end
+
+-- Runs `cmd` on `h` with `list`, CHUNK elements (`step` aligned) per command.
+local function chunked(cmd, h, list, step)
+  local per = CHUNK - CHUNK % step
+  for s = 1, #list, per do
+    redis.call(cmd, h, unpack(list, s, math.min(#list, s + per - 1)))
+  end
+end
+
+-- Writes GCRA hash `h`'s decided states: `sets` (field, TAT pairs, each TAT in the future),
+-- `dels` (fields whose state is now empty), `written` (field -> true, both kinds), `top` the
+-- latest TAT of `sets` (0 if none), and the hash's own fields as read (false: absent). A
+-- sweep step first, when one is due; the TTL follows the latest TAT (see the header).
+local function store(h, sets, dels, written, top, c, d, x)
+  c, d, x = c or '0', tonumber(d) or 0, tonumber(x) or 0
+  if now >= d then
+    local r = redis.call('HSCAN', h, c, 'COUNT', SWEEP_COUNT)
+    c = r[1]
+    local found = r[2]
+    for i = 1, #found, 2 do
+      local f = found[i]
+      -- 58: ':', the hash's own fields.
+      if not written[f] and string.byte(f, 1) ~= 58 then
+        local v = tat_of(found[i + 1])
+        if v ~= nil and v <= now then
+          written[f] = true
+          dels[#dels + 1] = f
+        end
+      end
+    end
+    if c == '0' then d = now + SWEEP_PAUSE else d = now + SWEEP_STEP end
+    sets[#sets + 1] = ':c'; sets[#sets + 1] = c
+    sets[#sets + 1] = ':d'; sets[#sets + 1] = d
+  end
+  if #dels > 0 then chunked('HDEL', h, dels, 1) end
+  local expire = top > x or x == 0
+  if expire then
+    local last = math.max(top, now)
+    x = last + math.max(last - now, 1000000)
+    sets[#sets + 1] = ':x'; sets[#sets + 1] = x
+  end
+  chunked('HSET', h, sets, 2)
+  if expire then redis.call('PEXPIRE', h, math.ceil((x - now) / 1000) + 1) end
+end
+
+-- The short path (see the header): GCRA decisions that consume, hash by hash. The loop is
+-- the server's cost per decision: globals are read once, and a state is read inline.
+if ARGV[a] == 'F' then
+  local argv, ceil = ARGV, math.ceil
+  local out, o, i, nargs = {}, 0, a + 1, #argv
+  while i <= nargs do
+    local h = keys[tonumber(argv[i])]
+    local T = tonumber(argv[i + 1]) / 1000
+    -- GCRA as in the general path below: allowed iff new_TAT - now <= b * T.
+    local cap = T * tonumber(argv[i + 2]) + 0.0005
+    local step = tonumber(argv[i + 3]) * T
+    local n = tonumber(argv[i + 4])
+    local f0 = i + 5
+    i = f0 + n
+    local vals = read(h, argv, f0, i - 1)
+    if vals.err then
+      local e = failed(vals)
+      for j = 1, n do out[o + j] = e end
+      o = o + n
+    else
+      local tats, written, sets, m, top = {}, {}, {}, 0, 0
+      for j = 1, n do
+        local f = argv[f0 + j - 1]
+        local tat = tats[f]
+        if tat == nil then
+          local v = vals[j + 3]
+          if not v then
+            tat = 0
+          elseif #v == 8 then
+            tat = unpack_value('<d', v)
+            if tat ~= tat then tat = nil end
+          end
+        end
+        o = o + 1
+        if tat == nil then
+          out[o] = 'floodwall: the state of ' .. f .. ' in ' .. h .. ' is not a TAT'
+        else
+          if tat < now then tat = now end
+          local new_tat = tat + step
+          if new_tat - now > cap then
+            tats[f] = tat
+            out[o] = -ceil(tat - now) - 1
+          else
+            tats[f] = new_tat
+            if not written[f] then
+              written[f] = true
+              m = m + 1
+              sets[2 * m - 1] = f
+            end
+            if new_tat > top then top = new_tat end
+            out[o] = ceil(new_tat - now)
+          end
+        end
+      end
+      if m > 0 then
+        for j = 1, m do sets[2 * j] = pack('<d', tats[sets[2 * j - 1]]) end
+        store(h, sets, {}, written, top, vals[1], vals[2], vals[3])
+      end
+    end
+  end
+  if o == 1 then return out[1] end
+  return out
+end
+
+local tats = {}      -- GCRA: hash -> {field -> TAT (us), as read or as the batch left it}
+local meta = {}      -- GCRA: hash -> its own fields as read
+local gdirty = {}    -- GCRA: hashes to write at the end, in first-write order
+local gfields = {}   -- GCRA: hash -> its fields to write (a list, and a set)
 local counters = {}  -- fixed / sliding counter: key -> {w, c, p, ttl (ms) or false}
-local dirty = {}     -- keys to write at the end, in first-write order
+local dirty = {}     -- counter keys to write at the end, in first-write order
 local is_dirty = {}
 local replies = {}
 local nargs = #ARGV
 local k = 1
 
--- A batch reads its GCRA keys up front, with one MGET (and one EXISTS) per 256 keys instead
--- of one GET per key: each command a script runs costs the server far more than the reply's
--- bytes. MGET answers nil for a missing key and for a key of another type alike; EXISTS
--- tells them apart by count. When every key MGET found nothing for is missing (the counts
--- agree), those keys start empty; otherwise they are left to the decision's own GET, which
--- reports the wrong type as that decision's error. A value that is not a number is left to
--- the GET path too, which reports it.
+-- A batch reads each GCRA hash's fields up front, with one HMGET per hash instead of one
+-- HGET per decision: each command a script runs costs the server far more than the reply's
+-- bytes. A hash of another type, and a value that is not a TAT, are left to the
+-- decision's own HGET, which reports them as that decision's error.
 if not cross then
-  local seen, uniq = {}, {}
-  local pa, pk = 1, 1
+  local want, order = {}, {}
+  local pa, pk = a, 1
   while pa <= nargs do
     local op = ARGV[pa]
     if op == 'G' then
@@ -101,10 +242,16 @@ if not cross then
     else
       local alg = string.sub(op, 1, 1)
       if alg == 'g' or alg == '=' then
-        local key = keys[pk]
-        if not seen[key] then seen[key] = true; uniq[#uniq + 1] = key end
+        local h, f = keys[pk], ARGV[pa + 2]
+        local w = want[h]
+        if w == nil then
+          w = {seen = {}}
+          want[h] = w
+          order[#order + 1] = h
+        end
+        if not w.seen[f] then w.seen[f] = true; w[#w + 1] = f end
         pk = pk + 1
-        if alg == 'g' then pa = pa + 4 else pa = pa + 2 end
+        if alg == 'g' then pa = pa + 5 else pa = pa + 3 end
       elseif alg == 'l' then
         pk, pa = pk + 2, pa + 5
       else
@@ -112,27 +259,19 @@ if not cross then
       end
     end
   end
-  if #uniq > 1 then
-    for from = 1, #uniq, 256 do
-      local to = math.min(from + 255, #uniq)
-      local vals = redis.call('MGET', unpack(uniq, from, to))
-      local found, absent = 0, {}
-      for i = from, to do
-        local v = vals[i - from + 1]
-        if v then
-          found = found + 1
-          tats[uniq[i]] = tonumber(v)
-        else
-          absent[#absent + 1] = uniq[i]
-        end
-      end
-      if #absent > 0 and redis.call('EXISTS', unpack(uniq, from, to)) == found then
-        for i = 1, #absent do tats[absent[i]] = 0 end
-      end
+  for i = 1, #order do
+    local h = order[i]
+    local w = want[h]
+    local vals = read(h, w, 1, #w)
+    if not vals.err then
+      meta[h] = vals
+      local ht = {}
+      for j = 1, #w do ht[w[j]] = tat_of(vals[j + 3]) end
+      tats[h] = ht
     end
   end
 end
--- GCRA with the previous GCRA decision's T and burst: '=c', '=p', '=r' carry only op and cost.
+-- GCRA with the previous GCRA decision's T and burst: '=c', '=p', '=r' carry op, cost, field.
 local same_params = {['=c'] = 'gc', ['=p'] = 'gp', ['=r'] = 'gr'}
 local last_T, last_cap = nil, nil
 -- A group being decided: decisions left in this pass, the pass (1: peeks, 2: as asked), where
@@ -160,44 +299,61 @@ while a <= nargs do
     -- earliest time). Only the units differ: Redis time is in microseconds, T kept
     -- fractional. Change one, change both: the test
     -- limiter/tests/redis.rs::redis_decides_like_the_memory_store compares them.
+    local f = ARGV[a + 2]
     local T, cap
     if same == nil then
-      T = tonumber(ARGV[a + 2]) / 1000
-      cap = T * tonumber(ARGV[a + 3])
+      T = tonumber(ARGV[a + 3]) / 1000
+      cap = T * tonumber(ARGV[a + 4])
       last_T, last_cap = T, cap
-      k, a = k + 1, a + 4
+      k, a = k + 1, a + 5
     else
       T, cap = last_T, last_cap
-      k, a = k + 1, a + 2
+      k, a = k + 1, a + 3
     end
-    local tat = tats[key]
+    local ht = tats[key]
+    local tat = ht and ht[f]
     if tat == nil then
-      local v = redis.pcall('GET', key)
+      local v = redis.pcall('HGET', key, f)
       if type(v) == 'table' then
         reply = failed(v)
       else
-        tat = tonumber(v or 0)
-        if tat == nil then reply = 'floodwall: the value at ' .. key .. ' is not a number' end
+        tat = tat_of(v)
+        if tat == nil then
+          reply = 'floodwall: the state of ' .. f .. ' in ' .. key .. ' is not a TAT'
+        elseif ht == nil then
+          ht = {}
+          tats[key] = ht
+        end
       end
     end
     if tat ~= nil then
+      local write = false
       if op == 'gr' then
-        tats[key] = tat - cost * T
-        if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+        ht[f] = tat - cost * T
+        write = true
         reply = 0
       else
-        tats[key] = tat
+        ht[f] = tat
         if tat < now then tat = now end
         local new_tat = tat + cost * T
         if new_tat - now > cap + 0.0005 then
           reply = -math.ceil(tat - now) - 1
         else
           if op == 'gc' then
-            tats[key] = new_tat
-            if not is_dirty[key] then is_dirty[key] = true; dirty[#dirty + 1] = key end
+            ht[f] = new_tat
+            write = true
           end
           reply = math.ceil(new_tat - now)
         end
+      end
+      if write then
+        local gd = gfields[key]
+        if gd == nil then
+          gd = {set = {}}
+          gfields[key] = gd
+          gdirty[#gdirty + 1] = key
+        end
+        if not gd.set[f] then gd.set[f] = true; gd[#gd + 1] = f end
       end
     end
   else
@@ -355,26 +511,29 @@ while a <= nargs do
   end
 end
 
-local ttl_text = {}
+for i = 1, #gdirty do
+  local h = gdirty[i]
+  local gd, ht = gfields[h], tats[h]
+  local sets, dels, written, top = {}, {}, gd.set, 0
+  for j = 1, #gd do
+    local f = gd[j]
+    local tat = ht[f]
+    if tat > now then
+      sets[#sets + 1] = f
+      sets[#sets + 1] = pack('<d', tat)
+      if tat > top then top = tat end
+    else
+      dels[#dels + 1] = f
+    end
+  end
+  local m = meta[h] or redis.call('HMGET', h, ':c', ':d', ':x')
+  store(h, sets, dels, written, top, m[1], m[2], m[3])
+end
 for i = 1, #dirty do
   local key = dirty[i]
-  local tat = tats[key]
-  if tat ~= nil then
-    if tat > now then
-      -- The TTL as a string, formatted once per distinct value: a number argument is
-      -- formatted on every call.
-      local ms = math.ceil((tat - now) / 1000) + 1
-      local px = ttl_text[ms]
-      if px == nil then px = tostring(ms); ttl_text[ms] = px end
-      redis.call('SET', key, tat, 'PX', px)
-    else
-      redis.call('DEL', key)
-    end
-  else
-    local s = counters[key]
-    redis.call('HSET', key, 'w', s[1], 'c', s[2], 'p', s[3])
-    if s[4] then redis.call('PEXPIRE', key, s[4]) end
-  end
+  local s = counters[key]
+  redis.call('HSET', key, 'w', s[1], 'c', s[2], 'p', s[3])
+  if s[4] then redis.call('PEXPIRE', key, s[4]) end
 end
 -- A single decision's verdict goes back bare: a table reply costs the server more than the
 -- decision itself.

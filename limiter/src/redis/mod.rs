@@ -2,43 +2,57 @@
 //!
 //! Decisions are made by one Lua script (`limit.lua`), run with `EVALSHA` in one round trip.
 //! The script reads the time from Redis `TIME` — instances whose clocks disagree still agree
-//! on every decision — and sets each key's TTL itself, so idle keys expire on the server.
+//! on every decision — and keeps every key's TTL itself, so idle state expires on the server.
 //!
-//! **Exact batching** (on by default). Each standalone or Sentinel server has at most 4
-//! limiter calls in flight, each Cluster master 2. A decision that finds room is sent at once,
+//! **Layout 2: states in shards.** A limit's states are spread over shards, each a hash tag
+//! of the store's own (`{#2.<S>.<j>.<n>}`; one shard on a standalone or Sentinel server,
+//! [`DEFAULT_CLUSTER_SHARDS`] on Cluster, set with
+//! [`redis_shards`](crate::RateLimiterBuilder::redis_shards)). A key's shard is the one whose
+//! part of the slot space holds the slot the key itself would have, so shards spread over a
+//! Cluster's masters as slots do, and all limits keyed by one value are in one shard. A GCRA
+//! limit keeps each key's state as a **field of its shard's hash**
+//! (`fw-rl:v1:{#2.…}:<limit>`, field: the encoded key, value: the TAT as 8 bytes), so a batch
+//! reads a shard's states with one `HMGET` and writes them with one `HSET`; a state whose TAT
+//! has passed equals an absent one, and a sweep the writing calls run in steps removes such
+//! fields: while a hash of `N` fields is written, a stale field is gone within 0.1 s plus
+//! `N / 128` steps 2 ms apart (1.7 s for 100,000 keys), and a hash nobody writes any more
+//! expires whole, at most twice its longest remaining time (at least 1 s) after its last
+//! write. Window counters and logs keep one key per limited key under the shard's tag
+//! (`fw-rl:v1:{#2.…}:<limit>:<key>`). [`RateLimiter::redis_location`](crate::RateLimiter::redis_location)
+//! says where a key's state is. No key of layout 2 is a key of the layout before it
+//! (`fw-rl:v1:{<key>}:<limit>`): a limiter of this version and one of an earlier version never
+//! read or write each other's states (see the CHANGELOG for a rolling upgrade).
+//!
+//! **Exact batching** (on by default). Each standalone or Sentinel server has at most 2
+//! limiter calls in flight, each Cluster master 1. A decision that finds room is sent at once,
 //! alone — no timer, no added wait on an idle connection. One that finds its node's calls in
 //! flight waits, and when one returns, everything waiting for that node (up to
 //! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
 //! one script call. The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
 //! same key read it once and write it once (the sliding log works on its sorted set step by
-//! step). A batch reads all its GCRA keys with one `MGET`, and a GCRA decision with the same
-//! quota as the one before it is sent without repeating it; a decision alone takes a short
-//! path that does only what the decision needs. An error about one key (a key of the wrong
-//! type) is that decision's reply alone; the rest of the batch is decided. On Cluster a batch
-//! is one master's decisions, whatever their slots: keys of several slots go to the script run
-//! with Redis 7's `allow-cross-slot-keys` flag, routed by the first key, and a decision whose
-//! key has moved to another master since is sent again alone, following the redirect.
-//! Waiting counts against the decision's call bound, like the call itself: every decision is
-//! answered by its own bound — with a timeout if its batch has not answered by then (one
-//! timer per batch, not per decision), unsent if the bound passed while it waited.
+//! step). A batch of GCRA decisions that consume — the common case — takes a short path: each
+//! shard's hash named once, its quota once, then one field per decision. An error about one
+//! key (a hash or key of the wrong type, a value not ours) is the reply of the decisions on it
+//! alone; the rest of the batch is decided. On Cluster a batch is one master's decisions,
+//! whatever their slots: keys of several slots go to the script run with Redis 7's
+//! `allow-cross-slot-keys` flag, routed by the first key, and a decision whose key has moved
+//! to another master since is sent again alone, following the redirect. Waiting counts against
+//! the decision's call bound, like the call itself: every decision is answered by its own
+//! bound — with a timeout if its batch has not answered by then (one timer per batch, not per
+//! decision), unsent if the bound passed while it waited.
 //!
 //! **Several limits, one call.** A request's limits whose keys share a slot — always on a
-//! standalone or Sentinel server; on Cluster, limits keyed by the same value, whose keys carry
-//! the same hash tag — go as one group: the script peeks at every one and consumes only if
-//! all admit, so the decision is atomic and a denial takes nothing. Limits in different slots
-//! are decided concurrently and, on a denial, what was consumed is given back within the
-//! same call bound. Under load, Redis
-//! runs one script per batch instead of one per decision (`benches/limiter_redis.rs`);
-//! `redis_max_batch(1)` sends every decision alone.
+//! standalone or Sentinel server; on Cluster, limits keyed by the same value, which share a
+//! shard — go as one group: the script peeks at every one and consumes only if all admit, so
+//! the decision is atomic and a denial takes nothing. Limits in different slots are decided
+//! concurrently and, on a denial, what was consumed is given back within the same call bound.
+//! Under load, Redis runs one script per batch instead of one per decision
+//! (`benches/limiter_redis.rs`); `redis_max_batch(1)` sends every decision alone.
 //!
 //! **Token leases** (opt-in, GCRA, [`Limit::lease`](crate::Limit::lease)): for hot keys, an
 //! instance takes a block of a key's tokens in one call and admits from it locally, never
 //! more than the limit in any window; see [`Lease`].
-//!
-//! Keys are versioned and hash-tagged by the limited key:
-//! `fw-rl:v1:{<key>}:<limit>` (a global limit is tagged by its name), so one key's state lives
-//! on one Cluster node and different keys spread over the cluster.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,7 +86,10 @@
 mod batch;
 mod build;
 pub(crate) mod concurrency;
+mod shards;
 mod units;
+
+pub use shards::{Location, MAX_SHARDS};
 
 /// Token leases' settings (also at the crate root).
 pub use crate::lease::Lease;
@@ -82,9 +99,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::redis::{Script, StoreOptions, StorePath};
-use floodwall_core::{Key, Keyspace, StoreError};
+use floodwall_core::{Keyspace, StoreError};
 
 use batch::Batcher;
+use shards::Shards;
 use units::{Fields, Item, Unit};
 
 use crate::store::{Selected, SharedStore};
@@ -106,8 +124,13 @@ pub const DEFAULT_NAMESPACE: &str = "fw-rl";
 /// The most decisions one script call carries, unless the builder sets another.
 pub const DEFAULT_MAX_BATCH: usize = 128;
 
+/// The shards a limit's states are spread over on Redis Cluster, unless the builder sets
+/// another count (see [`redis_shards`](crate::RateLimiterBuilder::redis_shards)).
+pub const DEFAULT_CLUSTER_SHARDS: u16 = 16;
+
 pub(crate) struct RedisStore {
     path: StorePath,
+    shards: Shards,
     /// `None`: batching off, every decision its own call.
     batcher: Option<Arc<Batcher>>,
 }
@@ -201,25 +224,15 @@ fn parse_verdict(v: ::redis::Value, fields: Fields, cost: u32) -> Result<[i64; 5
 }
 
 impl RedisStore {
-    pub(crate) fn new(options: StoreOptions, max_batch: usize) -> RedisStore {
+    pub(crate) fn new(options: StoreOptions, max_batch: usize, shards: Option<u16>) -> RedisStore {
         let path = options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"));
+        let cluster = path.connection().topology() == floodwall_core::redis::Topology::Cluster;
+        let shards = shards.unwrap_or(if cluster { DEFAULT_CLUSTER_SHARDS } else { 1 });
         RedisStore {
             batcher: (max_batch > 1).then(|| Batcher::new(path.clone(), max_batch)),
+            shards: Shards::new(shards),
             path,
         }
-    }
-
-    fn keys(&self, limit: &Limit, key: &str) -> (Key, Option<Key>) {
-        let routing = if limit.key_name().is_some() {
-            key
-        } else {
-            limit.name()
-        };
-        let keyspace = self.path.keyspace();
-        let base = keyspace.key(routing).part(limit.name()).build();
-        let seq = (limit.algorithm() == Algorithm::SlidingLog)
-            .then(|| keyspace.key(routing).part(limit.name()).part("seq").build());
-        (base, seq)
     }
 
     /// One decision's part of a script call.
@@ -232,7 +245,7 @@ impl RedisStore {
         mode: &'static str,
         receipt: i64,
     ) -> Item {
-        let (base, seq) = self.keys(limit, key);
+        let (base, field, seq) = self.keys(limit, key);
         let op = match (limit.algorithm(), mode) {
             (Algorithm::Gcra, "c") => "gc",
             (Algorithm::Gcra, "p") => "gp",
@@ -263,6 +276,7 @@ impl RedisStore {
         };
         Item {
             key: base,
+            field,
             seq,
             op,
             cost,
@@ -563,7 +577,7 @@ mod tests {
             .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
             .build()
             .unwrap();
-        let redis = RedisStore::new(StoreOptions::new(conn), DEFAULT_MAX_BATCH);
+        let redis = RedisStore::new(StoreOptions::new(conn), DEFAULT_MAX_BATCH, None);
         let decision = limiter.decide_on_shared(&redis, &[("user", "a")], 1, true);
         let size = std::mem::size_of_val(&decision);
         println!("a one-limit decision on Redis: a future of {size} bytes");

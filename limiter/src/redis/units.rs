@@ -6,7 +6,10 @@ use floodwall_core::redis::slot::key_slot;
 
 /// One decision's part of a script call: its keys and fields (see `limit.lua`).
 pub(super) struct Item {
+    /// GCRA: the hash of the key's shard; others: the key's own state.
     pub(super) key: floodwall_core::Key,
+    /// GCRA: the key's field in that hash (its encoded form).
+    pub(super) field: Option<Box<str>>,
     pub(super) seq: Option<floodwall_core::Key>,
     pub(super) op: &'static str,
     pub(super) cost: u32,
@@ -55,6 +58,20 @@ impl Item {
         }
     }
 
+    /// A GCRA decision's field in its shard's hash.
+    fn field(&self) -> &str {
+        self.field.as_deref().unwrap_or_default()
+    }
+
+    /// This decision's GCRA parameters and cost, when the short path can decide it: a GCRA
+    /// decision that consumes.
+    fn short(&self) -> Option<(u64, u32, u32)> {
+        match self.fields {
+            Fields::Gcra { t_nanos, burst } if self.op == "gc" => Some((t_nanos, burst, self.cost)),
+            _ => None,
+        }
+    }
+
     pub(super) fn key_count(&self) -> usize {
         1 + usize::from(self.seq.is_some())
     }
@@ -63,7 +80,10 @@ impl Item {
     fn append_fields<'s>(&self, call: ScriptCall<'s>, previous: &mut Previous) -> ScriptCall<'s> {
         if let Fields::Gcra { t_nanos, burst } = self.fields {
             if *previous == Some((t_nanos, burst)) {
-                return call.arg(same_params(self.op)).arg(self.cost);
+                return call
+                    .arg(same_params(self.op))
+                    .arg(self.cost)
+                    .arg(self.field());
             }
             *previous = Some((t_nanos, burst));
         } else {
@@ -71,7 +91,7 @@ impl Item {
         }
         let call = call.arg(self.op).arg(self.cost);
         match self.fields {
-            Fields::Gcra { t_nanos, burst } => call.arg(t_nanos).arg(burst),
+            Fields::Gcra { t_nanos, burst } => call.arg(self.field()).arg(t_nanos).arg(burst),
             Fields::Counter {
                 limit,
                 period_us,
@@ -98,8 +118,12 @@ fn same_params(op: &'static str) -> &'static str {
 }
 
 impl Unit {
+    /// This unit alone: a lone GCRA decision that consumes goes the short path.
     pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
-        self.append_after(call, &mut None)
+        match short_path(std::slice::from_ref(self), call, false) {
+            Ok((call, _)) => call,
+            Err(call) => self.append_after(call, &mut None),
+        }
     }
 
     /// Appends this unit after others: a decision alone may leave out the GCRA parameters it
@@ -174,4 +198,70 @@ pub(super) fn items_in_one_slot<'a>(items: impl IntoIterator<Item = &'a Item>) -
         .map(|i| key_slot(i.key.as_str().as_bytes()));
     let first = slots.next();
     slots.all(|s| Some(s) == first)
+}
+
+/// One hash's decisions on the short path: the hash, its decisions' quota (T in ns, burst)
+/// and cost, and which units they are.
+struct Segment<'u> {
+    key: &'u floodwall_core::Key,
+    params: (u64, u32, u32),
+    units: Vec<usize>,
+    fields: Vec<&'u str>,
+}
+
+/// `units` encoded for the short path (`limit.lua`'s `F`), when every one is a lone GCRA
+/// decision that consumes and each hash's decisions share one quota and cost: each hash once
+/// (as a key, or as an argument when `keys_as_args`: a node's batch over several slots), its
+/// quota once, then its decisions' fields. Also returns the units in the order their verdicts
+/// come back (hash by hash; a hash's decisions, a key's included, in arrival order). `Err`
+/// hands `call` back untouched when the batch does not qualify.
+pub(super) fn short_path<'s, U: std::borrow::Borrow<Unit>>(
+    units: &[U],
+    call: ScriptCall<'s>,
+    keys_as_args: bool,
+) -> Result<(ScriptCall<'s>, Vec<usize>), ScriptCall<'s>> {
+    let mut segments: Vec<Segment<'_>> = Vec::new();
+    for (i, unit) in units.iter().enumerate() {
+        let Unit::One(item) = unit.borrow() else {
+            return Err(call);
+        };
+        let Some(params) = item.short() else {
+            return Err(call);
+        };
+        match segments.iter_mut().find(|s| s.key == &item.key) {
+            Some(s) if s.params == params => {
+                s.units.push(i);
+                s.fields.push(item.field());
+            }
+            Some(_) => return Err(call),
+            None => segments.push(Segment {
+                key: &item.key,
+                params,
+                units: vec![i],
+                fields: vec![item.field()],
+            }),
+        }
+    }
+    let mut call = if keys_as_args {
+        let call = call.key(segments[0].key).arg("X").arg(segments.len());
+        segments
+            .iter()
+            .fold(call, |call, s| call.arg(s.key.as_str()))
+    } else {
+        segments.iter().fold(call, |call, s| call.key(s.key))
+    };
+    call = call.arg("F");
+    let mut order = Vec::with_capacity(units.len());
+    for (at, s) in segments.iter().enumerate() {
+        let (t_nanos, burst, cost) = s.params;
+        call = call
+            .arg(at + 1)
+            .arg(t_nanos)
+            .arg(burst)
+            .arg(cost)
+            .arg(s.units.len());
+        call = s.fields.iter().fold(call, |call, field| call.arg(*field));
+        order.extend_from_slice(&s.units);
+    }
+    Ok((call, order))
 }

@@ -58,17 +58,16 @@ pub(crate) async fn cluster_instance(
         .unwrap()
 }
 
-/// Puts 60 neighbours in the slot of `user`'s limiter key `key`, so the slot moves in several
-/// `MIGRATE` batches and the limiter's keys meet a half-moved slot; returns the port of the
-/// master that holds it and of another master to move it to.
-pub(crate) fn crowd_the_slot(
-    cluster: &floodwall_testkit::RedisCluster,
-    user: &str,
-    key: &str,
-) -> (u16, u16) {
+/// Puts 60 neighbours in the slot of the limiter's key `key` (their hash tag is its), so the
+/// slot moves in several `MIGRATE` batches and the limiter's keys meet a half-moved slot;
+/// returns the port of the master that holds it and of another master to move it to.
+pub(crate) fn crowd_the_slot(cluster: &floodwall_testkit::RedisCluster, key: &str) -> (u16, u16) {
     let source = cluster.node_for_key(key).unwrap();
+    let open = key.find('{').expect("a hash tag");
+    let close = open + key[open..].find('}').expect("a hash tag");
+    let tag = &key[open..=close];
     for i in 0..60 {
-        let k = format!("{{{user}}}:neighbour:{i}");
+        let k = format!("{tag}:neighbour:{i}");
         source.command(&["SET", &k, "x"]).unwrap();
     }
     let source = source.port();
