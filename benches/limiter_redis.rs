@@ -138,7 +138,14 @@ async fn run(
     (started.elapsed(), all)
 }
 
-fn limiter(conn: &RedisConnection, max_batch: usize, lease: Option<Lease>) -> RateLimiter {
+/// floodwall's limiter for the bench: batches of up to `max_batch`, leases, and the shard
+/// count (`None`: the default for the topology).
+fn limiter(
+    conn: &RedisConnection,
+    max_batch: usize,
+    lease: Option<Lease>,
+    shards: Option<u16>,
+) -> RateLimiter {
     let mut limit = Limit::new(
         "api",
         Algorithm::Gcra,
@@ -148,12 +155,14 @@ fn limiter(conn: &RedisConnection, max_batch: usize, lease: Option<Lease>) -> Ra
     if let Some(lease) = lease {
         limit = limit.lease(lease);
     }
-    RateLimiter::builder()
+    let mut builder = RateLimiter::builder()
         .limit(limit)
         .redis(StoreOptions::new(conn.clone()))
-        .redis_max_batch(max_batch)
-        .build()
-        .unwrap()
+        .redis_max_batch(max_batch);
+    if let Some(shards) = shards {
+        builder = builder.redis_shards(shards);
+    }
+    builder.build().unwrap()
 }
 
 /// floodwall batched, floodwall unbatched and the floor, on one topology.
@@ -189,15 +198,29 @@ fn targets(
             let sha: String = load.query_async(&mut c).await.unwrap();
             Target::Raw(c, sha.into())
         };
-        vec![
-            ("floodwall batched", Target::Ours(limiter(&conn, 128, None))),
-            ("floodwall unbatched", Target::Ours(limiter(&conn, 1, None))),
+        let mut targets = vec![
+            (
+                "floodwall batched",
+                Target::Ours(limiter(&conn, 128, None, None)),
+            ),
+            (
+                "floodwall unbatched",
+                Target::Ours(limiter(&conn, 1, None, None)),
+            ),
             (
                 "floodwall leased",
-                Target::Ours(limiter(&conn, 128, Some(lease))),
+                Target::Ours(limiter(&conn, 128, Some(lease), None)),
             ),
-            ("raw EVALSHA floor", floor),
-        ]
+        ];
+        if cluster {
+            // One shard per master instead of the default 16: a master's batch is one hash.
+            targets.push((
+                "floodwall batched, 3 shards",
+                Target::Ours(limiter(&conn, 128, None, Some(3))),
+            ));
+        }
+        targets.push(("raw EVALSHA floor", floor));
+        targets
     })
 }
 
@@ -419,18 +442,30 @@ async fn decide_each(limiter: &RateLimiter, keys: &Arc<Vec<String>>, upto: usize
     admitted
 }
 
-/// Memory per live key and the removal of states nobody decides any more, on standalone:
-/// `n` keys decided once each (a state that ends 2 s later: one token per 2 s, burst 2),
-/// `used_memory` before and after; then the first half decided again (their states end 4 s
-/// later), and the second half's states counted with `DBSIZE` until they are gone.
-fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
-    let url = server.url();
-    server.command(&["FLUSHALL"]).expect("FLUSHALL");
-    let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("m-{i}")).collect());
-    let quota = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(2))
-        .allow_burst(NonZeroU32::new(2).unwrap());
-    let limiter = rt.block_on(async {
-        let conn = RedisConnection::standalone(url.clone())
+/// The states of the limit `api` in its one shard's hash on a standalone server (`key`):
+/// the hash's fields less its own (`:c`, `:d`, `:x`, see `limit.lua`).
+fn states(url: &str, key: &str) -> u64 {
+    let mut conn = ::redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("a connection");
+    let fields: u64 = ::redis::cmd("HLEN")
+        .arg(key)
+        .query(&mut conn)
+        .expect("HLEN");
+    let own: Vec<Option<Vec<u8>>> = ::redis::cmd("HMGET")
+        .arg(key)
+        .arg(":c")
+        .arg(":d")
+        .arg(":x")
+        .query(&mut conn)
+        .expect("HMGET");
+    fields - own.iter().flatten().count() as u64
+}
+
+/// A limiter of one GCRA limit `api` keyed by `user`, on the standalone server at `url`.
+fn api_limiter(rt: &tokio::runtime::Runtime, url: &str, quota: Quota) -> RateLimiter {
+    rt.block_on(async {
+        let conn = RedisConnection::standalone(url.to_owned())
             .call_timeout(Duration::from_secs(5))
             .connect()
             .await
@@ -440,23 +475,57 @@ fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
             .redis(StoreOptions::new(conn))
             .build()
             .unwrap()
-    });
+    })
+}
+
+/// Memory per live state and the removal of states nobody decides any more, on standalone:
+/// `n` keys decided once each (a state that ends 2 s later: one token per 2 s, burst 2),
+/// `used_memory` before and after, the states counted in the shard's hash; then, while the
+/// first half is decided again and again (by a quota whose states stay 86 s ahead, so they
+/// stay), the second half's states are counted until the sweep has removed them.
+fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
+    let url = server.url();
+    server.command(&["FLUSHALL"]).expect("FLUSHALL");
+    let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("m-{i}")).collect());
+    let quota = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(2))
+        .allow_burst(NonZeroU32::new(2).unwrap());
+    let limiter = api_limiter(rt, &url, quota);
+    let hash = limiter.redis_location("api", "m-0").expect("on Redis").key;
     let used = || redis_number(&url, &["INFO", "memory"], Some("used_memory"));
     let before = used();
     assert_eq!(rt.block_on(decide_each(&limiter, &keys, n)), n);
     let ended_by = Instant::now() + Duration::from_secs(2);
-    let live = redis_number(&url, &["DBSIZE"], None);
+    let live = states(&url, &hash);
     let bytes = used().saturating_sub(before);
     eprintln!(
-        "\nmemory: {live} live keys after {n} decided: {:.0} bytes per key (Redis used_memory)",
-        bytes as f64 / live.max(1) as f64
+        "\nmemory: {live} live states after {n} keys decided: {:.0} bytes per state (Redis \
+         used_memory; {} keys in Redis)",
+        bytes as f64 / live.max(1) as f64,
+        redis_number(&url, &["DBSIZE"], None)
     );
-    assert_eq!(rt.block_on(decide_each(&limiter, &keys, n / 2)), n / 2);
+    // The first half, decided again and again while the second half's states end and go.
+    let busy = api_limiter(
+        rt,
+        &url,
+        Quota::new(NonZeroU32::new(1_000).unwrap(), Duration::from_secs(86_400)),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let touching = {
+        let (busy, keys, stop) = (busy.clone(), keys.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(decide_each(&busy, &keys, n / 2).await, n / 2);
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     let touched = (n / 2) as u64;
     let mut half_gone = None;
-    let give_up = ended_by + Duration::from_secs(10);
+    let give_up = ended_by + Duration::from_secs(20);
     let left = loop {
-        let left = redis_number(&url, &["DBSIZE"], None).saturating_sub(touched);
+        let left = states(&url, &hash).saturating_sub(touched);
         let since = Instant::now().saturating_duration_since(ended_by);
         if left <= touched / 2 && half_gone.is_none() {
             half_gone = Some(since);
@@ -466,11 +535,17 @@ fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    let all_gone = Instant::now().saturating_duration_since(ended_by);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = rt.block_on(touching).expect("the touching callers");
     eprintln!(
         "memory: of {touched} states nobody decided again, half were removed {:?} and all but \
-         {left} {:?} after the last of them ended",
+         {left} {all_gone:?} after the last of them ended, while the other {touched} were \
+         decided {rounds} times each (bound: 0.1 s + two sweep passes of {} steps 2 ms apart, \
+         {:?})",
         half_gone.unwrap_or_default(),
-        Instant::now().saturating_duration_since(ended_by),
+        n.div_ceil(128),
+        Duration::from_millis(100) + Duration::from_millis(4 * n.div_ceil(128) as u64),
     );
 }
 

@@ -31,6 +31,8 @@
 -- (their keys in KEYS as usual). Each is first decided as a peek; only if every one admits
 -- are they decided again as asked, so a denial takes nothing. Its reply element is the array
 -- of its verdicts.
+-- A lone GCRA decision that consumes: KEYS[1] its hash; ARGV T, b, cost, field (4 fields:
+-- no other call has 4).
 -- The short path (a batch of GCRA decisions that consume, each hash's with one T, b and
 -- cost): KEYS (or the 'X' list) holds each hash once; ARGV 'F', then for each hash: its
 -- index in the key list, T, b, cost, n, then its n decisions' fields. Verdicts come back hash
@@ -51,9 +53,10 @@
 -- A GCRA state whose TAT has passed equals an absent one. Such fields are removed by a sweep
 -- that calls writing a hash run in steps: HSCAN from ':c' (SWEEP_COUNT fields), deleting
 -- those whose TAT has passed, at most one step per SWEEP_STEP; when the cursor comes back to
--- 0, the next pass starts SWEEP_PAUSE later. So while a hash of N fields is written, a
--- stale field is gone within SWEEP_PAUSE plus one pass, N / SWEEP_COUNT steps (0.1 s +
--- 1.6 s for 100,000 fields). The hash's TTL is kept past its latest TAT (':x', set to twice
+-- 0, the next pass starts SWEEP_PAUSE later. So while a hash of N fields is written at
+-- least every SWEEP_STEP, a stale field is gone within the rest of the pass under way,
+-- SWEEP_PAUSE and one more pass: 0.1 s + 2 * N / SWEEP_COUNT steps (3.2 s for 100,000
+-- fields); written less often, a step comes with each write. The hash's TTL is kept past its latest TAT (':x', set to twice
 -- the remaining time, at least 1 s, whenever a TAT goes past it), so a hash nobody writes
 -- any more expires whole.
 --
@@ -151,6 +154,29 @@ local function store(h, sets, dels, written, top, c, d, x)
   end
   chunked('HSET', h, sets, 2)
   if expire then redis.call('PEXPIRE', h, math.ceil((x - now) / 1000) + 1) end
+end
+
+-- One GCRA decision that consumes, alone (the call an idle connection sends): KEYS[1] its
+-- hash; ARGV T, b, cost, field. The short path's work for one decision, reading the hash's
+-- own fields only as far as it needs them: a sweep step or a longer TTL, when due, goes
+-- through `store` like any batch's.
+if #ARGV == 4 then
+  local h, f = KEYS[1], ARGV[4]
+  local v = redis.pcall('HMGET', h, ':d', ':x', f)
+  if v.err then return v.err end
+  local tat = tat_of(v[3])
+  if tat == nil then return 'floodwall: the state of ' .. f .. ' in ' .. h .. ' is not a TAT' end
+  local T = tonumber(ARGV[1]) / 1000
+  if tat < now then tat = now end
+  local new_tat = tat + tonumber(ARGV[3]) * T
+  if new_tat - now > T * tonumber(ARGV[2]) + 0.0005 then return -math.ceil(tat - now) - 1 end
+  local packed = pack('<d', new_tat)
+  if now < (tonumber(v[1]) or 0) and new_tat <= (tonumber(v[2]) or 0) then
+    redis.call('HSET', h, f, packed)
+  else
+    store(h, {f, packed}, {}, {[f] = true}, new_tat, redis.call('HGET', h, ':c'), v[1], v[2])
+  end
+  return math.ceil(new_tat - now)
 end
 
 -- The short path (see the header): GCRA decisions that consume, hash by hash. The loop is

@@ -118,11 +118,20 @@ fn same_params(op: &'static str) -> &'static str {
 }
 
 impl Unit {
-    /// This unit alone: a lone GCRA decision that consumes goes the short path.
+    /// This unit alone: a lone GCRA decision that consumes goes as its hash, T, b, cost and
+    /// field (`limit.lua`'s call of 4 arguments).
     pub(super) fn append<'s>(&self, call: ScriptCall<'s>) -> ScriptCall<'s> {
-        match short_path(std::slice::from_ref(self), call, false) {
-            Ok((call, _)) => call,
-            Err(call) => self.append_after(call, &mut None),
+        match self {
+            Unit::One(item) => match item.short() {
+                Some((t_nanos, burst, cost)) => call
+                    .key(&item.key)
+                    .arg(t_nanos)
+                    .arg(burst)
+                    .arg(cost)
+                    .arg(item.field()),
+                None => self.append_after(call, &mut None),
+            },
+            Unit::Group(_) => self.append_after(call, &mut None),
         }
     }
 
