@@ -1,0 +1,265 @@
+//! Layout 2 on Redis (see the `redis` module's docs): where a limit's states live, that they
+//! never meet the keys of the layout before, that stale GCRA states are swept and a shard's
+//! hash keeps a TTL, and how shards spread over a Cluster.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use floodwall_core::Keyspace;
+use floodwall_core::redis::StoreOptions;
+use floodwall_limiter::{Algorithm, FailurePolicy, Limit, Quota, RateLimiter};
+use floodwall_testkit::{RedisCluster, RedisServer};
+use proptest::prelude::*;
+
+mod common;
+use common::{connect, standalone};
+
+fn n(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap()
+}
+
+/// A limiter of GCRA `api`, fixed window `hour` and sliding log `log`, all keyed by `user`.
+async fn three_limits(urls: &[String], cluster: bool, shards: Option<u16>) -> RateLimiter {
+    let mut b = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(5))).keyed_by("user"))
+        .limit(Limit::new("hour", Algorithm::FixedWindow, Quota::per_hour(n(5))).keyed_by("user"))
+        .limit(Limit::new("log", Algorithm::SlidingLog, Quota::per_hour(n(5))).keyed_by("user"))
+        .redis(StoreOptions::new(connect(urls, cluster).await))
+        .failure_policy(FailurePolicy::FailClosed);
+    if let Some(shards) = shards {
+        b = b.redis_shards(shards);
+    }
+    b.build().unwrap()
+}
+
+/// Redis `TIME` in µs.
+fn redis_now(server: &RedisServer) -> f64 {
+    let t = server.command(&["TIME"]).unwrap();
+    let mut parts = t.lines().map(|l| l.trim().parse::<f64>().unwrap());
+    parts.next().unwrap() * 1e6 + parts.next().unwrap()
+}
+
+/// The states in a GCRA shard's hash: its fields less its own (`:c`, `:d`, `:x`).
+fn states(server: &RedisServer, hash: &str) -> u64 {
+    let fields: u64 = server
+        .command(&["HLEN", hash])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let present = [":c", ":d", ":x"]
+        .iter()
+        .filter(|f| server.command(&["HEXISTS", hash, f]).unwrap().trim() == "1")
+        .count() as u64;
+    fields - present
+}
+
+/// The previous layout's keys (`fw-rl:v1:{<key>}:<limit>`, and `:seq` for the log) are
+/// never read or written: a user whose old states are spent is decided afresh, the old
+/// values stay as they were, and every key the limiter writes carries a shard's tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limiter_never_meets_the_previous_layouts_keys() {
+    let Some(server) = RedisServer::start_or_skip("a_limiter_never_meets_the_previous_layouts")
+    else {
+        return;
+    };
+    let limiter = three_limits(&[server.url()], false, None).await;
+    let old = Keyspace::new("fw-rl", 1).unwrap();
+    let far = format!("{:.0}", redis_now(&server) + 3.6e9);
+    // What the previous layout holds for a user who spent every limit.
+    let gcra = old.key("spent").part("api").build();
+    let hour = old.key("spent").part("hour").build();
+    server.command(&["SET", gcra.as_str(), &far]).unwrap();
+    server
+        .command(&["HSET", hour.as_str(), "w", "1", "c", "5", "p", "0"])
+        .unwrap();
+    let mut admitted = 0;
+    for _ in 0..5 {
+        let v = limiter.check(&[("user", "spent")]).await.unwrap();
+        assert!(v.degraded.is_none(), "{v:?}");
+        admitted += u32::from(v.allowed);
+    }
+    assert_eq!(server.command(&["GET", gcra.as_str()]).unwrap(), far);
+    assert_eq!(
+        server.command(&["HGET", hour.as_str(), "c"]).unwrap(),
+        "5",
+        "the old counter untouched"
+    );
+    let keys = server.command(&["KEYS", "fw-rl:*"]).unwrap();
+    let ours: Vec<&str> = keys
+        .lines()
+        .filter(|k| *k != gcra.as_str() && *k != hour.as_str())
+        .collect();
+    println!(
+        "a user spent on the previous layout: {admitted} of 5 admitted; keys written: {ours:?}"
+    );
+    assert_eq!(admitted, 5);
+    assert_eq!(
+        ours.len(),
+        4,
+        "the GCRA hash, the counter, the log and its sequence"
+    );
+    assert!(
+        ours.iter().all(|k| k.starts_with("fw-rl:v1:{#2.1.0.")),
+        "{ours:?}"
+    );
+    let at = limiter.redis_location("api", "spent").unwrap();
+    assert!(ours.contains(&at.key.as_str()));
+    assert_eq!(at.field.as_deref(), Some("spent"));
+}
+
+/// No key a limit's state lives at is one the previous layout used, whatever the key.
+#[test]
+fn no_state_key_is_a_previous_layout_key() {
+    let Some(server) = RedisServer::start_or_skip("no_state_key_is_a_previous_layout_key") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limiter = rt.block_on(three_limits(&[server.url()], false, Some(16)));
+    let old = Keyspace::new("fw-rl", 1).unwrap();
+    let checked = std::sync::atomic::AtomicU64::new(0);
+    proptest!(ProptestConfig::with_cases(512), |(user in any::<Vec<u8>>())| {
+        let user = String::from_utf8_lossy(&user).into_owned();
+        let previous: Vec<String> = ["api", "hour", "log"]
+            .iter()
+            .flat_map(|l| {
+                let base = old.key(&user).part(l);
+                [base.clone().build().into_string(), base.part("seq").build().into_string()]
+            })
+            .collect();
+        for limit in ["api", "hour", "log"] {
+            let at = limiter.redis_location(limit, &user).unwrap();
+            prop_assert!(!previous.contains(&at.key), "{:?}", at);
+            if let Some(seq) = &at.sequence {
+                prop_assert!(!previous.contains(seq), "{:?}", at);
+            }
+            checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    println!(
+        "{} state keys checked against the previous layout's",
+        checked.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// 1,000 GCRA states that end 1 ms after their decision are removed by the sweep while the
+/// shard keeps being written: within two passes of ⌈1000 / 128⌉ steps (counted from the
+/// server's `HSCAN` calls), and the hash keeps a TTL past its latest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_states_are_swept_while_their_shard_is_written() {
+    let Some(server) = RedisServer::start_or_skip("stale_states_are_swept") else {
+        return;
+    };
+    let limiter = RateLimiter::builder()
+        .limit(
+            Limit::new(
+                "api",
+                Algorithm::Gcra,
+                Quota::per_second(n(1000)).allow_burst(n(1)),
+            )
+            .keyed_by("user"),
+        )
+        .redis(StoreOptions::new(standalone(server.url()).await))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let stale = 1000u64;
+    for i in 0..stale {
+        let v = limiter.check(&[("user", &format!("m-{i}"))]).await.unwrap();
+        assert!(v.allowed && v.degraded.is_none());
+    }
+    let hash = limiter.redis_location("api", "m-0").unwrap().key;
+    let ttl: i64 = server
+        .command(&["PTTL", &hash])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Every state ends within 1 ms of its decision: the hash outlives the latest, and its TTL
+    // was set at most 1 s (and a millisecond of rounding) past a state's end.
+    assert!((2..=1002).contains(&ttl), "the hash's TTL: {ttl} ms");
+    let before = states(&server, &hash);
+    // Wait (on Redis time) until the last state has ended.
+    let ended = redis_now(&server) + 1_000.0;
+    while redis_now(&server) <= ended {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let scans_before = server.command_calls(&["hscan"]).unwrap();
+    let started = Instant::now();
+    let mut writes = 0u64;
+    let left = loop {
+        let left = states(&server, &hash).saturating_sub(1);
+        if left == 0 || writes == 2_000 {
+            break left;
+        }
+        // Another key written, one sweep step's interval (2 ms, on Redis time) apart.
+        let next = redis_now(&server) + 2_000.0;
+        while redis_now(&server) < next {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(limiter.check(&[("user", "busy")]).await.unwrap().allowed);
+        writes += 1;
+    };
+    let steps = server.command_calls(&["hscan"]).unwrap() - scans_before;
+    let pass = stale.div_ceil(128);
+    println!(
+        "the hash's TTL {ttl} ms; {stale} states decided, {before} still held when the last ended: all but {left} removed after {writes} writes of another \
+         key, {steps} sweep steps, {:?} (bound: two passes of {pass} steps and the pause)",
+        started.elapsed()
+    );
+    assert_eq!(left, 0);
+    assert!(steps <= 2 * pass + 2, "{steps} steps");
+}
+
+/// Building with a shard count outside 1 to `MAX_SHARDS` is refused.
+#[tokio::test]
+async fn a_shard_count_out_of_range_is_a_build_error() {
+    let Some(server) = RedisServer::start_or_skip("a_shard_count_out_of_range") else {
+        return;
+    };
+    for shards in [0, floodwall_limiter::redis::MAX_SHARDS + 1] {
+        let e = RateLimiter::builder()
+            .limit(Limit::new("api", Algorithm::Gcra, Quota::per_second(n(5))))
+            .redis(StoreOptions::new(standalone(server.url()).await))
+            .redis_shards(shards)
+            .build()
+            .err()
+            .expect("refused");
+        println!("{shards} shards: {e}");
+        assert_eq!(e.field, "redis_shards");
+    }
+}
+
+/// On a 3-master Cluster, the states of 300 users spread over every master: with the default
+/// 16 shards, in at most 16 GCRA hashes; with 3 shards, in one hash per master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_spread_over_the_masters() {
+    let Some(cluster) = RedisCluster::start_or_skip("shards_spread_over_the_masters", 3) else {
+        return;
+    };
+    for (shards, most) in [(None, 16), (Some(3), 3)] {
+        let limiter = three_limits(&cluster.urls(), true, shards).await;
+        for u in 0..300 {
+            let v = limiter.check(&[("user", &format!("u{u}"))]).await.unwrap();
+            assert!(v.allowed && v.degraded.is_none(), "{v:?}");
+        }
+        let mut per_master = Vec::new();
+        for node in cluster.nodes() {
+            let keys = node.command(&["KEYS", "fw-rl:*:api"]).unwrap();
+            per_master.push(keys.lines().filter(|l| !l.is_empty()).count());
+        }
+        let hashes: usize = per_master.iter().sum();
+        println!("{shards:?} shards: GCRA hashes per master {per_master:?}");
+        assert!(per_master.iter().all(|&h| h >= 1), "{per_master:?}");
+        assert!(hashes <= most, "{hashes} hashes");
+        if shards == Some(3) {
+            assert_eq!(per_master, vec![1, 1, 1]);
+        }
+        for node in cluster.nodes() {
+            node.command(&["FLUSHALL"]).unwrap();
+        }
+    }
+}
