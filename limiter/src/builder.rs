@@ -91,22 +91,6 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// How many shards a limit's states are spread over on Redis (1 to
-    /// [`MAX_SHARDS`](crate::redis::MAX_SHARDS); default: 1 on a standalone or Sentinel
-    /// server, [`DEFAULT_CLUSTER_SHARDS`](crate::redis::DEFAULT_CLUSTER_SHARDS) on Cluster).
-    ///
-    /// A shard is one hash tag: a batch decides a shard's GCRA states with one read and one
-    /// write, so fewer shards cost Redis less per decision; more shards spread a limit over
-    /// more Cluster masters and keep each hash smaller (see the [`redis`](crate::redis)
-    /// module). **Every instance of a fleet must use the same count**: instances with
-    /// different counts keep separate states, each admitting up to the limit.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis_shards(mut self, shards: u16) -> Self {
-        self.redis.shards = Some(shards);
-        self
-    }
-
     /// Builds the limiter.
     pub fn build(mut self) -> Result<RateLimiter, ConfigError> {
         #[cfg(feature = "metrics")]

@@ -226,8 +226,7 @@ async fn a_shard_count_out_of_range_is_a_build_error() {
             .redis(StoreOptions::new(standalone(server.url()).await))
             .redis_shards(shards)
             .build()
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         println!("{shards} shards: {e}");
         assert_eq!(e.field, "redis_shards");
     }
