@@ -18,14 +18,17 @@
 //!   summed over the Cluster's masters) per decision, and that against the floor's, and the
 //!   decisions per script call (`INFO commandstats`: how large batches were) — for
 //!   standalone 64 callers on 64 keys, on 10 000 keys and on 10 hot keys, 1 caller, and a
-//!   3-master Cluster with 64 callers on 10 000 keys and on 10 hot keys. The client shares
-//!   the machine's cores with Redis, so throughput is bounded by both; the CPU column is
-//!   Redis's alone.
+//!   3-master Cluster with 64 callers on 10 000 keys and on 10 hot keys (and, on the
+//!   Cluster, floodwall with 3 shards, one per master, beside the default 16). The client
+//!   shares the machine's cores with Redis, so throughput is bounded by both: the last column
+//!   is the client's CPU per decision (this process's, `/proc/self/stat`, the bench's own
+//!   callers included), beside Redis's.
 //!
-//! - Last, on standalone Redis: memory per live key (100 000 keys decided once each, Redis
-//!   `used_memory` before and after) and how soon the states nobody decides any more are
-//!   removed (half the keys decided again, the other half's states counted until they are
-//!   gone, from the moment the last of them ended).
+//! - Then, on standalone Redis: memory per live state (100 000 keys decided once each, Redis
+//!   `used_memory` before and after, the states counted in the shard's hash) and how soon
+//!   the states nobody decides any more are removed (while the first half is decided again
+//!   and again, the other half's states counted until the sweep has removed them, from the
+//!   moment the last of them ended).
 //!
 //! The bench starts its own `redis-server`s (testkit) and is skipped without them. Under
 //! `cargo test --benches` it runs each scenario once, briefly.
@@ -258,6 +261,26 @@ fn redis_usage(urls: &[String]) -> (f64, u64) {
     (cpu, calls)
 }
 
+/// This process's CPU time so far (seconds, user + system; `/proc/self/stat`, in clock ticks
+/// of 10 ms): the client's side of the decisions, the bench's callers included.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the stat file's 14th and 15th fields: 12th and 13th after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Runs one scenario's targets in rotating rounds and prints a table row per target; `urls`
 /// are the Redis servers whose CPU the decisions use.
 #[allow(clippy::too_many_arguments)]
@@ -277,19 +300,26 @@ fn scenario(
     let mut cpu = vec![0f64; n];
     let mut calls = vec![0u64; n];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    let mut client = vec![0f64; n];
     for round in 0..rounds {
         for i in (0..n).map(|k| (k + round) % n) {
             let (cpu_before, calls_before) = redis_usage(urls);
+            let client_before = own_cpu();
             let (t, l) = rt.block_on(run(&targets[i].1, callers, spread, per_caller, true, keys));
+            let client_after = own_cpu();
             let (cpu_after, calls_after) = redis_usage(urls);
             cpu[i] += cpu_after - cpu_before;
+            client[i] += client_after - client_before;
             calls[i] += calls_after.saturating_sub(calls_before);
             took[i] += t;
             lat[i].extend(l);
         }
     }
-    // Redis CPU per decision, in µs.
+    // Redis's and the client's CPU per decision, in µs.
     let cpu: Vec<f64> = (0..n).map(|i| cpu[i] * 1e6 / lat[i].len() as f64).collect();
+    let client: Vec<f64> = (0..n)
+        .map(|i| client[i] * 1e6 / lat[i].len() as f64)
+        .collect();
     let rate: Vec<f64> = (0..n)
         .map(|i| lat[i].len() as f64 / took[i].as_secs_f64())
         .collect();
@@ -298,14 +328,15 @@ fn scenario(
         l.sort();
         let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
         eprintln!(
-            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x | {:.2} µs | {:.2}x | {:.1} |",
+            "| {name} | {target} | {:.0} | {:?} | {:?} | {:.2}x | {:.2} µs | {:.2}x | {:.1} | {:.2} µs |",
             rate[i],
             pct(0.50),
             pct(0.99),
             rate[i] / rate[n - 1],
             cpu[i],
             cpu[i] / cpu[n - 1],
-            l.len() as f64 / calls[i].max(1) as f64
+            l.len() as f64 / calls[i].max(1) as f64,
+            client[i],
         );
     }
 }
@@ -346,9 +377,9 @@ fn redis_decisions(c: &mut Criterion) {
 
     let (per, rounds) = if full { (300, 6) } else { (10, 1) };
     eprintln!(
-        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor | decisions per script call |"
+        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor | decisions per script call | client CPU per decision |"
     );
-    eprintln!("|---|---|---|---|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|");
     // (scenario, callers, keys, decisions per caller, rounds). One caller's latency swings
     // between two levels from round to round, as the runtime's threads happen to meet the
     // connection's (tens of µs apart on a VM): that scenario runs in five times as many
