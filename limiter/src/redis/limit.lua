@@ -3,10 +3,10 @@
 --
 -- Layout 2 (see src/redis/shards.rs): a GCRA limit keeps the states of a shard's keys as
 -- fields of one hash (field: the key's encoded form; value: its TAT in us, packed as
--- `tat_of` reads it); the other
--- algorithms keep one key per limited key. A hash also holds three fields of its own, whose
--- names no key's field can have (an encoded key holds no ':'): ':c' the sweep's HSCAN cursor,
--- ':d' when the next sweep may start (us), ':x' when the hash expires (us).
+-- `tat_of` reads it); the other algorithms keep one key per limited key. A hash also holds
+-- three fields of its own, whose names no key's field can have (an encoded key holds no
+-- ':'): ':c' the sweep's HSCAN cursor, ':d' when the next sweep step may start (us), ':x'
+-- when the hash expires (us).
 --
 -- KEYS: each decision's keys, in order: its state key (GCRA: its shard's hash), then (sliding
 --       log only) its member sequence. All keys of one call share a slot (on Cluster, one
@@ -56,9 +56,9 @@
 -- 0, the next pass starts SWEEP_PAUSE later. So while a hash of N fields is written at
 -- least every SWEEP_STEP, a stale field is gone within the rest of the pass under way,
 -- SWEEP_PAUSE and one more pass: 0.1 s + 2 * N / SWEEP_COUNT steps (3.2 s for 100,000
--- fields); written less often, a step comes with each write. The hash's TTL is kept past its latest TAT (':x', set to twice
--- the remaining time, at least 1 s, whenever a TAT goes past it), so a hash nobody writes
--- any more expires whole.
+-- fields); written less often, a step comes with each write. The hash's TTL is kept past
+-- its latest TAT: whenever a TAT goes past ':x', the hash expires at that TAT plus its
+-- remaining time (at least 1 s), so a hash nobody writes any more expires whole.
 --
 -- Written for speed on the server, where the batch's cost is: plain loops, and
 -- `redis.pcall` (an error is a value, kept as that decision's reply) instead of `pcall`.
