@@ -204,6 +204,105 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
     );
 }
 
+/// The short path (`limit.lua`'s `F`: GCRA decisions that consume, each hash named once with
+/// its quota and cost, then a field per decision; verdicts hash by hash) decides as the same
+/// decisions sent one by one, each alone (the 4-argument call), in arrival order, and as the
+/// memory model: random sequences over two hashes (two limits) of three keys each, each hash
+/// with a cost of its own.
+#[test]
+fn a_short_path_batch_decides_as_one_by_one_and_as_the_memory_model() {
+    let Some(server) = RedisServer::start_or_skip("a_short_path_batch_decides_as_one_by_one")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let script = redis::Script::new(SCRIPT);
+    let conn = rt.block_on(async {
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
+    let q = quota();
+    let t_nanos = q.emission_interval().as_nanos() as u64;
+    let case = AtomicU64::new(0);
+    let decisions = AtomicU64::new(0);
+    let strategy = (
+        prop::collection::vec((0..2u8, 0..3u8), 1..40),
+        1..=3u32,
+        1..=3u32,
+    );
+    proptest!(ProptestConfig::with_cases(64), |((picks, cost0, cost1) in strategy)| {
+        let c = case.fetch_add(1, Ordering::Relaxed);
+        let cost = |hash: u8| if hash == 0 { cost0 } else { cost1 };
+        let hash_key = |prefix: &str, hash: u8| format!("{prefix}:{{s}}:h{hash}");
+        // Each hash's decisions, in order of first appearance, and where each one's verdict
+        // goes.
+        let mut hashes: Vec<(u8, Vec<usize>)> = Vec::new();
+        for (i, (hash, _)) in picks.iter().enumerate() {
+            match hashes.iter_mut().find(|(h, _)| h == hash) {
+                Some((_, at)) => at.push(i),
+                None => hashes.push((*hash, vec![i])),
+            }
+        }
+        let (batch, single, expected) = rt.block_on(async {
+            let mut inv = script.prepare_invoke();
+            for (hash, _) in &hashes {
+                inv.key(hash_key(&format!("b{c}"), *hash));
+            }
+            inv.arg("F");
+            for (at, (hash, idx)) in hashes.iter().enumerate() {
+                inv.arg(at + 1).arg(t_nanos).arg(q.burst().get()).arg(cost(*hash)).arg(idx.len());
+                for &i in idx {
+                    inv.arg(format!("u{}", picks[i].1));
+                }
+            }
+            let mut conn = conn.clone();
+            let reply: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
+            let items = match reply {
+                redis::Value::Array(items) => items,
+                one => vec![one],
+            };
+            let order = hashes.iter().flat_map(|(_, idx)| idx.iter().copied());
+            let mut batch = vec![(false, 0); picks.len()];
+            for (i, v) in order.zip(&items) {
+                let op = Op { alg: 0, user: 0, cost: cost(picks[i].0), peek: false };
+                batch[i] = verdict(op, v);
+            }
+            let mut single = Vec::new();
+            for (hash, user) in &picks {
+                let mut inv = script.prepare_invoke();
+                inv.key(hash_key(&format!("s{c}"), *hash))
+                    .arg(t_nanos)
+                    .arg(q.burst().get())
+                    .arg(cost(*hash))
+                    .arg(format!("u{user}"));
+                let v: redis::Value = inv.invoke_async(&mut conn).await.unwrap();
+                let op = Op { alg: 0, user: 0, cost: cost(*hash), peek: false };
+                single.push(verdict(op, &v));
+            }
+            // The model: a key of its own per (hash, user), each hash's cost.
+            let ops: Vec<Op> = picks
+                .iter()
+                .map(|(hash, user)| Op { alg: 0, user: hash * 3 + user, cost: cost(*hash), peek: false })
+                .collect();
+            (batch, single, model(&ops).await)
+        });
+        decisions.fetch_add(picks.len() as u64, Ordering::Relaxed);
+        prop_assert_eq!(&batch, &single, "batch vs one by one for {:?}", picks);
+        prop_assert_eq!(&batch, &expected, "batch vs the memory model for {:?}", picks);
+    });
+    println!(
+        "{} cases, {} decisions: every short-path batch decided as one by one and as the memory model",
+        case.load(Ordering::Relaxed),
+        decisions.load(Ordering::Relaxed)
+    );
+}
+
 /// A batch reads each GCRA hash's fields together (one `HMGET`): a hash of another type and
 /// a field whose value is not a number are each the error of the decisions on them alone,
 /// left untouched, and every other decision of the batch — the same key twice included — is
