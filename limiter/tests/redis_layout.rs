@@ -262,3 +262,37 @@ async fn shards_spread_over_the_masters() {
         }
     }
 }
+
+/// After `FLUSHALL` (Redis lost its data) every key starts afresh, as documented: a spent
+/// user is admitted its limit again, no decision fails, and the shard's hash is written anew
+/// with a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_flushall_every_key_starts_afresh() {
+    let Some(server) = RedisServer::start_or_skip("after_flushall_every_key_starts_afresh") else {
+        return;
+    };
+    let limiter = three_limits(&[server.url()], false, None).await;
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let mut admitted = 0;
+        for _ in 0..7 {
+            let v = limiter.check(&[("user", "u")]).await.unwrap();
+            assert!(v.degraded.is_none(), "{v:?}");
+            admitted += u32::from(v.allowed);
+        }
+        rounds.push(admitted);
+        if round == 0 {
+            server.command(&["FLUSHALL"]).unwrap();
+        }
+    }
+    let hash = limiter.redis_location("api", "u").unwrap().key;
+    let ttl: i64 = server
+        .command(&["PTTL", &hash])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    println!("admitted of 7 before and after FLUSHALL: {rounds:?}; the shard's hash TTL {ttl} ms");
+    assert_eq!(rounds, vec![5, 5]);
+    assert!(ttl > 0, "{ttl}");
+}

@@ -22,7 +22,11 @@
 //! (`fw-rl:v1:{#2.…}:<limit>:<key>`). [`RateLimiter::redis_location`](crate::RateLimiter::redis_location)
 //! says where a key's state is. No key of layout 2 is a key of the layout before it
 //! (`fw-rl:v1:{<key>}:<limit>`): a limiter of this version and one of an earlier version never
-//! read or write each other's states (see the CHANGELOG for a rolling upgrade).
+//! read or write each other's states (see the CHANGELOG for a rolling upgrade). When Redis
+//! loses its data (a restart without persistence, `FLUSHALL`, a failover to a replica that
+//! lagged), the states it lost are gone: each of those keys starts afresh, and may be
+//! admitted up to its limit again; the shard's hash, its sweep and its TTL start over with
+//! the next write (`limiter/tests/redis_layout.rs::after_flushall_every_key_starts_afresh`).
 //!
 //! **Exact batching** (on by default). Each standalone or Sentinel server has at most 2
 //! limiter calls in flight, each Cluster master 1. A decision that finds room is sent at once,
