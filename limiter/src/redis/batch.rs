@@ -53,8 +53,8 @@ struct Group {
 /// is on its way (or being answered), so Redis does not sit idle while the client turns a
 /// batch around; more calls in flight make each batch smaller, and a batch's fixed cost on
 /// the server is shared by fewer decisions (`benches/limiter_redis.rs`, 64 callers, 10k
-/// keys: 19.6 decisions per call and 0.44 of the floor's Redis CPU with 2; 10.2 and 0.60 with
-/// 4).
+/// keys: 19.4 decisions per call with 2, 10.2 with 4; with 1, 34, but Redis then waits
+/// for each batch and the throughput fell by a fifth).
 const IN_FLIGHT: usize = 2;
 /// The same for each Cluster master: the client's calls are spread over the masters, which
 /// keeps every master busy with one call each, and batches larger (3 masters, 64 callers:
