@@ -54,7 +54,7 @@ struct Group {
 /// batch around; more calls in flight make each batch smaller, and a batch's fixed cost on
 /// the server is shared by fewer decisions (`benches/limiter_redis.rs`, 64 callers, 10k
 /// keys: 19.4 decisions per call with 2, 10.2 with 4; with 1, 34, but Redis then waits
-/// for each batch and the throughput fell by a fifth).
+/// for each batch: 1.15x the floor's throughput, against 1.47x with 2).
 const IN_FLIGHT: usize = 2;
 /// The same for each Cluster master: the client's calls are spread over the masters, which
 /// keeps every master busy with one call each, and batches larger (3 masters, 64 callers:
