@@ -81,7 +81,7 @@ impl RateLimiterBuilder {
 
     /// The most decisions one Redis call carries (default
     /// [`DEFAULT_MAX_BATCH`](crate::redis::DEFAULT_MAX_BATCH), 128). Decisions that wait for a
-    /// slot while a call for it is in flight are sent together when it returns (see the
+    /// node while a call for it is in flight are sent together when it returns (see the
     /// [`redis`](crate::redis) module); `1` turns batching off: every decision is its own
     /// call, all in flight at once. `0` is refused by [`build`](Self::build).
     #[cfg(feature = "redis")]

@@ -426,8 +426,9 @@ async fn a_batch_answers_each_decision_by_its_own_bound() {
             })
             .collect::<Vec<_>>()
     };
-    // Four calls in flight fill the slot; they end at their bound, and the decisions that
-    // queued behind them go as one batch: 16 queued at +50 ms, 16 at +150 ms.
+    // The first decision goes alone and the next queue behind it; 16 more at +50 ms and 16
+    // at +150 ms fill batches that go while it is in flight, mixing decisions that came up
+    // to 100 ms apart. Every call hangs until the decisions' bounds.
     let mut tasks = spawn("alone", 4);
     tokio::time::sleep(Duration::from_millis(50)).await;
     tasks.extend(spawn("early", 16));

@@ -28,12 +28,12 @@
 //! admitted up to its limit again; the shard's hash, its sweep and its TTL start over with
 //! the next write (`limiter/tests/redis_layout.rs::after_flushall_every_key_starts_afresh`).
 //!
-//! **Exact batching** (on by default). Each standalone or Sentinel server has at most 2
-//! limiter calls in flight, each Cluster master 1. A decision that finds room is sent at once,
-//! alone — no timer, no added wait on an idle connection. One that finds its node's calls in
-//! flight waits, and when one returns, everything waiting for that node (up to
+//! **Exact batching** (on by default). A decision that finds its node idle is sent at once,
+//! alone — no timer, no added wait on an idle connection. One that finds a call in flight
+//! waits, and when a call returns, everything waiting for that node (up to
 //! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
-//! one script call. The script decides the batch's decisions in arrival order, each seeing the
+//! one script call; on a standalone or Sentinel server, 16 waiting decisions also go at once
+//! while fewer than 4 calls are in flight (a Cluster master has one call in flight). The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
 //! same key read it once and write it once (the sliding log works on its sorted set step by
 //! step). A batch of GCRA decisions that consume — the common case — takes a short path: each
