@@ -379,6 +379,20 @@ mod tests {
     use super::*;
 
     #[test]
+    #[should_panic(expected = "not 32 hex digits")]
+    fn a_store_key_tag_that_a_hashed_part_could_be_is_refused() {
+        let _ = Keyspace::new("n", 1)
+            .unwrap()
+            .store_key("0123456789abcdef0123456789ABCDEF");
+    }
+
+    #[test]
+    #[should_panic(expected = "[A-Za-z0-9.-]")]
+    fn a_store_key_tag_with_a_brace_is_refused() {
+        let _ = Keyspace::new("n", 1).unwrap().store_key("a}b");
+    }
+
+    #[test]
     fn namespace_is_validated() {
         assert!(Keyspace::new("", 1).is_err());
         assert!(Keyspace::new("a:b", 1).is_err());

@@ -1,9 +1,10 @@
-//! Property tests: key encoding is injective and bounded; ManualClock clones agree.
+//! Property tests: key encoding is injective and bounded; a store's own keys never meet a
+//! user's; ManualClock clones agree.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floodwall_core::key::{Key, Keyspace, MAX_KEY_LEN};
+use floodwall_core::key::{Key, Keyspace, MAX_KEY_LEN, encode_part};
 use floodwall_core::{Clock, ManualClock};
 use proptest::prelude::*;
 
@@ -138,6 +139,30 @@ proptest! {
             }
             seen.insert(key, i);
         }
+    }
+
+    #[test]
+    fn a_store_key_never_meets_a_user_routed_key(
+        i in input(),
+        tag in "[A-Za-z0-9.-]{1,32}",
+    ) {
+        prop_assume!(!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit())));
+        let user = build(&i);
+        let ks = Keyspace::new(&i.namespace, i.version).unwrap();
+        let store = i.parts.iter().fold(ks.store_key(&tag), |b, p| b.part(p)).build();
+        prop_assert_ne!(user.hash_tag(), store.hash_tag());
+        prop_assert_ne!(&user, &store);
+        prop_assert_eq!(redis_hash_tag(store.as_str()), Some(store.hash_tag()));
+        prop_assert!(store.as_str().len() <= MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn an_encoded_part_is_the_routing_part_of_its_key(i in input()) {
+        let key = Keyspace::new(&i.namespace, i.version).unwrap().key(&i.routing).build();
+        let encoded = encode_part(&i.routing);
+        prop_assert_eq!(key.hash_tag(), encoded.as_str());
+        let structural = encoded.bytes().any(|b| matches!(b, b':' | b'{' | b'}'));
+        prop_assert!(!structural, "{}", encoded);
     }
 
     #[test]
