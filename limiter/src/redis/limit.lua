@@ -120,6 +120,18 @@ local function chunked(cmd, h, list, step)
   end
 end
 
+-- Adds field `f` of hash `h` to `lists` (hash -> its fields in first-seen order, with a
+-- `set` of them), once; `order` lists the hashes in first-seen order.
+local function note_field(lists, order, h, f)
+  local l = lists[h]
+  if l == nil then
+    l = {set = {}}
+    lists[h] = l
+    order[#order + 1] = h
+  end
+  if not l.set[f] then l.set[f] = true; l[#l + 1] = f end
+end
+
 -- Writes GCRA hash `h`'s decided states: `sets` (field, TAT pairs, each TAT in the future),
 -- `dels` (fields whose state is now empty), `written` (field -> true, both kinds), `top` the
 -- latest TAT of `sets` (0 if none), and the hash's own fields as read (false: absent). A
@@ -180,7 +192,7 @@ if #ARGV == 4 then
 end
 
 -- The short path (see the header): GCRA decisions that consume, hash by hash. The loop is
--- the server's cost per decision: globals are read once, and a state is read inline.
+-- the server's cost per decision: globals are read once.
 if ARGV[a] == 'F' then
   local argv, ceil = ARGV, math.ceil
   local out, o, i, nargs = {}, 0, a + 1, #argv
@@ -203,15 +215,7 @@ if ARGV[a] == 'F' then
       for j = 1, n do
         local f = argv[f0 + j - 1]
         local tat = tats[f]
-        if tat == nil then
-          local v = vals[j + 3]
-          if not v then
-            tat = 0
-          elseif #v == 8 then
-            tat = unpack_value('<d', v)
-            if tat ~= tat then tat = nil end
-          end
-        end
+        if tat == nil then tat = tat_of(vals[j + 3]) end
         o = o + 1
         if tat == nil then
           out[o] = 'floodwall: the state of ' .. f .. ' in ' .. h .. ' is not a TAT'
@@ -268,14 +272,7 @@ if not cross then
     else
       local alg = string.sub(op, 1, 1)
       if alg == 'g' or alg == '=' then
-        local h, f = keys[pk], ARGV[pa + 2]
-        local w = want[h]
-        if w == nil then
-          w = {seen = {}}
-          want[h] = w
-          order[#order + 1] = h
-        end
-        if not w.seen[f] then w.seen[f] = true; w[#w + 1] = f end
+        note_field(want, order, keys[pk], ARGV[pa + 2])
         pk = pk + 1
         if alg == 'g' then pa = pa + 5 else pa = pa + 3 end
       elseif alg == 'l' then
@@ -372,15 +369,7 @@ while a <= nargs do
           reply = math.ceil(new_tat - now)
         end
       end
-      if write then
-        local gd = gfields[key]
-        if gd == nil then
-          gd = {set = {}}
-          gfields[key] = gd
-          gdirty[#gdirty + 1] = key
-        end
-        if not gd.set[f] then gd.set[f] = true; gd[#gd + 1] = f end
-      end
+      if write then note_field(gfields, gdirty, key, f) end
     end
   else
     local alg, mode = string.sub(op, 1, 1), string.sub(op, 2, 2)
