@@ -148,16 +148,14 @@ async fn model(ops: &[Op]) -> Vec<(bool, u32)> {
     out
 }
 
-#[test]
-fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
-    let Some(server) = RedisServer::start_or_skip("a_batch_decides_as_one_by_one") else {
-        return;
-    };
+/// A runtime for a property test's cases, and a plain connection to `server` on it.
+fn runtime_and_connection(
+    server: &RedisServer,
+) -> (tokio::runtime::Runtime, redis::aio::MultiplexedConnection) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let script = redis::Script::new(SCRIPT);
     let conn = rt.block_on(async {
         redis::Client::open(server.url())
             .unwrap()
@@ -165,6 +163,16 @@ fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
             .await
             .unwrap()
     });
+    (rt, conn)
+}
+
+#[test]
+fn a_batch_decides_as_one_by_one_and_as_the_memory_model() {
+    let Some(server) = RedisServer::start_or_skip("a_batch_decides_as_one_by_one") else {
+        return;
+    };
+    let (rt, conn) = runtime_and_connection(&server);
+    let script = redis::Script::new(SCRIPT);
     let case = AtomicU64::new(0);
     let decisions = AtomicU64::new(0);
     proptest!(ProptestConfig::with_cases(64), |(ops in prop::collection::vec(op(), 1..40))| {
@@ -215,18 +223,8 @@ fn a_short_path_batch_decides_as_one_by_one_and_as_the_memory_model() {
     else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, conn) = runtime_and_connection(&server);
     let script = redis::Script::new(SCRIPT);
-    let conn = rt.block_on(async {
-        redis::Client::open(server.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    });
     let q = quota();
     let t_nanos = q.emission_interval().as_nanos() as u64;
     let case = AtomicU64::new(0);

@@ -32,6 +32,11 @@ async fn three_limits(urls: &[String], cluster: bool, shards: Option<u16>) -> Ra
     b.build().unwrap()
 }
 
+/// A command's integer reply.
+fn number(server: &RedisServer, command: &[&str]) -> i64 {
+    server.command(command).unwrap().trim().parse().unwrap()
+}
+
 /// Redis `TIME` in µs.
 fn redis_now(server: &RedisServer) -> f64 {
     let t = server.command(&["TIME"]).unwrap();
@@ -41,12 +46,7 @@ fn redis_now(server: &RedisServer) -> f64 {
 
 /// The states in a GCRA shard's hash: its fields less its own (`:c`, `:d`, `:x`).
 fn states(server: &RedisServer, hash: &str) -> u64 {
-    let fields: u64 = server
-        .command(&["HLEN", hash])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let fields = number(server, &["HLEN", hash]) as u64;
     let present = [":c", ":d", ":x"]
         .iter()
         .filter(|f| server.command(&["HEXISTS", hash, f]).unwrap().trim() == "1")
@@ -172,12 +172,7 @@ async fn stale_states_are_swept_while_their_shard_is_written() {
         assert!(v.allowed && v.degraded.is_none());
     }
     let hash = limiter.redis_location("api", "m-0").unwrap().key;
-    let ttl: i64 = server
-        .command(&["PTTL", &hash])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let ttl = number(&server, &["PTTL", &hash]);
     // Every state ends within 1 ms of its decision: the hash outlives the latest, and its TTL
     // was set at most 1 s (and a millisecond of rounding) past a state's end.
     assert!((2..=1002).contains(&ttl), "the hash's TTL: {ttl} ms");
@@ -286,12 +281,7 @@ async fn after_flushall_every_key_starts_afresh() {
         }
     }
     let hash = limiter.redis_location("api", "u").unwrap().key;
-    let ttl: i64 = server
-        .command(&["PTTL", &hash])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let ttl = number(&server, &["PTTL", &hash]);
     println!("admitted of 7 before and after FLUSHALL: {rounds:?}; the shard's hash TTL {ttl} ms");
     assert_eq!(rounds, vec![5, 5]);
     assert!(ttl > 0, "{ttl}");
