@@ -42,8 +42,8 @@ impl RateLimiterBuilder {
     /// module). A state takes about 74 bytes, so a shard of a million live keys is a hash of
     /// about 74 MB, which a Cluster slot migration moves as one key: choose enough shards to
     /// keep each one a size your resharding can move. On a 3-master Cluster, 3 shards cost
-    /// Redis 0.58× a per-decision script's CPU on spread keys, the default 16 0.84×
-    /// (`benches/limiter_redis.rs`). **Every instance of a fleet must use the same count**:
+    /// Redis 0.55–0.58× a per-decision script's CPU on spread keys, the default 16 0.82–0.85×
+    /// (`benches/limiter_redis.rs`, over this release's runs). **Every instance of a fleet must use the same count**:
     /// instances with different counts keep separate states, each admitting up to the limit.
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_shards(mut self, shards: u16) -> Self {

@@ -17,8 +17,8 @@
 //! fields: while a hash of `N` fields is written at least every 2 ms, a stale field is gone
 //! within 0.1 s plus two passes of `N / 128` steps 2 ms apart (3.2 s for 100,000 keys; a
 //! hash written less often takes a step per write), and a hash nobody writes any more
-//! expires whole, at most twice its longest remaining time (at least 1 s) after its last
-//! write. Window counters and logs keep one key per limited key under the shard's tag
+//! expires whole: its TTL, raised whenever a write's TAT goes past it, ends that TAT's
+//! remaining time (at least 1 s) after the TAT. Window counters and logs keep one key per limited key under the shard's tag
 //! (`fw-rl:v1:{#2.…}:<limit>:<key>`). [`RateLimiter::redis_location`](crate::RateLimiter::redis_location)
 //! says where a key's state is. No key of layout 2 is a key of the layout before it
 //! (`fw-rl:v1:{<key>}:<limit>`): a limiter of this version and one of an earlier version never
