@@ -286,3 +286,92 @@ async fn after_flushall_every_key_starts_afresh() {
     assert_eq!(rounds, vec![5, 5]);
     assert!(ttl > 0, "{ttl}");
 }
+
+/// Redis killed with `kill -9` and started again, empty, while 64 callers decide in batches:
+/// every decision is answered within its call bound (by the failure policy while Redis is
+/// gone), decisions are back on Redis once it is, and the new server's shards are written
+/// anew — with a TTL — and decide exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_redis_is_ridden_through_under_batched_load() {
+    let Some(server) = RedisServer::start_or_skip("a_killed_and_restarted_redis_is_ridden_through")
+    else {
+        return;
+    };
+    let server = std::sync::Arc::new(std::sync::Mutex::new(server));
+    let url = server.lock().unwrap().url();
+    let bound = Duration::from_millis(100);
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, Quota::per_hour(n(5))).keyed_by("user"))
+        .redis(StoreOptions::new(standalone(url).await).call_timeout(bound))
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap();
+    common::assert_on_redis(&limiter, "warm").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..64 {
+        let (limiter, stop) = (limiter.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            let (mut slowest, mut decided, mut degraded, mut i) = (Duration::ZERO, 0u32, 0u32, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let v = limiter
+                    .check(&[("user", &format!("c{c}-{i}"))])
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+                decided += 1;
+                degraded += u32::from(v.degraded.is_some());
+                i += 1;
+            }
+            (slowest, decided, degraded)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let restarting = server.clone();
+    let killed = Instant::now();
+    tokio::task::spawn_blocking(move || restarting.lock().unwrap().restart().unwrap())
+        .await
+        .unwrap();
+    let up = killed.elapsed();
+    let back = loop {
+        let v = limiter.check(&[("user", "probe")]).await.unwrap();
+        if v.degraded.is_none() {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "never back on Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut slowest, mut decided, mut degraded) = (Duration::ZERO, 0, 0);
+    for c in callers {
+        let (s, d, g) = c.await.unwrap();
+        slowest = slowest.max(s);
+        decided += d;
+        degraded += g;
+    }
+    // On the new server: a fresh user is admitted exactly its limit, and the shard's hash has
+    // a TTL.
+    let mut admitted = 0;
+    for _ in 0..7 {
+        let v = limiter.check(&[("user", "after")]).await.unwrap();
+        assert!(v.degraded.is_none(), "{v:?}");
+        admitted += u32::from(v.allowed);
+    }
+    let hash = limiter.redis_location("api", "after").unwrap().key;
+    let ttl = number(&server.lock().unwrap(), &["PTTL", &hash]);
+    println!(
+        "kill -9 and restart under 64 batched callers: {decided} decided, {degraded} by the \
+         failure policy, slowest answer {slowest:?} (bound {bound:?}); Redis up again after \
+         {up:?}, decisions on Redis {back:?} after the kill; after it {admitted} of 7 admitted, \
+         the shard's hash TTL {ttl} ms"
+    );
+    assert!(degraded > 0, "the outage was seen");
+    assert!(slowest <= bound + Duration::from_millis(50), "{slowest:?}");
+    assert_eq!(admitted, 5);
+    assert!(ttl > 0, "{ttl}");
+}
