@@ -148,6 +148,7 @@ fn limiter(
     max_batch: usize,
     lease: Option<Lease>,
     shards: Option<u16>,
+    native: bool,
 ) -> RateLimiter {
     let mut limit = Limit::new(
         "api",
@@ -161,7 +162,8 @@ fn limiter(
     let mut builder = RateLimiter::builder()
         .limit(limit)
         .redis(StoreOptions::new(conn.clone()))
-        .redis_max_batch(max_batch);
+        .redis_max_batch(max_batch)
+        .redis_native_command(native);
     if let Some(shards) = shards {
         builder = builder.redis_shards(shards);
     }
@@ -204,22 +206,26 @@ fn targets(
         let mut targets = vec![
             (
                 "floodwall batched",
-                Target::Ours(limiter(&conn, 128, None, None)),
+                Target::Ours(limiter(&conn, 128, None, None, true)),
+            ),
+            (
+                "floodwall batched, Lua script",
+                Target::Ours(limiter(&conn, 128, None, None, false)),
             ),
             (
                 "floodwall unbatched",
-                Target::Ours(limiter(&conn, 1, None, None)),
+                Target::Ours(limiter(&conn, 1, None, None, true)),
             ),
             (
                 "floodwall leased",
-                Target::Ours(limiter(&conn, 128, Some(lease), None)),
+                Target::Ours(limiter(&conn, 128, Some(lease), None, true)),
             ),
         ];
         if cluster {
             // One shard per master instead of the default 16: a master's batch is one hash.
             targets.push((
                 "floodwall batched, 3 shards",
-                Target::Ours(limiter(&conn, 128, None, Some(3))),
+                Target::Ours(limiter(&conn, 128, None, Some(3), true)),
             ));
         }
         targets.push(("raw EVALSHA floor", floor));
@@ -228,8 +234,8 @@ fn targets(
 }
 
 /// What the Redis servers at `urls` have done, summed: the CPU time (seconds, user + system,
-/// `INFO cpu`) and the script calls (`EVALSHA` and `EVAL`, `INFO commandstats`), read over a
-/// plain connection of its own.
+/// `INFO cpu`) and the decision calls (`EVALSHA`, `EVAL` and `FLOODWALL.GCRA`,
+/// `INFO commandstats`), read over a plain connection of its own.
 fn redis_usage(urls: &[String]) -> (f64, u64) {
     let mut cpu = 0.0;
     let mut calls = 0;
@@ -248,7 +254,7 @@ fn redis_usage(urls: &[String]) -> (f64, u64) {
             };
             match k {
                 "used_cpu_user" | "used_cpu_sys" => cpu += v.parse::<f64>().unwrap_or(0.0),
-                "cmdstat_evalsha" | "cmdstat_eval" => {
+                "cmdstat_evalsha" | "cmdstat_eval" | "cmdstat_floodwall.gcra" => {
                     calls += v
                         .split(',')
                         .find_map(|f| f.strip_prefix("calls=")?.parse::<u64>().ok())
@@ -342,7 +348,7 @@ fn scenario(
 }
 
 fn redis_decisions(c: &mut Criterion) {
-    let Some(server) = RedisServer::start_or_skip("limiter_redis bench") else {
+    let Some(server) = RedisServer::start_native_or_skip("limiter_redis bench") else {
         return;
     };
     let full = std::env::args().any(|a| a == "--bench");
@@ -377,7 +383,7 @@ fn redis_decisions(c: &mut Criterion) {
 
     let (per, rounds) = if full { (300, 6) } else { (10, 1) };
     eprintln!(
-        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor | decisions per script call | client CPU per decision |"
+        "\n| scenario | target | decisions/s | p50 | p99 | vs floor | Redis CPU per decision | CPU vs floor | decisions per call | client CPU per decision |"
     );
     eprintln!("|---|---|---|---|---|---|---|---|---|---|");
     // (scenario, callers, keys, decisions per caller, rounds). One caller's latency swings
@@ -407,7 +413,8 @@ fn redis_decisions(c: &mut Criterion) {
     }
     drop(standalone);
     memory(&rt, &server, if full { 100_000 } else { 2_000 });
-    let Some(cluster) = RedisCluster::start_or_skip("limiter_redis bench (Cluster)", 3) else {
+    let Some(cluster) = RedisCluster::start_native_or_skip("limiter_redis bench (Cluster)", 3)
+    else {
         return;
     };
     let clustered = targets(&rt, &cluster.urls(), true);

@@ -20,7 +20,7 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits until every node reports `cluster_state:ok`,
     /// knows all the others and sees all 16384 slots served.
     pub fn start(masters: usize) -> Result<RedisCluster, StartError> {
-        Self::start_inner(masters, 0, true)
+        Self::start_inner(masters, 0, true, Vec::new())
     }
 
     /// Starts `masters` masters with one replica each (3 + 3 for `masters = 3`), with
@@ -32,7 +32,7 @@ impl RedisCluster {
         masters: usize,
         require_full_coverage: bool,
     ) -> Result<RedisCluster, StartError> {
-        Self::start_inner(masters, 1, require_full_coverage)
+        Self::start_inner(masters, 1, require_full_coverage, Vec::new())
     }
 
     /// [`start_with_replicas`](Self::start_with_replicas) for a test, with the skip rule of
@@ -48,10 +48,11 @@ impl RedisCluster {
         )
     }
 
-    fn start_inner(
+    pub(crate) fn start_inner(
         masters: usize,
         replicas: usize,
         full_coverage: bool,
+        mut extra: Vec<String>,
     ) -> Result<RedisCluster, StartError> {
         if masters < 3 {
             return Err(StartError::Failed(
@@ -66,18 +67,16 @@ impl RedisCluster {
         }
         let total = masters * (1 + replicas);
         let mut nodes = Vec::with_capacity(total);
-        let extra: Vec<String> = if replicas > 0 {
-            vec![
+        if replicas > 0 {
+            extra.extend([
                 "--cluster-node-timeout".into(),
                 "1000".into(),
                 "--cluster-replica-validity-factor".into(),
                 "0".into(),
                 "--cluster-require-full-coverage".into(),
                 if full_coverage { "yes" } else { "no" }.into(),
-            ]
-        } else {
-            Vec::new()
-        };
+            ]);
+        }
         for _ in 0..total {
             nodes.push(RedisServer::start_node_with(true, extra.clone())?);
         }

@@ -14,6 +14,8 @@
 //!   directory, as the unprivileged `nobody` when run as root), with a crash-like
 //!   [`PostgresServer::restart_immediate`]; skipped unless installed, or required with
 //!   `FLOODWALL_REQUIRE_POSTGRES=1`.
+//! - [`RedisServer::start_native`] and [`RedisCluster::start_native`]: servers that loaded
+//!   floodwall-redis-module, built once per test process by [`native_module`].
 //! - [`Flaky`]: a scripted async service (a plain function and a `tower::Service`) that fails
 //!   N times, adds latency and returns chosen error kinds.
 //!
@@ -32,6 +34,7 @@
 
 mod cluster;
 mod flaky;
+mod module;
 mod postgres;
 mod proxy;
 mod reshard;
@@ -42,6 +45,7 @@ mod tls;
 
 pub use cluster::RedisCluster;
 pub use flaky::{Flaky, FlakyError, FlakyErrorKind, Step};
+pub use module::native_module;
 pub use postgres::{PostgresServer, REQUIRE_POSTGRES_ENV};
 pub use proxy::FaultProxy;
 pub use reshard::SlotMove;

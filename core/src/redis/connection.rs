@@ -211,11 +211,7 @@ impl RedisConnection {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let conn = self.conn();
-        // Routed as the store path gates it: by the first argument after the command name.
-        let route = match cmd.args_iter().nth(1) {
-            Some(::redis::Arg::Simple(b)) => Some(b),
-            _ => None,
-        };
+        let route = route_of(cmd);
         if timeout == Duration::MAX {
             return conn.query::<T>(cmd, route).await.map_err(CallError::Redis);
         }
@@ -271,5 +267,14 @@ impl fmt::Debug for RedisConnection {
             .field("call_timeout", &self.call_timeout)
             .field("connector", &self.shared.connector)
             .finish()
+    }
+}
+
+/// What a command is routed (and gated) by: its first argument after the command name (its
+/// key, for every key-based command).
+pub(super) fn route_of(cmd: &Cmd) -> Option<&[u8]> {
+    match cmd.args_iter().nth(1) {
+        Some(::redis::Arg::Simple(b)) => Some(b),
+        _ => None,
     }
 }

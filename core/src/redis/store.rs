@@ -237,12 +237,24 @@ impl StorePath {
     /// Sends a command, routed and gated by its first argument after the command name (its
     /// key, for every key-based command).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let route = match cmd.args_iter().nth(1) {
-            Some(::redis::Arg::Simple(b)) => Some(b),
-            _ => None,
-        };
-        let node = self.node_for(route);
+        let node = self.node_for(super::connection::route_of(cmd));
         self.run(node, Gating::Gated, |conn, t| async move {
+            conn.query_raw(cmd, t).await
+        })
+        .await
+    }
+
+    /// Sends a command like [`query`](Self::query), bounded by `deadline` when it comes before
+    /// the call's own timeout, as [`invoke_until`](Self::invoke_until) bounds a script.
+    pub async fn query_until<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, StoreError> {
+        let node = self.node_for(super::connection::route_of(cmd));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bound = left.min(self.call_timeout());
+        self.run_within(node, Gating::Gated, bound, |conn, t| async move {
             conn.query_raw(cmd, t).await
         })
         .await

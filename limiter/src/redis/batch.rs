@@ -28,7 +28,9 @@ use floodwall_core::redis::slot::key_slot;
 use floodwall_core::redis::{StorePath, Topology};
 use tokio::sync::oneshot;
 
-use super::units::{Item, Unit, one_slot, short_path};
+use super::native::Native;
+use super::single::{is_redirect, send_script, send_single};
+use super::units::{Item, Unit, one_slot, segments, short_path};
 use super::{LIMIT_SCRIPT, LIMIT_SCRIPT_NODE};
 
 /// A decision's verdict as the script replied it: GCRA's integer, or the others' five (for a
@@ -79,10 +81,12 @@ pub(super) struct Batcher {
     /// A Cluster node could not compile the script flagged for several slots (a server
     /// before Redis 7): from then on a node's batch goes as one call per slot.
     cross_refused: AtomicBool,
+    /// The native command, where the server has it.
+    native: Arc<Native>,
 }
 
 impl Batcher {
-    pub(super) fn new(path: StorePath, max_batch: usize) -> Arc<Batcher> {
+    pub(super) fn new(path: StorePath, max_batch: usize, native: Arc<Native>) -> Arc<Batcher> {
         let single_group =
             (path.connection().topology() != Topology::Cluster).then(|| Arc::from("server"));
         Arc::new(Batcher {
@@ -96,6 +100,7 @@ impl Batcher {
             full: FULL_BATCH.min(max_batch.max(1)),
             single_group,
             cross_refused: AtomicBool::new(false),
+            native,
         })
     }
 
@@ -155,7 +160,13 @@ impl Batcher {
                 batcher: self,
                 group,
             };
-            return send_single(&self.path, &item.expect("not queued"), deadline).await;
+            return send_single(
+                &self.path,
+                &self.native,
+                &item.expect("not queued"),
+                deadline,
+            )
+            .await;
         };
         // No timer of its own: the decision is answered by its deadline all the same. Every
         // call in flight ends by the deadline of a decision that came before this one; then
@@ -178,7 +189,45 @@ impl Batcher {
         deadline: tokio::time::Instant,
     ) -> Result<Vec<::redis::Value>, StoreError> {
         if let [item] = items {
-            return Ok(vec![send_single(&self.path, item, deadline).await?]);
+            return Ok(vec![
+                send_single(&self.path, &self.native, item, deadline).await?,
+            ]);
+        }
+        if self.native.worth_trying()
+            && let Some(segments) = segments(items)
+        {
+            return self.call_native(items, segments, deadline).await;
+        }
+        self.call_script(items, deadline).await
+    }
+
+    /// `items` (GCRA decisions that consume, grouped as `segments`) decided with one native
+    /// command; the script's, when the server refuses it.
+    async fn call_native(
+        &self,
+        items: &[Unit],
+        segments: Vec<super::units::Segment<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<::redis::Value>, StoreError> {
+        let Some(verdicts) = self.native.decide(&self.path, &segments, deadline).await else {
+            return self.call_script(items, deadline).await;
+        };
+        let order = segments
+            .iter()
+            .flat_map(|s| s.units.iter().copied())
+            .collect();
+        in_order(verdicts?, Some(order), items.len())
+    }
+
+    /// [`call`](Self::call) with the script.
+    async fn call_script<U: std::borrow::Borrow<Unit>>(
+        &self,
+        items: &[U],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<::redis::Value>, StoreError> {
+        if let [item] = items {
+            let item = item.borrow();
+            return Ok(vec![send_script(&self.path, item, deadline, false).await?]);
         }
         let cross = self.single_group.is_none() && !one_slot(items);
         if cross && self.cross_refused.load(Ordering::Relaxed) {
@@ -203,14 +252,14 @@ impl Batcher {
 
     /// A node's batch as one call per slot, sent concurrently; the replies in `items`'
     /// order. Any call's failure fails the batch, as one call's would.
-    async fn call_per_slot(
+    async fn call_per_slot<U: std::borrow::Borrow<Unit>>(
         &self,
-        items: &[Unit],
+        items: &[U],
         deadline: tokio::time::Instant,
     ) -> Result<Vec<::redis::Value>, StoreError> {
         let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, unit) in items.iter().enumerate() {
-            let slot = key_slot(unit.first_key().as_str().as_bytes());
+            let slot = key_slot(unit.borrow().first_key().as_str().as_bytes());
             match slots.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, at)) => at.push(i),
                 None => slots.push((slot, vec![i])),
@@ -218,9 +267,10 @@ impl Batcher {
         }
         let calls = slots.iter().map(|(_, at)| async move {
             if let [i] = at[..] {
-                return Ok(vec![send_single(&self.path, &items[i], deadline).await?]);
+                let item = items[i].borrow();
+                return Ok(vec![send_script(&self.path, item, deadline, false).await?]);
             }
-            let slot: Vec<&Unit> = at.iter().map(|&i| &items[i]).collect();
+            let slot: Vec<&Unit> = at.iter().map(|&i| items[i].borrow()).collect();
             let (call, order) = encode(&slot, false);
             let replies: Vec<::redis::Value> = self.path.invoke_until(call, deadline).await?;
             in_order(replies, order, at.len())
@@ -290,7 +340,7 @@ impl Batcher {
                             // The slot is moving: this decision ran into a key that has left
                             // (it wrote nothing). Alone, its redirect is the call's own reply,
                             // which the Cluster client follows.
-                            send_single(&self.path, item, *deadline).await
+                            send_single(&self.path, &self.native, item, *deadline).await
                         } else {
                             Ok(verdict)
                         };
@@ -427,71 +477,6 @@ pub(super) fn cannot_compile(e: &StoreError) -> bool {
 /// on that node (its slot moved since the slot table was read): it wrote nothing.
 fn is_elsewhere(v: &::redis::Value) -> bool {
     matches!(v, ::redis::Value::BulkString(b) if b == b"floodwall:elsewhere")
-}
-
-/// Whether a decision's reply inside a batch is a Cluster redirect (`ASK`, `MOVED`,
-/// `TRYAGAIN`): a key of the slot being resharded was not where the batch ran.
-fn is_redirect(v: &::redis::Value) -> bool {
-    use ::redis::ServerErrorKind as K;
-    matches!(v, ::redis::Value::ServerError(e)
-        if matches!(e.kind(), Some(K::Ask | K::Moved | K::TryAgain)))
-}
-
-/// One decision alone: its verdict comes back bare (see `limit.lua`). A redirect the script
-/// met inside (a key of a slot being resharded, which it left untouched) is sent again, up
-/// to four times, 5, 10, 20 and 40 ms apart, while the slot moves on. The resends share the
-/// first call's bound: the whole decision ends by `deadline` (the decision's own, at most
-/// one `call_timeout` from its start).
-///
-/// Boxed: the call's future (the connection's and the bound's state, about 2 KiB) lives on
-/// the heap only while a call is made, so every future that may make one — a decision
-/// that waits in a batch among them — stays a few hundred bytes, instead of carrying (and
-/// copying) room for it.
-pub(super) fn send_single<'a>(
-    path: &'a StorePath,
-    item: &'a Unit,
-    deadline: tokio::time::Instant,
-) -> futures::future::BoxFuture<'a, Verdict> {
-    Box::pin(send_single_unboxed(path, item, deadline, false))
-}
-
-/// A give-back of what a decision consumed, sent alone like
-/// [`send_single`](send_single): finishing what the caller holds, it bypasses the node's gate
-/// and is not counted against the node's health.
-pub(super) async fn send_held(
-    path: &StorePath,
-    item: &Unit,
-    deadline: tokio::time::Instant,
-) -> Verdict {
-    send_single_unboxed(path, item, deadline, true).await
-}
-
-async fn send_single_unboxed(
-    path: &StorePath,
-    item: &Unit,
-    deadline: tokio::time::Instant,
-    held: bool,
-) -> Verdict {
-    let mut tries = 0;
-    loop {
-        // The first try has the whole bound; a resend has what is left of it.
-        let call = item.append(LIMIT_SCRIPT.call());
-        let verdict = match held {
-            true => path.invoke_held_until(call, deadline).await,
-            false => path.invoke_until(call, deadline).await,
-        };
-        tries += 1;
-        match &verdict {
-            Ok(v) if is_redirect(v) && tries < 5 => {
-                let pause = std::time::Duration::from_millis(5 << (tries - 1));
-                if tokio::time::Instant::now() + pause >= deadline {
-                    return verdict;
-                }
-                tokio::time::sleep(pause).await;
-            }
-            _ => return verdict,
-        }
-    }
 }
 
 /// The node's turn, held by the decision sent alone; handed on when it ends.

@@ -12,6 +12,8 @@ pub(crate) struct Settings {
     pub(crate) max_batch: usize,
     /// `None`: the topology's default (1 on one server, 16 on Cluster).
     pub(crate) shards: Option<u16>,
+    /// Whether decisions try the native command (`FLOODWALL.GCRA`) where the server has it.
+    pub(crate) native: bool,
 }
 
 impl Settings {
@@ -27,6 +29,7 @@ impl Default for Settings {
             options: None,
             max_batch: DEFAULT_MAX_BATCH,
             shards: None,
+            native: true,
         }
     }
 }
@@ -51,6 +54,21 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// Whether GCRA decisions that consume use the native command `FLOODWALL.GCRA` where the
+    /// server has it (default: `true`).
+    ///
+    /// A server that loaded floodwall-redis-module decides a batch of them with one command
+    /// per shard hash, the same states and verdicts as the Lua script for a fraction of the
+    /// server's CPU (`benches/limiter_redis.rs`). A server without the module refuses the
+    /// command, which decides nothing: the limiter remembers that, uses the script, and tries
+    /// the command again every 30 s. Instances with and without the command share states
+    /// exactly. `false` always uses the script.
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_native_command(mut self, enabled: bool) -> Self {
+        self.redis.native = enabled;
+        self
+    }
+
     /// The Redis store, when the builder was given Redis.
     pub(crate) fn redis_store(&mut self) -> Result<Option<RedisStore>, ConfigError> {
         if self.redis.max_batch == 0 {
@@ -70,7 +88,7 @@ impl RateLimiterBuilder {
         Ok(self.redis.options.take().map(|options| {
             // The failure policy's series exists from now on, at zero.
             crate::metrics::store_failures(self.policy, 0);
-            RedisStore::new(options, self.redis.max_batch, self.redis.shards)
+            RedisStore::new(options, &self.redis)
         }))
     }
 }

@@ -47,6 +47,18 @@
 //! bound — with a timeout if its batch has not answered by then (one timer per batch, not per
 //! decision), unsent if the bound passed while it waited.
 //!
+//! **The native command** (where the server has it). A server that loaded
+//! floodwall-redis-module (`redis-server --loadmodule libfloodwall_redis_module.so`) decides
+//! a batch of GCRA decisions that consume with one `FLOODWALL.GCRA` command instead of the
+//! script — the batch's shard hashes as segments, the same states and verdicts, bit for bit,
+//! for a fraction of Redis's CPU per decision (`benches/limiter_redis.rs`). The limiter tries
+//! the command first; a server that does not know it refuses it having decided nothing, and
+//! the limiter then uses the script and tries the command again every 30 s. Instances with
+//! and without the module share states exactly; replicas and the AOF see plain hash
+//! commands. [`redis_native_command(false)`](crate::RateLimiterBuilder::redis_native_command)
+//! always uses the script. Every other decision (peeks, refunds, groups, the window
+//! algorithms) is the script's.
+//!
 //! **Several limits, one call.** A request's limits whose keys share a slot — always on a
 //! standalone or Sentinel server; on Cluster, limits keyed by the same value, which share a
 //! shard — go as one group: the script peeks at every one and consumes only if all admit, so
@@ -91,8 +103,11 @@
 mod batch;
 mod build;
 pub(crate) mod concurrency;
+mod native;
 mod shards;
+mod single;
 mod units;
+mod verdict;
 
 pub use shards::{Location, MAX_SHARDS};
 
@@ -109,6 +124,7 @@ use floodwall_core::{Keyspace, StoreError};
 use batch::Batcher;
 use shards::Shards;
 use units::{Fields, Item, Unit};
+use verdict::{micros, parse_verdict, remote_decision};
 
 use crate::store::{Selected, SharedStore};
 use crate::{Algorithm, Decision, Limit, Quota};
@@ -138,6 +154,8 @@ pub(crate) struct RedisStore {
     shards: Shards,
     /// `None`: batching off, every decision its own call.
     batcher: Option<Arc<Batcher>>,
+    /// The native command, where the server has it.
+    native: Arc<native::Native>,
 }
 
 /// What a remote decision consumed.
@@ -148,94 +166,17 @@ pub(crate) struct RemoteReceipt {
     receipt: i64,
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-}
-
-/// GCRA's one-integer reply (see the script) as `{allowed, remaining, reset, retry, 0}`.
-fn gcra_reply(v: i64, t: f64, cap: f64, cost: u32, burst: u32) -> [i64; 5] {
-    let allowed = v >= 0;
-    let level = if allowed { v } else { -(v + 1) } as f64;
-    let remaining = ((cap - level) / t + 1e-9)
-        .floor()
-        .clamp(0.0, f64::from(burst)) as i64;
-    let retry = if allowed {
-        -1
-    } else {
-        (level + f64::from(cost) * t - cap).ceil().max(0.0) as i64
-    };
-    [i64::from(allowed), remaining, level as i64, retry, 0]
-}
-
-/// The decision (and what it consumed) from a verdict's five integers.
-fn remote_decision(
-    limit: &Limit,
-    quota: Quota,
-    r: &[i64; 5],
-    consumed: bool,
-    cost: u32,
-) -> (Decision, RemoteReceipt) {
-    let capacity = match limit.algorithm() {
-        Algorithm::Gcra => quota.burst().get(),
-        _ => quota.limit().get(),
-    };
-    let allowed = r[0] == 1;
-    let us = |v: i64| Duration::from_micros(v.max(0) as u64);
-    (
-        Decision {
-            allowed,
-            limit: capacity,
-            remaining: r[1].clamp(0, i64::from(capacity)) as u32,
-            reset_after: us(r[2]),
-            retry_after: (!allowed).then(|| us(r[3])),
-        },
-        RemoteReceipt {
-            consumed,
-            cost,
-            receipt: r[4],
-        },
-    )
-}
-
-/// One decision's verdict from the script's reply element (see `limit.lua`): GCRA's integer,
-/// the others' five integers, or that decision's error as a string.
-fn parse_verdict(v: ::redis::Value, fields: Fields, cost: u32) -> Result<[i64; 5], StoreError> {
-    use ::redis::Value;
-    match (v, fields) {
-        (Value::Int(level), Fields::Gcra { t_nanos, burst }) => {
-            let t = t_nanos as f64 / 1_000.0;
-            Ok(gcra_reply(level, t, t * f64::from(burst), cost, burst))
-        }
-        (Value::Array(items), Fields::Counter { .. }) if items.len() == 5 => {
-            let mut out = [0i64; 5];
-            for (o, item) in out.iter_mut().zip(items) {
-                *o = match item {
-                    Value::Int(i) => i,
-                    other => {
-                        return Err(StoreError::Protocol(format!(
-                            "limit script replied {other:?} in a verdict"
-                        )));
-                    }
-                };
-            }
-            Ok(out)
-        }
-        (Value::BulkString(b), _) => Err(StoreError::Script(String::from_utf8_lossy(&b).into())),
-        (Value::SimpleString(s), _) => Err(StoreError::Script(s)),
-        (other, _) => Err(StoreError::Protocol(format!(
-            "limit script replied {other:?} as a verdict"
-        ))),
-    }
-}
-
 impl RedisStore {
-    pub(crate) fn new(options: StoreOptions, max_batch: usize, shards: Option<u16>) -> RedisStore {
+    pub(crate) fn new(options: StoreOptions, settings: &Settings) -> RedisStore {
         let path = options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"));
         let cluster = path.connection().topology() == floodwall_core::redis::Topology::Cluster;
-        let shards = shards.unwrap_or(if cluster { DEFAULT_CLUSTER_SHARDS } else { 1 });
+        let shards = (settings.shards).unwrap_or(if cluster { DEFAULT_CLUSTER_SHARDS } else { 1 });
+        let native = Arc::new(native::Native::new(settings.native));
         RedisStore {
-            batcher: (max_batch > 1).then(|| Batcher::new(path.clone(), max_batch)),
+            batcher: (settings.max_batch > 1)
+                .then(|| Batcher::new(path.clone(), settings.max_batch, native.clone())),
             shards: Shards::new(shards),
+            native,
             path,
         }
     }
@@ -297,7 +238,7 @@ impl RedisStore {
     ) -> Result<::redis::Value, StoreError> {
         match &self.batcher {
             Some(batcher) => batcher.submit(unit, deadline).await,
-            None => batch::send_single(&self.path, &unit, deadline).await,
+            None => single::send_single(&self.path, &self.native, &unit, deadline).await,
         }
     }
 
@@ -536,7 +477,7 @@ impl SharedStore for RedisStore {
         let giving_back = tokio::spawn(async move {
             let calls = items.iter().map(|(name, item)| {
                 let path = &path;
-                async move { (name, batch::send_held(path, item, own_bound).await) }
+                async move { (name, single::send_held(path, item, own_bound).await) }
             });
             for (name, result) in futures::future::join_all(calls).await {
                 if let Err(e) = result {
@@ -560,7 +501,7 @@ mod tests {
     use floodwall_core::redis::{RedisConnection, StoreOptions};
     use floodwall_testkit::RedisServer;
 
-    use super::{DEFAULT_MAX_BATCH, RedisStore};
+    use super::{RedisStore, Settings};
     use crate::{Algorithm, Limit, Quota, RateLimiter};
 
     /// `RateLimiter::decide` boxes a Redis decision's future once per decision: for one
@@ -582,7 +523,7 @@ mod tests {
             .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
             .build()
             .unwrap();
-        let redis = RedisStore::new(StoreOptions::new(conn), DEFAULT_MAX_BATCH, None);
+        let redis = RedisStore::new(StoreOptions::new(conn), &Settings::default());
         let decision = limiter.decide_on_shared(&redis, &[("user", "a")], 1, true);
         let size = std::mem::size_of_val(&decision);
         println!("a one-limit decision on Redis: a future of {size} bytes");

@@ -195,8 +195,8 @@ impl Unit {
 }
 
 /// Whether every key of `units` is in one slot.
-pub(super) fn one_slot(units: &[Unit]) -> bool {
-    items_in_one_slot(units.iter().flat_map(Unit::items))
+pub(super) fn one_slot<U: std::borrow::Borrow<Unit>>(units: &[U]) -> bool {
+    items_in_one_slot(units.iter().flat_map(|u| u.borrow().items()))
 }
 
 /// Whether every decision of `items` has its keys in one slot (a decision's keys share its
@@ -210,39 +210,30 @@ pub(super) fn items_in_one_slot<'a>(items: impl IntoIterator<Item = &'a Item>) -
 }
 
 /// One hash's decisions on the short path: the hash, its decisions' quota (T in ns, burst)
-/// and cost, and which units they are.
-struct Segment<'u> {
-    key: &'u floodwall_core::Key,
-    params: (u64, u32, u32),
-    units: Vec<usize>,
-    fields: Vec<&'u str>,
+/// and cost, which units they are, and their fields.
+pub(super) struct Segment<'u> {
+    pub(super) key: &'u floodwall_core::Key,
+    pub(super) params: (u64, u32, u32),
+    pub(super) units: Vec<usize>,
+    pub(super) fields: Vec<&'u str>,
 }
 
-/// `units` encoded for the short path (`limit.lua`'s `F`), when every one is a lone GCRA
-/// decision that consumes and each hash's decisions share one quota and cost: each hash once
-/// (as a key, or as an argument when `keys_as_args`: a node's batch over several slots), its
-/// quota once, then its decisions' fields. Also returns the units in the order their verdicts
-/// come back (hash by hash; a hash's decisions, a key's included, in arrival order). `Err`
-/// hands `call` back untouched when the batch does not qualify.
-pub(super) fn short_path<'s, U: std::borrow::Borrow<Unit>>(
-    units: &[U],
-    call: ScriptCall<'s>,
-    keys_as_args: bool,
-) -> Result<(ScriptCall<'s>, Vec<usize>), ScriptCall<'s>> {
+/// `units` as the short path groups them, when every one is a lone GCRA decision that
+/// consumes and each hash's decisions share one quota and cost: one segment per hash, in
+/// first-seen order, each with its decisions in arrival order.
+pub(super) fn segments<U: std::borrow::Borrow<Unit>>(units: &[U]) -> Option<Vec<Segment<'_>>> {
     let mut segments: Vec<Segment<'_>> = Vec::new();
     for (i, unit) in units.iter().enumerate() {
         let Unit::One(item) = unit.borrow() else {
-            return Err(call);
+            return None;
         };
-        let Some(params) = item.short() else {
-            return Err(call);
-        };
+        let params = item.short()?;
         match segments.iter_mut().find(|s| s.key == &item.key) {
             Some(s) if s.params == params => {
                 s.units.push(i);
                 s.fields.push(item.field());
             }
-            Some(_) => return Err(call),
+            Some(_) => return None,
             None => segments.push(Segment {
                 key: &item.key,
                 params,
@@ -251,6 +242,23 @@ pub(super) fn short_path<'s, U: std::borrow::Borrow<Unit>>(
             }),
         }
     }
+    Some(segments)
+}
+
+/// `units` encoded for the short path (`limit.lua`'s `F`), when they qualify (see
+/// [`segments`]): each hash once (as a key, or as an argument when `keys_as_args`: a node's
+/// batch over several slots), its quota once, then its decisions' fields. Also returns the
+/// units in the order their verdicts come back (hash by hash; a hash's decisions, a key's
+/// included, in arrival order). `Err` hands `call` back untouched when the batch does not
+/// qualify.
+pub(super) fn short_path<'s, U: std::borrow::Borrow<Unit>>(
+    units: &[U],
+    call: ScriptCall<'s>,
+    keys_as_args: bool,
+) -> Result<(ScriptCall<'s>, Vec<usize>), ScriptCall<'s>> {
+    let Some(segments) = segments(units) else {
+        return Err(call);
+    };
     let mut call = if keys_as_args {
         let call = call.key(segments[0].key).arg("X").arg(segments.len());
         segments

@@ -58,8 +58,7 @@ async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
         .unwrap();
     let store = RedisStore::new(
         StoreOptions::new(conn).call_timeout(Duration::from_secs(5)),
-        128,
-        None,
+        &Default::default(),
     );
     let batcher = store.batcher.as_ref().expect("batching on");
     batcher.cross_refused.store(true, Ordering::Relaxed);

@@ -1,0 +1,348 @@
+//! The decision: a batch of GCRA decisions that consume, on one shard hash, decided in
+//! order — the Rust twin of the short path of floodwall-limiter's `limit.lua`.
+//!
+//! # Formula and invariant
+//!
+//! Times are microseconds of Redis's clock, as `f64` (exact below 2^53 µs). For a key whose
+//! stored theoretical arrival time is `TAT` (absent: 0), a decision of cost `c` with emission
+//! interval `T` and burst `b`:
+//!
+//! ```text
+//! base    = max(TAT, now)
+//! new_TAT = base + c·T
+//! allowed ⇔ new_TAT − now ≤ b·T + 0.0005      (the 0.5 ns slack the script has)
+//! reply   = ceil(new_TAT − now)                when allowed (and TAT := new_TAT)
+//!         = −ceil(base − now) − 1              when denied  (TAT unchanged)
+//! ```
+//!
+//! Invariant: within any window the admitted cost never exceeds what `b` and `T` allow, and
+//! decisions of one batch see exactly the state the decisions before them left — a batch
+//! decides as the same decisions sent one by one, and as the script decides them, bit for
+//! bit (both compute in IEEE 754 doubles, in the same order).
+//!
+//! # What a hash holds
+//!
+//! Field: a key's encoded form; value: its TAT packed as 8 bytes, a little-endian IEEE 754
+//! double. A hash's own fields, which no key's field can be named (an encoded key holds no
+//! `:`): `:c` the sweep's `HSCAN` cursor, `:d` when the next sweep step may start (µs),
+//! `:x` when the hash expires (µs). A state whose TAT has passed equals an absent one; the
+//! sweep removes such fields [`SWEEP_COUNT`] at a time, one step at most every
+//! [`SWEEP_STEP_US`], a pass done the next after [`SWEEP_PAUSE_US`]. The hash's TTL follows
+//! its latest TAT: when a TAT goes past `:x`, the hash expires at that TAT plus its remaining
+//! time (at least 1 s).
+//!
+//! ```
+//! use floodwall_redis_module::gcra::{decide, MemoryShard, Quota, Reply};
+//!
+//! // 10 per second (T = 100 ms), burst 2, each decision costs 1.
+//! let quota = Quota::new(100_000_000, 2, 1);
+//! let mut shard = MemoryShard::default();
+//! let now = 1_000_000_000.0;
+//! let replies = decide(&mut shard, now, quota, &[b"alice", b"alice", b"alice"]).unwrap();
+//! // Admitted with 100 ms, then 200 ms of the burst used; the third waits 200 ms - 100 ms.
+//! assert_eq!(replies, vec![Reply::Int(100_000), Reply::Int(200_000), Reply::Int(-200_001)]);
+//! ```
+
+use std::collections::HashMap;
+
+/// Fields one sweep step reads.
+pub const SWEEP_COUNT: u32 = 128;
+/// The least time between two sweep steps of one hash (µs).
+pub const SWEEP_STEP_US: f64 = 2_000.0;
+/// The pause after a sweep pass went over every field (µs).
+pub const SWEEP_PAUSE_US: f64 = 100_000.0;
+
+/// A batch's quota: emission interval, burst and cost, as the script derives them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// `b·T + 0.0005` (µs): the most `new_TAT − now` may be.
+    cap: f64,
+    /// `c·T` (µs): what one decision adds to the TAT.
+    step: f64,
+}
+
+impl Quota {
+    /// The quota of emission interval `t_nanos` (ns), burst `burst` and cost `cost`.
+    pub fn new(t_nanos: u64, burst: u32, cost: u32) -> Quota {
+        let t = t_nanos as f64 / 1000.0;
+        Quota {
+            cap: t * f64::from(burst) + 0.0005,
+            step: f64::from(cost) * t,
+        }
+    }
+}
+
+/// One decision's reply, as the script gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The verdict: `ceil(level)` when allowed, `−ceil(level) − 1` when denied (see the
+    /// module docs).
+    Int(i64),
+    /// This decision's error, for it alone (a value that is not a TAT, a key of the wrong
+    /// type).
+    Text(Vec<u8>),
+}
+
+/// A stored value as `HMGET` or `HSCAN` answer it.
+pub type Value = Option<Vec<u8>>;
+
+/// What one `HSCAN` step answers: the next cursor, and the pairs it found.
+pub type Scan = (Vec<u8>, Vec<(Vec<u8>, Value)>);
+
+/// The commands a decision runs on its shard's hash (one hash per batch).
+pub trait Shard {
+    /// `HMGET hash :c :d :x fields…`: the three own fields, then each field's value.
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>>;
+    /// `HSCAN hash cursor COUNT count`: the next cursor and the pairs found.
+    fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>>;
+    /// `HDEL hash fields…`.
+    fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>>;
+    /// `HSET hash field value …`.
+    fn write(&mut self, pairs: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>>;
+    /// `PEXPIRE hash ms`.
+    fn expire(&mut self, ms: i64) -> Result<(), Vec<u8>>;
+}
+
+/// A stored value's TAT: 0 when absent, `None` when the value is not one of ours.
+pub fn tat_of(v: Option<&[u8]>) -> Option<f64> {
+    let Some(v) = v else { return Some(0.0) };
+    let bytes: [u8; 8] = v.try_into().ok()?;
+    let tat = f64::from_le_bytes(bytes);
+    (!tat.is_nan()).then_some(tat)
+}
+
+/// A TAT as stored.
+pub fn pack(tat: f64) -> Vec<u8> {
+    tat.to_le_bytes().to_vec()
+}
+
+/// A number field (`:d`, `:x`) as the script reads it: 0 when absent or not a number.
+fn number(v: Option<&[u8]>) -> f64 {
+    v.and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|n| !n.is_nan())
+        .unwrap_or(0.0)
+}
+
+/// A number as the script writes one: its shortest exact decimal form.
+fn format(n: f64) -> Vec<u8> {
+    format!("{n}").into_bytes()
+}
+
+/// The error a decision gets when its field holds something that is not a TAT.
+fn not_a_tat(field: &[u8], hash: &[u8]) -> Vec<u8> {
+    let mut m = b"floodwall: the state of ".to_vec();
+    m.extend_from_slice(field);
+    m.extend_from_slice(b" in ");
+    m.extend_from_slice(hash);
+    m.extend_from_slice(b" is not a TAT");
+    m
+}
+
+/// Decides `fields` (one decision each, in order) on `shard` at `now` (µs), writes what they
+/// consumed (with a sweep step and a longer TTL when due), and returns one reply per
+/// decision. `Err` is an error of the whole call (a write that failed): nothing it decided
+/// may be reported. `hash` names the shard in error replies.
+pub fn decide_on<S: Shard>(
+    shard: &mut S,
+    hash: &[u8],
+    now: f64,
+    quota: Quota,
+    fields: &[&[u8]],
+) -> Result<Vec<Reply>, Vec<u8>> {
+    let vals = match shard.read(fields) {
+        Ok(v) if v.len() == fields.len() + 3 => v,
+        Ok(_) => return Err(b"floodwall: HMGET answered a different count".to_vec()),
+        Err(e) => return Ok(fields.iter().map(|_| Reply::Text(e.clone())).collect()),
+    };
+    // Each field's TAT as read or as the batch left it, and whether the batch wrote it.
+    let mut tats: HashMap<&[u8], (f64, bool)> = HashMap::with_capacity(fields.len());
+    let mut written: Vec<&[u8]> = Vec::new();
+    let mut out = Vec::with_capacity(fields.len());
+    let mut top = 0.0f64;
+    for (j, &f) in fields.iter().enumerate() {
+        let known = tats.get(f).copied();
+        let Some(mut tat) = known
+            .map(|(t, _)| t)
+            .or_else(|| tat_of(vals[j + 3].as_deref()))
+        else {
+            out.push(Reply::Text(not_a_tat(f, hash)));
+            continue;
+        };
+        let was_written = known.is_some_and(|(_, w)| w);
+        if tat < now {
+            tat = now;
+        }
+        let new_tat = tat + quota.step;
+        if new_tat - now > quota.cap {
+            tats.insert(f, (tat, was_written));
+            out.push(Reply::Int(-((tat - now).ceil() as i64) - 1));
+        } else {
+            tats.insert(f, (new_tat, true));
+            if !was_written {
+                written.push(f);
+            }
+            top = top.max(new_tat);
+            out.push(Reply::Int((new_tat - now).ceil() as i64));
+        }
+    }
+    if !written.is_empty() {
+        let sets: Vec<(&[u8], Vec<u8>)> = written.iter().map(|&f| (f, pack(tats[f].0))).collect();
+        let own = [vals[0].as_deref(), vals[1].as_deref(), vals[2].as_deref()];
+        store(shard, now, sets, &tats, top, own)?;
+    }
+    Ok(out)
+}
+
+/// [`decide_on`] for a shard whose name errors need not carry (tests, docs).
+pub fn decide<S: Shard>(
+    shard: &mut S,
+    now: f64,
+    quota: Quota,
+    fields: &[&[u8]],
+) -> Result<Vec<Reply>, Vec<u8>> {
+    decide_on(shard, b"", now, quota, fields)
+}
+
+/// Writes the decided states `sets` (each TAT in the future; `tats`: the batch's fields, and
+/// whether it wrote each), with
+/// a sweep step first when one is due (`:d` passed), and the TTL past the latest TAT `top`
+/// (see the module docs). `own`: `:c`, `:d`, `:x` as read.
+fn store<S: Shard>(
+    shard: &mut S,
+    now: f64,
+    mut sets: Vec<(&[u8], Vec<u8>)>,
+    tats: &HashMap<&[u8], (f64, bool)>,
+    top: f64,
+    own: [Option<&[u8]>; 3],
+) -> Result<(), Vec<u8>> {
+    let d = number(own[1]);
+    let mut x = number(own[2]);
+    let mut dels: Vec<Vec<u8>> = Vec::new();
+    let mut deleting = std::collections::HashSet::new();
+    if now >= d {
+        let cursor = own[0].unwrap_or(b"0");
+        let (next, found) = shard.scan(cursor, SWEEP_COUNT)?;
+        for (f, v) in found {
+            let ours = tats.get(f.as_slice()).is_some_and(|&(_, w)| w);
+            if f.first() == Some(&b':') || ours || deleting.contains(&f) {
+                continue;
+            }
+            if tat_of(v.as_deref()).is_some_and(|tat| tat <= now) {
+                deleting.insert(f.clone());
+                dels.push(f);
+            }
+        }
+        let next_d = if next == b"0" {
+            now + SWEEP_PAUSE_US
+        } else {
+            now + SWEEP_STEP_US
+        };
+        sets.push((b":c", next));
+        sets.push((b":d", format(next_d)));
+    }
+    if !dels.is_empty() {
+        let dels: Vec<&[u8]> = dels.iter().map(Vec::as_slice).collect();
+        shard.delete(&dels)?;
+    }
+    let expire = top > x || x == 0.0;
+    if expire {
+        let last = top.max(now);
+        x = last + (last - now).max(1_000_000.0);
+        sets.push((b":x", format(x)));
+    }
+    shard.write(&sets)?;
+    if expire {
+        shard.expire(((x - now) / 1000.0).ceil() as i64 + 1)?;
+    }
+    Ok(())
+}
+
+/// A shard hash in memory, with the commands' semantics (tests and docs): fields in
+/// insertion order, `HSCAN` over them `count` at a time; a deleted field keeps its place, so
+/// a scan under way misses no field that stays, as Redis's `HSCAN` promises.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryShard {
+    /// Fields and values in insertion order; `None`: deleted.
+    entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The TTL last set (ms).
+    pub ttl_ms: Option<i64>,
+}
+
+impl MemoryShard {
+    /// A field's value.
+    pub fn get(&self, field: &[u8]) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(f, _)| f == field)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Sets a field's value (`HSET`).
+    pub fn insert(&mut self, field: &[u8], value: &[u8]) {
+        match self.entries.iter_mut().find(|(f, _)| f == field) {
+            Some((_, old)) => *old = Some(value.to_vec()),
+            None => self.entries.push((field.to_vec(), Some(value.to_vec()))),
+        }
+    }
+
+    /// The fields present (`HLEN`).
+    pub fn len(&self) -> usize {
+        self.entries.iter().filter(|(_, v)| v.is_some()).count()
+    }
+
+    /// Whether no field is present.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Shard for MemoryShard {
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>> {
+        let own: [&[u8]; 3] = [b":c", b":d", b":x"];
+        Ok(own
+            .iter()
+            .chain(fields)
+            .map(|f| self.get(f).map(<[u8]>::to_vec))
+            .collect())
+    }
+
+    fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>> {
+        let start: usize = std::str::from_utf8(cursor)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let end = (start + count as usize).min(self.entries.len());
+        let found = self.entries[start.min(end)..end]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(f, v)| (f.clone(), v.clone()))
+            .collect();
+        let next = if end >= self.entries.len() { 0 } else { end };
+        Ok((next.to_string().into_bytes(), found))
+    }
+
+    fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>> {
+        for (f, v) in &mut self.entries {
+            if fields.contains(&f.as_slice()) {
+                *v = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, pairs: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>> {
+        for (f, v) in pairs {
+            self.insert(f, v);
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, ms: i64) -> Result<(), Vec<u8>> {
+        self.ttl_ms = Some(ms);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
