@@ -478,3 +478,69 @@ async fn a_bad_state_degrades_only_its_own_tenant() {
     assert!(v.degraded.is_some(), "its hash is a list: {v:?}");
     assert_eq!(server.command(&["TYPE", &bad.key]).unwrap(), "list");
 }
+
+/// Redis's clock in µs.
+async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    (s * 1_000_000 + us) as f64
+}
+
+/// A hash of a limit with 16 shards (its tag says so) takes its sweep steps 16 × 2 ms apart
+/// — the same sweep work per limit as with one shard — whether the script or the command
+/// writes it: mid-pass, the next step is due 32 ms after the write, on Redis's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_and_the_command_space_sweep_steps_by_the_shard_count() {
+    let Some(server) = RedisServer::start_native_or_skip("the_script_and_the_command_space") else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let q = quota();
+    let t_nanos = q.emission_interval().as_nanos() as u64;
+    let future = (redis_now(&mut conn).await + 1e12).to_le_bytes();
+    for via in ["script", "command"] {
+        let hash = format!("{via}:{{#2.16.0.0}}:api");
+        // More fields than a listpack holds (512 by default): a hash table, scanned in steps.
+        for i in 0..1000 {
+            let _: () = redis::cmd("HSET")
+                .arg(&hash)
+                .arg(format!("k{i}"))
+                .arg(&future[..])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let t0 = redis_now(&mut conn).await;
+        let v: redis::Value = match via {
+            "script" => redis::Script::new(SCRIPT)
+                .key(&hash)
+                .arg(t_nanos)
+                .arg(LIMIT)
+                .arg(1)
+                .arg("a")
+                .invoke_async(&mut conn)
+                .await
+                .unwrap(),
+            _ => native(&mut conn, &hash, 1, &["a".to_string()])
+                .await
+                .remove(0),
+        };
+        let t1 = redis_now(&mut conn).await;
+        assert!(verdict(&v).0, "{via}: admitted");
+        let d: String = redis::cmd("HGET")
+            .arg(&hash)
+            .arg(":d")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let d: f64 = d.parse().unwrap();
+        println!(
+            "{via}: next sweep step {:.0} µs after the write (16 shards, a pass under way)",
+            d - (t0 + t1) / 2.0
+        );
+        assert!(
+            t0 + 32_000.0 <= d && d <= t1 + 32_000.0,
+            "{via}: the next step 32 ms after the write: {t0} {d} {t1}"
+        );
+    }
+}

@@ -172,10 +172,38 @@ async fn a_slot_moved_under_node_batches_keeps_every_key_exact() {
     else {
         return;
     };
+    moved_under_batches(Arc::new(cluster), &[Algorithm::Gcra, Algorithm::SlidingLog]).await;
+}
+
+/// The same with floodwall-redis-module loaded: GCRA batches go as one `FLOODWALL.GCRA` per
+/// master, and the moved key's decisions, met in a batch on a node that no longer serves it,
+/// reply `floodwall:elsewhere` (the module's read is refused there), are sent again alone and
+/// follow the redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_native_node_batches_keeps_every_key_exact() {
+    let Some(cluster) = RedisCluster::start_native_or_skip(
+        "a_slot_moved_under_native_node_batches_keeps_every_key_exact",
+        3,
+    ) else {
+        return;
+    };
     let cluster = Arc::new(cluster);
+    moved_under_batches(cluster.clone(), &[Algorithm::Gcra]).await;
+    let native: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.command_calls(&["floodwall.gcra"]).unwrap())
+        .sum();
+    println!("{native} FLOODWALL.GCRA calls");
+    assert!(native > 0, "the native command decided");
+}
+
+/// A slot moved while its key is decided in batches beside keys of other slots on the same
+/// master, for each of `algs`: every key stays exact.
+async fn moved_under_batches(cluster: Arc<RedisCluster>, algs: &[Algorithm]) {
     const LIMIT: u32 = 100;
     const ASKED: u32 = 200;
-    for alg in [Algorithm::Gcra, Algorithm::SlidingLog] {
+    for &alg in algs {
         let pid = std::process::id();
         let moved_user = format!("moving-{alg:?}-{pid}");
         let mut instances = Vec::new();

@@ -26,8 +26,10 @@
 //! double. A hash's own fields, which no key's field can be named (an encoded key holds no
 //! `:`): `:c` the sweep's `HSCAN` cursor, `:d` when the next sweep step may start (µs),
 //! `:x` when the hash expires (µs). A state whose TAT has passed equals an absent one; the
-//! sweep removes such fields [`SWEEP_COUNT`] at a time, one step at most every
-//! [`SWEEP_STEP_US`], a pass done the next after [`SWEEP_PAUSE_US`]. The hash's TTL follows
+//! sweep removes such fields [`SWEEP_COUNT`] at a time, one step at most every `S` ×
+//! [`SWEEP_STEP_US`] (`S` the limit's shard count, read from the hash's tag by
+//! [`shards_of`]: a limit's sweep work does not grow with its shards), a pass done the next
+//! after [`SWEEP_PAUSE_US`]. The hash's TTL follows
 //! its latest TAT: when a TAT goes past `:x`, the hash expires at that TAT plus its remaining
 //! time (at least 1 s).
 //!
@@ -47,7 +49,7 @@ use std::collections::HashMap;
 
 /// Fields one sweep step reads.
 pub const SWEEP_COUNT: u32 = 128;
-/// The least time between two sweep steps of one hash (µs).
+/// The least time between two sweep steps of one hash (µs), times the limit's shard count.
 pub const SWEEP_STEP_US: f64 = 2_000.0;
 /// The pause after a sweep pass went over every field (µs).
 pub const SWEEP_PAUSE_US: f64 = 100_000.0;
@@ -89,18 +91,87 @@ pub type Value = Option<Vec<u8>>;
 /// What one `HSCAN` step answers: the next cursor, and the pairs it found.
 pub type Scan = (Vec<u8>, Vec<(Vec<u8>, Value)>);
 
+/// What `HMGET hash :c :d :x fields…` read: the hash's own three fields, and each field's
+/// TAT as [`tat_of`] reads it (0 when absent, `None` when the value is not a TAT).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// `:c`, `:d`, `:x`.
+    pub own: [Value; 3],
+    /// One per field read, in order.
+    pub tats: Vec<Option<f64>>,
+}
+
 /// The commands a decision runs on its shard's hash (one hash per batch).
 pub trait Shard {
-    /// `HMGET hash :c :d :x fields…`: the three own fields, then each field's value.
-    fn read(&mut self, fields: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>>;
+    /// `HMGET hash :c :d :x fields…`.
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Reading, Vec<u8>>;
     /// `HSCAN hash cursor COUNT count`: the next cursor and the pairs found.
     fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>>;
     /// `HDEL hash fields…`.
     fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>>;
-    /// `HSET hash field value …`.
-    fn write(&mut self, pairs: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>>;
+    /// `HSET hash field value …`: each decided field (its index in `fields`, the batch's
+    /// fields as [`read`](Self::read) was handed them) with its packed TAT, then the hash's
+    /// own fields.
+    fn write(
+        &mut self,
+        fields: &[&[u8]],
+        decided: &[(usize, [u8; 8])],
+        own: &[(&'static [u8], Vec<u8>)],
+    ) -> Result<(), Vec<u8>>;
     /// `PEXPIRE hash ms`.
     fn expire(&mut self, ms: i64) -> Result<(), Vec<u8>>;
+}
+
+/// The Fx hash (rustc's): a batch's fields are looked up once each, and SipHash's
+/// resistance to chosen keys buys nothing against a hash map that lives for one command.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        for &b in chunks.remainder() {
+            self.mix(u64::from(b));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FxMap<'f> = HashMap<&'f [u8], usize, std::hash::BuildHasherDefault<Fx>>;
+
+/// The shard count `S` of a limit's hash, from its tag `{#2.<S>.…}` (the limiter's layout 2);
+/// 1 for any other name.
+pub fn shards_of(hash: &[u8]) -> u32 {
+    const TAG: &[u8] = b"{#2.";
+    let Some(at) = hash.windows(TAG.len()).position(|w| w == TAG) else {
+        return 1;
+    };
+    let digits = &hash[at + TAG.len()..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    match (
+        std::str::from_utf8(&digits[..end])
+            .ok()
+            .and_then(|d| d.parse().ok()),
+        digits.get(end),
+    ) {
+        (Some(s), Some(b'.')) if s >= 1 => s,
+        _ => 1,
+    }
 }
 
 /// A stored value's TAT: 0 when absent, `None` when the value is not one of ours.
@@ -112,8 +183,8 @@ pub fn tat_of(v: Option<&[u8]>) -> Option<f64> {
 }
 
 /// A TAT as stored.
-pub fn pack(tat: f64) -> Vec<u8> {
-    tat.to_le_bytes().to_vec()
+pub fn pack(tat: f64) -> [u8; 8] {
+    tat.to_le_bytes()
 }
 
 /// A number field (`:d`, `:x`) as the script reads it: 0 when absent or not a number.
@@ -150,48 +221,69 @@ pub fn decide_on<S: Shard>(
     quota: Quota,
     fields: &[&[u8]],
 ) -> Result<Vec<Reply>, Vec<u8>> {
-    let vals = match shard.read(fields) {
-        Ok(v) if v.len() == fields.len() + 3 => v,
+    let reading = match shard.read(fields) {
+        Ok(r) if r.tats.len() == fields.len() => r,
         Ok(_) => return Err(b"floodwall: HMGET answered a different count".to_vec()),
         Err(e) => return Ok(fields.iter().map(|_| Reply::Text(e.clone())).collect()),
     };
-    // Each field's TAT as read or as the batch left it, and whether the batch wrote it.
-    let mut tats: HashMap<&[u8], (f64, bool)> = HashMap::with_capacity(fields.len());
-    let mut written: Vec<&[u8]> = Vec::new();
+    // Each distinct field's place in `states`: its TAT as read or as the batch left it, and
+    // whether the batch wrote it; `written` lists the written ones in first-write order
+    // (their index in `fields`, and their place).
+    let mut place: FxMap<'_> = HashMap::with_capacity_and_hasher(fields.len(), Default::default());
+    let mut states: Vec<(Option<f64>, bool)> = Vec::with_capacity(fields.len());
+    let mut written: Vec<(usize, usize)> = Vec::new();
     let mut out = Vec::with_capacity(fields.len());
     let mut top = 0.0f64;
     for (j, &f) in fields.iter().enumerate() {
-        let known = tats.get(f).copied();
-        let Some(mut tat) = known
-            .map(|(t, _)| t)
-            .or_else(|| tat_of(vals[j + 3].as_deref()))
-        else {
+        let at = *place.entry(f).or_insert_with(|| {
+            states.push((reading.tats[j], false));
+            states.len() - 1
+        });
+        let (known, was_written) = states[at];
+        let Some(mut tat) = known else {
             out.push(Reply::Text(not_a_tat(f, hash)));
             continue;
         };
-        let was_written = known.is_some_and(|(_, w)| w);
         if tat < now {
             tat = now;
         }
         let new_tat = tat + quota.step;
         if new_tat - now > quota.cap {
-            tats.insert(f, (tat, was_written));
+            states[at].0 = Some(tat);
             out.push(Reply::Int(-((tat - now).ceil() as i64) - 1));
         } else {
-            tats.insert(f, (new_tat, true));
+            states[at] = (Some(new_tat), true);
             if !was_written {
-                written.push(f);
+                written.push((j, at));
             }
             top = top.max(new_tat);
             out.push(Reply::Int((new_tat - now).ceil() as i64));
         }
     }
     if !written.is_empty() {
-        let sets: Vec<(&[u8], Vec<u8>)> = written.iter().map(|&f| (f, pack(tats[f].0))).collect();
-        let own = [vals[0].as_deref(), vals[1].as_deref(), vals[2].as_deref()];
-        store(shard, now, sets, &tats, top, own)?;
+        let decided: Vec<(usize, [u8; 8])> = written
+            .iter()
+            .map(|&(j, at)| (j, pack(states[at].0.unwrap_or_default())))
+            .collect();
+        let ours = |f: &[u8]| place.get(f).is_some_and(|&at| states[at].1);
+        let batch = Batch {
+            hash,
+            fields,
+            decided: &decided,
+            ours: &ours,
+        };
+        store(shard, now, batch, top, &reading.own)?;
     }
     Ok(out)
+}
+
+/// What a batch writes: its fields, the decided ones (index, packed TAT), and which fields
+/// it wrote (the sweep leaves those alone).
+struct Batch<'a> {
+    hash: &'a [u8],
+    fields: &'a [&'a [u8]],
+    decided: &'a [(usize, [u8; 8])],
+    ours: &'a dyn Fn(&[u8]) -> bool,
 }
 
 /// [`decide_on`] for a shard whose name errors need not carry (tests, docs).
@@ -204,54 +296,49 @@ pub fn decide<S: Shard>(
     decide_on(shard, b"", now, quota, fields)
 }
 
-/// Writes the decided states `sets` (each TAT in the future; `tats`: the batch's fields, and
-/// whether it wrote each), with
-/// a sweep step first when one is due (`:d` passed), and the TTL past the latest TAT `top`
-/// (see the module docs). `own`: `:c`, `:d`, `:x` as read.
+/// Writes the batch's decided states (each TAT in the future), with a sweep step first when
+/// one is due (`:d` passed), and the TTL past the latest TAT `top` (see the module docs).
+/// `own`: `:c`, `:d`, `:x` as read.
 fn store<S: Shard>(
     shard: &mut S,
     now: f64,
-    mut sets: Vec<(&[u8], Vec<u8>)>,
-    tats: &HashMap<&[u8], (f64, bool)>,
+    batch: Batch<'_>,
     top: f64,
-    own: [Option<&[u8]>; 3],
+    own: &[Value; 3],
 ) -> Result<(), Vec<u8>> {
-    let d = number(own[1]);
-    let mut x = number(own[2]);
-    let mut dels: Vec<Vec<u8>> = Vec::new();
-    let mut deleting = std::collections::HashSet::new();
+    let d = number(own[1].as_deref());
+    let mut x = number(own[2].as_deref());
+    let mut own_sets: Vec<(&'static [u8], Vec<u8>)> = Vec::new();
     if now >= d {
-        let cursor = own[0].unwrap_or(b"0");
+        let cursor = own[0].as_deref().unwrap_or(b"0");
         let (next, found) = shard.scan(cursor, SWEEP_COUNT)?;
-        for (f, v) in found {
-            let ours = tats.get(f.as_slice()).is_some_and(|&(_, w)| w);
-            if f.first() == Some(&b':') || ours || deleting.contains(&f) {
+        let mut dels: Vec<&[u8]> = Vec::new();
+        for (f, v) in &found {
+            if f.first() == Some(&b':') || (batch.ours)(f) || dels.contains(&f.as_slice()) {
                 continue;
             }
             if tat_of(v.as_deref()).is_some_and(|tat| tat <= now) {
-                deleting.insert(f.clone());
                 dels.push(f);
             }
+        }
+        if !dels.is_empty() {
+            shard.delete(&dels)?;
         }
         let next_d = if next == b"0" {
             now + SWEEP_PAUSE_US
         } else {
-            now + SWEEP_STEP_US
+            now + SWEEP_STEP_US * f64::from(shards_of(batch.hash))
         };
-        sets.push((b":c", next));
-        sets.push((b":d", format(next_d)));
-    }
-    if !dels.is_empty() {
-        let dels: Vec<&[u8]> = dels.iter().map(Vec::as_slice).collect();
-        shard.delete(&dels)?;
+        own_sets.push((b":c", next));
+        own_sets.push((b":d", format(next_d)));
     }
     let expire = top > x || x == 0.0;
     if expire {
         let last = top.max(now);
         x = last + (last - now).max(1_000_000.0);
-        sets.push((b":x", format(x)));
+        own_sets.push((b":x", format(x)));
     }
-    shard.write(&sets)?;
+    shard.write(batch.fields, batch.decided, &own_sets)?;
     if expire {
         shard.expire(((x - now) / 1000.0).ceil() as i64 + 1)?;
     }
@@ -298,13 +385,10 @@ impl MemoryShard {
 }
 
 impl Shard for MemoryShard {
-    fn read(&mut self, fields: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>> {
-        let own: [&[u8]; 3] = [b":c", b":d", b":x"];
-        Ok(own
-            .iter()
-            .chain(fields)
-            .map(|f| self.get(f).map(<[u8]>::to_vec))
-            .collect())
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Reading, Vec<u8>> {
+        let own = [b":c", b":d", b":x"].map(|f: &[u8; 2]| self.get(f).map(<[u8]>::to_vec));
+        let tats = fields.iter().map(|f| tat_of(self.get(f))).collect();
+        Ok(Reading { own, tats })
     }
 
     fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>> {
@@ -331,8 +415,16 @@ impl Shard for MemoryShard {
         Ok(())
     }
 
-    fn write(&mut self, pairs: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>> {
-        for (f, v) in pairs {
+    fn write(
+        &mut self,
+        fields: &[&[u8]],
+        decided: &[(usize, [u8; 8])],
+        own: &[(&'static [u8], Vec<u8>)],
+    ) -> Result<(), Vec<u8>> {
+        for (j, v) in decided {
+            self.insert(fields[*j], v);
+        }
+        for (f, v) in own {
             self.insert(f, v);
         }
         Ok(())

@@ -56,10 +56,11 @@ pub mod gcra;
 mod api;
 
 use std::ffi::{CString, c_int};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::{CallReply, Ctx, RString, api, bytes, reply_bytes};
-use gcra::{Quota, Reply, Scan, Shard, Value};
+use gcra::{Quota, Reading, Reply, Scan, Shard, Value};
 
 /// The command's name.
 pub const COMMAND: &str = "floodwall.gcra";
@@ -96,6 +97,7 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
             1,
         )
     };
+    make_own_fields();
     api::status(rc == api::OK)
 }
 
@@ -184,7 +186,11 @@ fn run(ctx: *mut Ctx, argv: &[*mut RString]) -> Result<Vec<Reply>, Vec<u8>> {
             .and_then(|rest| rest.get(..n))
             .filter(|f| !f.is_empty())
             .ok_or_else(|| b"ERR floodwall: a segment's fields are not its n".to_vec())?;
-        let mut shard = RedisShard { ctx, key: argv[i] };
+        let mut shard = RedisShard {
+            ctx,
+            key: argv[i],
+            fields: &argv[i + 5..i + 5 + n],
+        };
         let quota = Quota::new(t_nanos, burst, cost);
         out.extend(gcra::decide_on(&mut shard, args[i], now, quota, fields)?);
         i += 5 + n;
@@ -194,9 +200,36 @@ fn run(ctx: *mut Ctx, argv: &[*mut RString]) -> Result<Vec<Reply>, Vec<u8>> {
 
 /// The command's hash, worked on through `RedisModule_Call`: each write is replicated as
 /// the command it is (the `!` flag).
-struct RedisShard {
+struct RedisShard<'a> {
     ctx: *mut Ctx,
     key: *mut RString,
+    /// The segment's fields as the command's own argument strings: handed to `HMGET` and
+    /// `HSET` as they are, never copied.
+    fields: &'a [*mut RString],
+}
+
+/// `:c`, `:d`, `:x` as module strings, made once when the module loads and kept for its
+/// lifetime (addresses, for a `static`).
+static OWN_FIELDS: OnceLock<[usize; 3]> = OnceLock::new();
+
+/// Makes [`OWN_FIELDS`].
+fn make_own_fields() {
+    let make = |f: &[u8]| {
+        // SAFETY: a string with no context: never freed automatically, kept for good.
+        unsafe { (api().create_string)(std::ptr::null_mut(), f.as_ptr().cast(), f.len()) as usize }
+    };
+    let _ = OWN_FIELDS.set([make(b":c"), make(b":d"), make(b":x")]);
+}
+
+/// One of [`OWN_FIELDS`] by name.
+fn own_field(name: &[u8]) -> *mut RString {
+    let own = OWN_FIELDS.get().expect("made when the module loads");
+    let i = match name {
+        b":c" => 0,
+        b":d" => 1,
+        _ => 2,
+    };
+    own[i] as *mut RString
 }
 
 /// Module strings created for one call, freed when it is done.
@@ -225,8 +258,8 @@ impl Drop for Strings {
     }
 }
 
-/// `EACCES` (Linux, the BSDs and macOS alike).
-const EACCES: i32 = 13;
+/// `EPERM` (Linux, the BSDs and macOS alike).
+const EPERM: i32 = 1;
 
 /// A call reply, freed when dropped.
 struct Owned(*mut CallReply);
@@ -242,12 +275,13 @@ impl Drop for Owned {
 
 impl Owned {
     /// The reply, or its error's message: [`ELSEWHERE`] when the hash is not this Cluster
-    /// node's (`RedisModule_Call` refuses a key of another node with `EACCES`).
+    /// node's (`RedisModule_Call` refuses a key of another node, or of a slot being moved
+    /// away that no longer holds it, with `EPERM`).
     fn checked(self, command: &str) -> Result<Owned, Vec<u8>> {
         if self.0.is_null() {
             // Read before anything else can set it.
             let errno = std::io::Error::last_os_error().raw_os_error();
-            if errno == Some(EACCES) {
+            if errno == Some(EPERM) {
                 return Err(ELSEWHERE.to_vec());
             }
             return Err(format!("ERR floodwall: {command} could not run").into_bytes());
@@ -281,10 +315,12 @@ unsafe fn elements(r: *mut CallReply) -> Vec<Value> {
     }
 }
 
-impl Shard for RedisShard {
-    fn read(&mut self, fields: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>> {
-        let own: [&[u8]; 3] = [b":c", b":d", b":x"];
-        let args = Strings::new(self.ctx, own.into_iter().chain(fields.iter().copied()));
+impl Shard for RedisShard<'_> {
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Reading, Vec<u8>> {
+        debug_assert_eq!(fields.len(), self.fields.len());
+        let mut args: Vec<*mut RString> = Vec::with_capacity(3 + self.fields.len());
+        args.extend([b":c", b":d", b":x"].map(|f| own_field(f)));
+        args.extend_from_slice(self.fields);
         // SAFETY: the format's arguments: the hash (a live string), then a vector of live
         // strings and its length.
         let r = Owned(unsafe {
@@ -293,13 +329,26 @@ impl Shard for RedisShard {
                 c"HMGET".as_ptr(),
                 c"sv".as_ptr(),
                 self.key,
-                args.list.as_ptr(),
-                args.list.len(),
+                args.as_ptr(),
+                args.len(),
             )
         })
         .checked("HMGET")?;
-        // SAFETY: an array reply (HMGET's), live until `r` drops.
-        Ok(unsafe { elements(r.0) })
+        // SAFETY: HMGET's array reply, live until `r` drops; each element a string or nil.
+        unsafe {
+            let n = (api().call_reply_length)(r.0);
+            if n != args.len() {
+                return Err(b"ERR floodwall: HMGET answered a different count".to_vec());
+            }
+            let value = |i: usize| -> Option<&[u8]> {
+                let e = (api().call_reply_array_element)(r.0, i);
+                (!e.is_null() && (api().call_reply_type)(e) == api::REPLY_STRING)
+                    .then(|| reply_bytes(e))
+            };
+            let own = [0, 1, 2].map(|i| value(i).map(<[u8]>::to_vec));
+            let tats = (3..n).map(|i| gcra::tat_of(value(i))).collect();
+            Ok(Reading { own, tats })
+        }
     }
 
     fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>> {
@@ -354,8 +403,24 @@ impl Shard for RedisShard {
         r.checked("HDEL").map(drop)
     }
 
-    fn write(&mut self, pairs: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>> {
-        let args = Strings::new(self.ctx, pairs.iter().flat_map(|(f, v)| [*f, v.as_slice()]));
+    fn write(
+        &mut self,
+        _fields: &[&[u8]],
+        decided: &[(usize, [u8; 8])],
+        own: &[(&'static [u8], Vec<u8>)],
+    ) -> Result<(), Vec<u8>> {
+        let values = Strings::new(
+            self.ctx,
+            decided
+                .iter()
+                .map(|(_, v)| v.as_slice())
+                .chain(own.iter().map(|(_, v)| v.as_slice())),
+        );
+        let names = decided
+            .iter()
+            .map(|&(j, _)| self.fields[j])
+            .chain(own.iter().map(|(f, _)| own_field(f)));
+        let args: Vec<*mut RString> = names.zip(&values.list).flat_map(|(f, &v)| [f, v]).collect();
         // SAFETY: as in `read`; `!` replicates the command.
         let r = Owned(unsafe {
             (api().call)(
@@ -363,8 +428,8 @@ impl Shard for RedisShard {
                 c"HSET".as_ptr(),
                 c"!sv".as_ptr(),
                 self.key,
-                args.list.as_ptr(),
-                args.list.len(),
+                args.as_ptr(),
+                args.len(),
             )
         });
         r.checked("HSET").map(drop)

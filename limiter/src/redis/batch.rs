@@ -31,11 +31,8 @@ use tokio::sync::oneshot;
 use super::native::Native;
 use super::single::{is_redirect, send_script, send_single};
 use super::units::{Item, Unit, one_slot, segments, short_path};
+use super::verdict::Verdict;
 use super::{LIMIT_SCRIPT, LIMIT_SCRIPT_NODE};
-
-/// A decision's verdict as the script replied it: GCRA's integer, or the others' five (for a
-/// group, the array of its decisions' verdicts).
-pub(super) type Verdict = Result<::redis::Value, StoreError>;
 
 struct Waiting {
     item: Unit,

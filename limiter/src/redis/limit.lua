@@ -52,11 +52,13 @@
 --
 -- A GCRA state whose TAT has passed equals an absent one. Such fields are removed by a sweep
 -- that calls writing a hash run in steps: HSCAN from ':c' (SWEEP_COUNT fields), deleting
--- those whose TAT has passed, at most one step per SWEEP_STEP; when the cursor comes back to
--- 0, the next pass starts SWEEP_PAUSE later. So while a hash of N fields is written at
--- least every SWEEP_STEP, a stale field is gone within the rest of the pass under way,
--- SWEEP_PAUSE and one more pass: 0.1 s + 2 * N / SWEEP_COUNT steps (3.2 s for 100,000
--- fields); written less often, a step comes with each write. The hash's TTL is kept past
+-- those whose TAT has passed, at most one step per S * SWEEP_STEP (S: the limit's shard
+-- count, in the hash's tag); when the cursor comes back to 0, the next pass starts
+-- SWEEP_PAUSE later. So while a hash of N fields is written at least that often, a stale
+-- field is gone within the rest of the pass under way, SWEEP_PAUSE and one more pass:
+-- 0.1 s + 2 * ceil(N / SWEEP_COUNT) steps S * SWEEP_STEP apart. A limit's states spread
+-- evenly, that is 3.2 s for 100,000 of them whatever S, and the limit's sweep work does not
+-- grow with its shards. Written less often, a step comes with each write. The hash's TTL is kept past
 -- its latest TAT: whenever a TAT goes past ':x', the hash expires at that TAT plus its
 -- remaining time (at least 1 s), so a hash nobody writes any more expires whole.
 --
@@ -65,8 +67,8 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- The sweep of a GCRA hash's stale fields (see the header): a step reads SWEEP_COUNT fields,
--- steps of one hash come at least SWEEP_STEP apart, and a pass over every field done, the
--- next starts SWEEP_PAUSE later (us).
+-- steps of one hash come at least S * SWEEP_STEP apart, and a pass over every field done,
+-- the next starts SWEEP_PAUSE later (us).
 local SWEEP_COUNT, SWEEP_STEP, SWEEP_PAUSE = 128, 2000, 100000
 -- The most fields or values one command is handed: Lua's stack bounds `unpack`.
 local CHUNK = 1000
@@ -97,6 +99,13 @@ local function tat_of(v)
   local tat = unpack_value('<d', v)
   if tat ~= tat then return nil end
   return tat
+end
+
+-- The shard count S of hash `h`, from its tag `{#2.<S>.…}` (1 for any other name): a hash's
+-- sweep steps come S * SWEEP_STEP apart, so a limit's sweep work is the same whatever its
+-- number of shards.
+local function shards_of(h)
+  return tonumber(string.match(h, '{#2%.(%d+)%.')) or 1
 end
 
 -- Hash `h`'s own fields (':c', ':d', ':x') then the fields `list[from..to]`, as HMGET
@@ -153,7 +162,7 @@ local function store(h, sets, dels, written, top, c, d, x)
         end
       end
     end
-    if c == '0' then d = now + SWEEP_PAUSE else d = now + SWEEP_STEP end
+    if c == '0' then d = now + SWEEP_PAUSE else d = now + SWEEP_STEP * shards_of(h) end
     sets[#sets + 1] = ':c'; sets[#sets + 1] = c
     sets[#sets + 1] = ':d'; sets[#sets + 1] = d
   end

@@ -4,9 +4,9 @@
 use floodwall_core::redis::StorePath;
 
 use super::LIMIT_SCRIPT;
-use super::batch::Verdict;
 use super::native::Native;
 use super::units::{Unit, segments};
+use super::verdict::Verdict;
 
 /// Whether a decision's reply inside a batch is a Cluster redirect (`ASK`, `MOVED`,
 /// `TRYAGAIN`): a key of the slot being resharded was not where the batch ran.

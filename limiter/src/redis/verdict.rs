@@ -8,6 +8,10 @@ use super::RemoteReceipt;
 use super::units::Fields;
 use crate::{Algorithm, Decision, Limit, Quota};
 
+/// A decision's verdict as the script replied it: GCRA's integer, or the others' five (for a
+/// group, the array of its decisions' verdicts).
+pub(super) type Verdict = Result<::redis::Value, StoreError>;
+
 pub(super) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }

@@ -93,7 +93,7 @@ fn a_value_that_is_not_a_tat_fails_its_own_decisions_only() {
 fn a_read_error_is_every_decisions_reply() {
     struct WrongType;
     impl Shard for WrongType {
-        fn read(&mut self, _: &[&[u8]]) -> Result<Vec<Value>, Vec<u8>> {
+        fn read(&mut self, _: &[&[u8]]) -> Result<Reading, Vec<u8>> {
             Err(b"WRONGTYPE Operation against a key holding the wrong kind of value".to_vec())
         }
         fn scan(&mut self, _: &[u8], _: u32) -> Result<Scan, Vec<u8>> {
@@ -102,7 +102,12 @@ fn a_read_error_is_every_decisions_reply() {
         fn delete(&mut self, _: &[&[u8]]) -> Result<(), Vec<u8>> {
             unreachable!("nothing is written")
         }
-        fn write(&mut self, _: &[(&[u8], Vec<u8>)]) -> Result<(), Vec<u8>> {
+        fn write(
+            &mut self,
+            _: &[&[u8]],
+            _: &[(usize, [u8; 8])],
+            _: &[(&'static [u8], Vec<u8>)],
+        ) -> Result<(), Vec<u8>> {
             unreachable!("nothing is written")
         }
         fn expire(&mut self, _: i64) -> Result<(), Vec<u8>> {
@@ -143,4 +148,47 @@ fn the_sweep_removes_stale_states_step_by_step() {
     shard.insert(b"old-again", &pack(now - 1.0));
     decide(&mut shard, now + 1.0, quota, &[b"other"]).unwrap();
     assert!(shard.get(b"old-again").is_some());
+}
+
+#[test]
+fn a_hash_tells_its_limits_shard_count() {
+    assert_eq!(shards_of(b"fw-rl:v1:{#2.16.3.6144}:api"), 16);
+    assert_eq!(shards_of(b"fw-rl:v1:{#2.1.0.0}:api"), 1);
+    for other in [
+        &b"plain"[..],
+        b"{#2.}",
+        b"{#2.0.1.2}",
+        b"{#2.x.1}",
+        b"{#2.12",
+    ] {
+        assert_eq!(shards_of(other), 1, "{}", String::from_utf8_lossy(other));
+    }
+}
+
+/// With S shards, a hash's sweep steps come S times further apart.
+#[test]
+fn a_hash_of_a_limit_with_more_shards_sweeps_less_often() {
+    let quota = Quota::new(1_000_000, 1, 1);
+    let mut shard = MemoryShard::default();
+    let now = 1_000_000_000.0;
+    decide_on(&mut shard, b"x:{#2.16.0.0}:api", now, quota, &[b"a"]).unwrap();
+    let d: f64 = std::str::from_utf8(shard.get(b":d").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first step found nothing more to scan (a pass done): the pause.
+    assert_eq!(d, now + SWEEP_PAUSE_US);
+    for i in 0..300 {
+        shard.insert(format!("k{i}").as_bytes(), &pack(now + 1e9));
+    }
+    decide_on(&mut shard, b"x:{#2.16.0.0}:api", d, quota, &[b"a"]).unwrap();
+    let next: f64 = std::str::from_utf8(shard.get(b":d").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        next,
+        d + 16.0 * SWEEP_STEP_US,
+        "a step of a pass under way, 16 x 2 ms on"
+    );
 }
