@@ -644,17 +644,14 @@ async fn blackholed_redis_under_concurrent_batched_load_answers_within_the_bound
     }
     proxy.heal();
     let healed = Instant::now();
-    let back = loop {
-        let v = limiter.check(&[("user", "after")]).await.unwrap();
-        if v.degraded.is_none() {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(5),
-            "never back on Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let back = common::back_on_redis(
+        &limiter,
+        "after",
+        healed,
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+    )
+    .await;
     println!(
         "blackholed, 64 callers x 5 batched decisions: {degraded} of 320 failed open, slowest answer {slowest:?} (bound {bound:?}); decided on Redis again {back:?} after healing"
     );

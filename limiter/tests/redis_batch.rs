@@ -240,13 +240,7 @@ fn a_short_path_batch_decides_as_one_by_one_and_as_the_memory_model() {
         let hash_key = |prefix: &str, hash: u8| format!("{prefix}:{{s}}:h{hash}");
         // Each hash's decisions, in order of first appearance, and where each one's verdict
         // goes.
-        let mut hashes: Vec<(u8, Vec<usize>)> = Vec::new();
-        for (i, (hash, _)) in picks.iter().enumerate() {
-            match hashes.iter_mut().find(|(h, _)| h == hash) {
-                Some((_, at)) => at.push(i),
-                None => hashes.push((*hash, vec![i])),
-            }
-        }
+        let hashes = common::by_hash(&picks);
         let (batch, single, expected) = rt.block_on(async {
             let mut inv = script.prepare_invoke();
             for (hash, _) in &hashes {

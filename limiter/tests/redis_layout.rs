@@ -334,17 +334,14 @@ async fn a_killed_and_restarted_redis_is_ridden_through_under_batched_load() {
         .await
         .unwrap();
     let up = killed.elapsed();
-    let back = loop {
-        let v = limiter.check(&[("user", "probe")]).await.unwrap();
-        if v.degraded.is_none() {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "never back on Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let back = common::back_on_redis(
+        &limiter,
+        "probe",
+        killed,
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut slowest, mut decided, mut degraded) = (Duration::ZERO, 0, 0);

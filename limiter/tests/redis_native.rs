@@ -111,13 +111,7 @@ fn native_and_script_decide_alike_and_as_the_model() {
         let c = case.fetch_add(1, Ordering::Relaxed);
         let cost = |hash: u8| if hash == 0 { cost0 } else { cost1 };
         let hash_key = |prefix: &str, hash: u8| format!("{prefix}{c}:{{s}}:h{hash}");
-        let mut hashes: Vec<(u8, Vec<usize>)> = Vec::new();
-        for (i, (hash, _)) in picks.iter().enumerate() {
-            match hashes.iter_mut().find(|(h, _)| h == hash) {
-                Some((_, at)) => at.push(i),
-                None => hashes.push((*hash, vec![i])),
-            }
-        }
+        let hashes = common::by_hash(&picks);
         let field = |i: usize| format!("u{}", picks[i].1);
         let (by_native, by_script, one_by_one) = rt.block_on(async {
             let mut conn = conn.clone();
@@ -382,17 +376,14 @@ async fn a_killed_and_restarted_native_redis_is_ridden_through() {
         );
     }
     server.restart().unwrap();
-    let back = loop {
-        let v = limiter.check(&[("user", "probe")]).await.unwrap();
-        if v.degraded.is_none() {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "back on Redis within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let back = common::back_on_redis(
+        &limiter,
+        "probe",
+        killed,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+    )
+    .await;
     let mut admitted = 0;
     for _ in 0..7 {
         let v = limiter.check(&[("user", "after")]).await.unwrap();

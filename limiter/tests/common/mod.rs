@@ -79,3 +79,38 @@ pub(crate) fn crowd_the_slot(cluster: &floodwall_testkit::RedisCluster, key: &st
         .unwrap();
     (source, to)
 }
+
+/// Decisions on `user` until one is made on Redis again (not degraded), `pause` apart;
+/// returns how long after `since` that was. Fails past `within`.
+pub(crate) async fn back_on_redis(
+    limiter: &RateLimiter,
+    user: &str,
+    since: std::time::Instant,
+    within: std::time::Duration,
+    pause: std::time::Duration,
+) -> std::time::Duration {
+    loop {
+        let v = limiter.check(&[("user", user)]).await.unwrap();
+        if v.degraded.is_none() {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "not back on Redis within {within:?}"
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The decisions of `picks` (hash, user) grouped by hash, hashes in first-seen order: each
+/// hash with the indices of its decisions, in order (a short-path batch's segments).
+pub(crate) fn by_hash(picks: &[(u8, u8)]) -> Vec<(u8, Vec<usize>)> {
+    let mut hashes: Vec<(u8, Vec<usize>)> = Vec::new();
+    for (i, (hash, _)) in picks.iter().enumerate() {
+        match hashes.iter_mut().find(|(h, _)| h == hash) {
+            Some((_, at)) => at.push(i),
+            None => hashes.push((*hash, vec![i])),
+        }
+    }
+    hashes
+}
