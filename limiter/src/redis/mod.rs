@@ -35,7 +35,8 @@
 //! waits, and when a call returns, everything waiting for that node (up to
 //! [`redis_max_batch`](crate::RateLimiterBuilder::redis_max_batch), 128 by default) goes as
 //! one script call; on a standalone or Sentinel server, 16 waiting decisions also go at once
-//! while fewer than 4 calls are in flight (a Cluster master has one call in flight). The script decides the batch's decisions in arrival order, each seeing the
+//! while fewer than 4 calls are in flight (32 while fewer than 3 with the native command: its
+//! cost to Redis is almost all per call; a Cluster master has one call in flight). The script decides the batch's decisions in arrival order, each seeing the
 //! state the ones before it left, exactly as if each had been its own call; decisions on the
 //! same key read it once and write it once (the sliding log works on its sorted set step by
 //! step). A batch of GCRA decisions that consume — the common case — takes a short path: each

@@ -9,7 +9,7 @@ use floodwall_core::redis::{RedisConnection, Script, StoreOptions};
 use floodwall_core::{Keyspace, StoreError};
 use floodwall_testkit::{RedisCluster, RedisServer};
 
-use super::cannot_compile;
+use super::{FULL_BATCH, FULL_BATCH_NATIVE, IN_FLIGHT, IN_FLIGHT_NATIVE, cannot_compile};
 use crate::redis::RedisStore;
 use crate::{Algorithm, Limit, Quota, RateLimiter};
 
@@ -116,4 +116,50 @@ async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
     );
     assert!(calls < 384, "{calls} script calls: no batches were made");
     assert_eq!(flagged, 0);
+}
+
+/// A store's batches follow its path: fewer, fuller calls while the server may take the
+/// native command; the script's batches once a server without the module refused it (on a
+/// real server), and from the start when the builder turned the command off.
+#[tokio::test]
+async fn batches_follow_the_native_command_and_its_refusal() {
+    let Some(server) = RedisServer::start_or_skip("batches_follow_the_native_command") else {
+        return;
+    };
+    let quota = Quota::new(NonZeroU32::new(10).unwrap(), Duration::from_secs(86_400));
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
+        .build()
+        .unwrap();
+    let url = server.url();
+    let store = |native: bool| {
+        let url = url.clone();
+        async move {
+            let conn = RedisConnection::standalone(url).connect().await.unwrap();
+            let settings = crate::redis::Settings {
+                native,
+                ..Default::default()
+            };
+            RedisStore::new(StoreOptions::new(conn), &settings)
+        }
+    };
+    let native = store(true).await;
+    let batcher = native.batcher.as_ref().expect("batching on");
+    assert_eq!(batcher.limits(), (IN_FLIGHT_NATIVE, FULL_BATCH_NATIVE));
+    let v = limiter
+        .decide_on_shared(&native, &[("user", "a")], 1, true)
+        .await
+        .unwrap();
+    assert!(
+        v.allowed && v.degraded.is_none(),
+        "the script decided: {v:?}"
+    );
+    assert_eq!(
+        batcher.limits(),
+        (IN_FLIGHT, FULL_BATCH),
+        "after the refusal"
+    );
+    let script = store(false).await;
+    let batcher = script.batcher.as_ref().expect("batching on");
+    assert_eq!(batcher.limits(), (IN_FLIGHT, FULL_BATCH));
 }
