@@ -20,6 +20,12 @@ pub(crate) struct RString {
     _opaque: [u8; 0],
 }
 
+/// `RedisModuleKey`: opaque.
+#[repr(C)]
+pub(crate) struct Key {
+    _opaque: [u8; 0],
+}
+
 /// `RedisModuleCallReply`: opaque.
 #[repr(C)]
 pub(crate) struct CallReply {
@@ -36,6 +42,19 @@ pub(crate) const APIVER_1: c_int = 1;
 pub(crate) const REPLY_STRING: c_int = 0;
 pub(crate) const REPLY_ERROR: c_int = 1;
 pub(crate) const REPLY_ARRAY: c_int = 3;
+
+/// `REDISMODULE_READ | REDISMODULE_WRITE`.
+pub(crate) const READ_WRITE: c_int = 1 | 2;
+/// `REDISMODULE_KEYTYPE_EMPTY`, `_HASH`.
+pub(crate) const KEYTYPE_EMPTY: c_int = 0;
+pub(crate) const KEYTYPE_HASH: c_int = 3;
+/// `REDISMODULE_HASH_NONE`, `_CFIELDS` (field names as C strings).
+pub(crate) const HASH_NONE: c_int = 0;
+pub(crate) const HASH_CFIELDS: c_int = 1 << 2;
+/// `REDISMODULE_HASH_DELETE`: the value that deletes a field.
+pub(crate) const HASH_DELETE: *mut RString = std::ptr::without_provenance_mut(1);
+/// `REDISMODULE_CTX_FLAGS_CLUSTER`.
+pub(crate) const CTX_FLAGS_CLUSTER: c_int = 1 << 5;
 
 /// A command's implementation.
 pub(crate) type CmdFunc = unsafe extern "C" fn(*mut Ctx, *mut *mut RString, c_int) -> c_int;
@@ -73,6 +92,18 @@ pub(crate) struct Api {
         unsafe extern "C" fn(*mut Ctx, *const c_char, usize) -> c_int,
     pub(crate) reply_with_error: unsafe extern "C" fn(*mut Ctx, *const c_char) -> c_int,
     pub(crate) wrong_arity: unsafe extern "C" fn(*mut Ctx) -> c_int,
+    pub(crate) get_context_flags: unsafe extern "C" fn(*mut Ctx) -> c_int,
+    pub(crate) open_key: unsafe extern "C" fn(*mut Ctx, *mut RString, c_int) -> *mut Key,
+    pub(crate) close_key: unsafe extern "C" fn(*mut Key),
+    pub(crate) key_type: unsafe extern "C" fn(*mut Key) -> c_int,
+    /// `RedisModule_HashGet(key, flags, field, &value, ..., NULL)`.
+    pub(crate) hash_get: unsafe extern "C" fn(*mut Key, c_int, ...) -> c_int,
+    /// `RedisModule_HashSet(key, flags, field, value, ..., NULL)`.
+    pub(crate) hash_set: unsafe extern "C" fn(*mut Key, c_int, ...) -> c_int,
+    pub(crate) set_expire: unsafe extern "C" fn(*mut Key, c_longlong) -> c_int,
+    /// `RedisModule_Replicate(ctx, command, format, ...)`.
+    pub(crate) replicate:
+        unsafe extern "C" fn(*mut Ctx, *const c_char, *const c_char, ...) -> c_int,
 }
 
 static API: OnceLock<Api> = OnceLock::new();
@@ -138,6 +169,14 @@ pub(crate) unsafe fn load(ctx: *mut Ctx, name: &CStr, version: c_int) -> Result<
         reply_with_string_buffer: get!(c"RedisModule_ReplyWithStringBuffer"),
         reply_with_error: get!(c"RedisModule_ReplyWithError"),
         wrong_arity: get!(c"RedisModule_WrongArity"),
+        get_context_flags: get!(c"RedisModule_GetContextFlags"),
+        open_key: get!(c"RedisModule_OpenKey"),
+        close_key: get!(c"RedisModule_CloseKey"),
+        key_type: get!(c"RedisModule_KeyType"),
+        hash_get: get!(c"RedisModule_HashGet"),
+        hash_set: get!(c"RedisModule_HashSet"),
+        set_expire: get!(c"RedisModule_SetExpire"),
+        replicate: get!(c"RedisModule_Replicate"),
     };
     // SAFETY: `ctx` is the load context; name is a C string that outlives the call.
     unsafe { (api.set_module_attribs)(ctx, name.as_ptr(), version, APIVER_1) };

@@ -1,0 +1,213 @@
+//! A segment's hash worked on through Redis's key API: opened once, each field read and
+//! written in place, the writes replicated as the `HSET`, `HDEL` and `PEXPIRE` they are. No
+//! command is dispatched for it, so it costs Redis less than [`RedisShard`]'s calls; used
+//! where this node is known to serve the hash: on a server that is not a Cluster node, and on
+//! a Cluster for a hash in its route's slot (which Redis checked before running the command).
+//!
+//! [`RedisShard`]: crate::called::RedisShard
+
+use std::ffi::{CStr, c_void};
+
+use crate::api::{self, Ctx, Key, RString, api, bytes};
+use crate::called::{Strings, hscan, own_field};
+use crate::gcra::{self, Reading, Scan, Shard, Value};
+
+/// What Redis answers a command on a key of another type.
+const WRONGTYPE: &[u8] = b"WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// A segment's hash, open for reading and writing until dropped.
+pub(crate) struct KeyShard<'a> {
+    ctx: *mut Ctx,
+    name: *mut RString,
+    key: *mut Key,
+    /// The segment's fields as the command's own argument strings.
+    fields: &'a [*mut RString],
+}
+
+impl<'a> KeyShard<'a> {
+    pub(crate) fn open(ctx: *mut Ctx, name: *mut RString, fields: &'a [*mut RString]) -> Self {
+        // SAFETY: `ctx` is the command's context and `name` one of its arguments.
+        let key = unsafe { (api().open_key)(ctx, name, api::READ_WRITE) };
+        KeyShard {
+            ctx,
+            name,
+            key,
+            fields,
+        }
+    }
+
+    /// A field's value, `name` a module string or (with `HASH_CFIELDS`) a C string.
+    fn get(&self, flags: std::ffi::c_int, name: *const c_void) -> Value {
+        let mut out: *mut RString = std::ptr::null_mut();
+        // SAFETY: an open hash (or empty) key; one field and where its value goes, then the
+        // NULL that ends the list. The value, a new string, is copied and freed.
+        unsafe {
+            (api().hash_get)(
+                self.key,
+                flags,
+                name,
+                &raw mut out,
+                std::ptr::null::<c_void>(),
+            );
+            if out.is_null() {
+                return None;
+            }
+            let v = bytes(out).to_vec();
+            (api().free_string)(self.ctx, out);
+            Some(v)
+        }
+    }
+
+    /// Sets a field (`name` a module string) to `value` (or deletes it: `HASH_DELETE`).
+    fn set(&self, name: *mut RString, value: *mut RString) {
+        // SAFETY: an open key, one field and value, then the NULL that ends the list.
+        unsafe {
+            (api().hash_set)(
+                self.key,
+                api::HASH_NONE,
+                name,
+                value,
+                std::ptr::null::<c_void>(),
+            );
+        }
+    }
+
+    /// Replicates `command` on the hash with `args` (module strings).
+    fn replicate(&self, command: &CStr, args: &[*mut RString]) {
+        // SAFETY: the format's arguments: the hash, then a vector of live strings and its
+        // length.
+        unsafe {
+            (api().replicate)(
+                self.ctx,
+                command.as_ptr(),
+                c"sv".as_ptr(),
+                self.name,
+                args.as_ptr(),
+                args.len(),
+            );
+        }
+    }
+}
+
+impl Drop for KeyShard<'_> {
+    fn drop(&mut self) {
+        if !self.key.is_null() {
+            // SAFETY: the key this shard opened, closed once.
+            unsafe { (api().close_key)(self.key) };
+        }
+    }
+}
+
+impl Shard for KeyShard<'_> {
+    fn read(&mut self, fields: &[&[u8]]) -> Result<Reading, Vec<u8>> {
+        debug_assert_eq!(fields.len(), self.fields.len());
+        if self.key.is_null() {
+            return Err(b"ERR floodwall: the hash could not be opened".to_vec());
+        }
+        // SAFETY: an open key.
+        let kind = unsafe { (api().key_type)(self.key) };
+        if kind != api::KEYTYPE_EMPTY && kind != api::KEYTYPE_HASH {
+            return Err(WRONGTYPE.to_vec());
+        }
+        let own = [c":c", c":d", c":x"].map(|f| self.get(api::HASH_CFIELDS, f.as_ptr().cast()));
+        let tats = self
+            .fields
+            .iter()
+            .map(|&f| gcra::tat_of(self.get(api::HASH_NONE, f.cast()).as_deref()))
+            .collect();
+        Ok(Reading { own, tats })
+    }
+
+    fn scan(&mut self, cursor: &[u8], count: u32) -> Result<Scan, Vec<u8>> {
+        hscan(self.ctx, self.name, cursor, count)
+    }
+
+    fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>> {
+        let names = Strings::new(self.ctx, fields.iter().copied());
+        for &f in &names.list {
+            self.set(f, api::HASH_DELETE);
+        }
+        self.replicate(c"HDEL", &names.list);
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        _fields: &[&[u8]],
+        decided: &[(usize, [u8; 8])],
+        own: &[(&'static [u8], Vec<u8>)],
+    ) -> Result<(), Vec<u8>> {
+        let values = Strings::new(
+            self.ctx,
+            decided
+                .iter()
+                .map(|(_, v)| v.as_slice())
+                .chain(own.iter().map(|(_, v)| v.as_slice())),
+        );
+        let names = decided
+            .iter()
+            .map(|&(j, _)| self.fields[j])
+            .chain(own.iter().map(|(f, _)| own_field(f)));
+        let mut args = Vec::with_capacity(2 * values.list.len());
+        for (name, &value) in names.zip(&values.list) {
+            self.set(name, value);
+            args.extend([name, value]);
+        }
+        self.replicate(c"HSET", &args);
+        Ok(())
+    }
+
+    fn expire(&mut self, ms: i64) -> Result<(), Vec<u8>> {
+        // SAFETY: an open key; then the format's arguments: the hash and a long long.
+        unsafe {
+            (api().set_expire)(self.key, ms);
+            (api().replicate)(self.ctx, c"PEXPIRE".as_ptr(), c"sl".as_ptr(), self.name, ms);
+        }
+        Ok(())
+    }
+}
+
+/// The Cluster slot of `key`, as Redis computes it: CRC16 (XMODEM) of its hash tag (the part
+/// between the first `{` and the next `}`, when not empty) or of the whole key, mod 16384.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let part = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in part {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    /// The slots `CLUSTER KEYSLOT` answers (Redis's documentation).
+    #[test]
+    fn slots_are_redis_slots() {
+        assert_eq!(key_slot(b"somekey"), 11058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"bar{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"{}whole"), key_slot(b"{}whole"));
+        assert_ne!(
+            key_slot(b"{}a"),
+            key_slot(b"{}b"),
+            "an empty tag hashes the whole key"
+        );
+    }
+}
