@@ -63,8 +63,9 @@ const FULL_BATCH: usize = 16;
 /// per call (waking, reading the call, writing the reply): fewer, fuller calls. Same bench,
 /// native command, Redis CPU per decision against the floor's on 10k keys / 10 hot keys:
 /// 4 calls and full batches of 16, 0.30-0.32x / 0.22-0.23x at 11 decisions per call; 2 and
-/// 32, 0.25-0.29x / 0.19-0.21x at 21; 3 and 32, 0.25x / 0.21x at 17, with 1.95x and 2.08x
-/// the floor's throughput; 1 call, 0.25x / 0.18x at 34 but 1.46x / 1.87x the throughput.
+/// 32, 0.25-0.29x / 0.19-0.21x at 21 (four runs); 3 and 32, 0.25-0.27x / 0.21-0.22x at 17
+/// (three runs), with 1.70-1.95x and 1.84-2.08x the floor's throughput; 1 call, 0.25x /
+/// 0.18x at 34 but 1.46x / 1.87x the throughput.
 const IN_FLIGHT_NATIVE: usize = 3;
 /// Decisions that make a full batch while the server takes the native command.
 const FULL_BATCH_NATIVE: usize = 32;
