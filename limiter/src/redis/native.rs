@@ -132,3 +132,53 @@ fn refuses(e: &StoreError) -> bool {
     (m.contains("unknown command") && m.to_ascii_lowercase().contains("floodwall.gcra"))
         || m.contains("floodwall: protocol version")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::{Native, REPROBE};
+
+    /// A refusal keeps the command untried for [`REPROBE`], then it is tried again; a store
+    /// built with the command off never tries it.
+    #[test]
+    fn a_refusal_is_remembered_until_the_reprobe() {
+        let mut native = Native::new(true);
+        // Its clock started a minute ago, so a refusal can be set back REPROBE and more.
+        native.since -= std::time::Duration::from_secs(60);
+        assert!(native.worth_trying(), "never refused");
+        let reprobe = REPROBE.as_millis() as u64;
+        let e = floodwall_core::StoreError::Script("ERR unknown command 'FLOODWALL.GCRA'".into());
+        native.refused(&e);
+        assert!(!native.worth_trying(), "just refused");
+        // Refused a little less than REPROBE ago: still remembered; a little more: tried.
+        let now = native.now_ms();
+        native
+            .refused_at
+            .store(now + 1000 - reprobe, Ordering::Relaxed);
+        assert!(!native.worth_trying());
+        native
+            .refused_at
+            .store(now.saturating_sub(reprobe + 1), Ordering::Relaxed);
+        assert!(native.worth_trying());
+        assert!(!Native::new(false).worth_trying());
+    }
+
+    /// What a server without the module, or with another version of it, answers is a
+    /// refusal; any other error is not.
+    #[test]
+    fn refusals_are_told_from_other_errors() {
+        use floodwall_core::StoreError;
+        let refusal = |m: &str| super::refuses(&StoreError::Script(m.into()));
+        assert!(refusal(
+            "ERR unknown command 'FLOODWALL.GCRA', with args beginning with: 'k' '1'"
+        ));
+        assert!(refusal(
+            "ERR floodwall: protocol version 1 is not this module's (2)"
+        ));
+        assert!(!refusal("ERR unknown command 'FOO'"));
+        assert!(!refusal(
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        ));
+    }
+}
