@@ -395,9 +395,10 @@ async fn a_killed_and_restarted_native_redis_is_ridden_through() {
         "killed: slowest degraded answer {slowest:?} (bound 100 ms); on Redis again {back:?} \
          after the kill; then {admitted} of 7 admitted (limit 5), {native_calls} native calls"
     );
+    // The bound, and room for the scheduler's lateness, as the layout's kill test allows.
     assert!(
-        slowest < Duration::from_millis(100) * 3,
-        "within the bound, with scheduling room"
+        slowest <= Duration::from_millis(150),
+        "within the bound: {slowest:?}"
     );
     assert_eq!(admitted, 5);
     assert!(native_calls >= 7, "the restarted server's module decided");
