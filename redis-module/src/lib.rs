@@ -6,6 +6,22 @@
 //! interpreter's cost per decision. A limiter uses the command when the server has it, and
 //! the script otherwise, on its own: load the module and nothing else changes.
 //!
+//! The decision logic is a plain Rust function over a [`gcra::Shard`]; this runs it on an
+//! in-memory hash, as the command runs it on a Redis hash:
+//!
+//! ```
+//! use floodwall_redis_module::gcra::{decide, MemoryShard, Quota, Reply};
+//!
+//! let mut shard = MemoryShard::default();
+//! // 1 per second, burst 1: the first is admitted, the second waits a second.
+//! let quota = Quota::new(1_000_000_000, 1, 1);
+//! let r = decide(&mut shard, 5_000_000.0, quota, &[b"k", b"k"]).unwrap();
+//! assert_eq!(r, vec![Reply::Int(1_000_000), Reply::Int(-1_000_001)]);
+//! assert_eq!(shard.ttl_ms, Some(2_001)); // the hash expires 1 s past its latest TAT
+//! ```
+//!
+//! Built and loaded:
+//!
 //! ```text
 //! cargo build --release -p floodwall-redis-module
 //! redis-server --loadmodule target/release/libfloodwall_redis_module.so
@@ -30,20 +46,6 @@
 //! moved) is left untouched and each of its decisions replies [`ELSEWHERE`], for the client
 //! to send again on its own. What the command writes is replicated as the `HSET`, `HDEL`
 //! and `PEXPIRE` it ran, so replicas and the AOF need no module.
-//!
-//! The decision logic is a plain Rust function over a [`gcra::Shard`]; this runs it on an
-//! in-memory hash:
-//!
-//! ```
-//! use floodwall_redis_module::gcra::{decide, MemoryShard, Quota, Reply};
-//!
-//! let mut shard = MemoryShard::default();
-//! // 1 per second, burst 1: the first is admitted, the second waits a second.
-//! let quota = Quota::new(1_000_000_000, 1, 1);
-//! let r = decide(&mut shard, 5_000_000.0, quota, &[b"k", b"k"]).unwrap();
-//! assert_eq!(r, vec![Reply::Int(1_000_000), Reply::Int(-1_000_001)]);
-//! assert_eq!(shard.ttl_ms, Some(2_001)); // the hash expires 1 s past its latest TAT
-//! ```
 //!
 //! A hash this node is known to serve — on a server that is not a Cluster node, or in the
 //! route's slot — is worked on through Redis's key API (no command dispatched per read or

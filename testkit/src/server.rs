@@ -204,7 +204,16 @@ impl RedisServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if self.ready() {
-                return Ok(());
+                if self.answered_by_ours() {
+                    return Ok(());
+                }
+                // Another test's server took the port between the probe and the bind: ours
+                // could not bind it. Try another port.
+                self.kill();
+                return Err(StartError::Failed(format!(
+                    "port {} is another server's",
+                    self.port
+                )));
             }
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -225,6 +234,25 @@ impl RedisServer {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether what answers on the port is this process: its `INFO server` names our child's
+    /// pid (a TLS-only server: whether our child is still running).
+    fn answered_by_ours(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        let pid = child.id();
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if self.extra.iter().any(|a| a == "--tls-port") {
+            return true;
+        }
+        resp::command(self.addr(), &["INFO", "server"]).is_ok_and(|info| {
+            info.lines()
+                .any(|l| l.trim() == format!("process_id:{pid}"))
+        })
     }
 
     /// Whether the server answers `PING` (a TLS-only server: whether its port accepts).
@@ -393,4 +421,32 @@ where
         cluster: true,
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server is taken as started only when what answers on its port is its own process:
+    /// another server on the port (a test that took it between the probe and the bind) is
+    /// told apart by its pid, and the start tries another port.
+    #[test]
+    fn a_port_answered_by_another_server_is_not_ours() {
+        let Some(mut other) = RedisServer::start_or_skip("a_port_answered_by_another_server")
+        else {
+            return;
+        };
+        assert!(other.answered_by_ours(), "a server is its own");
+        let impostor = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut fake = RedisServer {
+            child: Some(impostor),
+            port: other.port,
+            dir: scratch_dir("impostor").unwrap(),
+            cluster: false,
+            extra: Vec::new(),
+            suspended: false,
+        };
+        assert!(fake.ready(), "the port answers PING");
+        assert!(!fake.answered_by_ours(), "but not with this child's pid");
+    }
 }
