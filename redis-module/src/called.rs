@@ -188,18 +188,7 @@ impl Shard for RedisShard<'_> {
         decided: &[(usize, [u8; 8])],
         own: &[(&'static [u8], Vec<u8>)],
     ) -> Result<(), Vec<u8>> {
-        let values = Strings::new(
-            self.ctx,
-            decided
-                .iter()
-                .map(|(_, v)| v.as_slice())
-                .chain(own.iter().map(|(_, v)| v.as_slice())),
-        );
-        let names = decided
-            .iter()
-            .map(|&(j, _)| self.fields[j])
-            .chain(own.iter().map(|(f, _)| own_field(f)));
-        let args: Vec<*mut RString> = names.zip(&values.list).flat_map(|(f, &v)| [f, v]).collect();
+        let (_values, args) = hset_args(self.ctx, self.fields, decided, own);
         // SAFETY: as in `read`; `!` replicates the command.
         let r = Owned(unsafe {
             (api().call)(
@@ -267,4 +256,28 @@ pub(crate) fn hscan(
         }
         Ok((next, pairs))
     }
+}
+
+/// `HSET`'s arguments for a batch's writes: each decided field (the command's own argument
+/// string `fields[j]`) with its packed TAT, then the hash's own fields, name and value
+/// interleaved. The values are strings made here, freed when the returned `Strings` drops.
+pub(crate) fn hset_args(
+    ctx: *mut Ctx,
+    fields: &[*mut RString],
+    decided: &[(usize, [u8; 8])],
+    own: &[(&'static [u8], Vec<u8>)],
+) -> (Strings, Vec<*mut RString>) {
+    let values = Strings::new(
+        ctx,
+        decided
+            .iter()
+            .map(|(_, v)| v.as_slice())
+            .chain(own.iter().map(|(_, v)| v.as_slice())),
+    );
+    let names = decided
+        .iter()
+        .map(|&(j, _)| fields[j])
+        .chain(own.iter().map(|(f, _)| own_field(f)));
+    let args = names.zip(&values.list).flat_map(|(f, &v)| [f, v]).collect();
+    (values, args)
 }

@@ -9,8 +9,8 @@
 use std::ffi::{CStr, c_void};
 
 use crate::api::{self, Ctx, Key, RString, api, bytes};
-use crate::called::{Strings, hscan, own_field};
-use crate::gcra::{self, Reading, Scan, Shard, Value};
+use crate::called::{Strings, hscan, hset_args};
+use crate::gcra::{self, Reading, Scan, Shard};
 
 /// What Redis answers a command on a key of another type.
 const WRONGTYPE: &[u8] = b"WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -36,11 +36,17 @@ impl<'a> KeyShard<'a> {
         }
     }
 
-    /// A field's value, `name` a module string or (with `HASH_CFIELDS`) a C string.
-    fn get(&self, flags: std::ffi::c_int, name: *const c_void) -> Value {
+    /// What `read` makes of a field's value (`None`: absent), `name` a module string or (with
+    /// `HASH_CFIELDS`) a C string. The value is read in place, then freed: nothing is copied.
+    fn get<T>(
+        &self,
+        flags: std::ffi::c_int,
+        name: *const c_void,
+        read: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> T {
         let mut out: *mut RString = std::ptr::null_mut();
         // SAFETY: an open hash (or empty) key; one field and where its value goes, then the
-        // NULL that ends the list. The value, a new string, is copied and freed.
+        // NULL that ends the list. The value, a new string, is read while alive, then freed.
         unsafe {
             (api().hash_get)(
                 self.key,
@@ -50,11 +56,11 @@ impl<'a> KeyShard<'a> {
                 std::ptr::null::<c_void>(),
             );
             if out.is_null() {
-                return None;
+                return read(None);
             }
-            let v = bytes(out).to_vec();
+            let v = read(Some(bytes(out)));
             (api().free_string)(self.ctx, out);
-            Some(v)
+            v
         }
     }
 
@@ -109,11 +115,15 @@ impl Shard for KeyShard<'_> {
         if kind != api::KEYTYPE_EMPTY && kind != api::KEYTYPE_HASH {
             return Err(WRONGTYPE.to_vec());
         }
-        let own = [c":c", c":d", c":x"].map(|f| self.get(api::HASH_CFIELDS, f.as_ptr().cast()));
+        let own = [c":c", c":d", c":x"].map(|f| {
+            self.get(api::HASH_CFIELDS, f.as_ptr().cast(), |v| {
+                v.map(<[u8]>::to_vec)
+            })
+        });
         let tats = self
             .fields
             .iter()
-            .map(|&f| gcra::tat_of(self.get(api::HASH_NONE, f.cast()).as_deref()))
+            .map(|&f| self.get(api::HASH_NONE, f.cast(), gcra::tat_of))
             .collect();
         Ok(Reading { own, tats })
     }
@@ -137,21 +147,9 @@ impl Shard for KeyShard<'_> {
         decided: &[(usize, [u8; 8])],
         own: &[(&'static [u8], Vec<u8>)],
     ) -> Result<(), Vec<u8>> {
-        let values = Strings::new(
-            self.ctx,
-            decided
-                .iter()
-                .map(|(_, v)| v.as_slice())
-                .chain(own.iter().map(|(_, v)| v.as_slice())),
-        );
-        let names = decided
-            .iter()
-            .map(|&(j, _)| self.fields[j])
-            .chain(own.iter().map(|(f, _)| own_field(f)));
-        let mut args = Vec::with_capacity(2 * values.list.len());
-        for (name, &value) in names.zip(&values.list) {
-            self.set(name, value);
-            args.extend([name, value]);
+        let (_values, args) = hset_args(self.ctx, self.fields, decided, own);
+        for pair in args.chunks_exact(2) {
+            self.set(pair[0], pair[1]);
         }
         self.replicate(c"HSET", &args);
         Ok(())
@@ -164,50 +162,5 @@ impl Shard for KeyShard<'_> {
             (api().replicate)(self.ctx, c"PEXPIRE".as_ptr(), c"sl".as_ptr(), self.name, ms);
         }
         Ok(())
-    }
-}
-
-/// The Cluster slot of `key`, as Redis computes it: CRC16 (XMODEM) of its hash tag (the part
-/// between the first `{` and the next `}`, when not empty) or of the whole key, mod 16384.
-pub(crate) fn key_slot(key: &[u8]) -> u16 {
-    let part = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &b in part {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc & 0x3fff
-}
-
-#[cfg(test)]
-mod tests {
-    use super::key_slot;
-
-    /// The slots `CLUSTER KEYSLOT` answers (Redis's documentation).
-    #[test]
-    fn slots_are_redis_slots() {
-        assert_eq!(key_slot(b"somekey"), 11058);
-        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
-        assert_eq!(key_slot(b"bar{hash_tag}"), 2515);
-        assert_eq!(key_slot(b"{}whole"), key_slot(b"{}whole"));
-        assert_ne!(
-            key_slot(b"{}a"),
-            key_slot(b"{}b"),
-            "an empty tag hashes the whole key"
-        );
     }
 }

@@ -69,8 +69,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::{Ctx, RString, api, bytes};
 use called::{RedisShard, make_own_fields};
+use floodwall_core::slot::key_slot;
 use gcra::{Quota, Reply};
-use keyed::{KeyShard, key_slot};
+use keyed::KeyShard;
 
 /// The command's name.
 pub const COMMAND: &str = "floodwall.gcra";

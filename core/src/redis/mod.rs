@@ -50,7 +50,8 @@ mod connection;
 mod connector;
 mod reconnect;
 mod script;
-pub mod slot;
+/// Redis Cluster key slots (at the crate root, so that it needs no feature).
+pub use crate::slot;
 mod store;
 mod topology;
 
