@@ -610,6 +610,31 @@ async fn blackholed_redis_under_concurrent_batched_load_answers_within_the_bound
     ) else {
         return;
     };
+    blackholed_under_batched_load(&server).await;
+}
+
+/// The same on a server with floodwall-redis-module: its batches go as `FLOODWALL.GCRA`
+/// (a command bounded by `StorePath::query_until`), and the bound holds as for the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_native_redis_under_concurrent_batched_load_answers_within_the_bound() {
+    let Some(server) = RedisServer::start_native_or_skip(
+        "blackholed_native_redis_under_concurrent_batched_load_answers_within_the_bound",
+    ) else {
+        return;
+    };
+    blackholed_under_batched_load(&server).await;
+    let native = server.command_calls(&["floodwall.gcra"]).unwrap();
+    println!("{native} FLOODWALL.GCRA calls");
+    assert!(
+        native > 0,
+        "the native command decided before and after the blackhole"
+    );
+}
+
+/// 64 callers deciding in batches through a proxy to `server` that blackholes: each
+/// decision is answered by the failure policy within its bound; after healing, decisions are
+/// on Redis again.
+async fn blackholed_under_batched_load(server: &RedisServer) {
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bound = Duration::from_millis(60);
     let conn = standalone(proxy.redis_url()).await;

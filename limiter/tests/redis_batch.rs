@@ -19,7 +19,7 @@ use floodwall_testkit::{FaultProxy, RedisServer};
 use proptest::prelude::*;
 
 mod common;
-use common::{assert_on_redis, standalone};
+use common::{assert_on_redis, runtime_and_connection, standalone};
 
 const SCRIPT: &str = include_str!("../src/redis/limit.lua");
 const LIMIT: u32 = 5;
@@ -102,16 +102,7 @@ fn append(inv: &mut redis::ScriptInvocation<'_>, op: Op, prefix: &str, after_gcr
 /// (allowed, remaining) from one decision's reply element.
 fn verdict(op: Op, v: &redis::Value) -> (bool, u32) {
     match (ALGORITHMS[op.alg], v) {
-        (Algorithm::Gcra, redis::Value::Int(v)) => {
-            let q = quota();
-            let t = q.emission_interval().as_nanos() as f64 / 1_000.0;
-            let cap = t * f64::from(q.burst().get());
-            let level = if *v >= 0 { *v } else { -(*v + 1) } as f64;
-            let remaining = ((cap - level) / t + 1e-9)
-                .floor()
-                .clamp(0.0, f64::from(q.burst().get()));
-            (*v >= 0, remaining as u32)
-        }
+        (Algorithm::Gcra, redis::Value::Int(v)) => common::gcra_verdict(*v, quota()),
         (_, redis::Value::Array(items)) => match (&items[0], &items[1]) {
             (redis::Value::Int(a), redis::Value::Int(r)) => (*a == 1, *r as u32),
             other => panic!("unexpected verdict {other:?}"),
@@ -146,24 +137,6 @@ async fn model(ops: &[Op]) -> Vec<(bool, u32)> {
         out.push((decision.allowed, decision.remaining));
     }
     out
-}
-
-/// A runtime for a property test's cases, and a plain connection to `server` on it.
-fn runtime_and_connection(
-    server: &RedisServer,
-) -> (tokio::runtime::Runtime, redis::aio::MultiplexedConnection) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let conn = rt.block_on(async {
-        redis::Client::open(server.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    });
-    (rt, conn)
 }
 
 #[test]

@@ -29,19 +29,12 @@ fn quota() -> Quota {
     Quota::new(n(LIMIT), Duration::from_secs(100_000_000))
 }
 
-/// (allowed, remaining) from a GCRA verdict (see `limit.lua`).
+/// (allowed, remaining) from a GCRA verdict.
 fn verdict(v: &redis::Value) -> (bool, u32) {
     let redis::Value::Int(v) = v else {
         panic!("a GCRA verdict is an integer: {v:?}")
     };
-    let q = quota();
-    let t = q.emission_interval().as_nanos() as f64 / 1_000.0;
-    let cap = t * f64::from(q.burst().get());
-    let level = if *v >= 0 { *v } else { -(*v + 1) } as f64;
-    let remaining = ((cap - level) / t + 1e-9)
-        .floor()
-        .clamp(0.0, f64::from(LIMIT)) as u32;
-    (*v >= 0, remaining)
+    common::gcra_verdict(*v, quota())
 }
 
 /// The reference: with nothing refilling, a key admits while what it used plus the cost fits
@@ -91,14 +84,7 @@ fn native_and_script_decide_alike_and_as_the_model() {
     let Some(server) = RedisServer::start_native_or_skip("native_and_script_decide_alike") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = redis::Client::open(server.url()).unwrap();
-    let conn = rt
-        .block_on(client.get_multiplexed_async_connection())
-        .unwrap();
+    let (rt, conn) = common::runtime_and_connection(&server);
     let script = redis::Script::new(SCRIPT);
     let t_nanos = quota().emission_interval().as_nanos() as u64;
     let (case, decisions) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -535,4 +521,44 @@ async fn the_script_and_the_command_space_sweep_steps_by_the_shard_count() {
             "{via}: the next step 32 ms after the write: {t0} {d} {t1}"
         );
     }
+}
+
+/// After `FLUSHALL` (Redis lost its data) every key starts afresh with the native command as
+/// with the script: a spent user is admitted its limit again, no decision fails, and the
+/// shard's hash is written anew with a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_flushall_the_native_command_starts_every_key_afresh() {
+    let Some(server) = RedisServer::start_native_or_skip("after_flushall_the_native_command")
+    else {
+        return;
+    };
+    let limiter = limiter(standalone(server.url()).await, 5, true);
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let mut admitted = 0;
+        for _ in 0..7 {
+            let v = limiter.check(&[("user", "u")]).await.unwrap();
+            assert!(v.degraded.is_none(), "{v:?}");
+            admitted += u32::from(v.allowed);
+        }
+        rounds.push(admitted);
+        if round == 0 {
+            server.command(&["FLUSHALL"]).unwrap();
+        }
+    }
+    let hash = limiter.redis_location("api", "u").unwrap().key;
+    let ttl: i64 = server
+        .command(&["PTTL", &hash])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let native = server.command_calls(&["floodwall.gcra"]).unwrap();
+    println!(
+        "admitted of 7 before and after FLUSHALL: {rounds:?}; the shard's hash TTL {ttl} ms; \
+         {native} FLOODWALL.GCRA calls"
+    );
+    assert_eq!(rounds, vec![5, 5]);
+    assert!(ttl > 0, "{ttl}");
+    assert!(native >= 14, "every decision went to the command");
 }

@@ -114,3 +114,31 @@ pub(crate) fn by_hash(picks: &[(u8, u8)]) -> Vec<(u8, Vec<usize>)> {
     }
     hashes
 }
+
+/// (allowed, remaining) from a GCRA verdict as `limit.lua` and `FLOODWALL.GCRA` reply it:
+/// `ceil(level)` when allowed, `-ceil(level) - 1` when denied (level in µs).
+pub(crate) fn gcra_verdict(v: i64, quota: floodwall_limiter::Quota) -> (bool, u32) {
+    let t = quota.emission_interval().as_nanos() as f64 / 1_000.0;
+    let burst = f64::from(quota.burst().get());
+    let level = if v >= 0 { v } else { -(v + 1) } as f64;
+    let remaining = ((t * burst - level) / t + 1e-9).floor().clamp(0.0, burst);
+    (v >= 0, remaining as u32)
+}
+
+/// A runtime for a property test's cases, and a plain connection to `server` on it.
+pub(crate) fn runtime_and_connection(
+    server: &floodwall_testkit::RedisServer,
+) -> (tokio::runtime::Runtime, redis::aio::MultiplexedConnection) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conn = rt.block_on(async {
+        redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
+    (rt, conn)
+}
