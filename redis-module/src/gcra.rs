@@ -17,8 +17,9 @@
 //!
 //! Invariant: within any window the admitted cost never exceeds what `b` and `T` allow, and
 //! decisions of one batch see exactly the state the decisions before them left — a batch
-//! decides as the same decisions sent one by one, and as the script decides them, bit for
-//! bit (both compute in IEEE 754 doubles, in the same order).
+//! decides as the same decisions sent one by one, and as the script decides them: both take
+//! the same steps in IEEE 754 doubles (the tests compare the verdicts, in memory against a
+//! model and on Redis against the script).
 //!
 //! # What a hash holds
 //!

@@ -1,9 +1,10 @@
 //! # floodwall-redis-module
 //!
 //! A Redis / Valkey module with one command, `FLOODWALL.GCRA`, that decides a batch of
-//! floodwall-limiter's GCRA decisions on one shard hash natively: the same states, the same
-//! verdicts, bit for bit, as the short path of the limiter's Lua script, without the Lua
-//! interpreter's cost per decision. A limiter uses the command when the server has it, and
+//! floodwall-limiter's GCRA decisions on one shard hash natively: the same states and the
+//! same verdicts as the short path of the limiter's Lua script (the limiter's tests compare
+//! them batch by batch, and a fleet of instances with and without the module stays exact),
+//! without the Lua interpreter's cost per decision. A limiter uses the command when the server has it, and
 //! the script otherwise, on its own: load the module and nothing else changes.
 //!
 //! The decision logic is a plain Rust function over a [`gcra::Shard`]; this runs it on an
@@ -45,7 +46,8 @@
 //! other slots of the same node (a node's batch); a hash this node does not serve (its slot
 //! moved) is left untouched and each of its decisions replies [`ELSEWHERE`], for the client
 //! to send again on its own. What the command writes is replicated as the `HSET`, `HDEL`
-//! and `PEXPIRE` it ran, so replicas and the AOF need no module.
+//! and `PEXPIRE` it ran, so a replica needs no module (the limiter's
+//! `a_replica_without_the_module_holds_the_same_states`).
 //!
 //! A hash this node is known to serve — on a server that is not a Cluster node, or in the
 //! route's slot — is worked on through Redis's key API (no command dispatched per read or

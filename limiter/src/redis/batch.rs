@@ -60,8 +60,8 @@ const IN_FLIGHT: usize = 4;
 /// gave 1.75x the floor's throughput on 10k keys, 32 gave 1.53x).
 const FULL_BATCH: usize = 16;
 /// The same while the server takes the native command, whose cost to Redis is almost all
-/// per call (waking, reading the call, writing the reply): fewer, fuller calls. Same bench,
-/// native command, Redis CPU per decision against the floor's on 10k keys / 10 hot keys:
+/// per call (waking, reading the call, writing the reply): fewer, fuller calls. Same bench
+/// with these limits set by hand for the runs (this release), native command, Redis CPU per decision against the floor's on 10k keys / 10 hot keys:
 /// 4 calls and full batches of 16, 0.30-0.32x / 0.22-0.23x at 11 decisions per call; 2 and
 /// 32, 0.25-0.29x / 0.19-0.21x at 21 (four runs); 3 and 32, 0.25-0.27x / 0.21-0.22x at 17
 /// (three runs), with 1.70-1.95x and 1.84-2.08x the floor's throughput; 1 call, 0.25x /

@@ -53,12 +53,12 @@
 //! **The native command** (where the server has it). A server that loaded
 //! floodwall-redis-module (`redis-server --loadmodule libfloodwall_redis_module.so`) decides
 //! a batch of GCRA decisions that consume with one `FLOODWALL.GCRA` command instead of the
-//! script — the batch's shard hashes as segments, the same states and verdicts, bit for bit,
-//! for a fraction of Redis's CPU per decision (`benches/limiter_redis.rs`). The limiter tries
+//! script — the batch's shard hashes as segments, the same states and verdicts
+//! (`limiter/tests/redis_native.rs`), for a fraction of Redis's CPU per decision (`benches/limiter_redis.rs`). The limiter tries
 //! the command first; a server that does not know it refuses it having decided nothing, and
 //! the limiter then uses the script and tries the command again every 30 s. Instances with
-//! and without the module share states exactly; replicas and the AOF see plain hash
-//! commands. [`redis_native_command(false)`](crate::RateLimiterBuilder::redis_native_command)
+//! and without the module share states exactly; a replica sees plain hash commands
+//! and needs no module. [`redis_native_command(false)`](crate::RateLimiterBuilder::redis_native_command)
 //! always uses the script. Every other decision (peeks, refunds, groups, the window
 //! algorithms) is the script's.
 //!
