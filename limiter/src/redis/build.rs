@@ -89,7 +89,7 @@ impl RateLimiterBuilder {
         Ok(self.redis.options.take().map(|options| {
             // The failure policy's series exists from now on, at zero.
             crate::metrics::store_failures(self.policy, 0);
-            RedisStore::new(options, &self.redis)
+            RedisStore::new(options, &self.redis, &self.limits)
         }))
     }
 }

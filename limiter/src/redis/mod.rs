@@ -155,6 +155,8 @@ pub const DEFAULT_CLUSTER_SHARDS: u16 = 16;
 pub(crate) struct RedisStore {
     path: StorePath,
     shards: Shards,
+    /// Each GCRA limit's shard hashes.
+    hashes: shards::ShardHashes,
     /// `None`: batching off, every decision its own call.
     batcher: Option<Arc<Batcher>>,
     /// The native command, where the server has it.
@@ -170,15 +172,18 @@ pub(crate) struct RemoteReceipt {
 }
 
 impl RedisStore {
-    pub(crate) fn new(options: StoreOptions, settings: &Settings) -> RedisStore {
+    /// The store of a limiter with `limits`.
+    pub(crate) fn new(options: StoreOptions, settings: &Settings, limits: &[Limit]) -> RedisStore {
         let path = options.open(Keyspace::new(DEFAULT_NAMESPACE, 1).expect("a valid namespace"));
         let cluster = path.connection().topology() == floodwall_core::redis::Topology::Cluster;
         let shards = (settings.shards).unwrap_or(if cluster { DEFAULT_CLUSTER_SHARDS } else { 1 });
         let native = Arc::new(native::Native::new(settings.native));
+        let shards = Shards::new(shards);
         RedisStore {
             batcher: (settings.max_batch > 1)
                 .then(|| Batcher::new(path.clone(), settings.max_batch, native.clone())),
-            shards: Shards::new(shards),
+            hashes: shards::ShardHashes::new(path.keyspace(), &shards, limits),
+            shards,
             native,
             path,
         }
@@ -526,7 +531,7 @@ mod tests {
             .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
             .build()
             .unwrap();
-        let redis = RedisStore::new(StoreOptions::new(conn), &Settings::default());
+        let redis = RedisStore::new(StoreOptions::new(conn), &Settings::default(), &[]);
         let decision = limiter.decide_on_shared(&redis, &[("user", "a")], 1, true);
         let size = std::mem::size_of_val(&decision);
         println!("a one-limit decision on Redis: a future of {size} bytes");

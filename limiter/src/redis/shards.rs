@@ -15,8 +15,10 @@
 //! and writes them with one `HSET`. Window counters and logs stay one key per limited key,
 //! under the shard's tag (`…:<limit>:<key>`).
 
+use std::sync::Arc;
+
 use floodwall_core::Key;
-use floodwall_core::key::encode_part;
+use floodwall_core::key::{Keyspace, encode_part};
 use floodwall_core::redis::slot::key_slot;
 
 use super::RedisStore;
@@ -57,13 +59,68 @@ impl Shards {
         Shards { tags }
     }
 
-    /// The shard tag of the limited key `routing` and the key's encoded form (its field in
-    /// a shard's hash, and the last part of its own keys).
-    pub(crate) fn locate(&self, routing: &str) -> (&str, String) {
+    /// The shard of the limited key `routing` (its index and tag) and the key's encoded form
+    /// (its field in a shard's hash, and the last part of its own keys).
+    pub(crate) fn locate(&self, routing: &str) -> (usize, &str, String) {
         let encoded = encode_part(routing);
         // The encoding holds no brace, so its slot is the one `{<encoded>}` would have.
         let slot = usize::from(key_slot(encoded.as_bytes()));
-        (&self.tags[slot * self.tags.len() / SLOTS], encoded)
+        let j = slot * self.tags.len() / SLOTS;
+        (j, &self.tags[j], encoded)
+    }
+}
+
+/// Each GCRA limit's shard hashes (`…{#<tag>}:<limit>`), built once when the store is: a
+/// decision takes its hash's name by a reference count, not by building it again.
+#[derive(Debug, Default)]
+pub(crate) struct ShardHashes {
+    limits: Vec<LimitHashes>,
+}
+
+/// A limit's name and its hash in each shard, in shard order.
+type LimitHashes = (Box<str>, Box<[Arc<Key>]>);
+
+impl ShardHashes {
+    /// The hashes of `limits`' GCRA limits in every shard of `shards`.
+    pub(crate) fn new(keyspace: &Keyspace, shards: &Shards, limits: &[Limit]) -> ShardHashes {
+        let limits = limits
+            .iter()
+            .filter(|l| l.algorithm() == Algorithm::Gcra)
+            .map(|l| {
+                let hashes = shards
+                    .tags
+                    .iter()
+                    .map(|tag| Arc::new(keyspace.store_key(tag).part(l.name()).build()))
+                    .collect();
+                (Box::from(l.name()), hashes)
+            })
+            .collect();
+        ShardHashes { limits }
+    }
+
+    /// `limit`'s hash in the shard of `tag` (index `j`), when it was built.
+    fn get(&self, limit: &str, j: usize) -> Option<&Arc<Key>> {
+        let (_, hashes) = self.limits.iter().find(|(name, _)| &**name == limit)?;
+        hashes.get(j)
+    }
+}
+
+/// The Redis key of a decision's state: a GCRA limit's shard hash, shared by every decision in
+/// that shard, or a key of the decision's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateKey {
+    Shared(Arc<Key>),
+    Own(Key),
+}
+
+impl std::ops::Deref for StateKey {
+    type Target = Key;
+
+    fn deref(&self) -> &Key {
+        match self {
+            StateKey::Shared(k) => k,
+            StateKey::Own(k) => k,
+        }
     }
 }
 
@@ -94,8 +151,8 @@ impl crate::RateLimiter {
         let limit = self.inner.limits.iter().find(|l| l.name() == limit)?;
         let (state, field, seq) = store.keys(limit, key);
         Some(Location {
-            key: state.into_string(),
-            field: field.map(String::from),
+            key: state.as_str().to_owned(),
+            field,
             sequence: seq.map(Key::into_string),
         })
     }
@@ -104,22 +161,27 @@ impl crate::RateLimiter {
 impl RedisStore {
     /// Where `key`'s state for `limit` lives (see the [module docs](self)): GCRA, the shard's hash and the
     /// key's field in it; the others, the key's own state and (sliding log) its sequence.
-    pub(super) fn keys(&self, limit: &Limit, key: &str) -> (Key, Option<Box<str>>, Option<Key>) {
+    pub(super) fn keys(&self, limit: &Limit, key: &str) -> (StateKey, Option<String>, Option<Key>) {
         let routing = if limit.key_name().is_some() {
             key
         } else {
             limit.name()
         };
-        let (tag, field) = self.shards.locate(routing);
+        let (j, tag, field) = self.shards.locate(routing);
+        if limit.algorithm() == Algorithm::Gcra
+            && let Some(hash) = self.hashes.get(limit.name(), j)
+        {
+            return (StateKey::Shared(hash.clone()), Some(field), None);
+        }
         let shard = self.path.keyspace().store_key(tag).part(limit.name());
         match limit.algorithm() {
-            Algorithm::Gcra => (shard.build(), Some(field.into_boxed_str()), None),
+            Algorithm::Gcra => (StateKey::Own(shard.build()), Some(field), None),
             Algorithm::SlidingLog => {
                 let base = shard.part(routing);
                 let seq = base.clone().part("seq").build();
-                (base.build(), None, Some(seq))
+                (StateKey::Own(base.build()), None, Some(seq))
             }
-            _ => (shard.part(routing).build(), None, None),
+            _ => (StateKey::Own(shard.part(routing).build()), None, None),
         }
     }
 }
@@ -144,7 +206,7 @@ mod tests {
     fn a_key_lands_in_the_shard_of_its_own_slot() {
         let shards = Shards::new(16);
         for user in ["a", "user:42", "", "{x}", &"z".repeat(500)] {
-            let (tag, field) = shards.locate(user);
+            let (_, tag, field) = shards.locate(user);
             let own = usize::from(key_slot(format!("{{{field}}}").as_bytes()));
             let theirs = usize::from(key_slot(format!("{{#{tag}}}").as_bytes()));
             assert_eq!(own * 16 / SLOTS, theirs * 16 / SLOTS, "{user:?}");

@@ -7,9 +7,9 @@ use floodwall_core::redis::slot::key_slot;
 /// One decision's part of a script call: its keys and fields (see `limit.lua`).
 pub(super) struct Item {
     /// GCRA: the hash of the key's shard; others: the key's own state.
-    pub(super) key: floodwall_core::Key,
+    pub(super) key: super::shards::StateKey,
     /// GCRA: the key's field in that hash (its encoded form).
-    pub(super) field: Option<Box<str>>,
+    pub(super) field: Option<String>,
     pub(super) seq: Option<floodwall_core::Key>,
     pub(super) op: &'static str,
     pub(super) cost: u32,
@@ -42,7 +42,7 @@ impl Item {
         call: ScriptCall<'s>,
         previous: &mut Previous,
     ) -> ScriptCall<'s> {
-        let mut call = call.key(&self.key);
+        let mut call = call.key(&*self.key);
         if let Some(seq) = &self.seq {
             call = call.key(seq);
         }
@@ -124,7 +124,7 @@ impl Unit {
         match self {
             Unit::One(item) => match item.short() {
                 Some((t_nanos, burst, cost)) => call
-                    .key(&item.key)
+                    .key(&*item.key)
                     .arg(t_nanos)
                     .arg(burst)
                     .arg(cost)
@@ -228,7 +228,10 @@ pub(super) fn segments<U: std::borrow::Borrow<Unit>>(units: &[U]) -> Option<Vec<
             return None;
         };
         let params = item.short()?;
-        match segments.iter_mut().find(|s| s.key == &item.key) {
+        match segments
+            .iter_mut()
+            .find(|s| std::ptr::eq(s.key, &*item.key) || s.key == &*item.key)
+        {
             Some(s) if s.params == params => {
                 s.units.push(i);
                 s.fields.push(item.field());

@@ -56,9 +56,12 @@ async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
         .limit(Limit::new("api", Algorithm::Gcra, quota).keyed_by("user"))
         .build()
         .unwrap();
+    // The store is given the limiter's limits, as the builder gives them: each GCRA limit's
+    // shard hashes are built once.
     let store = RedisStore::new(
         StoreOptions::new(conn).call_timeout(Duration::from_secs(5)),
         &Default::default(),
+        &[Limit::new("api", Algorithm::Gcra, quota).keyed_by("user")],
     );
     let batcher = store.batcher.as_ref().expect("batching on");
     batcher.cross_refused.store(true, Ordering::Relaxed);
@@ -140,7 +143,8 @@ async fn batches_follow_the_native_command_and_its_refusal() {
                 native,
                 ..Default::default()
             };
-            RedisStore::new(StoreOptions::new(conn), &settings)
+            // No limits given: every decision builds its hash's name itself.
+            RedisStore::new(StoreOptions::new(conn), &settings, &[])
         }
     };
     let native = store(true).await;
