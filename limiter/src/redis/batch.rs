@@ -75,12 +75,52 @@ const FULL_BATCH_NATIVE: usize = 32;
 /// and more Redis CPU per decision, 0.94x the floor's against 0.84x).
 const IN_FLIGHT_PER_MASTER: usize = 1;
 
+/// Every node's batching state: on one server, its one group; on Cluster, each master's,
+/// by address (`host:port`), a master absent being idle.
+#[derive(Default)]
+struct Groups {
+    server: Group,
+    nodes: HashMap<Arc<str>, Group>,
+}
+
+impl Groups {
+    /// The group of `node` ([`SERVER`] on one server), made if absent.
+    fn entry(&mut self, node: &Arc<str>) -> &mut Group {
+        match &**node {
+            SERVER => &mut self.server,
+            _ => self.nodes.entry(node.clone()).or_default(),
+        }
+    }
+
+    fn get_mut(&mut self, node: &str) -> Option<&mut Group> {
+        match node {
+            SERVER => Some(&mut self.server),
+            _ => self.nodes.get_mut(node),
+        }
+    }
+
+    /// Forgets `node`'s group when it has no call in flight and nobody waits.
+    fn remove_if_idle(&mut self, node: &str) {
+        if node != SERVER
+            && self
+                .nodes
+                .get(node)
+                .is_some_and(|g| g.in_flight == 0 && g.queue.is_empty())
+        {
+            self.nodes.remove(node);
+        }
+    }
+}
+
+/// The one group's name on one server (a Cluster node's is its `host:port`, never this).
+const SERVER: &str = "server";
+
 /// The batching state of one store: which nodes have a call in flight, and who waits.
 pub(super) struct Batcher {
     path: StorePath,
     max_batch: usize,
-    /// Nodes (`host:port`) with a call in flight; a node absent here is idle.
-    groups: Mutex<HashMap<Arc<str>, Group>>,
+    /// Nodes with a call in flight, and who waits for each.
+    groups: Mutex<Groups>,
     /// On one server (standalone, Sentinel) every key is this one group; `None` on Cluster.
     single_group: Option<Arc<str>>,
     /// Decisions that make a full batch: one goes while another call is in flight (with the
@@ -97,11 +137,11 @@ pub(super) struct Batcher {
 impl Batcher {
     pub(super) fn new(path: StorePath, max_batch: usize, native: Arc<Native>) -> Arc<Batcher> {
         let single_group =
-            (path.connection().topology() != Topology::Cluster).then(|| Arc::from("server"));
+            (path.connection().topology() != Topology::Cluster).then(|| Arc::from(SERVER));
         Arc::new(Batcher {
             path,
             max_batch: max_batch.max(1),
-            groups: Mutex::new(HashMap::new()),
+            groups: Mutex::new(Groups::default()),
             full: FULL_BATCH.min(max_batch.max(1)),
             full_native: FULL_BATCH_NATIVE.min(max_batch.max(1)),
             single_group,
@@ -144,7 +184,7 @@ impl Batcher {
         let mut full = Vec::new();
         let waiting = {
             let mut groups = self.groups.lock().expect("not poisoned");
-            let g = groups.entry(group.clone()).or_default();
+            let g = groups.entry(&group);
             match g.in_flight == 0 {
                 true => {
                     g.in_flight += 1;
@@ -161,7 +201,7 @@ impl Batcher {
                     let (most, full_at) = self.limits();
                     if g.queue.len() >= full_at && g.in_flight < most {
                         g.in_flight += 1;
-                        full = std::mem::take(&mut g.queue);
+                        full = std::mem::replace(&mut g.queue, Vec::with_capacity(full_at));
                     }
                     Some(rx)
                 }
@@ -309,6 +349,7 @@ impl Batcher {
         let Some(g) = groups.get_mut(group) else {
             return Vec::new();
         };
+        let room = g.queue.len().min(self.max_batch);
         let now = tokio::time::Instant::now();
         let expired: Vec<Waiting> = g
             .queue
@@ -322,13 +363,12 @@ impl Batcher {
         }
         if g.queue.is_empty() {
             g.in_flight -= 1;
-            if g.in_flight == 0 {
-                groups.remove(group);
-            }
+            groups.remove_if_idle(group);
             return Vec::new();
         }
         if g.queue.len() <= self.max_batch {
-            std::mem::take(&mut g.queue)
+            // The queue keeps room for as many as it just held: it refills at about that pace.
+            std::mem::replace(&mut g.queue, Vec::with_capacity(room))
         } else {
             g.queue.drain(..self.max_batch).collect()
         }
@@ -516,11 +556,9 @@ impl Drop for Turn<'_> {
                 // No runtime to send from (the runtime is shutting down): the waiting
                 // decisions fail, and this call's place is freed.
                 let mut groups = self.batcher.groups.lock().expect("not poisoned");
-                if let Some(g) = groups.get_mut(&*self.group) {
+                if let Some(g) = groups.get_mut(&self.group) {
                     g.in_flight -= 1;
-                    if g.in_flight == 0 && g.queue.is_empty() {
-                        groups.remove(&*self.group);
-                    }
+                    groups.remove_if_idle(&self.group);
                 }
                 drop(groups);
                 for w in batch {
