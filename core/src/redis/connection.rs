@@ -199,7 +199,8 @@ impl RedisConnection {
             // Unbounded: no timer to arm.
             return run.await.map_err(CallError::Redis);
         }
-        match tokio::time::timeout(timeout, run).await {
+        // The connection's watchdog bounds the call: no timer per call (see `watch`).
+        match self.shared.watch.within(timeout, run).await {
             Ok(result) => result.map_err(CallError::Redis),
             Err(_) => Err(CallError::Timeout),
         }
@@ -215,7 +216,12 @@ impl RedisConnection {
         if timeout == Duration::MAX {
             return conn.query::<T>(cmd, route).await.map_err(CallError::Redis);
         }
-        match tokio::time::timeout(timeout, conn.query::<T>(cmd, route)).await {
+        match self
+            .shared
+            .watch
+            .within(timeout, conn.query::<T>(cmd, route))
+            .await
+        {
             Ok(result) => result.map_err(CallError::Redis),
             Err(_) => Err(CallError::Timeout),
         }

@@ -192,6 +192,7 @@ impl RedisConnector {
                 nodes,
                 origin: Instant::now(),
                 connector: self,
+                watch: Arc::default(),
             }),
         };
         Ok(conn)

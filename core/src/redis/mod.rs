@@ -54,6 +54,7 @@ mod script;
 pub use crate::slot;
 mod store;
 mod topology;
+mod watch;
 
 pub use connection::{RedisConnection, Topology};
 pub use connector::RedisConnector;

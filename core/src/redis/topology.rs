@@ -64,6 +64,8 @@ pub(super) struct Shared {
     pub(super) nodes: Nodes,
     pub(super) origin: Instant,
     pub(super) connector: RedisConnector,
+    /// Bounds every call of the connection, without a timer per call.
+    pub(super) watch: Arc<super::watch::Watch>,
 }
 
 /// What [`RedisConnection::node_for`] names a key's node on a Cluster before any slot table
