@@ -1,8 +1,12 @@
 //! A segment's hash worked on through Redis's key API: opened once, each field read and
 //! written in place, the writes replicated as the `HSET`, `HDEL` and `PEXPIRE` they are. No
 //! command is dispatched for it, so it costs Redis less than [`RedisShard`]'s calls; used
-//! where this node is known to serve the hash: on a server that is not a Cluster node, and on
-//! a Cluster for a hash in its route's slot (which Redis checked before running the command).
+//! where this node is known to serve the hash: on a server that is not a Cluster node; on a
+//! Cluster, for a hash in its route's slot (which Redis checked before running the command),
+//! and for any hash this node holds ([`KeyShard::open_held`]). A Cluster key lives on one
+//! node at a time — a slot's keys leave their node as they migrate, one by one — so the node
+//! that holds a key is the one that serves it, as Redis itself serves a key of a migrating
+//! slot where the key still is.
 //!
 //! [`RedisShard`]: crate::called::RedisShard
 
@@ -25,6 +29,21 @@ pub(crate) struct KeyShard<'a> {
 }
 
 impl<'a> KeyShard<'a> {
+    /// The hash `name` when this node holds it (any type: a key of the wrong type is this
+    /// node's too, and is refused as such); `None` when it is absent here, for a called
+    /// command to find its node.
+    pub(crate) fn open_held(
+        ctx: *mut Ctx,
+        name: *mut RString,
+        fields: &'a [*mut RString],
+    ) -> Option<Self> {
+        let shard = Self::open(ctx, name, fields);
+        // SAFETY: an open key (or NULL, which `key_type` reads as empty).
+        let held =
+            !shard.key.is_null() && unsafe { (api().key_type)(shard.key) } != api::KEYTYPE_EMPTY;
+        held.then_some(shard)
+    }
+
     pub(crate) fn open(ctx: *mut Ctx, name: *mut RString, fields: &'a [*mut RString]) -> Self {
         // SAFETY: `ctx` is the command's context and `name` one of its arguments.
         let key = unsafe { (api().open_key)(ctx, name, api::READ_WRITE) };

@@ -49,10 +49,12 @@
 //! and `PEXPIRE` it ran, so a replica needs no module (the limiter's
 //! `a_replica_without_the_module_holds_the_same_states`).
 //!
-//! A hash this node is known to serve — on a server that is not a Cluster node, or in the
-//! route's slot — is worked on through Redis's key API (no command dispatched per read or
-//! write); any other through called commands, which is how a Cluster node says it does not
-//! serve a key.
+//! A hash this node is known to serve — on a server that is not a Cluster node, in the
+//! route's slot, or any hash this node holds (a Cluster key is on one node at a time: its
+//! slot's keys leave a node one by one as the slot migrates) — is worked on through Redis's
+//! key API (no command dispatched per read or write); a hash this node does not hold through
+//! called commands, which is how a Cluster node says it does not serve a key (the limiter's
+//! `a_node_works_every_hash_it_holds_through_the_key_api`).
 //!
 //! ## Safety
 //!
@@ -204,11 +206,15 @@ fn run(ctx: *mut Ctx, argv: &[*mut RString]) -> Result<Vec<Reply>, Vec<u8>> {
             .ok_or_else(|| b"ERR floodwall: a segment's fields are not its n".to_vec())?;
         let quota = Quota::new(t_nanos, burst, cost);
         let own = &argv[i + 5..i + 5 + n];
-        // This node serves the hash: no Cluster, or the route's slot (Redis checked the
-        // route). Else only a called command can tell, and answers ELSEWHERE if not.
-        let served = !cluster || key_slot(args[i]) == route_slot;
-        let replies = if served {
-            let mut shard = KeyShard::open(ctx, argv[i], own);
+        // This node serves the hash: no Cluster, the route's slot (Redis checked the route),
+        // or a hash this node holds. Else only a called command can tell, and answers
+        // ELSEWHERE if not.
+        let keyed = if !cluster || key_slot(args[i]) == route_slot {
+            Some(KeyShard::open(ctx, argv[i], own))
+        } else {
+            KeyShard::open_held(ctx, argv[i], own)
+        };
+        let replies = if let Some(mut shard) = keyed {
             gcra::decide_on(&mut shard, args[i], now, quota, fields)?
         } else {
             let mut shard = RedisShard {
