@@ -175,3 +175,53 @@ proptest! {
         }
     }
 }
+
+/// Many tasks on two worker threads register, end and get cut off at once, their bounds
+/// and lengths mixed: no call is cut off before its bound, none waits past it for good (each
+/// ends well within a generous outer bound), and once all have ended the queue is empty and
+/// the watchdog gone. Real time: it checks only what the scheduler's lateness cannot move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_two_threads_are_each_bounded() {
+    let watch = Arc::new(Watch::default());
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let watch = watch.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut cut) = (0u32, 0u32);
+                for i in 0..40u64 {
+                    let bound = Duration::from_millis(5 + (t * 7 + i * 3) % 20);
+                    let len = Duration::from_millis((t * 11 + i * 5) % 30);
+                    let start = std::time::Instant::now();
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        watch.within(bound, tokio::time::sleep(len)),
+                    )
+                    .await
+                    .expect("ended by its own bound, not the test's");
+                    match r {
+                        Ok(()) => answered += 1,
+                        Err(Elapsed) => {
+                            assert!(start.elapsed() >= bound, "cut off before its bound");
+                            cut += 1;
+                        }
+                    }
+                }
+                (answered, cut)
+            })
+        })
+        .collect();
+    let (mut answered, mut cut) = (0, 0);
+    for t in tasks {
+        let (a, c) = t.await.unwrap();
+        answered += a;
+        cut += c;
+    }
+    println!("64 tasks x 40 calls on 2 threads: {answered} answered, {cut} cut off");
+    assert!(answered > 0 && cut > 0, "both outcomes were exercised");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while watch.alive.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!watch.alive.load(Ordering::Acquire), "the watchdog ended");
+    assert!(watch.lock().entries.is_empty(), "no entry left behind");
+}
