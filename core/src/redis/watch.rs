@@ -228,7 +228,8 @@ impl Drop for Ended {
     }
 }
 
-/// A registered call: marks its entry done when the call ends, however it ends.
+/// A registered call: marks its entry done when the call ends, however it ends, and lets go
+/// of the waker it kept.
 struct Entry(Arc<Slot>);
 
 impl Drop for Entry {
@@ -237,6 +238,14 @@ impl Drop for Entry {
             .0
             .state
             .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire);
+        // The entry may wait in the queue up to a bound longer; its task need not.
+        let waker = self
+            .0
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(waker); // outside the lock
     }
 }
 

@@ -225,3 +225,22 @@ async fn concurrent_calls_on_two_threads_are_each_bounded() {
     assert!(!watch.alive.load(Ordering::Acquire), "the watchdog ended");
     assert!(watch.lock().entries.is_empty(), "no entry left behind");
 }
+
+/// A call that ended lets go of its task's waker at once, though its entry may wait in the
+/// queue until a later call or the watchdog drops it.
+#[tokio::test(start_paused = true)]
+async fn an_ended_call_holds_no_waker() {
+    let watch = Arc::new(Watch::default());
+    let r = watch
+        .within(Duration::from_millis(100), async {
+            tokio::task::yield_now().await;
+            7
+        })
+        .await;
+    assert_eq!(r.unwrap(), 7);
+    let q = watch.lock();
+    assert_eq!(q.entries.len(), 1, "the ended call's entry is still queued");
+    let (_, slot) = &q.entries[0];
+    assert_eq!(slot.state.load(Ordering::Acquire), super::DONE);
+    assert!(slot.waker.lock().unwrap().is_none(), "its waker was let go");
+}
