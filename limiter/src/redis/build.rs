@@ -46,7 +46,7 @@ impl RateLimiterBuilder {
     /// about 74 MB, which a Cluster slot migration moves as one key: choose enough shards to
     /// keep each one a size your resharding can move. On a 3-master Cluster with
     /// floodwall-redis-module, 3 shards cost Redis 0.32–0.33× a per-decision script's CPU on
-    /// spread keys, the default 16 0.41–0.46× (0.70–0.72× with the Lua script;
+    /// spread keys, the default 16 0.41–0.49× (0.70–0.72× with the Lua script;
     /// `benches/limiter_redis.rs`, this release's runs). **Every instance of a fleet must use the same count**:
     /// instances with different counts keep separate states, each admitting up to the limit.
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
