@@ -267,21 +267,7 @@ async fn after_flushall_every_key_starts_afresh() {
         return;
     };
     let limiter = three_limits(&[server.url()], false, None).await;
-    let mut rounds = Vec::new();
-    for round in 0..2 {
-        let mut admitted = 0;
-        for _ in 0..7 {
-            let v = limiter.check(&[("user", "u")]).await.unwrap();
-            assert!(v.degraded.is_none(), "{v:?}");
-            admitted += u32::from(v.allowed);
-        }
-        rounds.push(admitted);
-        if round == 0 {
-            server.command(&["FLUSHALL"]).unwrap();
-        }
-    }
-    let hash = limiter.redis_location("api", "u").unwrap().key;
-    let ttl = number(&server, &["PTTL", &hash]);
+    let (rounds, ttl) = common::admitted_around_flushall(&limiter, &server).await;
     println!("admitted of 7 before and after FLUSHALL: {rounds:?}; the shard's hash TTL {ttl} ms");
     assert_eq!(rounds, vec![5, 5]);
     assert!(ttl > 0, "{ttl}");

@@ -533,26 +533,7 @@ async fn after_flushall_the_native_command_starts_every_key_afresh() {
         return;
     };
     let limiter = limiter(standalone(server.url()).await, 5, true);
-    let mut rounds = Vec::new();
-    for round in 0..2 {
-        let mut admitted = 0;
-        for _ in 0..7 {
-            let v = limiter.check(&[("user", "u")]).await.unwrap();
-            assert!(v.degraded.is_none(), "{v:?}");
-            admitted += u32::from(v.allowed);
-        }
-        rounds.push(admitted);
-        if round == 0 {
-            server.command(&["FLUSHALL"]).unwrap();
-        }
-    }
-    let hash = limiter.redis_location("api", "u").unwrap().key;
-    let ttl: i64 = server
-        .command(&["PTTL", &hash])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (rounds, ttl) = common::admitted_around_flushall(&limiter, &server).await;
     let native = server.command_calls(&["floodwall.gcra"]).unwrap();
     println!(
         "admitted of 7 before and after FLUSHALL: {rounds:?}; the shard's hash TTL {ttl} ms; \

@@ -102,6 +102,35 @@ pub(crate) async fn back_on_redis(
     }
 }
 
+/// User `u`'s 7 decisions, then `FLUSHALL` on `server`, then 7 more: how many each round
+/// admitted (no decision may be degraded), and the PTTL of `u`'s hash for limit `api` after.
+pub(crate) async fn admitted_around_flushall(
+    limiter: &RateLimiter,
+    server: &floodwall_testkit::RedisServer,
+) -> (Vec<u32>, i64) {
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let mut admitted = 0;
+        for _ in 0..7 {
+            let v = limiter.check(&[("user", "u")]).await.unwrap();
+            assert!(v.degraded.is_none(), "{v:?}");
+            admitted += u32::from(v.allowed);
+        }
+        rounds.push(admitted);
+        if round == 0 {
+            server.command(&["FLUSHALL"]).unwrap();
+        }
+    }
+    let hash = limiter.redis_location("api", "u").unwrap().key;
+    let ttl = server
+        .command(&["PTTL", &hash])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (rounds, ttl)
+}
+
 /// The decisions of `picks` (hash, user) grouped by hash, hashes in first-seen order: each
 /// hash with the indices of its decisions, in order (a short-path batch's segments).
 pub(crate) fn by_hash(picks: &[(u8, u8)]) -> Vec<(u8, Vec<usize>)> {
