@@ -14,7 +14,8 @@ fn segment(cmd: &mut redis::Cmd, hash: &str, field: &str) {
 /// A node's batch over several slots works on every hash the node holds through the key API
 /// — not only the route's, as Redis checked that one — so a batch costs no called command
 /// once its hashes exist; a hash the node does not hold goes to a called command, which
-/// answers that it is another node's (it wrote nothing there).
+/// answers that it is another node's (it wrote nothing there). After `FLUSHALL` the node
+/// holds none of them: called commands write them anew, and they are held again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_works_every_hash_it_holds_through_the_key_api() {
     let test = "a_node_works_every_hash_it_holds_through_the_key_api";
@@ -93,5 +94,43 @@ async fn a_node_works_every_hash_it_holds_through_the_key_api() {
             .await
             .unwrap();
         assert!(v.is_some(), "{hash}'s decision was written");
+    }
+
+    // FLUSHALL: the node holds none of the hashes now. The same batch decides afresh (each
+    // field's first decision again), the two hashes outside the route's slot through called
+    // commands, which write them anew; the next batch finds all three held again.
+    node.command(&["FLUSHALL"]).unwrap();
+    let batch = || {
+        let mut cmd = redis::cmd("FLOODWALL.GCRA");
+        cmd.arg(&ours[0]).arg(1);
+        for hash in &ours {
+            segment(&mut cmd, hash, "v");
+        }
+        cmd
+    };
+    let before = called();
+    let fresh: Vec<redis::Value> = batch().query_async(&mut conn).await.unwrap();
+    let after_flush = called() - before;
+    let before = called();
+    let again: Vec<redis::Value> = batch().query_async(&mut conn).await.unwrap();
+    let held_again = called() - before;
+    println!(
+        "after FLUSHALL: {after_flush} called commands for the batch that wrote the hashes \
+         anew, {held_again} for the next; replies {fresh:?} then {again:?}"
+    );
+    assert_eq!(fresh[..], replies[..3], "every field decided afresh");
+    assert!(
+        after_flush >= 4,
+        "HMGET and HSET for each hash outside the route's slot"
+    );
+    assert_eq!(held_again, 0, "held again: the key API");
+    for (first, second) in fresh.iter().zip(&again) {
+        let (redis::Value::Int(first), redis::Value::Int(second)) = (first, second) else {
+            panic!("GCRA verdicts are integers: {first:?}, {second:?}");
+        };
+        assert!(
+            second > first,
+            "the second decision sees the first: {first} then {second}"
+        );
     }
 }
