@@ -45,6 +45,9 @@ pub(crate) struct Watch {
     alive: AtomicBool,
     /// Tells the watchdog that a deadline earlier than the one it sleeps until came in.
     rearm: Notify,
+    /// Times a watchdog looked at the queue.
+    #[cfg(test)]
+    passes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -172,6 +175,8 @@ impl Watch {
     /// deadline still pending, or `None` when nothing is (or watchdog `number` is no longer
     /// the live one): then the watchdog ends.
     fn expire(&self, number: u64, now: Instant) -> Option<Instant> {
+        #[cfg(test)]
+        self.passes.fetch_add(1, Ordering::Relaxed);
         let mut q = self.lock();
         if q.watchdog != Some(number) {
             return None;

@@ -244,3 +244,24 @@ async fn an_ended_call_holds_no_waker() {
     assert_eq!(slot.state.load(Ordering::Acquire), super::DONE);
     assert!(slot.waker.lock().unwrap().is_none(), "its waker was let go");
 }
+
+/// Under steady load the watchdog wakes about once per bound, not once per call: 2,000 calls
+/// of 1 ms each, one after another, with a 100 ms bound, take about 2 s of the paused clock,
+/// and no call's deadline is ever the earliest pending one.
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_wakes_about_once_per_bound_under_steady_load() {
+    let watch = Arc::new(Watch::default());
+    for _ in 0..2_000 {
+        let r = watch
+            .within(
+                Duration::from_millis(100),
+                tokio::time::sleep(Duration::from_millis(1)),
+            )
+            .await;
+        assert!(r.is_ok());
+    }
+    let passes = watch.passes.load(Ordering::Relaxed);
+    println!("2000 calls of 1 ms over about 2 s, bound 100 ms: {passes} watchdog passes");
+    // One pass when it starts, then about one per 100 ms of the 2 s.
+    assert!(passes <= 2 * 2_000 / 100 + 2, "{passes} passes");
+}
