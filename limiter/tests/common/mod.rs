@@ -171,3 +171,27 @@ pub(crate) fn runtime_and_connection(
     });
     (rt, conn)
 }
+
+/// `fut`, run beside a plain timer of `bound` started with it in the same task; its output and
+/// how long it took beyond what the scheduler added to that timer. On a busy machine a task
+/// woken at a deadline may be polled tens of milliseconds late; the timer shows by how much,
+/// so a call bound is checked against the library's own wait, not the wall clock (as
+/// `idempotency/tests/redis.rs` does). A future that ends in the poll the timer fires in took
+/// no longer than the timer.
+pub(crate) async fn beside_a_timer<F: std::future::Future>(
+    bound: std::time::Duration,
+    fut: F,
+) -> (F::Output, std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let timer = tokio::time::sleep(bound);
+    tokio::pin!(fut, timer);
+    let mut late = None;
+    let out = loop {
+        tokio::select! {
+            biased;
+            () = &mut timer, if late.is_none() => late = Some(started.elapsed().saturating_sub(bound)),
+            out = &mut fut => break out,
+        }
+    };
+    (out, started.elapsed() - late.unwrap_or_default())
+}
