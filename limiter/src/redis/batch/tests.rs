@@ -167,3 +167,80 @@ async fn batches_follow_the_native_command_and_its_refusal() {
     let batcher = script.batcher.as_ref().expect("batching on");
     assert_eq!(batcher.limits(), (IN_FLIGHT, FULL_BATCH));
 }
+
+/// The callers a call answered come back before the node's next batch goes
+/// (`Batcher::gather`): on one thread, against a real server, 8 callers that decide 25 times
+/// each ride every call together once the first has returned. Taking the queue at once
+/// instead, calls alternate between the one caller that came back during a call and the 7
+/// that come back after it.
+#[tokio::test]
+async fn the_callers_a_call_answered_ride_the_next_call() {
+    let Some(server) = RedisServer::start_or_skip("the_callers_a_call_answered_ride") else {
+        return;
+    };
+    const CALLERS: usize = 8;
+    const EACH: usize = 25;
+    let quota = Quota::new(NonZeroU32::new(1_000).unwrap(), Duration::from_secs(86_400));
+    let limit = Limit::new("api", Algorithm::Gcra, quota).keyed_by("user");
+    let limiter = Arc::new(RateLimiter::builder().limit(limit.clone()).build().unwrap());
+    let conn = RedisConnection::standalone(server.url())
+        .connect()
+        .await
+        .unwrap();
+    // The script's batching (at most IN_FLIGHT calls, full batches of FULL_BATCH): 8 callers
+    // never make a full batch, so one call is in flight at a time.
+    let settings = crate::redis::Settings {
+        native: false,
+        ..Default::default()
+    };
+    const { assert!(CALLERS < FULL_BATCH) };
+    let store = Arc::new(RedisStore::new(
+        StoreOptions::new(conn),
+        &settings,
+        &[limit],
+    ));
+    let calls = || -> u64 {
+        let stats = server.command(&["INFO", "commandstats"]).unwrap();
+        stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = calls();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let (store, limiter) = (store.clone(), limiter.clone());
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    let user = format!("rider-{c}");
+                    let v = limiter
+                        .decide_on_shared(&*store, &[("user", &user)], 1, true)
+                        .await
+                        .unwrap();
+                    assert!(v.allowed && v.degraded.is_none(), "{v:?}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let made = calls() - before;
+    let decisions = (CALLERS * EACH) as u64;
+    println!(
+        "{decisions} decisions of {CALLERS} callers in {made} calls, {:.1} per call",
+        decisions as f64 / made as f64
+    );
+    // The first decision goes alone, the 7 that queued behind it go together, and from then
+    // on a call carries all 8, but where the first caller, one decision ahead, has finished:
+    // 27 calls. Taking the queue at once instead made 51.
+    assert!(made <= (EACH + 4) as u64, "{made} calls");
+}
