@@ -17,7 +17,9 @@
 //!   (`used_cpu_user + used_cpu_sys` from `INFO cpu`, read before and after each run and
 //!   summed over the Cluster's masters) per decision, and that against the floor's, and the
 //!   decisions per script call (`INFO commandstats`: how large batches were) — for
-//!   standalone 64 callers on 64 keys, on 10 000 keys and on 10 hot keys, 1 caller, and a
+//!   standalone 64 callers on 64 keys, on 10 000 keys and on 10 hot keys, 1 caller (on the
+//!   shared runtime, and again on a current-thread runtime of its own, where no thread
+//!   placement moves a round's latency), and a
 //!   3-master Cluster with 64 callers on 10 000 keys and on 10 hot keys (and, on the
 //!   Cluster, floodwall with 3 shards, one per master, beside the default 16). The client
 //!   shares the machine's cores with Redis, so throughput is bounded by both: the last column
@@ -408,6 +410,27 @@ fn redis_decisions(c: &mut Criterion) {
             spread,
             n,
             rounds,
+            &keys,
+        );
+    }
+    // One caller again, on a current-thread runtime with connections of its own: the caller,
+    // the connections' tasks and the I/O driver share one thread, so a round trip takes the
+    // same thread hand-offs every time, for every target.
+    {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let alone = targets(&current, &urls, false);
+        scenario(
+            &current,
+            "standalone, 1 caller, current-thread runtime",
+            &alone,
+            &urls,
+            1,
+            MAX_KEYS,
+            per * 2,
+            rounds * 5,
             &keys,
         );
     }
