@@ -504,7 +504,7 @@ async fn decide_each(limiter: &RateLimiter, keys: &Arc<Vec<String>>, upto: usize
 }
 
 /// The states of the limit `api` in its one shard's hash on a standalone server (`key`):
-/// the hash's fields less its own (`:c`, `:d`, `:x`, see `limit.lua`).
+/// the hash's fields less its own (`:c`, `:d`, `:x`, `:v`, see `limit.lua`).
 fn states(url: &str, key: &str) -> u64 {
     let mut conn = ::redis::Client::open(url)
         .and_then(|c| c.get_connection())
@@ -518,6 +518,7 @@ fn states(url: &str, key: &str) -> u64 {
         .arg(":c")
         .arg(":d")
         .arg(":x")
+        .arg(":v")
         .query(&mut conn)
         .expect("HMGET");
     fields - own.iter().flatten().count() as u64

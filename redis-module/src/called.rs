@@ -19,9 +19,9 @@ pub(crate) struct RedisShard<'a> {
     pub(crate) fields: &'a [*mut RString],
 }
 
-/// `:c`, `:d`, `:x` as module strings, made once when the module loads and kept for its
-/// lifetime (addresses, for a `static`).
-static OWN_FIELDS: OnceLock<[usize; 3]> = OnceLock::new();
+/// `:c`, `:d`, `:x`, `:v` as module strings, made once when the module loads and kept for
+/// its lifetime (addresses, for a `static`).
+static OWN_FIELDS: OnceLock<[usize; 4]> = OnceLock::new();
 
 /// Makes [`OWN_FIELDS`].
 pub(crate) fn make_own_fields() {
@@ -29,7 +29,7 @@ pub(crate) fn make_own_fields() {
         // SAFETY: a string with no context: never freed automatically, kept for good.
         unsafe { (api().create_string)(std::ptr::null_mut(), f.as_ptr().cast(), f.len()) as usize }
     };
-    let _ = OWN_FIELDS.set([make(b":c"), make(b":d"), make(b":x")]);
+    let _ = OWN_FIELDS.set([make(b":c"), make(b":d"), make(b":x"), make(b":v")]);
 }
 
 /// One of [`OWN_FIELDS`] by name.
@@ -38,7 +38,8 @@ pub(crate) fn own_field(name: &[u8]) -> *mut RString {
     let i = match name {
         b":c" => 0,
         b":d" => 1,
-        _ => 2,
+        b":x" => 2,
+        _ => 3,
     };
     own[i] as *mut RString
 }

@@ -26,7 +26,8 @@
 //! Field: a key's encoded form; value: its TAT packed as 8 bytes, a little-endian IEEE 754
 //! double. A hash's own fields, which no key's field can be named (an encoded key holds no
 //! `:`): `:c` the sweep's `HSCAN` cursor, `:d` when the next sweep step may start (µs),
-//! `:x` when the hash expires (µs). A state whose TAT has passed equals an absent one; the
+//! `:x` when the hash expires (µs), and `:v`, written when the hash is made, [`MARK`] (which
+//! keeps the hash a hash table). A state whose TAT has passed equals an absent one; the
 //! sweep removes such fields [`SWEEP_COUNT`] at a time, one step at most every `S` ×
 //! [`SWEEP_STEP_US`] (`S` the limit's shard count, read from the hash's tag by
 //! [`shards_of`]: a limit's sweep work does not grow with its shards), a pass done the next
@@ -47,6 +48,17 @@
 //! ```
 
 use std::collections::HashMap;
+
+/// The value of a hash's own field `:v`, written when the hash is made: what the hash is,
+/// for whoever reads it, and longer than a listpack value may be (Redis's
+/// `hash-max-listpack-value`, 64 bytes by default), so Redis keeps the hash as a hash table
+/// from its first write. A listpack hash is one array scanned end to end on every lookup: up
+/// to `hash-max-listpack-entries` states (128, or 512 on some builds), each read and write
+/// of a batch paid a scan of them (`benches/limiter_redis.rs`, 3-master Cluster, 16 shards,
+/// rounds whose hashes were made afresh at about 300 states each: 4-5x the Redis CPU per
+/// decision of rounds on hash tables).
+pub const MARK: &[u8] = b"floodwall-limiter rate-limit shard, layout 2: every field not \
+    starting with ':' is a key's GCRA TAT (us, 8-byte little-endian IEEE 754 double)";
 
 /// Fields one sweep step reads.
 pub const SWEEP_COUNT: u32 = 128;
@@ -334,6 +346,11 @@ fn store<S: Shard>(
         own_sets.push((b":d", format(next_d)));
     }
     let expire = top > x || x == 0.0;
+    if x == 0.0 {
+        // A hash made now (or one that lost its own fields) gets its mark, which turns it
+        // into a hash table as it is written.
+        own_sets.push((b":v", MARK.to_vec()));
+    }
     if expire {
         let last = top.max(now);
         x = last + (last - now).max(1_000_000.0);

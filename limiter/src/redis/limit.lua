@@ -6,7 +6,9 @@
 -- `tat_of` reads it); the other algorithms keep one key per limited key. A hash also holds
 -- three fields of its own, whose names no key's field can have (an encoded key holds no
 -- ':'): ':c' the sweep's HSCAN cursor, ':d' when the next sweep step may start (us), ':x'
--- when the hash expires (us).
+-- when the hash expires (us), and ':v', written when the hash is made: MARK, longer than a
+-- listpack value may be, so Redis keeps the hash a hash table from its first write (a
+-- listpack hash is scanned end to end on every lookup).
 --
 -- KEYS: each decision's keys, in order: its state key (GCRA: its shard's hash), then (sliding
 --       log only) its member sequence. All keys of one call share a slot (on Cluster, one
@@ -70,6 +72,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- steps of one hash come at least S * SWEEP_STEP apart, and a pass over every field done,
 -- the next starts SWEEP_PAUSE later (us).
 local SWEEP_COUNT, SWEEP_STEP, SWEEP_PAUSE = 128, 2000, 100000
+-- A GCRA hash's ':v' (floodwall-redis-module's `gcra::MARK`, byte for byte).
+local MARK = "floodwall-limiter rate-limit shard, layout 2: every field not starting with ':' is a key's GCRA TAT (us, 8-byte little-endian IEEE 754 double)"
 -- The most fields or values one command is handed: Lua's stack bounds `unpack`.
 local CHUNK = 1000
 
@@ -168,6 +172,8 @@ local function store(h, sets, dels, written, top, c, d, x)
   end
   if #dels > 0 then chunked('HDEL', h, dels, 1) end
   local expire = top > x or x == 0
+  -- A hash made now gets its mark: HSET makes it a hash table before adding any field.
+  if x == 0 then sets[#sets + 1] = ':v'; sets[#sets + 1] = MARK end
   if expire then
     local last = math.max(top, now)
     x = last + math.max(last - now, 1000000)
