@@ -45,9 +45,10 @@ impl RateLimiterBuilder {
     /// module). A state takes about 74 bytes, so a shard of a million live keys is a hash of
     /// about 74 MB, which a Cluster slot migration moves as one key: choose enough shards to
     /// keep each one a size your resharding can move. On a 3-master Cluster with
-    /// floodwall-redis-module, 3 shards cost Redis 0.32–0.33× a per-decision script's CPU on
-    /// spread keys, the default 16 0.41–0.49× (0.70–0.72× with the Lua script;
-    /// `benches/limiter_redis.rs`, this release's runs). **Every instance of a fleet must use the same count**:
+    /// floodwall-redis-module, 3 shards cost Redis 0.22× a per-decision script's CPU on
+    /// spread keys, the default 16 0.26–0.29× (0.50–0.60× with the Lua script;
+    /// `benches/limiter_redis.rs`, two runs of this release). **Every instance of a fleet must
+    /// use the same count**:
     /// instances with different counts keep separate states, each admitting up to the limit.
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_shards(mut self, shards: u16) -> Self {
