@@ -220,7 +220,7 @@ impl Batcher {
             }
         };
         if !full.is_empty() {
-            tokio::spawn(self.clone().drain(group.clone(), full));
+            tokio::spawn(Place::taken(self, &group).drain(full));
         }
         let Some(rx) = waiting else {
             // The node was idle: this decision is the call in flight. The guard hands the
@@ -387,7 +387,7 @@ impl Batcher {
     }
 
     /// Sends the node's queued decisions batch after batch until the queue is empty.
-    async fn drain(self: Arc<Self>, group: Arc<str>, mut batch: Vec<Waiting>) {
+    async fn drain(&self, group: &Arc<str>, mut batch: Vec<Waiting>) {
         while !batch.is_empty() {
             let mut deadlines = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());
@@ -422,8 +422,8 @@ impl Batcher {
                     }
                 }
             }
-            self.gather(&group).await;
-            batch = self.next_batch(&group);
+            self.gather(group).await;
+            batch = self.next_batch(group);
         }
     }
 
@@ -502,6 +502,61 @@ impl Batcher {
     }
 }
 
+/// One of a node's places for a call in flight, held by the task that drains the node's
+/// queue. Dropped before the drain ended (its task was dropped: its runtime shut down, even
+/// before it first ran), it gives the place back, and when no other call is in flight,
+/// answers the decisions waiting for the node with an error: nothing else would send them.
+struct Place {
+    batcher: Arc<Batcher>,
+    group: Arc<str>,
+    /// The drain ended: its last `next_batch` gave the place back.
+    ended: bool,
+}
+
+impl Place {
+    /// The place just counted in `group`'s calls in flight.
+    fn taken(batcher: &Arc<Batcher>, group: &Arc<str>) -> Place {
+        Place {
+            batcher: batcher.clone(),
+            group: group.clone(),
+            ended: false,
+        }
+    }
+
+    /// Sends `batch`, then the node's queue batch after batch until it is empty (the place
+    /// given back by the last `next_batch`).
+    async fn drain(mut self, batch: Vec<Waiting>) {
+        self.batcher.drain(&self.group, batch).await;
+        self.ended = true;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let waiting = {
+            let mut groups = self.batcher.groups.lock().expect("not poisoned");
+            let Some(g) = groups.get_mut(&self.group) else {
+                return;
+            };
+            g.in_flight -= 1;
+            let waiting = match g.in_flight {
+                0 => std::mem::take(&mut g.queue),
+                _ => Vec::new(),
+            };
+            groups.remove_if_idle(&self.group);
+            waiting
+        };
+        for w in waiting {
+            let _ = w.reply.send(Err(StoreError::unavailable(
+                "the task sending this Redis node's rate-limit batches ended before its call did",
+            )));
+        }
+    }
+}
+
 /// The node's turn, held by the decision sent alone; handed on when it ends.
 struct Turn<'a> {
     batcher: &'a Arc<Batcher>,
@@ -516,7 +571,7 @@ impl Drop for Turn<'_> {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(self.batcher.clone().drain(self.group.clone(), batch));
+                rt.spawn(Place::taken(self.batcher, &self.group).drain(batch));
             }
             Err(_) => {
                 // No runtime to send from (the runtime is shutting down): the waiting

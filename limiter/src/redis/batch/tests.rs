@@ -244,3 +244,67 @@ async fn the_callers_a_call_answered_ride_the_next_call() {
     // 27 calls. Taking the queue at once instead made 51.
     assert!(made <= (EACH + 4) as u64, "{made} calls");
 }
+
+/// A runtime that ran a node's call shuts down while the call hangs and a decision made on
+/// another runtime waits behind it: the node is given back, so decisions made afterwards are
+/// sent and decided on Redis once it answers, instead of queueing for good behind a call
+/// nobody will finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_shut_down_mid_call_leaves_the_node_usable() {
+    let Some(server) = RedisServer::start_or_skip("a_runtime_that_shut_down_mid_call") else {
+        return;
+    };
+    let proxy = floodwall_testkit::FaultProxy::start(server.addr())
+        .await
+        .unwrap();
+    let quota = Quota::new(NonZeroU32::new(1_000).unwrap(), Duration::from_secs(86_400));
+    let limit = Limit::new("api", Algorithm::Gcra, quota).keyed_by("user");
+    let limiter = Arc::new(
+        RateLimiter::builder()
+            .limit(limit.clone())
+            .failure_policy(crate::FailurePolicy::FailClosed)
+            .build()
+            .unwrap(),
+    );
+    let conn = RedisConnection::standalone(proxy.redis_url())
+        .connect()
+        .await
+        .unwrap();
+    let options = StoreOptions::new(conn).call_timeout(Duration::from_secs(3));
+    let store = Arc::new(RedisStore::new(options, &Default::default(), &[limit]));
+    let decide = |user: &'static str| {
+        let (store, limiter) = (store.clone(), limiter.clone());
+        async move {
+            limiter
+                .decide_on_shared(&*store, &[("user", user)], 1, true)
+                .await
+        }
+    };
+    proxy.blackhole();
+    // Runtime A sends the node's call, which hangs on the blackholed proxy...
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    other.spawn(decide("on-a"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and a decision of this runtime waits behind it.
+    let waiting = tokio::spawn(decide("waiting"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(move || other.shutdown_timeout(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    proxy.heal();
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    let started = std::time::Instant::now();
+    let after = tokio::time::timeout(Duration::from_secs(10), decide("after")).await;
+    println!(
+        "runtime A shut down mid-call: the decision waiting behind it {waited:?}; the next \
+         {after:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(waited.is_ok(), "the waiting decision was answered");
+    let v = after.expect("answered, not left waiting").unwrap();
+    assert!(v.allowed && v.degraded.is_none(), "{v:?}");
+}
