@@ -96,19 +96,7 @@ async fn after_a_refusal_a_nodes_batch_goes_per_slot_and_stays_exact() {
     // Batches were made, and none went to the flagged script: no master ever loaded it.
     let (mut calls, mut flagged) = (0u64, 0usize);
     for node in cluster.nodes() {
-        let stats = node.command(&["INFO", "commandstats"]).unwrap();
-        calls += stats
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum::<u64>();
+        calls += node.command_calls(&["evalsha", "eval"]).unwrap();
         let exists = node
             .command(&["SCRIPT", "EXISTS", crate::redis::LIMIT_SCRIPT_NODE.sha1()])
             .unwrap();
@@ -199,21 +187,7 @@ async fn the_callers_a_call_answered_ride_the_next_call() {
         &settings,
         &[limit],
     ));
-    let calls = || -> u64 {
-        let stats = server.command(&["INFO", "commandstats"]).unwrap();
-        stats
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
+    let calls = || server.command_calls(&["evalsha", "eval"]).unwrap();
     let before = calls();
     let tasks: Vec<_> = (0..CALLERS)
         .map(|c| {
