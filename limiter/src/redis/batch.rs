@@ -81,7 +81,7 @@ const IN_FLIGHT_PER_MASTER: usize = 1;
 
 /// Yields a node's drain makes, at most, for the callers its call answered to come back
 /// (`Batcher::gather`). `benches/limiter_redis.rs`, 64 callers, runs alternating without and
-/// with it (this release): standalone, native command, 10k keys, 17 decisions per call and
+/// with it (this release, the yields set by hand for the runs): standalone, native command, 10k keys, 17 decisions per call and
 /// 0.26-0.28x the floor's Redis CPU, 2.30-2.54x its throughput, without; 31 per call,
 /// 0.21-0.22x and 2.65-2.83x with 3. 3-master Cluster, 3 shards: 10 per call, 0.35-0.36x,
 /// without; 15 with 1 yield (0.27-0.30x), 16.5 with 3 (0.23-0.26x). Every p50 fell.
@@ -569,19 +569,15 @@ impl Drop for Turn<'_> {
         if batch.is_empty() {
             return;
         }
+        let place = Place::taken(self.batcher, &self.group);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(Place::taken(self.batcher, &self.group).drain(batch));
+                rt.spawn(place.drain(batch));
             }
             Err(_) => {
-                // No runtime to send from (the runtime is shutting down): the waiting
-                // decisions fail, and this call's place is freed.
-                let mut groups = self.batcher.groups.lock().expect("not poisoned");
-                if let Some(g) = groups.get_mut(&self.group) {
-                    g.in_flight -= 1;
-                    groups.remove_if_idle(&self.group);
-                }
-                drop(groups);
+                // No runtime to send from: the place is given back, and the batch's
+                // decisions fail.
+                drop(place);
                 for w in batch {
                     let _ = w.reply.send(Err(StoreError::unavailable(
                         "no runtime left to send rate-limit decisions from",

@@ -261,11 +261,30 @@ async fn a_runtime_that_shut_down_mid_call_leaves_the_node_usable() {
         .enable_all()
         .build()
         .unwrap();
+    let batcher = store.batcher.clone().expect("batching on");
+    // Waits (a bounded while) until the server's group is as `state` says: (calls in flight,
+    // decisions queued).
+    let until = |state: (usize, usize)| {
+        let batcher = batcher.clone();
+        async move {
+            for _ in 0..5_000 {
+                let now = {
+                    let groups = batcher.groups.lock().unwrap();
+                    (groups.server.in_flight, groups.server.queue.len())
+                };
+                if now == state {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("the node never reached {state:?}");
+        }
+    };
     other.spawn(decide("on-a"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until((1, 0)).await;
     // ...and a decision of this runtime waits behind it.
     let waiting = tokio::spawn(decide("waiting"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until((1, 1)).await;
     tokio::task::spawn_blocking(move || other.shutdown_timeout(Duration::from_secs(5)))
         .await
         .unwrap();
