@@ -301,14 +301,16 @@ async fn a_replica_without_the_module_holds_the_same_states() {
     }
     let hash = limiter.redis_location("api", "r0").unwrap().key;
     assert!(master.command_calls(&["floodwall.gcra"]).unwrap() > 0);
-    // Field and value pairs, in order: a hash table lists its fields in no fixed order.
+    // Field and value pairs as bytes (a packed TAT may hold any byte, a line break too), in
+    // order: a hash table lists its fields in no fixed order.
     let pairs = |server: &RedisServer| {
-        let all = server.command(&["HGETALL", &hash]).unwrap_or_default();
-        let lines: Vec<&str> = all.lines().collect();
-        let mut pairs: Vec<(String, String)> = lines
-            .chunks(2)
-            .map(|p| (p[0].to_string(), p.get(1).unwrap_or(&"").to_string()))
-            .collect();
+        let mut conn = redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&hash)
+            .query(&mut conn)
+            .unwrap_or_default();
         pairs.sort();
         pairs
     };
