@@ -603,11 +603,11 @@ fn memory(rt: &tokio::runtime::Runtime, server: &RedisServer, n: usize) {
     eprintln!(
         "memory: of {touched} states nobody decided again, half were removed {:?} and all but \
          {left} {all_gone:?} after the last of them ended, while the other {touched} were \
-         decided {rounds} times each (bound: 0.1 s + two sweep passes of {} steps 2 ms apart, \
-         {:?})",
+         decided {rounds} times each (bound: two sweep passes, each of {} steps 2 ms apart or \
+         of 1 s, whichever is longer: {:?})",
         half_gone.unwrap_or_default(),
         n.div_ceil(128),
-        Duration::from_millis(100) + Duration::from_millis(4 * n.div_ceil(128) as u64),
+        2 * Duration::from_millis(2 * n.div_ceil(128) as u64).max(Duration::from_secs(1)),
     );
 }
 

@@ -479,9 +479,11 @@ async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
     (s * 1_000_000 + us) as f64
 }
 
-/// A hash of a limit with 16 shards (its tag says so) takes its sweep steps 16 × 2 ms apart
-/// — the same sweep work per limit as with one shard — whether the script or the command
-/// writes it: mid-pass, the next step is due 32 ms after the write, on Redis's clock.
+/// A large hash of a limit with 16 shards (its tag says so) takes its sweep steps 16 × 2 ms
+/// apart — the same sweep work per limit as with one shard — and a small one spreads its
+/// pass over a second, whether the script or the command writes it: the next step is due
+/// 32 ms after the write for 5,000 states (40 steps a pass), 125 ms for 1,000 (8 steps), on
+/// Redis's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_script_and_the_command_space_sweep_steps_by_the_shard_count() {
     let Some(server) = RedisServer::start_native_or_skip("the_script_and_the_command_space") else {
@@ -492,18 +494,20 @@ async fn the_script_and_the_command_space_sweep_steps_by_the_shard_count() {
     let q = quota();
     let t_nanos = q.emission_interval().as_nanos() as u64;
     let future = (redis_now(&mut conn).await + 1e12).to_le_bytes();
-    for via in ["script", "command"] {
-        let hash = format!("{via}:{{#2.16.0.0}}:api");
+    for (via, states, spacing) in [
+        ("script", 5_000, 32_000.0),
+        ("command", 5_000, 32_000.0),
+        ("script", 1_000, 125_000.0),
+        ("command", 1_000, 125_000.0),
+    ] {
+        let hash = format!("{via}:{states}:{{#2.16.0.0}}:api");
         // More fields than a listpack holds (512 by default): a hash table, scanned in steps.
-        for i in 0..1000 {
-            let _: () = redis::cmd("HSET")
-                .arg(&hash)
-                .arg(format!("k{i}"))
-                .arg(&future[..])
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&hash);
+        for i in 0..states {
+            hset.arg(format!("k{i}")).arg(&future[..]);
         }
+        let _: () = hset.query_async(&mut conn).await.unwrap();
         let t0 = redis_now(&mut conn).await;
         let v: redis::Value = match via {
             "script" => redis::Script::new(SCRIPT)
@@ -529,12 +533,12 @@ async fn the_script_and_the_command_space_sweep_steps_by_the_shard_count() {
             .unwrap();
         let d: f64 = d.parse().unwrap();
         println!(
-            "{via}: next sweep step {:.0} µs after the write (16 shards, a pass under way)",
+            "{via}, {states} states: next sweep step {:.0} µs after the write (16 shards)",
             d - (t0 + t1) / 2.0
         );
         assert!(
-            t0 + 32_000.0 <= d && d <= t1 + 32_000.0,
-            "{via}: the next step 32 ms after the write: {t0} {d} {t1}"
+            t0 + spacing <= d && d <= t1 + spacing,
+            "{via}, {states} states: the next step {spacing} µs after the write: {t0} {d} {t1}"
         );
     }
 }

@@ -41,6 +41,7 @@ pub(crate) const APIVER_1: c_int = 1;
 /// `REDISMODULE_REPLY_STRING`, `_ERROR`, `_INTEGER`, `_ARRAY`.
 pub(crate) const REPLY_STRING: c_int = 0;
 pub(crate) const REPLY_ERROR: c_int = 1;
+pub(crate) const REPLY_INTEGER: c_int = 2;
 pub(crate) const REPLY_ARRAY: c_int = 3;
 
 /// `REDISMODULE_READ | REDISMODULE_WRITE`.
@@ -78,6 +79,7 @@ pub(crate) struct Api {
         unsafe extern "C" fn(*mut Ctx, *const c_char, *const c_char, ...) -> *mut CallReply,
     pub(crate) call_reply_type: unsafe extern "C" fn(*mut CallReply) -> c_int,
     pub(crate) call_reply_length: unsafe extern "C" fn(*mut CallReply) -> usize,
+    pub(crate) call_reply_integer: unsafe extern "C" fn(*mut CallReply) -> c_longlong,
     pub(crate) call_reply_array_element:
         unsafe extern "C" fn(*mut CallReply, usize) -> *mut CallReply,
     pub(crate) call_reply_string_ptr:
@@ -96,6 +98,8 @@ pub(crate) struct Api {
     pub(crate) open_key: unsafe extern "C" fn(*mut Ctx, *mut RString, c_int) -> *mut Key,
     pub(crate) close_key: unsafe extern "C" fn(*mut Key),
     pub(crate) key_type: unsafe extern "C" fn(*mut Key) -> c_int,
+    /// `RedisModule_ValueLength(key)`: a hash's field count.
+    pub(crate) value_length: unsafe extern "C" fn(*mut Key) -> usize,
     /// `RedisModule_HashGet(key, flags, field, &value, ..., NULL)`.
     pub(crate) hash_get: unsafe extern "C" fn(*mut Key, c_int, ...) -> c_int,
     /// `RedisModule_HashSet(key, flags, field, value, ..., NULL)`.
@@ -158,6 +162,7 @@ pub(crate) unsafe fn load(ctx: *mut Ctx, name: &CStr, version: c_int) -> Result<
         call: get!(c"RedisModule_Call"),
         call_reply_type: get!(c"RedisModule_CallReplyType"),
         call_reply_length: get!(c"RedisModule_CallReplyLength"),
+        call_reply_integer: get!(c"RedisModule_CallReplyInteger"),
         call_reply_array_element: get!(c"RedisModule_CallReplyArrayElement"),
         call_reply_string_ptr: get!(c"RedisModule_CallReplyStringPtr"),
         free_call_reply: get!(c"RedisModule_FreeCallReply"),
@@ -173,6 +178,7 @@ pub(crate) unsafe fn load(ctx: *mut Ctx, name: &CStr, version: c_int) -> Result<
         open_key: get!(c"RedisModule_OpenKey"),
         close_key: get!(c"RedisModule_CloseKey"),
         key_type: get!(c"RedisModule_KeyType"),
+        value_length: get!(c"RedisModule_ValueLength"),
         hash_get: get!(c"RedisModule_HashGet"),
         hash_set: get!(c"RedisModule_HashSet"),
         set_expire: get!(c"RedisModule_SetExpire"),

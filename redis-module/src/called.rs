@@ -167,6 +167,19 @@ impl Shard for RedisShard<'_> {
         hscan(self.ctx, self.key, cursor, count)
     }
 
+    fn field_count(&mut self) -> Result<u64, Vec<u8>> {
+        // SAFETY: the format's argument: the hash, a live string.
+        let r = Owned(unsafe { (api().call)(self.ctx, c"HLEN".as_ptr(), c"s".as_ptr(), self.key) })
+            .checked("HLEN")?;
+        // SAFETY: HLEN's reply, live until `r` drops.
+        unsafe {
+            match (api().call_reply_type)(r.0) {
+                api::REPLY_INTEGER => Ok((api().call_reply_integer)(r.0).max(0) as u64),
+                _ => Err(b"ERR floodwall: HLEN answered an unexpected reply".to_vec()),
+            }
+        }
+    }
+
     fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>> {
         let args = Strings::new(self.ctx, fields.iter().copied());
         // SAFETY: as in `read`; `!` replicates the command.

@@ -151,6 +151,11 @@ impl Shard for KeyShard<'_> {
         hscan(self.ctx, self.name, cursor, count)
     }
 
+    fn field_count(&mut self) -> Result<u64, Vec<u8>> {
+        // SAFETY: an open key (a hash, or empty: 0).
+        Ok(unsafe { (api().value_length)(self.key) } as u64)
+    }
+
     fn delete(&mut self, fields: &[&[u8]]) -> Result<(), Vec<u8>> {
         let names = Strings::new(self.ctx, fields.iter().copied());
         for &f in &names.list {

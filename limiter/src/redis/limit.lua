@@ -54,28 +54,68 @@
 --
 -- A GCRA state whose TAT has passed equals an absent one. Such fields are removed by a sweep
 -- that calls writing a hash run in steps: HSCAN from ':c' (SWEEP_COUNT fields), deleting
--- those whose TAT has passed, at most one step per S * SWEEP_STEP (S: the limit's shard
--- count, in the hash's tag); when the cursor comes back to 0, the next pass starts
--- SWEEP_PAUSE later. So while a hash of N fields is written at least that often, a stale
--- field is gone within the rest of the pass under way, SWEEP_PAUSE and one more pass:
--- 0.1 s + 2 * ceil(N / SWEEP_COUNT) steps S * SWEEP_STEP apart. A limit's states spread
--- evenly, that is 3.2 s for 100,000 of them whatever S, and the limit's sweep work does not
--- grow with its shards. Written less often, a step comes with each write. The hash's TTL is kept past
--- its latest TAT: whenever a TAT goes past ':x', the hash expires at that TAT plus its
--- remaining time (at least 1 s), so a hash nobody writes any more expires whole.
+-- those whose TAT has passed. After a step the next waits
+--   spacing = max(S * SWEEP_STEP, SWEEP_PASS / ceil(N / SWEEP_COUNT))
+-- (S: the limit's shard count, in the hash's tag; N: the hash's field count at the step), so
+-- a pass over the hash takes max(SWEEP_PASS, ceil(N / SWEEP_COUNT) * S * SWEEP_STEP): a small
+-- hash is swept once a second, not scanned again and again, and a limit's sweep work does
+-- not grow with its shards. So while a hash of N fields is written at least once per
+-- spacing, a stale field is gone within two passes (the rest of the pass under way, and the
+-- next): 2 s while a limit holds up to 64,000 states spread evenly over its shards, 3.1 s for
+-- 100,000 of them whatever S. Written less often, a step comes with each write. The hash's
+-- TTL is kept past its latest TAT: whenever a TAT goes past ':x', the hash expires at that
+-- TAT plus its remaining time (at least 1 s), so a hash nobody writes any more expires
+-- whole.
 --
 -- Written for speed on the server, where the batch's cost is: plain loops, and
 -- `redis.pcall` (an error is a value, kept as that decision's reply) instead of `pcall`.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- The sweep of a GCRA hash's stale fields (see the header): a step reads SWEEP_COUNT fields,
--- steps of one hash come at least S * SWEEP_STEP apart, and a pass over every field done,
--- the next starts SWEEP_PAUSE later (us).
-local SWEEP_COUNT, SWEEP_STEP, SWEEP_PAUSE = 128, 2000, 100000
+-- steps of one hash come at least S * SWEEP_STEP apart, and a pass over every field takes at
+-- least SWEEP_PASS (us).
+local SWEEP_COUNT, SWEEP_STEP, SWEEP_PASS = 128, 2000, 1000000
 -- A GCRA hash's ':v' (floodwall-redis-module's `gcra::MARK`, byte for byte).
 local MARK = "floodwall-limiter rate-limit shard, layout 2: every field not starting with ':' is a key's GCRA TAT (us, 8-byte little-endian IEEE 754 double)"
 -- The most fields or values one command is handed: Lua's stack bounds `unpack`.
 local CHUNK = 1000
+
+-- A GCRA state as stored: its TAT (us) as 8 bytes, a little-endian IEEE 754 double. Packing
+-- costs the server far less than formatting a number (a number argument is printed with
+-- 17 digits on every call). `tat_of` reads a stored value: 0 when absent (false), nil when
+-- the value is not one of ours.
+local pack, unpack_value = struct.pack, struct.unpack
+local function tat_of(v)
+  if not v then return 0 end
+  if #v ~= 8 then return nil end
+  local tat = unpack_value('<d', v)
+  if tat ~= tat then return nil end
+  return tat
+end
+
+-- One GCRA decision that consumes, alone (the call an idle connection sends): KEYS[1] its
+-- hash; ARGV T, b, cost, field. The short path's work for one decision, reading the hash's
+-- own fields only as far as it needs them. Decided here, before the functions a batch uses
+-- are made (a closure each, on every call): a write that is due a sweep step or a longer TTL
+-- is left to `store` below, with `lone` its packed TAT, the TAT and ':d', ':x' as read.
+local lone
+if #ARGV == 4 then
+  local h, f = KEYS[1], ARGV[4]
+  local v = redis.pcall('HMGET', h, ':d', ':x', f)
+  if v.err then return v.err end
+  local tat = tat_of(v[3])
+  if tat == nil then return 'floodwall: the state of ' .. f .. ' in ' .. h .. ' is not a TAT' end
+  local T = tonumber(ARGV[1]) / 1000
+  if tat < now then tat = now end
+  local new_tat = tat + tonumber(ARGV[3]) * T
+  if new_tat - now > T * tonumber(ARGV[2]) + 0.0005 then return -math.ceil(tat - now) - 1 end
+  local packed = pack('<d', new_tat)
+  if now < (tonumber(v[1]) or 0) and new_tat <= (tonumber(v[2]) or 0) then
+    redis.call('HSET', h, f, packed)
+    return math.ceil(new_tat - now)
+  end
+  lone = {packed, new_tat, v[1], v[2]}
+end
 
 -- The decisions' keys: KEYS, or (a node's batch over several slots) ARGV's 'X' list.
 local keys, a, cross = KEYS, 1, false
@@ -90,19 +130,6 @@ local ELSEWHERE = 'floodwall:elsewhere'
 local function failed(e)
   if cross and string.find(e.err, 'non local key', 1, true) then return ELSEWHERE end
   return e.err
-end
-
--- A GCRA state as stored: its TAT (us) as 8 bytes, a little-endian IEEE 754 double. Packing
--- costs the server far less than formatting a number (a number argument is printed with
--- 17 digits on every call). `tat_of` reads a stored value: 0 when absent (false), nil when
--- the value is not one of ours.
-local pack, unpack_value = struct.pack, struct.unpack
-local function tat_of(v)
-  if not v then return 0 end
-  if #v ~= 8 then return nil end
-  local tat = unpack_value('<d', v)
-  if tat ~= tat then return nil end
-  return tat
 end
 
 -- The shard count S of hash `h`, from its tag `{#2.<S>.…}` (1 for any other name): a hash's
@@ -153,6 +180,7 @@ local function store(h, sets, dels, written, top, c, d, x)
   c, d, x = c or '0', tonumber(d) or 0, tonumber(x) or 0
   if now >= d then
     local r = redis.call('HSCAN', h, c, 'COUNT', SWEEP_COUNT)
+    local n = redis.call('HLEN', h)
     c = r[1]
     local found = r[2]
     for i = 1, #found, 2 do
@@ -166,7 +194,7 @@ local function store(h, sets, dels, written, top, c, d, x)
         end
       end
     end
-    if c == '0' then d = now + SWEEP_PAUSE else d = now + SWEEP_STEP * shards_of(h) end
+    d = now + math.max(SWEEP_STEP * shards_of(h), SWEEP_PASS / math.max(1, math.ceil(n / SWEEP_COUNT)))
     sets[#sets + 1] = ':c'; sets[#sets + 1] = c
     sets[#sets + 1] = ':d'; sets[#sets + 1] = d
   end
@@ -183,27 +211,12 @@ local function store(h, sets, dels, written, top, c, d, x)
   if expire then redis.call('PEXPIRE', h, math.ceil((x - now) / 1000) + 1) end
 end
 
--- One GCRA decision that consumes, alone (the call an idle connection sends): KEYS[1] its
--- hash; ARGV T, b, cost, field. The short path's work for one decision, reading the hash's
--- own fields only as far as it needs them: a sweep step or a longer TTL, when due, goes
--- through `store` like any batch's.
-if #ARGV == 4 then
+-- The lone decision decided above, when its write is due a sweep step or a longer TTL: it
+-- goes through `store` like any batch's.
+if lone then
   local h, f = KEYS[1], ARGV[4]
-  local v = redis.pcall('HMGET', h, ':d', ':x', f)
-  if v.err then return v.err end
-  local tat = tat_of(v[3])
-  if tat == nil then return 'floodwall: the state of ' .. f .. ' in ' .. h .. ' is not a TAT' end
-  local T = tonumber(ARGV[1]) / 1000
-  if tat < now then tat = now end
-  local new_tat = tat + tonumber(ARGV[3]) * T
-  if new_tat - now > T * tonumber(ARGV[2]) + 0.0005 then return -math.ceil(tat - now) - 1 end
-  local packed = pack('<d', new_tat)
-  if now < (tonumber(v[1]) or 0) and new_tat <= (tonumber(v[2]) or 0) then
-    redis.call('HSET', h, f, packed)
-  else
-    store(h, {f, packed}, {}, {[f] = true}, new_tat, redis.call('HGET', h, ':c'), v[1], v[2])
-  end
-  return math.ceil(new_tat - now)
+  store(h, {f, lone[1]}, {}, {[f] = true}, lone[2], redis.call('HGET', h, ':c'), lone[3], lone[4])
+  return math.ceil(lone[2] - now)
 end
 
 -- The short path (see the header): GCRA decisions that consume, hash by hash. The loop is

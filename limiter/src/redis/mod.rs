@@ -14,11 +14,13 @@
 //! (`fw-rl:v1:{#2.…}:<limit>`, field: the encoded key, value: the TAT as 8 bytes), so a batch
 //! reads a shard's states with one `HMGET` and writes them with one `HSET`; a state whose TAT
 //! has passed equals an absent one, and a sweep the writing calls run in steps removes such
-//! fields, 128 a step, the steps of one hash `S` × 2 ms apart for a limit of `S` shards (so
-//! a limit's sweep work does not grow with its shards): while a hash of `N` fields is
-//! written that often, a stale field is gone within 0.1 s plus two passes of `N / 128` such
-//! steps (a limit's states spread evenly, 3.2 s for 100,000 of them whatever `S`; a hash
-//! written less often takes a step per write), and a hash nobody writes any more
+//! fields, 128 a step, the steps of one hash at least `S` × 2 ms apart for a limit of `S`
+//! shards (so a limit's sweep work does not grow with its shards) and a pass over a hash
+//! spread over at least a second (a small hash is not scanned again and again): while a hash
+//! of `N` fields is written that often, a stale field is gone within two passes of
+//! `max(1 s, ⌈N / 128⌉ · S · 2 ms)` (a limit's states spread evenly, 2 s up to 64,000 of
+//! them and 3.1 s for 100,000, whatever `S`; a hash written less often takes a step per
+//! write), and a hash nobody writes any more
 //! expires whole: its TTL, raised whenever a write's TAT goes past it, ends that TAT's
 //! remaining time (at least 1 s) after the TAT. Window counters and logs keep one key per limited key under the shard's tag
 //! (`fw-rl:v1:{#2.…}:<limit>:<key>`). [`RateLimiter::redis_location`](crate::RateLimiter::redis_location)

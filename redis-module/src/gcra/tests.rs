@@ -99,6 +99,9 @@ fn a_read_error_is_every_decisions_reply() {
         fn scan(&mut self, _: &[u8], _: u32) -> Result<Scan, Vec<u8>> {
             unreachable!("nothing is written")
         }
+        fn field_count(&mut self) -> Result<u64, Vec<u8>> {
+            unreachable!("nothing is written")
+        }
         fn delete(&mut self, _: &[&[u8]]) -> Result<(), Vec<u8>> {
             unreachable!("nothing is written")
         }
@@ -122,8 +125,16 @@ fn a_read_error_is_every_decisions_reply() {
     );
 }
 
-/// Stale states go in sweep steps of SWEEP_COUNT fields, one step at most every
-/// SWEEP_STEP_US; live ones and the hash's own fields stay; the TTL follows the latest TAT.
+/// `:d`, when the hash's next sweep step may start.
+fn next_step(shard: &MemoryShard) -> f64 {
+    std::str::from_utf8(shard.get(b":d").expect("a step was taken"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Stale states go in sweep steps of SWEEP_COUNT fields, spread over a pass of
+/// SWEEP_PASS_US; live ones and the hash's own fields stay; the TTL follows the latest TAT.
 #[test]
 fn the_sweep_removes_stale_states_step_by_step() {
     let mut shard = MemoryShard::default();
@@ -134,19 +145,25 @@ fn the_sweep_removes_stale_states_step_by_step() {
         shard.insert(f, &pack(now - 1.0));
     }
     let mut steps = 0;
+    let mut spacings = Vec::new();
     while stale.iter().any(|f| shard.get(f).is_some()) {
-        now += SWEEP_STEP_US;
         decide(&mut shard, now, quota, &[b"live"]).unwrap();
         steps += 1;
         assert!(steps <= 3, "300 stale fields take 3 steps of 128");
+        spacings.push((next_step(&shard) - now).round());
+        now = next_step(&shard);
     }
     assert_eq!(steps, 3);
+    // The hash held 300 stale fields at the first step: 3 steps a pass, a third of a pass
+    // apart; then 172 with `live` and the own fields (2 steps), then 44 (one).
+    let pass = SWEEP_PASS_US;
+    assert_eq!(spacings, [(pass / 3.0).round(), (pass / 2.0).round(), pass]);
     assert!(shard.get(b"live").is_some() && shard.get(b":c").is_some());
     // Latest TAT 1 ms ahead: the hash expires 1 s after it, +1 ms.
     assert_eq!(shard.ttl_ms, Some(1_002));
-    // Right after a step, no other starts before SWEEP_STEP_US.
+    // Before the next step is due, no step starts.
     shard.insert(b"old-again", &pack(now - 1.0));
-    decide(&mut shard, now + 1.0, quota, &[b"other"]).unwrap();
+    decide(&mut shard, now - 1.0, quota, &[b"other"]).unwrap();
     assert!(shard.get(b"old-again").is_some());
 }
 
@@ -165,30 +182,30 @@ fn a_hash_tells_its_limits_shard_count() {
     }
 }
 
-/// With S shards, a hash's sweep steps come S times further apart.
+/// A pass takes at least SWEEP_PASS_US, whatever the hash's size; with S shards, a large
+/// hash's steps come S times further apart than with one.
 #[test]
-fn a_hash_of_a_limit_with_more_shards_sweeps_less_often() {
+fn a_pass_takes_a_second_or_s_steps_of_2_ms_each() {
     let quota = Quota::new(1_000_000, 1, 1);
-    let mut shard = MemoryShard::default();
     let now = 1_000_000_000.0;
-    decide_on(&mut shard, b"x:{#2.16.0.0}:api", now, quota, &[b"a"]).unwrap();
-    let d: f64 = std::str::from_utf8(shard.get(b":d").unwrap())
-        .unwrap()
-        .parse()
-        .unwrap();
-    // The first step found nothing more to scan (a pass done): the pause.
-    assert_eq!(d, now + SWEEP_PAUSE_US);
-    for i in 0..300 {
-        shard.insert(format!("k{i}").as_bytes(), &pack(now + 1e9));
+    for (hash, shards) in [
+        (&b"x:{#2.16.0.0}:api"[..], 16.0),
+        (b"x:{#2.1.0.0}:api", 1.0),
+    ] {
+        let mut shard = MemoryShard::default();
+        decide_on(&mut shard, hash, now, quota, &[b"a"]).unwrap();
+        // A small hash: its pass is one step, a second apart.
+        let d = next_step(&shard);
+        assert_eq!(d, now + SWEEP_PASS_US);
+        // 5,000 live fields, with `a` and the own fields 40 steps of 128: a pass of 1 s
+        // spaces them 25 ms apart, and 16 shards at least 32 ms.
+        for i in 0..5_000 {
+            shard.insert(format!("k{i}").as_bytes(), &pack(now + 1e9));
+        }
+        decide_on(&mut shard, hash, d, quota, &[b"a"]).unwrap();
+        let spacing = next_step(&shard) - d;
+        let expected = (shards * SWEEP_STEP_US).max(SWEEP_PASS_US / 40.0);
+        assert_eq!(spacing, expected, "{}", String::from_utf8_lossy(hash));
+        assert_eq!(spacing, sweep_spacing(shards as u32, 5_005));
     }
-    decide_on(&mut shard, b"x:{#2.16.0.0}:api", d, quota, &[b"a"]).unwrap();
-    let next: f64 = std::str::from_utf8(shard.get(b":d").unwrap())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        next,
-        d + 16.0 * SWEEP_STEP_US,
-        "a step of a pass under way, 16 x 2 ms on"
-    );
 }
