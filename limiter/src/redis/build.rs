@@ -45,8 +45,8 @@ impl RateLimiterBuilder {
     /// module). A state takes about 74 bytes, so a shard of a million live keys is a hash of
     /// about 74 MB, which a Cluster slot migration moves as one key: choose enough shards to
     /// keep each one a size your resharding can move. On a 3-master Cluster with
-    /// floodwall-redis-module, 3 shards cost Redis 0.22× a per-decision script's CPU on
-    /// spread keys, the default 16 0.26–0.29× (0.50–0.60× with the Lua script;
+    /// floodwall-redis-module, 3 shards cost Redis 0.21–0.22× a per-decision script's CPU on
+    /// spread keys, the default 16 0.27× (0.56–0.57× with the Lua script;
     /// `benches/limiter_redis.rs`, two runs of this release). **Every instance of a fleet must
     /// use the same count**:
     /// instances with different counts keep separate states, each admitting up to the limit.
