@@ -154,14 +154,25 @@ impl RedisServer {
         if !on_path(SERVER_BIN) {
             return Err(StartError::MissingBinary(SERVER_BIN));
         }
-        let dir = scratch_dir(if cluster { "cluster-node" } else { "server" })?;
+        Self::start_on_ports(cluster, extra, || free_port(cluster))
+    }
+
+    /// Starts a server on the first of `ports`' ports it can bind, trying at most
+    /// `START_ATTEMPTS` of them.
+    fn start_on_ports(
+        cluster: bool,
+        extra: Vec<String>,
+        mut ports: impl FnMut() -> io::Result<u16>,
+    ) -> Result<RedisServer, StartError> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            let port = free_port(cluster)?;
+            // A directory for each attempt: a failed attempt's server is dropped, and a
+            // standalone server removes its directory when dropped.
+            let dir = scratch_dir(if cluster { "cluster-node" } else { "server" })?;
             let mut server = RedisServer {
                 child: None,
-                port,
-                dir: dir.clone(),
+                port: ports()?,
+                dir,
                 cluster,
                 extra: extra.clone(),
                 suspended: false,
@@ -169,7 +180,14 @@ impl RedisServer {
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
                 // The port may have been taken between probing and binding: try another.
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    if cluster {
+                        // A Cluster node's directory is its Cluster's to remove; this one
+                        // never joined.
+                        let _ = fs::remove_dir_all(&server.dir);
+                    }
+                    last_err = Some(e);
+                }
             }
         }
         Err(last_err.unwrap_or_else(|| StartError::Failed("redis-server did not start".into())))
@@ -448,5 +466,27 @@ mod tests {
         };
         assert!(fake.ready(), "the port answers PING");
         assert!(!fake.answered_by_ours(), "but not with this child's pid");
+    }
+
+    /// A start whose first port turns out taken tries the next one, in a directory of its
+    /// own: the failed attempt's server, dropped, removes only its own directory (it once
+    /// removed the one the next attempt was handed, which then could not create its log).
+    #[test]
+    fn a_start_that_found_its_port_taken_starts_on_the_next() {
+        let Some(other) = RedisServer::start_or_skip("a_start_that_found_its_port_taken") else {
+            return;
+        };
+        let mut ports = vec![free_port(false).unwrap(), other.port];
+        let mut server =
+            RedisServer::start_on_ports(false, Vec::new(), || Ok(ports.pop().expect("two ports")))
+                .expect("started on the second port");
+        assert!(ports.is_empty(), "the first port was tried and refused");
+        assert_ne!(server.port, other.port);
+        assert!(server.answered_by_ours());
+        assert!(server.dir.is_dir(), "its directory is there");
+        println!(
+            "taken port {} refused; started on {}",
+            other.port, server.port
+        );
     }
 }

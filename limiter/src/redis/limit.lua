@@ -133,7 +133,7 @@ local function failed(e)
 end
 
 -- The shard count S of hash `h`, from its tag `{#2.<S>.…}` (1 for any other name): a hash's
--- sweep steps come S * SWEEP_STEP apart, so a limit's sweep work is the same whatever its
+-- sweep steps come at least S * SWEEP_STEP apart, so a limit's sweep work is the same whatever its
 -- number of shards.
 local function shards_of(h)
   return tonumber(string.match(h, '{#2%.(%d+)%.')) or 1
