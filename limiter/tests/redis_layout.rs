@@ -147,8 +147,8 @@ fn no_state_key_is_a_previous_layout_key() {
 
 /// 1,000 GCRA states that end 1 ms after their decision are removed by the sweep while the
 /// shard keeps being written: within two passes of ⌈1000 / 128⌉ steps (counted from the
-/// server's `HSCAN` calls), spread over a second each (on Redis time), and the hash keeps a
-/// TTL past its latest state.
+/// server's `HSCAN` calls), the steps of a pass spread over a second (for 1,000 states, at
+/// least 125 ms apart on Redis time), and the hash keeps a TTL past its latest state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_states_are_swept_while_their_shard_is_written() {
     let Some(server) = RedisServer::start_or_skip("stale_states_are_swept") else {
@@ -210,6 +210,14 @@ async fn stale_states_are_swept_while_their_shard_is_written() {
     );
     assert_eq!(left, 0);
     assert!(steps <= 2 * pass + 2, "{steps} steps");
+    // Each step waited at least 1 s / ⌈N / 128⌉ after the one before, N at most the 1,000
+    // states, `busy` and the 4 own fields: 8 steps a pass, 125 ms apart (a lower bound, which
+    // a busy machine only lengthens).
+    let spacing = 1.0 / 1005u64.div_ceil(128) as f64;
+    assert!(
+        took >= (steps.saturating_sub(1)) as f64 * spacing,
+        "{steps} steps in {took:.3} s: closer than {spacing} s apart"
+    );
 }
 
 /// Building with a shard count outside 1 to `MAX_SHARDS` is refused.
